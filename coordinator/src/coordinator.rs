@@ -1,0 +1,402 @@
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use futures::stream::BoxStream;
+use serde::{Deserialize, Serialize};
+
+use crate::kv::{Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, WatchEventKind, WatchResponse};
+use crate::CoordError;
+
+/// At most this many parts go into one transaction: each needs a compare and two puts, and
+/// etcd refuses transactions of more than 128 operations.
+const PARTS_PER_TXN: usize = 40;
+
+/// A table's schema record. `doc` is the node's serialized table definition.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TableRecord {
+    pub name: String,
+    pub doc: Vec<u8>,
+    /// The schema version: the revision that last wrote the record. Compare-and-swap on it.
+    pub version: Revision,
+    /// The revision that created the table; a dropped and re-created table gets a new one.
+    pub created: Revision,
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub struct RegisteredPart {
+    pub table: String,
+    pub id: String,
+    pub manifest: Vec<u8>,
+    /// The revision at which the part was registered: its place in the global order.
+    pub revision: Revision,
+}
+
+/// A consistent view of every table and part at one revision.
+#[derive(Clone, Debug, Default)]
+pub struct Snapshot {
+    pub revision: Revision,
+    pub tables: Vec<TableRecord>,
+    pub parts: Vec<RegisteredPart>,
+}
+
+#[derive(Clone, Debug)]
+pub struct NewPart {
+    pub id: String,
+    pub partition: String,
+    /// `None` registers the part without deduplication.
+    pub block_id: Option<String>,
+    pub manifest: Vec<u8>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum PartOutcome {
+    Registered { revision: Revision },
+    /// The block id was already admitted: nothing was registered. Names the part that holds
+    /// the block and the revision at which it was admitted.
+    Duplicate { existing_part: String, revision: Revision },
+}
+
+#[derive(Clone, Debug)]
+pub struct Registration {
+    /// One outcome per part, in the order given.
+    pub outcomes: Vec<PartOutcome>,
+    /// The highest revision the caller must see applied to observe every outcome.
+    pub revision: Revision,
+}
+
+/// What is stored under a block id.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct BlockRecord {
+    pub part: String,
+    pub partition: String,
+    pub created_at_ms: i64,
+}
+
+#[derive(Clone, Debug)]
+pub enum ClusterEvent {
+    TablePut(TableRecord),
+    TableDropped { name: String },
+    PartAdded(RegisteredPart),
+    PartRemoved { table: String, id: String },
+}
+
+/// Every change of one revision.
+#[derive(Clone, Debug)]
+pub struct EventBatch {
+    pub revision: Revision,
+    pub events: Vec<ClusterEvent>,
+}
+
+/// Table names double as key segments and SQL identifiers: ASCII letters, digits and `_`,
+/// not starting with a digit, at most 128 characters.
+pub fn valid_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        && name.len() <= 128
+}
+
+/// tandem's metadata operations over any [`KvBackend`].
+///
+/// Key layout under the prefix (default `/tandem/default/`):
+/// - `tables/<table>`: the schema record; its mod revision is the schema version.
+/// - `parts/<table>/<part id>`: a part's manifest; its create revision orders the part.
+/// - `blocks/<table>/<block id>`: the admitted block ids, each naming its part.
+/// - `nodes/<node id>`: live nodes, attached to their lease.
+#[derive(Clone)]
+pub struct Coordinator {
+    kv: Arc<dyn KvBackend>,
+    prefix: String,
+}
+
+impl Coordinator {
+    pub fn new(kv: Arc<dyn KvBackend>, prefix: impl Into<String>) -> Self {
+        let mut prefix = prefix.into();
+        if !prefix.ends_with('/') {
+            prefix.push('/');
+        }
+        Coordinator { kv, prefix }
+    }
+
+    pub fn backend(&self) -> &Arc<dyn KvBackend> {
+        &self.kv
+    }
+
+    fn table_key(&self, table: &str) -> String {
+        format!("{}tables/{table}", self.prefix)
+    }
+
+    fn part_key(&self, table: &str, id: &str) -> String {
+        format!("{}parts/{table}/{id}", self.prefix)
+    }
+
+    fn block_key(&self, table: &str, block_id: &str) -> String {
+        format!("{}blocks/{table}/{block_id}", self.prefix)
+    }
+
+    /// Creates a table. Fails with `TableExists` if the name is taken.
+    pub async fn create_table(&self, name: &str, doc: Vec<u8>) -> Result<TableRecord, CoordError> {
+        let key = self.table_key(name);
+        let result = self
+            .kv
+            .txn(vec![Compare::Absent(key.clone())], vec![TxnOp::Put { key, value: doc.clone(), lease: None }], vec![])
+            .await?;
+        if !result.succeeded {
+            return Err(CoordError::TableExists(name.to_string()));
+        }
+        Ok(TableRecord { name: name.to_string(), doc, version: result.revision, created: result.revision })
+    }
+
+    pub async fn get_table(&self, name: &str) -> Result<Option<TableRecord>, CoordError> {
+        Ok(self.kv.get(&self.table_key(name)).await?.map(|kv| self.table_record(kv)))
+    }
+
+    pub async fn list_tables(&self) -> Result<Vec<TableRecord>, CoordError> {
+        let (kvs, _) = self.kv.range(&format!("{}tables/", self.prefix)).await?;
+        Ok(kvs.into_iter().map(|kv| self.table_record(kv)).collect())
+    }
+
+    /// Replaces the schema record if it is still at `expected_version`. On a lost race returns
+    /// `Ok(Err(current))` with the record as it is now (`None` if the table was dropped), so the
+    /// caller can re-apply its change to the new schema and try again.
+    pub async fn update_table(
+        &self,
+        name: &str,
+        expected_version: Revision,
+        doc: Vec<u8>,
+    ) -> Result<Result<TableRecord, Option<TableRecord>>, CoordError> {
+        let key = self.table_key(name);
+        let result = self
+            .kv
+            .txn(
+                vec![Compare::ModRevision(key.clone(), expected_version)],
+                vec![TxnOp::Put { key: key.clone(), value: doc, lease: None }, TxnOp::Get { key: key.clone() }],
+                vec![TxnOp::Get { key }],
+            )
+            .await?;
+        let current = result.gets.into_iter().next().flatten().map(|kv| self.table_record(kv));
+        if result.succeeded {
+            current.map(Ok).ok_or_else(|| CoordError::Backend("updated table record vanished".into()))
+        } else {
+            Ok(Err(current))
+        }
+    }
+
+    /// Drops a table with all its parts and block ids, in one transaction.
+    pub async fn drop_table(&self, name: &str) -> Result<Revision, CoordError> {
+        let key = self.table_key(name);
+        let Some(existing) = self.kv.get(&key).await? else {
+            return Err(CoordError::NoSuchTable(name.to_string()));
+        };
+        let result = self
+            .kv
+            .txn(
+                vec![Compare::ModRevision(key.clone(), existing.mod_revision)],
+                vec![
+                    TxnOp::Delete { key },
+                    TxnOp::DeletePrefix { prefix: format!("{}parts/{name}/", self.prefix) },
+                    TxnOp::DeletePrefix { prefix: format!("{}blocks/{name}/", self.prefix) },
+                ],
+                vec![],
+            )
+            .await?;
+        if !result.succeeded {
+            // The table changed between the read and the drop: drop what is there now.
+            return Box::pin(self.drop_table(name)).await;
+        }
+        Ok(result.revision)
+    }
+
+    /// Registers parts of `table`, each together with its block id, atomically per transaction:
+    /// a part is registered only if its block id was never admitted, and only while the table
+    /// is still at `table_version` (so no part lands under a schema that no longer exists).
+    /// Parts whose block id exists come back as `Duplicate`; the others are registered.
+    pub async fn register_parts(
+        &self,
+        table: &str,
+        table_version: Revision,
+        parts: Vec<NewPart>,
+        now_ms: i64,
+    ) -> Result<Registration, CoordError> {
+        let mut outcomes: Vec<Option<PartOutcome>> = vec![None; parts.len()];
+        let mut revision = 0;
+        let indices: Vec<usize> = (0..parts.len()).collect();
+        for chunk in indices.chunks(PARTS_PER_TXN) {
+            let mut pending: Vec<usize> = chunk.to_vec();
+            while !pending.is_empty() {
+                let table_key = self.table_key(table);
+                let mut compares = vec![Compare::ModRevision(table_key.clone(), table_version)];
+                let mut success = Vec::new();
+                let mut failure = vec![TxnOp::Get { key: table_key }];
+                for &i in &pending {
+                    let part = &parts[i];
+                    success.push(TxnOp::Put { key: self.part_key(table, &part.id), value: part.manifest.clone(), lease: None });
+                    if let Some(block_id) = &part.block_id {
+                        let key = self.block_key(table, block_id);
+                        let record = BlockRecord { part: part.id.clone(), partition: part.partition.clone(), created_at_ms: now_ms };
+                        compares.push(Compare::Absent(key.clone()));
+                        success.push(TxnOp::Put { key: key.clone(), value: json(&record), lease: None });
+                        failure.push(TxnOp::Get { key });
+                    }
+                }
+                let result = self.kv.txn(compares, success, failure).await?;
+                if result.succeeded {
+                    for &i in &pending {
+                        outcomes[i] = Some(PartOutcome::Registered { revision: result.revision });
+                    }
+                    revision = revision.max(result.revision);
+                    break;
+                }
+                let mut gets = result.gets.into_iter();
+                match gets.next().flatten() {
+                    None => return Err(CoordError::NoSuchTable(table.to_string())),
+                    Some(kv) if kv.mod_revision != table_version => {
+                        return Err(CoordError::TableChanged {
+                            table: table.to_string(),
+                            expected: table_version,
+                            current: kv.mod_revision,
+                        });
+                    }
+                    Some(_) => {}
+                }
+                let mut still_new = Vec::new();
+                for &i in &pending {
+                    if parts[i].block_id.is_none() {
+                        still_new.push(i);
+                        continue;
+                    }
+                    match gets.next().flatten() {
+                        Some(kv) => {
+                            let record: BlockRecord = parse(&kv)?;
+                            revision = revision.max(kv.create_revision);
+                            outcomes[i] =
+                                Some(PartOutcome::Duplicate { existing_part: record.part, revision: kv.create_revision });
+                        }
+                        None => still_new.push(i),
+                    }
+                }
+                if still_new.len() == pending.len() {
+                    return Err(CoordError::Backend("registration failed but no block id exists; the store is inconsistent".into()));
+                }
+                pending = still_new;
+            }
+        }
+        let outcomes = outcomes.into_iter().map(|o| o.expect("every part has an outcome")).collect();
+        Ok(Registration { outcomes, revision })
+    }
+
+    /// The block record of an admitted block id, if any.
+    pub async fn get_block(&self, table: &str, block_id: &str) -> Result<Option<(BlockRecord, Revision)>, CoordError> {
+        match self.kv.get(&self.block_key(table, block_id)).await? {
+            Some(kv) => Ok(Some((parse(&kv)?, kv.create_revision))),
+            None => Ok(None),
+        }
+    }
+
+    /// Forgets block ids of `table` beyond the newest `keep` and older than `max_age`.
+    /// Returns how many were removed.
+    pub async fn prune_blocks(&self, table: &str, keep: usize, max_age: Duration, now_ms: i64) -> Result<usize, CoordError> {
+        let (mut kvs, _) = self.kv.range(&format!("{}blocks/{table}/", self.prefix)).await?;
+        kvs.sort_by_key(|kv| std::cmp::Reverse(kv.create_revision));
+        let oldest_kept_ms = now_ms - max_age.as_millis() as i64;
+        let mut expired = Vec::new();
+        for (rank, kv) in kvs.into_iter().enumerate() {
+            let created = parse::<BlockRecord>(&kv).map(|r| r.created_at_ms).unwrap_or(0);
+            if rank >= keep || created < oldest_kept_ms {
+                expired.push(kv);
+            }
+        }
+        let count = expired.len();
+        for chunk in expired.chunks(100) {
+            let compares = chunk.iter().map(|kv| Compare::ModRevision(kv.key.clone(), kv.mod_revision)).collect();
+            let deletes = chunk.iter().map(|kv| TxnOp::Delete { key: kv.key.clone() }).collect();
+            self.kv.txn(compares, deletes, vec![]).await?;
+        }
+        Ok(count)
+    }
+
+    /// Every table and part at one revision.
+    pub async fn snapshot(&self) -> Result<Snapshot, CoordError> {
+        let (kvs, revision) = self.kv.range(&self.prefix).await?;
+        let mut snapshot = Snapshot { revision, ..Default::default() };
+        for kv in kvs {
+            match self.decode(kv) {
+                Some(ClusterEvent::TablePut(table)) => snapshot.tables.push(table),
+                Some(ClusterEvent::PartAdded(part)) => snapshot.parts.push(part),
+                _ => {}
+            }
+        }
+        Ok(snapshot)
+    }
+
+    /// Every change from revision `from` on, one batch per revision, in order. When `from`
+    /// has been compacted the stream yields `CoordError::Compacted` and ends: take a new
+    /// [`snapshot`](Self::snapshot) and watch from its revision + 1.
+    pub async fn watch(&self, from: Revision) -> Result<BoxStream<'static, Result<EventBatch, CoordError>>, CoordError> {
+        let stream = self.kv.watch(&self.prefix, from).await?;
+        let this = self.clone();
+        Ok(stream
+            .map(move |item| match item? {
+                WatchResponse::Events { revision, events } => {
+                    let events = events
+                        .into_iter()
+                        .filter_map(|e| match e.kind {
+                            WatchEventKind::Put => this.decode(e.kv),
+                            WatchEventKind::Delete => this.decode_delete(&e.kv.key),
+                        })
+                        .collect();
+                    Ok(EventBatch { revision, events })
+                }
+                WatchResponse::Compacted { compact_revision } => {
+                    Err(CoordError::Compacted { requested: from, compacted: compact_revision })
+                }
+            })
+            .boxed())
+    }
+
+    /// Announces a live node under a lease; the entry disappears when the lease ends.
+    pub async fn announce_node(&self, node_id: &str, doc: Vec<u8>, lease: LeaseId) -> Result<(), CoordError> {
+        let key = format!("{}nodes/{node_id}", self.prefix);
+        self.kv.txn(vec![], vec![TxnOp::Put { key, value: doc, lease: Some(lease) }], vec![]).await?;
+        Ok(())
+    }
+
+    pub async fn list_nodes(&self) -> Result<Vec<(String, Vec<u8>)>, CoordError> {
+        let prefix = format!("{}nodes/", self.prefix);
+        let (kvs, _) = self.kv.range(&prefix).await?;
+        Ok(kvs.into_iter().map(|kv| (kv.key[prefix.len()..].to_string(), kv.value)).collect())
+    }
+
+    fn table_record(&self, kv: KeyValue) -> TableRecord {
+        let name = kv.key.rsplit('/').next().unwrap_or_default().to_string();
+        TableRecord { name, doc: kv.value, version: kv.mod_revision, created: kv.create_revision }
+    }
+
+    fn decode(&self, kv: KeyValue) -> Option<ClusterEvent> {
+        let rest = kv.key.strip_prefix(&self.prefix)?;
+        if rest.starts_with("tables/") {
+            return Some(ClusterEvent::TablePut(self.table_record(kv)));
+        }
+        let (table, id) = rest.strip_prefix("parts/")?.split_once('/')?;
+        let part = RegisteredPart { table: table.to_string(), id: id.to_string(), revision: kv.create_revision, manifest: kv.value };
+        Some(ClusterEvent::PartAdded(part))
+    }
+
+    fn decode_delete(&self, key: &str) -> Option<ClusterEvent> {
+        let rest = key.strip_prefix(&self.prefix)?;
+        if let Some(name) = rest.strip_prefix("tables/") {
+            return Some(ClusterEvent::TableDropped { name: name.to_string() });
+        }
+        let (table, id) = rest.strip_prefix("parts/")?.split_once('/')?;
+        Some(ClusterEvent::PartRemoved { table: table.to_string(), id: id.to_string() })
+    }
+}
+
+fn json<T: Serialize>(value: &T) -> Vec<u8> {
+    serde_json::to_vec(value).expect("plain records always serialize")
+}
+
+fn parse<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T, CoordError> {
+    serde_json::from_slice(&kv.value).map_err(|e| CoordError::Corrupt { key: kv.key.clone(), reason: e.to_string() })
+}

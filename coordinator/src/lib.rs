@@ -1,0 +1,28 @@
+//! tandem-coordinator owns the cluster metadata contract: where each fact lives in the key
+//! space and which facts change together atomically.
+//!
+//! Two layers:
+//! - [`KvBackend`]: a small revisioned key-value contract modelled on etcd (ranges, multi-key
+//!   transactions with compares, watches that resume from a revision, leases). Implemented by
+//!   [`EmbeddedKv`] (redb, for a single node) and, in cluster mode, by etcd.
+//! - [`Coordinator`]: tandem's domain operations written once on top of any backend: create
+//!   and compare-and-swap table schemas, register parts together with their block ids in one
+//!   transaction, list and watch parts from a revision, prune expired block ids.
+//!
+//! Table schemas and part manifests are opaque bytes here: this crate knows nothing of
+//! Parquet, Arrow or HTTP. [`conformance`] is the test suite every backend must pass.
+
+mod coordinator;
+mod embedded;
+mod error;
+mod kv;
+
+pub mod conformance;
+
+pub use coordinator::{
+    BlockRecord, ClusterEvent, Coordinator, EventBatch, NewPart, PartOutcome, Registration, RegisteredPart, Snapshot,
+    TableRecord, valid_name,
+};
+pub use embedded::EmbeddedKv;
+pub use error::CoordError;
+pub use kv::{Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, TxnResult, WatchEvent, WatchEventKind, WatchResponse, WatchStream};

@@ -1,0 +1,35 @@
+//! tandem-parts owns the part format and the local part store.
+//!
+//! A *part* is an immutable set of rows of one table and one partition, stored as a
+//! compressed Parquet file sorted by the table's `ORDER BY` key. Its identity is
+//! [`PartId`]: the blake3 hash of the file's bytes, so the same bytes have the same name on
+//! every node and in every object store, and any reader can verify what it got.
+//!
+//! Main types:
+//! - [`PartitionSpec`] and [`split_by_partition`]: an insert block becomes one block per partition.
+//! - [`block_id`]: the canonical content hash of a block, the unit of insert deduplication.
+//! - [`encode_part`]: sorted Parquet bytes, their [`PartId`] and column statistics.
+//! - [`PartManifest`]: the small description of a part that the coordinator stores.
+//! - [`LocalPartStore`]: the content-addressed directory of part files (atomic writes,
+//!   verification on open, quarantine of corrupt files).
+//!
+//! This crate knows nothing of etcd, HTTP or gRPC: it turns Arrow batches into verified files.
+
+mod block;
+mod encode;
+mod error;
+mod id;
+mod manifest;
+mod partition;
+mod store;
+
+pub use arrow;
+pub use parquet;
+
+pub use block::block_id;
+pub use encode::{EncodedPart, PartMetadata, encode_part, read_part_batches};
+pub use error::PartError;
+pub use id::PartId;
+pub use manifest::{ColumnStats, PART_FORMAT_VERSION, PartManifest};
+pub use partition::{PartitionSpec, split_by_partition};
+pub use store::{LocalPartStore, VerifyOutcome};

@@ -1,0 +1,57 @@
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Version of the part file layout and of this manifest. Readers accept every version up to
+/// their own; new manifest fields carry serde defaults so older manifests still parse.
+pub const PART_FORMAT_VERSION: u32 = 1;
+
+/// Minimum, maximum and null count of one column of a part, used to skip parts in queries.
+/// Values are JSON scalars: integers and timestamps (in the column's unit) as numbers,
+/// strings as strings, booleans as booleans.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColumnStats {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max: Option<serde_json::Value>,
+    pub null_count: u64,
+}
+
+/// The small description of a part that the coordinator stores next to its id.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct PartManifest {
+    pub format_version: u32,
+    pub table: String,
+    /// Partition id ("202401" for month partitioning, "20240131" for day, "all" for none).
+    pub partition: String,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Version of the table schema the part was written under (the coordinator's revision of
+    /// the schema record).
+    pub schema_version: i64,
+    /// The insert block this part came from; `None` when deduplication was off.
+    #[serde(default)]
+    pub block_id: Option<String>,
+    /// Merge level: 0 for a part written by an insert.
+    #[serde(default)]
+    pub level: u32,
+    #[serde(default)]
+    pub sort_key: Vec<String>,
+    #[serde(default)]
+    pub columns: BTreeMap<String, ColumnStats>,
+    /// Wall-clock time of creation, milliseconds since the epoch (informational only: the
+    /// coordinator's revision orders parts).
+    #[serde(default)]
+    pub created_at_ms: i64,
+}
+
+impl PartManifest {
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a manifest of plain fields always serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}

@@ -1,0 +1,206 @@
+use std::fs::{self, File};
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+
+use crate::{PartError, PartId};
+
+/// The local, content-addressed directory of part files.
+///
+/// Layout under the root: `parts/<id>.parquet` for parts, `tmp/` for writes in progress,
+/// `quarantine/` for files that failed verification (kept for inspection, never served).
+/// All methods block on disk I/O: call them from a blocking thread.
+#[derive(Debug)]
+pub struct LocalPartStore {
+    parts: PathBuf,
+    tmp: PathBuf,
+    quarantine: PathBuf,
+    next_tmp: AtomicU64,
+}
+
+/// The result of checking a stored part against its id.
+#[derive(Debug, PartialEq, Eq)]
+pub enum VerifyOutcome {
+    Valid,
+    Missing,
+    /// The file did not hash to its id; it has been moved to the quarantine directory.
+    Corrupt { reason: String, moved_to: PathBuf },
+}
+
+impl LocalPartStore {
+    /// Opens (creating if needed) the store under `root`, discarding writes a crash left
+    /// unfinished in `tmp/`.
+    pub fn open(root: impl AsRef<Path>) -> Result<Self, PartError> {
+        let root = root.as_ref();
+        let store = LocalPartStore {
+            parts: root.join("parts"),
+            tmp: root.join("tmp"),
+            quarantine: root.join("quarantine"),
+            next_tmp: AtomicU64::new(0),
+        };
+        for dir in [&store.parts, &store.tmp, &store.quarantine] {
+            fs::create_dir_all(dir).map_err(|e| PartError::io(dir, e))?;
+        }
+        for entry in fs::read_dir(&store.tmp).map_err(|e| PartError::io(&store.tmp, e))? {
+            let path = entry.map_err(|e| PartError::io(&store.tmp, e))?.path();
+            fs::remove_file(&path).map_err(|e| PartError::io(&path, e))?;
+        }
+        Ok(store)
+    }
+
+    pub fn path(&self, id: &PartId) -> PathBuf {
+        self.parts.join(format!("{id}.parquet"))
+    }
+
+    pub fn contains(&self, id: &PartId) -> bool {
+        self.path(id).exists()
+    }
+
+    /// Stores `bytes` as part `id` durably: temp file, fsync, rename, fsync of the directory.
+    /// Refuses bytes that do not hash to `id`. Writing a part that is already stored is a no-op.
+    pub fn write(&self, id: &PartId, bytes: &[u8]) -> Result<PathBuf, PartError> {
+        let actual = PartId::of_bytes(bytes);
+        if actual != *id {
+            return Err(PartError::Corrupt {
+                id: id.to_string(),
+                path: self.path(id),
+                reason: format!("the bytes to store hash to {actual}"),
+            });
+        }
+        let target = self.path(id);
+        if target.exists() {
+            return Ok(target);
+        }
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("{id}.{}.{n}.tmp", std::process::id()));
+        let mut file = File::create(&tmp).map_err(|e| PartError::io(&tmp, e))?;
+        file.write_all(bytes).map_err(|e| PartError::io(&tmp, e))?;
+        file.sync_all().map_err(|e| PartError::io(&tmp, e))?;
+        drop(file);
+        fs::rename(&tmp, &target).map_err(|e| PartError::io(&target, e))?;
+        sync_dir(&self.parts)?;
+        Ok(target)
+    }
+
+    /// Reads a part and checks its hash. A corrupt file is quarantined and reported.
+    pub fn read(&self, id: &PartId) -> Result<Bytes, PartError> {
+        let path = self.path(id);
+        let bytes = match fs::read(&path) {
+            Ok(bytes) => bytes,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(PartError::NotFound { id: id.to_string() }),
+            Err(e) => return Err(PartError::io(&path, e)),
+        };
+        let actual = PartId::of_bytes(&bytes);
+        if actual != *id {
+            let reason = format!("its bytes hash to {actual}");
+            let moved_to = self.quarantine(id)?;
+            return Err(PartError::Corrupt { id: id.to_string(), path: moved_to, reason });
+        }
+        Ok(Bytes::from(bytes))
+    }
+
+    /// Hashes the stored file (streaming, without holding it in memory) and compares with `id`.
+    pub fn verify(&self, id: &PartId) -> Result<VerifyOutcome, PartError> {
+        let path = self.path(id);
+        let mut file = match File::open(&path) {
+            Ok(file) => file,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VerifyOutcome::Missing),
+            Err(e) => return Err(PartError::io(&path, e)),
+        };
+        let mut hasher = blake3::Hasher::new();
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = file.read(&mut buf).map_err(|e| PartError::io(&path, e))?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let actual = PartId::from_hash(hasher.finalize());
+        if actual == *id {
+            return Ok(VerifyOutcome::Valid);
+        }
+        let moved_to = self.quarantine(id)?;
+        Ok(VerifyOutcome::Corrupt { reason: format!("its bytes hash to {actual}"), moved_to })
+    }
+
+    /// Moves a part's file into `quarantine/`, under a name that never collides.
+    pub fn quarantine(&self, id: &PartId) -> Result<PathBuf, PartError> {
+        let from = self.path(id);
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos())
+            .unwrap_or_default();
+        let to = self.quarantine.join(format!("{id}.{stamp}.parquet"));
+        fs::rename(&from, &to).map_err(|e| PartError::io(&from, e))?;
+        sync_dir(&self.parts)?;
+        Ok(to)
+    }
+
+    /// Deletes a part's file. Ok if it is already gone.
+    pub fn remove(&self, id: &PartId) -> Result<(), PartError> {
+        let path = self.path(id);
+        match fs::remove_file(&path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(PartError::io(&path, e)),
+        }
+    }
+
+    /// Ids of every stored part file (files with other names are ignored).
+    pub fn list(&self) -> Result<Vec<PartId>, PartError> {
+        let mut ids = Vec::new();
+        for entry in fs::read_dir(&self.parts).map_err(|e| PartError::io(&self.parts, e))? {
+            let name = entry.map_err(|e| PartError::io(&self.parts, e))?.file_name();
+            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".parquet")).and_then(|n| n.parse().ok()) {
+                ids.push(id);
+            }
+        }
+        Ok(ids)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), PartError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| PartError::io(dir, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn write_read_and_refuse_wrong_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalPartStore::open(dir.path()).unwrap();
+        let id = PartId::of_bytes(b"part bytes");
+        store.write(&id, b"part bytes").unwrap();
+        assert_eq!(&store.read(&id).unwrap()[..], b"part bytes");
+        assert_eq!(store.list().unwrap(), vec![id]);
+        assert!(store.write(&PartId::of_bytes(b"other"), b"part bytes").is_err());
+    }
+
+    #[test]
+    fn corrupt_files_are_quarantined_not_served() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalPartStore::open(dir.path()).unwrap();
+        let id = PartId::of_bytes(b"part bytes");
+        store.write(&id, b"part bytes").unwrap();
+        fs::write(store.path(&id), b"part bytez").unwrap();
+        let VerifyOutcome::Corrupt { moved_to, .. } = store.verify(&id).unwrap() else { panic!("corruption not detected") };
+        assert!(moved_to.exists());
+        assert!(!store.contains(&id));
+        assert_eq!(store.verify(&id).unwrap(), VerifyOutcome::Missing);
+    }
+
+    #[test]
+    fn read_detects_truncation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalPartStore::open(dir.path()).unwrap();
+        let id = PartId::of_bytes(b"part bytes");
+        store.write(&id, b"part bytes").unwrap();
+        fs::write(store.path(&id), b"part").unwrap();
+        assert!(matches!(store.read(&id), Err(PartError::Corrupt { .. })));
+    }
+}
