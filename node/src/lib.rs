@@ -1,1 +1,30 @@
+//! tandem-node is the tandem server: everything between a client's HTTP request and the part
+//! files and coordinator records that hold its data.
+//!
+//! - [`http`]: ClickHouse-style HTTP API (`/?query=`, settings as URL parameters, `/health`,
+//!   `/ready`, `/metrics`).
+//! - [`statement`]: which statement a request holds; DDL and INSERT parsing.
+//! - [`formats`]: input decoding and output encoding (JSONEachRow, CSV, TSV, Parquet, Arrow).
+//! - [`insert`]: the insert path (partition split, block ids, durable parts, registration).
+//! - [`catalog`] and [`sync`]: the node's applied view of tables and parts, fed only by the
+//!   coordinator's listing and watch, in revision order.
+//! - [`query`]: DataFusion over a catalog snapshot, with part pruning and `system` tables.
+//! - [`node`]: starting and stopping all of it; [`config`]: layered configuration;
+//!   [`bench`]: the benchmark command.
 
+pub mod bench;
+pub mod catalog;
+pub mod config;
+pub mod error;
+pub mod formats;
+pub mod http;
+pub mod insert;
+pub mod metrics;
+pub mod node;
+pub mod query;
+pub mod schema;
+pub mod statement;
+pub mod sync;
+
+pub use config::{NodeConfig, ServeArgs};
+pub use node::{RunningNode, start};

@@ -1,1 +1,37 @@
-fn main() {}
+use clap::{Parser, Subcommand};
+use tandem_node::bench::BenchArgs;
+use tandem_node::{NodeConfig, ServeArgs};
+
+/// tandem: a replicated, append-mostly analytical store for time-series and event data.
+#[derive(Parser)]
+#[command(version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a node (with no flags: one node on 127.0.0.1:8123, data in ./tandem-data).
+    Serve(ServeArgs),
+    /// Measure insert throughput and query latency against a fresh node.
+    Bench(BenchArgs),
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("TANDEM_LOG").unwrap_or_else(|_| "info,datafusion=warn".into()),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match Cli::parse().command {
+        Command::Serve(args) => {
+            let config = NodeConfig::resolve(&args)?;
+            tandem_node::start(config).await?.run_until_signal().await;
+            Ok(())
+        }
+        Command::Bench(args) => tandem_node::bench::run(args).await,
+    }
+}

@@ -1,5 +1,4 @@
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
 use arrow::compute::{SortColumn, cast, lexsort_to_indices, take_record_batch};
@@ -127,6 +126,8 @@ fn min_max(array: &ArrayRef) -> Option<MinMax> {
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
 

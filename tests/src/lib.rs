@@ -1,1 +1,208 @@
+//! The harness of tandem's integration tests: real `tandem` processes on free loopback ports
+//! and temporary data directories, driven over HTTP.
+//!
+//! The `tandem` binary is the one built next to the test executable (`cargo build --bin
+//! tandem` before `cargo test`; `scripts/test.sh` does both), or the path in `TANDEM_BIN`.
 
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+
+/// Path of the `tandem` binary under test.
+pub fn tandem_binary() -> anyhow::Result<PathBuf> {
+    if let Some(path) = std::env::var_os("TANDEM_BIN") {
+        return Ok(PathBuf::from(path));
+    }
+    // The test executable lives in <target>/<profile>/deps/; the binary in <target>/<profile>/.
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe.parent().and_then(Path::parent).context("unexpected test executable location")?;
+    let binary = profile_dir.join("tandem");
+    if !binary.exists() {
+        bail!("{} does not exist: run `cargo build --bin tandem` first (scripts/test.sh does)", binary.display());
+    }
+    Ok(binary)
+}
+
+/// A free TCP port on loopback (released before returning, so a start can race with another
+/// process; [`Tandem::start`] retries on a bind failure).
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+}
+
+/// One `tandem serve` process.
+pub struct Tandem {
+    child: Option<Child>,
+    pub data_dir: PathBuf,
+    pub url: String,
+    pub log: PathBuf,
+    extra_args: Vec<String>,
+    http: reqwest::Client,
+}
+
+/// An HTTP answer: status, headers and body.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Vec<u8>,
+}
+
+impl Answer {
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn header(&self, name: &str) -> Option<String> {
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+    }
+
+    /// Panics with the body unless the status is 200.
+    pub fn ok(self) -> Self {
+        assert_eq!(self.status, 200, "expected 200, got {}: {}", self.status, self.text());
+        self
+    }
+}
+
+impl Tandem {
+    /// Starts a node on `data_dir` and waits until it is ready.
+    pub async fn start(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
+        let mut node = Tandem {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            url: String::new(),
+            log: data_dir.with_extension("log"),
+            extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+        };
+        node.restart().await?;
+        Ok(node)
+    }
+
+    /// Starts the process again on the same data directory (a new port).
+    pub async fn restart(&mut self) -> anyhow::Result<()> {
+        self.kill();
+        let mut last_error = None;
+        for _ in 0..3 {
+            let port = free_port();
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+            let child = Command::new(tandem_binary()?)
+                .arg("serve")
+                .arg("--http-addr")
+                .arg(format!("127.0.0.1:{port}"))
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .args(&self.extra_args)
+                .env("TANDEM_LOG", "info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .context("cannot start tandem")?;
+            self.child = Some(child);
+            self.url = format!("http://127.0.0.1:{port}/");
+            match self.wait_ready(Duration::from_secs(60)).await {
+                Ok(()) => return Ok(()),
+                Err(e) => {
+                    last_error = Some(e);
+                    self.kill();
+                }
+            }
+        }
+        Err(last_error.expect("three attempts")).with_context(|| format!("tandem did not start; log: {}", self.log_text()))
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("tandem exited with {status}");
+            }
+            if let Ok(r) = self.http.get(format!("{}ready", self.url)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("not ready after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// SIGKILL: no shutdown path runs, as in a crash or power loss.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `sql` in `?query=` with extra URL parameters and a body.
+    pub async fn request(&self, sql: &str, params: &[(&str, &str)], body: impl Into<reqwest::Body>) -> Answer {
+        let mut query: Vec<(&str, &str)> = vec![("query", sql)];
+        query.extend_from_slice(params);
+        let response = self.http.post(&self.url).query(&query).body(body).send().await.expect("tandem answers");
+        Answer {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: response.bytes().await.expect("a body").to_vec(),
+        }
+    }
+
+    /// Runs a statement that must succeed; returns the body as text.
+    pub async fn sql(&self, sql: &str) -> String {
+        self.request(sql, &[], Vec::new()).await.ok().text()
+    }
+
+    /// Inserts `body` in `format`, expecting success; returns the insert summary.
+    pub async fn insert(&self, table: &str, format: &str, body: impl Into<reqwest::Body>) -> serde_json::Value {
+        self.request(&format!("INSERT INTO {table} FORMAT {format}"), &[], body).await.ok().json()
+    }
+
+    pub async fn count(&self, table: &str) -> u64 {
+        let text = self.sql(&format!("SELECT count() FROM {table}")).await;
+        text.trim().parse().unwrap_or_else(|_| panic!("count() answered {text:?}"))
+    }
+
+    /// Sends a raw request body with no `?query=` (the statement leads the body).
+    pub async fn post_body(&self, body: impl Into<reqwest::Body>) -> Answer {
+        let response = self.http.post(&self.url).body(body).send().await.expect("tandem answers");
+        Answer {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: response.bytes().await.expect("a body").to_vec(),
+        }
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        let response = self.http.get(format!("{}{path}", self.url)).send().await.expect("tandem answers");
+        Answer {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: response.bytes().await.expect("a body").to_vec(),
+        }
+    }
+}
+
+impl Drop for Tandem {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// A node on a fresh temporary directory; the directory lives as long as the returned guard.
+pub async fn single_node(extra_args: &[&str]) -> (Tandem, tempfile::TempDir) {
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let node = Tandem::start(&dir.path().join("data"), extra_args).await.expect("tandem starts");
+    (node, dir)
+}

@@ -1,0 +1,609 @@
+//! Input and output formats in ClickHouse's naming: rows in (JSONEachRow, CSV, TSV, Parquet,
+//! ArrowStream) become Arrow batches in the table's schema, with errors that name the line,
+//! the column and the types; query results go out in the format asked for.
+
+use std::io::Cursor;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
+use datafusion::arrow::compute::kernels::zip::zip;
+use datafusion::arrow::compute::{CastOptions, cast_with_options, concat_batches, is_not_null};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
+use datafusion::arrow::ipc::reader::StreamReader;
+use datafusion::arrow::ipc::writer::StreamWriter;
+use datafusion::arrow::json::writer::{JsonArray, LineDelimited};
+use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
+use datafusion::common::ScalarValue;
+use datafusion::parquet::arrow::ArrowWriter;
+use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+
+use crate::error::NodeError;
+use crate::schema::{ColumnType, TableDef};
+
+const TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.f";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Format {
+    JsonEachRow,
+    Json,
+    Csv,
+    CsvWithNames,
+    TabSeparated,
+    TabSeparatedWithNames,
+    Parquet,
+    ArrowStream,
+}
+
+pub const FORMAT_NAMES: &str = "JSONEachRow, JSON (output only), CSV, CSVWithNames, TabSeparated (TSV), \
+     TabSeparatedWithNames (TSVWithNames), Parquet, ArrowStream";
+
+impl Format {
+    /// Format names are matched without regard to case, with ClickHouse's aliases.
+    pub fn parse(name: &str) -> Result<Format, NodeError> {
+        Ok(match name.to_ascii_lowercase().as_str() {
+            "jsoneachrow" | "jsonlines" | "ndjson" => Format::JsonEachRow,
+            "json" => Format::Json,
+            "csv" => Format::Csv,
+            "csvwithnames" => Format::CsvWithNames,
+            "tabseparated" | "tsv" => Format::TabSeparated,
+            "tabseparatedwithnames" | "tsvwithnames" => Format::TabSeparatedWithNames,
+            "parquet" => Format::Parquet,
+            "arrowstream" => Format::ArrowStream,
+            _ => return Err(NodeError::bad_request(format!("unknown format `{name}`; supported: {FORMAT_NAMES}"))),
+        })
+    }
+
+    pub fn content_type(self) -> &'static str {
+        match self {
+            Format::JsonEachRow => "application/x-ndjson; charset=utf-8",
+            Format::Json => "application/json; charset=utf-8",
+            Format::Csv | Format::CsvWithNames => "text/csv; charset=utf-8",
+            Format::TabSeparated | Format::TabSeparatedWithNames => "text/tab-separated-values; charset=utf-8",
+            Format::Parquet => "application/vnd.apache.parquet",
+            Format::ArrowStream => "application/vnd.apache.arrow.stream",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+pub struct InputOptions {
+    /// Ignore fields or columns the table does not have instead of refusing the insert.
+    pub skip_unknown_fields: bool,
+}
+
+/// Decodes an insert body into one batch in the table's schema.
+///
+/// `columns` restricts the input to those table columns (`INSERT INTO t (a, b) ...`); the
+/// others get NULL, or their type's default when not Nullable. Nothing is stored by this
+/// function, so a rejected body changes nothing.
+pub fn decode_insert(
+    format: Format,
+    data: &Bytes,
+    def: &TableDef,
+    columns: Option<&[String]>,
+    options: InputOptions,
+) -> Result<RecordBatch, NodeError> {
+    let table_schema = def.arrow_schema();
+    let input_schema = match columns {
+        Some(names) => {
+            let mut fields = Vec::with_capacity(names.len());
+            for name in names {
+                let field = table_schema.field_with_name(name).map_err(|_| unknown_column(def, name))?;
+                fields.push(field.clone());
+            }
+            Arc::new(Schema::new(fields))
+        }
+        None => table_schema.clone(),
+    };
+    let batch = match format {
+        Format::JsonEachRow => decode_json(data, &input_schema, options)?,
+        Format::Csv | Format::CsvWithNames | Format::TabSeparated | Format::TabSeparatedWithNames => {
+            decode_delimited(format, data, &input_schema, def, options)?
+        }
+        Format::Parquet => {
+            let reader = ParquetRecordBatchReaderBuilder::try_new(data.clone())
+                .and_then(|b| b.build())
+                .map_err(|e| NodeError::bad_request(format!("the body is not a readable Parquet file: {e}")))?;
+            let batches = reader
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| NodeError::bad_request(format!("cannot read the Parquet body: {e}")))?;
+            concat_input(batches)?
+        }
+        Format::ArrowStream => {
+            let reader = StreamReader::try_new(Cursor::new(data.as_ref()), None)
+                .map_err(|e| NodeError::bad_request(format!("the body is not an Arrow IPC stream: {e}")))?;
+            let batches = reader
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| NodeError::bad_request(format!("cannot read the Arrow IPC stream: {e}")))?;
+            concat_input(batches)?
+        }
+        Format::Json => {
+            return Err(NodeError::bad_request("format JSON is output-only; insert with JSONEachRow"));
+        }
+    };
+    conform(def, batch, options)
+}
+
+fn unknown_column(def: &TableDef, name: &str) -> NodeError {
+    let known: Vec<_> = def.columns.iter().map(|c| c.name.as_str()).collect();
+    NodeError::bad_request(format!("table `{}` has no column `{name}`; its columns are: {}", def.name, known.join(", ")))
+}
+
+fn concat_input(batches: Vec<RecordBatch>) -> Result<RecordBatch, NodeError> {
+    let Some(first) = batches.first() else {
+        return Ok(RecordBatch::new_empty(Arc::new(Schema::empty())));
+    };
+    concat_batches(&first.schema(), &batches).map_err(|e| NodeError::bad_request(format!("inconsistent batches in the body: {e}")))
+}
+
+/// Casts and completes a decoded batch into the table's schema.
+fn conform(def: &TableDef, batch: RecordBatch, options: InputOptions) -> Result<RecordBatch, NodeError> {
+    let rows = batch.num_rows();
+    let input = batch.schema();
+    for field in input.fields() {
+        if def.column(field.name()).is_none() && !options.skip_unknown_fields {
+            return Err(unknown_column(def, field.name()));
+        }
+    }
+    let strict = CastOptions { safe: false, ..Default::default() };
+    let mut columns: Vec<ArrayRef> = Vec::with_capacity(def.columns.len());
+    for column in &def.columns {
+        let target = column.column_type.arrow();
+        let array = match input.index_of(&column.name) {
+            Ok(index) => {
+                let array = batch.column(index);
+                if array.data_type() == &target {
+                    array.clone()
+                } else {
+                    cast_with_options(array, &target, &strict).map_err(|e| {
+                        NodeError::bad_request(format!(
+                            "column `{}` is {} but the insert has {} values that do not convert: {e}",
+                            column.name,
+                            column.type_name(),
+                            ColumnType::name_of_arrow(array.data_type())
+                        ))
+                    })?
+                }
+            }
+            Err(_) => new_null_array(&target, rows),
+        };
+        let array = if !column.nullable && array.null_count() > 0 { fill_default(&array, column.column_type)? } else { array };
+        columns.push(array);
+    }
+    RecordBatch::try_new(def.arrow_schema(), columns).map_err(NodeError::internal)
+}
+
+/// Replaces NULLs with the type's default, as ClickHouse does for columns that are not Nullable.
+fn fill_default(array: &ArrayRef, column_type: ColumnType) -> Result<ArrayRef, NodeError> {
+    let default = match column_type {
+        ColumnType::String => ScalarValue::Utf8(Some(String::new())),
+        ColumnType::Bool => ScalarValue::Boolean(Some(false)),
+        other => ScalarValue::Int64(Some(0)).cast_to(&other.arrow()).map_err(NodeError::internal)?,
+    };
+    let mask = is_not_null(array).map_err(NodeError::internal)?;
+    let default = default.to_scalar().map_err(NodeError::internal)?;
+    zip(&mask, array, &default).map_err(NodeError::internal)
+}
+
+fn decode_json(data: &Bytes, schema: &SchemaRef, options: InputOptions) -> Result<RecordBatch, NodeError> {
+    use datafusion::arrow::json::ReaderBuilder;
+    // Arrow's JSON tape decoder tolerates some malformed input (a missing comma between
+    // fields); a strict syntax pass first makes malformed rows an error with line and column.
+    // It also records where each row starts, to name the line of a later conversion error.
+    let mut row_offsets = Vec::new();
+    let mut rows = serde_json::Deserializer::from_slice(data).into_iter::<serde::de::IgnoredAny>();
+    loop {
+        let start = rows.byte_offset();
+        match rows.next() {
+            None => break,
+            Some(Ok(_)) => row_offsets.push(start),
+            Some(Err(e)) => {
+                return Err(NodeError::bad_request(format!(
+                    "malformed JSONEachRow at line {}, column {}: {e}",
+                    e.line(),
+                    e.column()
+                )));
+            }
+        }
+    }
+    // Arrow's decoder truncates 2.5 into an integer column; integers are read as text and
+    // converted strictly instead.
+    let read_schema = Arc::new(Schema::new(
+        schema
+            .fields()
+            .iter()
+            .map(|f| if f.data_type().is_integer() { Field::new(f.name(), DataType::Utf8, true) } else { f.as_ref().clone() })
+            .collect::<Vec<_>>(),
+    ));
+    let mut decoder = ReaderBuilder::new(read_schema.clone())
+        .with_strict_mode(!options.skip_unknown_fields)
+        .with_coerce_primitive(true)
+        .with_batch_size(16 * 1024)
+        .build_decoder()
+        .map_err(NodeError::internal)?;
+    let mut batches = Vec::new();
+    let mut rest: &[u8] = data;
+    let result: Result<(), datafusion::arrow::error::ArrowError> = (|| {
+        while !rest.is_empty() {
+            let consumed = decoder.decode(rest)?;
+            rest = &rest[consumed..];
+            if let Some(batch) = decoder.flush()? {
+                batches.push(batch);
+            }
+        }
+        if let Some(batch) = decoder.flush()? {
+            batches.push(batch);
+        }
+        Ok(())
+    })();
+    if let Err(e) = result {
+        return Err(locate_json_error(data, schema, &e.to_string()));
+    }
+    if batches.is_empty() {
+        return Ok(RecordBatch::new_empty(schema.clone()));
+    }
+    let batch = concat_batches(&read_schema, &batches).map_err(NodeError::internal)?;
+    let line_of_row = |row: usize| {
+        let offset = row_offsets.get(row).copied().unwrap_or(0);
+        let skipped = data[..offset].iter().take_while(|b| b.is_ascii_whitespace()).count();
+        data[..offset + skipped].iter().filter(|&&b| b == b'\n').count() as u64 + 1
+    };
+    let mut columns = Vec::with_capacity(batch.num_columns());
+    for (field, array) in schema.fields().iter().zip(batch.columns()) {
+        if array.data_type() == field.data_type() {
+            columns.push(array.clone());
+        } else {
+            columns.push(convert_text(array, field, line_of_row)?);
+        }
+    }
+    RecordBatch::try_new(schema.clone(), columns).map_err(NodeError::internal)
+}
+
+/// Converts a text column into `field`'s type; a value that does not convert is an error
+/// naming its line, the column and its type.
+fn convert_text(text: &ArrayRef, field: &Field, line_of_row: impl Fn(usize) -> u64) -> Result<ArrayRef, NodeError> {
+    let converted = cast_with_options(text, field.data_type(), &CastOptions::default()).map_err(NodeError::internal)?;
+    if converted.null_count() != text.null_count() {
+        let row = (0..text.len()).find(|&i| text.is_valid(i) && converted.is_null(i)).unwrap_or(0);
+        let value = text.as_any().downcast_ref::<StringArray>().map(|s| s.value(row).to_string()).unwrap_or_default();
+        return Err(NodeError::bad_request(format!(
+            "line {}: column `{}` is {} but the value is {:?}",
+            line_of_row(row),
+            field.name(),
+            ColumnType::name_of_arrow(field.data_type()),
+            truncate(&value, 60)
+        )));
+    }
+    Ok(converted)
+}
+
+/// Arrow's JSON decoder reports what failed but not where: find the first bad line and say
+/// which line, which column, and what was wrong with it.
+fn locate_json_error(data: &[u8], schema: &SchemaRef, arrow_message: &str) -> NodeError {
+    let text = String::from_utf8_lossy(data);
+    for (index, line) in text.lines().enumerate() {
+        let line_no = index + 1;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let value: serde_json::Value = match serde_json::from_str(line) {
+            Ok(v) => v,
+            Err(e) => {
+                return NodeError::bad_request(format!(
+                    "malformed JSONEachRow at line {line_no}, column {}: {e}",
+                    e.column()
+                ));
+            }
+        };
+        let Some(object) = value.as_object() else {
+            return NodeError::bad_request(format!("malformed JSONEachRow at line {line_no}: each row must be a JSON object"));
+        };
+        for (key, value) in object {
+            let Ok(field) = schema.field_with_name(key) else {
+                return NodeError::bad_request(format!(
+                    "line {line_no}: the table has no column `{key}` (set input_format_skip_unknown_fields=1 to ignore it)"
+                ));
+            };
+            if let Some(problem) = json_type_problem(field.data_type(), value) {
+                return NodeError::bad_request(format!(
+                    "line {line_no}: column `{key}` is {} but the value is {problem}",
+                    ColumnType::name_of_arrow(field.data_type())
+                ));
+            }
+        }
+    }
+    NodeError::bad_request(format!("cannot parse JSONEachRow: {arrow_message}"))
+}
+
+fn json_type_problem(data_type: &DataType, value: &serde_json::Value) -> Option<String> {
+    use serde_json::Value as V;
+    let describe = |kind: &str| Some(format!("{kind} {}", truncate(&value.to_string(), 60)));
+    match (data_type, value) {
+        (_, V::Null) => None,
+        (DataType::Utf8, V::String(_)) => None,
+        (DataType::Boolean, V::Bool(_)) => None,
+        (t, V::Number(n)) if t.is_integer() => if n.is_f64() { describe("the fractional number") } else { None },
+        (t, V::Number(_)) if t.is_floating() || t.is_temporal() => None,
+        (t, V::String(s)) if t.is_numeric() => {
+            if s.parse::<f64>().is_ok() { None } else { describe("the string") }
+        }
+        (t, V::String(_)) if t.is_temporal() => None,
+        (_, V::String(_)) => describe("the string"),
+        (_, V::Number(_)) => describe("the number"),
+        (_, V::Bool(_)) => describe("the boolean"),
+        (_, V::Array(_)) => describe("the array"),
+        (_, V::Object(_)) => describe("the object"),
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.chars().count() <= max { s.to_string() } else { format!("{}…", s.chars().take(max).collect::<String>()) }
+}
+
+/// CSV and TabSeparated: fields are read as text, then converted column by column, so an error
+/// names the line, the column, its type and the text that does not fit.
+fn decode_delimited(
+    format: Format,
+    data: &Bytes,
+    input_schema: &SchemaRef,
+    def: &TableDef,
+    options: InputOptions,
+) -> Result<RecordBatch, NodeError> {
+    let with_names = matches!(format, Format::CsvWithNames | Format::TabSeparatedWithNames);
+    let (records, lines) = if matches!(format, Format::Csv | Format::CsvWithNames) { split_csv(data)? } else { split_tsv(data)? };
+    let mut records = records.into_iter().zip(lines).peekable();
+
+    // With names, the header says which column each field is, in any order.
+    let mut targets: Vec<Option<Field>> = input_schema.fields().iter().map(|f| Some(f.as_ref().clone())).collect();
+    if with_names {
+        let Some((header, _)) = records.next() else {
+            return Ok(RecordBatch::new_empty(input_schema.clone()));
+        };
+        targets = Vec::new();
+        for name in header {
+            let name = name.unwrap_or_default();
+            match input_schema.field_with_name(&name) {
+                Ok(field) => targets.push(Some(field.clone())),
+                Err(_) if options.skip_unknown_fields => targets.push(None),
+                Err(_) => return Err(unknown_column(def, &name)),
+            }
+        }
+    }
+
+    let mut fields_text: Vec<Vec<Option<String>>> = vec![Vec::new(); targets.len()];
+    let mut line_numbers = Vec::new();
+    for (record, line) in records {
+        if record.len() != targets.len() {
+            return Err(NodeError::bad_request(format!(
+                "line {line}: expected {} fields, found {}",
+                targets.len(),
+                record.len()
+            )));
+        }
+        for (column, value) in record.into_iter().enumerate() {
+            fields_text[column].push(value);
+        }
+        line_numbers.push(line);
+    }
+
+    let mut fields = Vec::new();
+    let mut arrays = Vec::new();
+    for (target, texts) in targets.into_iter().zip(fields_text) {
+        let Some(field) = target else { continue };
+        let is_string = field.data_type() == &DataType::Utf8;
+        let text = StringArray::from(
+            texts.into_iter().map(|v| v.filter(|s| is_string || !s.is_empty())).collect::<Vec<_>>(),
+        );
+        let text: ArrayRef = Arc::new(text);
+        let array = if is_string { text } else { convert_text(&text, &field, |row| line_numbers[row])? };
+        fields.push(field);
+        arrays.push(array);
+    }
+    let schema = Arc::new(Schema::new(fields));
+    let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(line_numbers.len()));
+    RecordBatch::try_new_with_options(schema, arrays, &options).map_err(NodeError::internal)
+}
+
+type Records = (Vec<Vec<Option<String>>>, Vec<u64>);
+
+fn split_csv(data: &[u8]) -> Result<Records, NodeError> {
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(data);
+    let mut records = Vec::new();
+    let mut lines = Vec::new();
+    let mut record = csv::ByteRecord::new();
+    loop {
+        match reader.read_byte_record(&mut record) {
+            Ok(false) => break,
+            Ok(true) => {
+                let line = record.position().map(|p| p.line()).unwrap_or(0);
+                let mut fields = Vec::with_capacity(record.len());
+                for (column, field) in record.iter().enumerate() {
+                    let text = std::str::from_utf8(field).map_err(|_| {
+                        NodeError::bad_request(format!("line {line}, field {}: not valid UTF-8", column + 1))
+                    })?;
+                    fields.push(if text == "\\N" { None } else { Some(text.to_string()) });
+                }
+                records.push(fields);
+                lines.push(line);
+            }
+            Err(e) => return Err(NodeError::bad_request(format!("malformed CSV: {e}"))),
+        }
+    }
+    Ok((records, lines))
+}
+
+fn split_tsv(data: &[u8]) -> Result<Records, NodeError> {
+    let text = std::str::from_utf8(data).map_err(|e| {
+        let line = data[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
+        NodeError::bad_request(format!("line {line}: not valid UTF-8"))
+    })?;
+    let mut records = Vec::new();
+    let mut lines = Vec::new();
+    for (index, line) in text.split('\n').enumerate() {
+        let line = line.strip_suffix('\r').unwrap_or(line);
+        if line.is_empty() {
+            continue;
+        }
+        let fields = line.split('\t').map(unescape_tsv).collect::<Result<Vec<_>, _>>().map_err(|e| {
+            NodeError::bad_request(format!("line {}: {e}", index + 1))
+        })?;
+        records.push(fields);
+        lines.push(index as u64 + 1);
+    }
+    Ok((records, lines))
+}
+
+/// ClickHouse's TabSeparated escaping: `\N` is NULL; `\t`, `\n`, `\\` and friends are escapes.
+fn unescape_tsv(field: &str) -> Result<Option<String>, String> {
+    if field == "\\N" {
+        return Ok(None);
+    }
+    if !field.contains('\\') {
+        return Ok(Some(field.to_string()));
+    }
+    let mut out = String::with_capacity(field.len());
+    let mut chars = field.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('t') => out.push('\t'),
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some('0') => out.push('\0'),
+            Some('b') => out.push('\u{8}'),
+            Some('f') => out.push('\u{c}'),
+            Some(other) => out.push(other),
+            None => return Err("a field ends with a lone backslash".to_string()),
+        }
+    }
+    Ok(Some(out))
+}
+
+fn escape_tsv(value: &str, out: &mut String) {
+    for c in value.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\t' => out.push_str("\\t"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\0' => out.push_str("\\0"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// Encodes query results. `elapsed` feeds the statistics of the JSON format.
+pub fn encode(format: Format, schema: &SchemaRef, batches: &[RecordBatch], elapsed_secs: f64) -> Result<Bytes, NodeError> {
+    let mut out: Vec<u8> = Vec::new();
+    match format {
+        Format::JsonEachRow => {
+            let mut writer = datafusion::arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
+                .build::<_, LineDelimited>(&mut out);
+            for batch in batches {
+                writer.write(batch).map_err(NodeError::internal)?;
+            }
+            writer.finish().map_err(NodeError::internal)?;
+        }
+        Format::Json => {
+            let meta: Vec<_> = schema
+                .fields()
+                .iter()
+                .map(|f| serde_json::json!({"name": f.name(), "type": ColumnType::name_of_arrow(f.data_type())}))
+                .collect();
+            out.extend_from_slice(b"{\"meta\":");
+            out.extend_from_slice(serde_json::to_string(&meta).map_err(NodeError::internal)?.as_bytes());
+            out.extend_from_slice(b",\"data\":");
+            let mut writer = datafusion::arrow::json::WriterBuilder::new()
+                .with_explicit_nulls(true)
+                .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
+                .build::<_, JsonArray>(&mut out);
+            for batch in batches {
+                writer.write(batch).map_err(NodeError::internal)?;
+            }
+            writer.finish().map_err(NodeError::internal)?;
+            drop(writer);
+            if out.ends_with(b":") {
+                out.extend_from_slice(b"[]");
+            }
+            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
+            out.extend_from_slice(format!(",\"rows\":{rows},\"statistics\":{{\"elapsed\":{elapsed_secs}}}}}\n").as_bytes());
+        }
+        Format::Csv | Format::CsvWithNames => {
+            let header = format == Format::CsvWithNames;
+            if header && batches.is_empty() {
+                let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                out.extend_from_slice(names.join(",").as_bytes());
+                out.push(b'\n');
+            }
+            let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+                .with_header(header)
+                .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
+                .with_null("\\N".to_string())
+                .build(&mut out);
+            for batch in batches {
+                writer.write(batch).map_err(NodeError::internal)?;
+            }
+        }
+        Format::TabSeparated | Format::TabSeparatedWithNames => {
+            let mut text = String::new();
+            if format == Format::TabSeparatedWithNames {
+                let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
+                text.push_str(&names.join("\t"));
+                text.push('\n');
+            }
+            let options = FormatOptions::new().with_null("\\N").with_timestamp_format(Some(TIMESTAMP_FORMAT));
+            for batch in batches {
+                let formatters = batch
+                    .columns()
+                    .iter()
+                    .map(|a| ArrayFormatter::try_new(a.as_ref(), &options))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(NodeError::internal)?;
+                for row in 0..batch.num_rows() {
+                    for (i, formatter) in formatters.iter().enumerate() {
+                        if i > 0 {
+                            text.push('\t');
+                        }
+                        if batch.column(i).is_null(row) {
+                            text.push_str("\\N");
+                        } else {
+                            escape_tsv(&formatter.value(row).to_string(), &mut text);
+                        }
+                    }
+                    text.push('\n');
+                }
+            }
+            out = text.into_bytes();
+        }
+        Format::Parquet => {
+            let mut writer = ArrowWriter::try_new(&mut out, schema.clone(), None).map_err(NodeError::internal)?;
+            for batch in batches {
+                writer.write(batch).map_err(NodeError::internal)?;
+            }
+            writer.close().map_err(NodeError::internal)?;
+        }
+        Format::ArrowStream => {
+            let mut writer = StreamWriter::try_new(&mut out, schema).map_err(NodeError::internal)?;
+            for batch in batches {
+                writer.write(batch).map_err(NodeError::internal)?;
+            }
+            writer.finish().map_err(NodeError::internal)?;
+        }
+    }
+    Ok(Bytes::from(out))
+}
+
+/// A one-column text batch, for SHOW TABLES and similar answers.
+pub fn text_batch(columns: &[(&str, Vec<String>)]) -> Result<RecordBatch, NodeError> {
+    let schema = Arc::new(Schema::new(
+        columns.iter().map(|(name, _)| Field::new(*name, DataType::Utf8, false)).collect::<Vec<_>>(),
+    ));
+    let arrays = columns.iter().map(|(_, values)| Arc::new(StringArray::from(values.clone())) as ArrayRef).collect();
+    RecordBatch::try_new(schema, arrays).map_err(NodeError::internal)
+}

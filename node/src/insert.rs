@@ -1,0 +1,238 @@
+//! The insert path: decode the body, split it per partition, compute block ids, write the
+//! parts durably, register them with their block ids in one coordinator transaction, and
+//! answer once this node has applied the registration.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use serde::Serialize;
+use tandem_coordinator::{CoordError, NewPart, PartOutcome, Revision};
+use tandem_parts::{PART_FORMAT_VERSION, PartManifest, PartMetadata, block_id, encode_part, split_by_partition};
+
+use crate::error::NodeError;
+use crate::formats::{Format, InputOptions, decode_insert};
+use crate::node::Node;
+
+/// Per-request insert settings (URL parameters).
+#[derive(Clone, Debug, Default)]
+pub struct InsertSettings {
+    pub deduplicate: bool,
+    pub deduplication_token: Option<String>,
+    pub input: InputOptions,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PartSummary {
+    pub part: String,
+    pub partition: String,
+    pub rows: u64,
+    pub deduplicated: bool,
+    pub revision: Revision,
+}
+
+/// What an insert answers, as JSON body and as headers.
+#[derive(Debug, Serialize)]
+pub struct InsertSummary {
+    pub table: String,
+    pub rows_written: u64,
+    pub rows_deduplicated: u64,
+    /// True when every block of the insert had been admitted before: nothing was stored.
+    pub deduplicated: bool,
+    pub parts: Vec<PartSummary>,
+    /// Pass this as `after_revision` to a later read to see this insert on any node.
+    pub revision: Revision,
+}
+
+/// Distinguishes inserts made without deduplication, so identical rows still make new parts.
+static INSERT_SEQUENCE: AtomicU64 = AtomicU64::new(0);
+
+const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub async fn insert(
+    node: &Node,
+    table: &str,
+    columns: Option<&[String]>,
+    format: Format,
+    data: Bytes,
+    settings: &InsertSettings,
+) -> Result<InsertSummary, NodeError> {
+    // A schema change between reading the schema and registering the parts makes the
+    // registration fail; the insert is then decoded again under the new schema.
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        match insert_once(node, table, columns, format, &data, settings).await {
+            Err(NodeError::Conflict(msg)) if attempts < 3 && msg.contains("changed") => {
+                tracing::info!(%table, "schema changed during insert; retrying under the new schema");
+            }
+            other => return other,
+        }
+    }
+}
+
+async fn insert_once(
+    node: &Node,
+    table: &str,
+    columns: Option<&[String]>,
+    format: Format,
+    data: &Bytes,
+    settings: &InsertSettings,
+) -> Result<InsertSummary, NodeError> {
+    let state = node.catalog.table(table).ok_or_else(|| NodeError::unknown_table(table))?;
+    let def = state.def.clone();
+    let version = state.version;
+    drop(state);
+
+    let (def_for_decode, data, columns, input) = (def.clone(), data.clone(), columns.map(<[String]>::to_vec), settings.input);
+    let batch = tokio::task::spawn_blocking(move || decode_insert(format, &data, &def_for_decode, columns.as_deref(), input))
+        .await
+        .map_err(NodeError::internal)??;
+    let mut summary = InsertSummary {
+        table: table.to_string(),
+        rows_written: 0,
+        rows_deduplicated: 0,
+        deduplicated: false,
+        parts: Vec::new(),
+        revision: node.catalog.applied_revision(),
+    };
+    if batch.num_rows() == 0 {
+        return Ok(summary);
+    }
+
+    let blocks = split_by_partition(&batch, &def.partition_by)?;
+    let token = settings.deduplication_token.clone();
+    let mut pending = Vec::new();
+    for (partition, block) in blocks {
+        let block_id = if settings.deduplicate {
+            let id = block_id(table, &partition, &block, token.as_deref())?;
+            // Cheap early answer for a retried block: skip encoding what is already admitted.
+            if let Some((record, revision)) = node.coordinator.get_block(table, &id).await? {
+                summary.rows_deduplicated += block.num_rows() as u64;
+                summary.revision = summary.revision.max(revision);
+                summary.parts.push(PartSummary {
+                    part: record.part,
+                    partition,
+                    rows: block.num_rows() as u64,
+                    deduplicated: true,
+                    revision,
+                });
+                continue;
+            }
+            Some(id)
+        } else {
+            None
+        };
+        pending.push((partition, block, block_id));
+    }
+
+    if !pending.is_empty() {
+        register(node, &def, version, pending, &mut summary).await?;
+    }
+    summary.deduplicated = summary.parts.iter().all(|p| p.deduplicated);
+    node.metrics.insert_rows.inc_by(summary.rows_written);
+    node.metrics.insert_deduplicated_blocks.inc_by(summary.parts.iter().filter(|p| p.deduplicated).count() as u64);
+
+    if !node.catalog.wait_applied(summary.revision, APPLY_TIMEOUT).await {
+        return Err(NodeError::Timeout(format!(
+            "the insert is registered at revision {} but this node has not applied it within {}s; it will appear shortly, and retrying the insert is safe",
+            summary.revision,
+            APPLY_TIMEOUT.as_secs()
+        )));
+    }
+    Ok(summary)
+}
+
+async fn register(
+    node: &Node,
+    def: &crate::schema::TableDef,
+    version: Revision,
+    pending: Vec<(String, tandem_parts::arrow::array::RecordBatch, Option<String>)>,
+    summary: &mut InsertSummary,
+) -> Result<(), NodeError> {
+    let table = def.name.clone();
+    let sort_key = def.order_by.clone();
+    let store = node.catalog.store().clone();
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let sequence = INSERT_SEQUENCE.fetch_add(1, Ordering::Relaxed);
+    let node_id = node.config.node_id.clone();
+    // Encoding and fsync block: off the async runtime.
+    let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<(NewPart, u64)>, NodeError> {
+        let mut out = Vec::new();
+        for (index, (partition, block, block_id)) in pending.into_iter().enumerate() {
+            let origin = block_id.clone().unwrap_or_else(|| format!("{node_id}/{now_ms}/{sequence}/{index}"));
+            let metadata = PartMetadata { table: table.clone(), partition: partition.clone(), origin };
+            let part = encode_part(&block, &sort_key, &metadata)?;
+            store.write(&part.id, &part.bytes)?;
+            let manifest = PartManifest {
+                format_version: PART_FORMAT_VERSION,
+                table: table.clone(),
+                partition: partition.clone(),
+                rows: part.rows,
+                bytes: part.bytes.len() as u64,
+                schema_version: version,
+                block_id: block_id.clone(),
+                level: 0,
+                sort_key: sort_key.clone(),
+                columns: part.columns,
+                created_at_ms: now_ms,
+            };
+            out.push((NewPart { id: part.id.to_string(), partition, block_id, manifest: manifest.to_json() }, part.rows));
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(NodeError::internal)??;
+
+    let (new_parts, rows): (Vec<NewPart>, Vec<u64>) = encoded.into_iter().unzip();
+    let registration = node.coordinator.register_parts(&def.name, version, new_parts.clone(), now_ms).await;
+    let registration = match registration {
+        Ok(r) => r,
+        Err(e) => {
+            // Only a definite refusal allows deleting the files: after a timeout the parts may
+            // be registered after all, and the orphan sweep removes them if they are not.
+            if matches!(e, CoordError::TableChanged { .. } | CoordError::NoSuchTable(_)) {
+                discard_unregistered(node, &new_parts).await;
+            }
+            return Err(match e {
+                CoordError::TableChanged { .. } => NodeError::Conflict(format!(
+                    "table `{}` changed while inserting; retrying under the new schema",
+                    def.name
+                )),
+                other => other.into(),
+            });
+        }
+    };
+    let mut orphans = Vec::new();
+    for ((part, rows), outcome) in new_parts.into_iter().zip(rows).zip(registration.outcomes) {
+        match outcome {
+            PartOutcome::Registered { revision } => {
+                node.metrics.insert_parts.inc();
+                summary.rows_written += rows;
+                summary.parts.push(PartSummary { part: part.id, partition: part.partition, rows, deduplicated: false, revision });
+            }
+            PartOutcome::Duplicate { existing_part, revision } => {
+                summary.rows_deduplicated += rows;
+                if existing_part != part.id {
+                    orphans.push(part.clone());
+                }
+                summary.parts.push(PartSummary { part: existing_part, partition: part.partition, rows, deduplicated: true, revision });
+            }
+        }
+    }
+    summary.revision = summary.revision.max(registration.revision);
+    discard_unregistered(node, &orphans).await;
+    Ok(())
+}
+
+/// Deletes files written for parts that did not get registered (a lost dedup race, or a
+/// failed registration). A file that some active part uses is kept.
+async fn discard_unregistered(node: &Node, parts: &[NewPart]) {
+    for part in parts {
+        let Ok(id) = part.id.parse() else { continue };
+        let in_use = node.catalog.snapshot().values().any(|t| t.parts.contains_key(&id));
+        if !in_use && let Err(e) = node.catalog.store().remove(&id) {
+            tracing::warn!(part = %part.id, error = %e, "cannot delete the file of an unregistered part");
+        }
+    }
+}

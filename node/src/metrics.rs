@@ -1,0 +1,67 @@
+//! Prometheus metrics of the node, named `tandem_<subsystem>_<name>_<unit>`, served on `/metrics`.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+pub struct Metrics {
+    registry: Registry,
+    pub insert_rows: Counter,
+    pub insert_parts: Counter,
+    pub insert_deduplicated_blocks: Counter,
+    pub insert_errors: Counter,
+    pub insert_seconds: Histogram,
+    pub query_seconds: Histogram,
+    pub query_errors: Counter,
+    pub corrupt_parts: Counter,
+    pub applied_revision: Gauge,
+    pub active_parts: Gauge,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::with_prefix("tandem");
+        let metrics = Metrics {
+            insert_rows: Counter::default(),
+            insert_parts: Counter::default(),
+            insert_deduplicated_blocks: Counter::default(),
+            insert_errors: Counter::default(),
+            insert_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            query_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 16)),
+            query_errors: Counter::default(),
+            corrupt_parts: Counter::default(),
+            applied_revision: Gauge::default(),
+            active_parts: Gauge::default(),
+            registry: Registry::default(),
+        };
+        registry.register("insert_rows", "Rows written by inserts (deduplicated rows excluded)", metrics.insert_rows.clone());
+        registry.register("insert_parts", "Parts written by inserts", metrics.insert_parts.clone());
+        registry.register(
+            "insert_deduplicated_blocks",
+            "Insert blocks acknowledged as duplicates of an admitted block",
+            metrics.insert_deduplicated_blocks.clone(),
+        );
+        registry.register("insert_errors", "Inserts that failed", metrics.insert_errors.clone());
+        registry.register("insert_seconds", "Insert latency, from request to ack", metrics.insert_seconds.clone());
+        registry.register("query_seconds", "Query latency", metrics.query_seconds.clone());
+        registry.register("query_errors", "Queries that failed", metrics.query_errors.clone());
+        registry.register("parts_corrupt", "Part files that failed hash verification", metrics.corrupt_parts.clone());
+        registry.register("catalog_applied_revision", "Last coordinator revision applied by this node", metrics.applied_revision.clone());
+        registry.register("catalog_active_parts", "Active parts served by this node", metrics.active_parts.clone());
+        Metrics { registry, ..metrics }
+    }
+
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        encode(&mut out, &self.registry).expect("writing to a String cannot fail");
+        out
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}

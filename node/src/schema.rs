@@ -1,0 +1,172 @@
+//! Table definitions: column types in ClickHouse's spelling, their Arrow types, and the
+//! serialized record the coordinator stores.
+
+use std::sync::Arc;
+
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use serde::{Deserialize, Serialize};
+use tandem_parts::PartitionSpec;
+
+/// Version of the serialized table definition; new fields get serde defaults.
+pub const TABLE_FORMAT_VERSION: u32 = 1;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ColumnType {
+    Int8,
+    Int16,
+    Int32,
+    Int64,
+    UInt8,
+    UInt16,
+    UInt32,
+    UInt64,
+    Float32,
+    Float64,
+    Bool,
+    String,
+    Date,
+    /// Seconds since the epoch (ClickHouse `DateTime`).
+    DateTime,
+    /// `DateTime64(precision)`: precision 0, 3, 6 or 9 digits of fractional seconds.
+    DateTime64(u8),
+}
+
+impl ColumnType {
+    pub fn arrow(self) -> DataType {
+        match self {
+            ColumnType::Int8 => DataType::Int8,
+            ColumnType::Int16 => DataType::Int16,
+            ColumnType::Int32 => DataType::Int32,
+            ColumnType::Int64 => DataType::Int64,
+            ColumnType::UInt8 => DataType::UInt8,
+            ColumnType::UInt16 => DataType::UInt16,
+            ColumnType::UInt32 => DataType::UInt32,
+            ColumnType::UInt64 => DataType::UInt64,
+            ColumnType::Float32 => DataType::Float32,
+            ColumnType::Float64 => DataType::Float64,
+            ColumnType::Bool => DataType::Boolean,
+            ColumnType::String => DataType::Utf8,
+            ColumnType::Date => DataType::Date32,
+            ColumnType::DateTime => DataType::Timestamp(TimeUnit::Second, None),
+            ColumnType::DateTime64(p) => DataType::Timestamp(
+                match p {
+                    0 => TimeUnit::Second,
+                    1..=3 => TimeUnit::Millisecond,
+                    4..=6 => TimeUnit::Microsecond,
+                    _ => TimeUnit::Nanosecond,
+                },
+                None,
+            ),
+        }
+    }
+
+    pub fn name(self) -> String {
+        match self {
+            ColumnType::DateTime64(p) => format!("DateTime64({p})"),
+            other => format!("{other:?}"),
+        }
+    }
+
+    pub fn is_temporal(self) -> bool {
+        matches!(self, ColumnType::Date | ColumnType::DateTime | ColumnType::DateTime64(_))
+    }
+
+    /// The ClickHouse name of an Arrow type, for result metadata of arbitrary queries.
+    pub fn name_of_arrow(data_type: &DataType) -> String {
+        let base = match data_type {
+            DataType::Int8 => "Int8",
+            DataType::Int16 => "Int16",
+            DataType::Int32 => "Int32",
+            DataType::Int64 => "Int64",
+            DataType::UInt8 => "UInt8",
+            DataType::UInt16 => "UInt16",
+            DataType::UInt32 => "UInt32",
+            DataType::UInt64 => "UInt64",
+            DataType::Float32 => "Float32",
+            DataType::Float64 => "Float64",
+            DataType::Boolean => "Bool",
+            DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View => "String",
+            DataType::Date32 | DataType::Date64 => "Date",
+            DataType::Timestamp(TimeUnit::Second, _) => "DateTime",
+            DataType::Timestamp(TimeUnit::Millisecond, _) => "DateTime64(3)",
+            DataType::Timestamp(TimeUnit::Microsecond, _) => "DateTime64(6)",
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => "DateTime64(9)",
+            other => return other.to_string(),
+        };
+        base.to_string()
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ColumnDef {
+    pub name: String,
+    #[serde(rename = "type")]
+    pub column_type: ColumnType,
+    /// `Nullable(T)`: NULL is stored. Otherwise a missing or NULL value becomes the type's
+    /// default (0, '', 1970-01-01), as in ClickHouse.
+    pub nullable: bool,
+}
+
+impl ColumnDef {
+    pub fn type_name(&self) -> String {
+        if self.nullable { format!("Nullable({})", self.column_type.name()) } else { self.column_type.name() }
+    }
+}
+
+/// Per-table settings (`SETTINGS k = v` in CREATE TABLE).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableSettings {
+    /// How many of the most recent insert blocks are remembered for deduplication.
+    #[serde(default = "default_dedup_window_blocks")]
+    pub dedup_window_blocks: u64,
+    /// How long an insert block is remembered for deduplication.
+    #[serde(default = "default_dedup_window_seconds")]
+    pub dedup_window_seconds: u64,
+}
+
+fn default_dedup_window_blocks() -> u64 {
+    1000
+}
+
+fn default_dedup_window_seconds() -> u64 {
+    7 * 24 * 3600
+}
+
+impl Default for TableSettings {
+    fn default() -> Self {
+        TableSettings { dedup_window_blocks: default_dedup_window_blocks(), dedup_window_seconds: default_dedup_window_seconds() }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TableDef {
+    pub format_version: u32,
+    pub name: String,
+    pub columns: Vec<ColumnDef>,
+    pub order_by: Vec<String>,
+    pub partition_by: PartitionSpec,
+    #[serde(default)]
+    pub settings: TableSettings,
+}
+
+impl TableDef {
+    /// The Arrow schema of the table. Every Arrow field is nullable so that parts written
+    /// under older schemas read missing columns as NULL; NOT NULL is enforced at insert.
+    pub fn arrow_schema(&self) -> SchemaRef {
+        Arc::new(Schema::new(
+            self.columns.iter().map(|c| Field::new(&c.name, c.column_type.arrow(), true)).collect::<Vec<_>>(),
+        ))
+    }
+
+    pub fn column(&self, name: &str) -> Option<&ColumnDef> {
+        self.columns.iter().find(|c| c.name == name)
+    }
+
+    pub fn to_json(&self) -> Vec<u8> {
+        serde_json::to_vec(self).expect("a table definition always serializes")
+    }
+
+    pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
+        serde_json::from_slice(bytes)
+    }
+}
