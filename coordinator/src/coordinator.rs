@@ -5,8 +5,10 @@ use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
-use crate::kv::{Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, WatchEventKind, WatchResponse};
 use crate::CoordError;
+use crate::kv::{
+    Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, WatchEventKind, WatchResponse,
+};
 
 /// At most this many parts go into one transaction: each needs a compare and two puts, and
 /// etcd refuses transactions of more than 128 operations.
@@ -51,10 +53,15 @@ pub struct NewPart {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PartOutcome {
-    Registered { revision: Revision },
+    Registered {
+        revision: Revision,
+    },
     /// The block id was already admitted: nothing was registered. Names the part that holds
     /// the block and the revision at which it was admitted.
-    Duplicate { existing_part: String, revision: Revision },
+    Duplicate {
+        existing_part: String,
+        revision: Revision,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -140,16 +147,33 @@ impl Coordinator {
         let key = self.table_key(name);
         let result = self
             .kv
-            .txn(vec![Compare::Absent(key.clone())], vec![TxnOp::Put { key, value: doc.clone(), lease: None }], vec![])
+            .txn(
+                vec![Compare::Absent(key.clone())],
+                vec![TxnOp::Put {
+                    key,
+                    value: doc.clone(),
+                    lease: None,
+                }],
+                vec![],
+            )
             .await?;
         if !result.succeeded {
             return Err(CoordError::TableExists(name.to_string()));
         }
-        Ok(TableRecord { name: name.to_string(), doc, version: result.revision, created: result.revision })
+        Ok(TableRecord {
+            name: name.to_string(),
+            doc,
+            version: result.revision,
+            created: result.revision,
+        })
     }
 
     pub async fn get_table(&self, name: &str) -> Result<Option<TableRecord>, CoordError> {
-        Ok(self.kv.get(&self.table_key(name)).await?.map(|kv| self.table_record(kv)))
+        Ok(self
+            .kv
+            .get(&self.table_key(name))
+            .await?
+            .map(|kv| self.table_record(kv)))
     }
 
     pub async fn list_tables(&self) -> Result<Vec<TableRecord>, CoordError> {
@@ -171,13 +195,27 @@ impl Coordinator {
             .kv
             .txn(
                 vec![Compare::ModRevision(key.clone(), expected_version)],
-                vec![TxnOp::Put { key: key.clone(), value: doc, lease: None }, TxnOp::Get { key: key.clone() }],
+                vec![
+                    TxnOp::Put {
+                        key: key.clone(),
+                        value: doc,
+                        lease: None,
+                    },
+                    TxnOp::Get { key: key.clone() },
+                ],
                 vec![TxnOp::Get { key }],
             )
             .await?;
-        let current = result.gets.into_iter().next().flatten().map(|kv| self.table_record(kv));
+        let current = result
+            .gets
+            .into_iter()
+            .next()
+            .flatten()
+            .map(|kv| self.table_record(kv));
         if result.succeeded {
-            current.map(Ok).ok_or_else(|| CoordError::Backend("updated table record vanished".into()))
+            current
+                .map(Ok)
+                .ok_or_else(|| CoordError::Backend("updated table record vanished".into()))
         } else {
             Ok(Err(current))
         }
@@ -195,8 +233,12 @@ impl Coordinator {
                 vec![Compare::ModRevision(key.clone(), existing.mod_revision)],
                 vec![
                     TxnOp::Delete { key },
-                    TxnOp::DeletePrefix { prefix: format!("{}parts/{name}/", self.prefix) },
-                    TxnOp::DeletePrefix { prefix: format!("{}blocks/{name}/", self.prefix) },
+                    TxnOp::DeletePrefix {
+                        prefix: format!("{}parts/{name}/", self.prefix),
+                    },
+                    TxnOp::DeletePrefix {
+                        prefix: format!("{}blocks/{name}/", self.prefix),
+                    },
                 ],
                 vec![],
             )
@@ -231,19 +273,33 @@ impl Coordinator {
                 let mut failure = vec![TxnOp::Get { key: table_key }];
                 for &i in &pending {
                     let part = &parts[i];
-                    success.push(TxnOp::Put { key: self.part_key(table, &part.id), value: part.manifest.clone(), lease: None });
+                    success.push(TxnOp::Put {
+                        key: self.part_key(table, &part.id),
+                        value: part.manifest.clone(),
+                        lease: None,
+                    });
                     if let Some(block_id) = &part.block_id {
                         let key = self.block_key(table, block_id);
-                        let record = BlockRecord { part: part.id.clone(), partition: part.partition.clone(), created_at_ms: now_ms };
+                        let record = BlockRecord {
+                            part: part.id.clone(),
+                            partition: part.partition.clone(),
+                            created_at_ms: now_ms,
+                        };
                         compares.push(Compare::Absent(key.clone()));
-                        success.push(TxnOp::Put { key: key.clone(), value: json(&record), lease: None });
+                        success.push(TxnOp::Put {
+                            key: key.clone(),
+                            value: json(&record),
+                            lease: None,
+                        });
                         failure.push(TxnOp::Get { key });
                     }
                 }
                 let result = self.kv.txn(compares, success, failure).await?;
                 if result.succeeded {
                     for &i in &pending {
-                        outcomes[i] = Some(PartOutcome::Registered { revision: result.revision });
+                        outcomes[i] = Some(PartOutcome::Registered {
+                            revision: result.revision,
+                        });
                     }
                     revision = revision.max(result.revision);
                     break;
@@ -270,24 +326,36 @@ impl Coordinator {
                         Some(kv) => {
                             let record: BlockRecord = parse(&kv)?;
                             revision = revision.max(kv.create_revision);
-                            outcomes[i] =
-                                Some(PartOutcome::Duplicate { existing_part: record.part, revision: kv.create_revision });
+                            outcomes[i] = Some(PartOutcome::Duplicate {
+                                existing_part: record.part,
+                                revision: kv.create_revision,
+                            });
                         }
                         None => still_new.push(i),
                     }
                 }
                 if still_new.len() == pending.len() {
-                    return Err(CoordError::Backend("registration failed but no block id exists; the store is inconsistent".into()));
+                    return Err(CoordError::Backend(
+                        "registration failed but no block id exists; the store is inconsistent"
+                            .into(),
+                    ));
                 }
                 pending = still_new;
             }
         }
-        let outcomes = outcomes.into_iter().map(|o| o.expect("every part has an outcome")).collect();
+        let outcomes = outcomes
+            .into_iter()
+            .map(|o| o.expect("every part has an outcome"))
+            .collect();
         Ok(Registration { outcomes, revision })
     }
 
     /// The block record of an admitted block id, if any.
-    pub async fn get_block(&self, table: &str, block_id: &str) -> Result<Option<(BlockRecord, Revision)>, CoordError> {
+    pub async fn get_block(
+        &self,
+        table: &str,
+        block_id: &str,
+    ) -> Result<Option<(BlockRecord, Revision)>, CoordError> {
         match self.kv.get(&self.block_key(table, block_id)).await? {
             Some(kv) => Ok(Some((parse(&kv)?, kv.create_revision))),
             None => Ok(None),
@@ -296,21 +364,40 @@ impl Coordinator {
 
     /// Forgets block ids of `table` beyond the newest `keep` and older than `max_age`.
     /// Returns how many were removed.
-    pub async fn prune_blocks(&self, table: &str, keep: usize, max_age: Duration, now_ms: i64) -> Result<usize, CoordError> {
-        let (mut kvs, _) = self.kv.range(&format!("{}blocks/{table}/", self.prefix)).await?;
+    pub async fn prune_blocks(
+        &self,
+        table: &str,
+        keep: usize,
+        max_age: Duration,
+        now_ms: i64,
+    ) -> Result<usize, CoordError> {
+        let (mut kvs, _) = self
+            .kv
+            .range(&format!("{}blocks/{table}/", self.prefix))
+            .await?;
         kvs.sort_by_key(|kv| std::cmp::Reverse(kv.create_revision));
         let oldest_kept_ms = now_ms - max_age.as_millis() as i64;
         let mut expired = Vec::new();
         for (rank, kv) in kvs.into_iter().enumerate() {
-            let created = parse::<BlockRecord>(&kv).map(|r| r.created_at_ms).unwrap_or(0);
+            let created = parse::<BlockRecord>(&kv)
+                .map(|r| r.created_at_ms)
+                .unwrap_or(0);
             if rank >= keep || created < oldest_kept_ms {
                 expired.push(kv);
             }
         }
         let count = expired.len();
         for chunk in expired.chunks(100) {
-            let compares = chunk.iter().map(|kv| Compare::ModRevision(kv.key.clone(), kv.mod_revision)).collect();
-            let deletes = chunk.iter().map(|kv| TxnOp::Delete { key: kv.key.clone() }).collect();
+            let compares = chunk
+                .iter()
+                .map(|kv| Compare::ModRevision(kv.key.clone(), kv.mod_revision))
+                .collect();
+            let deletes = chunk
+                .iter()
+                .map(|kv| TxnOp::Delete {
+                    key: kv.key.clone(),
+                })
+                .collect();
             self.kv.txn(compares, deletes, vec![]).await?;
         }
         Ok(count)
@@ -319,7 +406,10 @@ impl Coordinator {
     /// Every table and part at one revision.
     pub async fn snapshot(&self) -> Result<Snapshot, CoordError> {
         let (kvs, revision) = self.kv.range(&self.prefix).await?;
-        let mut snapshot = Snapshot { revision, ..Default::default() };
+        let mut snapshot = Snapshot {
+            revision,
+            ..Default::default()
+        };
         for kv in kvs {
             match self.decode(kv) {
                 Some(ClusterEvent::TablePut(table)) => snapshot.tables.push(table),
@@ -333,7 +423,10 @@ impl Coordinator {
     /// Every change from revision `from` on, one batch per revision, in order. When `from`
     /// has been compacted the stream yields `CoordError::Compacted` and ends: take a new
     /// [`snapshot`](Self::snapshot) and watch from its revision + 1.
-    pub async fn watch(&self, from: Revision) -> Result<BoxStream<'static, Result<EventBatch, CoordError>>, CoordError> {
+    pub async fn watch(
+        &self,
+        from: Revision,
+    ) -> Result<BoxStream<'static, Result<EventBatch, CoordError>>, CoordError> {
         let stream = self.kv.watch(&self.prefix, from).await?;
         let this = self.clone();
         Ok(stream
@@ -348,29 +441,53 @@ impl Coordinator {
                         .collect();
                     Ok(EventBatch { revision, events })
                 }
-                WatchResponse::Compacted { compact_revision } => {
-                    Err(CoordError::Compacted { requested: from, compacted: compact_revision })
-                }
+                WatchResponse::Compacted { compact_revision } => Err(CoordError::Compacted {
+                    requested: from,
+                    compacted: compact_revision,
+                }),
             })
             .boxed())
     }
 
     /// Announces a live node under a lease; the entry disappears when the lease ends.
-    pub async fn announce_node(&self, node_id: &str, doc: Vec<u8>, lease: LeaseId) -> Result<(), CoordError> {
+    pub async fn announce_node(
+        &self,
+        node_id: &str,
+        doc: Vec<u8>,
+        lease: LeaseId,
+    ) -> Result<(), CoordError> {
         let key = format!("{}nodes/{node_id}", self.prefix);
-        self.kv.txn(vec![], vec![TxnOp::Put { key, value: doc, lease: Some(lease) }], vec![]).await?;
+        self.kv
+            .txn(
+                vec![],
+                vec![TxnOp::Put {
+                    key,
+                    value: doc,
+                    lease: Some(lease),
+                }],
+                vec![],
+            )
+            .await?;
         Ok(())
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<(String, Vec<u8>)>, CoordError> {
         let prefix = format!("{}nodes/", self.prefix);
         let (kvs, _) = self.kv.range(&prefix).await?;
-        Ok(kvs.into_iter().map(|kv| (kv.key[prefix.len()..].to_string(), kv.value)).collect())
+        Ok(kvs
+            .into_iter()
+            .map(|kv| (kv.key[prefix.len()..].to_string(), kv.value))
+            .collect())
     }
 
     fn table_record(&self, kv: KeyValue) -> TableRecord {
         let name = kv.key.rsplit('/').next().unwrap_or_default().to_string();
-        TableRecord { name, doc: kv.value, version: kv.mod_revision, created: kv.create_revision }
+        TableRecord {
+            name,
+            doc: kv.value,
+            version: kv.mod_revision,
+            created: kv.create_revision,
+        }
     }
 
     fn decode(&self, kv: KeyValue) -> Option<ClusterEvent> {
@@ -379,17 +496,27 @@ impl Coordinator {
             return Some(ClusterEvent::TablePut(self.table_record(kv)));
         }
         let (table, id) = rest.strip_prefix("parts/")?.split_once('/')?;
-        let part = RegisteredPart { table: table.to_string(), id: id.to_string(), revision: kv.create_revision, manifest: kv.value };
+        let part = RegisteredPart {
+            table: table.to_string(),
+            id: id.to_string(),
+            revision: kv.create_revision,
+            manifest: kv.value,
+        };
         Some(ClusterEvent::PartAdded(part))
     }
 
     fn decode_delete(&self, key: &str) -> Option<ClusterEvent> {
         let rest = key.strip_prefix(&self.prefix)?;
         if let Some(name) = rest.strip_prefix("tables/") {
-            return Some(ClusterEvent::TableDropped { name: name.to_string() });
+            return Some(ClusterEvent::TableDropped {
+                name: name.to_string(),
+            });
         }
         let (table, id) = rest.strip_prefix("parts/")?.split_once('/')?;
-        Some(ClusterEvent::PartRemoved { table: table.to_string(), id: id.to_string() })
+        Some(ClusterEvent::PartRemoved {
+            table: table.to_string(),
+            id: id.to_string(),
+        })
     }
 }
 
@@ -398,5 +525,8 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T, CoordError> {
-    serde_json::from_slice(&kv.value).map_err(|e| CoordError::Corrupt { key: kv.key.clone(), reason: e.to_string() })
+    serde_json::from_slice(&kv.value).map_err(|e| CoordError::Corrupt {
+        key: kv.key.clone(),
+        reason: e.to_string(),
+    })
 }

@@ -33,10 +33,20 @@ pub enum Compare {
 
 #[derive(Clone, Debug)]
 pub enum TxnOp {
-    Put { key: String, value: Vec<u8>, lease: Option<LeaseId> },
-    Delete { key: String },
-    DeletePrefix { prefix: String },
-    Get { key: String },
+    Put {
+        key: String,
+        value: Vec<u8>,
+        lease: Option<LeaseId>,
+    },
+    Delete {
+        key: String,
+    },
+    DeletePrefix {
+        prefix: String,
+    },
+    Get {
+        key: String,
+    },
 }
 
 #[derive(Clone, Debug)]
@@ -64,7 +74,10 @@ pub struct WatchEvent {
 #[derive(Clone, Debug)]
 pub enum WatchResponse {
     /// All events of one revision under the watched prefix, in the order the transaction wrote them.
-    Events { revision: Revision, events: Vec<WatchEvent> },
+    Events {
+        revision: Revision,
+        events: Vec<WatchEvent>,
+    },
     /// The requested start revision has been compacted: re-list the current state and watch
     /// again from the listing's revision + 1. The stream ends after this.
     Compacted { compact_revision: Revision },
@@ -89,7 +102,12 @@ pub trait KvBackend: Send + Sync + 'static {
     /// Every key starting with `prefix`, sorted by key, and the revision of the snapshot.
     async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), CoordError>;
 
-    async fn txn(&self, compares: Vec<Compare>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> Result<TxnResult, CoordError>;
+    async fn txn(
+        &self,
+        compares: Vec<Compare>,
+        success: Vec<TxnOp>,
+        failure: Vec<TxnOp>,
+    ) -> Result<TxnResult, CoordError>;
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, CoordError>;
 

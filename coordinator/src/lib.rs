@@ -20,9 +20,12 @@ mod kv;
 pub mod conformance;
 
 pub use coordinator::{
-    BlockRecord, ClusterEvent, Coordinator, EventBatch, NewPart, PartOutcome, Registration, RegisteredPart, Snapshot,
-    TableRecord, valid_name,
+    BlockRecord, ClusterEvent, Coordinator, EventBatch, NewPart, PartOutcome, RegisteredPart,
+    Registration, Snapshot, TableRecord, valid_name,
 };
 pub use embedded::EmbeddedKv;
 pub use error::CoordError;
-pub use kv::{Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, TxnResult, WatchEvent, WatchEventKind, WatchResponse, WatchStream};
+pub use kv::{
+    Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, TxnResult, WatchEvent, WatchEventKind,
+    WatchResponse, WatchStream,
+};

@@ -8,7 +8,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use tandem_coordinator::{ClusterEvent, EventBatch, RegisteredPart, Revision, Snapshot, TableRecord};
+use tandem_coordinator::{
+    ClusterEvent, EventBatch, RegisteredPart, Revision, Snapshot, TableRecord,
+};
 use tandem_parts::{LocalPartStore, PartId, PartManifest};
 use tokio::sync::watch;
 
@@ -98,7 +100,9 @@ impl Catalog {
     /// Waits until everything up to `revision` is applied. False on timeout.
     pub async fn wait_applied(&self, revision: Revision, timeout: Duration) -> bool {
         let mut rx = self.applied.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= revision)).await.is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= revision))
+            .await
+            .is_ok_and(|r| r.is_ok())
     }
 
     /// The tables as they are now; holding it keeps every listed part file alive.
@@ -111,7 +115,12 @@ impl Catalog {
     }
 
     pub fn unavailable_parts(&self) -> Vec<UnavailablePart> {
-        self.unavailable.lock().expect("unavailable lock").values().cloned().collect()
+        self.unavailable
+            .lock()
+            .expect("unavailable lock")
+            .values()
+            .cloned()
+            .collect()
     }
 
     /// Whether the part is in the table's active set here.
@@ -127,7 +136,16 @@ impl Catalog {
         }
         let path = self.store.path(&id);
         let size = std::fs::metadata(&path).ok()?.len();
-        let file = Arc::new(PartFile { id, path, size, retired: AtomicBool::new(false), store: self.store.clone() });
+        let file = Arc::new(PartFile {
+            id,
+            path,
+            size,
+            retired: AtomicBool::new(false),
+            store: self.store.clone(),
+        });
+        if files.len() >= 1024 && files.len().is_power_of_two() {
+            files.retain(|_, f| f.strong_count() > 0);
+        }
         files.insert(id, Arc::downgrade(&file));
         Some(file)
     }
@@ -138,8 +156,15 @@ impl Catalog {
 
     fn mark_unavailable(&self, part: &RegisteredPart, reason: String) {
         tracing::warn!(table = %part.table, part = %part.id, reason = %reason, "registered part is not served by this node");
-        let entry = UnavailablePart { table: part.table.clone(), id: part.id.clone(), reason };
-        self.unavailable.lock().expect("unavailable lock").insert(part.id.clone(), entry);
+        let entry = UnavailablePart {
+            table: part.table.clone(),
+            id: part.id.clone(),
+            reason,
+        };
+        self.unavailable
+            .lock()
+            .expect("unavailable lock")
+            .insert(part.id.clone(), entry);
     }
 
     fn make_part(&self, part: &RegisteredPart) -> Option<ActivePart> {
@@ -161,13 +186,26 @@ impl Catalog {
             self.mark_unavailable(part, "the part file is not on this node".to_string());
             return None;
         };
-        self.unavailable.lock().expect("unavailable lock").remove(&part.id);
-        Some(ActivePart { id, manifest: Arc::new(manifest), revision: part.revision, file })
+        self.unavailable
+            .lock()
+            .expect("unavailable lock")
+            .remove(&part.id);
+        Some(ActivePart {
+            id,
+            manifest: Arc::new(manifest),
+            revision: part.revision,
+            file,
+        })
     }
 
     fn table_state(record: &TableRecord) -> Option<TableState> {
         match TableDef::from_json(&record.doc) {
-            Ok(def) => Some(TableState { def: Arc::new(def), version: record.version, created: record.created, parts: BTreeMap::new() }),
+            Ok(def) => Some(TableState {
+                def: Arc::new(def),
+                version: record.version,
+                created: record.created,
+                parts: BTreeMap::new(),
+            }),
             Err(e) => {
                 tracing::error!(table = %record.name, error = %e, "unreadable table definition; the table is not served");
                 None
@@ -187,7 +225,9 @@ impl Catalog {
         }
         self.unavailable.lock().expect("unavailable lock").clear();
         for part in &snapshot.parts {
-            let Some(table) = tables.get_mut(&part.table) else { continue };
+            let Some(table) = tables.get_mut(&part.table) else {
+                continue;
+            };
             if let Some(reason) = rejected.get(&part.id) {
                 self.mark_unavailable(part, reason.clone());
                 continue;
@@ -195,7 +235,12 @@ impl Catalog {
             let existing = old
                 .get(&part.table)
                 .filter(|t| t.created == table.created)
-                .and_then(|t| part.id.parse().ok().and_then(|id: PartId| t.parts.get(&id).cloned()));
+                .and_then(|t| {
+                    part.id
+                        .parse()
+                        .ok()
+                        .and_then(|id: PartId| t.parts.get(&id).cloned())
+                });
             if let Some(active) = existing.or_else(|| self.make_part(part)) {
                 Arc::make_mut(table).parts.insert(active.id, active);
             }
@@ -242,15 +287,24 @@ impl Catalog {
                         }
                     }
                     ClusterEvent::PartAdded(part) => {
-                        let Some(table) = tables.get_mut(&part.table) else { continue };
+                        let Some(table) = tables.get_mut(&part.table) else {
+                            continue;
+                        };
                         if let Some(active) = self.make_part(part) {
                             Arc::make_mut(table).parts.insert(active.id, active);
                         }
                     }
                     ClusterEvent::PartRemoved { table, id } => {
-                        self.unavailable.lock().expect("unavailable lock").remove(id);
-                        let Some(state) = tables.get_mut(table) else { continue };
-                        let Ok(id) = id.parse::<PartId>() else { continue };
+                        self.unavailable
+                            .lock()
+                            .expect("unavailable lock")
+                            .remove(id);
+                        let Some(state) = tables.get_mut(table) else {
+                            continue;
+                        };
+                        let Ok(id) = id.parse::<PartId>() else {
+                            continue;
+                        };
                         if let Some(part) = Arc::make_mut(state).parts.remove(&id) {
                             Self::retire(&part);
                         }

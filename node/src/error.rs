@@ -15,7 +15,9 @@ pub enum NodeError {
     UnknownTable(String),
     #[error("{0}")]
     Conflict(String),
-    #[error("request body is larger than the limit of {limit} bytes; split the insert into smaller batches or raise max_body_bytes")]
+    #[error(
+        "request body is larger than the limit of {limit} bytes; split the insert into smaller batches or raise max_body_bytes"
+    )]
     BodyTooLarge { limit: usize },
     #[error("{0}")]
     NotImplemented(String),
@@ -38,7 +40,9 @@ impl NodeError {
     }
 
     pub fn unknown_table(name: &str) -> Self {
-        NodeError::UnknownTable(format!("table `{name}` does not exist; SHOW TABLES lists the tables"))
+        NodeError::UnknownTable(format!(
+            "table `{name}` does not exist; SHOW TABLES lists the tables"
+        ))
     }
 
     pub fn status(&self) -> StatusCode {
@@ -78,7 +82,9 @@ impl From<CoordError> for NodeError {
     fn from(e: CoordError) -> Self {
         match e {
             CoordError::NoSuchTable(name) => NodeError::unknown_table(&name),
-            CoordError::TableExists(name) => NodeError::Conflict(format!("table `{name}` already exists")),
+            CoordError::TableExists(name) => {
+                NodeError::Conflict(format!("table `{name}` already exists"))
+            }
             CoordError::TableChanged { .. } => NodeError::Conflict(e.to_string()),
             CoordError::Unavailable(_) => NodeError::Unavailable(e.to_string()),
             other => NodeError::Internal(other.to_string()),
@@ -89,9 +95,9 @@ impl From<CoordError> for NodeError {
 impl From<PartError> for NodeError {
     fn from(e: PartError) -> Self {
         match e {
-            PartError::MissingColumn { .. } | PartError::NullPartitionValue { .. } | PartError::UnsupportedPartitionType { .. } => {
-                NodeError::BadRequest(e.to_string())
-            }
+            PartError::MissingColumn { .. }
+            | PartError::NullPartitionValue { .. }
+            | PartError::UnsupportedPartitionType { .. } => NodeError::BadRequest(e.to_string()),
             other => NodeError::Internal(other.to_string()),
         }
     }
@@ -101,14 +107,19 @@ impl From<datafusion::error::DataFusionError> for NodeError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
         use datafusion::error::DataFusionError as D;
         static UNKNOWN_TABLE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-            regex::Regex::new(r"table '(?:datafusion\.public\.|datafusion\.)?([^']+)' not found").expect("valid regex")
+            regex::Regex::new(r"table '(?:datafusion\.public\.|datafusion\.)?([^']+)' not found")
+                .expect("valid regex")
         });
         if let Some(c) = UNKNOWN_TABLE.captures(&e.to_string()) {
             return NodeError::unknown_table(&c[1]);
         }
         match e.find_root() {
-            D::SQL(..) | D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => NodeError::BadRequest(e.to_string()),
-            D::ArrowError(inner, _) if matches!(**inner, datafusion::arrow::error::ArrowError::DivideByZero) => {
+            D::SQL(..) | D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => {
+                NodeError::BadRequest(e.to_string())
+            }
+            D::ArrowError(inner, _)
+                if matches!(**inner, datafusion::arrow::error::ArrowError::DivideByZero) =>
+            {
                 NodeError::BadRequest(e.to_string())
             }
             D::Execution(_) => NodeError::BadRequest(e.to_string()),
@@ -124,6 +135,14 @@ impl IntoResponse for NodeError {
             tracing::warn!(status = status.as_u16(), error = %self, "request failed");
         }
         let body = format!("{self}\n");
-        (status, [("x-tandem-error-code", self.code()), ("content-type", "text/plain; charset=utf-8")], body).into_response()
+        (
+            status,
+            [
+                ("x-tandem-error-code", self.code()),
+                ("content-type", "text/plain; charset=utf-8"),
+            ],
+            body,
+        )
+            .into_response()
     }
 }

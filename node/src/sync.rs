@@ -15,7 +15,12 @@ use crate::catalog::Catalog;
 use crate::metrics::Metrics;
 
 /// Follows the coordinator until `shutdown` is cancelled.
-pub async fn run(coordinator: Coordinator, catalog: Arc<Catalog>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
+pub async fn run(
+    coordinator: Coordinator,
+    catalog: Arc<Catalog>,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
@@ -23,12 +28,17 @@ pub async fn run(coordinator: Coordinator, catalog: Arc<Catalog>, metrics: Arc<M
             _ = shutdown.cancelled() => return,
         };
         match result {
-            Err(CoordError::Compacted { requested, compacted }) => {
+            Err(CoordError::Compacted {
+                requested,
+                compacted,
+            }) => {
                 tracing::info!(requested, compacted, "watch revision compacted; re-listing");
                 backoff = Duration::from_millis(100);
                 continue;
             }
-            Err(e) => tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "metadata watch failed; re-listing"),
+            Err(e) => {
+                tracing::warn!(error = %e, retry_in_ms = backoff.as_millis() as u64, "metadata watch failed; re-listing")
+            }
             Ok(()) => tracing::warn!("metadata watch ended; re-listing"),
         }
         tokio::select! {
@@ -39,11 +49,20 @@ pub async fn run(coordinator: Coordinator, catalog: Arc<Catalog>, metrics: Arc<M
     }
 }
 
-async fn follow(coordinator: &Coordinator, catalog: &Arc<Catalog>, metrics: &Arc<Metrics>) -> Result<(), CoordError> {
+async fn follow(
+    coordinator: &Coordinator,
+    catalog: &Arc<Catalog>,
+    metrics: &Arc<Metrics>,
+) -> Result<(), CoordError> {
     let snapshot = coordinator.snapshot().await?;
     let rejected = verify_new_parts(&snapshot, catalog, metrics).await;
     catalog.apply_snapshot(&snapshot, &rejected);
-    tracing::info!(revision = snapshot.revision, tables = snapshot.tables.len(), parts = snapshot.parts.len(), "applied metadata listing");
+    tracing::info!(
+        revision = snapshot.revision,
+        tables = snapshot.tables.len(),
+        parts = snapshot.parts.len(),
+        "applied metadata listing"
+    );
     let mut stream = coordinator.watch(snapshot.revision + 1).await?;
     while let Some(batch) = stream.next().await {
         catalog.apply_batch(&batch?);
@@ -53,10 +72,16 @@ async fn follow(coordinator: &Coordinator, catalog: &Arc<Catalog>, metrics: &Arc
 
 /// Hashes the files of listed parts that are not active yet. Corrupt files are quarantined
 /// and reported; they are never served.
-async fn verify_new_parts(snapshot: &Snapshot, catalog: &Arc<Catalog>, metrics: &Arc<Metrics>) -> HashMap<String, String> {
+async fn verify_new_parts(
+    snapshot: &Snapshot,
+    catalog: &Arc<Catalog>,
+    metrics: &Arc<Metrics>,
+) -> HashMap<String, String> {
     let mut to_check = Vec::new();
     for part in &snapshot.parts {
-        let Ok(id) = part.id.parse::<PartId>() else { continue };
+        let Ok(id) = part.id.parse::<PartId>() else {
+            continue;
+        };
         if !catalog.is_active(&part.table, &id) {
             to_check.push((part.table.clone(), id));
         }

@@ -26,7 +26,10 @@ pub enum VerifyOutcome {
     Valid,
     Missing,
     /// The file did not hash to its id; it has been moved to the quarantine directory.
-    Corrupt { reason: String, moved_to: PathBuf },
+    Corrupt {
+        reason: String,
+        moved_to: PathBuf,
+    },
 }
 
 impl LocalPartStore {
@@ -74,7 +77,9 @@ impl LocalPartStore {
             return Ok(target);
         }
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp.join(format!("{id}.{}.{n}.tmp", std::process::id()));
+        let tmp = self
+            .tmp
+            .join(format!("{id}.{}.{n}.tmp", std::process::id()));
         let mut file = File::create(&tmp).map_err(|e| PartError::io(&tmp, e))?;
         file.write_all(bytes).map_err(|e| PartError::io(&tmp, e))?;
         file.sync_all().map_err(|e| PartError::io(&tmp, e))?;
@@ -89,14 +94,20 @@ impl LocalPartStore {
         let path = self.path(id);
         let bytes = match fs::read(&path) {
             Ok(bytes) => bytes,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Err(PartError::NotFound { id: id.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(PartError::NotFound { id: id.to_string() });
+            }
             Err(e) => return Err(PartError::io(&path, e)),
         };
         let actual = PartId::of_bytes(&bytes);
         if actual != *id {
             let reason = format!("its bytes hash to {actual}");
             let moved_to = self.quarantine(id)?;
-            return Err(PartError::Corrupt { id: id.to_string(), path: moved_to, reason });
+            return Err(PartError::Corrupt {
+                id: id.to_string(),
+                path: moved_to,
+                reason,
+            });
         }
         Ok(Bytes::from(bytes))
     }
@@ -106,7 +117,9 @@ impl LocalPartStore {
         let path = self.path(id);
         let mut file = match File::open(&path) {
             Ok(file) => file,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(VerifyOutcome::Missing),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(VerifyOutcome::Missing);
+            }
             Err(e) => return Err(PartError::io(&path, e)),
         };
         let mut hasher = blake3::Hasher::new();
@@ -123,7 +136,10 @@ impl LocalPartStore {
             return Ok(VerifyOutcome::Valid);
         }
         let moved_to = self.quarantine(id)?;
-        Ok(VerifyOutcome::Corrupt { reason: format!("its bytes hash to {actual}"), moved_to })
+        Ok(VerifyOutcome::Corrupt {
+            reason: format!("its bytes hash to {actual}"),
+            moved_to,
+        })
     }
 
     /// Moves a part's file into `quarantine/`, under a name that never collides.
@@ -153,8 +169,14 @@ impl LocalPartStore {
     pub fn list(&self) -> Result<Vec<PartId>, PartError> {
         let mut ids = Vec::new();
         for entry in fs::read_dir(&self.parts).map_err(|e| PartError::io(&self.parts, e))? {
-            let name = entry.map_err(|e| PartError::io(&self.parts, e))?.file_name();
-            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".parquet")).and_then(|n| n.parse().ok()) {
+            let name = entry
+                .map_err(|e| PartError::io(&self.parts, e))?
+                .file_name();
+            if let Some(id) = name
+                .to_str()
+                .and_then(|n| n.strip_suffix(".parquet"))
+                .and_then(|n| n.parse().ok())
+            {
                 ids.push(id);
             }
         }
@@ -163,7 +185,9 @@ impl LocalPartStore {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), PartError> {
-    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| PartError::io(dir, e))
+    File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(|e| PartError::io(dir, e))
 }
 
 #[cfg(test)]
@@ -178,7 +202,11 @@ mod tests {
         store.write(&id, b"part bytes").unwrap();
         assert_eq!(&store.read(&id).unwrap()[..], b"part bytes");
         assert_eq!(store.list().unwrap(), vec![id]);
-        assert!(store.write(&PartId::of_bytes(b"other"), b"part bytes").is_err());
+        assert!(
+            store
+                .write(&PartId::of_bytes(b"other"), b"part bytes")
+                .is_err()
+        );
     }
 
     #[test]
@@ -188,7 +216,9 @@ mod tests {
         let id = PartId::of_bytes(b"part bytes");
         store.write(&id, b"part bytes").unwrap();
         fs::write(store.path(&id), b"part bytez").unwrap();
-        let VerifyOutcome::Corrupt { moved_to, .. } = store.verify(&id).unwrap() else { panic!("corruption not detected") };
+        let VerifyOutcome::Corrupt { moved_to, .. } = store.verify(&id).unwrap() else {
+            panic!("corruption not detected")
+        };
         assert!(moved_to.exists());
         assert!(!store.contains(&id));
         assert_eq!(store.verify(&id).unwrap(), VerifyOutcome::Missing);

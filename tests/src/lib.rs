@@ -18,10 +18,16 @@ pub fn tandem_binary() -> anyhow::Result<PathBuf> {
     }
     // The test executable lives in <target>/<profile>/deps/; the binary in <target>/<profile>/.
     let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().and_then(Path::parent).context("unexpected test executable location")?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("unexpected test executable location")?;
     let binary = profile_dir.join("tandem");
     if !binary.exists() {
-        bail!("{} does not exist: run `cargo build --bin tandem` first (scripts/test.sh does)", binary.display());
+        bail!(
+            "{} does not exist: run `cargo build --bin tandem` first (scripts/test.sh does)",
+            binary.display()
+        );
     }
     Ok(binary)
 }
@@ -29,7 +35,10 @@ pub fn tandem_binary() -> anyhow::Result<PathBuf> {
 /// A free TCP port on loopback (released before returning, so a start can race with another
 /// process; [`Tandem::start`] retries on a bind failure).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free loopback port")
 }
 
 /// One `tandem serve` process.
@@ -51,21 +60,39 @@ pub struct Answer {
 }
 
 impl Answer {
+    async fn read(response: reqwest::Response) -> Self {
+        Answer {
+            status: response.status().as_u16(),
+            headers: response.headers().clone(),
+            body: response.bytes().await.expect("a body").to_vec(),
+        }
+    }
+
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string)
     }
 
     /// Panics with the body unless the status is 200.
     pub fn ok(self) -> Self {
-        assert_eq!(self.status, 200, "expected 200, got {}: {}", self.status, self.text());
+        assert_eq!(
+            self.status,
+            200,
+            "expected 200, got {}: {}",
+            self.status,
+            self.text()
+        );
         self
     }
 }
@@ -79,7 +106,9 @@ impl Tandem {
             url: String::new(),
             log: data_dir.with_extension("log"),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()?,
         };
         node.restart().await?;
         Ok(node)
@@ -91,13 +120,23 @@ impl Tandem {
         let mut last_error = None;
         for _ in 0..3 {
             let port = free_port();
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
+            let log = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&self.log)?;
+            // The data directory is given relative to the working directory, as with the
+            // default `./tandem-data`.
+            let (parent, name) = match (self.data_dir.parent(), self.data_dir.file_name()) {
+                (Some(parent), Some(name)) => (parent, name),
+                _ => bail!("data directory {} needs a parent", self.data_dir.display()),
+            };
             let child = Command::new(tandem_binary()?)
+                .current_dir(parent)
                 .arg("serve")
                 .arg("--http-addr")
                 .arg(format!("127.0.0.1:{port}"))
                 .arg("--data-dir")
-                .arg(&self.data_dir)
+                .arg(name)
                 .args(&self.extra_args)
                 .env("TANDEM_LOG", "info")
                 .stdout(Stdio::null())
@@ -114,13 +153,18 @@ impl Tandem {
                 }
             }
         }
-        Err(last_error.expect("three attempts")).with_context(|| format!("tandem did not start; log: {}", self.log_text()))
+        Err(last_error.expect("three attempts"))
+            .with_context(|| format!("tandem did not start; log: {}", self.log_text()))
     }
 
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+            if let Some(status) = self
+                .child
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten())
+            {
                 bail!("tandem exited with {status}");
             }
             if let Ok(r) = self.http.get(format!("{}ready", self.url)).send().await
@@ -148,15 +192,23 @@ impl Tandem {
     }
 
     /// Sends `sql` in `?query=` with extra URL parameters and a body.
-    pub async fn request(&self, sql: &str, params: &[(&str, &str)], body: impl Into<reqwest::Body>) -> Answer {
+    pub async fn request(
+        &self,
+        sql: &str,
+        params: &[(&str, &str)],
+        body: impl Into<reqwest::Body>,
+    ) -> Answer {
         let mut query: Vec<(&str, &str)> = vec![("query", sql)];
         query.extend_from_slice(params);
-        let response = self.http.post(&self.url).query(&query).body(body).send().await.expect("tandem answers");
-        Answer {
-            status: response.status().as_u16(),
-            headers: response.headers().clone(),
-            body: response.bytes().await.expect("a body").to_vec(),
-        }
+        let response = self
+            .http
+            .post(&self.url)
+            .query(&query)
+            .body(body)
+            .send()
+            .await
+            .expect("tandem answers");
+        Answer::read(response).await
     }
 
     /// Runs a statement that must succeed; returns the body as text.
@@ -165,32 +217,45 @@ impl Tandem {
     }
 
     /// Inserts `body` in `format`, expecting success; returns the insert summary.
-    pub async fn insert(&self, table: &str, format: &str, body: impl Into<reqwest::Body>) -> serde_json::Value {
-        self.request(&format!("INSERT INTO {table} FORMAT {format}"), &[], body).await.ok().json()
+    pub async fn insert(
+        &self,
+        table: &str,
+        format: &str,
+        body: impl Into<reqwest::Body>,
+    ) -> serde_json::Value {
+        self.request(&format!("INSERT INTO {table} FORMAT {format}"), &[], body)
+            .await
+            .ok()
+            .json()
     }
 
     pub async fn count(&self, table: &str) -> u64 {
         let text = self.sql(&format!("SELECT count() FROM {table}")).await;
-        text.trim().parse().unwrap_or_else(|_| panic!("count() answered {text:?}"))
+        text.trim()
+            .parse()
+            .unwrap_or_else(|_| panic!("count() answered {text:?}"))
     }
 
     /// Sends a raw request body with no `?query=` (the statement leads the body).
     pub async fn post_body(&self, body: impl Into<reqwest::Body>) -> Answer {
-        let response = self.http.post(&self.url).body(body).send().await.expect("tandem answers");
-        Answer {
-            status: response.status().as_u16(),
-            headers: response.headers().clone(),
-            body: response.bytes().await.expect("a body").to_vec(),
-        }
+        let response = self
+            .http
+            .post(&self.url)
+            .body(body)
+            .send()
+            .await
+            .expect("tandem answers");
+        Answer::read(response).await
     }
 
     pub async fn get(&self, path: &str) -> Answer {
-        let response = self.http.get(format!("{}{path}", self.url)).send().await.expect("tandem answers");
-        Answer {
-            status: response.status().as_u16(),
-            headers: response.headers().clone(),
-            body: response.bytes().await.expect("a body").to_vec(),
-        }
+        let response = self
+            .http
+            .get(format!("{}{path}", self.url))
+            .send()
+            .await
+            .expect("tandem answers");
+        Answer::read(response).await
     }
 }
 
@@ -203,6 +268,8 @@ impl Drop for Tandem {
 /// A node on a fresh temporary directory; the directory lives as long as the returned guard.
 pub async fn single_node(extra_args: &[&str]) -> (Tandem, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let node = Tandem::start(&dir.path().join("data"), extra_args).await.expect("tandem starts");
+    let node = Tandem::start(&dir.path().join("data"), extra_args)
+        .await
+        .expect("tandem starts");
     (node, dir)
 }
