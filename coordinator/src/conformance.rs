@@ -10,8 +10,8 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::{
-    ClusterEvent, Compare, CoordError, Coordinator, KvBackend, NewPart, PartOutcome, TxnOp,
-    WatchEventKind, WatchResponse,
+    ClusterEvent, Compare, CoordError, Coordinator, KvBackend, NewPart, PartOutcome, TxnOp, WatchEventKind,
+    WatchResponse,
 };
 
 /// Runs every check against `kv`, under keys starting with `prefix`.
@@ -30,95 +30,39 @@ pub async fn run_all(kv: Arc<dyn KvBackend>, prefix: &str) {
 }
 
 fn put(key: &str, value: &str) -> TxnOp {
-    TxnOp::Put {
-        key: key.to_string(),
-        value: value.as_bytes().to_vec(),
-        lease: None,
-    }
+    TxnOp::Put { key: key.to_string(), value: value.as_bytes().to_vec(), lease: None }
 }
 
 pub async fn transactions_are_atomic_and_ordered(kv: &dyn KvBackend, p: &str) {
     let (a, b) = (format!("{p}a"), format!("{p}b"));
-    let first = kv
-        .txn(
-            vec![Compare::Absent(a.clone())],
-            vec![put(&a, "1"), put(&b, "1")],
-            vec![],
-        )
-        .await
-        .unwrap();
+    let first = kv.txn(vec![Compare::Absent(a.clone())], vec![put(&a, "1"), put(&b, "1")], vec![]).await.unwrap();
     assert!(first.succeeded);
     let got_a = kv.get(&a).await.unwrap().expect("a written");
     let got_b = kv.get(&b).await.unwrap().expect("b written");
-    assert_eq!(
-        got_a.mod_revision, first.revision,
-        "both keys carry the transaction's revision"
-    );
+    assert_eq!(got_a.mod_revision, first.revision, "both keys carry the transaction's revision");
     assert_eq!(got_b.mod_revision, first.revision);
     assert_eq!(got_a.create_revision, first.revision);
 
     let refused = kv
-        .txn(
-            vec![Compare::Absent(a.clone())],
-            vec![put(&b, "2")],
-            vec![TxnOp::Get { key: a.clone() }],
-        )
+        .txn(vec![Compare::Absent(a.clone())], vec![put(&b, "2")], vec![TxnOp::Get { key: a.clone() }])
         .await
         .unwrap();
-    assert!(
-        !refused.succeeded,
-        "create-if-absent on an existing key must fail"
-    );
-    assert_eq!(
-        refused.gets[0].as_ref().map(|kv| kv.value.clone()),
-        Some(b"1".to_vec())
-    );
-    assert_eq!(
-        kv.get(&b).await.unwrap().unwrap().value,
-        b"1",
-        "the success branch must not run"
-    );
-    assert_eq!(
-        refused.revision, first.revision,
-        "a read-only transaction does not advance the revision"
-    );
+    assert!(!refused.succeeded, "create-if-absent on an existing key must fail");
+    assert_eq!(refused.gets[0].as_ref().map(|kv| kv.value.clone()), Some(b"1".to_vec()));
+    assert_eq!(kv.get(&b).await.unwrap().unwrap().value, b"1", "the success branch must not run");
+    assert_eq!(refused.revision, first.revision, "a read-only transaction does not advance the revision");
 
-    let stale = kv
-        .txn(
-            vec![Compare::ModRevision(a.clone(), first.revision - 1)],
-            vec![put(&a, "x")],
-            vec![],
-        )
-        .await
-        .unwrap();
+    let stale =
+        kv.txn(vec![Compare::ModRevision(a.clone(), first.revision - 1)], vec![put(&a, "x")], vec![]).await.unwrap();
     assert!(!stale.succeeded);
-    let swap = kv
-        .txn(
-            vec![Compare::ModRevision(a.clone(), first.revision)],
-            vec![put(&a, "2")],
-            vec![],
-        )
-        .await
-        .unwrap();
+    let swap = kv.txn(vec![Compare::ModRevision(a.clone(), first.revision)], vec![put(&a, "2")], vec![]).await.unwrap();
     assert!(swap.succeeded);
     assert!(swap.revision > first.revision, "revisions only grow");
     let updated = kv.get(&a).await.unwrap().unwrap();
-    assert_eq!(
-        updated.create_revision, first.revision,
-        "an update keeps the create revision"
-    );
+    assert_eq!(updated.create_revision, first.revision, "an update keeps the create revision");
     assert_eq!(updated.mod_revision, swap.revision);
 
-    let deleted = kv
-        .txn(
-            vec![],
-            vec![TxnOp::DeletePrefix {
-                prefix: p.to_string(),
-            }],
-            vec![],
-        )
-        .await
-        .unwrap();
+    let deleted = kv.txn(vec![], vec![TxnOp::DeletePrefix { prefix: p.to_string() }], vec![]).await.unwrap();
     assert!(deleted.succeeded);
     assert!(kv.get(&a).await.unwrap().is_none());
     assert!(kv.range(p).await.unwrap().0.is_empty());
@@ -126,55 +70,27 @@ pub async fn transactions_are_atomic_and_ordered(kv: &dyn KvBackend, p: &str) {
 
 pub async fn range_is_a_sorted_prefix_snapshot(kv: &dyn KvBackend, p: &str) {
     for key in ["c", "a", "b"] {
-        kv.txn(vec![], vec![put(&format!("{p}in/{key}"), key)], vec![])
-            .await
-            .unwrap();
+        kv.txn(vec![], vec![put(&format!("{p}in/{key}"), key)], vec![]).await.unwrap();
     }
-    kv.txn(vec![], vec![put(&format!("{p}inside"), "no")], vec![])
-        .await
-        .unwrap();
+    kv.txn(vec![], vec![put(&format!("{p}inside"), "no")], vec![]).await.unwrap();
     let (kvs, revision) = kv.range(&format!("{p}in/")).await.unwrap();
     let keys: Vec<_> = kvs.iter().map(|kv| kv.key.trim_start_matches(p)).collect();
     assert_eq!(keys, ["in/a", "in/b", "in/c"]);
-    assert!(
-        kvs.iter().all(|kv| kv.mod_revision <= revision),
-        "the snapshot revision covers its keys"
-    );
+    assert!(kvs.iter().all(|kv| kv.mod_revision <= revision), "the snapshot revision covers its keys");
 }
 
 pub async fn watch_replays_history_then_follows(kv: &dyn KvBackend, p: &str) {
-    let first = kv
-        .txn(vec![], vec![put(&format!("{p}k1"), "1")], vec![])
-        .await
-        .unwrap()
-        .revision;
-    kv.txn(
-        vec![],
-        vec![put(&format!("{p}k2"), "2"), put(&format!("{p}k3"), "3")],
-        vec![],
-    )
-    .await
-    .unwrap();
-    kv.txn(vec![], vec![put("/elsewhere/conformance", "x")], vec![])
-        .await
-        .unwrap();
+    let first = kv.txn(vec![], vec![put(&format!("{p}k1"), "1")], vec![]).await.unwrap().revision;
+    kv.txn(vec![], vec![put(&format!("{p}k2"), "2"), put(&format!("{p}k3"), "3")], vec![]).await.unwrap();
+    kv.txn(vec![], vec![put("/elsewhere/conformance", "x")], vec![]).await.unwrap();
     let mut stream = kv.watch(p, first).await.unwrap();
-    kv.txn(
-        vec![],
-        vec![TxnOp::Delete {
-            key: format!("{p}k1"),
-        }],
-        vec![],
-    )
-    .await
-    .unwrap();
+    kv.txn(vec![], vec![TxnOp::Delete { key: format!("{p}k1") }], vec![]).await.unwrap();
 
     let mut seen = Vec::new();
     let mut revisions = Vec::new();
     while seen.len() < 4 {
-        let item = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("watch delivers within 10 s");
+        let item =
+            tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("watch delivers within 10 s");
         let WatchResponse::Events { revision, events } = item.expect("stream open").unwrap() else {
             panic!("unexpected compaction")
         };
@@ -193,86 +109,47 @@ pub async fn watch_replays_history_then_follows(kv: &dyn KvBackend, p: &str) {
             (WatchEventKind::Delete, "k1".to_string()),
         ]
     );
-    assert!(
-        revisions.windows(2).all(|w| w[0] < w[1]),
-        "one batch per revision, in order: {revisions:?}"
-    );
+    assert!(revisions.windows(2).all(|w| w[0] < w[1]), "one batch per revision, in order: {revisions:?}");
 }
 
 pub async fn watch_from_compacted_revision_says_so(kv: &dyn KvBackend, p: &str) {
-    let old = kv
-        .txn(vec![], vec![put(&format!("{p}k"), "1")], vec![])
-        .await
-        .unwrap()
-        .revision;
-    let newer = kv
-        .txn(vec![], vec![put(&format!("{p}k"), "2")], vec![])
-        .await
-        .unwrap()
-        .revision;
+    let old = kv.txn(vec![], vec![put(&format!("{p}k"), "1")], vec![]).await.unwrap().revision;
+    let newer = kv.txn(vec![], vec![put(&format!("{p}k"), "2")], vec![]).await.unwrap().revision;
     kv.compact(newer).await.unwrap();
     let mut stream = kv.watch(p, old).await.unwrap();
-    let item = tokio::time::timeout(Duration::from_secs(10), stream.next())
-        .await
-        .expect("answer within 10 s");
+    let item = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("answer within 10 s");
     match item.expect("stream open").unwrap() {
         WatchResponse::Compacted { compact_revision } => assert!(compact_revision >= newer),
         other => panic!("expected a compaction notice, got {other:?}"),
     }
     let mut fresh = kv.watch(p, newer).await.unwrap();
-    let item = tokio::time::timeout(Duration::from_secs(10), fresh.next())
-        .await
-        .expect("answer within 10 s");
+    let item = tokio::time::timeout(Duration::from_secs(10), fresh.next()).await.expect("answer within 10 s");
     assert!(matches!(item, Some(Ok(WatchResponse::Events { revision, .. })) if revision == newer));
 }
 
 pub async fn leased_keys_vanish_with_their_lease(kv: &dyn KvBackend, p: &str) {
     let key = format!("{p}revoked");
     let lease = kv.grant_lease(Duration::from_secs(30)).await.unwrap();
-    kv.txn(
-        vec![],
-        vec![TxnOp::Put {
-            key: key.clone(),
-            value: b"x".to_vec(),
-            lease: Some(lease),
-        }],
-        vec![],
-    )
-    .await
-    .unwrap();
+    kv.txn(vec![], vec![TxnOp::Put { key: key.clone(), value: b"x".to_vec(), lease: Some(lease) }], vec![])
+        .await
+        .unwrap();
     assert_eq!(kv.get(&key).await.unwrap().unwrap().lease, lease);
     kv.keep_alive(lease).await.unwrap();
     kv.revoke_lease(lease).await.unwrap();
-    assert!(
-        kv.get(&key).await.unwrap().is_none(),
-        "revoking a lease deletes its keys"
-    );
+    assert!(kv.get(&key).await.unwrap().is_none(), "revoking a lease deletes its keys");
 
     let key = format!("{p}expired");
     let lease = kv.grant_lease(Duration::from_secs(1)).await.unwrap();
-    kv.txn(
-        vec![],
-        vec![TxnOp::Put {
-            key: key.clone(),
-            value: b"x".to_vec(),
-            lease: Some(lease),
-        }],
-        vec![],
-    )
-    .await
-    .unwrap();
+    kv.txn(vec![], vec![TxnOp::Put { key: key.clone(), value: b"x".to_vec(), lease: Some(lease) }], vec![])
+        .await
+        .unwrap();
     let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
     while kv.get(&key).await.unwrap().is_some() {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "a key must vanish once its 1 s lease expires"
-        );
+        assert!(tokio::time::Instant::now() < deadline, "a key must vanish once its 1 s lease expires");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(matches!(
-        kv.keep_alive(lease).await,
-        Err(CoordError::LeaseExpired(_))
-    ));
+    let renewed = kv.keep_alive(lease).await;
+    assert!(matches!(renewed, Err(CoordError::LeaseExpired(_))), "renewing an expired lease: {renewed:?}");
 }
 
 fn part(id: &str, block: Option<&str>) -> NewPart {
@@ -287,110 +164,38 @@ fn part(id: &str, block: Option<&str>) -> NewPart {
 pub async fn tables_are_created_once_and_swapped_by_version(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let created = c.create_table("t", b"v1".to_vec()).await.unwrap();
-    assert!(matches!(
-        c.create_table("t", b"other".to_vec()).await,
-        Err(CoordError::TableExists(_))
-    ));
-    let updated = c
-        .update_table("t", created.version, b"v2".to_vec())
-        .await
-        .unwrap()
-        .expect("swap at the current version");
+    assert!(matches!(c.create_table("t", b"other".to_vec()).await, Err(CoordError::TableExists(_))));
+    let updated =
+        c.update_table("t", created.version, b"v2".to_vec()).await.unwrap().expect("swap at the current version");
     assert!(updated.version > created.version);
     assert_eq!(updated.created, created.created);
-    let lost = c
-        .update_table("t", created.version, b"v3".to_vec())
-        .await
-        .unwrap()
-        .expect_err("stale version must lose");
-    assert_eq!(
-        lost.map(|t| t.doc),
-        Some(b"v2".to_vec()),
-        "a lost race returns the current record"
-    );
-    assert_eq!(
-        c.list_tables()
-            .await
-            .unwrap()
-            .iter()
-            .map(|t| t.name.as_str())
-            .collect::<Vec<_>>(),
-        ["t"]
-    );
+    let lost =
+        c.update_table("t", created.version, b"v3".to_vec()).await.unwrap().expect_err("stale version must lose");
+    assert_eq!(lost.map(|t| t.doc), Some(b"v2".to_vec()), "a lost race returns the current record");
+    assert_eq!(c.list_tables().await.unwrap().iter().map(|t| t.name.as_str()).collect::<Vec<_>>(), ["t"]);
     c.drop_table("t").await.unwrap();
     assert!(c.get_table("t").await.unwrap().is_none());
-    assert!(matches!(
-        c.drop_table("t").await,
-        Err(CoordError::NoSuchTable(_))
-    ));
+    assert!(matches!(c.drop_table("t").await, Err(CoordError::NoSuchTable(_))));
 }
 
 pub async fn blocks_are_admitted_once(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"schema".to_vec()).await.unwrap();
-    let first = c
-        .register_parts(
-            "t",
-            table.version,
-            vec![part("p1", Some("b1")), part("p2", Some("b2"))],
-            0,
-        )
-        .await
-        .unwrap();
-    assert!(
-        first
-            .outcomes
-            .iter()
-            .all(|o| matches!(o, PartOutcome::Registered { .. }))
-    );
+    let first =
+        c.register_parts("t", table.version, vec![part("p1", Some("b1")), part("p2", Some("b2"))], 0).await.unwrap();
+    assert!(first.outcomes.iter().all(|o| matches!(o, PartOutcome::Registered { .. })));
 
-    let again = c
-        .register_parts(
-            "t",
-            table.version,
-            vec![part("p3", Some("b1")), part("p4", Some("b3"))],
-            0,
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        again.outcomes[0],
-        PartOutcome::Duplicate {
-            existing_part: "p1".into(),
-            revision: first.revision
-        }
-    );
-    assert!(
-        matches!(again.outcomes[1], PartOutcome::Registered { .. }),
-        "the new block of a mixed insert is admitted"
-    );
+    let again =
+        c.register_parts("t", table.version, vec![part("p3", Some("b1")), part("p4", Some("b3"))], 0).await.unwrap();
+    assert_eq!(again.outcomes[0], PartOutcome::Duplicate { existing_part: "p1".into(), revision: first.revision });
+    assert!(matches!(again.outcomes[1], PartOutcome::Registered { .. }), "the new block of a mixed insert is admitted");
 
-    let undeduplicated = c
-        .register_parts("t", table.version, vec![part("p5", None)], 0)
-        .await
-        .unwrap();
-    assert!(matches!(
-        undeduplicated.outcomes[0],
-        PartOutcome::Registered { .. }
-    ));
+    let undeduplicated = c.register_parts("t", table.version, vec![part("p5", None)], 0).await.unwrap();
+    assert!(matches!(undeduplicated.outcomes[0], PartOutcome::Registered { .. }));
 
-    let ids: Vec<_> = c
-        .snapshot()
-        .await
-        .unwrap()
-        .parts
-        .into_iter()
-        .map(|p| p.id)
-        .collect();
-    assert_eq!(
-        ids,
-        ["p1", "p2", "p4", "p5"],
-        "the duplicate p3 is not registered"
-    );
-    assert_eq!(
-        c.get_block("t", "b1").await.unwrap().map(|(b, _)| b.part),
-        Some("p1".into())
-    );
+    let ids: Vec<_> = c.snapshot().await.unwrap().parts.into_iter().map(|p| p.id).collect();
+    assert_eq!(ids, ["p1", "p2", "p4", "p5"], "the duplicate p3 is not registered");
+    assert_eq!(c.get_block("t", "b1").await.unwrap().map(|(b, _)| b.part), Some("p1".into()));
 }
 
 pub async fn concurrent_registrations_of_one_block_admit_one(kv: Arc<dyn KvBackend>, p: &str) {
@@ -400,13 +205,7 @@ pub async fn concurrent_registrations_of_one_block_admit_one(kv: Arc<dyn KvBacke
         .map(|i| {
             let c = c.clone();
             tokio::spawn(async move {
-                c.register_parts(
-                    "t",
-                    table.version,
-                    vec![part(&format!("p{i}"), Some("same"))],
-                    0,
-                )
-                .await
+                c.register_parts("t", table.version, vec![part(&format!("p{i}"), Some("same"))], 0).await
             })
         })
         .collect();
@@ -417,83 +216,47 @@ pub async fn concurrent_registrations_of_one_block_admit_one(kv: Arc<dyn KvBacke
             PartOutcome::Duplicate { .. } => {}
         }
     }
-    assert_eq!(
-        registered, 1,
-        "exactly one of eight concurrent writers of a block wins"
-    );
+    assert_eq!(registered, 1, "exactly one of eight concurrent writers of a block wins");
     assert_eq!(c.snapshot().await.unwrap().parts.len(), 1);
 }
 
 pub async fn parts_follow_their_table(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
-    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], 0)
-        .await
-        .unwrap();
-    c.update_table("t", table.version, b"v2".to_vec())
-        .await
-        .unwrap()
-        .unwrap();
-    let stale = c
-        .register_parts("t", table.version, vec![part("p2", Some("b2"))], 0)
-        .await;
-    assert!(
-        matches!(stale, Err(CoordError::TableChanged { .. })),
-        "no part lands under a replaced schema: {stale:?}"
-    );
+    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], 0).await.unwrap();
+    c.update_table("t", table.version, b"v2".to_vec()).await.unwrap().unwrap();
+    let stale = c.register_parts("t", table.version, vec![part("p2", Some("b2"))], 0).await;
+    assert!(matches!(stale, Err(CoordError::TableChanged { .. })), "no part lands under a replaced schema: {stale:?}");
 
     c.drop_table("t").await.unwrap();
-    let gone = c
-        .register_parts("t", table.version, vec![part("p3", Some("b3"))], 0)
-        .await;
+    let gone = c.register_parts("t", table.version, vec![part("p3", Some("b3"))], 0).await;
     assert!(matches!(gone, Err(CoordError::NoSuchTable(_))));
     let recreated = c.create_table("t", b"v1".to_vec()).await.unwrap();
     let snapshot = c.snapshot().await.unwrap();
-    assert!(
-        snapshot.parts.is_empty(),
-        "dropping a table drops its parts"
-    );
-    let fresh = c
-        .register_parts("t", recreated.version, vec![part("p1", Some("b1"))], 0)
-        .await
-        .unwrap();
-    assert!(
-        matches!(fresh.outcomes[0], PartOutcome::Registered { .. }),
-        "dropping a table forgets its block ids"
-    );
+    assert!(snapshot.parts.is_empty(), "dropping a table drops its parts");
+    let fresh = c.register_parts("t", recreated.version, vec![part("p1", Some("b1"))], 0).await.unwrap();
+    assert!(matches!(fresh.outcomes[0], PartOutcome::Registered { .. }), "dropping a table forgets its block ids");
 }
 
 pub async fn snapshot_and_watch_agree(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
-    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], 0)
-        .await
-        .unwrap();
+    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], 0).await.unwrap();
     let snapshot = c.snapshot().await.unwrap();
     assert_eq!(snapshot.tables.len(), 1);
     assert_eq!(snapshot.parts.len(), 1);
 
     let mut stream = c.watch(snapshot.revision + 1).await.unwrap();
-    let added = c
-        .register_parts("t", table.version, vec![part("p2", Some("b2"))], 0)
-        .await
-        .unwrap();
+    let added = c.register_parts("t", table.version, vec![part("p2", Some("b2"))], 0).await.unwrap();
     c.drop_table("t").await.unwrap();
     let mut events = Vec::new();
     while events.len() < 3 {
-        let batch = tokio::time::timeout(Duration::from_secs(10), stream.next())
-            .await
-            .expect("event within 10 s");
+        let batch = tokio::time::timeout(Duration::from_secs(10), stream.next()).await.expect("event within 10 s");
         let batch = batch.expect("stream open").unwrap();
-        assert!(
-            batch.revision > snapshot.revision,
-            "no event the snapshot already holds"
-        );
+        assert!(batch.revision > snapshot.revision, "no event the snapshot already holds");
         events.extend(batch.events);
     }
-    assert!(
-        matches!(&events[0], ClusterEvent::PartAdded(p) if p.id == "p2" && p.revision == added.revision)
-    );
+    assert!(matches!(&events[0], ClusterEvent::PartAdded(p) if p.id == "p2" && p.revision == added.revision));
     let rest: Vec<_> = events[1..].iter().map(|e| format!("{e:?}")).collect();
     assert!(rest.iter().any(|e| e.contains("TableDropped")), "{rest:?}");
     assert!(rest.iter().any(|e| e.contains("PartRemoved")), "{rest:?}");
@@ -503,41 +266,20 @@ pub async fn old_blocks_are_pruned(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
     for i in 0..5 {
-        c.register_parts(
-            "t",
-            table.version,
-            vec![part(&format!("p{i}"), Some(&format!("b{i}")))],
-            i * 1000,
-        )
-        .await
-        .unwrap();
+        c.register_parts("t", table.version, vec![part(&format!("p{i}"), Some(&format!("b{i}")))], i * 1000)
+            .await
+            .unwrap();
     }
-    let removed = c
-        .prune_blocks("t", 3, Duration::from_secs(3600), 4000)
-        .await
-        .unwrap();
+    let removed = c.prune_blocks("t", 3, Duration::from_secs(3600), 4000).await.unwrap();
     assert_eq!(removed, 2, "only the 3 newest block ids are kept");
     assert!(c.get_block("t", "b0").await.unwrap().is_none());
     assert!(c.get_block("t", "b4").await.unwrap().is_some());
-    let removed = c
-        .prune_blocks("t", 100, Duration::from_secs(1), 3_500)
-        .await
-        .unwrap();
+    let removed = c.prune_blocks("t", 100, Duration::from_secs(1), 3_500).await.unwrap();
     assert_eq!(removed, 1, "block ids older than the window are forgotten");
     assert!(c.get_block("t", "b2").await.unwrap().is_none());
-    let retried = c
-        .register_parts("t", table.version, vec![part("p9", Some("b0"))], 5000)
-        .await
-        .unwrap();
-    assert!(
-        matches!(retried.outcomes[0], PartOutcome::Registered { .. }),
-        "a forgotten block id is admitted again"
-    );
-    assert_eq!(
-        c.snapshot().await.unwrap().parts.len(),
-        6,
-        "pruning block ids never touches parts"
-    );
+    let retried = c.register_parts("t", table.version, vec![part("p9", Some("b0"))], 5000).await.unwrap();
+    assert!(matches!(retried.outcomes[0], PartOutcome::Registered { .. }), "a forgotten block id is admitted again");
+    assert_eq!(c.snapshot().await.unwrap().parts.len(), 6, "pruning block ids never touches parts");
 }
 
 #[cfg(test)]
@@ -548,9 +290,7 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn embedded_backend_conforms() {
         let dir = tempfile::tempdir().unwrap();
-        let kv = EmbeddedKv::open(dir.path().join("meta.redb"))
-            .await
-            .unwrap();
+        let kv = EmbeddedKv::open(dir.path().join("meta.redb")).await.unwrap();
         run_all(Arc::new(kv), "/conformance/").await;
     }
 
@@ -561,41 +301,21 @@ mod tests {
         let revision = {
             let kv = EmbeddedKv::open(&path).await.unwrap();
             let lease = kv.grant_lease(Duration::from_secs(60)).await.unwrap();
-            kv.txn(vec![], vec![put("/p/leased", "x")], vec![])
-                .await
-                .unwrap();
+            kv.txn(vec![], vec![put("/p/leased", "x")], vec![]).await.unwrap();
             kv.txn(
                 vec![],
-                vec![TxnOp::Put {
-                    key: "/p/leased".into(),
-                    value: b"x".to_vec(),
-                    lease: Some(lease),
-                }],
+                vec![TxnOp::Put { key: "/p/leased".into(), value: b"x".to_vec(), lease: Some(lease) }],
                 vec![],
             )
             .await
             .unwrap();
-            kv.txn(vec![], vec![put("/p/kept", "y")], vec![])
-                .await
-                .unwrap()
-                .revision
+            kv.txn(vec![], vec![put("/p/kept", "y")], vec![]).await.unwrap().revision
         };
         let kv = EmbeddedKv::open(&path).await.unwrap();
-        assert_eq!(
-            kv.get("/p/kept").await.unwrap().unwrap().mod_revision,
-            revision,
-            "data survives a reopen"
-        );
-        assert!(
-            kv.get("/p/leased").await.unwrap().is_none(),
-            "leases end with the process"
-        );
+        assert_eq!(kv.get("/p/kept").await.unwrap().unwrap().mod_revision, revision, "data survives a reopen");
+        assert!(kv.get("/p/leased").await.unwrap().is_none(), "leases end with the process");
         let mut stream = kv.watch("/p/", revision).await.unwrap();
-        let first = tokio::time::timeout(Duration::from_secs(5), stream.next())
-            .await
-            .unwrap()
-            .unwrap()
-            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
         assert!(matches!(first, WatchResponse::Events { revision: r, .. } if r == revision));
     }
 }

@@ -6,9 +6,7 @@ use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
 
 use crate::CoordError;
-use crate::kv::{
-    Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, WatchEventKind, WatchResponse,
-};
+use crate::kv::{Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, WatchEventKind, WatchResponse};
 
 /// At most this many parts go into one transaction: each needs a compare and two puts, and
 /// etcd refuses transactions of more than 128 operations.
@@ -147,33 +145,16 @@ impl Coordinator {
         let key = self.table_key(name);
         let result = self
             .kv
-            .txn(
-                vec![Compare::Absent(key.clone())],
-                vec![TxnOp::Put {
-                    key,
-                    value: doc.clone(),
-                    lease: None,
-                }],
-                vec![],
-            )
+            .txn(vec![Compare::Absent(key.clone())], vec![TxnOp::Put { key, value: doc.clone(), lease: None }], vec![])
             .await?;
         if !result.succeeded {
             return Err(CoordError::TableExists(name.to_string()));
         }
-        Ok(TableRecord {
-            name: name.to_string(),
-            doc,
-            version: result.revision,
-            created: result.revision,
-        })
+        Ok(TableRecord { name: name.to_string(), doc, version: result.revision, created: result.revision })
     }
 
     pub async fn get_table(&self, name: &str) -> Result<Option<TableRecord>, CoordError> {
-        Ok(self
-            .kv
-            .get(&self.table_key(name))
-            .await?
-            .map(|kv| self.table_record(kv)))
+        Ok(self.kv.get(&self.table_key(name)).await?.map(|kv| self.table_record(kv)))
     }
 
     pub async fn list_tables(&self) -> Result<Vec<TableRecord>, CoordError> {
@@ -195,27 +176,13 @@ impl Coordinator {
             .kv
             .txn(
                 vec![Compare::ModRevision(key.clone(), expected_version)],
-                vec![
-                    TxnOp::Put {
-                        key: key.clone(),
-                        value: doc,
-                        lease: None,
-                    },
-                    TxnOp::Get { key: key.clone() },
-                ],
+                vec![TxnOp::Put { key: key.clone(), value: doc, lease: None }, TxnOp::Get { key: key.clone() }],
                 vec![TxnOp::Get { key }],
             )
             .await?;
-        let current = result
-            .gets
-            .into_iter()
-            .next()
-            .flatten()
-            .map(|kv| self.table_record(kv));
+        let current = result.gets.into_iter().next().flatten().map(|kv| self.table_record(kv));
         if result.succeeded {
-            current
-                .map(Ok)
-                .ok_or_else(|| CoordError::Backend("updated table record vanished".into()))
+            current.map(Ok).ok_or_else(|| CoordError::Backend("updated table record vanished".into()))
         } else {
             Ok(Err(current))
         }
@@ -233,12 +200,8 @@ impl Coordinator {
                 vec![Compare::ModRevision(key.clone(), existing.mod_revision)],
                 vec![
                     TxnOp::Delete { key },
-                    TxnOp::DeletePrefix {
-                        prefix: format!("{}parts/{name}/", self.prefix),
-                    },
-                    TxnOp::DeletePrefix {
-                        prefix: format!("{}blocks/{name}/", self.prefix),
-                    },
+                    TxnOp::DeletePrefix { prefix: format!("{}parts/{name}/", self.prefix) },
+                    TxnOp::DeletePrefix { prefix: format!("{}blocks/{name}/", self.prefix) },
                 ],
                 vec![],
             )
@@ -286,20 +249,14 @@ impl Coordinator {
                             created_at_ms: now_ms,
                         };
                         compares.push(Compare::Absent(key.clone()));
-                        success.push(TxnOp::Put {
-                            key: key.clone(),
-                            value: json(&record),
-                            lease: None,
-                        });
+                        success.push(TxnOp::Put { key: key.clone(), value: json(&record), lease: None });
                         failure.push(TxnOp::Get { key });
                     }
                 }
                 let result = self.kv.txn(compares, success, failure).await?;
                 if result.succeeded {
                     for &i in &pending {
-                        outcomes[i] = Some(PartOutcome::Registered {
-                            revision: result.revision,
-                        });
+                        outcomes[i] = Some(PartOutcome::Registered { revision: result.revision });
                     }
                     revision = revision.max(result.revision);
                     break;
@@ -336,26 +293,18 @@ impl Coordinator {
                 }
                 if still_new.len() == pending.len() {
                     return Err(CoordError::Backend(
-                        "registration failed but no block id exists; the store is inconsistent"
-                            .into(),
+                        "registration failed but no block id exists; the store is inconsistent".into(),
                     ));
                 }
                 pending = still_new;
             }
         }
-        let outcomes = outcomes
-            .into_iter()
-            .map(|o| o.expect("every part has an outcome"))
-            .collect();
+        let outcomes = outcomes.into_iter().map(|o| o.expect("every part has an outcome")).collect();
         Ok(Registration { outcomes, revision })
     }
 
     /// The block record of an admitted block id, if any.
-    pub async fn get_block(
-        &self,
-        table: &str,
-        block_id: &str,
-    ) -> Result<Option<(BlockRecord, Revision)>, CoordError> {
+    pub async fn get_block(&self, table: &str, block_id: &str) -> Result<Option<(BlockRecord, Revision)>, CoordError> {
         match self.kv.get(&self.block_key(table, block_id)).await? {
             Some(kv) => Ok(Some((parse(&kv)?, kv.create_revision))),
             None => Ok(None),
@@ -371,33 +320,20 @@ impl Coordinator {
         max_age: Duration,
         now_ms: i64,
     ) -> Result<usize, CoordError> {
-        let (mut kvs, _) = self
-            .kv
-            .range(&format!("{}blocks/{table}/", self.prefix))
-            .await?;
+        let (mut kvs, _) = self.kv.range(&format!("{}blocks/{table}/", self.prefix)).await?;
         kvs.sort_by_key(|kv| std::cmp::Reverse(kv.create_revision));
         let oldest_kept_ms = now_ms - max_age.as_millis() as i64;
         let mut expired = Vec::new();
         for (rank, kv) in kvs.into_iter().enumerate() {
-            let created = parse::<BlockRecord>(&kv)
-                .map(|r| r.created_at_ms)
-                .unwrap_or(0);
+            let created = parse::<BlockRecord>(&kv).map(|r| r.created_at_ms).unwrap_or(0);
             if rank >= keep || created < oldest_kept_ms {
                 expired.push(kv);
             }
         }
         let count = expired.len();
         for chunk in expired.chunks(100) {
-            let compares = chunk
-                .iter()
-                .map(|kv| Compare::ModRevision(kv.key.clone(), kv.mod_revision))
-                .collect();
-            let deletes = chunk
-                .iter()
-                .map(|kv| TxnOp::Delete {
-                    key: kv.key.clone(),
-                })
-                .collect();
+            let compares = chunk.iter().map(|kv| Compare::ModRevision(kv.key.clone(), kv.mod_revision)).collect();
+            let deletes = chunk.iter().map(|kv| TxnOp::Delete { key: kv.key.clone() }).collect();
             self.kv.txn(compares, deletes, vec![]).await?;
         }
         Ok(count)
@@ -406,10 +342,7 @@ impl Coordinator {
     /// Every table and part at one revision.
     pub async fn snapshot(&self) -> Result<Snapshot, CoordError> {
         let (kvs, revision) = self.kv.range(&self.prefix).await?;
-        let mut snapshot = Snapshot {
-            revision,
-            ..Default::default()
-        };
+        let mut snapshot = Snapshot { revision, ..Default::default() };
         for kv in kvs {
             match self.decode(kv) {
                 Some(ClusterEvent::TablePut(table)) => snapshot.tables.push(table),
@@ -441,53 +374,29 @@ impl Coordinator {
                         .collect();
                     Ok(EventBatch { revision, events })
                 }
-                WatchResponse::Compacted { compact_revision } => Err(CoordError::Compacted {
-                    requested: from,
-                    compacted: compact_revision,
-                }),
+                WatchResponse::Compacted { compact_revision } => {
+                    Err(CoordError::Compacted { requested: from, compacted: compact_revision })
+                }
             })
             .boxed())
     }
 
     /// Announces a live node under a lease; the entry disappears when the lease ends.
-    pub async fn announce_node(
-        &self,
-        node_id: &str,
-        doc: Vec<u8>,
-        lease: LeaseId,
-    ) -> Result<(), CoordError> {
+    pub async fn announce_node(&self, node_id: &str, doc: Vec<u8>, lease: LeaseId) -> Result<(), CoordError> {
         let key = format!("{}nodes/{node_id}", self.prefix);
-        self.kv
-            .txn(
-                vec![],
-                vec![TxnOp::Put {
-                    key,
-                    value: doc,
-                    lease: Some(lease),
-                }],
-                vec![],
-            )
-            .await?;
+        self.kv.txn(vec![], vec![TxnOp::Put { key, value: doc, lease: Some(lease) }], vec![]).await?;
         Ok(())
     }
 
     pub async fn list_nodes(&self) -> Result<Vec<(String, Vec<u8>)>, CoordError> {
         let prefix = format!("{}nodes/", self.prefix);
         let (kvs, _) = self.kv.range(&prefix).await?;
-        Ok(kvs
-            .into_iter()
-            .map(|kv| (kv.key[prefix.len()..].to_string(), kv.value))
-            .collect())
+        Ok(kvs.into_iter().map(|kv| (kv.key[prefix.len()..].to_string(), kv.value)).collect())
     }
 
     fn table_record(&self, kv: KeyValue) -> TableRecord {
         let name = kv.key.rsplit('/').next().unwrap_or_default().to_string();
-        TableRecord {
-            name,
-            doc: kv.value,
-            version: kv.mod_revision,
-            created: kv.create_revision,
-        }
+        TableRecord { name, doc: kv.value, version: kv.mod_revision, created: kv.create_revision }
     }
 
     fn decode(&self, kv: KeyValue) -> Option<ClusterEvent> {
@@ -508,15 +417,10 @@ impl Coordinator {
     fn decode_delete(&self, key: &str) -> Option<ClusterEvent> {
         let rest = key.strip_prefix(&self.prefix)?;
         if let Some(name) = rest.strip_prefix("tables/") {
-            return Some(ClusterEvent::TableDropped {
-                name: name.to_string(),
-            });
+            return Some(ClusterEvent::TableDropped { name: name.to_string() });
         }
         let (table, id) = rest.strip_prefix("parts/")?.split_once('/')?;
-        Some(ClusterEvent::PartRemoved {
-            table: table.to_string(),
-            id: id.to_string(),
-        })
+        Some(ClusterEvent::PartRemoved { table: table.to_string(), id: id.to_string() })
     }
 }
 
@@ -525,8 +429,5 @@ fn json<T: Serialize>(value: &T) -> Vec<u8> {
 }
 
 fn parse<T: for<'de> Deserialize<'de>>(kv: &KeyValue) -> Result<T, CoordError> {
-    serde_json::from_slice(&kv.value).map_err(|e| CoordError::Corrupt {
-        key: kv.key.clone(),
-        reason: e.to_string(),
-    })
+    serde_json::from_slice(&kv.value).map_err(|e| CoordError::Corrupt { key: kv.key.clone(), reason: e.to_string() })
 }

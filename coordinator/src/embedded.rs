@@ -9,8 +9,8 @@ use tokio::sync::{mpsc, watch};
 
 use crate::CoordError;
 use crate::kv::{
-    Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, TxnResult, WatchEvent, WatchEventKind,
-    WatchResponse, WatchStream,
+    Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, TxnResult, WatchEvent, WatchEventKind, WatchResponse,
+    WatchStream,
 };
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -51,9 +51,8 @@ impl EmbeddedKv {
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, CoordError> {
         let path = path.as_ref().to_path_buf();
         let db = tokio::task::spawn_blocking(move || {
-            Database::create(&path).map_err(|e| {
-                CoordError::Backend(format!("cannot open metadata file {}: {e}", path.display()))
-            })
+            Database::create(&path)
+                .map_err(|e| CoordError::Backend(format!("cannot open metadata file {}: {e}", path.display())))
         })
         .await
         .map_err(|e| CoordError::Backend(e.to_string()))??;
@@ -93,11 +92,7 @@ async fn expire_leases(inner: Weak<Inner>) {
         let now = Instant::now();
         let expired: Vec<LeaseId> = {
             let mut leases = inner.leases.lock().expect("lease map lock");
-            let ids: Vec<_> = leases
-                .iter()
-                .filter(|(_, l)| l.deadline <= now)
-                .map(|(id, _)| *id)
-                .collect();
+            let ids: Vec<_> = leases.iter().filter(|(_, l)| l.deadline <= now).map(|(id, _)| *id).collect();
             for id in &ids {
                 leases.remove(id);
             }
@@ -106,10 +101,8 @@ async fn expire_leases(inner: Weak<Inner>) {
         if expired.is_empty() {
             continue;
         }
-        let result = tokio::task::spawn_blocking(move || {
-            inner.delete_leased_keys(|lease| expired.contains(&lease))
-        })
-        .await;
+        let result =
+            tokio::task::spawn_blocking(move || inner.delete_leased_keys(|lease| expired.contains(&lease))).await;
         if let Ok(Err(e)) | Err(e) = result.map_err(|e| CoordError::Backend(e.to_string())) {
             tracing::error!(error = %e, "cannot delete the keys of expired leases");
         }
@@ -160,18 +153,10 @@ impl Inner {
     }
 
     fn lease_exists(&self, lease: LeaseId) -> bool {
-        self.leases
-            .lock()
-            .expect("lease map lock")
-            .contains_key(&lease)
+        self.leases.lock().expect("lease map lock").contains_key(&lease)
     }
 
-    fn txn(
-        &self,
-        compares: Vec<Compare>,
-        success: Vec<TxnOp>,
-        failure: Vec<TxnOp>,
-    ) -> Result<TxnResult, CoordError> {
+    fn txn(&self, compares: Vec<Compare>, success: Vec<TxnOp>, failure: Vec<TxnOp>) -> Result<TxnResult, CoordError> {
         let txn = self.db.begin_write()?;
         let (result, wrote) = {
             let mut kv = txn.open_table(KV)?;
@@ -201,10 +186,7 @@ impl Inner {
             for op in ops {
                 match op {
                     TxnOp::Get { key } => {
-                        let found = kv
-                            .get(key.as_str())?
-                            .map(|v| decode_record(&key, v.value()))
-                            .transpose()?;
+                        let found = kv.get(key.as_str())?.map(|v| decode_record(&key, v.value())).transpose()?;
                         gets.push(found);
                     }
                     TxnOp::Put { key, value, lease } => {
@@ -216,18 +198,9 @@ impl Inner {
                             Some(v) => decode_record(&key, v.value())?.create_revision,
                             None => new_revision,
                         };
-                        let record = KeyValue {
-                            key,
-                            value,
-                            create_revision,
-                            mod_revision: new_revision,
-                            lease,
-                        };
+                        let record = KeyValue { key, value, create_revision, mod_revision: new_revision, lease };
                         kv.insert(record.key.as_str(), encode_record(&record).as_slice())?;
-                        events.push(WatchEvent {
-                            kind: WatchEventKind::Put,
-                            kv: record,
-                        });
+                        events.push(WatchEvent { kind: WatchEventKind::Put, kv: record });
                     }
                     TxnOp::Delete { key } => {
                         if kv.remove(key.as_str())?.is_some() {
@@ -238,9 +211,7 @@ impl Inner {
                         let keys: Vec<String> = kv
                             .range(prefix.as_str()..)?
                             .map(|e| e.map(|(k, _)| k.value().to_string()))
-                            .take_while(|k| {
-                                k.as_ref().map(|k| k.starts_with(&prefix)).unwrap_or(true)
-                            })
+                            .take_while(|k| k.as_ref().map(|k| k.starts_with(&prefix)).unwrap_or(true))
                             .collect::<Result<_, _>>()?;
                         for key in keys {
                             kv.remove(key.as_str())?;
@@ -259,14 +230,7 @@ impl Inner {
                 }
             }
             let revision = if wrote { new_revision } else { revision };
-            (
-                TxnResult {
-                    succeeded,
-                    revision,
-                    gets,
-                },
-                wrote,
-            )
+            (TxnResult { succeeded, revision, gets }, wrote)
         };
         if wrote {
             txn.commit()?;
@@ -303,10 +267,8 @@ impl Inner {
         let mut out = Vec::new();
         for entry in log.range(from..=to)? {
             let (revision, bytes) = entry?;
-            let events: Vec<WatchEvent> = decode_events(bytes.value())?
-                .into_iter()
-                .filter(|e| e.kv.key.starts_with(prefix))
-                .collect();
+            let events: Vec<WatchEvent> =
+                decode_events(bytes.value())?.into_iter().filter(|e| e.kv.key.starts_with(prefix)).collect();
             if !events.is_empty() {
                 out.push((revision.value(), events));
             }
@@ -320,10 +282,7 @@ fn compact_log(
     meta: &mut redb::Table<&str, i64>,
     revision: Revision,
 ) -> Result<(), CoordError> {
-    let old: Vec<i64> = log
-        .range(..revision)?
-        .map(|e| e.map(|(k, _)| k.value()))
-        .collect::<Result<_, _>>()?;
+    let old: Vec<i64> = log.range(..revision)?.map(|e| e.map(|(k, _)| k.value())).collect::<Result<_, _>>()?;
     for r in old {
         log.remove(r)?;
     }
@@ -335,13 +294,7 @@ fn compact_log(
 fn deleted(key: String, revision: Revision) -> WatchEvent {
     WatchEvent {
         kind: WatchEventKind::Delete,
-        kv: KeyValue {
-            key,
-            value: Vec::new(),
-            create_revision: 0,
-            mod_revision: revision,
-            lease: 0,
-        },
+        kv: KeyValue { key, value: Vec::new(), create_revision: 0, mod_revision: revision, lease: 0 },
     }
 }
 
@@ -352,10 +305,7 @@ impl KvBackend for EmbeddedKv {
         self.blocking(move |inner| {
             let txn = inner.db.begin_read()?;
             let table = txn.open_table(KV)?;
-            table
-                .get(key.as_str())?
-                .map(|v| decode_record(&key, v.value()))
-                .transpose()
+            table.get(key.as_str())?.map(|v| decode_record(&key, v.value())).transpose()
         })
         .await
     }
@@ -386,8 +336,7 @@ impl KvBackend for EmbeddedKv {
         success: Vec<TxnOp>,
         failure: Vec<TxnOp>,
     ) -> Result<TxnResult, CoordError> {
-        self.blocking(move |inner| inner.txn(compares, success, failure))
-            .await
+        self.blocking(move |inner| inner.txn(compares, success, failure)).await
     }
 
     async fn watch(&self, prefix: &str, from: Revision) -> Result<WatchStream, CoordError> {
@@ -402,29 +351,19 @@ impl KvBackend for EmbeddedKv {
                 if current >= next {
                     let Some(inner) = weak.upgrade() else { return };
                     let prefix = prefix.clone();
-                    let read =
-                        tokio::task::spawn_blocking(move || inner.read_log(&prefix, next, current))
-                            .await;
-                    let read = read
-                        .map_err(|e| CoordError::Backend(e.to_string()))
-                        .and_then(|r| r);
+                    let read = tokio::task::spawn_blocking(move || inner.read_log(&prefix, next, current)).await;
+                    let read = read.map_err(|e| CoordError::Backend(e.to_string())).and_then(|r| r);
                     match read {
                         Ok(Ok(batches)) => {
                             for (revision, events) in batches {
-                                if tx
-                                    .send(Ok(WatchResponse::Events { revision, events }))
-                                    .await
-                                    .is_err()
-                                {
+                                if tx.send(Ok(WatchResponse::Events { revision, events })).await.is_err() {
                                     return;
                                 }
                             }
                             next = current + 1;
                         }
                         Ok(Err(compact_revision)) => {
-                            let _ = tx
-                                .send(Ok(WatchResponse::Compacted { compact_revision }))
-                                .await;
+                            let _ = tx.send(Ok(WatchResponse::Compacted { compact_revision })).await;
                             return;
                         }
                         Err(e) => {
@@ -448,33 +387,24 @@ impl KvBackend for EmbeddedKv {
             *next += 1;
             *next
         };
-        self.inner.leases.lock().expect("lease map lock").insert(
-            id,
-            LeaseState {
-                ttl,
-                deadline: Instant::now() + ttl,
-            },
-        );
+        self.inner
+            .leases
+            .lock()
+            .expect("lease map lock")
+            .insert(id, LeaseState { ttl, deadline: Instant::now() + ttl });
         Ok(id)
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), CoordError> {
         let mut leases = self.inner.leases.lock().expect("lease map lock");
-        let state = leases
-            .get_mut(&lease)
-            .ok_or(CoordError::LeaseExpired(lease))?;
+        let state = leases.get_mut(&lease).ok_or(CoordError::LeaseExpired(lease))?;
         state.deadline = Instant::now() + state.ttl;
         Ok(())
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), CoordError> {
-        self.inner
-            .leases
-            .lock()
-            .expect("lease map lock")
-            .remove(&lease);
-        self.blocking(move |inner| inner.delete_leased_keys(|l| l == lease))
-            .await
+        self.inner.leases.lock().expect("lease map lock").remove(&lease);
+        self.blocking(move |inner| inner.delete_leased_keys(|l| l == lease)).await
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), CoordError> {
@@ -492,9 +422,7 @@ impl KvBackend for EmbeddedKv {
     }
 }
 
-fn tokio_stream_from<T: Send + 'static>(
-    mut rx: mpsc::Receiver<T>,
-) -> impl futures::Stream<Item = T> + Send + 'static {
+fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + 'static {
     futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
@@ -531,11 +459,7 @@ fn encode_events(events: &[WatchEvent]) -> Vec<u8> {
             out.extend_from_slice(&(part.len() as u32).to_le_bytes());
             out.extend_from_slice(part);
         }
-        for n in [
-            event.kv.create_revision,
-            event.kv.mod_revision,
-            event.kv.lease,
-        ] {
+        for n in [event.kv.create_revision, event.kv.mod_revision, event.kv.lease] {
             out.extend_from_slice(&n.to_le_bytes());
         }
     }
@@ -543,10 +467,7 @@ fn encode_events(events: &[WatchEvent]) -> Vec<u8> {
 }
 
 fn decode_events(bytes: &[u8]) -> Result<Vec<WatchEvent>, CoordError> {
-    let mut reader = Reader {
-        bytes,
-        key: "<change log>",
-    };
+    let mut reader = Reader { bytes, key: "<change log>" };
     let mut events = Vec::new();
     while !reader.bytes.is_empty() {
         let kind = match reader.take(1)?[0] {
@@ -555,17 +476,11 @@ fn decode_events(bytes: &[u8]) -> Result<Vec<WatchEvent>, CoordError> {
             other => return Err(reader.corrupt(format!("unknown event kind {other}"))),
         };
         let key_len = reader.u32()? as usize;
-        let key = String::from_utf8(reader.take(key_len)?.to_vec())
-            .map_err(|e| reader.corrupt(e.to_string()))?;
+        let key = String::from_utf8(reader.take(key_len)?.to_vec()).map_err(|e| reader.corrupt(e.to_string()))?;
         let value_len = reader.u32()? as usize;
         let value = reader.take(value_len)?.to_vec();
-        let kv = KeyValue {
-            key,
-            value,
-            create_revision: reader.i64()?,
-            mod_revision: reader.i64()?,
-            lease: reader.i64()?,
-        };
+        let kv =
+            KeyValue { key, value, create_revision: reader.i64()?, mod_revision: reader.i64()?, lease: reader.i64()? };
         events.push(WatchEvent { kind, kv });
     }
     Ok(events)
@@ -578,10 +493,7 @@ struct Reader<'a> {
 
 impl<'a> Reader<'a> {
     fn corrupt(&self, reason: String) -> CoordError {
-        CoordError::Corrupt {
-            key: self.key.to_string(),
-            reason,
-        }
+        CoordError::Corrupt { key: self.key.to_string(), reason }
     }
 
     fn take(&mut self, n: usize) -> Result<&'a [u8], CoordError> {
@@ -594,14 +506,10 @@ impl<'a> Reader<'a> {
     }
 
     fn i64(&mut self) -> Result<i64, CoordError> {
-        Ok(i64::from_le_bytes(
-            self.take(8)?.try_into().expect("8 bytes"),
-        ))
+        Ok(i64::from_le_bytes(self.take(8)?.try_into().expect("8 bytes")))
     }
 
     fn u32(&mut self) -> Result<u32, CoordError> {
-        Ok(u32::from_le_bytes(
-            self.take(4)?.try_into().expect("4 bytes"),
-        ))
+        Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
     }
 }

@@ -8,14 +8,8 @@ pub enum CoordError {
     #[error(
         "table `{table}` changed (schema version {expected} is now {current}) while the request was running; retry it"
     )]
-    TableChanged {
-        table: String,
-        expected: i64,
-        current: i64,
-    },
-    #[error(
-        "revision {requested} has been compacted (oldest available: {compacted}); re-list and watch again"
-    )]
+    TableChanged { table: String, expected: i64, current: i64 },
+    #[error("revision {requested} has been compacted (oldest available: {compacted}); re-list and watch again")]
     Compacted { requested: i64, compacted: i64 },
     #[error("lease {0} does not exist or has expired")]
     LeaseExpired(i64),
@@ -29,10 +23,7 @@ pub enum CoordError {
 
 impl CoordError {
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            CoordError::Unavailable(_) | CoordError::TableChanged { .. }
-        )
+        matches!(self, CoordError::Unavailable(_) | CoordError::TableChanged { .. })
     }
 }
 
@@ -49,10 +40,4 @@ macro_rules! redb_errors {
         }
     )*};
 }
-redb_errors!(
-    redb::DatabaseError,
-    redb::TransactionError,
-    redb::TableError,
-    redb::StorageError,
-    redb::CommitError
-);
+redb_errors!(redb::DatabaseError, redb::TransactionError, redb::TableError, redb::StorageError, redb::CommitError);

@@ -33,20 +33,10 @@ pub enum Compare {
 
 #[derive(Clone, Debug)]
 pub enum TxnOp {
-    Put {
-        key: String,
-        value: Vec<u8>,
-        lease: Option<LeaseId>,
-    },
-    Delete {
-        key: String,
-    },
-    DeletePrefix {
-        prefix: String,
-    },
-    Get {
-        key: String,
-    },
+    Put { key: String, value: Vec<u8>, lease: Option<LeaseId> },
+    Delete { key: String },
+    DeletePrefix { prefix: String },
+    Get { key: String },
 }
 
 #[derive(Clone, Debug)]
@@ -74,10 +64,7 @@ pub struct WatchEvent {
 #[derive(Clone, Debug)]
 pub enum WatchResponse {
     /// All events of one revision under the watched prefix, in the order the transaction wrote them.
-    Events {
-        revision: Revision,
-        events: Vec<WatchEvent>,
-    },
+    Events { revision: Revision, events: Vec<WatchEvent> },
     /// The requested start revision has been compacted: re-list the current state and watch
     /// again from the listing's revision + 1. The stream ends after this.
     Compacted { compact_revision: Revision },

@@ -4,7 +4,7 @@
 //! Two layers:
 //! - [`KvBackend`]: a small revisioned key-value contract modelled on etcd (ranges, multi-key
 //!   transactions with compares, watches that resume from a revision, leases). Implemented by
-//!   [`EmbeddedKv`] (redb, for a single node) and, in cluster mode, by etcd.
+//!   [`EmbeddedKv`] (redb, for a single node) and [`EtcdKv`] (etcd, for a cluster).
 //! - [`Coordinator`]: tandem's domain operations written once on top of any backend: create
 //!   and compare-and-swap table schemas, register parts together with their block ids in one
 //!   transaction, list and watch parts from a revision, prune expired block ids.
@@ -15,17 +15,19 @@
 mod coordinator;
 mod embedded;
 mod error;
+mod etcd;
 mod kv;
 
 pub mod conformance;
 
 pub use coordinator::{
-    BlockRecord, ClusterEvent, Coordinator, EventBatch, NewPart, PartOutcome, RegisteredPart,
-    Registration, Snapshot, TableRecord, valid_name,
+    BlockRecord, ClusterEvent, Coordinator, EventBatch, NewPart, PartOutcome, RegisteredPart, Registration, Snapshot,
+    TableRecord, valid_name,
 };
 pub use embedded::EmbeddedKv;
 pub use error::CoordError;
+pub use etcd::EtcdKv;
 pub use kv::{
-    Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, TxnResult, WatchEvent, WatchEventKind,
-    WatchResponse, WatchStream,
+    Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, TxnResult, WatchEvent, WatchEventKind, WatchResponse,
+    WatchStream,
 };

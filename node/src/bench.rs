@@ -28,13 +28,7 @@ struct Client {
 
 impl Client {
     async fn query(&self, sql: &str, body: Vec<u8>) -> anyhow::Result<String> {
-        let response = self
-            .http
-            .post(&self.base)
-            .query(&[("query", sql)])
-            .body(body)
-            .send()
-            .await?;
+        let response = self.http.post(&self.base).query(&[("query", sql)]).body(body).send().await?;
         let status = response.status();
         let text = response.text().await?;
         if !status.is_success() {
@@ -71,26 +65,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
     let node = crate::start(NodeConfig::for_dir(dir.path())).await?;
-    let client = Client {
-        http: reqwest::Client::new(),
-        base: format!("http://{}/", node.http_addr),
-    };
-    println!(
-        "tandem bench: {} rows in {} inserts per format, one node, embedded coordinator",
-        args.rows, args.batches
-    );
+    let client = Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr) };
+    println!("tandem bench: {} rows in {} inserts per format, one node, embedded coordinator", args.rows, args.batches);
 
     for (format, table, encode) in [
-        (
-            "TabSeparated",
-            "bench_tsv",
-            tsv_batch as fn(usize, usize) -> Vec<u8>,
-        ),
-        (
-            "JSONEachRow",
-            "bench_json",
-            json_batch as fn(usize, usize) -> Vec<u8>,
-        ),
+        ("TabSeparated", "bench_tsv", tsv_batch as fn(usize, usize) -> Vec<u8>),
+        ("JSONEachRow", "bench_json", json_batch as fn(usize, usize) -> Vec<u8>),
     ] {
         client
             .query(
@@ -101,11 +81,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let per_batch = args.rows / args.batches;
         let bodies: Vec<Vec<u8>> = (0..args.batches)
             .map(|b| {
-                let end = if b + 1 == args.batches {
-                    args.rows
-                } else {
-                    (b + 1) * per_batch
-                };
+                let end = if b + 1 == args.batches { args.rows } else { (b + 1) * per_batch };
                 encode(b * per_batch, end)
             })
             .collect();
@@ -114,9 +90,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         let started = Instant::now();
         for body in bodies {
             let t = Instant::now();
-            client
-                .query(&format!("INSERT INTO {table} FORMAT {format}"), body)
-                .await?;
+            client.query(&format!("INSERT INTO {table} FORMAT {format}"), body).await?;
             latencies.push(t.elapsed());
         }
         let total = started.elapsed();
@@ -129,28 +103,16 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             percentile(&latencies, 0.99).as_secs_f64() * 1e3,
             total.as_secs_f64()
         );
-        let count = client
-            .query(&format!("SELECT count() FROM {table}"), Vec::new())
-            .await?;
+        let count = client.query(&format!("SELECT count() FROM {table}"), Vec::new()).await?;
         if count.trim() != args.rows.to_string() {
-            bail!(
-                "{table} holds {} rows, expected {}",
-                count.trim(),
-                args.rows
-            );
+            bail!("{table} holds {} rows, expected {}", count.trim(), args.rows);
         }
     }
 
     for (name, sql) in [
         ("count+avg", "SELECT count(), avg(v) FROM bench_tsv"),
-        (
-            "group by id",
-            "SELECT id, count(), avg(v) FROM bench_tsv GROUP BY id ORDER BY id",
-        ),
-        (
-            "filter on key",
-            "SELECT count(), avg(v) FROM bench_tsv WHERE id = 42",
-        ),
+        ("group by id", "SELECT id, count(), avg(v) FROM bench_tsv GROUP BY id ORDER BY id"),
+        ("filter on key", "SELECT count(), avg(v) FROM bench_tsv WHERE id = 42"),
     ] {
         let mut runs = Vec::with_capacity(args.query_runs);
         for _ in 0..args.query_runs.max(1) {

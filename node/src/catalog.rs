@@ -8,9 +8,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
-use tandem_coordinator::{
-    ClusterEvent, EventBatch, RegisteredPart, Revision, Snapshot, TableRecord,
-};
+use tandem_coordinator::{ClusterEvent, EventBatch, RegisteredPart, Revision, Snapshot, TableRecord};
 use tandem_parts::{LocalPartStore, PartId, PartManifest};
 use tokio::sync::watch;
 
@@ -100,9 +98,7 @@ impl Catalog {
     /// Waits until everything up to `revision` is applied. False on timeout.
     pub async fn wait_applied(&self, revision: Revision, timeout: Duration) -> bool {
         let mut rx = self.applied.subscribe();
-        tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= revision))
-            .await
-            .is_ok_and(|r| r.is_ok())
+        tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= revision)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// The tables as they are now; holding it keeps every listed part file alive.
@@ -115,12 +111,7 @@ impl Catalog {
     }
 
     pub fn unavailable_parts(&self) -> Vec<UnavailablePart> {
-        self.unavailable
-            .lock()
-            .expect("unavailable lock")
-            .values()
-            .cloned()
-            .collect()
+        self.unavailable.lock().expect("unavailable lock").values().cloned().collect()
     }
 
     /// Whether the part is in the table's active set here.
@@ -136,13 +127,7 @@ impl Catalog {
         }
         let path = self.store.path(&id);
         let size = std::fs::metadata(&path).ok()?.len();
-        let file = Arc::new(PartFile {
-            id,
-            path,
-            size,
-            retired: AtomicBool::new(false),
-            store: self.store.clone(),
-        });
+        let file = Arc::new(PartFile { id, path, size, retired: AtomicBool::new(false), store: self.store.clone() });
         if files.len() >= 1024 && files.len().is_power_of_two() {
             files.retain(|_, f| f.strong_count() > 0);
         }
@@ -156,15 +141,8 @@ impl Catalog {
 
     fn mark_unavailable(&self, part: &RegisteredPart, reason: String) {
         tracing::warn!(table = %part.table, part = %part.id, reason = %reason, "registered part is not served by this node");
-        let entry = UnavailablePart {
-            table: part.table.clone(),
-            id: part.id.clone(),
-            reason,
-        };
-        self.unavailable
-            .lock()
-            .expect("unavailable lock")
-            .insert(part.id.clone(), entry);
+        let entry = UnavailablePart { table: part.table.clone(), id: part.id.clone(), reason };
+        self.unavailable.lock().expect("unavailable lock").insert(part.id.clone(), entry);
     }
 
     fn make_part(&self, part: &RegisteredPart) -> Option<ActivePart> {
@@ -186,16 +164,8 @@ impl Catalog {
             self.mark_unavailable(part, "the part file is not on this node".to_string());
             return None;
         };
-        self.unavailable
-            .lock()
-            .expect("unavailable lock")
-            .remove(&part.id);
-        Some(ActivePart {
-            id,
-            manifest: Arc::new(manifest),
-            revision: part.revision,
-            file,
-        })
+        self.unavailable.lock().expect("unavailable lock").remove(&part.id);
+        Some(ActivePart { id, manifest: Arc::new(manifest), revision: part.revision, file })
     }
 
     fn table_state(record: &TableRecord) -> Option<TableState> {
@@ -235,12 +205,7 @@ impl Catalog {
             let existing = old
                 .get(&part.table)
                 .filter(|t| t.created == table.created)
-                .and_then(|t| {
-                    part.id
-                        .parse()
-                        .ok()
-                        .and_then(|id: PartId| t.parts.get(&id).cloned())
-                });
+                .and_then(|t| part.id.parse().ok().and_then(|id: PartId| t.parts.get(&id).cloned()));
             if let Some(active) = existing.or_else(|| self.make_part(part)) {
                 Arc::make_mut(table).parts.insert(active.id, active);
             }
@@ -295,10 +260,7 @@ impl Catalog {
                         }
                     }
                     ClusterEvent::PartRemoved { table, id } => {
-                        self.unavailable
-                            .lock()
-                            .expect("unavailable lock")
-                            .remove(id);
+                        self.unavailable.lock().expect("unavailable lock").remove(id);
                         let Some(state) = tables.get_mut(table) else {
                             continue;
                         };

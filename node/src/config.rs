@@ -62,20 +62,9 @@ impl NodeConfig {
                 .http_addr
                 .or(file.http_addr)
                 .unwrap_or_else(|| DEFAULT_HTTP_ADDR.parse().expect("valid default")),
-            data_dir: args
-                .data_dir
-                .clone()
-                .or(file.data_dir)
-                .unwrap_or_else(|| PathBuf::from("tandem-data")),
-            max_body_bytes: args
-                .max_body_bytes
-                .or(file.max_body_bytes)
-                .unwrap_or(DEFAULT_MAX_BODY_BYTES),
-            node_id: args
-                .node_id
-                .clone()
-                .or(file.node_id)
-                .unwrap_or_else(|| "local".to_string()),
+            data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("tandem-data")),
+            max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES),
+            node_id: args.node_id.clone().or(file.node_id).unwrap_or_else(|| "local".to_string()),
             cluster_prefix: "/tandem/default/".to_string(),
         })
     }
@@ -108,15 +97,10 @@ mod tests {
         let text = std::fs::read_to_string(&path).unwrap();
         let uncommented: String = text
             .lines()
-            .map(|l| {
-                l.strip_prefix("# ")
-                    .filter(|l| l.contains(" = "))
-                    .unwrap_or(l)
-            })
+            .map(|l| l.strip_prefix("# ").filter(|l| l.contains(" = ")).unwrap_or(l))
             .collect::<Vec<_>>()
             .join("\n");
-        let file: FileConfig =
-            toml::from_str(&uncommented).expect("every documented key is a real key");
+        let file: FileConfig = toml::from_str(&uncommented).expect("every documented key is a real key");
         assert!(
             file.http_addr.is_some()
                 && file.data_dir.is_some()
@@ -129,16 +113,8 @@ mod tests {
     fn flags_override_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tandem.toml");
-        std::fs::write(
-            &path,
-            "http_addr = \"127.0.0.1:9000\"\ndata_dir = \"/from/file\"\n",
-        )
-        .unwrap();
-        let args = ServeArgs {
-            config: Some(path),
-            data_dir: Some("/from/flag".into()),
-            ..Default::default()
-        };
+        std::fs::write(&path, "http_addr = \"127.0.0.1:9000\"\ndata_dir = \"/from/file\"\n").unwrap();
+        let args = ServeArgs { config: Some(path), data_dir: Some("/from/flag".into()), ..Default::default() };
         let config = NodeConfig::resolve(&args).unwrap();
         assert_eq!(config.http_addr.port(), 9000);
         assert_eq!(config.data_dir, PathBuf::from("/from/flag"));

@@ -40,9 +40,7 @@ impl NodeError {
     }
 
     pub fn unknown_table(name: &str) -> Self {
-        NodeError::UnknownTable(format!(
-            "table `{name}` does not exist; SHOW TABLES lists the tables"
-        ))
+        NodeError::UnknownTable(format!("table `{name}` does not exist; SHOW TABLES lists the tables"))
     }
 
     pub fn status(&self) -> StatusCode {
@@ -82,9 +80,7 @@ impl From<CoordError> for NodeError {
     fn from(e: CoordError) -> Self {
         match e {
             CoordError::NoSuchTable(name) => NodeError::unknown_table(&name),
-            CoordError::TableExists(name) => {
-                NodeError::Conflict(format!("table `{name}` already exists"))
-            }
+            CoordError::TableExists(name) => NodeError::Conflict(format!("table `{name}` already exists")),
             CoordError::TableChanged { .. } => NodeError::Conflict(e.to_string()),
             CoordError::Unavailable(_) => NodeError::Unavailable(e.to_string()),
             other => NodeError::Internal(other.to_string()),
@@ -107,19 +103,14 @@ impl From<datafusion::error::DataFusionError> for NodeError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
         use datafusion::error::DataFusionError as D;
         static UNKNOWN_TABLE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-            regex::Regex::new(r"table '(?:datafusion\.public\.|datafusion\.)?([^']+)' not found")
-                .expect("valid regex")
+            regex::Regex::new(r"table '(?:datafusion\.public\.|datafusion\.)?([^']+)' not found").expect("valid regex")
         });
         if let Some(c) = UNKNOWN_TABLE.captures(&e.to_string()) {
             return NodeError::unknown_table(&c[1]);
         }
         match e.find_root() {
-            D::SQL(..) | D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => {
-                NodeError::BadRequest(e.to_string())
-            }
-            D::ArrowError(inner, _)
-                if matches!(**inner, datafusion::arrow::error::ArrowError::DivideByZero) =>
-            {
+            D::SQL(..) | D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => NodeError::BadRequest(e.to_string()),
+            D::ArrowError(inner, _) if matches!(**inner, datafusion::arrow::error::ArrowError::DivideByZero) => {
                 NodeError::BadRequest(e.to_string())
             }
             D::Execution(_) => NodeError::BadRequest(e.to_string()),
@@ -135,14 +126,7 @@ impl IntoResponse for NodeError {
             tracing::warn!(status = status.as_u16(), error = %self, "request failed");
         }
         let body = format!("{self}\n");
-        (
-            status,
-            [
-                ("x-tandem-error-code", self.code()),
-                ("content-type", "text/plain; charset=utf-8"),
-            ],
-            body,
-        )
+        (status, [("x-tandem-error-code", self.code()), ("content-type", "text/plain; charset=utf-8")], body)
             .into_response()
     }
 }

@@ -51,9 +51,7 @@ impl Format {
             "parquet" => Format::Parquet,
             "arrowstream" => Format::ArrowStream,
             _ => {
-                return Err(NodeError::bad_request(format!(
-                    "unknown format `{name}`; supported: {FORMAT_NAMES}"
-                )));
+                return Err(NodeError::bad_request(format!("unknown format `{name}`; supported: {FORMAT_NAMES}")));
             }
         })
     }
@@ -63,9 +61,7 @@ impl Format {
             Format::JsonEachRow => "application/x-ndjson; charset=utf-8",
             Format::Json => "application/json; charset=utf-8",
             Format::Csv | Format::CsvWithNames => "text/csv; charset=utf-8",
-            Format::TabSeparated | Format::TabSeparatedWithNames => {
-                "text/tab-separated-values; charset=utf-8"
-            }
+            Format::TabSeparated | Format::TabSeparatedWithNames => "text/tab-separated-values; charset=utf-8",
             Format::Parquet => "application/vnd.apache.parquet",
             Format::ArrowStream => "application/vnd.apache.arrow.stream",
         }
@@ -95,9 +91,7 @@ pub fn decode_insert(
         Some(names) => {
             let mut fields = Vec::with_capacity(names.len());
             for name in names {
-                let field = table_schema
-                    .field_with_name(name)
-                    .map_err(|_| unknown_column(def, name))?;
+                let field = table_schema.field_with_name(name).map_err(|_| unknown_column(def, name))?;
                 fields.push(field.clone());
             }
             Arc::new(Schema::new(fields))
@@ -106,36 +100,28 @@ pub fn decode_insert(
     };
     let batch = match format {
         Format::JsonEachRow => decode_json(data, &input_schema, options)?,
-        Format::Csv
-        | Format::CsvWithNames
-        | Format::TabSeparated
-        | Format::TabSeparatedWithNames => {
+        Format::Csv | Format::CsvWithNames | Format::TabSeparated | Format::TabSeparatedWithNames => {
             decode_delimited(format, data, &input_schema, def, options)?
         }
         Format::Parquet => {
             let reader = ParquetRecordBatchReaderBuilder::try_new(data.clone())
                 .and_then(|b| b.build())
-                .map_err(|e| {
-                    NodeError::bad_request(format!("the body is not a readable Parquet file: {e}"))
-                })?;
-            let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| {
-                NodeError::bad_request(format!("cannot read the Parquet body: {e}"))
-            })?;
+                .map_err(|e| NodeError::bad_request(format!("the body is not a readable Parquet file: {e}")))?;
+            let batches = reader
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| NodeError::bad_request(format!("cannot read the Parquet body: {e}")))?;
             concat_input(batches)?
         }
         Format::ArrowStream => {
-            let reader = StreamReader::try_new(Cursor::new(data.as_ref()), None).map_err(|e| {
-                NodeError::bad_request(format!("the body is not an Arrow IPC stream: {e}"))
-            })?;
-            let batches = reader.collect::<Result<Vec<_>, _>>().map_err(|e| {
-                NodeError::bad_request(format!("cannot read the Arrow IPC stream: {e}"))
-            })?;
+            let reader = StreamReader::try_new(Cursor::new(data.as_ref()), None)
+                .map_err(|e| NodeError::bad_request(format!("the body is not an Arrow IPC stream: {e}")))?;
+            let batches = reader
+                .collect::<Result<Vec<_>, _>>()
+                .map_err(|e| NodeError::bad_request(format!("cannot read the Arrow IPC stream: {e}")))?;
             concat_input(batches)?
         }
         Format::Json => {
-            return Err(NodeError::bad_request(
-                "format JSON is output-only; insert with JSONEachRow",
-            ));
+            return Err(NodeError::bad_request("format JSON is output-only; insert with JSONEachRow"));
         }
     };
     conform(def, batch, options)
@@ -159,11 +145,7 @@ fn concat_input(batches: Vec<RecordBatch>) -> Result<RecordBatch, NodeError> {
 }
 
 /// Casts and completes a decoded batch into the table's schema.
-fn conform(
-    def: &TableDef,
-    batch: RecordBatch,
-    options: InputOptions,
-) -> Result<RecordBatch, NodeError> {
+fn conform(def: &TableDef, batch: RecordBatch, options: InputOptions) -> Result<RecordBatch, NodeError> {
     let rows = batch.num_rows();
     let input = batch.schema();
     for field in input.fields() {
@@ -171,10 +153,7 @@ fn conform(
             return Err(unknown_column(def, field.name()));
         }
     }
-    let strict = CastOptions {
-        safe: false,
-        ..Default::default()
-    };
+    let strict = CastOptions { safe: false, ..Default::default() };
     let mut columns: Vec<ArrayRef> = Vec::with_capacity(def.columns.len());
     for column in &def.columns {
         let target = column.column_type.arrow();
@@ -196,11 +175,8 @@ fn conform(
             }
             Err(_) => new_null_array(&target, rows),
         };
-        let array = if !column.nullable && array.null_count() > 0 {
-            fill_default(&array, column.column_type)?
-        } else {
-            array
-        };
+        let array =
+            if !column.nullable && array.null_count() > 0 { fill_default(&array, column.column_type)? } else { array };
         columns.push(array);
     }
     RecordBatch::try_new(def.arrow_schema(), columns).map_err(NodeError::internal)
@@ -211,20 +187,14 @@ fn fill_default(array: &ArrayRef, column_type: ColumnType) -> Result<ArrayRef, N
     let default = match column_type {
         ColumnType::String => ScalarValue::Utf8(Some(String::new())),
         ColumnType::Bool => ScalarValue::Boolean(Some(false)),
-        other => ScalarValue::Int64(Some(0))
-            .cast_to(&other.arrow())
-            .map_err(NodeError::internal)?,
+        other => ScalarValue::Int64(Some(0)).cast_to(&other.arrow()).map_err(NodeError::internal)?,
     };
     let mask = is_not_null(array).map_err(NodeError::internal)?;
     let default = default.to_scalar().map_err(NodeError::internal)?;
     zip(&mask, array, &default).map_err(NodeError::internal)
 }
 
-fn decode_json(
-    data: &Bytes,
-    schema: &SchemaRef,
-    options: InputOptions,
-) -> Result<RecordBatch, NodeError> {
+fn decode_json(data: &Bytes, schema: &SchemaRef, options: InputOptions) -> Result<RecordBatch, NodeError> {
     use datafusion::arrow::json::ReaderBuilder;
     // Arrow's JSON tape decoder tolerates some malformed input (a missing comma between
     // fields); a strict syntax pass first makes malformed rows an error with line and column.
@@ -252,11 +222,7 @@ fn decode_json(
             .fields()
             .iter()
             .map(|f| {
-                if f.data_type().is_integer() {
-                    Field::new(f.name(), DataType::Utf8, true)
-                } else {
-                    f.as_ref().clone()
-                }
+                if f.data_type().is_integer() { Field::new(f.name(), DataType::Utf8, true) } else { f.as_ref().clone() }
             })
             .collect::<Vec<_>>(),
     ));
@@ -290,15 +256,8 @@ fn decode_json(
     let batch = concat_batches(&read_schema, &batches).map_err(NodeError::internal)?;
     let line_of_row = |row: usize| {
         let offset = row_offsets.get(row).copied().unwrap_or(0);
-        let skipped = data[..offset]
-            .iter()
-            .take_while(|b| b.is_ascii_whitespace())
-            .count();
-        data[..offset + skipped]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count() as u64
-            + 1
+        let skipped = data[..offset].iter().take_while(|b| b.is_ascii_whitespace()).count();
+        data[..offset + skipped].iter().filter(|&&b| b == b'\n').count() as u64 + 1
     };
     let mut columns = Vec::with_capacity(batch.num_columns());
     for (field, array) in schema.fields().iter().zip(batch.columns()) {
@@ -313,22 +272,11 @@ fn decode_json(
 
 /// Converts a text column into `field`'s type; a value that does not convert is an error
 /// naming its line, the column and its type.
-fn convert_text(
-    text: &ArrayRef,
-    field: &Field,
-    line_of_row: impl Fn(usize) -> u64,
-) -> Result<ArrayRef, NodeError> {
-    let converted = cast_with_options(text, field.data_type(), &CastOptions::default())
-        .map_err(NodeError::internal)?;
+fn convert_text(text: &ArrayRef, field: &Field, line_of_row: impl Fn(usize) -> u64) -> Result<ArrayRef, NodeError> {
+    let converted = cast_with_options(text, field.data_type(), &CastOptions::default()).map_err(NodeError::internal)?;
     if converted.null_count() != text.null_count() {
-        let row = (0..text.len())
-            .find(|&i| text.is_valid(i) && converted.is_null(i))
-            .unwrap_or(0);
-        let value = text
-            .as_any()
-            .downcast_ref::<StringArray>()
-            .map(|s| s.value(row).to_string())
-            .unwrap_or_default();
+        let row = (0..text.len()).find(|&i| text.is_valid(i) && converted.is_null(i)).unwrap_or(0);
+        let value = text.as_any().downcast_ref::<StringArray>().map(|s| s.value(row).to_string()).unwrap_or_default();
         return Err(NodeError::bad_request(format!(
             "line {}: column `{}` is {} but the value is {:?}",
             line_of_row(row),
@@ -412,11 +360,7 @@ fn json_type_problem(data_type: &DataType, value: &serde_json::Value) -> Option<
 }
 
 fn truncate(s: &str, max: usize) -> String {
-    if s.chars().count() <= max {
-        s.to_string()
-    } else {
-        format!("{}…", s.chars().take(max).collect::<String>())
-    }
+    if s.chars().count() <= max { s.to_string() } else { format!("{}…", s.chars().take(max).collect::<String>()) }
 }
 
 /// CSV and TabSeparated: fields are read as text, then converted column by column, so an error
@@ -429,19 +373,12 @@ fn decode_delimited(
     options: InputOptions,
 ) -> Result<RecordBatch, NodeError> {
     let with_names = matches!(format, Format::CsvWithNames | Format::TabSeparatedWithNames);
-    let (records, lines) = if matches!(format, Format::Csv | Format::CsvWithNames) {
-        split_csv(data)?
-    } else {
-        split_tsv(data)?
-    };
+    let (records, lines) =
+        if matches!(format, Format::Csv | Format::CsvWithNames) { split_csv(data)? } else { split_tsv(data)? };
     let mut records = records.into_iter().zip(lines).peekable();
 
     // With names, the header says which column each field is, in any order.
-    let mut targets: Vec<Option<Field>> = input_schema
-        .fields()
-        .iter()
-        .map(|f| Some(f.as_ref().clone()))
-        .collect();
+    let mut targets: Vec<Option<Field>> = input_schema.fields().iter().map(|f| Some(f.as_ref().clone())).collect();
     if with_names {
         let Some((header, _)) = records.next() else {
             return Ok(RecordBatch::new_empty(input_schema.clone()));
@@ -478,34 +415,22 @@ fn decode_delimited(
     for (target, texts) in targets.into_iter().zip(fields_text) {
         let Some(field) = target else { continue };
         let is_string = field.data_type() == &DataType::Utf8;
-        let text = StringArray::from(
-            texts
-                .into_iter()
-                .map(|v| v.filter(|s| is_string || !s.is_empty()))
-                .collect::<Vec<_>>(),
-        );
+        let text =
+            StringArray::from(texts.into_iter().map(|v| v.filter(|s| is_string || !s.is_empty())).collect::<Vec<_>>());
         let text: ArrayRef = Arc::new(text);
-        let array = if is_string {
-            text
-        } else {
-            convert_text(&text, &field, |row| line_numbers[row])?
-        };
+        let array = if is_string { text } else { convert_text(&text, &field, |row| line_numbers[row])? };
         fields.push(field);
         arrays.push(array);
     }
     let schema = Arc::new(Schema::new(fields));
-    let options = datafusion::arrow::array::RecordBatchOptions::new()
-        .with_row_count(Some(line_numbers.len()));
+    let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(line_numbers.len()));
     RecordBatch::try_new_with_options(schema, arrays, &options).map_err(NodeError::internal)
 }
 
 type Records = (Vec<Vec<Option<String>>>, Vec<u64>);
 
 fn split_csv(data: &[u8]) -> Result<Records, NodeError> {
-    let mut reader = csv::ReaderBuilder::new()
-        .has_headers(false)
-        .flexible(true)
-        .from_reader(data);
+    let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(data);
     let mut records = Vec::new();
     let mut lines = Vec::new();
     let mut record = csv::ByteRecord::new();
@@ -517,16 +442,9 @@ fn split_csv(data: &[u8]) -> Result<Records, NodeError> {
                 let mut fields = Vec::with_capacity(record.len());
                 for (column, field) in record.iter().enumerate() {
                     let text = std::str::from_utf8(field).map_err(|_| {
-                        NodeError::bad_request(format!(
-                            "line {line}, field {}: not valid UTF-8",
-                            column + 1
-                        ))
+                        NodeError::bad_request(format!("line {line}, field {}: not valid UTF-8", column + 1))
                     })?;
-                    fields.push(if text == "\\N" {
-                        None
-                    } else {
-                        Some(text.to_string())
-                    });
+                    fields.push(if text == "\\N" { None } else { Some(text.to_string()) });
                 }
                 records.push(fields);
                 lines.push(line);
@@ -539,11 +457,7 @@ fn split_csv(data: &[u8]) -> Result<Records, NodeError> {
 
 fn split_tsv(data: &[u8]) -> Result<Records, NodeError> {
     let text = std::str::from_utf8(data).map_err(|e| {
-        let line = data[..e.valid_up_to()]
-            .iter()
-            .filter(|&&b| b == b'\n')
-            .count()
-            + 1;
+        let line = data[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
         NodeError::bad_request(format!("line {line}: not valid UTF-8"))
     })?;
     let mut records = Vec::new();
@@ -632,11 +546,7 @@ pub fn encode(
                 .map(|f| serde_json::json!({"name": f.name(), "type": ColumnType::name_of_arrow(f.data_type())}))
                 .collect();
             out.extend_from_slice(b"{\"meta\":");
-            out.extend_from_slice(
-                serde_json::to_string(&meta)
-                    .map_err(NodeError::internal)?
-                    .as_bytes(),
-            );
+            out.extend_from_slice(serde_json::to_string(&meta).map_err(NodeError::internal)?.as_bytes());
             out.extend_from_slice(b",\"data\":");
             let mut writer = datafusion::arrow::json::WriterBuilder::new()
                 .with_explicit_nulls(true)
@@ -652,8 +562,7 @@ pub fn encode(
             }
             let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
             out.extend_from_slice(
-                format!(",\"rows\":{rows},\"statistics\":{{\"elapsed\":{elapsed_secs}}}}}\n")
-                    .as_bytes(),
+                format!(",\"rows\":{rows},\"statistics\":{{\"elapsed\":{elapsed_secs}}}}}\n").as_bytes(),
             );
         }
         Format::Csv | Format::CsvWithNames => {
@@ -679,9 +588,7 @@ pub fn encode(
                 text.push_str(&names.join("\t"));
                 text.push('\n');
             }
-            let options = FormatOptions::new()
-                .with_null("\\N")
-                .with_timestamp_format(Some(TIMESTAMP_FORMAT));
+            let options = FormatOptions::new().with_null("\\N").with_timestamp_format(Some(TIMESTAMP_FORMAT));
             for batch in batches {
                 let formatters = batch
                     .columns()
@@ -706,16 +613,14 @@ pub fn encode(
             out = text.into_bytes();
         }
         Format::Parquet => {
-            let mut writer = ArrowWriter::try_new(&mut out, schema.clone(), None)
-                .map_err(NodeError::internal)?;
+            let mut writer = ArrowWriter::try_new(&mut out, schema.clone(), None).map_err(NodeError::internal)?;
             for batch in batches {
                 writer.write(batch).map_err(NodeError::internal)?;
             }
             writer.close().map_err(NodeError::internal)?;
         }
         Format::ArrowStream => {
-            let mut writer =
-                StreamWriter::try_new(&mut out, schema).map_err(NodeError::internal)?;
+            let mut writer = StreamWriter::try_new(&mut out, schema).map_err(NodeError::internal)?;
             for batch in batches {
                 writer.write(batch).map_err(NodeError::internal)?;
             }
@@ -728,14 +633,8 @@ pub fn encode(
 /// A one-column text batch, for SHOW TABLES and similar answers.
 pub fn text_batch(columns: &[(&str, Vec<String>)]) -> Result<RecordBatch, NodeError> {
     let schema = Arc::new(Schema::new(
-        columns
-            .iter()
-            .map(|(name, _)| Field::new(*name, DataType::Utf8, false))
-            .collect::<Vec<_>>(),
+        columns.iter().map(|(name, _)| Field::new(*name, DataType::Utf8, false)).collect::<Vec<_>>(),
     ));
-    let arrays = columns
-        .iter()
-        .map(|(_, values)| Arc::new(StringArray::from(values.clone())) as ArrayRef)
-        .collect();
+    let arrays = columns.iter().map(|(_, values)| Arc::new(StringArray::from(values.clone())) as ArrayRef).collect();
     RecordBatch::try_new(schema, arrays).map_err(NodeError::internal)
 }

@@ -43,27 +43,15 @@ async fn ready(State(node): State<Arc<Node>>) -> Response {
     if node.catalog.is_ready() {
         (StatusCode::OK, "Ok.\n").into_response()
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            "catching up with the coordinator\n",
-        )
-            .into_response()
+        (StatusCode::SERVICE_UNAVAILABLE, "catching up with the coordinator\n").into_response()
     }
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let tables = node.catalog.snapshot();
-    node.metrics
-        .active_parts
-        .set(tables.values().map(|t| t.parts.len() as i64).sum());
-    node.metrics
-        .applied_revision
-        .set(node.catalog.applied_revision());
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        node.metrics.render(),
-    )
-        .into_response()
+    node.metrics.active_parts.set(tables.values().map(|t| t.parts.len() as i64).sum());
+    node.metrics.applied_revision.set(node.catalog.applied_revision());
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render()).into_response()
 }
 
 async fn handle(
@@ -80,18 +68,15 @@ async fn handle(
 
 /// Reads the body, refusing (413) as soon as it exceeds the limit.
 async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, NodeError> {
-    let declared = headers
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
     if declared.is_some_and(|n| n > limit) {
         return Err(NodeError::BodyTooLarge { limit });
     }
     let mut out = BytesMut::with_capacity(declared.unwrap_or(0));
     let mut stream = body.into_data_stream();
     while let Some(chunk) = stream.next().await {
-        let chunk = chunk
-            .map_err(|e| NodeError::bad_request(format!("cannot read the request body: {e}")))?;
+        let chunk = chunk.map_err(|e| NodeError::bad_request(format!("cannot read the request body: {e}")))?;
         if out.len() + chunk.len() > limit {
             return Err(NodeError::BodyTooLarge { limit });
         }
@@ -105,9 +90,7 @@ fn flag(params: &HashMap<String, String>, name: &str, default: bool) -> Result<b
         None => Ok(default),
         Some("1" | "true") => Ok(true),
         Some("0" | "false") => Ok(false),
-        Some(other) => Err(NodeError::bad_request(format!(
-            "setting `{name}` takes 0 or 1, got `{other}`"
-        ))),
+        Some(other) => Err(NodeError::bad_request(format!("setting `{name}` takes 0 or 1, got `{other}`"))),
     }
 }
 
@@ -115,9 +98,8 @@ fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, N
     params
         .get(name)
         .map(|v| {
-            v.parse::<i64>().map_err(|_| {
-                NodeError::bad_request(format!("setting `{name}` takes an integer, got `{v}`"))
-            })
+            v.parse::<i64>()
+                .map_err(|_| NodeError::bad_request(format!("setting `{name}` takes an integer, got `{v}`")))
         })
         .transpose()
 }
@@ -136,40 +118,18 @@ async fn execute(
         None => match std::str::from_utf8(&body) {
             Ok(text) => (std::borrow::Cow::Borrowed(text), true),
             // Binary rows (Parquet, Arrow) after the statement: the statement is in the head.
-            Err(e) => (
-                String::from_utf8_lossy(&body[..e.valid_up_to().min(64 * 1024)]),
-                true,
-            ),
+            Err(e) => (String::from_utf8_lossy(&body[..e.valid_up_to().min(64 * 1024)]), true),
         },
     };
     let statement = statement::parse(&text)?;
     let started = Instant::now();
     match statement {
         Statement::Insert(insert_statement) => {
-            let InsertSource::Format {
-                format,
-                data_offset,
-            } = &insert_statement.source
-            else {
-                let InsertSource::Values(rows) = insert_statement.source else {
-                    unreachable!()
-                };
-                let data = values_as_json(
-                    node,
-                    &insert_statement.table,
-                    insert_statement.columns.as_deref(),
-                    rows,
-                )?;
-                return run_insert(
-                    node,
-                    &params,
-                    &insert_statement.table,
-                    None,
-                    Format::JsonEachRow,
-                    data,
-                    started,
-                )
-                .await;
+            let InsertSource::Format { format, data_offset } = &insert_statement.source else {
+                let InsertSource::Values(rows) = insert_statement.source else { unreachable!() };
+                let data = values_as_json(node, &insert_statement.table, insert_statement.columns.as_deref(), rows)?;
+                return run_insert(node, &params, &insert_statement.table, None, Format::JsonEachRow, data, started)
+                    .await;
             };
             let format = Format::parse(format)?;
             let data = if body_is_statement {
@@ -194,23 +154,14 @@ async fn execute(
             if !body_is_statement && !body.is_empty() {
                 // ClickHouse appends the body to the query for non-INSERT statements.
                 let full = format!("{text}\n{}", String::from_utf8_lossy(&body));
-                return Box::pin(execute_statement(
-                    node,
-                    &params,
-                    statement::parse(&full)?,
-                    started,
-                ))
-                .await;
+                return Box::pin(execute_statement(node, &params, statement::parse(&full)?, started)).await;
             }
             execute_statement(node, &params, other, started).await
         }
     }
 }
 
-fn output_format(
-    params: &HashMap<String, String>,
-    clause: Option<&str>,
-) -> Result<Format, NodeError> {
+fn output_format(params: &HashMap<String, String>, clause: Option<&str>) -> Result<Format, NodeError> {
     match clause.or(params.get("default_format").map(String::as_str)) {
         Some(name) => Format::parse(name),
         None => Ok(Format::TabSeparated),
@@ -225,11 +176,7 @@ async fn execute_statement(
 ) -> Result<Response, NodeError> {
     match statement {
         Statement::CreateTable { def, if_not_exists } => {
-            let revision = match node
-                .coordinator
-                .create_table(&def.name, def.to_json())
-                .await
-            {
+            let revision = match node.coordinator.create_table(&def.name, def.to_json()).await {
                 Ok(record) => record.version,
                 Err(CoordError::TableExists(_)) if if_not_exists => node.catalog.applied_revision(),
                 Err(e) => return Err(e.into()),
@@ -247,19 +194,10 @@ async fn execute_statement(
         Statement::ShowTables { format } => {
             let names: Vec<String> = node.catalog.snapshot().keys().cloned().collect();
             let batch = text_batch(&[("name", names)])?;
-            respond_rows(
-                output_format(params, format.as_deref())?,
-                &batch.schema(),
-                &[batch],
-                started,
-                node,
-            )
+            respond_rows(output_format(params, format.as_deref())?, &batch.schema(), &[batch], started, node)
         }
         Statement::Describe { name, format } => {
-            let table = node
-                .catalog
-                .table(&name)
-                .ok_or_else(|| NodeError::unknown_table(&name))?;
+            let table = node.catalog.table(&name).ok_or_else(|| NodeError::unknown_table(&name))?;
             let names = table.def.columns.iter().map(|c| c.name.clone()).collect();
             let types = table.def.columns.iter().map(|c| c.type_name()).collect();
             let empty = vec![String::new(); table.def.columns.len()];
@@ -272,22 +210,13 @@ async fn execute_statement(
                 ("codec_expression", empty.clone()),
                 ("ttl_expression", empty),
             ])?;
-            respond_rows(
-                output_format(params, format.as_deref())?,
-                &batch.schema(),
-                &[batch],
-                started,
-                node,
-            )
+            respond_rows(output_format(params, format.as_deref())?, &batch.schema(), &[batch], started, node)
         }
         Statement::Select { sql, format } => {
             let format = output_format(params, format.as_deref())?;
             if let Some(revision) = number(params, "after_revision")? {
-                let timeout = Duration::from_millis(
-                    number(params, "after_revision_timeout_ms")?
-                        .unwrap_or(10_000)
-                        .max(0) as u64,
-                );
+                let timeout =
+                    Duration::from_millis(number(params, "after_revision_timeout_ms")?.unwrap_or(10_000).max(0) as u64);
                 if !node.catalog.wait_applied(revision, timeout).await {
                     return Err(NodeError::Timeout(format!(
                         "this node has applied revision {} but the query asked for {revision}; not answering with stale data (waited {} ms)",
@@ -299,34 +228,24 @@ async fn execute_statement(
             let tables = node.catalog.snapshot();
             let ctx = query::session(&node.catalog, &tables)?;
             let result = query::run(&ctx, &sql).await;
-            node.metrics
-                .query_seconds
-                .observe(started.elapsed().as_secs_f64());
+            node.metrics.query_seconds.observe(started.elapsed().as_secs_f64());
             let (schema, batches) = result.inspect_err(|_| {
                 node.metrics.query_errors.inc();
             })?;
             respond_rows(format, &schema, &batches, started, node)
         }
-        Statement::Insert(_) => Err(NodeError::internal(
-            "an INSERT reached the statement executor",
-        )),
+        Statement::Insert(_) => Err(NodeError::internal("an INSERT reached the statement executor")),
     }
 }
 
 async fn ddl_done(node: &Node, revision: i64) -> Result<Response, NodeError> {
-    if !node
-        .catalog
-        .wait_applied(revision, Duration::from_secs(30))
-        .await
-    {
+    if !node.catalog.wait_applied(revision, Duration::from_secs(30)).await {
         return Err(NodeError::Timeout(format!(
             "the change is committed at revision {revision} but not yet applied on this node"
         )));
     }
     let mut response = Response::new(Body::empty());
-    response
-        .headers_mut()
-        .insert("x-tandem-revision", HeaderValue::from(revision));
+    response.headers_mut().insert("x-tandem-revision", HeaderValue::from(revision));
     Ok(response)
 }
 
@@ -340,14 +259,8 @@ fn respond_rows(
     let bytes = encode(format, schema, batches, started.elapsed().as_secs_f64())?;
     let mut response = Response::new(Body::from(bytes));
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static(format.content_type()),
-    );
-    headers.insert(
-        "x-tandem-revision",
-        HeaderValue::from(node.catalog.applied_revision()),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    headers.insert("x-tandem-revision", HeaderValue::from(node.catalog.applied_revision()));
     Ok(response)
 }
 
@@ -359,10 +272,7 @@ fn values_as_json(
     columns: Option<&[String]>,
     rows: Vec<Vec<serde_json::Value>>,
 ) -> Result<Bytes, NodeError> {
-    let state = node
-        .catalog
-        .table(table)
-        .ok_or_else(|| NodeError::unknown_table(table))?;
+    let state = node.catalog.table(table).ok_or_else(|| NodeError::unknown_table(table))?;
     let names: Vec<String> = match columns {
         Some(c) => c.to_vec(),
         None => state.def.columns.iter().map(|c| c.name.clone()).collect(),
@@ -378,8 +288,7 @@ fn values_as_json(
                 names.join(", ")
             )));
         }
-        let object: serde_json::Map<String, serde_json::Value> =
-            names.iter().cloned().zip(row).collect();
+        let object: serde_json::Map<String, serde_json::Value> = names.iter().cloned().zip(row).collect();
         serde_json::to_writer(&mut out, &object).map_err(NodeError::internal)?;
         out.push(b'\n');
     }
@@ -397,27 +306,17 @@ async fn run_insert(
 ) -> Result<Response, NodeError> {
     let settings = InsertSettings {
         deduplicate: flag(params, "insert_deduplicate", true)?,
-        deduplication_token: params
-            .get("insert_deduplication_token")
-            .filter(|t| !t.is_empty())
-            .cloned(),
-        input: InputOptions {
-            skip_unknown_fields: flag(params, "input_format_skip_unknown_fields", false)?,
-        },
+        deduplication_token: params.get("insert_deduplication_token").filter(|t| !t.is_empty()).cloned(),
+        input: InputOptions { skip_unknown_fields: flag(params, "input_format_skip_unknown_fields", false)? },
     };
-    if let Some(quorum) = params
-        .get("insert_quorum")
-        .filter(|q| !matches!(q.as_str(), "0" | "1" | "auto"))
-    {
+    if let Some(quorum) = params.get("insert_quorum").filter(|q| !matches!(q.as_str(), "0" | "1" | "auto")) {
         return Err(NodeError::Unavailable(format!(
             "insert_quorum={quorum} needs {quorum} live nodes, but this node runs alone (embedded coordinator); nothing was written"
         )));
     }
     let bytes_in = data.len();
     let result = insert(node, table, columns, format, data, &settings).await;
-    node.metrics
-        .insert_seconds
-        .observe(started.elapsed().as_secs_f64());
+    node.metrics.insert_seconds.observe(started.elapsed().as_secs_f64());
     let summary = result.inspect_err(|_| {
         node.metrics.insert_errors.inc();
     })?;
@@ -433,19 +332,10 @@ async fn run_insert(
     let body = serde_json::to_vec(&summary).map_err(NodeError::internal)?;
     let mut response = Response::new(Body::from(body));
     let headers = response.headers_mut();
-    headers.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert("x-tandem-revision", HeaderValue::from(summary.revision));
-    headers.insert(
-        "x-tandem-deduplicated",
-        HeaderValue::from_static(if summary.deduplicated {
-            "true"
-        } else {
-            "false"
-        }),
-    );
+    headers
+        .insert("x-tandem-deduplicated", HeaderValue::from_static(if summary.deduplicated { "true" } else { "false" }));
     if let Ok(v) = HeaderValue::from_str(&clickhouse_summary.to_string()) {
         headers.insert("x-clickhouse-summary", v);
     }

@@ -8,9 +8,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 use tandem_coordinator::{CoordError, NewPart, PartOutcome, Revision};
-use tandem_parts::{
-    PART_FORMAT_VERSION, PartManifest, PartMetadata, block_id, encode_part, split_by_partition,
-};
+use tandem_parts::{PART_FORMAT_VERSION, PartManifest, PartMetadata, block_id, encode_part, split_by_partition};
 
 use crate::error::NodeError;
 use crate::formats::{Format, InputOptions, decode_insert};
@@ -81,25 +79,17 @@ async fn insert_once(
     data: &Bytes,
     settings: &InsertSettings,
 ) -> Result<InsertSummary, NodeError> {
-    let state = node
-        .catalog
-        .table(table)
-        .ok_or_else(|| NodeError::unknown_table(table))?;
+    let state = node.catalog.table(table).ok_or_else(|| NodeError::unknown_table(table))?;
     let def = state.def.clone();
     let version = state.version;
     drop(state);
 
-    let (def_for_decode, data, columns, input) = (
-        def.clone(),
-        data.clone(),
-        columns.map(<[String]>::to_vec),
-        settings.input,
-    );
-    let batch = tokio::task::spawn_blocking(move || {
-        decode_insert(format, &data, &def_for_decode, columns.as_deref(), input)
-    })
-    .await
-    .map_err(NodeError::internal)??;
+    let (def_for_decode, data, columns, input) =
+        (def.clone(), data.clone(), columns.map(<[String]>::to_vec), settings.input);
+    let batch =
+        tokio::task::spawn_blocking(move || decode_insert(format, &data, &def_for_decode, columns.as_deref(), input))
+            .await
+            .map_err(NodeError::internal)??;
     let mut summary = InsertSummary {
         table: table.to_string(),
         rows_written: 0,
@@ -143,15 +133,9 @@ async fn insert_once(
     }
     summary.deduplicated = summary.parts.iter().all(|p| p.deduplicated);
     node.metrics.insert_rows.inc_by(summary.rows_written);
-    node.metrics
-        .insert_deduplicated_blocks
-        .inc_by(summary.parts.iter().filter(|p| p.deduplicated).count() as u64);
+    node.metrics.insert_deduplicated_blocks.inc_by(summary.parts.iter().filter(|p| p.deduplicated).count() as u64);
 
-    if !node
-        .catalog
-        .wait_applied(summary.revision, APPLY_TIMEOUT)
-        .await
-    {
+    if !node.catalog.wait_applied(summary.revision, APPLY_TIMEOUT).await {
         return Err(NodeError::Timeout(format!(
             "the insert is registered at revision {} but this node has not applied it within {}s; it will appear shortly, and retrying the insert is safe",
             summary.revision,
@@ -165,11 +149,7 @@ async fn register(
     node: &Node,
     def: &crate::schema::TableDef,
     version: Revision,
-    pending: Vec<(
-        String,
-        tandem_parts::arrow::array::RecordBatch,
-        Option<String>,
-    )>,
+    pending: Vec<(String, tandem_parts::arrow::array::RecordBatch, Option<String>)>,
     summary: &mut InsertSummary,
 ) -> Result<(), NodeError> {
     let table = def.name.clone();
@@ -182,14 +162,8 @@ async fn register(
     let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<(NewPart, u64)>, NodeError> {
         let mut out = Vec::new();
         for (index, (partition, block, block_id)) in pending.into_iter().enumerate() {
-            let origin = block_id
-                .clone()
-                .unwrap_or_else(|| format!("{node_id}/{now_ms}/{sequence}/{index}"));
-            let metadata = PartMetadata {
-                table: table.clone(),
-                partition: partition.clone(),
-                origin,
-            };
+            let origin = block_id.clone().unwrap_or_else(|| format!("{node_id}/{now_ms}/{sequence}/{index}"));
+            let metadata = PartMetadata { table: table.clone(), partition: partition.clone(), origin };
             let part = encode_part(&block, &sort_key, &metadata)?;
             store.write(&part.id, &part.bytes)?;
             let manifest = PartManifest {
@@ -206,12 +180,7 @@ async fn register(
                 created_at_ms: now_ms,
             };
             out.push((
-                NewPart {
-                    id: part.id.to_string(),
-                    partition,
-                    block_id,
-                    manifest: manifest.to_json(),
-                },
+                NewPart { id: part.id.to_string(), partition, block_id, manifest: manifest.to_json() },
                 part.rows,
             ));
         }
@@ -221,19 +190,13 @@ async fn register(
     .map_err(NodeError::internal)??;
 
     let (new_parts, rows): (Vec<NewPart>, Vec<u64>) = encoded.into_iter().unzip();
-    let registration = node
-        .coordinator
-        .register_parts(&def.name, version, new_parts.clone(), now_ms)
-        .await;
+    let registration = node.coordinator.register_parts(&def.name, version, new_parts.clone(), now_ms).await;
     let registration = match registration {
         Ok(r) => r,
         Err(e) => {
             // Only a definite refusal allows deleting the files: after a timeout the parts may
             // be registered after all, and the orphan sweep removes them if they are not.
-            if matches!(
-                e,
-                CoordError::TableChanged { .. } | CoordError::NoSuchTable(_)
-            ) {
+            if matches!(e, CoordError::TableChanged { .. } | CoordError::NoSuchTable(_)) {
                 discard_unregistered(node, &new_parts).await;
             }
             return Err(match e {
@@ -259,10 +222,7 @@ async fn register(
                     revision,
                 });
             }
-            PartOutcome::Duplicate {
-                existing_part,
-                revision,
-            } => {
+            PartOutcome::Duplicate { existing_part, revision } => {
                 summary.rows_deduplicated += rows;
                 if existing_part != part.id {
                     orphans.push(part.clone());
@@ -287,11 +247,7 @@ async fn register(
 async fn discard_unregistered(node: &Node, parts: &[NewPart]) {
     for part in parts {
         let Ok(id) = part.id.parse() else { continue };
-        let in_use = node
-            .catalog
-            .snapshot()
-            .values()
-            .any(|t| t.parts.contains_key(&id));
+        let in_use = node.catalog.snapshot().values().any(|t| t.parts.contains_key(&id));
         if !in_use && let Err(e) = node.catalog.store().remove(&id) {
             tracing::warn!(part = %part.id, error = %e, "cannot delete the file of an unregistered part");
         }

@@ -41,55 +41,24 @@ impl Metrics {
             "Rows written by inserts (deduplicated rows excluded)",
             metrics.insert_rows.clone(),
         );
-        registry.register(
-            "insert_parts",
-            "Parts written by inserts",
-            metrics.insert_parts.clone(),
-        );
+        registry.register("insert_parts", "Parts written by inserts", metrics.insert_parts.clone());
         registry.register(
             "insert_deduplicated_blocks",
             "Insert blocks acknowledged as duplicates of an admitted block",
             metrics.insert_deduplicated_blocks.clone(),
         );
-        registry.register(
-            "insert_errors",
-            "Inserts that failed",
-            metrics.insert_errors.clone(),
-        );
-        registry.register(
-            "insert_seconds",
-            "Insert latency, from request to ack",
-            metrics.insert_seconds.clone(),
-        );
-        registry.register(
-            "query_seconds",
-            "Query latency",
-            metrics.query_seconds.clone(),
-        );
-        registry.register(
-            "query_errors",
-            "Queries that failed",
-            metrics.query_errors.clone(),
-        );
-        registry.register(
-            "parts_corrupt",
-            "Part files that failed hash verification",
-            metrics.corrupt_parts.clone(),
-        );
+        registry.register("insert_errors", "Inserts that failed", metrics.insert_errors.clone());
+        registry.register("insert_seconds", "Insert latency, from request to ack", metrics.insert_seconds.clone());
+        registry.register("query_seconds", "Query latency", metrics.query_seconds.clone());
+        registry.register("query_errors", "Queries that failed", metrics.query_errors.clone());
+        registry.register("parts_corrupt", "Part files that failed hash verification", metrics.corrupt_parts.clone());
         registry.register(
             "catalog_applied_revision",
             "Last coordinator revision applied by this node",
             metrics.applied_revision.clone(),
         );
-        registry.register(
-            "catalog_active_parts",
-            "Active parts served by this node",
-            metrics.active_parts.clone(),
-        );
-        Metrics {
-            registry,
-            ..metrics
-        }
+        registry.register("catalog_active_parts", "Active parts served by this node", metrics.active_parts.clone());
+        Metrics { registry, ..metrics }
     }
 
     pub fn render(&self) -> String {

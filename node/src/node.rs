@@ -39,12 +39,8 @@ pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
     // Part files are read through an object-store URL, which needs an absolute path.
-    config.data_dir = std::fs::canonicalize(&config.data_dir).with_context(|| {
-        format!(
-            "cannot resolve data directory {}",
-            config.data_dir.display()
-        )
-    })?;
+    config.data_dir = std::fs::canonicalize(&config.data_dir)
+        .with_context(|| format!("cannot resolve data directory {}", config.data_dir.display()))?;
     let store = Arc::new(LocalPartStore::open(&config.data_dir)?);
     let kv = EmbeddedKv::open(config.data_dir.join("metadata.redb"))
         .await
@@ -52,12 +48,7 @@ pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
     let coordinator = Coordinator::new(Arc::new(kv), config.cluster_prefix.clone());
     let catalog = Arc::new(Catalog::new(store));
     let metrics = Arc::new(Metrics::new());
-    let node = Arc::new(Node {
-        config: config.clone(),
-        coordinator,
-        catalog,
-        metrics,
-    });
+    let node = Arc::new(Node { config: config.clone(), coordinator, catalog, metrics });
     let shutdown = CancellationToken::new();
     let mut tasks = Vec::new();
 
@@ -79,20 +70,12 @@ pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
     let router = crate::http::router(node.clone());
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(stop.cancelled_owned())
-            .await
-        {
+        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await {
             tracing::error!(error = %e, "HTTP server failed");
         }
     }));
     tracing::info!(%http_addr, data_dir = %config.data_dir.display(), "tandem is serving");
-    Ok(RunningNode {
-        node,
-        http_addr,
-        shutdown,
-        tasks,
-    })
+    Ok(RunningNode { node, http_addr, shutdown, tasks })
 }
 
 impl RunningNode {
@@ -116,14 +99,13 @@ async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     #[cfg(unix)]
     {
-        let mut term =
-            match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-                Ok(s) => s,
-                Err(_) => {
-                    let _ = ctrl_c.await;
-                    return;
-                }
-            };
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
         tokio::select! {
             _ = ctrl_c => {},
             _ = term.recv() => {},
@@ -146,11 +128,7 @@ async fn prune_blocks(node: Arc<Node>, shutdown: CancellationToken) {
             let now_ms = chrono::Utc::now().timestamp_millis();
             let keep = usize::try_from(settings.dedup_window_blocks).unwrap_or(usize::MAX);
             let window = Duration::from_secs(settings.dedup_window_seconds);
-            match node
-                .coordinator
-                .prune_blocks(&name, keep, window, now_ms)
-                .await
-            {
+            match node.coordinator.prune_blocks(&name, keep, window, now_ms).await {
                 Ok(0) => {}
                 Ok(n) => {
                     tracing::debug!(table = %name, removed = n, "forgot expired insert block ids")

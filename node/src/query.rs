@@ -6,9 +6,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array,
-};
+use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{MemorySchemaProvider, Session, TableProvider};
 use datafusion::common::pruning::PruningStatistics;
@@ -40,10 +38,7 @@ pub struct PartsTable {
 
 impl PartsTable {
     pub fn new(state: &TableState) -> Self {
-        PartsTable {
-            schema: state.def.arrow_schema(),
-            parts: state.parts.values().cloned().collect(),
-        }
+        PartsTable { schema: state.def.arrow_schema(), parts: state.parts.values().cloned().collect() }
     }
 
     /// Parts that the filters cannot rule out by their manifest's min/max statistics.
@@ -58,23 +53,12 @@ impl PartsTable {
         let Ok(physical) = state.create_physical_expr(predicate, &df_schema) else {
             return all();
         };
-        let Ok(pruning) = PruningPredicateBuilder::new()
-            .with_file_schema(self.schema.clone())
-            .try_build(physical)
+        let Ok(pruning) = PruningPredicateBuilder::new().with_file_schema(self.schema.clone()).try_build(physical)
         else {
             return all();
         };
-        match pruning.prune(&ManifestStatistics {
-            schema: &self.schema,
-            parts: &self.parts,
-        }) {
-            Ok(keep) => self
-                .parts
-                .iter()
-                .zip(keep)
-                .filter(|(_, keep)| *keep)
-                .map(|(p, _)| p)
-                .collect(),
+        match pruning.prune(&ManifestStatistics { schema: &self.schema, parts: &self.parts }) {
+            Ok(keep) => self.parts.iter().zip(keep).filter(|(_, keep)| *keep).map(|(p, _)| p).collect(),
             Err(e) => {
                 tracing::debug!(error = %e, "part pruning skipped");
                 all()
@@ -93,10 +77,7 @@ impl TableProvider for PartsTable {
         TableType::Base
     }
 
-    fn supports_filters_pushdown(
-        &self,
-        filters: &[&Expr],
-    ) -> DfResult<Vec<TableProviderFilterPushDown>> {
+    fn supports_filters_pushdown(&self, filters: &[&Expr]) -> DfResult<Vec<TableProviderFilterPushDown>> {
         // Filters prune whole parts and row groups; DataFusion still applies them to rows.
         Ok(vec![TableProviderFilterPushDown::Inexact; filters.len()])
     }
@@ -120,10 +101,7 @@ impl TableProvider for PartsTable {
         let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); groups_wanted];
         for (i, part) in parts.iter().enumerate() {
             let path = part.file.path.to_string_lossy();
-            groups[i % groups_wanted].push(PartitionedFile::new(
-                path.trim_start_matches('/'),
-                part.file.size,
-            ));
+            groups[i % groups_wanted].push(PartitionedFile::new(path.trim_start_matches('/'), part.file.size));
         }
         let source = Arc::new(ParquetSource::new(self.schema.clone()));
         let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
@@ -131,9 +109,7 @@ impl TableProvider for PartsTable {
             .with_projection_indices(projection.cloned())?
             .with_limit(limit)
             .build();
-        ParquetFormat::default()
-            .create_physical_plan(state, config)
-            .await
+        ParquetFormat::default().create_physical_plan(state, config).await
     }
 }
 
@@ -149,12 +125,7 @@ impl ManifestStatistics<'_> {
         column: &Column,
         pick: impl Fn(&tandem_parts::ColumnStats) -> Option<&serde_json::Value>,
     ) -> Option<ArrayRef> {
-        let data_type = self
-            .schema
-            .field_with_name(&column.name)
-            .ok()?
-            .data_type()
-            .clone();
+        let data_type = self.schema.field_with_name(&column.name).ok()?.data_type().clone();
         let scalars = self.parts.iter().map(|part| {
             part.manifest
                 .columns
@@ -172,13 +143,9 @@ fn json_scalar(value: &serde_json::Value, data_type: &DataType) -> Option<Scalar
         DataType::Utf8 => ScalarValue::Utf8(Some(value.as_str()?.to_string())),
         DataType::Boolean => ScalarValue::Boolean(Some(value.as_bool()?)),
         DataType::UInt64 => ScalarValue::UInt64(Some(value.as_u64()?)),
-        DataType::Float32 | DataType::Float64 => ScalarValue::Float64(Some(value.as_f64()?))
-            .cast_to(data_type)
-            .ok()?,
+        DataType::Float32 | DataType::Float64 => ScalarValue::Float64(Some(value.as_f64()?)).cast_to(data_type).ok()?,
         DataType::Date32 => ScalarValue::Date32(Some(i32::try_from(value.as_i64()?).ok()?)),
-        _ => ScalarValue::Int64(Some(value.as_i64()?))
-            .cast_to(data_type)
-            .ok()?,
+        _ => ScalarValue::Int64(Some(value.as_i64()?)).cast_to(data_type).ok()?,
     };
     Some(scalar)
 }
@@ -197,21 +164,13 @@ impl PruningStatistics for ManifestStatistics<'_> {
     }
 
     fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
-        let counts: Vec<Option<u64>> = self
-            .parts
-            .iter()
-            .map(|p| p.manifest.columns.get(&column.name).map(|s| s.null_count))
-            .collect();
+        let counts: Vec<Option<u64>> =
+            self.parts.iter().map(|p| p.manifest.columns.get(&column.name).map(|s| s.null_count)).collect();
         Some(Arc::new(UInt64Array::from(counts)))
     }
 
     fn row_counts(&self) -> Option<ArrayRef> {
-        Some(Arc::new(UInt64Array::from(
-            self.parts
-                .iter()
-                .map(|p| p.manifest.rows)
-                .collect::<Vec<_>>(),
-        )))
+        Some(Arc::new(UInt64Array::from(self.parts.iter().map(|p| p.manifest.rows).collect::<Vec<_>>())))
     }
 
     fn contained(
@@ -224,10 +183,7 @@ impl PruningStatistics for ManifestStatistics<'_> {
 }
 
 /// A DataFusion session over a catalog snapshot, with the `system` tables.
-pub fn session(
-    catalog: &Catalog,
-    tables: &BTreeMap<String, Arc<TableState>>,
-) -> Result<SessionContext, NodeError> {
+pub fn session(catalog: &Catalog, tables: &BTreeMap<String, Arc<TableState>>) -> Result<SessionContext, NodeError> {
     let mut config = SessionConfig::new().with_information_schema(false);
     // Table and column names are case-sensitive, as in ClickHouse.
     config.options_mut().sql_parser.enable_ident_normalization = false;
@@ -236,19 +192,14 @@ pub fn session(
         ctx.register_table(name.as_str(), Arc::new(PartsTable::new(state)))?;
     }
     let system = Arc::new(MemorySchemaProvider::new());
-    let default_catalog = ctx
-        .catalog("datafusion")
-        .ok_or_else(|| NodeError::internal("no default catalog"))?;
+    let default_catalog = ctx.catalog("datafusion").ok_or_else(|| NodeError::internal("no default catalog"))?;
     default_catalog.register_schema("system", system)?;
     ctx.register_table("system.parts", Arc::new(system_parts(catalog, tables)?))?;
     ctx.register_table("system.tables", Arc::new(system_tables(tables)?))?;
     Ok(ctx)
 }
 
-fn system_parts(
-    catalog: &Catalog,
-    tables: &BTreeMap<String, Arc<TableState>>,
-) -> Result<MemTable, NodeError> {
+fn system_parts(catalog: &Catalog, tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable, NodeError> {
     let schema = Arc::new(Schema::new(vec![
         Field::new("table", DataType::Utf8, false),
         Field::new("name", DataType::Utf8, false),
@@ -324,38 +275,13 @@ fn system_tables(tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable,
     ]));
     let states: Vec<_> = tables.values().collect();
     let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(
-            states
-                .iter()
-                .map(|s| s.def.name.clone())
-                .collect::<Vec<_>>(),
-        )),
-        Arc::new(StringArray::from(
-            states
-                .iter()
-                .map(|s| s.def.order_by.join(", "))
-                .collect::<Vec<_>>(),
-        )),
-        Arc::new(StringArray::from(
-            states
-                .iter()
-                .map(|s| s.def.partition_by.expression())
-                .collect::<Vec<_>>(),
-        )),
-        Arc::new(Int64Array::from(
-            states.iter().map(|s| s.version).collect::<Vec<_>>(),
-        )),
+        Arc::new(StringArray::from(states.iter().map(|s| s.def.name.clone()).collect::<Vec<_>>())),
+        Arc::new(StringArray::from(states.iter().map(|s| s.def.order_by.join(", ")).collect::<Vec<_>>())),
+        Arc::new(StringArray::from(states.iter().map(|s| s.def.partition_by.expression()).collect::<Vec<_>>())),
+        Arc::new(Int64Array::from(states.iter().map(|s| s.version).collect::<Vec<_>>())),
+        Arc::new(UInt64Array::from(states.iter().map(|s| s.parts.len() as u64).collect::<Vec<_>>())),
         Arc::new(UInt64Array::from(
-            states
-                .iter()
-                .map(|s| s.parts.len() as u64)
-                .collect::<Vec<_>>(),
-        )),
-        Arc::new(UInt64Array::from(
-            states
-                .iter()
-                .map(|s| s.parts.values().map(|p| p.manifest.rows).sum())
-                .collect::<Vec<u64>>(),
+            states.iter().map(|s| s.parts.values().map(|p| p.manifest.rows).sum()).collect::<Vec<u64>>(),
         )),
     ];
     let batch = RecordBatch::try_new(schema.clone(), columns).map_err(NodeError::internal)?;
@@ -363,15 +289,9 @@ fn system_tables(tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable,
 }
 
 /// Runs a query and collects its result.
-pub async fn run(
-    ctx: &SessionContext,
-    sql: &str,
-) -> Result<(SchemaRef, Vec<RecordBatch>), NodeError> {
+pub async fn run(ctx: &SessionContext, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), NodeError> {
     // Only queries: DDL and DML have their own paths and must not reach DataFusion's catalog.
-    let options = SQLOptions::new()
-        .with_allow_ddl(false)
-        .with_allow_dml(false)
-        .with_allow_statements(false);
+    let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let frame = ctx.sql_with_options(sql, options).await?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     let batches = frame.collect().await?;

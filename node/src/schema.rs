@@ -68,10 +68,7 @@ impl ColumnType {
     }
 
     pub fn is_temporal(self) -> bool {
-        matches!(
-            self,
-            ColumnType::Date | ColumnType::DateTime | ColumnType::DateTime64(_)
-        )
+        matches!(self, ColumnType::Date | ColumnType::DateTime | ColumnType::DateTime64(_))
     }
 
     /// The ClickHouse name of an Arrow type, for result metadata of arbitrary queries.
@@ -112,11 +109,7 @@ pub struct ColumnDef {
 
 impl ColumnDef {
     pub fn type_name(&self) -> String {
-        if self.nullable {
-            format!("Nullable({})", self.column_type.name())
-        } else {
-            self.column_type.name()
-        }
+        if self.nullable { format!("Nullable({})", self.column_type.name()) } else { self.column_type.name() }
     }
 }
 
@@ -164,10 +157,7 @@ impl TableDef {
     /// under older schemas read missing columns as NULL; NOT NULL is enforced at insert.
     pub fn arrow_schema(&self) -> SchemaRef {
         Arc::new(Schema::new(
-            self.columns
-                .iter()
-                .map(|c| Field::new(&c.name, c.column_type.arrow(), true))
-                .collect::<Vec<_>>(),
+            self.columns.iter().map(|c| Field::new(&c.name, c.column_type.arrow(), true)).collect::<Vec<_>>(),
         ))
     }
 

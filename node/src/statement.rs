@@ -5,8 +5,7 @@
 use std::sync::LazyLock;
 
 use datafusion::sql::sqlparser::ast::{
-    DataType as SqlType, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, UnaryOperator,
-    Value,
+    DataType as SqlType, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, UnaryOperator, Value,
 };
 use datafusion::sql::sqlparser::dialect::ClickHouseDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -21,26 +20,12 @@ use crate::schema::{ColumnDef, ColumnType, TABLE_FORMAT_VERSION, TableDef, Table
 
 #[derive(Debug)]
 pub enum Statement {
-    CreateTable {
-        def: TableDef,
-        if_not_exists: bool,
-    },
-    DropTable {
-        name: String,
-        if_exists: bool,
-    },
-    ShowTables {
-        format: Option<String>,
-    },
-    Describe {
-        name: String,
-        format: Option<String>,
-    },
+    CreateTable { def: TableDef, if_not_exists: bool },
+    DropTable { name: String, if_exists: bool },
+    ShowTables { format: Option<String> },
+    Describe { name: String, format: Option<String> },
     Insert(InsertStatement),
-    Select {
-        sql: String,
-        format: Option<String>,
-    },
+    Select { sql: String, format: Option<String> },
 }
 
 #[derive(Debug)]
@@ -86,14 +71,9 @@ pub fn parse(text: &str) -> Result<Statement, NodeError> {
     let sql = trim_comments(text);
     let skipped = text.len() - sql.len();
     if sql.is_empty() {
-        return Err(NodeError::bad_request(
-            "empty query: pass the statement in ?query= or in the request body",
-        ));
+        return Err(NodeError::bad_request("empty query: pass the statement in ?query= or in the request body"));
     }
-    let head = LEADING_WORDS
-        .find(sql)
-        .map(|m| m.as_str().to_ascii_uppercase())
-        .unwrap_or_default();
+    let head = LEADING_WORDS.find(sql).map(|m| m.as_str().to_ascii_uppercase()).unwrap_or_default();
     let head: Vec<&str> = head.split_whitespace().collect();
     match head.as_slice() {
         ["INSERT", ..] => {
@@ -105,9 +85,7 @@ pub fn parse(text: &str) -> Result<Statement, NodeError> {
         }
         ["CREATE", "TABLE"] => parse_create_table(sql),
         ["DROP", "TABLE"] => parse_drop_table(sql),
-        ["SHOW", "TABLES"] => Ok(Statement::ShowTables {
-            format: split_format(sql).1,
-        }),
+        ["SHOW", "TABLES"] => Ok(Statement::ShowTables { format: split_format(sql).1 }),
         ["DESCRIBE" | "DESC", ..] => {
             let (body, format) = split_format(sql);
             let mut parser = parser(body)?;
@@ -116,19 +94,14 @@ pub fn parse(text: &str) -> Result<Statement, NodeError> {
             let name = table_name(&mut parser)?;
             Ok(Statement::Describe { name, format })
         }
-        ["ALTER", ..] => Err(NodeError::NotImplemented(
-            "ALTER TABLE is not supported yet".into(),
-        )),
+        ["ALTER", ..] => Err(NodeError::NotImplemented("ALTER TABLE is not supported yet".into())),
         ["CREATE", ..] | ["DROP", ..] => Err(NodeError::NotImplemented(format!(
             "`{}` is not supported: tandem has CREATE TABLE and DROP TABLE",
             head.join(" ")
         ))),
         _ => {
             let (body, format) = split_format(sql);
-            Ok(Statement::Select {
-                sql: body.to_string(),
-                format,
-            })
+            Ok(Statement::Select { sql: body.to_string(), format })
         }
     }
 }
@@ -136,10 +109,7 @@ pub fn parse(text: &str) -> Result<Statement, NodeError> {
 /// Splits a trailing `FORMAT <name>` off a query.
 pub fn split_format(sql: &str) -> (&str, Option<String>) {
     match FORMAT_SUFFIX.captures(sql) {
-        Some(c) => (
-            &sql[..c.get(0).expect("whole match").start()],
-            Some(c[1].to_string()),
-        ),
+        Some(c) => (&sql[..c.get(0).expect("whole match").start()], Some(c[1].to_string())),
         None => (sql.trim_end().trim_end_matches(';'), None),
     }
 }
@@ -155,15 +125,8 @@ fn syntax(e: ParserError) -> NodeError {
 
 fn table_name(parser: &mut Parser) -> Result<String, NodeError> {
     let name = parser.parse_object_name(false).map_err(syntax)?;
-    let parts: Vec<String> = name
-        .0
-        .iter()
-        .map(|p| {
-            p.to_string()
-                .trim_matches(|c| c == '`' || c == '"')
-                .to_string()
-        })
-        .collect();
+    let parts: Vec<String> =
+        name.0.iter().map(|p| p.to_string().trim_matches(|c| c == '`' || c == '"').to_string()).collect();
     // `default.t` names table `t` of the only database.
     let table = match parts.as_slice() {
         [db, table] if db == "default" => table.clone(),
@@ -184,9 +147,7 @@ fn table_name(parser: &mut Parser) -> Result<String, NodeError> {
 
 fn parse_drop_table(sql: &str) -> Result<Statement, NodeError> {
     let mut parser = parser(sql)?;
-    parser
-        .expect_keywords(&[Keyword::DROP, Keyword::TABLE])
-        .map_err(syntax)?;
+    parser.expect_keywords(&[Keyword::DROP, Keyword::TABLE]).map_err(syntax)?;
     let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
     let name = table_name(&mut parser)?;
     let _optional = parser.parse_keyword(Keyword::SYNC);
@@ -198,17 +159,13 @@ fn expect_end(parser: &mut Parser) -> Result<(), NodeError> {
     let _optional = parser.consume_token(&Token::SemiColon);
     match parser.peek_token().token {
         Token::EOF => Ok(()),
-        other => Err(NodeError::bad_request(format!(
-            "syntax error: unexpected `{other}` at the end of the statement"
-        ))),
+        other => Err(NodeError::bad_request(format!("syntax error: unexpected `{other}` at the end of the statement"))),
     }
 }
 
 fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
     let mut parser = parser(sql)?;
-    parser
-        .expect_keywords(&[Keyword::CREATE, Keyword::TABLE])
-        .map_err(syntax)?;
+    parser.expect_keywords(&[Keyword::CREATE, Keyword::TABLE]).map_err(syntax)?;
     let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = table_name(&mut parser)?;
     parser.expect_token(&Token::LParen).map_err(syntax)?;
@@ -216,14 +173,10 @@ fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
     loop {
         let column = parser.parse_identifier().map_err(syntax)?.value;
         if !valid_name(&column) {
-            return Err(NodeError::bad_request(format!(
-                "`{column}` is not a valid column name"
-            )));
+            return Err(NodeError::bad_request(format!("`{column}` is not a valid column name")));
         }
         if columns.iter().any(|c| c.name == column) {
-            return Err(NodeError::bad_request(format!(
-                "column `{column}` is declared twice"
-            )));
+            return Err(NodeError::bad_request(format!("column `{column}` is declared twice")));
         }
         let sql_type = parser.parse_data_type().map_err(syntax)?;
         let (column_type, mut nullable) = column_type(&column, &sql_type)?;
@@ -239,11 +192,7 @@ fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
                 break;
             }
         }
-        columns.push(ColumnDef {
-            name: column,
-            column_type,
-            nullable,
-        });
+        columns.push(ColumnDef { name: column, column_type, nullable });
         if parser.consume_token(&Token::RParen) {
             break;
         }
@@ -276,18 +225,11 @@ fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
                 let key = parser.parse_identifier().map_err(syntax)?.value;
                 parser.expect_token(&Token::Eq).map_err(syntax)?;
                 let value = parser.parse_expr().map_err(syntax)?;
-                let number = literal(&value)
-                    .ok()
-                    .and_then(|v| v.as_u64())
-                    .ok_or_else(|| {
-                        NodeError::bad_request(format!(
-                            "setting `{key}` needs a non-negative integer, got `{value}`"
-                        ))
-                    })?;
+                let number = literal(&value).ok().and_then(|v| v.as_u64()).ok_or_else(|| {
+                    NodeError::bad_request(format!("setting `{key}` needs a non-negative integer, got `{value}`"))
+                })?;
                 match key.as_str() {
-                    "dedup_window_blocks" | "replicated_deduplication_window" => {
-                        settings.dedup_window_blocks = number
-                    }
+                    "dedup_window_blocks" | "replicated_deduplication_window" => settings.dedup_window_blocks = number,
                     "dedup_window_seconds" | "replicated_deduplication_window_seconds" => {
                         settings.dedup_window_seconds = number
                     }
@@ -314,14 +256,7 @@ fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
             )));
         }
     }
-    let def = TableDef {
-        format_version: TABLE_FORMAT_VERSION,
-        name,
-        columns,
-        order_by,
-        partition_by,
-        settings,
-    };
+    let def = TableDef { format_version: TABLE_FORMAT_VERSION, name, columns, order_by, partition_by, settings };
     Ok(Statement::CreateTable { def, if_not_exists })
 }
 
@@ -342,17 +277,13 @@ fn column_type(column: &str, sql_type: &SqlType) -> Result<(ColumnType, bool), N
         SqlType::UInt32 | SqlType::IntUnsigned(_) | SqlType::IntegerUnsigned(_) => C::UInt32,
         SqlType::UInt64 | SqlType::BigIntUnsigned(_) => C::UInt64,
         SqlType::Float32 | SqlType::Real | SqlType::Float4 => C::Float32,
-        SqlType::Float64
-        | SqlType::Double(_)
-        | SqlType::DoublePrecision
-        | SqlType::Float8
-        | SqlType::Float(_) => C::Float64,
+        SqlType::Float64 | SqlType::Double(_) | SqlType::DoublePrecision | SqlType::Float8 | SqlType::Float(_) => {
+            C::Float64
+        }
         SqlType::Bool | SqlType::Boolean => C::Bool,
-        SqlType::String(_)
-        | SqlType::Varchar(_)
-        | SqlType::Text
-        | SqlType::Char(_)
-        | SqlType::CharacterVarying(_) => C::String,
+        SqlType::String(_) | SqlType::Varchar(_) | SqlType::Text | SqlType::Char(_) | SqlType::CharacterVarying(_) => {
+            C::String
+        }
         SqlType::Date | SqlType::Date32 => C::Date,
         SqlType::Datetime(_) => C::DateTime,
         SqlType::Datetime64(p, None) if [0, 3, 6, 9].contains(p) => C::DateTime64(*p as u8),
@@ -381,19 +312,12 @@ fn key_columns(expr: Expr) -> Result<Vec<String>, NodeError> {
     match expr {
         Expr::Identifier(ident) => Ok(vec![ident.value]),
         Expr::Nested(inner) => key_columns(*inner),
-        Expr::Tuple(items) => items
-            .into_iter()
-            .map(|e| key_columns(e).map(|mut v| v.remove(0)))
-            .collect(),
+        Expr::Tuple(items) => items.into_iter().map(|e| key_columns(e).map(|mut v| v.remove(0))).collect(),
         Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("tuple") => {
             let args = function_args(&f.args);
-            args.into_iter()
-                .map(|e| key_columns(e).map(|mut v| v.remove(0)))
-                .collect()
+            args.into_iter().map(|e| key_columns(e).map(|mut v| v.remove(0))).collect()
         }
-        other => Err(NodeError::bad_request(format!(
-            "ORDER BY takes column names, got `{other}`"
-        ))),
+        other => Err(NodeError::bad_request(format!("ORDER BY takes column names, got `{other}`"))),
     }
 }
 
@@ -448,11 +372,7 @@ fn partition_spec(expr: Expr, columns: &[ColumnDef]) -> Result<PartitionSpec, No
         }
         Expr::Identifier(ident) => {
             let column = temporal_column(&ident.value)?;
-            match columns
-                .iter()
-                .find(|c| c.name == column)
-                .map(|c| c.column_type)
-            {
+            match columns.iter().find(|c| c.name == column).map(|c| c.column_type) {
                 Some(ColumnType::Date) => Ok(PartitionSpec::Day { column }),
                 _ => Err(unsupported(&expr)),
             }
@@ -463,17 +383,14 @@ fn partition_spec(expr: Expr, columns: &[ColumnDef]) -> Result<PartitionSpec, No
 
 fn parse_insert(sql: &str) -> Result<InsertStatement, NodeError> {
     let captures = INSERT.captures(sql).ok_or_else(|| {
-        NodeError::bad_request("syntax error: expected `INSERT INTO <table> [(columns)] FORMAT <format>` or `... VALUES (...)`")
+        NodeError::bad_request(
+            "syntax error: expected `INSERT INTO <table> [(columns)] FORMAT <format>` or `... VALUES (...)`",
+        )
     })?;
     let raw_table = &captures[1];
-    let table = raw_table
-        .strip_prefix("default.")
-        .unwrap_or(raw_table)
-        .to_string();
+    let table = raw_table.strip_prefix("default.").unwrap_or(raw_table).to_string();
     if !valid_name(&table) {
-        return Err(NodeError::bad_request(format!(
-            "`{raw_table}` is not a valid table name"
-        )));
+        return Err(NodeError::bad_request(format!("`{raw_table}` is not a valid table name")));
     }
     let columns = captures.get(2).map(|m| {
         m.as_str()
@@ -486,23 +403,13 @@ fn parse_insert(sql: &str) -> Result<InsertStatement, NodeError> {
     let source = if let Some(format) = captures.get(3) {
         // The data starts after the format name: skip blanks and at most one line break.
         let trimmed = rest.trim_start_matches([' ', '\t']);
-        let trimmed = trimmed
-            .strip_prefix("\r\n")
-            .or_else(|| trimmed.strip_prefix('\n'))
-            .unwrap_or(trimmed);
+        let trimmed = trimmed.strip_prefix("\r\n").or_else(|| trimmed.strip_prefix('\n')).unwrap_or(trimmed);
         let data_offset = sql.len() - trimmed.len();
-        InsertSource::Format {
-            format: format.as_str().to_string(),
-            data_offset,
-        }
+        InsertSource::Format { format: format.as_str().to_string(), data_offset }
     } else {
         InsertSource::Values(parse_values(rest)?)
     };
-    Ok(InsertStatement {
-        table,
-        columns,
-        source,
-    })
+    Ok(InsertStatement { table, columns, source })
 }
 
 fn parse_values(text: &str) -> Result<Vec<Vec<serde_json::Value>>, NodeError> {
@@ -513,18 +420,13 @@ fn parse_values(text: &str) -> Result<Vec<Vec<serde_json::Value>>, NodeError> {
             break;
         }
         parser.expect_token(&Token::LParen).map_err(syntax)?;
-        let exprs = parser
-            .parse_comma_separated(Parser::parse_expr)
-            .map_err(syntax)?;
+        let exprs = parser.parse_comma_separated(Parser::parse_expr).map_err(syntax)?;
         parser.expect_token(&Token::RParen).map_err(syntax)?;
         let row = exprs
             .iter()
             .map(|e| {
                 literal(e).map_err(|_| {
-                    NodeError::bad_request(format!(
-                        "VALUES row {}: `{e}` is not a literal value",
-                        rows.len() + 1
-                    ))
+                    NodeError::bad_request(format!("VALUES row {}: `{e}` is not a literal value", rows.len() + 1))
                 })
             })
             .collect::<Result<Vec<_>, _>>()?;
@@ -543,21 +445,14 @@ fn literal(expr: &Expr) -> Result<serde_json::Value, ()> {
         Expr::Value(v) => match &v.value {
             Value::Number(n, _) => {
                 let n: &str = n.as_ref();
-                serde_json::from_str::<serde_json::Number>(n)
-                    .map(serde_json::Value::Number)
-                    .map_err(|_| ())
+                serde_json::from_str::<serde_json::Number>(n).map(serde_json::Value::Number).map_err(|_| ())
             }
-            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => {
-                Ok(serde_json::Value::String(s.clone()))
-            }
+            Value::SingleQuotedString(s) | Value::DoubleQuotedString(s) => Ok(serde_json::Value::String(s.clone())),
             Value::Boolean(b) => Ok(serde_json::Value::Bool(*b)),
             Value::Null => Ok(serde_json::Value::Null),
             _ => Err(()),
         },
-        Expr::UnaryOp {
-            op: UnaryOperator::Minus,
-            expr,
-        } => match literal(expr)? {
+        Expr::UnaryOp { op: UnaryOperator::Minus, expr } => match literal(expr)? {
             serde_json::Value::Number(n) => serde_json::from_str(&format!("-{n}")).map_err(|_| ()),
             _ => Err(()),
         },
@@ -579,17 +474,9 @@ mod tests {
             panic!("not a create")
         };
         assert_eq!(def.order_by, ["host", "ts"]);
-        assert_eq!(
-            def.partition_by,
-            PartitionSpec::Month {
-                column: "ts".into()
-            }
-        );
+        assert_eq!(def.partition_by, PartitionSpec::Month { column: "ts".into() });
         let types: Vec<_> = def.columns.iter().map(|c| c.type_name()).collect();
-        assert_eq!(
-            types,
-            ["DateTime64(3)", "String", "Float64", "Nullable(Int64)"]
-        );
+        assert_eq!(types, ["DateTime64(3)", "String", "Float64", "Nullable(Int64)"]);
     }
 
     #[test]
@@ -603,23 +490,8 @@ mod tests {
         };
         assert!(if_not_exists);
         let types: Vec<_> = def.columns.iter().map(|c| c.type_name()).collect();
-        assert_eq!(
-            types,
-            [
-                "DateTime64(6)",
-                "String",
-                "Float64",
-                "Int64",
-                "Bool",
-                "Date"
-            ]
-        );
-        assert_eq!(
-            def.partition_by,
-            PartitionSpec::Day {
-                column: "ts".into()
-            }
-        );
+        assert_eq!(types, ["DateTime64(6)", "String", "Float64", "Int64", "Bool", "Date"]);
+        assert_eq!(def.partition_by, PartitionSpec::Day { column: "ts".into() });
         assert_eq!(def.settings.dedup_window_blocks, 10);
     }
 
@@ -635,44 +507,26 @@ mod tests {
     #[test]
     fn insert_forms() {
         let sql = "INSERT INTO default.t (a, b) FORMAT CSV\n1,2\n";
-        let Statement::Insert(i) = parse(sql).unwrap() else {
-            panic!()
-        };
+        let Statement::Insert(i) = parse(sql).unwrap() else { panic!() };
         assert_eq!(i.table, "t");
         assert_eq!(i.columns, Some(vec!["a".to_string(), "b".to_string()]));
-        let InsertSource::Format {
-            format,
-            data_offset,
-        } = i.source
-        else {
-            panic!()
-        };
+        let InsertSource::Format { format, data_offset } = i.source else { panic!() };
         assert_eq!((format.as_str(), &sql[data_offset..]), ("CSV", "1,2\n"));
-        let Statement::Insert(i) =
-            parse("insert into t values (1, 'x', -2.5, NULL), (2, 'y', 3, true)").unwrap()
+        let Statement::Insert(i) = parse("insert into t values (1, 'x', -2.5, NULL), (2, 'y', 3, true)").unwrap()
         else {
             panic!()
         };
-        let InsertSource::Values(rows) = i.source else {
-            panic!()
-        };
+        let InsertSource::Values(rows) = i.source else { panic!() };
         assert_eq!(
             rows[0],
-            vec![
-                serde_json::json!(1),
-                serde_json::json!("x"),
-                serde_json::json!(-2.5),
-                serde_json::Value::Null
-            ]
+            vec![serde_json::json!(1), serde_json::json!("x"), serde_json::json!(-2.5), serde_json::Value::Null]
         );
         assert_eq!(rows.len(), 2);
     }
 
     #[test]
     fn select_format_suffix() {
-        let Statement::Select { sql, format } =
-            parse("SELECT count() FROM t FORMAT JSONEachRow;").unwrap()
-        else {
+        let Statement::Select { sql, format } = parse("SELECT count() FROM t FORMAT JSONEachRow;").unwrap() else {
             panic!()
         };
         assert_eq!(sql, "SELECT count() FROM t");

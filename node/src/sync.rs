@@ -15,12 +15,7 @@ use crate::catalog::Catalog;
 use crate::metrics::Metrics;
 
 /// Follows the coordinator until `shutdown` is cancelled.
-pub async fn run(
-    coordinator: Coordinator,
-    catalog: Arc<Catalog>,
-    metrics: Arc<Metrics>,
-    shutdown: CancellationToken,
-) {
+pub async fn run(coordinator: Coordinator, catalog: Arc<Catalog>, metrics: Arc<Metrics>, shutdown: CancellationToken) {
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
@@ -28,10 +23,7 @@ pub async fn run(
             _ = shutdown.cancelled() => return,
         };
         match result {
-            Err(CoordError::Compacted {
-                requested,
-                compacted,
-            }) => {
+            Err(CoordError::Compacted { requested, compacted }) => {
                 tracing::info!(requested, compacted, "watch revision compacted; re-listing");
                 backoff = Duration::from_millis(100);
                 continue;
@@ -49,11 +41,7 @@ pub async fn run(
     }
 }
 
-async fn follow(
-    coordinator: &Coordinator,
-    catalog: &Arc<Catalog>,
-    metrics: &Arc<Metrics>,
-) -> Result<(), CoordError> {
+async fn follow(coordinator: &Coordinator, catalog: &Arc<Catalog>, metrics: &Arc<Metrics>) -> Result<(), CoordError> {
     let snapshot = coordinator.snapshot().await?;
     let rejected = verify_new_parts(&snapshot, catalog, metrics).await;
     catalog.apply_snapshot(&snapshot, &rejected);

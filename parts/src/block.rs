@@ -10,12 +10,7 @@ use crate::PartError;
 /// the arrays happen to be laid out in memory, so the same rows parsed from JSON, CSV or
 /// Parquet get the same id. With a client token (`insert_deduplication_token`) the id is the
 /// hash of the token and the partition instead.
-pub fn block_id(
-    table: &str,
-    partition: &str,
-    batch: &RecordBatch,
-    token: Option<&str>,
-) -> Result<String, PartError> {
+pub fn block_id(table: &str, partition: &str, batch: &RecordBatch, token: Option<&str>) -> Result<String, PartError> {
     let mut hasher = blake3::Hasher::new();
     hasher.update(b"tandem-block-v1\0");
     hash_str(&mut hasher, table);
@@ -33,11 +28,7 @@ pub fn block_id(
     }
     hasher.update(&(batch.num_rows() as u64).to_le_bytes());
     if batch.num_columns() > 0 {
-        let sort_fields = schema
-            .fields()
-            .iter()
-            .map(|f| SortField::new(f.data_type().clone()))
-            .collect();
+        let sort_fields = schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
         let converter = RowConverter::new(sort_fields)?;
         let rows = converter.convert_columns(batch.columns())?;
         for row in rows.iter() {
@@ -68,53 +59,22 @@ mod tests {
             Field::new("host", DataType::Utf8, true),
             Field::new("v", DataType::Int64, false),
         ]));
-        RecordBatch::try_new(
-            schema,
-            vec![
-                Arc::new(StringArray::from(hosts)),
-                Arc::new(Int64Array::from(values)),
-            ],
-        )
-        .unwrap()
+        RecordBatch::try_new(schema, vec![Arc::new(StringArray::from(hosts)), Arc::new(Int64Array::from(values))])
+            .unwrap()
     }
 
     #[test]
     fn same_rows_same_id_regardless_of_layout() {
         let a = batch(vec![Some("a"), None, Some("c")], vec![1, 2, 3]);
-        let wide = batch(
-            vec![Some("x"), Some("a"), None, Some("c")],
-            vec![0, 1, 2, 3],
-        )
-        .slice(1, 3);
-        assert_eq!(
-            block_id("t", "all", &a, None).unwrap(),
-            block_id("t", "all", &wide, None).unwrap()
-        );
+        let wide = batch(vec![Some("x"), Some("a"), None, Some("c")], vec![0, 1, 2, 3]).slice(1, 3);
+        assert_eq!(block_id("t", "all", &a, None).unwrap(), block_id("t", "all", &wide, None).unwrap());
     }
 
     #[test]
     fn any_difference_changes_the_id() {
-        let a = block_id(
-            "t",
-            "all",
-            &batch(vec![Some("a"), Some("b")], vec![1, 2]),
-            None,
-        )
-        .unwrap();
-        let reordered = block_id(
-            "t",
-            "all",
-            &batch(vec![Some("b"), Some("a")], vec![2, 1]),
-            None,
-        )
-        .unwrap();
-        let other_table = block_id(
-            "u",
-            "all",
-            &batch(vec![Some("a"), Some("b")], vec![1, 2]),
-            None,
-        )
-        .unwrap();
+        let a = block_id("t", "all", &batch(vec![Some("a"), Some("b")], vec![1, 2]), None).unwrap();
+        let reordered = block_id("t", "all", &batch(vec![Some("b"), Some("a")], vec![2, 1]), None).unwrap();
+        let other_table = block_id("u", "all", &batch(vec![Some("a"), Some("b")], vec![1, 2]), None).unwrap();
         let null = block_id("t", "all", &batch(vec![Some("a"), None], vec![1, 2]), None).unwrap();
         assert_ne!(a, reordered);
         assert_ne!(a, other_table);
@@ -125,13 +85,7 @@ mod tests {
     fn token_ids_depend_on_token_and_partition_only() {
         let one = batch(vec![Some("a")], vec![1]);
         let two = batch(vec![Some("b")], vec![2]);
-        assert_eq!(
-            block_id("t", "p", &one, Some("k")).unwrap(),
-            block_id("t", "p", &two, Some("k")).unwrap()
-        );
-        assert_ne!(
-            block_id("t", "p", &one, Some("k")).unwrap(),
-            block_id("t", "q", &one, Some("k")).unwrap()
-        );
+        assert_eq!(block_id("t", "p", &one, Some("k")).unwrap(), block_id("t", "p", &two, Some("k")).unwrap());
+        assert_ne!(block_id("t", "p", &one, Some("k")).unwrap(), block_id("t", "q", &one, Some("k")).unwrap());
     }
 }

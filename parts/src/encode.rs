@@ -43,20 +43,10 @@ pub fn encode_part(
     let mut sort_columns = Vec::with_capacity(sort_key.len());
     let mut sorting = Vec::with_capacity(sort_key.len());
     for name in sort_key {
-        let (index, _) = schema
-            .column_with_name(name)
-            .ok_or_else(|| PartError::MissingColumn {
-                column: name.clone(),
-            })?;
-        sort_columns.push(SortColumn {
-            values: batch.column(index).clone(),
-            options: None,
-        });
-        sorting.push(SortingColumn {
-            column_idx: index as i32,
-            descending: false,
-            nulls_first: true,
-        });
+        let (index, _) =
+            schema.column_with_name(name).ok_or_else(|| PartError::MissingColumn { column: name.clone() })?;
+        sort_columns.push(SortColumn { values: batch.column(index).clone(), options: None });
+        sorting.push(SortingColumn { column_idx: index as i32, descending: false, nulls_first: true });
     }
     let sorted = if sort_columns.is_empty() || batch.num_rows() < 2 {
         batch.clone()
@@ -75,10 +65,7 @@ pub fn encode_part(
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
         .set_statistics_enabled(EnabledStatistics::Page)
         .set_sorting_columns(Some(sorting))
-        .set_key_value_metadata(Some(vec![KeyValue::new(
-            "tandem.part".to_string(),
-            footer.to_string(),
-        )]))
+        .set_key_value_metadata(Some(vec![KeyValue::new("tandem.part".to_string(), footer.to_string())]))
         .build();
     let mut bytes = Vec::with_capacity(sorted.get_array_memory_size() / 4 + 1024);
     let mut writer = ArrowWriter::try_new(&mut bytes, schema.clone(), Some(properties))?;
@@ -91,12 +78,7 @@ pub fn encode_part(
         .zip(sorted.columns())
         .map(|(field, array)| (field.name().clone(), column_stats(array)))
         .collect();
-    Ok(EncodedPart {
-        id: PartId::of_bytes(&bytes),
-        bytes: Bytes::from(bytes),
-        rows: sorted.num_rows() as u64,
-        columns,
-    })
+    Ok(EncodedPart { id: PartId::of_bytes(&bytes), bytes: Bytes::from(bytes), rows: sorted.num_rows() as u64, columns })
 }
 
 /// Reads every row of a part file back as Arrow batches.
@@ -108,21 +90,14 @@ pub fn read_part_batches(bytes: Bytes) -> Result<Vec<RecordBatch>, PartError> {
 fn column_stats(array: &ArrayRef) -> ColumnStats {
     let null_count = array.null_count() as u64;
     let (min, max) = min_max(array).unwrap_or((None, None));
-    ColumnStats {
-        min,
-        max,
-        null_count,
-    }
+    ColumnStats { min, max, null_count }
 }
 
 type MinMax = (Option<serde_json::Value>, Option<serde_json::Value>);
 
 fn min_max(array: &ArrayRef) -> Option<MinMax> {
     use arrow::compute::{max, max_boolean, max_string, min, min_boolean, min_string};
-    let json_f64 = |v: Option<f64>| {
-        v.and_then(serde_json::Number::from_f64)
-            .map(serde_json::Value::Number)
-    };
+    let json_f64 = |v: Option<f64>| v.and_then(serde_json::Number::from_f64).map(serde_json::Value::Number);
     Some(match array.data_type() {
         DataType::Utf8 => {
             let a = array.as_string::<i32>();
@@ -130,10 +105,7 @@ fn min_max(array: &ArrayRef) -> Option<MinMax> {
         }
         DataType::Boolean => {
             let a = array.as_boolean();
-            (
-                min_boolean(a).map(Into::into),
-                max_boolean(a).map(Into::into),
-            )
+            (min_boolean(a).map(Into::into), max_boolean(a).map(Into::into))
         }
         DataType::Float64 => {
             let a = array.as_primitive::<Float64Type>();
@@ -141,10 +113,7 @@ fn min_max(array: &ArrayRef) -> Option<MinMax> {
         }
         DataType::Float32 => {
             let a = array.as_primitive::<Float32Type>();
-            (
-                json_f64(min(a).map(f64::from)),
-                json_f64(max(a).map(f64::from)),
-            )
+            (json_f64(min(a).map(f64::from)), json_f64(max(a).map(f64::from)))
         }
         DataType::UInt64 => {
             let a = array.as_primitive::<arrow::datatypes::UInt64Type>();
@@ -176,20 +145,13 @@ mod tests {
         ]));
         RecordBatch::try_new(
             schema,
-            vec![
-                Arc::new(StringArray::from(vec!["b", "a", "c", "a"])),
-                Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
-            ],
+            vec![Arc::new(StringArray::from(vec!["b", "a", "c", "a"])), Arc::new(Int64Array::from(vec![1, 2, 3, 4]))],
         )
         .unwrap()
     }
 
     fn meta(origin: &str) -> PartMetadata {
-        PartMetadata {
-            table: "t".into(),
-            partition: "all".into(),
-            origin: origin.into(),
-        }
+        PartMetadata { table: "t".into(), partition: "all".into(), origin: origin.into() }
     }
 
     #[test]
@@ -199,13 +161,7 @@ mod tests {
         assert_eq!(a.bytes, b.bytes);
         assert_eq!(a.id, PartId::of_bytes(&a.bytes));
         let rows = read_part_batches(a.bytes.clone()).unwrap();
-        let hosts: Vec<_> = rows[0]
-            .column(0)
-            .as_string::<i32>()
-            .iter()
-            .flatten()
-            .map(str::to_string)
-            .collect();
+        let hosts: Vec<_> = rows[0].column(0).as_string::<i32>().iter().flatten().map(str::to_string).collect();
         assert_eq!(hosts, ["a", "a", "b", "c"]);
         assert_eq!(a.columns["v"].min, Some(1.into()));
         assert_eq!(a.columns["host"].max, Some("c".into()));

@@ -7,25 +7,16 @@ pub enum PartError {
     InvalidId(String),
     #[error("column `{column}` named in the sort key or partition key is not in the block")]
     MissingColumn { column: String },
-    #[error(
-        "partition column `{column}` has type {data_type}; partitioning needs a Date or DateTime column"
-    )]
+    #[error("partition column `{column}` has type {data_type}; partitioning needs a Date or DateTime column")]
     UnsupportedPartitionType { column: String, data_type: String },
     #[error("partition column `{column}` is NULL in row {row}; partition columns cannot be NULL")]
     NullPartitionValue { column: String, row: usize },
     #[error("part {id} at {path} is corrupt: {reason}; it was moved aside and is not served")]
-    Corrupt {
-        id: String,
-        path: PathBuf,
-        reason: String,
-    },
+    Corrupt { id: String, path: PathBuf, reason: String },
     #[error("part {id} is not in the local store")]
     NotFound { id: String },
     #[error("I/O error on {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
+    Io { path: PathBuf, source: std::io::Error },
     #[error("arrow error: {0}")]
     Arrow(#[from] arrow::error::ArrowError),
     #[error("parquet error: {0}")]
@@ -34,9 +25,6 @@ pub enum PartError {
 
 impl PartError {
     pub(crate) fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
-        PartError::Io {
-            path: path.into(),
-            source,
-        }
+        PartError::Io { path: path.into(), source }
     }
 }

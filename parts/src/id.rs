@@ -40,9 +40,7 @@ impl FromStr for PartId {
     type Err = PartError;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
-        let valid = s.len() == 64
-            && s.bytes()
-                .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
+        let valid = s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !valid {
             return Err(PartError::InvalidId(s.chars().take(80).collect()));
         }
@@ -60,12 +58,7 @@ mod tests {
     fn parses_only_lowercase_hex_hashes() {
         let id = PartId::of_bytes(b"abc");
         assert_eq!(id.to_string().parse::<PartId>().unwrap(), id);
-        for bad in [
-            "",
-            "../etc/passwd",
-            &id.to_string().to_uppercase(),
-            &format!("{id}0"),
-        ] {
+        for bad in ["", "../etc/passwd", &id.to_string().to_uppercase(), &format!("{id}0")] {
             assert!(bad.parse::<PartId>().is_err(), "{bad} must be rejected");
         }
     }

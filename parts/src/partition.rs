@@ -42,32 +42,18 @@ impl PartitionSpec {
 
 /// Splits a block into one block per partition, keeping the input order of rows inside each.
 /// Returned in ascending partition id order, so the result is deterministic.
-pub fn split_by_partition(
-    batch: &RecordBatch,
-    spec: &PartitionSpec,
-) -> Result<Vec<(String, RecordBatch)>, PartError> {
+pub fn split_by_partition(batch: &RecordBatch, spec: &PartitionSpec) -> Result<Vec<(String, RecordBatch)>, PartError> {
     let Some(column) = spec.column() else {
         return Ok(vec![("all".to_string(), batch.clone())]);
     };
     let monthly = matches!(spec, PartitionSpec::Month { .. });
-    let array = batch
-        .column_by_name(column)
-        .ok_or_else(|| PartError::MissingColumn {
-            column: column.to_string(),
-        })?;
+    let array = batch.column_by_name(column).ok_or_else(|| PartError::MissingColumn { column: column.to_string() })?;
     let days = days_since_epoch(array.as_ref(), column)?;
     let mut rows_by_partition: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
     for (row, day) in days.into_iter().enumerate() {
-        let day = day.ok_or_else(|| PartError::NullPartitionValue {
-            column: column.to_string(),
-            row: row + 1,
-        })?;
+        let day = day.ok_or_else(|| PartError::NullPartitionValue { column: column.to_string(), row: row + 1 })?;
         let (y, m, d) = civil_from_days(day);
-        let key = if monthly {
-            (y * 100 + m) as u32
-        } else {
-            (y * 10_000 + m * 100 + d) as u32
-        };
+        let key = if monthly { (y * 100 + m) as u32 } else { (y * 10_000 + m * 100 + d) as u32 };
         rows_by_partition.entry(key).or_default().push(row as u32);
     }
     if rows_by_partition.len() == 1 {
@@ -76,42 +62,24 @@ pub fn split_by_partition(
     }
     rows_by_partition
         .into_iter()
-        .map(|(key, rows)| {
-            Ok((
-                key.to_string(),
-                take_record_batch(batch, &UInt32Array::from(rows))?,
-            ))
-        })
+        .map(|(key, rows)| Ok((key.to_string(), take_record_batch(batch, &UInt32Array::from(rows))?)))
         .collect()
 }
 
 fn days_since_epoch(array: &dyn Array, column: &str) -> Result<Vec<Option<i64>>, PartError> {
-    fn per_day<T: arrow::datatypes::ArrowPrimitiveType>(
-        array: &dyn Array,
-        per_day: i64,
-    ) -> Vec<Option<i64>>
+    fn per_day<T: arrow::datatypes::ArrowPrimitiveType>(array: &dyn Array, per_day: i64) -> Vec<Option<i64>>
     where
         T::Native: Into<i64>,
     {
-        array
-            .as_primitive::<T>()
-            .iter()
-            .map(|v| v.map(|v| v.into().div_euclid(per_day)))
-            .collect()
+        array.as_primitive::<T>().iter().map(|v| v.map(|v| v.into().div_euclid(per_day))).collect()
     }
     Ok(match array.data_type() {
         DataType::Date32 => per_day::<Date32Type>(array, 1),
         DataType::Date64 => per_day::<Date64Type>(array, 86_400_000),
         DataType::Timestamp(TimeUnit::Second, _) => per_day::<TimestampSecondType>(array, 86_400),
-        DataType::Timestamp(TimeUnit::Millisecond, _) => {
-            per_day::<TimestampMillisecondType>(array, 86_400_000)
-        }
-        DataType::Timestamp(TimeUnit::Microsecond, _) => {
-            per_day::<TimestampMicrosecondType>(array, 86_400_000_000)
-        }
-        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
-            per_day::<TimestampNanosecondType>(array, 86_400_000_000_000)
-        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => per_day::<TimestampMillisecondType>(array, 86_400_000),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => per_day::<TimestampMicrosecondType>(array, 86_400_000_000),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => per_day::<TimestampNanosecondType>(array, 86_400_000_000_000),
         other => {
             return Err(PartError::UnsupportedPartitionType {
                 column: column.to_string(),
@@ -156,11 +124,7 @@ mod tests {
     #[test]
     fn splits_rows_by_month_keeping_order() {
         let schema = Arc::new(Schema::new(vec![
-            Field::new(
-                "ts",
-                DataType::Timestamp(TimeUnit::Millisecond, None),
-                false,
-            ),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Millisecond, None), false),
             Field::new("v", DataType::Int64, false),
         ]));
         let jan = 1_704_067_200_000i64; // 2024-01-01
@@ -168,31 +132,15 @@ mod tests {
         let batch = RecordBatch::try_new(
             schema,
             vec![
-                Arc::new(TimestampMillisecondArray::from(vec![
-                    feb,
-                    jan,
-                    feb + 1,
-                    jan + 1,
-                ])),
+                Arc::new(TimestampMillisecondArray::from(vec![feb, jan, feb + 1, jan + 1])),
                 Arc::new(Int64Array::from(vec![1, 2, 3, 4])),
             ],
         )
         .unwrap();
-        let parts = split_by_partition(
-            &batch,
-            &PartitionSpec::Month {
-                column: "ts".into(),
-            },
-        )
-        .unwrap();
+        let parts = split_by_partition(&batch, &PartitionSpec::Month { column: "ts".into() }).unwrap();
         let ids: Vec<_> = parts.iter().map(|(p, _)| p.as_str()).collect();
         assert_eq!(ids, ["202401", "202402"]);
-        let values = |b: &RecordBatch| {
-            b.column(1)
-                .as_primitive::<arrow::datatypes::Int64Type>()
-                .values()
-                .to_vec()
-        };
+        let values = |b: &RecordBatch| b.column(1).as_primitive::<arrow::datatypes::Int64Type>().values().to_vec();
         assert_eq!(values(&parts[0].1), [2, 4]);
         assert_eq!(values(&parts[1].1), [1, 3]);
     }

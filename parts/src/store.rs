@@ -77,9 +77,7 @@ impl LocalPartStore {
             return Ok(target);
         }
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let tmp = self
-            .tmp
-            .join(format!("{id}.{}.{n}.tmp", std::process::id()));
+        let tmp = self.tmp.join(format!("{id}.{}.{n}.tmp", std::process::id()));
         let mut file = File::create(&tmp).map_err(|e| PartError::io(&tmp, e))?;
         file.write_all(bytes).map_err(|e| PartError::io(&tmp, e))?;
         file.sync_all().map_err(|e| PartError::io(&tmp, e))?;
@@ -103,11 +101,7 @@ impl LocalPartStore {
         if actual != *id {
             let reason = format!("its bytes hash to {actual}");
             let moved_to = self.quarantine(id)?;
-            return Err(PartError::Corrupt {
-                id: id.to_string(),
-                path: moved_to,
-                reason,
-            });
+            return Err(PartError::Corrupt { id: id.to_string(), path: moved_to, reason });
         }
         Ok(Bytes::from(bytes))
     }
@@ -136,10 +130,7 @@ impl LocalPartStore {
             return Ok(VerifyOutcome::Valid);
         }
         let moved_to = self.quarantine(id)?;
-        Ok(VerifyOutcome::Corrupt {
-            reason: format!("its bytes hash to {actual}"),
-            moved_to,
-        })
+        Ok(VerifyOutcome::Corrupt { reason: format!("its bytes hash to {actual}"), moved_to })
     }
 
     /// Moves a part's file into `quarantine/`, under a name that never collides.
@@ -169,14 +160,8 @@ impl LocalPartStore {
     pub fn list(&self) -> Result<Vec<PartId>, PartError> {
         let mut ids = Vec::new();
         for entry in fs::read_dir(&self.parts).map_err(|e| PartError::io(&self.parts, e))? {
-            let name = entry
-                .map_err(|e| PartError::io(&self.parts, e))?
-                .file_name();
-            if let Some(id) = name
-                .to_str()
-                .and_then(|n| n.strip_suffix(".parquet"))
-                .and_then(|n| n.parse().ok())
-            {
+            let name = entry.map_err(|e| PartError::io(&self.parts, e))?.file_name();
+            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".parquet")).and_then(|n| n.parse().ok()) {
                 ids.push(id);
             }
         }
@@ -185,9 +170,7 @@ impl LocalPartStore {
 }
 
 fn sync_dir(dir: &Path) -> Result<(), PartError> {
-    File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(|e| PartError::io(dir, e))
+    File::open(dir).and_then(|d| d.sync_all()).map_err(|e| PartError::io(dir, e))
 }
 
 #[cfg(test)]
@@ -202,11 +185,7 @@ mod tests {
         store.write(&id, b"part bytes").unwrap();
         assert_eq!(&store.read(&id).unwrap()[..], b"part bytes");
         assert_eq!(store.list().unwrap(), vec![id]);
-        assert!(
-            store
-                .write(&PartId::of_bytes(b"other"), b"part bytes")
-                .is_err()
-        );
+        assert!(store.write(&PartId::of_bytes(b"other"), b"part bytes").is_err());
     }
 
     #[test]

@@ -18,16 +18,10 @@ pub fn tandem_binary() -> anyhow::Result<PathBuf> {
     }
     // The test executable lives in <target>/<profile>/deps/; the binary in <target>/<profile>/.
     let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("unexpected test executable location")?;
+    let profile_dir = exe.parent().and_then(Path::parent).context("unexpected test executable location")?;
     let binary = profile_dir.join("tandem");
     if !binary.exists() {
-        bail!(
-            "{} does not exist: run `cargo build --bin tandem` first (scripts/test.sh does)",
-            binary.display()
-        );
+        bail!("{} does not exist: run `cargo build --bin tandem` first (scripts/test.sh does)", binary.display());
     }
     Ok(binary)
 }
@@ -35,10 +29,7 @@ pub fn tandem_binary() -> anyhow::Result<PathBuf> {
 /// A free TCP port on loopback (released before returning, so a start can race with another
 /// process; [`Tandem::start`] retries on a bind failure).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free loopback port")
+    TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
 /// One `tandem serve` process.
@@ -73,26 +64,16 @@ impl Answer {
     }
 
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_slice(&self.body)
-            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+        serde_json::from_slice(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
     }
 
     pub fn header(&self, name: &str) -> Option<String> {
-        self.headers
-            .get(name)
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_string)
+        self.headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string)
     }
 
     /// Panics with the body unless the status is 200.
     pub fn ok(self) -> Self {
-        assert_eq!(
-            self.status,
-            200,
-            "expected 200, got {}: {}",
-            self.status,
-            self.text()
-        );
+        assert_eq!(self.status, 200, "expected 200, got {}: {}", self.status, self.text());
         self
     }
 }
@@ -106,9 +87,7 @@ impl Tandem {
             url: String::new(),
             log: data_dir.with_extension("log"),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
-            http: reqwest::Client::builder()
-                .timeout(Duration::from_secs(60))
-                .build()?,
+            http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
         };
         node.restart().await?;
         Ok(node)
@@ -120,10 +99,7 @@ impl Tandem {
         let mut last_error = None;
         for _ in 0..3 {
             let port = free_port();
-            let log = std::fs::OpenOptions::new()
-                .create(true)
-                .append(true)
-                .open(&self.log)?;
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
             // The data directory is given relative to the working directory, as with the
             // default `./tandem-data`.
             let (parent, name) = match (self.data_dir.parent(), self.data_dir.file_name()) {
@@ -160,11 +136,7 @@ impl Tandem {
     async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let deadline = Instant::now() + timeout;
         loop {
-            if let Some(status) = self
-                .child
-                .as_mut()
-                .and_then(|c| c.try_wait().ok().flatten())
-            {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
                 bail!("tandem exited with {status}");
             }
             if let Ok(r) = self.http.get(format!("{}ready", self.url)).send().await
@@ -192,22 +164,10 @@ impl Tandem {
     }
 
     /// Sends `sql` in `?query=` with extra URL parameters and a body.
-    pub async fn request(
-        &self,
-        sql: &str,
-        params: &[(&str, &str)],
-        body: impl Into<reqwest::Body>,
-    ) -> Answer {
+    pub async fn request(&self, sql: &str, params: &[(&str, &str)], body: impl Into<reqwest::Body>) -> Answer {
         let mut query: Vec<(&str, &str)> = vec![("query", sql)];
         query.extend_from_slice(params);
-        let response = self
-            .http
-            .post(&self.url)
-            .query(&query)
-            .body(body)
-            .send()
-            .await
-            .expect("tandem answers");
+        let response = self.http.post(&self.url).query(&query).body(body).send().await.expect("tandem answers");
         Answer::read(response).await
     }
 
@@ -217,44 +177,23 @@ impl Tandem {
     }
 
     /// Inserts `body` in `format`, expecting success; returns the insert summary.
-    pub async fn insert(
-        &self,
-        table: &str,
-        format: &str,
-        body: impl Into<reqwest::Body>,
-    ) -> serde_json::Value {
-        self.request(&format!("INSERT INTO {table} FORMAT {format}"), &[], body)
-            .await
-            .ok()
-            .json()
+    pub async fn insert(&self, table: &str, format: &str, body: impl Into<reqwest::Body>) -> serde_json::Value {
+        self.request(&format!("INSERT INTO {table} FORMAT {format}"), &[], body).await.ok().json()
     }
 
     pub async fn count(&self, table: &str) -> u64 {
         let text = self.sql(&format!("SELECT count() FROM {table}")).await;
-        text.trim()
-            .parse()
-            .unwrap_or_else(|_| panic!("count() answered {text:?}"))
+        text.trim().parse().unwrap_or_else(|_| panic!("count() answered {text:?}"))
     }
 
     /// Sends a raw request body with no `?query=` (the statement leads the body).
     pub async fn post_body(&self, body: impl Into<reqwest::Body>) -> Answer {
-        let response = self
-            .http
-            .post(&self.url)
-            .body(body)
-            .send()
-            .await
-            .expect("tandem answers");
+        let response = self.http.post(&self.url).body(body).send().await.expect("tandem answers");
         Answer::read(response).await
     }
 
     pub async fn get(&self, path: &str) -> Answer {
-        let response = self
-            .http
-            .get(format!("{}{path}", self.url))
-            .send()
-            .await
-            .expect("tandem answers");
+        let response = self.http.get(format!("{}{path}", self.url)).send().await.expect("tandem answers");
         Answer::read(response).await
     }
 }
@@ -265,11 +204,85 @@ impl Drop for Tandem {
     }
 }
 
+/// A real etcd member (Debian's `etcd-server`) on free loopback ports and a temporary data
+/// directory; killed (SIGKILL, as the fastest clean stop) when dropped.
+pub struct Etcd {
+    child: Option<Child>,
+    pub endpoint: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Etcd {
+    pub async fn start() -> anyhow::Result<Self> {
+        let binary = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_string());
+        let mut last_error = None;
+        for _ in 0..3 {
+            let dir = tempfile::tempdir()?;
+            let (client, peer) = (free_port(), free_port());
+            let log = std::fs::File::create(dir.path().join("etcd.log"))?;
+            let child = Command::new(&binary)
+                .args(["--name", "n1", "--data-dir"])
+                .arg(dir.path().join("data"))
+                .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
+                .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+                .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
+                .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
+                .arg(format!("--initial-cluster=n1=http://127.0.0.1:{peer}"))
+                .args(["--logger=zap", "--log-outputs=stderr"])
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .with_context(|| {
+                    format!("cannot start `{binary}` (install Debian's etcd-server; scripts/test.sh does)")
+                })?;
+            let mut etcd = Etcd { child: Some(child), endpoint: format!("http://127.0.0.1:{client}"), _dir: dir };
+            match etcd.wait_ready(Duration::from_secs(20)).await {
+                Ok(()) => return Ok(etcd),
+                Err(e) => {
+                    last_error = Some(e);
+                    etcd.kill();
+                }
+            }
+        }
+        Err(last_error.expect("three attempts"))
+    }
+
+    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
+        let deadline = Instant::now() + timeout;
+        let http = reqwest::Client::new();
+        loop {
+            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
+                bail!("etcd exited with {status}");
+            }
+            if let Ok(r) = http.get(format!("{}/health", self.endpoint)).send().await
+                && r.status().is_success()
+            {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!("etcd not ready after {timeout:?}");
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
 /// A node on a fresh temporary directory; the directory lives as long as the returned guard.
 pub async fn single_node(extra_args: &[&str]) -> (Tandem, tempfile::TempDir) {
     let dir = tempfile::tempdir().expect("a temporary directory");
-    let node = Tandem::start(&dir.path().join("data"), extra_args)
-        .await
-        .expect("tandem starts");
+    let node = Tandem::start(&dir.path().join("data"), extra_args).await.expect("tandem starts");
     (node, dir)
 }

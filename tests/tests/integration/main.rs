@@ -1,6 +1,7 @@
 //! Integration tests: each module drives real `tandem` processes over HTTP.
 
 mod bad_input;
+mod coordinator;
 mod ddl;
 mod dedup;
 mod durability;
@@ -46,12 +47,6 @@ pub fn json_each_row(rows: &[serde_json::Value]) -> String {
 
 /// The table's rows as JSON values, ordered by id: the form tests compare.
 pub async fn rows_of(node: &tandem_tests::Tandem, table: &str) -> Vec<serde_json::Value> {
-    let text = node
-        .sql(&format!(
-            "SELECT * FROM {table} ORDER BY id FORMAT JSONEachRow"
-        ))
-        .await;
-    text.lines()
-        .map(|l| serde_json::from_str(l).expect("JSONEachRow output"))
-        .collect()
+    let text = node.sql(&format!("SELECT * FROM {table} ORDER BY id FORMAT JSONEachRow")).await;
+    text.lines().map(|l| serde_json::from_str(l).expect("JSONEachRow output")).collect()
 }
