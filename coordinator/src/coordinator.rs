@@ -8,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::CoordError;
 use crate::kv::{Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, WatchEventKind, WatchResponse};
 
-/// At most this many parts go into one transaction: each needs a compare and two puts, and
+/// At most this many parts go into one transaction: each needs a compare and three puts, and
 /// etcd refuses transactions of more than 128 operations.
-const PARTS_PER_TXN: usize = 40;
+const PARTS_PER_TXN: usize = 30;
 
 /// A table's schema record. `doc` is the node's serialized table definition.
 #[derive(Clone, Debug, PartialEq)]
@@ -81,9 +81,46 @@ pub struct BlockRecord {
 #[derive(Clone, Debug)]
 pub enum ClusterEvent {
     TablePut(TableRecord),
-    TableDropped { name: String },
+    TableDropped {
+        name: String,
+    },
     PartAdded(RegisteredPart),
-    PartRemoved { table: String, id: String },
+    PartRemoved {
+        table: String,
+        id: String,
+    },
+    /// A node announced itself or updated its record.
+    NodeUp {
+        node: String,
+        doc: Vec<u8>,
+    },
+    /// A node's lease ended.
+    NodeDown {
+        node: String,
+    },
+    HolderAdded {
+        table: String,
+        id: String,
+        node: String,
+    },
+    HolderRemoved {
+        table: String,
+        id: String,
+        node: String,
+    },
+}
+
+impl ClusterEvent {
+    /// Whether the event changes tables or parts (as opposed to liveness and holdings).
+    pub fn is_data(&self) -> bool {
+        matches!(
+            self,
+            ClusterEvent::TablePut(_)
+                | ClusterEvent::TableDropped { .. }
+                | ClusterEvent::PartAdded(_)
+                | ClusterEvent::PartRemoved { .. }
+        )
+    }
 }
 
 /// Every change of one revision.
@@ -108,6 +145,7 @@ pub fn valid_name(name: &str) -> bool {
 /// - `tables/<table>`: the schema record; its mod revision is the schema version.
 /// - `parts/<table>/<part id>`: a part's manifest; its create revision orders the part.
 /// - `blocks/<table>/<block id>`: the admitted block ids, each naming its part.
+/// - `holders/<table>/<part id>/<node id>`: the nodes that hold a verified copy of a part.
 /// - `nodes/<node id>`: live nodes, attached to their lease.
 #[derive(Clone)]
 pub struct Coordinator {
@@ -134,6 +172,10 @@ impl Coordinator {
 
     fn part_key(&self, table: &str, id: &str) -> String {
         format!("{}parts/{table}/{id}", self.prefix)
+    }
+
+    fn holder_key(&self, table: &str, id: &str, node: &str) -> String {
+        format!("{}holders/{table}/{id}/{node}", self.prefix)
     }
 
     fn block_key(&self, table: &str, block_id: &str) -> String {
@@ -202,6 +244,7 @@ impl Coordinator {
                     TxnOp::Delete { key },
                     TxnOp::DeletePrefix { prefix: format!("{}parts/{name}/", self.prefix) },
                     TxnOp::DeletePrefix { prefix: format!("{}blocks/{name}/", self.prefix) },
+                    TxnOp::DeletePrefix { prefix: format!("{}holders/{name}/", self.prefix) },
                 ],
                 vec![],
             )
@@ -217,11 +260,15 @@ impl Coordinator {
     /// a part is registered only if its block id was never admitted, and only while the table
     /// is still at `table_version` (so no part lands under a schema that no longer exists).
     /// Parts whose block id exists come back as `Duplicate`; the others are registered.
+    ///
+    /// `holder` names the node that wrote the parts: it is recorded as their first holder in
+    /// the same transaction.
     pub async fn register_parts(
         &self,
         table: &str,
         table_version: Revision,
         parts: Vec<NewPart>,
+        holder: &str,
         now_ms: i64,
     ) -> Result<Registration, CoordError> {
         let mut outcomes: Vec<Option<PartOutcome>> = vec![None; parts.len()];
@@ -239,6 +286,11 @@ impl Coordinator {
                     success.push(TxnOp::Put {
                         key: self.part_key(table, &part.id),
                         value: part.manifest.clone(),
+                        lease: None,
+                    });
+                    success.push(TxnOp::Put {
+                        key: self.holder_key(table, &part.id, holder),
+                        value: Vec::new(),
                         lease: None,
                     });
                     if let Some(block_id) = &part.block_id {
@@ -381,6 +433,40 @@ impl Coordinator {
             .boxed())
     }
 
+    /// Records that `node` holds a verified copy of a part. Idempotent. Refused (Ok(false))
+    /// when the part is no longer registered, so no holder outlives its part.
+    pub async fn add_holder(&self, table: &str, id: &str, node: &str) -> Result<bool, CoordError> {
+        let part_key = self.part_key(table, id);
+        let Some(part) = self.kv.get(&part_key).await? else { return Ok(false) };
+        let result = self
+            .kv
+            .txn(
+                vec![Compare::ModRevision(part_key, part.mod_revision)],
+                vec![TxnOp::Put { key: self.holder_key(table, id, node), value: Vec::new(), lease: None }],
+                vec![],
+            )
+            .await?;
+        Ok(result.succeeded)
+    }
+
+    /// Forgets that `node` holds a part (its copy was found corrupt or deleted). Ok if absent.
+    pub async fn remove_holder(&self, table: &str, id: &str, node: &str) -> Result<(), CoordError> {
+        self.kv.txn(vec![], vec![TxnOp::Delete { key: self.holder_key(table, id, node) }], vec![]).await?;
+        Ok(())
+    }
+
+    /// The nodes recorded as holding a part, live or not.
+    pub async fn part_holders(&self, table: &str, id: &str) -> Result<Vec<String>, CoordError> {
+        let prefix = format!("{}holders/{table}/{id}/", self.prefix);
+        let (kvs, _) = self.kv.range(&prefix).await?;
+        Ok(kvs.into_iter().map(|kv| kv.key[prefix.len()..].to_string()).collect())
+    }
+
+    /// The store's current revision.
+    pub async fn current_revision(&self) -> Result<Revision, CoordError> {
+        self.kv.current_revision().await
+    }
+
     /// Announces a live node under a lease; the entry disappears when the lease ends.
     pub async fn announce_node(&self, node_id: &str, doc: Vec<u8>, lease: LeaseId) -> Result<(), CoordError> {
         let key = format!("{}nodes/{node_id}", self.prefix);
@@ -401,26 +487,50 @@ impl Coordinator {
 
     fn decode(&self, kv: KeyValue) -> Option<ClusterEvent> {
         let rest = kv.key.strip_prefix(&self.prefix)?;
-        if rest.starts_with("tables/") {
-            return Some(ClusterEvent::TablePut(self.table_record(kv)));
+        let (kind, rest) = rest.split_once('/')?;
+        match kind {
+            "tables" => Some(ClusterEvent::TablePut(self.table_record(kv))),
+            "parts" => {
+                let (table, id) = rest.split_once('/')?;
+                let (table, id) = (table.to_string(), id.to_string());
+                Some(ClusterEvent::PartAdded(RegisteredPart {
+                    table,
+                    id,
+                    revision: kv.create_revision,
+                    manifest: kv.value,
+                }))
+            }
+            "nodes" => Some(ClusterEvent::NodeUp { node: rest.to_string(), doc: kv.value }),
+            "holders" => {
+                let (table, rest) = rest.split_once('/')?;
+                let (id, node) = rest.split_once('/')?;
+                Some(ClusterEvent::HolderAdded { table: table.to_string(), id: id.to_string(), node: node.to_string() })
+            }
+            _ => None,
         }
-        let (table, id) = rest.strip_prefix("parts/")?.split_once('/')?;
-        let part = RegisteredPart {
-            table: table.to_string(),
-            id: id.to_string(),
-            revision: kv.create_revision,
-            manifest: kv.value,
-        };
-        Some(ClusterEvent::PartAdded(part))
     }
 
     fn decode_delete(&self, key: &str) -> Option<ClusterEvent> {
         let rest = key.strip_prefix(&self.prefix)?;
-        if let Some(name) = rest.strip_prefix("tables/") {
-            return Some(ClusterEvent::TableDropped { name: name.to_string() });
+        let (kind, rest) = rest.split_once('/')?;
+        match kind {
+            "tables" => Some(ClusterEvent::TableDropped { name: rest.to_string() }),
+            "parts" => {
+                let (table, id) = rest.split_once('/')?;
+                Some(ClusterEvent::PartRemoved { table: table.to_string(), id: id.to_string() })
+            }
+            "nodes" => Some(ClusterEvent::NodeDown { node: rest.to_string() }),
+            "holders" => {
+                let (table, rest) = rest.split_once('/')?;
+                let (id, node) = rest.split_once('/')?;
+                Some(ClusterEvent::HolderRemoved {
+                    table: table.to_string(),
+                    id: id.to_string(),
+                    node: node.to_string(),
+                })
+            }
+            _ => None,
         }
-        let (table, id) = rest.strip_prefix("parts/")?.split_once('/')?;
-        Some(ClusterEvent::PartRemoved { table: table.to_string(), id: id.to_string() })
     }
 }
 

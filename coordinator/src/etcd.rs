@@ -247,7 +247,9 @@ impl KvBackend for EtcdKv {
                 Ok(Some(Ok(response))) if response.ttl() > 0 => Ok(()),
                 Ok(Some(Ok(_))) | Ok(None) => Err(CoordError::LeaseExpired(lease)),
                 Ok(Some(Err(e))) => Err(map_error(e, "lease keep-alive")),
-                Err(_) => Err(CoordError::Unavailable(format!("etcd did not renew lease {lease} within {CALL_TIMEOUT:?}"))),
+                Err(_) => {
+                    Err(CoordError::Unavailable(format!("etcd did not renew lease {lease} within {CALL_TIMEOUT:?}")))
+                }
             }
         };
         renew.await.map_err(|e| match e {

@@ -1,16 +1,17 @@
-//! The node's applied view of the cluster: tables and their active parts, built only from the
-//! coordinator's snapshot and watch events, in revision order. Queries take a snapshot of it;
-//! inserts wait until their own registration has been applied here.
+//! The node's applied view of the cluster: tables, their active parts (on this node's disk,
+//! verified, visible to queries) and their pending parts (registered, not here yet). It changes
+//! only by applying the coordinator's listings and watch events in revision order, and by the
+//! fetcher activating a pending part once its file has arrived and been verified.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tandem_coordinator::{ClusterEvent, EventBatch, RegisteredPart, Revision, Snapshot, TableRecord};
 use tandem_parts::{LocalPartStore, PartId, PartManifest};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 use crate::schema::TableDef;
 
@@ -45,48 +46,84 @@ pub struct ActivePart {
     pub file: Arc<PartFile>,
 }
 
+/// A registered part whose file this node does not have (yet).
+#[derive(Clone, Debug)]
+pub struct PendingPart {
+    pub id: PartId,
+    pub manifest: Arc<PartManifest>,
+    pub revision: Revision,
+    pub since: Instant,
+    pub attempts: u32,
+    pub last_error: Option<String>,
+}
+
 #[derive(Clone, Debug)]
 pub struct TableState {
     pub def: Arc<TableDef>,
     pub version: Revision,
     pub created: Revision,
     pub parts: BTreeMap<PartId, ActivePart>,
+    pub pending: BTreeMap<PartId, PendingPart>,
 }
 
-/// Why a registered part is not served by this node.
+/// A registered part that cannot even be described (unreadable manifest or id).
 #[derive(Clone, Debug)]
-pub struct UnavailablePart {
+pub struct BrokenPart {
     pub table: String,
     pub id: String,
     pub reason: String,
 }
 
+/// Asks the fetcher for a part's file.
+#[derive(Clone, Debug)]
+pub struct FetchRequest {
+    pub table: String,
+    pub id: PartId,
+}
+
 pub struct Catalog {
     tables: RwLock<BTreeMap<String, Arc<TableState>>>,
-    unavailable: Mutex<BTreeMap<String, UnavailablePart>>,
+    broken: Mutex<BTreeMap<String, BrokenPart>>,
     files: Mutex<HashMap<PartId, Weak<PartFile>>>,
     store: Arc<LocalPartStore>,
+    fetches: Mutex<Option<mpsc::UnboundedSender<FetchRequest>>>,
+    /// Every event up to this revision has been applied to the metadata.
     applied: watch::Sender<Revision>,
+    /// Every part registered up to this revision is active here.
+    complete: watch::Sender<Revision>,
+    /// The last applied revision that changed tables or parts.
+    data_revision: watch::Sender<Revision>,
     ready: AtomicBool,
 }
+
+/// Why a pending part cannot be fetched without peers.
+const NO_FETCHER: &str = "the part file is not on this node and no peer can send it (single node)";
 
 impl Catalog {
     pub fn new(store: Arc<LocalPartStore>) -> Self {
         Catalog {
             tables: RwLock::new(BTreeMap::new()),
-            unavailable: Mutex::new(BTreeMap::new()),
+            broken: Mutex::new(BTreeMap::new()),
             files: Mutex::new(HashMap::new()),
             store,
+            fetches: Mutex::new(None),
             applied: watch::channel(0).0,
+            complete: watch::channel(0).0,
+            data_revision: watch::channel(0).0,
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// Connects the fetcher: from now on every pending part is requested from it.
+    pub fn set_fetcher(&self, fetches: mpsc::UnboundedSender<FetchRequest>) {
+        *self.fetches.lock().expect("fetch queue lock") = Some(fetches);
     }
 
     pub fn store(&self) -> &Arc<LocalPartStore> {
         &self.store
     }
 
-    /// True once the first full listing has been applied.
+    /// True once a first full state (listing or local copy) has been applied.
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::Acquire)
     }
@@ -95,10 +132,29 @@ impl Catalog {
         *self.applied.borrow()
     }
 
-    /// Waits until everything up to `revision` is applied. False on timeout.
+    pub fn complete_revision(&self) -> Revision {
+        *self.complete.borrow()
+    }
+
+    pub fn data_revision(&self) -> Revision {
+        *self.data_revision.borrow()
+    }
+
+    pub fn subscribe_data_revision(&self) -> watch::Receiver<Revision> {
+        self.data_revision.subscribe()
+    }
+
+    /// Waits until the metadata up to `revision` is applied here (the part files of other
+    /// nodes may still be arriving). False on timeout.
     pub async fn wait_applied(&self, revision: Revision, timeout: Duration) -> bool {
         let mut rx = self.applied.subscribe();
         tokio::time::timeout(timeout, rx.wait_for(|applied| *applied >= revision)).await.is_ok_and(|r| r.is_ok())
+    }
+
+    /// Waits until every part registered up to `revision` is served here. False on timeout.
+    pub async fn wait_complete(&self, revision: Revision, timeout: Duration) -> bool {
+        let mut rx = self.complete.subscribe();
+        tokio::time::timeout(timeout, rx.wait_for(|complete| *complete >= revision)).await.is_ok_and(|r| r.is_ok())
     }
 
     /// The tables as they are now; holding it keeps every listed part file alive.
@@ -110,13 +166,18 @@ impl Catalog {
         self.tables.read().expect("catalog lock").get(name).cloned()
     }
 
-    pub fn unavailable_parts(&self) -> Vec<UnavailablePart> {
-        self.unavailable.lock().expect("unavailable lock").values().cloned().collect()
+    pub fn broken_parts(&self) -> Vec<BrokenPart> {
+        self.broken.lock().expect("broken parts lock").values().cloned().collect()
     }
 
     /// Whether the part is in the table's active set here.
     pub fn is_active(&self, table: &str, id: &PartId) -> bool {
         self.table(table).is_some_and(|t| t.parts.contains_key(id))
+    }
+
+    /// The pending part, if it is still wanted.
+    pub fn pending(&self, table: &str, id: &PartId) -> Option<PendingPart> {
+        self.table(table).and_then(|t| t.pending.get(id).cloned())
     }
 
     fn acquire_file(&self, id: PartId) -> Option<Arc<PartFile>> {
@@ -139,33 +200,50 @@ impl Catalog {
         part.file.retired.store(true, Ordering::Release);
     }
 
-    fn mark_unavailable(&self, part: &RegisteredPart, reason: String) {
-        tracing::warn!(table = %part.table, part = %part.id, reason = %reason, "registered part is not served by this node");
-        let entry = UnavailablePart { table: part.table.clone(), id: part.id.clone(), reason };
-        self.unavailable.lock().expect("unavailable lock").insert(part.id.clone(), entry);
+    fn mark_broken(&self, part: &RegisteredPart, reason: String) {
+        tracing::error!(table = %part.table, part = %part.id, reason = %reason, "registered part cannot be read");
+        let entry = BrokenPart { table: part.table.clone(), id: part.id.clone(), reason };
+        self.broken.lock().expect("broken parts lock").insert(part.id.clone(), entry);
     }
 
-    fn make_part(&self, part: &RegisteredPart) -> Option<ActivePart> {
+    /// Adds a registered part to a table: active if its file is here (and not `rejected`),
+    /// pending (and requested from the fetcher) otherwise.
+    fn add_part(
+        &self,
+        table: &mut TableState,
+        part: &RegisteredPart,
+        rejected: Option<&String>,
+        requests: &mut Vec<FetchRequest>,
+    ) {
         let manifest = match PartManifest::from_json(&part.manifest) {
-            Ok(m) => m,
-            Err(e) => {
-                self.mark_unavailable(part, format!("unreadable manifest: {e}"));
-                return None;
-            }
+            Ok(m) => Arc::new(m),
+            Err(e) => return self.mark_broken(part, format!("unreadable manifest: {e}")),
         };
         let id: PartId = match part.id.parse() {
             Ok(id) => id,
-            Err(e) => {
-                self.mark_unavailable(part, e.to_string());
-                return None;
+            Err(e) => return self.mark_broken(part, e.to_string()),
+        };
+        let file = if rejected.is_some() { None } else { self.acquire_file(id) };
+        match file {
+            Some(file) => {
+                table.pending.remove(&id);
+                table.parts.insert(id, ActivePart { id, manifest, revision: part.revision, file });
             }
-        };
-        let Some(file) = self.acquire_file(id) else {
-            self.mark_unavailable(part, "the part file is not on this node".to_string());
-            return None;
-        };
-        self.unavailable.lock().expect("unavailable lock").remove(&part.id);
-        Some(ActivePart { id, manifest: Arc::new(manifest), revision: part.revision, file })
+            None => {
+                let has_fetcher = self.fetches.lock().expect("fetch queue lock").is_some();
+                let last_error = rejected.cloned().or_else(|| (!has_fetcher).then(|| NO_FETCHER.to_string()));
+                let pending = PendingPart {
+                    id,
+                    manifest,
+                    revision: part.revision,
+                    since: Instant::now(),
+                    attempts: 0,
+                    last_error,
+                };
+                table.pending.insert(id, pending);
+                requests.push(FetchRequest { table: part.table.clone(), id });
+            }
+        }
     }
 
     fn table_state(record: &TableRecord) -> Option<TableState> {
@@ -175,6 +253,7 @@ impl Catalog {
                 version: record.version,
                 created: record.created,
                 parts: BTreeMap::new(),
+                pending: BTreeMap::new(),
             }),
             Err(e) => {
                 tracing::error!(table = %record.name, error = %e, "unreadable table definition; the table is not served");
@@ -183,48 +262,57 @@ impl Catalog {
         }
     }
 
-    /// Replaces the whole view with a listing. Parts already active are kept as they are;
-    /// `rejected` names new parts whose file failed verification, with the reason.
-    pub fn apply_snapshot(&self, snapshot: &Snapshot, rejected: &HashMap<String, String>) {
-        let old = self.snapshot();
-        let mut tables: BTreeMap<String, Arc<TableState>> = BTreeMap::new();
-        for record in &snapshot.tables {
-            if let Some(state) = Self::table_state(record) {
-                tables.insert(record.name.clone(), Arc::new(state));
+    fn send_requests(&self, requests: Vec<FetchRequest>) {
+        if let Some(fetches) = self.fetches.lock().expect("fetch queue lock").as_ref() {
+            for request in requests {
+                let _ = fetches.send(request);
             }
         }
-        self.unavailable.lock().expect("unavailable lock").clear();
-        for part in &snapshot.parts {
-            let Some(table) = tables.get_mut(&part.table) else {
-                continue;
-            };
-            if let Some(reason) = rejected.get(&part.id) {
-                self.mark_unavailable(part, reason.clone());
-                continue;
+    }
+
+    /// Replaces the whole view with a full state. Parts already active are kept as they are;
+    /// `rejected` names parts whose local file failed verification (they become pending).
+    pub fn apply_snapshot(&self, snapshot: &Snapshot, rejected: &HashMap<String, String>) {
+        let old = self.snapshot();
+        let mut tables: BTreeMap<String, TableState> = BTreeMap::new();
+        for record in &snapshot.tables {
+            if let Some(state) = Self::table_state(record) {
+                tables.insert(record.name.clone(), state);
             }
-            let existing = old
+        }
+        self.broken.lock().expect("broken parts lock").clear();
+        let mut requests = Vec::new();
+        for part in &snapshot.parts {
+            let Some(table) = tables.get_mut(&part.table) else { continue };
+            let kept = old
                 .get(&part.table)
                 .filter(|t| t.created == table.created)
                 .and_then(|t| part.id.parse().ok().and_then(|id: PartId| t.parts.get(&id).cloned()));
-            if let Some(active) = existing.or_else(|| self.make_part(part)) {
-                Arc::make_mut(table).parts.insert(active.id, active);
+            match kept {
+                Some(active) if !rejected.contains_key(&part.id) => {
+                    table.parts.insert(active.id, active);
+                }
+                _ => self.add_part(table, part, rejected.get(&part.id), &mut requests),
             }
         }
         for (name, table) in &old {
             for (id, part) in &table.parts {
-                let still = tables.get(name).is_some_and(|t| t.parts.contains_key(id));
-                if !still {
+                if !tables.get(name).is_some_and(|t| t.parts.contains_key(id)) {
                     Self::retire(part);
                 }
             }
         }
-        *self.tables.write().expect("catalog lock") = tables;
+        *self.tables.write().expect("catalog lock") = tables.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
         self.applied.send_replace(snapshot.revision);
+        self.data_revision.send_replace(snapshot.revision);
         self.ready.store(true, Ordering::Release);
+        self.update_complete();
+        self.send_requests(requests);
     }
 
     /// Applies the changes of one revision.
     pub fn apply_batch(&self, batch: &EventBatch) {
+        let mut requests = Vec::new();
         {
             let mut tables = self.tables.write().expect("catalog lock");
             for event in &batch.events {
@@ -252,34 +340,109 @@ impl Catalog {
                         }
                     }
                     ClusterEvent::PartAdded(part) => {
-                        let Some(table) = tables.get_mut(&part.table) else {
-                            continue;
-                        };
-                        if let Some(active) = self.make_part(part) {
-                            Arc::make_mut(table).parts.insert(active.id, active);
-                        }
+                        let Some(table) = tables.get_mut(&part.table) else { continue };
+                        self.add_part(Arc::make_mut(table), part, None, &mut requests);
                     }
                     ClusterEvent::PartRemoved { table, id } => {
-                        self.unavailable.lock().expect("unavailable lock").remove(id);
-                        let Some(state) = tables.get_mut(table) else {
-                            continue;
-                        };
-                        let Ok(id) = id.parse::<PartId>() else {
-                            continue;
-                        };
-                        if let Some(part) = Arc::make_mut(state).parts.remove(&id) {
+                        self.broken.lock().expect("broken parts lock").remove(id);
+                        let Some(state) = tables.get_mut(table) else { continue };
+                        let Ok(id) = id.parse::<PartId>() else { continue };
+                        let state = Arc::make_mut(state);
+                        state.pending.remove(&id);
+                        if let Some(part) = state.parts.remove(&id) {
                             Self::retire(&part);
                         }
                     }
+                    _ => {}
                 }
             }
         }
-        self.applied.send_if_modified(|applied| {
-            let newer = batch.revision > *applied;
-            if newer {
-                *applied = batch.revision;
+        self.applied.send_if_modified(|applied| advance(applied, batch.revision));
+        if batch.events.iter().any(ClusterEvent::is_data) {
+            self.data_revision.send_if_modified(|data| advance(data, batch.revision));
+        }
+        self.update_complete();
+        self.send_requests(requests);
+    }
+
+    /// Makes a fetched part active, if it is still wanted. Returns whether it was.
+    pub fn activate(&self, table: &str, id: &PartId) -> bool {
+        let activated = {
+            let mut tables = self.tables.write().expect("catalog lock");
+            let Some(state) = tables.get_mut(table) else { return false };
+            if !state.pending.contains_key(id) {
+                return false;
             }
-            newer
+            let Some(file) = self.acquire_file(*id) else { return false };
+            let state = Arc::make_mut(state);
+            let pending = state.pending.remove(id).expect("checked above");
+            state
+                .parts
+                .insert(*id, ActivePart { id: *id, manifest: pending.manifest, revision: pending.revision, file });
+            true
+        };
+        self.update_complete();
+        activated
+    }
+
+    /// Takes an active part out of service because its local file turned out corrupt (and was
+    /// moved aside): it becomes pending and is fetched again from a peer.
+    pub fn demote(&self, table: &str, id: &PartId, reason: String) {
+        {
+            let mut tables = self.tables.write().expect("catalog lock");
+            let Some(state) = tables.get_mut(table) else { return };
+            let state = Arc::make_mut(state);
+            let Some(part) = state.parts.remove(id) else { return };
+            let pending = PendingPart {
+                id: *id,
+                manifest: part.manifest.clone(),
+                revision: part.revision,
+                since: Instant::now(),
+                attempts: 0,
+                last_error: Some(reason),
+            };
+            state.pending.insert(*id, pending);
+        }
+        self.update_complete();
+        self.send_requests(vec![FetchRequest { table: table.to_string(), id: *id }]);
+    }
+
+    /// Records a failed fetch attempt of a pending part. Returns the attempt count, or None
+    /// when the part is no longer wanted.
+    pub fn fetch_failed(&self, table: &str, id: &PartId, error: String) -> Option<u32> {
+        let mut tables = self.tables.write().expect("catalog lock");
+        let state = Arc::make_mut(tables.get_mut(table)?);
+        let pending = state.pending.get_mut(id)?;
+        pending.attempts += 1;
+        pending.last_error = Some(error);
+        Some(pending.attempts)
+    }
+
+    fn update_complete(&self) {
+        let applied = self.applied_revision();
+        let oldest_pending = self
+            .tables
+            .read()
+            .expect("catalog lock")
+            .values()
+            .flat_map(|t| t.pending.values().map(|p| p.revision))
+            .min();
+        let complete = match oldest_pending {
+            Some(revision) => (revision - 1).min(applied),
+            None => applied,
+        };
+        self.complete.send_if_modified(|current| {
+            let changed = *current != complete;
+            *current = complete;
+            changed
         });
     }
+}
+
+fn advance(current: &mut Revision, to: Revision) -> bool {
+    let newer = to > *current;
+    if newer {
+        *current = to;
+    }
+    newer
 }

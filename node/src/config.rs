@@ -1,9 +1,13 @@
 //! Node configuration, layered: built-in defaults, then the TOML file (`--config`), then
-//! `TANDEM_*` environment variables, then command-line flags (the last one wins).
+//! `TANDEM_*` environment variables, then command-line flags (the last one wins). The cluster
+//! secret is never a command-line value: it comes from the file, `TANDEM_CLUSTER_SECRET`, or a
+//! secret file.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
+use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
 
@@ -22,12 +26,29 @@ pub struct ServeArgs {
     /// Largest request body accepted, in bytes [default: 268435456 (256 MiB)].
     #[arg(long, env = "TANDEM_MAX_BODY_BYTES")]
     pub max_body_bytes: Option<usize>,
-    /// This node's name in the cluster [default: the host name, or `local`].
+    /// This node's name in the cluster; required with --etcd [default: `local`].
     #[arg(long, env = "TANDEM_NODE_ID")]
     pub node_id: Option<String>,
+    /// etcd endpoints, comma-separated (`http://127.0.0.1:2379`): run as a cluster node.
+    /// Without it the node runs alone with the embedded coordinator.
+    #[arg(long, env = "TANDEM_ETCD", value_delimiter = ',')]
+    pub etcd: Option<Vec<String>>,
+    /// Cluster name: all keys live under `/tandem/<cluster>/` in etcd [default: default].
+    #[arg(long, env = "TANDEM_CLUSTER")]
+    pub cluster: Option<String>,
+    /// Address of the interserver gRPC service, also announced to peers [default: 127.0.0.1:9100].
+    #[arg(long, env = "TANDEM_GRPC_ADDR")]
+    pub grpc_addr: Option<SocketAddr>,
+    /// File holding the cluster secret that peers must present (the secret itself can also
+    /// come from TANDEM_CLUSTER_SECRET or the config file, never from a flag).
+    #[arg(long, env = "TANDEM_CLUSTER_SECRET_FILE")]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Parts fetched from peers at the same time [default: 4].
+    #[arg(long, env = "TANDEM_FETCH_CONCURRENCY")]
+    pub fetch_concurrency: Option<usize>,
 }
 
-/// The `[server]`-less flat TOML file. Unknown keys are an error, so a typo is not ignored.
+/// The flat TOML file. Unknown keys are an error, so a typo is not ignored.
 #[derive(Deserialize, Debug, Default)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
@@ -35,20 +56,57 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub max_body_bytes: Option<usize>,
     pub node_id: Option<String>,
+    pub etcd: Option<Vec<String>>,
+    pub cluster: Option<String>,
+    pub grpc_addr: Option<SocketAddr>,
+    pub cluster_secret: Option<String>,
+    pub cluster_secret_file: Option<PathBuf>,
+    pub fetch_concurrency: Option<usize>,
+    pub relist_interval_seconds: Option<u64>,
+}
+
+/// Where the metadata lives.
+#[derive(Clone, Debug, PartialEq)]
+pub enum CoordinatorConfig {
+    /// One node, metadata in `<data_dir>/metadata.redb`.
+    Embedded,
+    /// A cluster, metadata in etcd.
+    Etcd { endpoints: Vec<String> },
 }
 
 /// The resolved configuration of a node.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct NodeConfig {
     pub http_addr: SocketAddr,
     pub data_dir: PathBuf,
     pub max_body_bytes: usize,
     pub node_id: String,
-    /// Key prefix of this cluster in the metadata store.
+    pub coordinator: CoordinatorConfig,
+    /// Key prefix of this cluster in the metadata store: `/tandem/<cluster>/`.
     pub cluster_prefix: String,
+    pub grpc_addr: SocketAddr,
+    pub cluster_secret: Option<String>,
+    pub fetch_concurrency: usize,
+    /// How often the node re-lists everything as a safety net under the watch.
+    pub relist_interval: Duration,
+}
+
+impl std::fmt::Debug for NodeConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NodeConfig")
+            .field("http_addr", &self.http_addr)
+            .field("data_dir", &self.data_dir)
+            .field("node_id", &self.node_id)
+            .field("coordinator", &self.coordinator)
+            .field("cluster_prefix", &self.cluster_prefix)
+            .field("grpc_addr", &self.grpc_addr)
+            .field("cluster_secret", &self.cluster_secret.as_ref().map(|_| "<set>"))
+            .finish_non_exhaustive()
+    }
 }
 
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8123";
+pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:9100";
 pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
 impl NodeConfig {
@@ -57,6 +115,29 @@ impl NodeConfig {
             Some(path) => read_file_config(path)?,
             None => FileConfig::default(),
         };
+        let env_secret = std::env::var("TANDEM_CLUSTER_SECRET").ok().filter(|s| !s.is_empty());
+        let secret_file = args.cluster_secret_file.clone().or(file.cluster_secret_file);
+        let cluster_secret = match (env_secret, secret_file, file.cluster_secret) {
+            (Some(secret), _, _) => Some(secret),
+            (None, Some(path), _) => {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read the cluster secret file {}", path.display()))?;
+                Some(text.trim().to_string()).filter(|s| !s.is_empty())
+            }
+            (None, None, secret) => secret.filter(|s| !s.is_empty()),
+        };
+        let coordinator = match args.etcd.clone().or(file.etcd).filter(|e| !e.is_empty()) {
+            Some(endpoints) => CoordinatorConfig::Etcd { endpoints },
+            None => CoordinatorConfig::Embedded,
+        };
+        let node_id = args.node_id.clone().or(file.node_id);
+        if node_id.is_none() && coordinator != CoordinatorConfig::Embedded {
+            bail!("--node-id (or TANDEM_NODE_ID) is required with --etcd: each node of a cluster needs a stable name");
+        }
+        let cluster = args.cluster.clone().or(file.cluster).unwrap_or_else(|| "default".to_string());
+        if !tandem_coordinator::valid_name(&cluster.replace('-', "_")) {
+            bail!("cluster name `{cluster}` must be letters, digits, `_` and `-`");
+        }
         Ok(NodeConfig {
             http_addr: args
                 .http_addr
@@ -64,20 +145,38 @@ impl NodeConfig {
                 .unwrap_or_else(|| DEFAULT_HTTP_ADDR.parse().expect("valid default")),
             data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("tandem-data")),
             max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES),
-            node_id: args.node_id.clone().or(file.node_id).unwrap_or_else(|| "local".to_string()),
-            cluster_prefix: "/tandem/default/".to_string(),
+            node_id: node_id.unwrap_or_else(|| "local".to_string()),
+            coordinator,
+            cluster_prefix: format!("/tandem/{cluster}/"),
+            grpc_addr: args
+                .grpc_addr
+                .or(file.grpc_addr)
+                .unwrap_or_else(|| DEFAULT_GRPC_ADDR.parse().expect("valid default")),
+            cluster_secret,
+            fetch_concurrency: args.fetch_concurrency.or(file.fetch_concurrency).unwrap_or(4).max(1),
+            relist_interval: Duration::from_secs(file.relist_interval_seconds.unwrap_or(300).max(1)),
         })
     }
 
-    /// A configuration for tests and benchmarks: everything under `data_dir`, any free port.
+    /// A single-node configuration for tests and benchmarks: everything under `data_dir`,
+    /// any free port.
     pub fn for_dir(data_dir: impl Into<PathBuf>) -> Self {
         NodeConfig {
             http_addr: "127.0.0.1:0".parse().expect("valid address"),
             data_dir: data_dir.into(),
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             node_id: "local".to_string(),
+            coordinator: CoordinatorConfig::Embedded,
             cluster_prefix: "/tandem/default/".to_string(),
+            grpc_addr: "127.0.0.1:0".parse().expect("valid address"),
+            cluster_secret: None,
+            fetch_concurrency: 4,
+            relist_interval: Duration::from_secs(300),
         }
+    }
+
+    pub fn is_cluster(&self) -> bool {
+        self.coordinator != CoordinatorConfig::Embedded
     }
 }
 
@@ -101,24 +200,48 @@ mod tests {
             .collect::<Vec<_>>()
             .join("\n");
         let file: FileConfig = toml::from_str(&uncommented).expect("every documented key is a real key");
-        assert!(
-            file.http_addr.is_some()
-                && file.data_dir.is_some()
-                && file.max_body_bytes.is_some()
-                && file.node_id.is_some()
-        );
+        let documented = [
+            file.http_addr.is_some(),
+            file.data_dir.is_some(),
+            file.max_body_bytes.is_some(),
+            file.node_id.is_some(),
+            file.etcd.is_some(),
+            file.cluster.is_some(),
+            file.grpc_addr.is_some(),
+            file.cluster_secret.is_some(),
+            file.cluster_secret_file.is_some(),
+            file.fetch_concurrency.is_some(),
+            file.relist_interval_seconds.is_some(),
+        ];
+        assert!(documented.iter().all(|d| *d), "every key is documented in the example: {documented:?}");
     }
 
     #[test]
     fn flags_override_file_which_overrides_defaults() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("tandem.toml");
-        std::fs::write(&path, "http_addr = \"127.0.0.1:9000\"\ndata_dir = \"/from/file\"\n").unwrap();
+        std::fs::write(&path, "http_addr = \"127.0.0.1:9000\"\ndata_dir = \"/from/file\"\ncluster = \"blue\"\n")
+            .unwrap();
         let args = ServeArgs { config: Some(path), data_dir: Some("/from/flag".into()), ..Default::default() };
         let config = NodeConfig::resolve(&args).unwrap();
         assert_eq!(config.http_addr.port(), 9000);
         assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(config.cluster_prefix, "/tandem/blue/");
+        assert_eq!(config.coordinator, CoordinatorConfig::Embedded);
+    }
+
+    #[test]
+    fn cluster_mode_needs_a_node_id_and_reads_the_secret_from_a_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let secret = dir.path().join("secret");
+        std::fs::write(&secret, "s3cr3t\n").unwrap();
+        let args = ServeArgs { etcd: Some(vec!["http://127.0.0.1:2379".into()]), ..Default::default() };
+        assert!(NodeConfig::resolve(&args).unwrap_err().to_string().contains("--node-id"));
+        let args = ServeArgs { node_id: Some("n1".into()), cluster_secret_file: Some(secret), ..args };
+        let config = NodeConfig::resolve(&args).unwrap();
+        assert_eq!(config.cluster_secret.as_deref(), Some("s3cr3t"));
+        assert!(!format!("{config:?}").contains("s3cr3t"), "the secret is never printed");
     }
 
     #[test]

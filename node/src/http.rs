@@ -49,8 +49,16 @@ async fn ready(State(node): State<Arc<Node>>) -> Response {
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let tables = node.catalog.snapshot();
+    let (pending, lag_seconds) = query::replication_lag(&tables);
+    let complete = node.catalog.complete_revision();
     node.metrics.active_parts.set(tables.values().map(|t| t.parts.len() as i64).sum());
+    node.metrics.pending_parts.set(pending as i64);
+    node.metrics.lag_seconds.set(lag_seconds);
     node.metrics.applied_revision.set(node.catalog.applied_revision());
+    node.metrics.complete_revision.set(complete);
+    if let Ok(Ok(latest)) = tokio::time::timeout(Duration::from_secs(1), node.coordinator.current_revision()).await {
+        node.metrics.lag_revisions.set((latest - complete).max(0));
+    }
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render()).into_response()
 }
 
@@ -110,6 +118,11 @@ async fn execute(
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
+    if !node.catalog.is_ready() {
+        return Err(NodeError::Unavailable(
+            "this node is still catching up with the cluster's metadata; retry shortly or use another node".into(),
+        ));
+    }
     let body = read_body(body, &headers, node.config.max_body_bytes).await?;
     // As in ClickHouse: the statement is `?query=`, followed by the body for statements other
     // than INSERT; without `?query=`, the body starts with the statement.
@@ -217,16 +230,17 @@ async fn execute_statement(
             if let Some(revision) = number(params, "after_revision")? {
                 let timeout =
                     Duration::from_millis(number(params, "after_revision_timeout_ms")?.unwrap_or(10_000).max(0) as u64);
-                if !node.catalog.wait_applied(revision, timeout).await {
+                if !node.catalog.wait_complete(revision, timeout).await {
                     return Err(NodeError::Timeout(format!(
-                        "this node has applied revision {} but the query asked for {revision}; not answering with stale data (waited {} ms)",
-                        node.catalog.applied_revision(),
+                        "this node holds every part up to revision {} but the query asked for {revision}; not answering with stale data (waited {} ms)",
+                        node.catalog.complete_revision(),
                         timeout.as_millis()
                     )));
                 }
             }
             let tables = node.catalog.snapshot();
-            let ctx = query::session(&node.catalog, &tables)?;
+            let cluster = if sql.contains("system.replicas") { cluster_view(node).await } else { Default::default() };
+            let ctx = query::session(node, &tables, &cluster)?;
             let result = query::run(&ctx, &sql).await;
             node.metrics.query_seconds.observe(started.elapsed().as_secs_f64());
             let (schema, batches) = result.inspect_err(|_| {
@@ -236,6 +250,17 @@ async fn execute_statement(
         }
         Statement::Insert(_) => Err(NodeError::internal("an INSERT reached the statement executor")),
     }
+}
+
+/// The other nodes and the cluster's latest revision, best effort: a query of
+/// `system.replicas` still answers (with what this node knows) when etcd does not.
+async fn cluster_view(node: &Node) -> query::ClusterView {
+    let nodes = if node.config.is_cluster() {
+        crate::membership::live_nodes(node).await.unwrap_or_default()
+    } else {
+        Vec::new()
+    };
+    query::ClusterView { nodes, cluster_revision: node.coordinator.current_revision().await.ok() }
 }
 
 async fn ddl_done(node: &Node, revision: i64) -> Result<Response, NodeError> {

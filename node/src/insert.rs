@@ -177,6 +177,7 @@ async fn register(
                 level: 0,
                 sort_key: sort_key.clone(),
                 columns: part.columns,
+                node: Some(node_id.clone()),
                 created_at_ms: now_ms,
             };
             out.push((
@@ -190,7 +191,8 @@ async fn register(
     .map_err(NodeError::internal)??;
 
     let (new_parts, rows): (Vec<NewPart>, Vec<u64>) = encoded.into_iter().unzip();
-    let registration = node.coordinator.register_parts(&def.name, version, new_parts.clone(), now_ms).await;
+    let registration =
+        node.coordinator.register_parts(&def.name, version, new_parts.clone(), &node.config.node_id, now_ms).await;
     let registration = match registration {
         Ok(r) => r,
         Err(e) => {

@@ -7,7 +7,10 @@
 //! - [`formats`]: input decoding and output encoding (JSONEachRow, CSV, TSV, Parquet, Arrow).
 //! - [`insert`]: the insert path (partition split, block ids, durable parts, registration).
 //! - [`catalog`] and [`sync`]: the node's applied view of tables and parts, fed only by the
-//!   coordinator's listing and watch, in revision order.
+//!   coordinator's listing and watch, in revision order; [`mirror`]: its local copy, so a
+//!   restart resumes from the last applied revision.
+//! - [`fetch`], [`interserver`], [`membership`]: cluster mode: fetching parts from peers by
+//!   hash, serving them, and announcing this node under an etcd lease.
 //! - [`query`]: DataFusion over a catalog snapshot, with part pruning and `system` tables.
 //! - [`node`]: starting and stopping all of it; [`config`]: layered configuration;
 //!   [`bench`]: the benchmark command.
@@ -16,10 +19,14 @@ pub mod bench;
 pub mod catalog;
 pub mod config;
 pub mod error;
+pub mod fetch;
 pub mod formats;
 pub mod http;
 pub mod insert;
+pub mod interserver;
+pub mod membership;
 pub mod metrics;
+pub mod mirror;
 pub mod node;
 pub mod query;
 pub mod schema;

@@ -17,7 +17,16 @@ pub struct Metrics {
     pub query_errors: Counter,
     pub corrupt_parts: Counter,
     pub applied_revision: Gauge,
+    pub complete_revision: Gauge,
     pub active_parts: Gauge,
+    pub pending_parts: Gauge,
+    pub lag_revisions: Gauge,
+    pub lag_seconds: Gauge<f64, std::sync::atomic::AtomicU64>,
+    pub fetch_parts: Counter,
+    pub fetch_bytes: Counter,
+    pub fetch_failures: Counter,
+    pub fetch_corrupt: Counter,
+    pub served_bytes: Counter,
 }
 
 impl Metrics {
@@ -33,7 +42,16 @@ impl Metrics {
             query_errors: Counter::default(),
             corrupt_parts: Counter::default(),
             applied_revision: Gauge::default(),
+            complete_revision: Gauge::default(),
             active_parts: Gauge::default(),
+            pending_parts: Gauge::default(),
+            lag_revisions: Gauge::default(),
+            lag_seconds: Gauge::default(),
+            fetch_parts: Counter::default(),
+            fetch_bytes: Counter::default(),
+            fetch_failures: Counter::default(),
+            fetch_corrupt: Counter::default(),
+            served_bytes: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -58,6 +76,35 @@ impl Metrics {
             metrics.applied_revision.clone(),
         );
         registry.register("catalog_active_parts", "Active parts served by this node", metrics.active_parts.clone());
+        registry.register(
+            "catalog_complete_revision",
+            "Every part registered up to this revision is on this node",
+            metrics.complete_revision.clone(),
+        );
+        registry.register(
+            "replication_pending_parts",
+            "Registered parts not yet on this node",
+            metrics.pending_parts.clone(),
+        );
+        registry.register(
+            "replication_lag_revisions",
+            "Coordinator revisions between the cluster's latest and this node's complete revision",
+            metrics.lag_revisions.clone(),
+        );
+        registry.register(
+            "replication_lag_seconds",
+            "Age of the oldest registered part not yet on this node",
+            metrics.lag_seconds.clone(),
+        );
+        registry.register("fetch_parts", "Parts fetched from peers", metrics.fetch_parts.clone());
+        registry.register("fetch_bytes", "Bytes of parts fetched from peers", metrics.fetch_bytes.clone());
+        registry.register("fetch_failures", "Part fetches that failed on every source", metrics.fetch_failures.clone());
+        registry.register(
+            "fetch_corrupt",
+            "Part copies refused because their bytes did not match their hash",
+            metrics.fetch_corrupt.clone(),
+        );
+        registry.register("interserver_served_bytes", "Bytes of parts sent to peers", metrics.served_bytes.clone());
         Metrics { registry, ..metrics }
     }
 

@@ -1,25 +1,40 @@
 //! A running node: its parts, its coordinator, its applied catalog, its background loops and
-//! its HTTP server, started and stopped together.
+//! its HTTP (and, in a cluster, gRPC) servers, started and stopped together.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use tandem_coordinator::{Coordinator, EmbeddedKv};
+use tandem_coordinator::{Coordinator, EmbeddedKv, EtcdKv, KvBackend};
 use tandem_parts::LocalPartStore;
+use tokio::sync::{Notify, mpsc};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::catalog::Catalog;
-use crate::config::NodeConfig;
+use crate::catalog::{Catalog, FetchRequest};
+use crate::config::{CoordinatorConfig, NodeConfig};
 use crate::metrics::Metrics;
+use crate::mirror::Mirror;
 
 pub struct Node {
     pub config: NodeConfig,
     pub coordinator: Coordinator,
     pub catalog: Arc<Catalog>,
     pub metrics: Arc<Metrics>,
+    pub mirror: Arc<Mirror>,
+    /// Asks the sync loop for a full listing.
+    pub relist: Notify,
+    pub http_addr: SocketAddr,
+    pub grpc_addr: SocketAddr,
+    fetch_requests: mpsc::UnboundedSender<FetchRequest>,
+}
+
+impl Node {
+    /// Sends requests back to the fetcher (retries).
+    pub fn catalog_fetch_sender(&self) -> mpsc::UnboundedSender<FetchRequest> {
+        self.fetch_requests.clone()
+    }
 }
 
 /// A started node. Dropping it does not stop it: call [`RunningNode::shutdown`].
@@ -33,8 +48,8 @@ pub struct RunningNode {
 /// How often expired insert block ids are forgotten.
 const BLOCK_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
 
-/// Opens the data directory, catches up with the coordinator (verifying every part file it
-/// has not verified yet), and starts serving HTTP.
+/// Opens the data directory and the coordinator, binds the servers and starts every loop.
+/// Returns at once; the node answers 503 until it has caught up (see [`RunningNode::wait_ready`]).
 pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
     std::fs::create_dir_all(&config.data_dir)
         .with_context(|| format!("cannot create data directory {}", config.data_dir.display()))?;
@@ -42,44 +57,90 @@ pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
     config.data_dir = std::fs::canonicalize(&config.data_dir)
         .with_context(|| format!("cannot resolve data directory {}", config.data_dir.display()))?;
     let store = Arc::new(LocalPartStore::open(&config.data_dir)?);
-    let kv = EmbeddedKv::open(config.data_dir.join("metadata.redb"))
-        .await
-        .with_context(|| "cannot open the embedded metadata store (is another tandem using this data directory?)")?;
-    let coordinator = Coordinator::new(Arc::new(kv), config.cluster_prefix.clone());
-    let catalog = Arc::new(Catalog::new(store));
-    let metrics = Arc::new(Metrics::new());
-    let node = Arc::new(Node { config: config.clone(), coordinator, catalog, metrics });
-    let shutdown = CancellationToken::new();
-    let mut tasks = Vec::new();
+    let kv: Arc<dyn KvBackend> = match &config.coordinator {
+        CoordinatorConfig::Embedded => Arc::new(
+            EmbeddedKv::open(config.data_dir.join("metadata.redb"))
+                .await
+                .context("cannot open the embedded metadata store (is another tandem using this data directory?)")?,
+        ),
+        CoordinatorConfig::Etcd { endpoints } => Arc::new(EtcdKv::connect(endpoints).await?),
+    };
+    let mirror = Mirror::open(&config.data_dir.join("catalog.redb"))
+        .context("cannot open the local catalog (is another tandem using this data directory?)")?;
 
-    tasks.push(tokio::spawn(crate::sync::run(
-        node.coordinator.clone(),
-        node.catalog.clone(),
-        node.metrics.clone(),
-        shutdown.clone(),
-    )));
-    while !node.catalog.is_ready() {
-        tokio::time::sleep(Duration::from_millis(20)).await;
+    let http_listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (HTTP)", config.http_addr))?;
+    let http_addr = http_listener.local_addr()?;
+    let grpc_listener = if config.is_cluster() {
+        let listener = tokio::net::TcpListener::bind(config.grpc_addr)
+            .await
+            .with_context(|| format!("cannot listen on {} (gRPC)", config.grpc_addr))?;
+        Some(listener)
+    } else {
+        None
+    };
+    let grpc_addr = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?.unwrap_or(config.grpc_addr);
+    if config.is_cluster() && config.cluster_secret.is_none() {
+        tracing::warn!(
+            "no cluster secret is configured: any process that reaches {grpc_addr} can read this node's parts; \
+             set TANDEM_CLUSTER_SECRET, cluster_secret_file or cluster_secret"
+        );
     }
-    tasks.push(tokio::spawn(prune_blocks(node.clone(), shutdown.clone())));
 
-    let listener = tokio::net::TcpListener::bind(config.http_addr)
-        .await
-        .with_context(|| format!("cannot listen on {}", config.http_addr))?;
-    let http_addr = listener.local_addr()?;
+    let (fetch_requests, fetch_queue) = mpsc::unbounded_channel();
+    let catalog = Arc::new(Catalog::new(store));
+    if config.is_cluster() {
+        catalog.set_fetcher(fetch_requests.clone());
+    }
+    let coordinator = Coordinator::new(kv, config.cluster_prefix.clone());
+    let node = Arc::new(Node {
+        config: config.clone(),
+        coordinator,
+        catalog,
+        metrics: Arc::new(Metrics::new()),
+        mirror,
+        relist: Notify::new(),
+        http_addr,
+        grpc_addr,
+        fetch_requests,
+    });
+    let shutdown = CancellationToken::new();
+    let mut tasks = vec![
+        tokio::spawn(crate::sync::run(node.clone(), shutdown.clone())),
+        tokio::spawn(prune_blocks(node.clone(), shutdown.clone())),
+    ];
+    if let Some(listener) = grpc_listener {
+        tasks.push(tokio::spawn(crate::fetch::run(node.clone(), fetch_queue, shutdown.clone())));
+        tasks.push(tokio::spawn(crate::membership::run(node.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(crate::interserver::serve(node.clone(), listener, shutdown.clone())));
+    }
     let router = crate::http::router(node.clone());
     let stop = shutdown.clone();
     tasks.push(tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await {
+        if let Err(e) = axum::serve(http_listener, router).with_graceful_shutdown(stop.cancelled_owned()).await {
             tracing::error!(error = %e, "HTTP server failed");
         }
     }));
-    tracing::info!(%http_addr, data_dir = %config.data_dir.display(), "tandem is serving");
+    tracing::info!(%http_addr, node = %config.node_id, cluster = config.is_cluster(), data_dir = %config.data_dir.display(), "tandem is serving");
     Ok(RunningNode { node, http_addr, shutdown, tasks })
 }
 
 impl RunningNode {
-    /// Stops accepting requests, lets in-flight ones finish, and stops the background loops.
+    /// Waits until the node has applied a first full state. False on timeout.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.node.catalog.is_ready() {
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, and stops the background loops
+    /// (a cluster node withdraws its membership).
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         for task in self.tasks {
@@ -130,12 +191,8 @@ async fn prune_blocks(node: Arc<Node>, shutdown: CancellationToken) {
             let window = Duration::from_secs(settings.dedup_window_seconds);
             match node.coordinator.prune_blocks(&name, keep, window, now_ms).await {
                 Ok(0) => {}
-                Ok(n) => {
-                    tracing::debug!(table = %name, removed = n, "forgot expired insert block ids")
-                }
-                Err(e) => {
-                    tracing::warn!(table = %name, error = %e, "cannot prune insert block ids")
-                }
+                Ok(n) => tracing::debug!(table = %name, removed = n, "forgot expired insert block ids"),
+                Err(e) => tracing::warn!(table = %name, error = %e, "cannot prune insert block ids"),
             }
         }
     }

@@ -6,7 +6,9 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, BooleanArray, Int64Array, RecordBatch, StringArray, UInt64Array};
+use datafusion::arrow::array::{
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array,
+};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{MemorySchemaProvider, Session, TableProvider};
 use datafusion::common::pruning::PruningStatistics;
@@ -28,6 +30,8 @@ use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::catalog::{ActivePart, Catalog, TableState};
 use crate::error::NodeError;
+use crate::membership::NodeInfo;
+use crate::node::Node;
 
 /// One table's parts as of the query's start. Holding the parts keeps their files alive.
 #[derive(Debug)]
@@ -182,8 +186,20 @@ impl PruningStatistics for ManifestStatistics<'_> {
     }
 }
 
+/// What the `system.replicas` table shows about the other nodes (read from the coordinator
+/// only when a query asks for it).
+#[derive(Clone, Debug, Default)]
+pub struct ClusterView {
+    pub nodes: Vec<NodeInfo>,
+    pub cluster_revision: Option<i64>,
+}
+
 /// A DataFusion session over a catalog snapshot, with the `system` tables.
-pub fn session(catalog: &Catalog, tables: &BTreeMap<String, Arc<TableState>>) -> Result<SessionContext, NodeError> {
+pub fn session(
+    node: &Node,
+    tables: &BTreeMap<String, Arc<TableState>>,
+    cluster: &ClusterView,
+) -> Result<SessionContext, NodeError> {
     let mut config = SessionConfig::new().with_information_schema(false);
     // Table and column names are case-sensitive, as in ClickHouse.
     config.options_mut().sql_parser.enable_ident_normalization = false;
@@ -194,24 +210,23 @@ pub fn session(catalog: &Catalog, tables: &BTreeMap<String, Arc<TableState>>) ->
     let system = Arc::new(MemorySchemaProvider::new());
     let default_catalog = ctx.catalog("datafusion").ok_or_else(|| NodeError::internal("no default catalog"))?;
     default_catalog.register_schema("system", system)?;
-    ctx.register_table("system.parts", Arc::new(system_parts(catalog, tables)?))?;
+    ctx.register_table("system.parts", Arc::new(system_parts(&node.catalog, tables)?))?;
     ctx.register_table("system.tables", Arc::new(system_tables(tables)?))?;
+    ctx.register_table("system.replicas", Arc::new(system_replicas(node, tables, cluster)?))?;
+    ctx.register_table("system.replication_queue", Arc::new(system_replication_queue(tables)?))?;
     Ok(ctx)
 }
 
+fn mem_table(columns: Vec<(&str, ArrayRef)>) -> Result<MemTable, NodeError> {
+    let schema = Arc::new(Schema::new(
+        columns.iter().map(|(name, array)| Field::new(*name, array.data_type().clone(), true)).collect::<Vec<_>>(),
+    ));
+    let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect())
+        .map_err(NodeError::internal)?;
+    MemTable::try_new(schema, vec![vec![batch]]).map_err(NodeError::from)
+}
+
 fn system_parts(catalog: &Catalog, tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable, NodeError> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("table", DataType::Utf8, false),
-        Field::new("name", DataType::Utf8, false),
-        Field::new("partition", DataType::Utf8, true),
-        Field::new("active", DataType::Boolean, false),
-        Field::new("rows", DataType::UInt64, true),
-        Field::new("bytes", DataType::UInt64, true),
-        Field::new("level", DataType::UInt64, true),
-        Field::new("revision", DataType::Int64, true),
-        Field::new("block_id", DataType::Utf8, true),
-        Field::new("problem", DataType::Utf8, true),
-    ]));
     let mut table = Vec::new();
     let mut name = Vec::new();
     let mut partition = Vec::new();
@@ -221,71 +236,159 @@ fn system_parts(catalog: &Catalog, tables: &BTreeMap<String, Arc<TableState>>) -
     let mut level = Vec::new();
     let mut revision = Vec::new();
     let mut block_id = Vec::new();
+    let mut written_by = Vec::new();
     let mut problem: Vec<Option<String>> = Vec::new();
     for (t, state) in tables {
-        for part in state.parts.values() {
-            table.push(t.clone());
-            name.push(part.id.to_string());
-            partition.push(Some(part.manifest.partition.clone()));
-            active.push(true);
-            rows.push(Some(part.manifest.rows));
-            bytes.push(Some(part.manifest.bytes));
-            level.push(Some(u64::from(part.manifest.level)));
-            revision.push(Some(part.revision));
-            block_id.push(part.manifest.block_id.clone());
-            problem.push(None);
+        let active_parts = state.parts.values().map(|p| (p.id, &p.manifest, p.revision, true, None));
+        let pending_parts = state.pending.values().map(|p| {
+            let reason = p.last_error.clone().unwrap_or_else(|| "not on this node yet; fetching".to_string());
+            (p.id, &p.manifest, p.revision, false, Some(reason))
+        });
+        for (id, manifest, rev, is_active, reason) in active_parts.chain(pending_parts) {
+            table.push(Some(t.clone()));
+            name.push(Some(id.to_string()));
+            partition.push(Some(manifest.partition.clone()));
+            active.push(Some(is_active));
+            rows.push(Some(manifest.rows));
+            bytes.push(Some(manifest.bytes));
+            level.push(Some(u64::from(manifest.level)));
+            revision.push(Some(rev));
+            block_id.push(manifest.block_id.clone());
+            written_by.push(manifest.node.clone());
+            problem.push(reason);
         }
     }
-    for part in catalog.unavailable_parts() {
-        table.push(part.table);
-        name.push(part.id);
+    for part in catalog.broken_parts() {
+        table.push(Some(part.table));
+        name.push(Some(part.id));
         partition.push(None);
-        active.push(false);
+        active.push(Some(false));
         rows.push(None);
         bytes.push(None);
         level.push(None);
         revision.push(None);
         block_id.push(None);
+        written_by.push(None);
         problem.push(Some(part.reason));
     }
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(table)),
-        Arc::new(StringArray::from(name)),
-        Arc::new(StringArray::from(partition)),
-        Arc::new(BooleanArray::from(active)),
-        Arc::new(UInt64Array::from(rows)),
-        Arc::new(UInt64Array::from(bytes)),
-        Arc::new(UInt64Array::from(level)),
-        Arc::new(Int64Array::from(revision)),
-        Arc::new(StringArray::from(block_id)),
-        Arc::new(StringArray::from(problem)),
-    ];
-    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(NodeError::internal)?;
-    MemTable::try_new(schema, vec![vec![batch]]).map_err(NodeError::from)
+    mem_table(vec![
+        ("table", Arc::new(StringArray::from(table))),
+        ("name", Arc::new(StringArray::from(name))),
+        ("partition", Arc::new(StringArray::from(partition))),
+        ("active", Arc::new(BooleanArray::from(active))),
+        ("rows", Arc::new(UInt64Array::from(rows))),
+        ("bytes", Arc::new(UInt64Array::from(bytes))),
+        ("level", Arc::new(UInt64Array::from(level))),
+        ("revision", Arc::new(Int64Array::from(revision))),
+        ("block_id", Arc::new(StringArray::from(block_id))),
+        ("written_by", Arc::new(StringArray::from(written_by))),
+        ("problem", Arc::new(StringArray::from(problem))),
+    ])
 }
 
 fn system_tables(tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable, NodeError> {
-    let schema = Arc::new(Schema::new(vec![
-        Field::new("name", DataType::Utf8, false),
-        Field::new("sorting_key", DataType::Utf8, false),
-        Field::new("partition_key", DataType::Utf8, false),
-        Field::new("schema_version", DataType::Int64, false),
-        Field::new("active_parts", DataType::UInt64, false),
-        Field::new("total_rows", DataType::UInt64, false),
-    ]));
     let states: Vec<_> = tables.values().collect();
-    let columns: Vec<ArrayRef> = vec![
-        Arc::new(StringArray::from(states.iter().map(|s| s.def.name.clone()).collect::<Vec<_>>())),
-        Arc::new(StringArray::from(states.iter().map(|s| s.def.order_by.join(", ")).collect::<Vec<_>>())),
-        Arc::new(StringArray::from(states.iter().map(|s| s.def.partition_by.expression()).collect::<Vec<_>>())),
-        Arc::new(Int64Array::from(states.iter().map(|s| s.version).collect::<Vec<_>>())),
-        Arc::new(UInt64Array::from(states.iter().map(|s| s.parts.len() as u64).collect::<Vec<_>>())),
-        Arc::new(UInt64Array::from(
-            states.iter().map(|s| s.parts.values().map(|p| p.manifest.rows).sum()).collect::<Vec<u64>>(),
-        )),
-    ];
-    let batch = RecordBatch::try_new(schema.clone(), columns).map_err(NodeError::internal)?;
-    MemTable::try_new(schema, vec![vec![batch]]).map_err(NodeError::from)
+    mem_table(vec![
+        ("name", Arc::new(StringArray::from(states.iter().map(|s| s.def.name.clone()).collect::<Vec<_>>()))),
+        (
+            "sorting_key",
+            Arc::new(StringArray::from(states.iter().map(|s| s.def.order_by.join(", ")).collect::<Vec<_>>())),
+        ),
+        (
+            "partition_key",
+            Arc::new(StringArray::from(states.iter().map(|s| s.def.partition_by.expression()).collect::<Vec<_>>())),
+        ),
+        ("schema_version", Arc::new(Int64Array::from(states.iter().map(|s| s.version).collect::<Vec<_>>()))),
+        ("active_parts", Arc::new(UInt64Array::from(states.iter().map(|s| s.parts.len() as u64).collect::<Vec<_>>()))),
+        (
+            "pending_parts",
+            Arc::new(UInt64Array::from(states.iter().map(|s| s.pending.len() as u64).collect::<Vec<_>>())),
+        ),
+        (
+            "total_rows",
+            Arc::new(UInt64Array::from(
+                states.iter().map(|s| s.parts.values().map(|p| p.manifest.rows).sum()).collect::<Vec<u64>>(),
+            )),
+        ),
+    ])
+}
+
+/// Replication state of the local node, measured, and of the other live nodes, as they last
+/// reported it.
+pub fn replication_lag(tables: &BTreeMap<String, Arc<TableState>>) -> (u64, f64) {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let pending = tables.values().map(|t| t.pending.len() as u64).sum();
+    let oldest = tables.values().flat_map(|t| t.pending.values().map(|p| p.manifest.created_at_ms)).min();
+    let lag_seconds = oldest.map(|created| ((now_ms - created).max(0) as f64) / 1000.0).unwrap_or(0.0);
+    (pending, lag_seconds)
+}
+
+fn system_replicas(
+    node: &Node,
+    tables: &BTreeMap<String, Arc<TableState>>,
+    cluster: &ClusterView,
+) -> Result<MemTable, NodeError> {
+    let me = &node.config.node_id;
+    let (pending, lag_seconds) = replication_lag(tables);
+    let complete = node.catalog.complete_revision();
+    let mut node_id = vec![Some(me.clone())];
+    let mut is_local = vec![Some(true)];
+    let mut grpc_addr = vec![Some(node.grpc_addr.to_string())];
+    let mut applied = vec![Some(node.catalog.applied_revision())];
+    let mut complete_revision = vec![Some(complete)];
+    let mut pending_parts = vec![Some(pending)];
+    let mut lag_revisions = vec![cluster.cluster_revision.map(|r| (r - complete).max(0))];
+    let mut lag_secs = vec![Some(lag_seconds)];
+    for other in cluster.nodes.iter().filter(|n| &n.node_id != me) {
+        node_id.push(Some(other.node_id.clone()));
+        is_local.push(Some(false));
+        grpc_addr.push(Some(other.grpc_addr.clone()));
+        applied.push(Some(other.data_revision));
+        complete_revision.push(Some(other.complete_revision));
+        pending_parts.push(None);
+        lag_revisions.push(cluster.cluster_revision.map(|r| (r - other.complete_revision).max(0)));
+        lag_secs.push(None);
+    }
+    mem_table(vec![
+        ("node_id", Arc::new(StringArray::from(node_id))),
+        ("is_local", Arc::new(BooleanArray::from(is_local))),
+        ("grpc_addr", Arc::new(StringArray::from(grpc_addr))),
+        ("applied_revision", Arc::new(Int64Array::from(applied))),
+        ("complete_revision", Arc::new(Int64Array::from(complete_revision))),
+        ("pending_parts", Arc::new(UInt64Array::from(pending_parts))),
+        ("lag_revisions", Arc::new(Int64Array::from(lag_revisions))),
+        ("lag_seconds", Arc::new(Float64Array::from(lag_secs))),
+    ])
+}
+
+fn system_replication_queue(tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable, NodeError> {
+    let mut table = Vec::new();
+    let mut part = Vec::new();
+    let mut revision = Vec::new();
+    let mut bytes = Vec::new();
+    let mut attempts = Vec::new();
+    let mut waiting = Vec::new();
+    let mut last_error: Vec<Option<String>> = Vec::new();
+    for (name, state) in tables {
+        for pending in state.pending.values() {
+            table.push(name.clone());
+            part.push(pending.id.to_string());
+            revision.push(pending.revision);
+            bytes.push(pending.manifest.bytes);
+            attempts.push(u64::from(pending.attempts));
+            waiting.push(pending.since.elapsed().as_secs_f64());
+            last_error.push(pending.last_error.clone());
+        }
+    }
+    mem_table(vec![
+        ("table", Arc::new(StringArray::from(table))),
+        ("part", Arc::new(StringArray::from(part))),
+        ("revision", Arc::new(Int64Array::from(revision))),
+        ("bytes", Arc::new(UInt64Array::from(bytes))),
+        ("attempts", Arc::new(UInt64Array::from(attempts))),
+        ("waiting_seconds", Arc::new(Float64Array::from(waiting))),
+        ("last_error", Arc::new(StringArray::from(last_error))),
+    ])
 }
 
 /// Runs a query and collects its result.

@@ -32,4 +32,4 @@ pub use error::PartError;
 pub use id::PartId;
 pub use manifest::{ColumnStats, PART_FORMAT_VERSION, PartManifest};
 pub use partition::{PartitionSpec, split_by_partition};
-pub use store::{LocalPartStore, VerifyOutcome};
+pub use store::{LocalPartStore, PartWriter, VerifyOutcome};

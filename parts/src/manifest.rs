@@ -40,6 +40,9 @@ pub struct PartManifest {
     pub sort_key: Vec<String>,
     #[serde(default)]
     pub columns: BTreeMap<String, ColumnStats>,
+    /// The node that wrote the part: the first place replicas fetch it from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub node: Option<String>,
     /// Wall-clock time of creation, milliseconds since the epoch (informational only: the
     /// coordinator's revision orders parts).
     #[serde(default)]

@@ -87,6 +87,16 @@ impl LocalPartStore {
         Ok(target)
     }
 
+    /// Starts receiving a part chunk by chunk (from a peer or an object store). The bytes are
+    /// hashed as they arrive; [`PartWriter::finish`] makes the part visible only if they hash
+    /// to `id`.
+    pub fn begin_write(&self, id: &PartId) -> Result<PartWriter<'_>, PartError> {
+        let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
+        let tmp = self.tmp.join(format!("{id}.{}.{n}.tmp", std::process::id()));
+        let file = File::create(&tmp).map_err(|e| PartError::io(&tmp, e))?;
+        Ok(PartWriter { store: self, id: *id, tmp, file: Some(file), hasher: blake3::Hasher::new(), bytes: 0 })
+    }
+
     /// Reads a part and checks its hash. A corrupt file is quarantined and reported.
     pub fn read(&self, id: &PartId) -> Result<Bytes, PartError> {
         let path = self.path(id);
@@ -169,6 +179,57 @@ impl LocalPartStore {
     }
 }
 
+/// A part being received. Dropping it without [`finish`](Self::finish) discards the bytes.
+pub struct PartWriter<'a> {
+    store: &'a LocalPartStore,
+    id: PartId,
+    tmp: PathBuf,
+    file: Option<File>,
+    hasher: blake3::Hasher,
+    bytes: u64,
+}
+
+impl PartWriter<'_> {
+    pub fn write(&mut self, chunk: &[u8]) -> Result<(), PartError> {
+        self.hasher.update(chunk);
+        self.bytes += chunk.len() as u64;
+        let file = self.file.as_mut().expect("file open until finish");
+        file.write_all(chunk).map_err(|e| PartError::io(&self.tmp, e))
+    }
+
+    pub fn bytes_written(&self) -> u64 {
+        self.bytes
+    }
+
+    /// Verifies the hash, then fsyncs, renames into place and fsyncs the directory. On a
+    /// mismatch nothing becomes visible and the error says what the bytes hashed to.
+    pub fn finish(mut self) -> Result<PathBuf, PartError> {
+        let actual = PartId::from_hash(self.hasher.finalize());
+        if actual != self.id {
+            return Err(PartError::Corrupt {
+                id: self.id.to_string(),
+                path: self.tmp.clone(),
+                reason: format!("the {} bytes received hash to {actual}", self.bytes),
+            });
+        }
+        let file = self.file.take().expect("file open until finish");
+        file.sync_all().map_err(|e| PartError::io(&self.tmp, e))?;
+        drop(file);
+        let target = self.store.path(&self.id);
+        fs::rename(&self.tmp, &target).map_err(|e| PartError::io(&target, e))?;
+        sync_dir(&self.store.parts)?;
+        Ok(target)
+    }
+}
+
+impl Drop for PartWriter<'_> {
+    fn drop(&mut self) {
+        if self.file.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
+}
+
 fn sync_dir(dir: &Path) -> Result<(), PartError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(|e| PartError::io(dir, e))
 }
@@ -201,6 +262,24 @@ mod tests {
         assert!(moved_to.exists());
         assert!(!store.contains(&id));
         assert_eq!(store.verify(&id).unwrap(), VerifyOutcome::Missing);
+    }
+
+    #[test]
+    fn received_parts_become_visible_only_if_they_hash_to_their_id() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalPartStore::open(dir.path()).unwrap();
+        let id = PartId::of_bytes(b"part bytes");
+        let mut bad = store.begin_write(&id).unwrap();
+        bad.write(b"part ").unwrap();
+        bad.write(b"bytez").unwrap();
+        assert!(matches!(bad.finish(), Err(PartError::Corrupt { .. })));
+        assert!(!store.contains(&id));
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "refused bytes leave nothing behind");
+        let mut good = store.begin_write(&id).unwrap();
+        good.write(b"part ").unwrap();
+        good.write(b"bytes").unwrap();
+        good.finish().unwrap();
+        assert_eq!(&store.read(&id).unwrap()[..], b"part bytes");
     }
 
     #[test]

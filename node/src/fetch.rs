@@ -1,0 +1,235 @@
+//! The fetcher: obtains the files of pending parts from peers, by hash. Sources are tried in
+//! order (the node that wrote the part, then every other live holder); every byte is hashed
+//! on arrival and a part becomes visible only if it matches. Fetches run at bounded
+//! concurrency, retry with backoff, and never touch the insert path.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use tandem_parts::{PartError, PartId};
+use tandem_proto::v1::FetchPartRequest;
+use tandem_proto::v1::interserver_client::InterserverClient;
+use tandem_proto::{SECRET_METADATA_KEY, WIRE_FORMAT_VERSION};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+use tonic::transport::{Channel, Endpoint};
+
+use crate::catalog::FetchRequest;
+use crate::membership::{NodeInfo, live_nodes};
+use crate::node::Node;
+
+/// No chunk for this long ends a fetch from that source.
+const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
+const MAX_BACKOFF: Duration = Duration::from_secs(10);
+
+/// Why one source could not provide a part.
+#[derive(Debug)]
+enum SourceError {
+    /// The bytes did not hash to the part id (or the source said its copy is corrupt).
+    Corrupt(String),
+    Failed(String),
+}
+
+pub struct Fetcher {
+    node: Arc<Node>,
+    channels: Mutex<HashMap<String, Channel>>,
+}
+
+/// Runs the fetcher until shutdown, taking requests from the catalog.
+pub async fn run(node: Arc<Node>, mut requests: mpsc::UnboundedReceiver<FetchRequest>, shutdown: CancellationToken) {
+    let fetcher = Arc::new(Fetcher { node: node.clone(), channels: Mutex::new(HashMap::new()) });
+    let permits = Arc::new(Semaphore::new(node.config.fetch_concurrency));
+    let retry = node.catalog_fetch_sender();
+    loop {
+        let request = tokio::select! {
+            r = requests.recv() => match r { Some(r) => r, None => return },
+            _ = shutdown.cancelled() => return,
+        };
+        if node.catalog.pending(&request.table, &request.id).is_none() {
+            continue;
+        }
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+            _ = shutdown.cancelled() => return,
+        };
+        let fetcher = fetcher.clone();
+        let retry = retry.clone();
+        let shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let result = fetcher.fetch(&request).await;
+            drop(permit);
+            let node = &fetcher.node;
+            match result {
+                Ok(()) => {}
+                Err(reason) => {
+                    let Some(attempts) = node.catalog.fetch_failed(&request.table, &request.id, reason.clone()) else {
+                        return;
+                    };
+                    node.metrics.fetch_failures.inc();
+                    let backoff = (Duration::from_millis(200) * 2u32.saturating_pow(attempts.min(10))).min(MAX_BACKOFF);
+                    tracing::warn!(table = %request.table, part = %request.id, attempts, retry_in_ms = backoff.as_millis() as u64, %reason, "part fetch failed");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff) => { let _ = retry.send(request); }
+                        _ = shutdown.cancelled() => {}
+                    }
+                }
+            }
+        });
+    }
+}
+
+impl Fetcher {
+    /// Fetches one pending part from the first source that provides valid bytes.
+    async fn fetch(&self, request: &FetchRequest) -> Result<(), String> {
+        let node = &self.node;
+        let Some(pending) = node.catalog.pending(&request.table, &request.id) else { return Ok(()) };
+        let id = request.id.to_string();
+        let holders = node.coordinator.part_holders(&request.table, &id).await.map_err(|e| e.to_string())?;
+        let live = live_nodes(node).await.map_err(|e| e.to_string())?;
+        let sources = order_sources(&holders, &live, pending.manifest.node.as_deref(), &node.config.node_id);
+        if sources.is_empty() {
+            return Err(format!("no live node holds part {id} (holders: {})", holders.join(", ")));
+        }
+        let mut problems = Vec::new();
+        for source in sources {
+            let started = Instant::now();
+            match self.fetch_from(&source, &request.table, &request.id).await {
+                Ok(bytes) => {
+                    node.metrics.fetch_bytes.inc_by(bytes);
+                    node.metrics.fetch_parts.inc();
+                    if node.catalog.activate(&request.table, &request.id) {
+                        tracing::info!(table = %request.table, part = %id, from = %source.node_id, bytes,
+                            ms = started.elapsed().as_millis() as u64, "part fetched");
+                        match node.coordinator.add_holder(&request.table, &id, &node.config.node_id).await {
+                            Ok(_) => {}
+                            Err(e) => tracing::warn!(part = %id, error = %e, "cannot record this node as a holder"),
+                        }
+                    }
+                    return Ok(());
+                }
+                Err(SourceError::Corrupt(reason)) => {
+                    node.metrics.fetch_corrupt.inc();
+                    tracing::error!(table = %request.table, part = %id, from = %source.node_id, %reason, "refused a part whose bytes do not match its hash");
+                    problems.push(format!("{}: corrupt ({reason})", source.node_id));
+                }
+                Err(SourceError::Failed(reason)) => problems.push(format!("{}: {reason}", source.node_id)),
+            }
+        }
+        Err(problems.join("; "))
+    }
+
+    fn channel(&self, addr: &str) -> Result<Channel, SourceError> {
+        let mut channels = self.channels.lock().expect("channel cache lock");
+        if let Some(channel) = channels.get(addr) {
+            return Ok(channel.clone());
+        }
+        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(|e| SourceError::Failed(format!("bad peer address {addr}: {e}")))?
+            .connect_timeout(Duration::from_secs(3))
+            .tcp_nodelay(true);
+        let channel = endpoint.connect_lazy();
+        channels.insert(addr.to_string(), channel.clone());
+        Ok(channel)
+    }
+
+    async fn fetch_from(&self, source: &NodeInfo, table: &str, id: &PartId) -> Result<u64, SourceError> {
+        let channel = self.channel(&source.grpc_addr)?;
+        let mut client = InterserverClient::new(channel).max_decoding_message_size(16 << 20);
+        let mut request = tonic::Request::new(FetchPartRequest {
+            format_version: WIRE_FORMAT_VERSION,
+            table: table.to_string(),
+            part_id: id.to_string(),
+        });
+        if let Some(secret) = &self.node.config.cluster_secret {
+            let value =
+                secret.parse().map_err(|_| SourceError::Failed("the cluster secret is not valid metadata".into()))?;
+            request.metadata_mut().insert(SECRET_METADATA_KEY, value);
+        }
+        let response = tokio::time::timeout(CHUNK_TIMEOUT, client.fetch_part(request))
+            .await
+            .map_err(|_| SourceError::Failed("no answer".into()))?
+            .map_err(|status| SourceError::Failed(format!("{}: {}", status.code(), status.message())))?;
+        let mut chunks = response.into_inner();
+
+        let store = self.node.catalog.store().clone();
+        let id = *id;
+        // File writes and the final fsync block: they run on a blocking thread fed by a channel.
+        let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(4);
+        let writer = tokio::task::spawn_blocking(move || -> Result<u64, PartError> {
+            let mut writer = store.begin_write(&id)?;
+            while let Some(chunk) = rx.blocking_recv() {
+                writer.write(&chunk)?;
+            }
+            let bytes = writer.bytes_written();
+            writer.finish()?;
+            Ok(bytes)
+        });
+        let mut failure = None;
+        loop {
+            match tokio::time::timeout(CHUNK_TIMEOUT, chunks.next()).await {
+                Err(_) => {
+                    failure = Some(SourceError::Failed(format!("no data for {CHUNK_TIMEOUT:?}")));
+                    break;
+                }
+                Ok(None) => break,
+                Ok(Some(Ok(chunk))) => {
+                    if tx.send(chunk.data).await.is_err() {
+                        break;
+                    }
+                }
+                Ok(Some(Err(status))) => {
+                    failure = Some(if status.code() == tonic::Code::DataLoss {
+                        SourceError::Corrupt(status.message().to_string())
+                    } else {
+                        SourceError::Failed(format!("{}: {}", status.code(), status.message()))
+                    });
+                    break;
+                }
+            }
+        }
+        drop(tx);
+        let written = writer.await.map_err(|e| SourceError::Failed(e.to_string()))?;
+        match (failure, written) {
+            // The receiver's own check decides first: bytes that do not hash to the id are refused.
+            (_, Err(PartError::Corrupt { reason, .. })) => Err(SourceError::Corrupt(reason)),
+            (Some(failure), _) => Err(failure),
+            (None, Err(e)) => Err(SourceError::Failed(e.to_string())),
+            (None, Ok(bytes)) => Ok(bytes),
+        }
+    }
+}
+
+/// Sources in the order they are tried: the writer first (if it is a live holder), then the
+/// other live holders. Never this node itself.
+fn order_sources(holders: &[String], live: &[NodeInfo], writer: Option<&str>, me: &str) -> Vec<NodeInfo> {
+    let mut sources: Vec<NodeInfo> =
+        live.iter().filter(|n| n.node_id != me && holders.contains(&n.node_id)).cloned().collect();
+    sources.sort_by_key(|n| (Some(n.node_id.as_str()) != writer, n.node_id.clone()));
+    sources
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn info(id: &str) -> NodeInfo {
+        NodeInfo {
+            node_id: id.into(),
+            grpc_addr: String::new(),
+            http_addr: String::new(),
+            data_revision: 0,
+            complete_revision: 0,
+            updated_at_ms: 0,
+        }
+    }
+
+    #[test]
+    fn writer_first_then_other_live_holders_never_self() {
+        let holders = ["n1".to_string(), "n2".to_string(), "n3".to_string(), "n4".to_string()];
+        let live = [info("n4"), info("n3"), info("n2"), info("n5")];
+        let order: Vec<_> = order_sources(&holders, &live, Some("n3"), "n2").into_iter().map(|n| n.node_id).collect();
+        assert_eq!(order, ["n3", "n4"], "n1 is dead, n2 is this node, n5 holds nothing");
+    }
+}

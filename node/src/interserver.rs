@@ -1,0 +1,150 @@
+//! The interserver gRPC service: peers fetch part files by hash. Every call must present the
+//! cluster secret when one is configured.
+
+use std::pin::Pin;
+use std::sync::Arc;
+
+use futures::Stream;
+use tandem_parts::PartId;
+use tandem_proto::v1::interserver_server::{Interserver, InterserverServer};
+use tandem_proto::v1::{FetchPartRequest, PartChunk, StatusRequest, StatusResponse};
+use tandem_proto::{SECRET_METADATA_KEY, WIRE_FORMAT_VERSION};
+use tokio::io::AsyncReadExt;
+use tokio_util::sync::CancellationToken;
+use tonic::{Request, Response, Status};
+
+use crate::node::Node;
+
+const CHUNK_BYTES: usize = 1 << 20;
+
+pub struct InterserverService {
+    node: Arc<Node>,
+}
+
+/// Checks the cluster secret in constant time.
+#[derive(Clone)]
+pub struct SecretCheck {
+    secret: Option<Arc<String>>,
+}
+
+impl tonic::service::Interceptor for SecretCheck {
+    fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
+        let Some(secret) = &self.secret else { return Ok(request) };
+        let presented = request.metadata().get(SECRET_METADATA_KEY).map(|v| v.as_bytes()).unwrap_or_default();
+        let matches = presented.len() == secret.len()
+            && presented.iter().zip(secret.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        if matches {
+            Ok(request)
+        } else {
+            Err(Status::unauthenticated("this node requires the cluster secret (x-tandem-cluster-secret)"))
+        }
+    }
+}
+
+type ChunkStream = Pin<Box<dyn Stream<Item = Result<PartChunk, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl Interserver for InterserverService {
+    type FetchPartStream = ChunkStream;
+
+    async fn fetch_part(&self, request: Request<FetchPartRequest>) -> Result<Response<ChunkStream>, Status> {
+        let request = request.into_inner();
+        let id: PartId =
+            request.part_id.parse().map_err(|e: tandem_parts::PartError| Status::invalid_argument(e.to_string()))?;
+        let path = self.node.catalog.store().path(&id);
+        let mut file = tokio::fs::File::open(&path)
+            .await
+            .map_err(|_| Status::not_found(format!("part {id} is not on node {}", self.node.config.node_id)))?;
+        let total_size = file.metadata().await.map(|m| m.len()).unwrap_or(0);
+        let node = self.node.clone();
+        let table = request.table;
+        let stream = async_stream(move |tx| async move {
+            let mut hasher = blake3::Hasher::new();
+            let mut offset = 0u64;
+            let mut buffer = vec![0u8; CHUNK_BYTES];
+            loop {
+                let n = match file.read(&mut buffer).await {
+                    Ok(0) => break,
+                    Ok(n) => n,
+                    Err(e) => {
+                        let _ = tx.send(Err(Status::internal(format!("cannot read part {id}: {e}")))).await;
+                        return;
+                    }
+                };
+                hasher.update(&buffer[..n]);
+                let chunk = PartChunk {
+                    format_version: WIRE_FORMAT_VERSION,
+                    offset,
+                    data: bytes::Bytes::copy_from_slice(&buffer[..n]),
+                    total_size,
+                };
+                offset += n as u64;
+                if tx.send(Ok(chunk)).await.is_err() {
+                    return;
+                }
+            }
+            node.metrics.served_bytes.inc_by(offset);
+            // The receiver checks the hash too; this side learns that its own copy rotted.
+            let actual = PartId::from_hash(hasher.finalize());
+            if actual != id {
+                tracing::error!(part = %id, %actual, "a served part file does not match its hash; quarantining it");
+                node.metrics.corrupt_parts.inc();
+                quarantine_served(&node, &table, &id).await;
+                let _ = tx
+                    .send(Err(Status::data_loss(format!("part {id} on this node is corrupt; fetch it elsewhere"))))
+                    .await;
+            }
+        });
+        Ok(Response::new(stream))
+    }
+
+    async fn status(&self, _request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let pending = self.node.catalog.snapshot().values().map(|t| t.pending.len() as u64).sum();
+        Ok(Response::new(StatusResponse {
+            format_version: WIRE_FORMAT_VERSION,
+            node_id: self.node.config.node_id.clone(),
+            applied_revision: self.node.catalog.applied_revision(),
+            complete_revision: self.node.catalog.complete_revision(),
+            pending_parts: pending,
+        }))
+    }
+}
+
+async fn quarantine_served(node: &Arc<Node>, table: &str, id: &PartId) {
+    let store = node.catalog.store().clone();
+    let id_copy = *id;
+    let _ = tokio::task::spawn_blocking(move || store.quarantine(&id_copy)).await;
+    if let Err(e) = node.coordinator.remove_holder(table, &id.to_string(), &node.config.node_id).await {
+        tracing::warn!(part = %id, error = %e, "cannot withdraw this node as a holder of a corrupt part");
+    }
+    node.catalog.demote(
+        table,
+        id,
+        "the local file was found corrupt while serving it; fetching a good copy".to_string(),
+    );
+}
+
+/// A stream fed by a task through a small channel.
+fn async_stream<F, Fut>(produce: F) -> ChunkStream
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<PartChunk, Status>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    tokio::spawn(produce(tx));
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}
+
+/// Serves the interserver service on `listener` until shutdown.
+pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener, shutdown: CancellationToken) {
+    let check = SecretCheck { secret: node.config.cluster_secret.clone().map(Arc::new) };
+    let service = InterserverServer::with_interceptor(InterserverService { node: node.clone() }, check);
+    let incoming = tokio_stream::wrappers::TcpListenerStream::new(listener);
+    let result = tonic::transport::Server::builder()
+        .add_service(service)
+        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
+        .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "interserver service failed");
+    }
+}

@@ -1,0 +1,109 @@
+//! Cluster membership: a node announces itself under an etcd lease (its addresses and how far
+//! it has applied the cluster's changes); the entry disappears when the node dies.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tandem_coordinator::{CoordError, Revision};
+use tokio_util::sync::CancellationToken;
+
+use crate::node::Node;
+
+/// What a node says about itself under `nodes/<node id>`.
+#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
+pub struct NodeInfo {
+    pub node_id: String,
+    pub grpc_addr: String,
+    pub http_addr: String,
+    /// Last revision that changed tables or parts and that this node applied.
+    pub data_revision: Revision,
+    /// Every part registered up to this revision is on this node.
+    pub complete_revision: Revision,
+    pub updated_at_ms: i64,
+}
+
+/// Lease time-to-live: a node that stops renewing for this long is considered gone.
+pub const LEASE_TTL: Duration = Duration::from_secs(10);
+/// The node record is rewritten at most this often (when what it reports has changed).
+const RECORD_INTERVAL: Duration = Duration::from_secs(2);
+
+fn info(node: &Node) -> NodeInfo {
+    NodeInfo {
+        node_id: node.config.node_id.clone(),
+        grpc_addr: node.grpc_addr.to_string(),
+        http_addr: node.http_addr.to_string(),
+        data_revision: node.catalog.data_revision(),
+        complete_revision: node.catalog.complete_revision(),
+        updated_at_ms: chrono::Utc::now().timestamp_millis(),
+    }
+}
+
+async fn announce(node: &Node) -> Result<i64, CoordError> {
+    let lease = node.coordinator.backend().grant_lease(LEASE_TTL).await?;
+    let doc = serde_json::to_vec(&info(node)).expect("node info serializes");
+    node.coordinator.announce_node(&node.config.node_id, doc, lease).await?;
+    Ok(lease)
+}
+
+/// Keeps the node's lease alive and its record current until shutdown, then revokes the lease
+/// so peers stop fetching from this node at once.
+pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
+    let mut lease = None;
+    let mut reported = (Revision::MIN, Revision::MIN);
+    let mut data_revision = node.catalog.subscribe_data_revision();
+    let mut renew = tokio::time::interval(LEASE_TTL / 3);
+    loop {
+        tokio::select! {
+            _ = renew.tick() => {},
+            _ = data_revision.changed() => tokio::time::sleep(RECORD_INTERVAL).await,
+            _ = shutdown.cancelled() => break,
+        }
+        let result = match lease {
+            None => announce(&node).await.map(|id| {
+                tracing::info!(node = %node.config.node_id, lease = id, "announced this node to the cluster");
+                lease = Some(id);
+            }),
+            Some(id) => match node.coordinator.backend().keep_alive(id).await {
+                Err(CoordError::LeaseExpired(_)) => {
+                    tracing::warn!(lease = id, "this node's lease expired; announcing it again");
+                    lease = None;
+                    renew.reset_immediately();
+                    continue;
+                }
+                other => other,
+            },
+        };
+        if let Err(e) = result {
+            tracing::warn!(error = %e, "cannot renew this node's cluster membership");
+            continue;
+        }
+        let now = (node.catalog.data_revision(), node.catalog.complete_revision());
+        if let Some(id) = lease
+            && now != reported
+        {
+            let doc = serde_json::to_vec(&info(&node)).expect("node info serializes");
+            match node.coordinator.announce_node(&node.config.node_id, doc, id).await {
+                Ok(()) => reported = now,
+                Err(e) => tracing::warn!(error = %e, "cannot update this node's record"),
+            }
+        }
+    }
+    if let Some(id) = lease
+        && let Err(e) = node.coordinator.backend().revoke_lease(id).await
+    {
+        tracing::warn!(error = %e, "cannot revoke this node's lease on shutdown; it expires by itself");
+    }
+}
+
+/// The live nodes, as they announced themselves.
+pub async fn live_nodes(node: &Node) -> Result<Vec<NodeInfo>, CoordError> {
+    let mut out = Vec::new();
+    for (id, doc) in node.coordinator.list_nodes().await? {
+        match serde_json::from_slice::<NodeInfo>(&doc) {
+            Ok(info) => out.push(info),
+            Err(e) => tracing::warn!(node = %id, error = %e, "unreadable node record"),
+        }
+    }
+    Ok(out)
+}
