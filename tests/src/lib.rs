@@ -39,6 +39,10 @@ pub struct Tandem {
     pub url: String,
     pub log: PathBuf,
     extra_args: Vec<String>,
+    env: Vec<(String, String)>,
+    /// Cluster nodes get a fresh `--grpc-addr` port at every start.
+    grpc: bool,
+    pub grpc_addr: String,
     http: reqwest::Client,
 }
 
@@ -81,16 +85,33 @@ impl Answer {
 impl Tandem {
     /// Starts a node on `data_dir` and waits until it is ready.
     pub async fn start(data_dir: &Path, extra_args: &[&str]) -> anyhow::Result<Self> {
-        let mut node = Tandem {
+        Self::start_with(data_dir, extra_args, &[], false).await
+    }
+
+    /// Starts a node with extra environment variables; `grpc` gives it an interserver port.
+    pub async fn start_with(
+        data_dir: &Path,
+        extra_args: &[&str],
+        env: &[(&str, &str)],
+        grpc: bool,
+    ) -> anyhow::Result<Self> {
+        let mut node = Tandem::new(data_dir, extra_args, env, grpc)?;
+        node.restart().await?;
+        Ok(node)
+    }
+
+    fn new(data_dir: &Path, extra_args: &[&str], env: &[(&str, &str)], grpc: bool) -> anyhow::Result<Self> {
+        Ok(Tandem {
             child: None,
             data_dir: data_dir.to_path_buf(),
             url: String::new(),
             log: data_dir.with_extension("log"),
             extra_args: extra_args.iter().map(|s| s.to_string()).collect(),
+            env: env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            grpc,
+            grpc_addr: String::new(),
             http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
-        };
-        node.restart().await?;
-        Ok(node)
+        })
     }
 
     /// Starts the process again on the same data directory (a new port).
@@ -99,6 +120,11 @@ impl Tandem {
         let mut last_error = None;
         for _ in 0..3 {
             let port = free_port();
+            let mut grpc_args = Vec::new();
+            if self.grpc {
+                self.grpc_addr = format!("127.0.0.1:{}", free_port());
+                grpc_args = vec!["--grpc-addr".to_string(), self.grpc_addr.clone()];
+            }
             let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log)?;
             // The data directory is given relative to the working directory, as with the
             // default `./tandem-data`.
@@ -114,6 +140,8 @@ impl Tandem {
                 .arg("--data-dir")
                 .arg(name)
                 .args(&self.extra_args)
+                .args(&grpc_args)
+                .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
                 .env("TANDEM_LOG", "info")
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -147,6 +175,30 @@ impl Tandem {
             if Instant::now() > deadline {
                 bail!("not ready after {timeout:?}");
             }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Starts the process again unless it is running.
+    pub async fn ensure_running(&mut self) -> anyhow::Result<()> {
+        if self.child.is_none() { self.restart().await } else { Ok(()) }
+    }
+
+    /// Waits until `sql` answers `expected` (trimmed), polling; panics with the last answer.
+    pub async fn wait_for(&self, sql: &str, expected: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let answer = self.request(sql, &[], Vec::new()).await;
+            if answer.status == 200 && answer.text().trim() == expected {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{sql} on {} still answers {:?} ({}) after {timeout:?}",
+                self.url,
+                answer.text(),
+                answer.status
+            );
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
@@ -277,6 +329,55 @@ impl Etcd {
 impl Drop for Etcd {
     fn drop(&mut self) {
         self.kill();
+    }
+}
+
+/// A cluster: one etcd and `n` tandem nodes (`n1`, `n2`, ...) sharing a cluster name and secret.
+pub struct Cluster {
+    pub etcd: Etcd,
+    pub nodes: Vec<Tandem>,
+    pub name: String,
+    pub secret: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Cluster {
+    pub async fn start(n: usize) -> anyhow::Result<Self> {
+        let etcd = Etcd::start().await?;
+        let dir = tempfile::tempdir()?;
+        let name = format!("test-{}", free_port());
+        let secret = format!("secret-{}", free_port());
+        let mut nodes = Vec::new();
+        for i in 1..=n {
+            nodes.push(Self::node(&etcd, dir.path(), &name, &secret, i)?);
+        }
+        let mut cluster = Cluster { etcd, nodes, name, secret, _dir: dir };
+        for node in &mut cluster.nodes {
+            node.restart().await?;
+        }
+        Ok(cluster)
+    }
+
+    /// A node of this cluster that is not started yet (`n<i>`), with or without the secret.
+    pub fn extra_node(&self, i: usize, with_secret: bool) -> anyhow::Result<Tandem> {
+        let secret = if with_secret { self.secret.as_str() } else { "" };
+        Self::node(&self.etcd, self._dir.path(), &self.name, secret, i)
+    }
+
+    fn node(etcd: &Etcd, dir: &Path, name: &str, secret: &str, i: usize) -> anyhow::Result<Tandem> {
+        let node_id = format!("n{i}");
+        let args = ["--etcd", etcd.endpoint.as_str(), "--node-id", node_id.as_str(), "--cluster", name];
+        Tandem::new(&dir.join(&node_id), &args, &[("TANDEM_CLUSTER_SECRET", secret)], true)
+    }
+
+    /// The node `n<i>` (1-based).
+    pub fn n(&mut self, i: usize) -> &mut Tandem {
+        &mut self.nodes[i - 1]
+    }
+
+    /// The key prefix of this cluster in etcd.
+    pub fn prefix(&self) -> String {
+        format!("/tandem/{}/", self.name)
     }
 }
 

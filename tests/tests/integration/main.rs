@@ -1,6 +1,7 @@
 //! Integration tests: each module drives real `tandem` processes over HTTP.
 
 mod bad_input;
+mod cluster;
 mod coordinator;
 mod ddl;
 mod dedup;

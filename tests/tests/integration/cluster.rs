@@ -1,0 +1,230 @@
+//! Cluster mode: several real `tandem` processes and a real etcd. Every node accepts inserts;
+//! all converge to the parts etcd lists; a node that was down, or behind a compaction, or
+//! whose source died, catches up; a corrupt copy or a peer without the secret is refused.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tandem_coordinator::{Coordinator, EtcdKv, KvBackend};
+use tandem_tests::{Cluster, Tandem};
+
+const CONVERGE: Duration = Duration::from_secs(30);
+const TABLE: &str =
+    "CREATE TABLE t (id UInt64, ts DateTime, host String, v Float64) ORDER BY (host, id) PARTITION BY toYYYYMM(ts)";
+
+fn rows(from: u64, count: u64) -> String {
+    (from..from + count)
+        .map(|i| format!("{i},2024-0{}-01 00:00:00,h{},{}\n", 1 + i % 3, i % 5, i as f64 / 4.0))
+        .collect()
+}
+
+async fn active_parts(node: &Tandem) -> BTreeSet<String> {
+    let text = node.sql("SELECT name FROM system.parts WHERE \"table\" = 't' AND active").await;
+    text.lines().map(str::to_string).collect()
+}
+
+async fn coordinator(cluster: &Cluster) -> Coordinator {
+    let kv = EtcdKv::connect(std::slice::from_ref(&cluster.etcd.endpoint)).await.expect("etcd connects");
+    Coordinator::new(Arc::new(kv), cluster.prefix())
+}
+
+async fn etcd_parts(cluster: &Cluster) -> BTreeSet<String> {
+    let snapshot = coordinator(cluster).await.snapshot().await.expect("etcd lists");
+    snapshot.parts.into_iter().filter(|p| p.table == "t").map(|p| p.id).collect()
+}
+
+/// Waits until every running node serves exactly the parts etcd lists, then checks that they
+/// all give the same answer to a query over every row.
+async fn assert_converged(cluster: &Cluster, expected_rows: u64) {
+    let expected = etcd_parts(cluster).await;
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    for node in &cluster.nodes {
+        node.wait_for("SELECT count() FROM t", &expected_rows.to_string(), CONVERGE).await;
+        loop {
+            let parts = active_parts(node).await;
+            if parts == expected {
+                break;
+            }
+            assert!(tokio::time::Instant::now() < deadline, "{} holds {parts:?}, etcd lists {expected:?}", node.url);
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    let digest = "SELECT count(), sum(id), sum(v), min(ts), max(host) FROM t";
+    let answers: BTreeSet<String> =
+        futures::future::join_all(cluster.nodes.iter().map(|n| n.sql(digest))).await.into_iter().collect();
+    assert_eq!(answers.len(), 1, "nodes disagree: {answers:?}");
+}
+
+async fn create_table(cluster: &Cluster) {
+    cluster.nodes[0].sql(TABLE).await;
+    for node in &cluster.nodes {
+        node.wait_for("SELECT count() FROM system.tables WHERE name = 't'", "1", CONVERGE).await;
+    }
+}
+
+#[tokio::test]
+async fn a_row_inserted_on_one_node_is_read_on_the_others() {
+    let cluster = Cluster::start(3).await.unwrap();
+    create_table(&cluster).await;
+    let summary = cluster.nodes[0].insert("t", "CSV", "7,2024-01-01 00:00:00,web,1.5\n").await;
+    let revision = summary["revision"].as_i64().unwrap().to_string();
+    // Read-your-writes on another node: the answer waits until that node has the part.
+    let answer = cluster.nodes[2]
+        .request("SELECT id, host, v FROM t FORMAT CSV", &[("after_revision", &revision)], Vec::new())
+        .await
+        .ok();
+    assert_eq!(answer.text(), "7,web,1.5\n");
+    cluster.nodes[1].wait_for("SELECT host FROM t WHERE id = 7", "web", CONVERGE).await;
+    assert_converged(&cluster, 1).await;
+    let written_by = cluster.nodes[1].sql("SELECT written_by FROM system.parts").await;
+    assert_eq!(written_by.trim(), "n1");
+}
+
+#[tokio::test]
+async fn inserts_on_every_node_at_once_converge() {
+    let cluster = Cluster::start(3).await.unwrap();
+    create_table(&cluster).await;
+    let writers = cluster.nodes.iter().enumerate().map(|(n, node)| async move {
+        for batch in 0..8u64 {
+            node.insert("t", "CSV", rows((n as u64 * 100 + batch) * 1000, 50)).await;
+        }
+    });
+    futures::future::join_all(writers).await;
+    assert_converged(&cluster, 3 * 8 * 50).await;
+    assert!(etcd_parts(&cluster).await.len() >= 24, "at least one part per insert");
+}
+
+#[tokio::test]
+async fn a_killed_node_catches_up_from_where_it_was() {
+    let mut cluster = Cluster::start(3).await.unwrap();
+    create_table(&cluster).await;
+    cluster.nodes[0].insert("t", "CSV", rows(0, 20)).await;
+    assert_converged(&cluster, 20).await;
+    cluster.n(2).kill();
+    for i in 1..=5 {
+        cluster.nodes[0].insert("t", "CSV", rows(i * 1000, 20)).await;
+        cluster.nodes[2].insert("t", "CSV", rows(i * 1000 + 500, 20)).await;
+    }
+    cluster.n(2).restart().await.unwrap();
+    assert_converged(&cluster, 20 + 10 * 20).await;
+    assert!(cluster.nodes[1].log_text().contains("resumed from the local catalog"), "n2 resumed from its revision");
+}
+
+#[tokio::test]
+async fn a_node_behind_a_compaction_lists_again_and_catches_up() {
+    let mut cluster = Cluster::start(3).await.unwrap();
+    create_table(&cluster).await;
+    cluster.nodes[0].insert("t", "CSV", rows(0, 10)).await;
+    assert_converged(&cluster, 10).await;
+    cluster.n(2).kill();
+    for i in 1..=4 {
+        cluster.nodes[0].insert("t", "CSV", rows(i * 1000, 10)).await;
+    }
+    let kv = EtcdKv::connect(std::slice::from_ref(&cluster.etcd.endpoint)).await.unwrap();
+    let current = kv.current_revision().await.unwrap();
+    kv.compact(current).await.unwrap();
+    cluster.n(2).restart().await.unwrap();
+    assert_converged(&cluster, 50).await;
+    let log = cluster.nodes[1].log_text();
+    assert!(log.contains("compacted"), "n2 learned its revision was compacted:\n{log}");
+}
+
+#[tokio::test]
+async fn a_part_whose_writer_died_is_fetched_from_another_holder() {
+    let mut cluster = Cluster::start(3).await.unwrap();
+    create_table(&cluster).await;
+    cluster.n(3).kill();
+    cluster.nodes[0].insert("t", "CSV", rows(0, 30)).await;
+    cluster.nodes[1].wait_for("SELECT count() FROM t", "30", CONVERGE).await;
+    cluster.n(1).kill();
+    cluster.n(3).restart().await.unwrap();
+    cluster.nodes[2].wait_for("SELECT count() FROM t", "30", CONVERGE).await;
+    let expected = cluster.nodes[1].sql("SELECT sum(v), sum(id) FROM t").await;
+    assert_eq!(cluster.nodes[2].sql("SELECT sum(v), sum(id) FROM t").await, expected);
+}
+
+#[tokio::test]
+async fn a_corrupt_copy_on_a_peer_is_refused_and_another_source_used() {
+    let mut cluster = Cluster::start(3).await.unwrap();
+    create_table(&cluster).await;
+    cluster.n(3).kill();
+    let summary = cluster.nodes[0].insert("t", "CSV", "1,2024-01-01 00:00:00,a,2.5\n").await;
+    let id = summary["parts"][0]["part"].as_str().unwrap().to_string();
+    cluster.nodes[1].wait_for("SELECT count() FROM t", "1", CONVERGE).await;
+    // Rot the writer's copy: the writer is the first source n3 asks.
+    let path = cluster.nodes[0].data_dir.join("parts").join(format!("{id}.parquet"));
+    let mut bytes = std::fs::read(&path).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x55;
+    std::fs::write(&path, bytes).unwrap();
+
+    cluster.n(3).restart().await.unwrap();
+    cluster.nodes[2].wait_for("SELECT sum(v) FROM t", "2.5", CONVERGE).await;
+    let metrics = cluster.nodes[2].get("metrics").await.text();
+    assert!(metrics.contains("tandem_fetch_corrupt_total 1"), "n3 refused n1's copy:\n{metrics}");
+    // The writer noticed while serving, moved its copy aside, and fetched a good one.
+    cluster.nodes[0].wait_for("SELECT sum(v) FROM t", "2.5", CONVERGE).await;
+    assert_eq!(std::fs::read_dir(cluster.nodes[0].data_dir.join("quarantine")).unwrap().count(), 1);
+}
+
+#[tokio::test]
+async fn a_fetch_without_the_cluster_secret_is_refused() {
+    use tandem_proto::v1::FetchPartRequest;
+    use tandem_proto::v1::interserver_client::InterserverClient;
+
+    let cluster = Cluster::start(1).await.unwrap();
+    create_table(&cluster).await;
+    let summary = cluster.nodes[0].insert("t", "CSV", "1,2024-01-01 00:00:00,a,2.5\n").await;
+    let id = summary["parts"][0]["part"].as_str().unwrap().to_string();
+    let mut client = InterserverClient::connect(format!("http://{}", cluster.nodes[0].grpc_addr)).await.unwrap();
+    let fetch = |secret: Option<&str>| {
+        let mut request = tonic::Request::new(FetchPartRequest {
+            format_version: tandem_proto::WIRE_FORMAT_VERSION,
+            table: "t".into(),
+            part_id: id.clone(),
+        });
+        if let Some(secret) = secret {
+            request.metadata_mut().insert(tandem_proto::SECRET_METADATA_KEY, secret.parse().unwrap());
+        }
+        request
+    };
+    for secret in [None, Some("wrong")] {
+        let status = client.fetch_part(fetch(secret)).await.expect_err("refused");
+        assert_eq!(status.code(), tonic::Code::Unauthenticated, "{secret:?}: {status}");
+    }
+    let mut stream = client.fetch_part(fetch(Some(&cluster.secret))).await.unwrap().into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.unwrap() {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    assert_eq!(blake3::hash(&bytes).to_hex().as_str(), id, "with the secret, the part's exact bytes");
+    let bad = client.fetch_part(fetch(Some(&cluster.secret)).map(|mut r| {
+        r.part_id = "../../etc/passwd".into();
+        r
+    }));
+    assert_eq!(bad.await.expect_err("not a hash").code(), tonic::Code::InvalidArgument);
+
+    let mut open = cluster.extra_node(2, false).unwrap();
+    open.ensure_running().await.unwrap();
+    assert!(open.log_text().contains("no cluster secret is configured"), "a node without a secret warns");
+}
+
+#[tokio::test]
+async fn replication_state_is_visible() {
+    let cluster = Cluster::start(2).await.unwrap();
+    create_table(&cluster).await;
+    cluster.nodes[0].insert("t", "CSV", rows(0, 10)).await;
+    assert_converged(&cluster, 10).await;
+    let replicas = cluster.nodes[0]
+        .sql("SELECT node_id, is_local, pending_parts, lag_revisions FROM system.replicas ORDER BY node_id FORMAT CSV")
+        .await;
+    let lines: Vec<_> = replicas.lines().collect();
+    assert_eq!(lines.len(), 2, "{replicas}");
+    assert!(lines[0].starts_with("n1,true,0,"), "{replicas}");
+    assert!(lines[1].starts_with("n2,false,"), "{replicas}");
+    let metrics = cluster.nodes[1].get("metrics").await.text();
+    for name in ["tandem_replication_lag_seconds", "tandem_replication_lag_revisions", "tandem_fetch_bytes_total"] {
+        assert!(metrics.contains(name), "{name} missing:\n{metrics}");
+    }
+}
