@@ -27,6 +27,7 @@ pub async fn run_all(kv: Arc<dyn KvBackend>, prefix: &str) {
     parts_follow_their_table(kv.clone(), &format!("{prefix}follow/")).await;
     snapshot_and_watch_agree(kv.clone(), &format!("{prefix}snapshot/")).await;
     holders_follow_their_parts(kv.clone(), &format!("{prefix}holders/")).await;
+    quorum_revision_only_grows(kv.clone(), &format!("{prefix}quorum/")).await;
     old_blocks_are_pruned(kv.clone(), &format!("{prefix}prune/")).await;
 }
 
@@ -282,6 +283,24 @@ pub async fn holders_follow_their_parts(kv: Arc<dyn KvBackend>, p: &str) {
     assert_eq!(c.part_holders("t", "p1").await.unwrap(), ["n2"]);
     c.drop_table("t").await.unwrap();
     assert!(c.part_holders("t", "p1").await.unwrap().is_empty(), "dropping a table forgets its holders");
+}
+
+pub async fn quorum_revision_only_grows(kv: Arc<dyn KvBackend>, p: &str) {
+    let c = Coordinator::new(kv, p);
+    assert_eq!(c.quorum_revision().await.unwrap(), 0);
+    c.raise_quorum_revision(7).await.unwrap();
+    c.raise_quorum_revision(5).await.unwrap();
+    assert_eq!(c.quorum_revision().await.unwrap(), 7);
+    let raisers: Vec<_> = (10..18)
+        .map(|r| {
+            let c = c.clone();
+            tokio::spawn(async move { c.raise_quorum_revision(r).await })
+        })
+        .collect();
+    for raiser in raisers {
+        raiser.await.unwrap().unwrap();
+    }
+    assert_eq!(c.quorum_revision().await.unwrap(), 17, "concurrent raises keep the maximum");
 }
 
 pub async fn old_blocks_are_pruned(kv: Arc<dyn KvBackend>, p: &str) {

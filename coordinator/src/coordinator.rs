@@ -38,6 +38,8 @@ pub struct Snapshot {
     pub revision: Revision,
     pub tables: Vec<TableRecord>,
     pub parts: Vec<RegisteredPart>,
+    /// `(table, part id, node)` for every recorded holder of a part.
+    pub holders: Vec<(String, String, String)>,
 }
 
 #[derive(Clone, Debug)]
@@ -399,6 +401,7 @@ impl Coordinator {
             match self.decode(kv) {
                 Some(ClusterEvent::TablePut(table)) => snapshot.tables.push(table),
                 Some(ClusterEvent::PartAdded(part)) => snapshot.parts.push(part),
+                Some(ClusterEvent::HolderAdded { table, id, node }) => snapshot.holders.push((table, id, node)),
                 _ => {}
             }
         }
@@ -460,6 +463,33 @@ impl Coordinator {
         let prefix = format!("{}holders/{table}/{id}/", self.prefix);
         let (kvs, _) = self.kv.range(&prefix).await?;
         Ok(kvs.into_iter().map(|kv| kv.key[prefix.len()..].to_string()).collect())
+    }
+
+    /// Raises the cluster's latest quorum-acknowledged revision to at least `revision`.
+    pub async fn raise_quorum_revision(&self, revision: Revision) -> Result<(), CoordError> {
+        let key = format!("{}quorum_revision", self.prefix);
+        loop {
+            let current = self.kv.get(&key).await?;
+            let (value, compare) = match &current {
+                Some(kv) => (parse_revision(kv)?, Compare::ModRevision(key.clone(), kv.mod_revision)),
+                None => (0, Compare::Absent(key.clone())),
+            };
+            if value >= revision {
+                return Ok(());
+            }
+            let put = TxnOp::Put { key: key.clone(), value: revision.to_string().into_bytes(), lease: None };
+            if self.kv.txn(vec![compare], vec![put], vec![]).await?.succeeded {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The latest revision acknowledged with `insert_quorum` > 1 anywhere in the cluster.
+    pub async fn quorum_revision(&self) -> Result<Revision, CoordError> {
+        match self.kv.get(&format!("{}quorum_revision", self.prefix)).await? {
+            Some(kv) => parse_revision(&kv),
+            None => Ok(0),
+        }
     }
 
     /// The store's current revision.
@@ -532,6 +562,13 @@ impl Coordinator {
             _ => None,
         }
     }
+}
+
+fn parse_revision(kv: &KeyValue) -> Result<Revision, CoordError> {
+    std::str::from_utf8(&kv.value)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .ok_or_else(|| CoordError::Corrupt { key: kv.key.clone(), reason: "not a revision number".into() })
 }
 
 fn json<T: Serialize>(value: &T) -> Vec<u8> {

@@ -19,6 +19,7 @@ mod etcd;
 mod kv;
 
 pub mod conformance;
+pub mod etcd_process;
 
 pub use coordinator::{
     BlockRecord, ClusterEvent, Coordinator, EventBatch, NewPart, PartOutcome, RegisteredPart, Registration, Snapshot,

@@ -19,6 +19,15 @@ pub struct BenchArgs {
     /// Times each query is run (the median is reported).
     #[arg(long, default_value_t = 5)]
     pub query_runs: usize,
+    /// Nodes of the cluster scenarios (they need an `etcd` binary); 0 skips them.
+    #[arg(long, default_value_t = 3)]
+    pub cluster_nodes: usize,
+    /// Replication lag trials (inserts of 10,000 rows on node 1, read on node 2).
+    #[arg(long, default_value_t = 15)]
+    pub lag_trials: usize,
+    /// Rows of each large insert used to measure part fetch throughput.
+    #[arg(long, default_value_t = 400_000)]
+    pub large_rows: usize,
 }
 
 struct Client {
@@ -128,7 +137,134 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     node.shutdown().await;
+
+    if args.cluster_nodes >= 2 {
+        match tandem_coordinator::etcd_process::etcd_binary() {
+            Some(_) => cluster(&args).await?,
+            None => println!("cluster scenarios skipped: no `etcd` binary on the PATH (Debian: etcd-server)"),
+        }
+    }
     Ok(())
+}
+
+async fn wait_for_count(client: &Client, table: &str, expected: usize, timeout: Duration) -> anyhow::Result<Instant> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let count = client.query(&format!("SELECT count() FROM {table}"), Vec::new()).await.unwrap_or_default();
+        if count.trim() == expected.to_string() {
+            return Ok(Instant::now());
+        }
+        if Instant::now() > deadline {
+            bail!("{table} on {} still has {} rows after {timeout:?}, expected {expected}", client.base, count.trim());
+        }
+        tokio::time::sleep(Duration::from_millis(1)).await;
+    }
+}
+
+/// Cluster scenarios: replication lag (ack on node 1 to visible on node 2) and part fetch
+/// throughput, with a real etcd and in-process nodes talking over loopback gRPC.
+async fn cluster(args: &BenchArgs) -> anyhow::Result<()> {
+    let dir = tempfile::tempdir()?;
+    let etcd = tandem_coordinator::etcd_process::EtcdProcess::start(dir.path()).await?;
+    let mut nodes = Vec::new();
+    for i in 1..=args.cluster_nodes {
+        let mut config = NodeConfig::for_dir(dir.path().join(format!("n{i}")));
+        config.node_id = format!("n{i}");
+        config.coordinator = crate::config::CoordinatorConfig::Etcd { endpoints: vec![etcd.endpoint.clone()] };
+        config.cluster_prefix = "/tandem/bench/".to_string();
+        config.cluster_secret = Some("bench".to_string());
+        let node = crate::start(config).await?;
+        if !node.wait_ready(Duration::from_secs(30)).await {
+            bail!("cluster node n{i} did not catch up within 30 s");
+        }
+        nodes.push(node);
+    }
+    let clients: Vec<Client> = nodes
+        .iter()
+        .map(|n| Client { http: reqwest::Client::new(), base: format!("http://{}/", n.http_addr) })
+        .collect();
+    println!("cluster: {} nodes, etcd at {}, fetches over loopback gRPC", nodes.len(), etcd.endpoint);
+
+    clients[0].query("CREATE TABLE lag (ts DateTime64(3), id UInt64, v Float64) ORDER BY (id, ts)", Vec::new()).await?;
+    wait_for_table(&clients[1], "lag").await?;
+    let mut lags = Vec::new();
+    for trial in 0..args.lag_trials {
+        let body = tsv_batch(trial * 10_000, (trial + 1) * 10_000);
+        clients[0].query("INSERT INTO lag FORMAT TabSeparated", body).await?;
+        let acked = Instant::now();
+        let visible = wait_for_count(&clients[1], "lag", (trial + 1) * 10_000, Duration::from_secs(30)).await?;
+        lags.push(visible - acked);
+    }
+    lags.sort();
+    println!(
+        "replication lag (10,000-row inserts, ack on n1 -> visible on n2, {} trials): p50 {:.1} ms  p90 {:.1} ms  max {:.1} ms",
+        lags.len(),
+        percentile(&lags, 0.5).as_secs_f64() * 1e3,
+        percentile(&lags, 0.9).as_secs_f64() * 1e3,
+        lags.last().copied().unwrap_or_default().as_secs_f64() * 1e3
+    );
+
+    clients[0].query("CREATE TABLE large (id UInt64, payload String) ORDER BY id", Vec::new()).await?;
+    wait_for_table(&clients[1], "large").await?;
+    let mut rates = Vec::new();
+    for trial in 0..3usize {
+        let body = large_batch(trial * args.large_rows, (trial + 1) * args.large_rows);
+        let summary = clients[0].query("INSERT INTO large FORMAT TabSeparated", body).await?;
+        let acked = Instant::now();
+        let visible =
+            wait_for_count(&clients[1], "large", (trial + 1) * args.large_rows, Duration::from_secs(120)).await?;
+        let summary: serde_json::Value = serde_json::from_str(&summary)?;
+        let part = summary["parts"][0]["part"].as_str().unwrap_or_default().to_string();
+        let bytes = clients[0]
+            .query(&format!("SELECT bytes FROM system.parts WHERE name = '{part}'"), Vec::new())
+            .await?
+            .trim()
+            .parse::<f64>()
+            .unwrap_or(0.0);
+        let seconds = (visible - acked).as_secs_f64();
+        rates.push((bytes, seconds));
+    }
+    for (bytes, seconds) in &rates {
+        println!(
+            "part fetch: {:.1} MB part visible on n2 {:.0} ms after the ack on n1: {:.0} MB/s",
+            bytes / 1e6,
+            seconds * 1e3,
+            bytes / 1e6 / seconds
+        );
+    }
+    for node in nodes {
+        node.shutdown().await;
+    }
+    Ok(())
+}
+
+async fn wait_for_table(client: &Client, table: &str) -> anyhow::Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while client.query(&format!("SELECT count() FROM system.tables WHERE name = '{table}'"), Vec::new()).await?.trim()
+        != "1"
+    {
+        if Instant::now() > deadline {
+            bail!("table {table} did not reach {} within 30 s", client.base);
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    Ok(())
+}
+
+/// Rows with 200 characters of incompressible text each, to make parts of tens of MB.
+fn large_batch(start: usize, end: usize) -> Vec<u8> {
+    let mut out = String::with_capacity((end - start) * 220);
+    for i in start..end {
+        let seed = blake3::hash(&(i as u64).to_le_bytes());
+        let hex = seed.to_hex();
+        out.push_str(&format!("{i}\t"));
+        for _ in 0..3 {
+            out.push_str(hex.as_str());
+        }
+        out.push_str(&hex.as_str()[..8]);
+        out.push('\n');
+    }
+    out.into_bytes()
 }
 
 fn tsv_batch(start: usize, end: usize) -> Vec<u8> {

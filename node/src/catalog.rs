@@ -3,7 +3,7 @@
 //! only by applying the coordinator's listings and watch events in revision order, and by the
 //! fetcher activating a pending part once its file has arrived and been verified.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
@@ -93,6 +93,10 @@ pub struct Catalog {
     complete: watch::Sender<Revision>,
     /// The last applied revision that changed tables or parts.
     data_revision: watch::Sender<Revision>,
+    /// Which nodes hold a verified copy of each part (from holder keys), for quorum waits.
+    holders: Mutex<HashMap<String, BTreeSet<String>>>,
+    /// Bumped whenever `holders` changes.
+    holders_changed: watch::Sender<u64>,
     ready: AtomicBool,
 }
 
@@ -110,8 +114,37 @@ impl Catalog {
             applied: watch::channel(0).0,
             complete: watch::channel(0).0,
             data_revision: watch::channel(0).0,
+            holders: Mutex::new(HashMap::new()),
+            holders_changed: watch::channel(0).0,
             ready: AtomicBool::new(false),
         }
+    }
+
+    /// The nodes known to hold a verified copy of `part`.
+    pub fn holders(&self, part: &str) -> BTreeSet<String> {
+        self.holders.lock().expect("holders lock").get(part).cloned().unwrap_or_default()
+    }
+
+    /// Waits until every one of `parts` has at least `quorum` holders. Returns the smallest
+    /// holder set among them when the wait ends (met or timed out).
+    pub async fn wait_holders(&self, parts: &[String], quorum: usize, timeout: Duration) -> (bool, BTreeSet<String>) {
+        let mut changed = self.holders_changed.subscribe();
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let weakest = parts.iter().map(|p| self.holders(p)).min_by_key(BTreeSet::len).unwrap_or_default();
+            if weakest.len() >= quorum {
+                return (true, weakest);
+            }
+            match tokio::time::timeout_at(deadline, changed.changed()).await {
+                Ok(Ok(())) => {}
+                _ => return (false, weakest),
+            }
+        }
+    }
+
+    fn set_holders(&self, update: impl FnOnce(&mut HashMap<String, BTreeSet<String>>)) {
+        update(&mut self.holders.lock().expect("holders lock"));
+        self.holders_changed.send_modify(|n| *n += 1);
     }
 
     /// Connects the fetcher: from now on every pending part is requested from it.
@@ -303,6 +336,12 @@ impl Catalog {
             }
         }
         *self.tables.write().expect("catalog lock") = tables.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
+        self.set_holders(|holders| {
+            holders.clear();
+            for (_, id, node) in &snapshot.holders {
+                holders.entry(id.clone()).or_default().insert(node.clone());
+            }
+        });
         self.applied.send_replace(snapshot.revision);
         self.data_revision.send_replace(snapshot.revision);
         self.ready.store(true, Ordering::Release);
@@ -352,6 +391,21 @@ impl Catalog {
                         if let Some(part) = state.parts.remove(&id) {
                             Self::retire(&part);
                         }
+                    }
+                    ClusterEvent::HolderAdded { id, node, .. } => {
+                        self.set_holders(|holders| {
+                            holders.entry(id.clone()).or_default().insert(node.clone());
+                        });
+                    }
+                    ClusterEvent::HolderRemoved { id, node, .. } => {
+                        self.set_holders(|holders| {
+                            if let Some(set) = holders.get_mut(id) {
+                                set.remove(node);
+                                if set.is_empty() {
+                                    holders.remove(id);
+                                }
+                            }
+                        });
                     }
                     _ => {}
                 }

@@ -3,7 +3,7 @@
 //! on arrival and a part becomes visible only if it matches. Fetches run at bounded
 //! concurrency, retry with backoff, and never touch the insert path.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -35,11 +35,17 @@ enum SourceError {
 pub struct Fetcher {
     node: Arc<Node>,
     channels: Mutex<HashMap<String, Channel>>,
+    /// Parts being fetched now: a repeated request for one of them is dropped.
+    in_flight: Mutex<HashSet<(String, PartId)>>,
 }
 
 /// Runs the fetcher until shutdown, taking requests from the catalog.
 pub async fn run(node: Arc<Node>, mut requests: mpsc::UnboundedReceiver<FetchRequest>, shutdown: CancellationToken) {
-    let fetcher = Arc::new(Fetcher { node: node.clone(), channels: Mutex::new(HashMap::new()) });
+    let fetcher = Arc::new(Fetcher {
+        node: node.clone(),
+        channels: Mutex::new(HashMap::new()),
+        in_flight: Mutex::new(HashSet::new()),
+    });
     let permits = Arc::new(Semaphore::new(node.config.fetch_concurrency));
     let retry = node.catalog_fetch_sender();
     loop {
@@ -48,6 +54,10 @@ pub async fn run(node: Arc<Node>, mut requests: mpsc::UnboundedReceiver<FetchReq
             _ = shutdown.cancelled() => return,
         };
         if node.catalog.pending(&request.table, &request.id).is_none() {
+            continue;
+        }
+        let key = (request.table.clone(), request.id);
+        if !fetcher.in_flight.lock().expect("in-flight lock").insert(key.clone()) {
             continue;
         }
         let permit = tokio::select! {
@@ -59,6 +69,7 @@ pub async fn run(node: Arc<Node>, mut requests: mpsc::UnboundedReceiver<FetchReq
         let shutdown = shutdown.clone();
         tokio::spawn(async move {
             let result = fetcher.fetch(&request).await;
+            fetcher.in_flight.lock().expect("in-flight lock").remove(&key);
             drop(permit);
             let node = &fetcher.node;
             match result {

@@ -18,7 +18,7 @@ use tandem_coordinator::CoordError;
 
 use crate::error::NodeError;
 use crate::formats::{Format, InputOptions, encode, text_batch};
-use crate::insert::{InsertSettings, insert};
+use crate::insert::{DEFAULT_QUORUM_TIMEOUT, InsertSettings, Quorum, insert};
 use crate::node::Node;
 use crate::query;
 use crate::statement::{self, InsertSource, Statement};
@@ -227,7 +227,12 @@ async fn execute_statement(
         }
         Statement::Select { sql, format } => {
             let format = output_format(params, format.as_deref())?;
-            if let Some(revision) = number(params, "after_revision")? {
+            let mut after = number(params, "after_revision")?;
+            if flag(params, "select_sequential_consistency", false)? {
+                let quorum_revision = node.coordinator.quorum_revision().await?;
+                after = Some(after.unwrap_or(0).max(quorum_revision));
+            }
+            if let Some(revision) = after {
                 let timeout =
                     Duration::from_millis(number(params, "after_revision_timeout_ms")?.unwrap_or(10_000).max(0) as u64);
                 if !node.catalog.wait_complete(revision, timeout).await {
@@ -333,12 +338,12 @@ async fn run_insert(
         deduplicate: flag(params, "insert_deduplicate", true)?,
         deduplication_token: params.get("insert_deduplication_token").filter(|t| !t.is_empty()).cloned(),
         input: InputOptions { skip_unknown_fields: flag(params, "input_format_skip_unknown_fields", false)? },
+        quorum: params.get("insert_quorum").map(|q| Quorum::parse(q)).transpose()?.unwrap_or_default(),
+        quorum_timeout: match number(params, "insert_quorum_timeout")? {
+            Some(ms) => Duration::from_millis(ms.max(0) as u64),
+            None => DEFAULT_QUORUM_TIMEOUT,
+        },
     };
-    if let Some(quorum) = params.get("insert_quorum").filter(|q| !matches!(q.as_str(), "0" | "1" | "auto")) {
-        return Err(NodeError::Unavailable(format!(
-            "insert_quorum={quorum} needs {quorum} live nodes, but this node runs alone (embedded coordinator); nothing was written"
-        )));
-    }
     let bytes_in = data.len();
     let result = insert(node, table, columns, format, data, &settings).await;
     node.metrics.insert_seconds.observe(started.elapsed().as_secs_f64());

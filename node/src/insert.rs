@@ -20,6 +20,43 @@ pub struct InsertSettings {
     pub deduplicate: bool,
     pub deduplication_token: Option<String>,
     pub input: InputOptions,
+    pub quorum: Quorum,
+    pub quorum_timeout: Duration,
+}
+
+/// `insert_quorum`: how many nodes must hold the verified part before the ack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Quorum {
+    /// Local fsync + registration (0 and 1).
+    #[default]
+    One,
+    Nodes(usize),
+    /// A majority of the live nodes.
+    Auto,
+}
+
+impl Quorum {
+    pub fn parse(value: &str) -> Result<Quorum, NodeError> {
+        match value {
+            "0" | "1" => Ok(Quorum::One),
+            "auto" => Ok(Quorum::Auto),
+            n => match n.parse::<usize>() {
+                Ok(n) => Ok(Quorum::Nodes(n)),
+                Err(_) => Err(NodeError::bad_request(format!("insert_quorum takes a number or `auto`, got `{value}`"))),
+            },
+        }
+    }
+}
+
+/// Default of `insert_quorum_timeout`: long enough for a transfer between healthy nodes, short
+/// enough that a client learns of a sick replica in seconds rather than ClickHouse's 10 minutes.
+pub const DEFAULT_QUORUM_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Serialize)]
+pub struct QuorumSummary {
+    pub required: usize,
+    /// The nodes holding every part of the insert when it was acknowledged.
+    pub holders: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -42,6 +79,8 @@ pub struct InsertSummary {
     pub parts: Vec<PartSummary>,
     /// Pass this as `after_revision` to a later read to see this insert on any node.
     pub revision: Revision,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quorum: Option<QuorumSummary>,
 }
 
 /// Distinguishes inserts made without deduplication, so identical rows still make new parts.
@@ -57,18 +96,72 @@ pub async fn insert(
     data: Bytes,
     settings: &InsertSettings,
 ) -> Result<InsertSummary, NodeError> {
+    let required = required_holders(node, settings.quorum).await?;
     // A schema change between reading the schema and registering the parts makes the
     // registration fail; the insert is then decoded again under the new schema.
     let mut attempts = 0;
-    loop {
+    let mut summary = loop {
         attempts += 1;
         match insert_once(node, table, columns, format, &data, settings).await {
             Err(NodeError::Conflict(msg)) if attempts < 3 && msg.contains("changed") => {
                 tracing::info!(%table, "schema changed during insert; retrying under the new schema");
             }
-            other => return other,
+            other => break other?,
         }
+    };
+    if required > 1 && !summary.parts.is_empty() {
+        let parts: Vec<String> = summary.parts.iter().map(|p| p.part.clone()).collect();
+        let (reached, holders) = node.catalog.wait_holders(&parts, required, settings.quorum_timeout).await;
+        if !reached {
+            return Err(NodeError::Timeout(format!(
+                "insert_quorum={required} not reached within {} ms: committed on {} of {required} nodes ({}); the insert is \
+                 registered at revision {} and will keep replicating; retrying it is safe (it will be deduplicated)",
+                settings.quorum_timeout.as_millis(),
+                holders.len(),
+                holders.iter().cloned().collect::<Vec<_>>().join(", "),
+                summary.revision,
+            )));
+        }
+        if let Err(e) = node.coordinator.raise_quorum_revision(summary.revision).await {
+            tracing::warn!(error = %e, "cannot record the quorum-acknowledged revision");
+        }
+        summary.quorum = Some(QuorumSummary { required, holders: holders.into_iter().collect() });
     }
+    Ok(summary)
+}
+
+/// How many holders the ack needs; refuses at once (before writing anything) when fewer
+/// nodes are live than the quorum asks for.
+async fn required_holders(node: &Node, quorum: Quorum) -> Result<usize, NodeError> {
+    if quorum == Quorum::One {
+        return Ok(1);
+    }
+    let live: Vec<String> = if node.config.is_cluster() {
+        crate::membership::live_nodes(node)
+            .await
+            .map_err(|e| {
+                NodeError::Unavailable(format!("cannot count live nodes for insert_quorum: {e}; nothing was written"))
+            })?
+            .into_iter()
+            .map(|n| n.node_id)
+            .collect()
+    } else {
+        vec![node.config.node_id.clone()]
+    };
+    let required = match quorum {
+        Quorum::One => 1,
+        Quorum::Auto => live.len() / 2 + 1,
+        Quorum::Nodes(n) => n,
+    };
+    if required > live.len() {
+        return Err(NodeError::Unavailable(format!(
+            "insert_quorum={required} needs {required} live nodes but {} {} live ({}); nothing was written",
+            live.len(),
+            if live.len() == 1 { "is" } else { "are" },
+            live.join(", ")
+        )));
+    }
+    Ok(required)
 }
 
 async fn insert_once(
@@ -97,6 +190,7 @@ async fn insert_once(
         deduplicated: false,
         parts: Vec::new(),
         revision: node.catalog.applied_revision(),
+        quorum: None,
     };
     if batch.num_rows() == 0 {
         return Ok(summary);

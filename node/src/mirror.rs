@@ -14,6 +14,7 @@ use tandem_coordinator::{ClusterEvent, EventBatch, RegisteredPart, Revision, Sna
 
 const TABLES: TableDefinition<&str, &[u8]> = TableDefinition::new("tables");
 const PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("parts");
+const HOLDERS: TableDefinition<&str, ()> = TableDefinition::new("holders");
 const META: TableDefinition<&str, &[u8]> = TableDefinition::new("meta");
 
 /// Eventual-durability writes are made durable at least this often.
@@ -32,6 +33,7 @@ impl Mirror {
         {
             txn.open_table(TABLES)?;
             txn.open_table(PARTS)?;
+            txn.open_table(HOLDERS)?;
             txn.open_table(META)?;
         }
         txn.commit()?;
@@ -69,6 +71,13 @@ impl Mirror {
                 manifest: value[8..].to_vec(),
             });
         }
+        for entry in txn.open_table(HOLDERS)?.iter()? {
+            let (key, _) = entry?;
+            let mut fields = key.value().splitn(3, '/');
+            if let (Some(table), Some(id), Some(node)) = (fields.next(), fields.next(), fields.next()) {
+                snapshot.holders.push((table.to_string(), id.to_string(), node.to_string()));
+            }
+        }
         Ok(Some(snapshot))
     }
 
@@ -85,6 +94,11 @@ impl Mirror {
             parts.retain(|_, _| false)?;
             for part in &snapshot.parts {
                 parts.insert(part_key(&part.table, &part.id).as_str(), part_value(part).as_slice())?;
+            }
+            let mut holders = txn.open_table(HOLDERS)?;
+            holders.retain(|_, _| false)?;
+            for (table, id, node) in &snapshot.holders {
+                holders.insert(holder_key(table, id, node).as_str(), ())?;
             }
             let mut meta = txn.open_table(META)?;
             meta.insert("prefix", prefix.as_bytes())?;
@@ -112,6 +126,7 @@ impl Mirror {
         {
             let mut tables = txn.open_table(TABLES)?;
             let mut parts = txn.open_table(PARTS)?;
+            let mut holders = txn.open_table(HOLDERS)?;
             for event in &batch.events {
                 match event {
                     ClusterEvent::TablePut(table) => {
@@ -121,12 +136,19 @@ impl Mirror {
                         tables.remove(name.as_str())?;
                         let prefix = format!("{name}/");
                         parts.retain(|key, _| !key.starts_with(&prefix))?;
+                        holders.retain(|key, _| !key.starts_with(&prefix))?;
                     }
                     ClusterEvent::PartAdded(part) => {
                         parts.insert(part_key(&part.table, &part.id).as_str(), part_value(part).as_slice())?;
                     }
                     ClusterEvent::PartRemoved { table, id } => {
                         parts.remove(part_key(table, id).as_str())?;
+                    }
+                    ClusterEvent::HolderAdded { table, id, node } => {
+                        holders.insert(holder_key(table, id, node).as_str(), ())?;
+                    }
+                    ClusterEvent::HolderRemoved { table, id, node } => {
+                        holders.remove(holder_key(table, id, node).as_str())?;
                     }
                     _ => {}
                 }
@@ -140,6 +162,10 @@ impl Mirror {
 
 fn part_key(table: &str, id: &str) -> String {
     format!("{table}/{id}")
+}
+
+fn holder_key(table: &str, id: &str, node: &str) -> String {
+    format!("{table}/{id}/{node}")
 }
 
 fn table_value(table: &TableRecord) -> Vec<u8> {
@@ -174,9 +200,13 @@ mod tests {
             |id: &str, revision| RegisteredPart { table: "t".into(), id: id.into(), manifest: b"m".to_vec(), revision };
         {
             let mirror = Mirror::open(&path).unwrap();
-            let snapshot = Snapshot { revision: 5, tables: vec![table.clone()], parts: vec![part("a", 4)] };
+            let snapshot =
+                Snapshot { revision: 5, tables: vec![table.clone()], parts: vec![part("a", 4)], holders: vec![] };
             mirror.replace("/tandem/x/", &snapshot).unwrap();
-            mirror.apply(&EventBatch { revision: 6, events: vec![ClusterEvent::PartAdded(part("b", 6))] }).unwrap();
+            let holder = ClusterEvent::HolderAdded { table: "t".into(), id: "b".into(), node: "n2".into() };
+            mirror
+                .apply(&EventBatch { revision: 6, events: vec![ClusterEvent::PartAdded(part("b", 6)), holder] })
+                .unwrap();
             mirror
                 .apply(&EventBatch {
                     revision: 7,
@@ -190,5 +220,6 @@ mod tests {
         assert_eq!(loaded.revision, 7);
         assert_eq!(loaded.tables, vec![table]);
         assert_eq!(loaded.parts, vec![part("b", 6)]);
+        assert_eq!(loaded.holders, vec![("t".to_string(), "b".to_string(), "n2".to_string())]);
     }
 }

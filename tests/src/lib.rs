@@ -203,6 +203,23 @@ impl Tandem {
         }
     }
 
+    /// SIGSTOP: the process freezes (no requests answered, no lease renewed) until `resume`.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        if let Some(child) = &self.child {
+            let status = Command::new("kill").arg(signal).arg(child.id().to_string()).status().expect("kill runs");
+            assert!(status.success(), "kill {signal} failed");
+        }
+    }
+
     /// SIGKILL: no shutdown path runs, as in a crash or power loss.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
@@ -257,78 +274,26 @@ impl Drop for Tandem {
 }
 
 /// A real etcd member (Debian's `etcd-server`) on free loopback ports and a temporary data
-/// directory; killed (SIGKILL, as the fastest clean stop) when dropped.
+/// directory; killed when dropped.
 pub struct Etcd {
-    child: Option<Child>,
+    process: tandem_coordinator::etcd_process::EtcdProcess,
     pub endpoint: String,
     _dir: tempfile::TempDir,
 }
 
 impl Etcd {
     pub async fn start() -> anyhow::Result<Self> {
-        let binary = std::env::var("ETCD_BIN").unwrap_or_else(|_| "etcd".to_string());
-        let mut last_error = None;
-        for _ in 0..3 {
-            let dir = tempfile::tempdir()?;
-            let (client, peer) = (free_port(), free_port());
-            let log = std::fs::File::create(dir.path().join("etcd.log"))?;
-            let child = Command::new(&binary)
-                .args(["--name", "n1", "--data-dir"])
-                .arg(dir.path().join("data"))
-                .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-                .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
-                .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
-                .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
-                .arg(format!("--initial-cluster=n1=http://127.0.0.1:{peer}"))
-                .args(["--logger=zap", "--log-outputs=stderr"])
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .with_context(|| {
-                    format!("cannot start `{binary}` (install Debian's etcd-server; scripts/test.sh does)")
-                })?;
-            let mut etcd = Etcd { child: Some(child), endpoint: format!("http://127.0.0.1:{client}"), _dir: dir };
-            match etcd.wait_ready(Duration::from_secs(20)).await {
-                Ok(()) => return Ok(etcd),
-                Err(e) => {
-                    last_error = Some(e);
-                    etcd.kill();
-                }
-            }
-        }
-        Err(last_error.expect("three attempts"))
+        let dir = tempfile::tempdir()?;
+        let process = tandem_coordinator::etcd_process::EtcdProcess::start(dir.path())
+            .await
+            .context("cannot start etcd (install Debian's etcd-server; scripts/test.sh does)")?;
+        let endpoint = process.endpoint.clone();
+        Ok(Etcd { process, endpoint, _dir: dir })
     }
 
-    async fn wait_ready(&mut self, timeout: Duration) -> anyhow::Result<()> {
-        let deadline = Instant::now() + timeout;
-        let http = reqwest::Client::new();
-        loop {
-            if let Some(status) = self.child.as_mut().and_then(|c| c.try_wait().ok().flatten()) {
-                bail!("etcd exited with {status}");
-            }
-            if let Ok(r) = http.get(format!("{}/health", self.endpoint)).send().await
-                && r.status().is_success()
-            {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                bail!("etcd not ready after {timeout:?}");
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
-
-    pub fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-}
-
-impl Drop for Etcd {
-    fn drop(&mut self) {
-        self.kill();
+    /// The member's log, for assertion messages.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.process.log).unwrap_or_default()
     }
 }
 

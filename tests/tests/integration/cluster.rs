@@ -212,7 +212,7 @@ async fn a_fetch_without_the_cluster_secret_is_refused() {
 
 #[tokio::test]
 async fn replication_state_is_visible() {
-    let cluster = Cluster::start(2).await.unwrap();
+    let mut cluster = Cluster::start(2).await.unwrap();
     create_table(&cluster).await;
     cluster.nodes[0].insert("t", "CSV", rows(0, 10)).await;
     assert_converged(&cluster, 10).await;
@@ -227,4 +227,7 @@ async fn replication_state_is_visible() {
     for name in ["tandem_replication_lag_seconds", "tandem_replication_lag_revisions", "tandem_fetch_bytes_total"] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");
     }
+    // A dead node's membership ends with its lease (10 s).
+    cluster.n(2).kill();
+    cluster.nodes[0].wait_for("SELECT count() FROM system.replicas", "1", CONVERGE).await;
 }

@@ -7,6 +7,7 @@ mod ddl;
 mod dedup;
 mod durability;
 mod formats;
+mod quorum;
 
 /// The table most tests use: every column type family, a month partition, a sort key.
 pub const EVENTS: &str = "CREATE TABLE events (id UInt64, ts DateTime64(3), host String, v Float64, \
