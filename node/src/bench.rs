@@ -37,7 +37,11 @@ struct Client {
 
 impl Client {
     async fn query(&self, sql: &str, body: Vec<u8>) -> anyhow::Result<String> {
-        let response = self.http.post(&self.base).query(&[("query", sql)]).body(body).send().await?;
+        self.query_with(sql, &[], body).await
+    }
+
+    async fn query_with(&self, sql: &str, settings: &[(&str, &str)], body: Vec<u8>) -> anyhow::Result<String> {
+        let response = self.http.post(&self.base).query(&[("query", sql)]).query(settings).body(body).send().await?;
         let status = response.status();
         let text = response.text().await?;
         if !status.is_success() {
@@ -190,14 +194,27 @@ async fn cluster(args: &BenchArgs) -> anyhow::Result<()> {
     let mut lags = Vec::new();
     for trial in 0..args.lag_trials {
         let body = tsv_batch(trial * 10_000, (trial + 1) * 10_000);
-        clients[0].query("INSERT INTO lag FORMAT TabSeparated", body).await?;
+        let summary: serde_json::Value =
+            serde_json::from_str(&clients[0].query("INSERT INTO lag FORMAT TabSeparated", body).await?)?;
         let acked = Instant::now();
-        let visible = wait_for_count(&clients[1], "lag", (trial + 1) * 10_000, Duration::from_secs(30)).await?;
+        // One read on node 2 that waits (server-side, no polling) until it holds the insert.
+        let revision = summary["revision"].as_i64().unwrap_or_default().to_string();
+        let count = clients[1]
+            .query_with(
+                "SELECT count() FROM lag",
+                &[("after_revision", revision.as_str()), ("after_revision_timeout_ms", "30000")],
+                Vec::new(),
+            )
+            .await?;
+        let visible = Instant::now();
+        if count.trim() != ((trial + 1) * 10_000).to_string() {
+            bail!("node 2 answered {} rows after revision {revision}", count.trim());
+        }
         lags.push(visible - acked);
     }
     lags.sort();
     println!(
-        "replication lag (10,000-row inserts, ack on n1 -> visible on n2, {} trials): p50 {:.1} ms  p90 {:.1} ms  max {:.1} ms",
+        "replication lag (10,000-row inserts, ack on n1 -> SELECT count() on n2 shows it, {} trials): p50 {:.1} ms  p90 {:.1} ms  max {:.1} ms",
         lags.len(),
         percentile(&lags, 0.5).as_secs_f64() * 1e3,
         percentile(&lags, 0.9).as_secs_f64() * 1e3,
@@ -230,6 +247,61 @@ async fn cluster(args: &BenchArgs) -> anyhow::Result<()> {
             bytes / 1e6,
             seconds * 1e3,
             bytes / 1e6 / seconds
+        );
+    }
+
+    // Quorum inserts: the ack waits until a second node holds each part.
+    clients[0]
+        .query("CREATE TABLE quorum (ts DateTime64(3), id UInt64, v Float64) ORDER BY (id, ts)", Vec::new())
+        .await?;
+    wait_for_table(&clients[1], "quorum").await?;
+    let per_batch = args.rows / args.batches;
+    let mut latencies = Vec::new();
+    let started = Instant::now();
+    for b in 0..args.batches {
+        let body = tsv_batch(b * per_batch, (b + 1) * per_batch);
+        let t = Instant::now();
+        clients[b % clients.len()]
+            .query_with("INSERT INTO quorum FORMAT TabSeparated", &[("insert_quorum", "2")], body)
+            .await?;
+        latencies.push(t.elapsed());
+    }
+    let total = started.elapsed();
+    latencies.sort();
+    println!(
+        "insert_quorum=2 on {} nodes: {:>10.0} rows/s  p50 {:>7.1} ms  p99 {:>7.1} ms  ({} x {} rows, round-robin over the nodes)",
+        clients.len(),
+        (per_batch * args.batches) as f64 / total.as_secs_f64(),
+        percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+        percentile(&latencies, 0.99).as_secs_f64() * 1e3,
+        args.batches,
+        per_batch
+    );
+    // Let every node finish fetching the parts above, so the next runs do not compete with it.
+    let latest = clients[0].query("SELECT max(revision) FROM system.parts", Vec::new()).await?;
+    for client in &clients {
+        client
+            .query_with(
+                "SELECT 1",
+                &[("after_revision", latest.trim()), ("after_revision_timeout_ms", "120000")],
+                Vec::new(),
+            )
+            .await?;
+    }
+    for (run, quorum) in ["1", "2"].into_iter().enumerate() {
+        let mut latencies = Vec::new();
+        for i in 0..200usize {
+            // Distinct rows in every run: a repeated row would be a deduplicated no-op.
+            let body = format!("2024-01-01 00:00:00.000\t{}\t{i}\n", 10_000_000 + run * 1000 + i).into_bytes();
+            let t = Instant::now();
+            clients[0].query_with("INSERT INTO quorum FORMAT TabSeparated", &[("insert_quorum", quorum)], body).await?;
+            latencies.push(t.elapsed());
+        }
+        latencies.sort();
+        println!(
+            "one-row inserts, insert_quorum={quorum}: p50 {:>6.1} ms  p99 {:>6.1} ms  (200 inserts)",
+            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3
         );
     }
     for node in nodes {
