@@ -6,6 +6,7 @@ mod coordinator;
 mod ddl;
 mod dedup;
 mod durability;
+mod failover;
 mod formats;
 mod quorum;
 

@@ -1,0 +1,283 @@
+//! The failover harness, in the style of Jepsen's set workload. Writers insert blocks of rows
+//! with unique ids; each block goes to one node and, after an error or a timeout, is resent
+//! byte for byte to the next node until one acknowledges it. A nemesis kills nodes (SIGKILL)
+//! and restarts them, and proxies in front of the nodes drop responses (the write lands, the
+//! client never hears). After healing, every node is read and the checker counts acknowledged
+//! rows that are lost, rows that appear twice, rows nobody wrote, nodes that disagree, and
+//! blocks present only in part.
+//!
+//! The control run sends the same workload with deduplication off: it must show duplicates,
+//! or the harness would prove nothing.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::Duration;
+
+use tandem_tests::{Cluster, Tandem};
+use tokio::io::AsyncReadExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Mutex;
+
+const ROWS_PER_BLOCK: u64 = 20;
+const CONVERGE: Duration = Duration::from_secs(60);
+
+/// A TCP proxy in front of one node's HTTP port that can drop responses: it forwards the
+/// request, waits for the node to start answering (so the write has landed), and then closes
+/// the client's connection without passing the answer on.
+struct Proxy {
+    addr: String,
+    upstream: Arc<std::sync::Mutex<String>>,
+    drops_pending: Arc<AtomicUsize>,
+    drops_done: Arc<AtomicUsize>,
+}
+
+impl Proxy {
+    async fn start(upstream: &str) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let upstream = Arc::new(std::sync::Mutex::new(upstream.to_string()));
+        let (drops_pending, drops_done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let proxy = Proxy {
+            addr,
+            upstream: upstream.clone(),
+            drops_pending: drops_pending.clone(),
+            drops_done: drops_done.clone(),
+        };
+        tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let target = upstream.lock().unwrap().clone();
+                let drop_this =
+                    drops_pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
+                let done = drops_done.clone();
+                tokio::spawn(async move {
+                    let Ok(server) = TcpStream::connect(&target).await else { return };
+                    if drop_this {
+                        if forward_then_drop(client, server).await {
+                            done.fetch_add(1, Ordering::SeqCst);
+                        }
+                    } else {
+                        let (mut client, mut server) = (client, server);
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+            }
+        });
+        proxy
+    }
+
+    fn set_upstream(&self, url: &str) {
+        let hostport = url.trim_start_matches("http://").trim_end_matches('/');
+        *self.upstream.lock().unwrap() = hostport.to_string();
+    }
+
+    fn url(&self) -> String {
+        format!("http://{}/", self.addr)
+    }
+}
+
+/// Returns true when the node did answer (so the request was fully processed) and the answer
+/// was thrown away.
+async fn forward_then_drop(client: TcpStream, server: TcpStream) -> bool {
+    let (mut client_read, client_write) = client.into_split();
+    let (mut server_read, mut server_write) = server.into_split();
+    let upload = tokio::spawn(async move {
+        let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
+    });
+    let mut first = [0u8; 1];
+    let answered =
+        matches!(tokio::time::timeout(Duration::from_secs(30), server_read.read(&mut first)).await, Ok(Ok(1)));
+    upload.abort();
+    drop(client_write);
+    answered
+}
+
+struct Outcome {
+    attempted: BTreeMap<u64, BTreeSet<u64>>,
+    acknowledged: BTreeSet<u64>,
+}
+
+fn block_body(block: u64) -> String {
+    (0..ROWS_PER_BLOCK).map(|i| format!("{},{}\n", block * 1000 + i, block)).collect()
+}
+
+async fn writer(
+    id: u64,
+    proxies: Arc<Vec<Proxy>>,
+    stop: Arc<AtomicBool>,
+    deduplicate: bool,
+    outcome: Arc<Mutex<Outcome>>,
+) {
+    let http = reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(5)).build().unwrap();
+    let mut block = id * 100_000;
+    let mut target = id as usize;
+    while !stop.load(Ordering::SeqCst) {
+        block += 1;
+        let body = block_body(block);
+        outcome.lock().await.attempted.insert(block, (0..ROWS_PER_BLOCK).map(|i| block * 1000 + i).collect());
+        // Resend the same bytes to the next node until one acknowledges.
+        for _attempt in 0..200 {
+            let proxy = &proxies[target % proxies.len()];
+            let mut query = vec![("query", "INSERT INTO t FORMAT CSV".to_string())];
+            if !deduplicate {
+                query.push(("insert_deduplicate", "0".to_string()));
+            }
+            if id == 2 {
+                query.push(("insert_quorum", "2".to_string()));
+                query.push(("insert_quorum_timeout", "3000".to_string()));
+            }
+            let result = http.post(proxy.url()).query(&query).body(body.clone()).send().await;
+            match result {
+                Ok(r) if r.status().is_success() => {
+                    outcome.lock().await.acknowledged.insert(block);
+                    break;
+                }
+                _ => {
+                    target += 1;
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+            }
+        }
+    }
+}
+
+struct Summary {
+    blocks: usize,
+    acknowledged: usize,
+    kills: usize,
+    drops: usize,
+    lost: usize,
+    duplicated: usize,
+    unexpected: usize,
+    divergent: usize,
+    partial: usize,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "blocks={} acknowledged={} kills={} dropped_responses={} lost={} duplicated={} unexpected={} divergent={} partial_blocks={}",
+            self.blocks,
+            self.acknowledged,
+            self.kills,
+            self.drops,
+            self.lost,
+            self.duplicated,
+            self.unexpected,
+            self.divergent,
+            self.partial
+        )
+    }
+}
+
+async fn run(deduplicate: bool, kills_wanted: usize, drops_wanted: usize) -> Summary {
+    let mut cluster = Cluster::start(3).await.unwrap();
+    cluster.nodes[0].sql("CREATE TABLE t (id UInt64, block UInt64) ORDER BY id").await;
+    for node in &cluster.nodes {
+        node.wait_for("SELECT count() FROM system.tables WHERE name = 't'", "1", CONVERGE).await;
+    }
+    let mut proxies = Vec::new();
+    for node in &cluster.nodes {
+        let proxy = Proxy::start("127.0.0.1:1").await;
+        proxy.set_upstream(&node.url);
+        proxies.push(proxy);
+    }
+    let proxies = Arc::new(proxies);
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcome = Arc::new(Mutex::new(Outcome { attempted: BTreeMap::new(), acknowledged: BTreeSet::new() }));
+    let writers: Vec<_> =
+        (0..3).map(|w| tokio::spawn(writer(w, proxies.clone(), stop.clone(), deduplicate, outcome.clone()))).collect();
+
+    // The nemesis: alternately drop responses and crash a node (one down at a time).
+    let mut kills = 0;
+    let mut round = 0usize;
+    let drops_done = || proxies.iter().map(|p| p.drops_done.load(Ordering::SeqCst)).sum::<usize>();
+    while kills < kills_wanted || drops_done() < drops_wanted {
+        round += 1;
+        for (i, proxy) in proxies.iter().enumerate() {
+            if (round + i) % 2 == 0 {
+                proxy.drops_pending.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        if kills < kills_wanted {
+            let victim = round % cluster.nodes.len();
+            cluster.nodes[victim].kill();
+            kills += 1;
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            cluster.nodes[victim].restart().await.unwrap();
+            proxies[victim].set_upstream(&cluster.nodes[victim].url);
+        }
+        assert!(round < 500, "the nemesis could not drop {drops_wanted} responses");
+    }
+    stop.store(true, Ordering::SeqCst);
+    for proxy in proxies.iter() {
+        proxy.drops_pending.store(0, Ordering::SeqCst);
+    }
+    for w in writers {
+        w.await.unwrap();
+    }
+
+    // Heal and read every node once it holds what etcd lists.
+    for node in &mut cluster.nodes {
+        node.ensure_running().await.unwrap();
+    }
+    let revision = latest_revision(&cluster.nodes[0]).await;
+    let mut per_node = Vec::new();
+    for node in &cluster.nodes {
+        let params = [("after_revision", revision.as_str()), ("after_revision_timeout_ms", "60000")];
+        let ids = node.request("SELECT id FROM t ORDER BY id FORMAT TSV", &params, Vec::new()).await.ok().text();
+        per_node.push(ids.lines().map(|l| l.parse::<u64>().unwrap()).collect::<Vec<_>>());
+    }
+
+    let outcome = outcome.lock().await;
+    let written: BTreeSet<u64> = outcome.attempted.values().flatten().copied().collect();
+    let reference = &per_node[0];
+    let present: BTreeSet<u64> = reference.iter().copied().collect();
+    let acked_rows: BTreeSet<u64> =
+        outcome.acknowledged.iter().flat_map(|b| outcome.attempted[b].iter().copied()).collect();
+    Summary {
+        blocks: outcome.attempted.len(),
+        acknowledged: outcome.acknowledged.len(),
+        kills,
+        drops: drops_done(),
+        lost: acked_rows.difference(&present).count(),
+        duplicated: reference.len() - present.len(),
+        unexpected: present.difference(&written).count(),
+        divergent: per_node.iter().filter(|ids| *ids != reference).count(),
+        partial: outcome
+            .attempted
+            .values()
+            .filter(|rows| {
+                let n = rows.iter().filter(|r| present.contains(r)).count();
+                n != 0 && n != rows.len()
+            })
+            .count(),
+    }
+}
+
+async fn latest_revision(node: &Tandem) -> String {
+    node.sql("SELECT coalesce(max(revision), 0) FROM system.parts").await.trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_loses_nothing_and_duplicates_nothing() {
+    let summary = run(true, 10, 20).await;
+    println!("failover: {summary}");
+    assert!(summary.kills >= 10 && summary.drops >= 20, "{summary}");
+    assert!(summary.acknowledged > 50, "the workload made progress: {summary}");
+    assert_eq!(
+        (summary.lost, summary.duplicated, summary.unexpected, summary.divergent, summary.partial),
+        (0, 0, 0, 0, 0),
+        "{summary}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_without_dedup_shows_duplicates() {
+    let summary = run(false, 0, 20).await;
+    println!("failover control (insert_deduplicate=0): {summary}");
+    assert!(summary.duplicated > 0, "dropped responses and resends must duplicate without dedup: {summary}");
+    assert_eq!((summary.lost, summary.unexpected, summary.divergent), (0, 0, 0), "{summary}");
+}
