@@ -28,6 +28,7 @@ pub async fn run_all(kv: Arc<dyn KvBackend>, prefix: &str) {
     snapshot_and_watch_agree(kv.clone(), &format!("{prefix}snapshot/")).await;
     holders_follow_their_parts(kv.clone(), &format!("{prefix}holders/")).await;
     quorum_revision_only_grows(kv.clone(), &format!("{prefix}quorum/")).await;
+    expired_blocks_are_admitted_again(kv.clone(), &format!("{prefix}expiry/")).await;
     old_blocks_are_pruned(kv.clone(), &format!("{prefix}prune/")).await;
 }
 
@@ -184,19 +185,19 @@ pub async fn blocks_are_admitted_once(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"schema".to_vec()).await.unwrap();
     let first = c
-        .register_parts("t", table.version, vec![part("p1", Some("b1")), part("p2", Some("b2"))], "n1", 0)
+        .register_parts("t", table.version, vec![part("p1", Some("b1")), part("p2", Some("b2"))], "n1", 0, i64::MAX)
         .await
         .unwrap();
     assert!(first.outcomes.iter().all(|o| matches!(o, PartOutcome::Registered { .. })));
 
     let again = c
-        .register_parts("t", table.version, vec![part("p3", Some("b1")), part("p4", Some("b3"))], "n1", 0)
+        .register_parts("t", table.version, vec![part("p3", Some("b1")), part("p4", Some("b3"))], "n1", 0, i64::MAX)
         .await
         .unwrap();
     assert_eq!(again.outcomes[0], PartOutcome::Duplicate { existing_part: "p1".into(), revision: first.revision });
     assert!(matches!(again.outcomes[1], PartOutcome::Registered { .. }), "the new block of a mixed insert is admitted");
 
-    let undeduplicated = c.register_parts("t", table.version, vec![part("p5", None)], "n1", 0).await.unwrap();
+    let undeduplicated = c.register_parts("t", table.version, vec![part("p5", None)], "n1", 0, i64::MAX).await.unwrap();
     assert!(matches!(undeduplicated.outcomes[0], PartOutcome::Registered { .. }));
 
     let ids: Vec<_> = c.snapshot().await.unwrap().parts.into_iter().map(|p| p.id).collect();
@@ -211,7 +212,8 @@ pub async fn concurrent_registrations_of_one_block_admit_one(kv: Arc<dyn KvBacke
         .map(|i| {
             let c = c.clone();
             tokio::spawn(async move {
-                c.register_parts("t", table.version, vec![part(&format!("p{i}"), Some("same"))], "n1", 0).await
+                c.register_parts("t", table.version, vec![part(&format!("p{i}"), Some("same"))], "n1", 0, i64::MAX)
+                    .await
             })
         })
         .collect();
@@ -229,31 +231,32 @@ pub async fn concurrent_registrations_of_one_block_admit_one(kv: Arc<dyn KvBacke
 pub async fn parts_follow_their_table(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
-    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], "n1", 0).await.unwrap();
+    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], "n1", 0, i64::MAX).await.unwrap();
     c.update_table("t", table.version, b"v2".to_vec()).await.unwrap().unwrap();
-    let stale = c.register_parts("t", table.version, vec![part("p2", Some("b2"))], "n1", 0).await;
+    let stale = c.register_parts("t", table.version, vec![part("p2", Some("b2"))], "n1", 0, i64::MAX).await;
     assert!(matches!(stale, Err(CoordError::TableChanged { .. })), "no part lands under a replaced schema: {stale:?}");
 
     c.drop_table("t").await.unwrap();
-    let gone = c.register_parts("t", table.version, vec![part("p3", Some("b3"))], "n1", 0).await;
+    let gone = c.register_parts("t", table.version, vec![part("p3", Some("b3"))], "n1", 0, i64::MAX).await;
     assert!(matches!(gone, Err(CoordError::NoSuchTable(_))));
     let recreated = c.create_table("t", b"v1".to_vec()).await.unwrap();
     let snapshot = c.snapshot().await.unwrap();
     assert!(snapshot.parts.is_empty(), "dropping a table drops its parts");
-    let fresh = c.register_parts("t", recreated.version, vec![part("p1", Some("b1"))], "n1", 0).await.unwrap();
+    let fresh =
+        c.register_parts("t", recreated.version, vec![part("p1", Some("b1"))], "n1", 0, i64::MAX).await.unwrap();
     assert!(matches!(fresh.outcomes[0], PartOutcome::Registered { .. }), "dropping a table forgets its block ids");
 }
 
 pub async fn snapshot_and_watch_agree(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
-    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], "n1", 0).await.unwrap();
+    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], "n1", 0, i64::MAX).await.unwrap();
     let snapshot = c.snapshot().await.unwrap();
     assert_eq!(snapshot.tables.len(), 1);
     assert_eq!(snapshot.parts.len(), 1);
 
     let mut stream = c.watch(snapshot.revision + 1).await.unwrap();
-    let added = c.register_parts("t", table.version, vec![part("p2", Some("b2"))], "n1", 0).await.unwrap();
+    let added = c.register_parts("t", table.version, vec![part("p2", Some("b2"))], "n1", 0, i64::MAX).await.unwrap();
     c.drop_table("t").await.unwrap();
     let mut events = Vec::new();
     while !events.iter().any(|e| matches!(e, ClusterEvent::TableDropped { .. })) {
@@ -272,7 +275,7 @@ pub async fn snapshot_and_watch_agree(kv: Arc<dyn KvBackend>, p: &str) {
 pub async fn holders_follow_their_parts(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
-    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], "n1", 0).await.unwrap();
+    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], "n1", 0, i64::MAX).await.unwrap();
     assert_eq!(c.part_holders("t", "p1").await.unwrap(), ["n1"], "the writer is the first holder");
     assert!(c.add_holder("t", "p1", "n2").await.unwrap());
     assert!(c.add_holder("t", "p1", "n2").await.unwrap(), "adding a holder twice is harmless");
@@ -303,13 +306,40 @@ pub async fn quorum_revision_only_grows(kv: Arc<dyn KvBackend>, p: &str) {
     assert_eq!(c.quorum_revision().await.unwrap(), 17, "concurrent raises keep the maximum");
 }
 
+pub async fn expired_blocks_are_admitted_again(kv: Arc<dyn KvBackend>, p: &str) {
+    let c = Coordinator::new(kv, p);
+    let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
+    let window_ms = 1000;
+    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], "n1", 10_000, window_ms).await.unwrap();
+    let inside =
+        c.register_parts("t", table.version, vec![part("p2", Some("b1"))], "n1", 11_000, window_ms).await.unwrap();
+    assert!(
+        matches!(inside.outcomes[0], PartOutcome::Duplicate { .. }),
+        "exactly at the window's edge: still a duplicate"
+    );
+    let outside =
+        c.register_parts("t", table.version, vec![part("p3", Some("b1"))], "n1", 11_001, window_ms).await.unwrap();
+    assert!(matches!(outside.outcomes[0], PartOutcome::Registered { .. }), "past the window: admitted again");
+    assert_eq!(c.get_block("t", "b1").await.unwrap().map(|(b, _)| b.part), Some("p3".into()));
+    let again =
+        c.register_parts("t", table.version, vec![part("p4", Some("b1"))], "n1", 11_500, window_ms).await.unwrap();
+    assert!(matches!(again.outcomes[0], PartOutcome::Duplicate { ref existing_part, .. } if existing_part == "p3"));
+}
+
 pub async fn old_blocks_are_pruned(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
     for i in 0..5 {
-        c.register_parts("t", table.version, vec![part(&format!("p{i}"), Some(&format!("b{i}")))], "n1", i * 1000)
-            .await
-            .unwrap();
+        c.register_parts(
+            "t",
+            table.version,
+            vec![part(&format!("p{i}"), Some(&format!("b{i}")))],
+            "n1",
+            i * 1000,
+            i64::MAX,
+        )
+        .await
+        .unwrap();
     }
     let removed = c.prune_blocks("t", 3, Duration::from_secs(3600), 4000).await.unwrap();
     assert_eq!(removed, 2, "only the 3 newest block ids are kept");
@@ -318,7 +348,8 @@ pub async fn old_blocks_are_pruned(kv: Arc<dyn KvBackend>, p: &str) {
     let removed = c.prune_blocks("t", 100, Duration::from_secs(1), 3_500).await.unwrap();
     assert_eq!(removed, 1, "block ids older than the window are forgotten");
     assert!(c.get_block("t", "b2").await.unwrap().is_none());
-    let retried = c.register_parts("t", table.version, vec![part("p9", Some("b0"))], "n1", 5000).await.unwrap();
+    let retried =
+        c.register_parts("t", table.version, vec![part("p9", Some("b0"))], "n1", 5000, i64::MAX).await.unwrap();
     assert!(matches!(retried.outcomes[0], PartOutcome::Registered { .. }), "a forgotten block id is admitted again");
     assert_eq!(c.snapshot().await.unwrap().parts.len(), 6, "pruning block ids never touches parts");
 }

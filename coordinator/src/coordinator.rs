@@ -1,3 +1,4 @@
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -264,7 +265,8 @@ impl Coordinator {
     /// Parts whose block id exists come back as `Duplicate`; the others are registered.
     ///
     /// `holder` names the node that wrote the parts: it is recorded as their first holder in
-    /// the same transaction.
+    /// the same transaction. A block id admitted more than `dedup_window_ms` before `now_ms`
+    /// has expired: it is admitted again (replacing the old record in the same transaction).
     pub async fn register_parts(
         &self,
         table: &str,
@@ -272,8 +274,11 @@ impl Coordinator {
         parts: Vec<NewPart>,
         holder: &str,
         now_ms: i64,
+        dedup_window_ms: i64,
     ) -> Result<Registration, CoordError> {
         let mut outcomes: Vec<Option<PartOutcome>> = vec![None; parts.len()];
+        // Parts whose block id exists but has expired: the revision of the record they replace.
+        let mut expired: HashMap<usize, Revision> = HashMap::new();
         let mut revision = 0;
         let indices: Vec<usize> = (0..parts.len()).collect();
         for chunk in indices.chunks(PARTS_PER_TXN) {
@@ -302,7 +307,10 @@ impl Coordinator {
                             partition: part.partition.clone(),
                             created_at_ms: now_ms,
                         };
-                        compares.push(Compare::Absent(key.clone()));
+                        compares.push(match expired.get(&i) {
+                            Some(&old) => Compare::ModRevision(key.clone(), old),
+                            None => Compare::Absent(key.clone()),
+                        });
                         success.push(TxnOp::Put { key: key.clone(), value: json(&record), lease: None });
                         failure.push(TxnOp::Get { key });
                     }
@@ -328,6 +336,7 @@ impl Coordinator {
                     Some(_) => {}
                 }
                 let mut still_new = Vec::new();
+                let mut progress = false;
                 for &i in &pending {
                     if parts[i].block_id.is_none() {
                         still_new.push(i);
@@ -336,16 +345,25 @@ impl Coordinator {
                     match gets.next().flatten() {
                         Some(kv) => {
                             let record: BlockRecord = parse(&kv)?;
+                            if now_ms - record.created_at_ms > dedup_window_ms {
+                                progress |= expired.insert(i, kv.mod_revision) != Some(kv.mod_revision);
+                                still_new.push(i);
+                                continue;
+                            }
+                            progress = true;
                             revision = revision.max(kv.create_revision);
                             outcomes[i] = Some(PartOutcome::Duplicate {
                                 existing_part: record.part,
                                 revision: kv.create_revision,
                             });
                         }
-                        None => still_new.push(i),
+                        None => {
+                            progress |= expired.remove(&i).is_some();
+                            still_new.push(i);
+                        }
                     }
                 }
-                if still_new.len() == pending.len() {
+                if !progress {
                     return Err(CoordError::Backend(
                         "registration failed but no block id exists; the store is inconsistent".into(),
                     ));

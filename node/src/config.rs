@@ -46,6 +46,10 @@ pub struct ServeArgs {
     /// Parts fetched from peers at the same time [default: 4].
     #[arg(long, env = "TANDEM_FETCH_CONCURRENCY")]
     pub fetch_concurrency: Option<usize>,
+    /// Milliseconds between passes that forget insert block ids beyond each table's
+    /// dedup_window_blocks [default: 60000].
+    #[arg(long, env = "TANDEM_DEDUP_PRUNE_INTERVAL_MS")]
+    pub dedup_prune_interval_ms: Option<u64>,
 }
 
 /// The flat TOML file. Unknown keys are an error, so a typo is not ignored.
@@ -63,6 +67,7 @@ pub struct FileConfig {
     pub cluster_secret_file: Option<PathBuf>,
     pub fetch_concurrency: Option<usize>,
     pub relist_interval_seconds: Option<u64>,
+    pub dedup_prune_interval_ms: Option<u64>,
 }
 
 /// Where the metadata lives.
@@ -89,6 +94,8 @@ pub struct NodeConfig {
     pub fetch_concurrency: usize,
     /// How often the node re-lists everything as a safety net under the watch.
     pub relist_interval: Duration,
+    /// How often block ids beyond each table's count window are forgotten.
+    pub dedup_prune_interval: Duration,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -155,6 +162,9 @@ impl NodeConfig {
             cluster_secret,
             fetch_concurrency: args.fetch_concurrency.or(file.fetch_concurrency).unwrap_or(4).max(1),
             relist_interval: Duration::from_secs(file.relist_interval_seconds.unwrap_or(300).max(1)),
+            dedup_prune_interval: Duration::from_millis(
+                args.dedup_prune_interval_ms.or(file.dedup_prune_interval_ms).unwrap_or(60_000).max(10),
+            ),
         })
     }
 
@@ -172,6 +182,7 @@ impl NodeConfig {
             cluster_secret: None,
             fetch_concurrency: 4,
             relist_interval: Duration::from_secs(300),
+            dedup_prune_interval: Duration::from_secs(60),
         }
     }
 
@@ -212,6 +223,7 @@ mod tests {
             file.cluster_secret_file.is_some(),
             file.fetch_concurrency.is_some(),
             file.relist_interval_seconds.is_some(),
+            file.dedup_prune_interval_ms.is_some(),
         ];
         assert!(documented.iter().all(|d| *d), "every key is documented in the example: {documented:?}");
     }

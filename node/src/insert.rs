@@ -83,7 +83,8 @@ pub struct InsertSummary {
     pub quorum: Option<QuorumSummary>,
 }
 
-/// Distinguishes inserts made without deduplication, so identical rows still make new parts.
+/// Makes every insert attempt's parts distinct, so identical rows inserted twice (without dedup,
+/// or after the dedup window) make two parts.
 static INSERT_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -198,12 +199,15 @@ async fn insert_once(
 
     let blocks = split_by_partition(&batch, &def.partition_by)?;
     let token = settings.deduplication_token.clone();
+    let window_ms = dedup_window_ms(&def);
+    let now_ms = chrono::Utc::now().timestamp_millis();
     let mut pending = Vec::new();
     for (partition, block) in blocks {
         let block_id = if settings.deduplicate {
             let id = block_id(table, &partition, &block, token.as_deref())?;
             // Cheap early answer for a retried block: skip encoding what is already admitted.
-            if let Some((record, revision)) = node.coordinator.get_block(table, &id).await? {
+            let admitted = node.coordinator.get_block(table, &id).await?;
+            if let Some((record, revision)) = admitted.filter(|(r, _)| now_ms - r.created_at_ms <= window_ms) {
                 summary.rows_deduplicated += block.num_rows() as u64;
                 summary.revision = summary.revision.max(revision);
                 summary.parts.push(PartSummary {
@@ -256,7 +260,13 @@ async fn register(
     let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<(NewPart, u64)>, NodeError> {
         let mut out = Vec::new();
         for (index, (partition, block, block_id)) in pending.into_iter().enumerate() {
-            let origin = block_id.clone().unwrap_or_else(|| format!("{node_id}/{now_ms}/{sequence}/{index}"));
+            // Unique per insert attempt: a block admitted again after its dedup window expired
+            // must become a new part, not the old part's id registered a second time.
+            let unique = format!("{node_id}/{now_ms}/{sequence}/{index}");
+            let origin = match &block_id {
+                Some(block) => format!("{block}/{unique}"),
+                None => unique,
+            };
             let metadata = PartMetadata { table: table.clone(), partition: partition.clone(), origin };
             let part = encode_part(&block, &sort_key, &metadata)?;
             store.write(&part.id, &part.bytes)?;
@@ -285,8 +295,10 @@ async fn register(
     .map_err(NodeError::internal)??;
 
     let (new_parts, rows): (Vec<NewPart>, Vec<u64>) = encoded.into_iter().unzip();
-    let registration =
-        node.coordinator.register_parts(&def.name, version, new_parts.clone(), &node.config.node_id, now_ms).await;
+    let registration = node
+        .coordinator
+        .register_parts(&def.name, version, new_parts.clone(), &node.config.node_id, now_ms, dedup_window_ms(def))
+        .await;
     let registration = match registration {
         Ok(r) => r,
         Err(e) => {
@@ -336,6 +348,11 @@ async fn register(
     summary.revision = summary.revision.max(registration.revision);
     discard_unregistered(node, &orphans).await;
     Ok(())
+}
+
+/// A table's dedup window in milliseconds (block ids older than this are forgotten).
+fn dedup_window_ms(def: &crate::schema::TableDef) -> i64 {
+    i64::try_from(def.settings.dedup_window_seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// Deletes files written for parts that did not get registered (a lost dedup race, or a

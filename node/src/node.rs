@@ -45,9 +45,6 @@ pub struct RunningNode {
     tasks: Vec<JoinHandle<()>>,
 }
 
-/// How often expired insert block ids are forgotten.
-const BLOCK_PRUNE_INTERVAL: Duration = Duration::from_secs(60);
-
 /// Opens the data directory and the coordinator, binds the servers and starts every loop.
 /// Returns at once; the node answers 503 until it has caught up (see [`RunningNode::wait_ready`]).
 pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
@@ -176,9 +173,10 @@ async fn wait_for_signal() {
     let _ = ctrl_c.await;
 }
 
-/// Forgets insert block ids outside each table's dedup window.
+/// Forgets insert block ids beyond each table's dedup window (the time window is also
+/// checked when a block is admitted, so an old id never deduplicates even before this runs).
 async fn prune_blocks(node: Arc<Node>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(BLOCK_PRUNE_INTERVAL);
+    let mut tick = tokio::time::interval(node.config.dedup_prune_interval);
     loop {
         tokio::select! {
             _ = tick.tick() => {},

@@ -73,3 +73,30 @@ async fn dedup_survives_a_restart() {
     assert_eq!(retry["deduplicated"], true);
     assert_eq!(node.count("t").await, 2);
 }
+
+#[tokio::test]
+async fn the_dedup_window_expires_by_count_and_by_time() {
+    let (node, _dir) = single_node(&["--dedup-prune-interval-ms", "100"]).await;
+    node.sql("CREATE TABLE c (id UInt64) ORDER BY id SETTINGS dedup_window_blocks = 3").await;
+    for block in 1..=4 {
+        node.insert("c", "TSV", format!("{block}\n")).await;
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(600)).await;
+    let inside = node.insert("c", "TSV", "2\n").await;
+    assert_eq!(inside["deduplicated"], true, "block 2 is the 3rd newest: inside the window");
+    let outside = node.insert("c", "TSV", "1\n").await;
+    assert_eq!(outside["deduplicated"], false, "block 1 is the 4th newest: outside the window");
+    assert_eq!(node.count("c").await, 5, "the re-admitted block is stored again");
+
+    node.sql("CREATE TABLE s (id UInt64) ORDER BY id SETTINGS dedup_window_seconds = 2").await;
+    let started = std::time::Instant::now();
+    node.insert("s", "TSV", "1\n").await;
+    tokio::time::sleep(std::time::Duration::from_millis(1000)).await;
+    let inside = node.insert("s", "TSV", "1\n").await;
+    assert!(started.elapsed() < std::time::Duration::from_millis(1900), "the check ran inside the window");
+    assert_eq!(inside["deduplicated"], true, "1 s into a 2 s window");
+    tokio::time::sleep(std::time::Duration::from_millis(2300).saturating_sub(started.elapsed())).await;
+    let outside = node.insert("s", "TSV", "1\n").await;
+    assert_eq!(outside["deduplicated"], false, "2.3 s into a 2 s window: forgotten, even before a prune pass");
+    assert_eq!(node.count("s").await, 2);
+}
