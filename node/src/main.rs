@@ -13,7 +13,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a node (with no flags: one node on 127.0.0.1:8123, data in ./tandem-data).
-    Serve(ServeArgs),
+    Serve(Box<ServeArgs>),
     /// Measure insert throughput and query latency against a fresh node.
     Bench(BenchArgs),
 }

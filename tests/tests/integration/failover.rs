@@ -196,7 +196,7 @@ async fn run(deduplicate: bool, kills_wanted: usize, drops_wanted: usize) -> Sum
     while kills < kills_wanted || drops_done() < drops_wanted {
         round += 1;
         for (i, proxy) in proxies.iter().enumerate() {
-            if (round + i) % 2 == 0 {
+            if (round + i).is_multiple_of(2) {
                 proxy.drops_pending.fetch_add(1, Ordering::SeqCst);
             }
         }
