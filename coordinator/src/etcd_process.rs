@@ -82,9 +82,16 @@ impl EtcdProcess {
     }
 }
 
-impl Drop for EtcdProcess {
-    fn drop(&mut self) {
+impl EtcdProcess {
+    /// SIGKILL: the member is gone at once, as in a crash.
+    pub fn kill(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+impl Drop for EtcdProcess {
+    fn drop(&mut self) {
+        self.kill();
     }
 }

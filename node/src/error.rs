@@ -126,7 +126,12 @@ impl IntoResponse for NodeError {
             tracing::warn!(status = status.as_u16(), error = %self, "request failed");
         }
         let body = format!("{self}\n");
-        (status, [("x-tandem-error-code", self.code()), ("content-type", "text/plain; charset=utf-8")], body)
-            .into_response()
+        let retryable = if self.is_retryable() { "true" } else { "false" };
+        let headers = [
+            ("x-tandem-error-code", self.code()),
+            ("x-tandem-retryable", retryable),
+            ("content-type", "text/plain; charset=utf-8"),
+        ];
+        (status, headers, body).into_response()
     }
 }

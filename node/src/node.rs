@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::Context;
 use tandem_coordinator::{Coordinator, EmbeddedKv, EtcdKv, KvBackend};
 use tandem_parts::LocalPartStore;
-use tokio::sync::{Notify, mpsc};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -23,8 +23,6 @@ pub struct Node {
     pub catalog: Arc<Catalog>,
     pub metrics: Arc<Metrics>,
     pub mirror: Arc<Mirror>,
-    /// Asks the sync loop for a full listing.
-    pub relist: Notify,
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
     fetch_requests: mpsc::UnboundedSender<FetchRequest>,
@@ -97,7 +95,6 @@ pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
         catalog,
         metrics: Arc::new(Metrics::new()),
         mirror,
-        relist: Notify::new(),
         http_addr,
         grpc_addr,
         fetch_requests,

@@ -1,7 +1,7 @@
 //! The replication loop of one node: start from the local copy of the catalog (or a full
 //! listing), then follow the coordinator's watch in revision order, resuming after a
-//! disconnect from the last applied revision + 1. A compacted revision, a corrupt local file
-//! or the periodic safety-net timer lead to a full listing, which reconciles whatever changed.
+//! disconnect from the last applied revision + 1. A compacted revision or the periodic
+//! safety-net timer lead to a full listing, which reconciles whatever changed.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -107,10 +107,6 @@ async fn follow(node: &Arc<Node>, next: &mut Option<Revision>) -> Result<(), Coo
         let batch = tokio::select! {
             b = stream.next() => b,
             _ = tokio::time::sleep_until(relist_at) => {
-                *next = None;
-                return Ok(());
-            }
-            _ = node.relist.notified() => {
                 *next = None;
                 return Ok(());
             }

@@ -291,9 +291,9 @@ impl Etcd {
         Ok(Etcd { process, endpoint, _dir: dir })
     }
 
-    /// The member's log, for assertion messages.
-    pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.process.log).unwrap_or_default()
+    /// Kills the member (SIGKILL).
+    pub fn kill(&mut self) {
+        self.process.kill();
     }
 }
 

@@ -7,6 +7,7 @@ async fn refused(node: &Tandem, sql: &str, body: &str, status: u16, needles: &[&
     let answer = node.request(sql, &[], body.to_string()).await;
     let text = answer.text();
     assert_eq!(answer.status, status, "{sql}: {text}");
+    assert_eq!(answer.header("x-tandem-retryable").as_deref(), Some("false"), "{sql}: resending bad input cannot help");
     for needle in needles {
         assert!(text.contains(needle), "{sql}: expected {needle:?} in {text:?}");
     }

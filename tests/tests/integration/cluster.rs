@@ -231,3 +231,20 @@ async fn replication_state_is_visible() {
     cluster.n(2).kill();
     cluster.nodes[0].wait_for("SELECT count() FROM system.replicas", "1", CONVERGE).await;
 }
+
+#[tokio::test]
+async fn without_etcd_inserts_fail_clearly_and_reads_go_on() {
+    let mut cluster = Cluster::start(2).await.unwrap();
+    create_table(&cluster).await;
+    cluster.nodes[0].insert("t", "CSV", rows(0, 10)).await;
+    assert_converged(&cluster, 10).await;
+    cluster.etcd.kill();
+    let answer = cluster.nodes[1].request("INSERT INTO t FORMAT CSV", &[], rows(100, 10)).await;
+    assert_eq!(answer.status, 503, "{}", answer.text());
+    assert!(answer.text().contains("etcd"), "the message names the metadata store: {}", answer.text());
+    assert_eq!(answer.header("x-tandem-retryable").as_deref(), Some("true"));
+    for node in &cluster.nodes {
+        assert_eq!(node.sql("SELECT count() FROM t").await.trim(), "10", "reads of local parts go on");
+        assert_eq!(node.get("health").await.status, 200);
+    }
+}

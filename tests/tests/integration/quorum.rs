@@ -86,6 +86,7 @@ async fn a_quorum_timeout_says_k_of_n_and_a_retry_is_deduplicated() {
     let answer = cluster.nodes[0].request("INSERT INTO t FORMAT CSV", &params, rows(0, 20)).await;
     cluster.nodes[2].resume();
     assert_eq!(answer.status, 504, "{}", answer.text());
+    assert_eq!(answer.header("x-tandem-retryable").as_deref(), Some("true"));
     let text = answer.text();
     assert!(text.contains("committed on 2 of 3 nodes (n1, n2)"), "{text}");
     assert!(text.contains("retrying it is safe"), "{text}");
