@@ -29,6 +29,7 @@ pub async fn run_all(kv: Arc<dyn KvBackend>, prefix: &str) {
     holders_follow_their_parts(kv.clone(), &format!("{prefix}holders/")).await;
     quorum_revision_only_grows(kv.clone(), &format!("{prefix}quorum/")).await;
     expired_blocks_are_admitted_again(kv.clone(), &format!("{prefix}expiry/")).await;
+    block_ids_expire_with_their_window(kv.clone(), &format!("{prefix}window/")).await;
     old_blocks_are_pruned(kv.clone(), &format!("{prefix}prune/")).await;
 }
 
@@ -80,6 +81,11 @@ pub async fn range_is_a_sorted_prefix_snapshot(kv: &dyn KvBackend, p: &str) {
     let keys: Vec<_> = kvs.iter().map(|kv| kv.key.trim_start_matches(p)).collect();
     assert_eq!(keys, ["in/a", "in/b", "in/c"]);
     assert!(kvs.iter().all(|kv| kv.mod_revision <= revision), "the snapshot revision covers its keys");
+    assert_eq!(kv.count(&format!("{p}in/")).await.unwrap(), 3);
+    assert_eq!(kv.count(&format!("{p}none/")).await.unwrap(), 0);
+    let first: Vec<_> = kv.range_first(&format!("{p}in/"), 2).await.unwrap().into_iter().map(|kv| kv.value).collect();
+    assert_eq!(first, [b"a".to_vec(), b"b".to_vec()], "the first keys in key order");
+    assert!(kv.range_first(&format!("{p}in/"), 0).await.unwrap().is_empty());
 }
 
 pub async fn watch_replays_history_then_follows(kv: &dyn KvBackend, p: &str) {
@@ -330,28 +336,40 @@ pub async fn old_blocks_are_pruned(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
     for i in 0..5 {
-        c.register_parts(
-            "t",
-            table.version,
-            vec![part(&format!("p{i}"), Some(&format!("b{i}")))],
-            "n1",
-            i * 1000,
-            i64::MAX,
-        )
-        .await
-        .unwrap();
+        let block = format!("b{i}");
+        c.register_parts("t", table.version, vec![part(&format!("p{i}"), Some(&block))], "n1", 1000 + i, i64::MAX)
+            .await
+            .unwrap();
     }
-    let removed = c.prune_blocks("t", 3, Duration::from_secs(3600), 4000).await.unwrap();
-    assert_eq!(removed, 2, "only the 3 newest block ids are kept");
+    assert_eq!(c.prune_blocks("t", 3).await.unwrap(), 2, "only the 3 newest block ids are kept");
     assert!(c.get_block("t", "b0").await.unwrap().is_none());
-    assert!(c.get_block("t", "b4").await.unwrap().is_some());
-    let removed = c.prune_blocks("t", 100, Duration::from_secs(1), 3_500).await.unwrap();
-    assert_eq!(removed, 1, "block ids older than the window are forgotten");
-    assert!(c.get_block("t", "b2").await.unwrap().is_none());
+    assert!(c.get_block("t", "b1").await.unwrap().is_none());
+    assert!(c.get_block("t", "b2").await.unwrap().is_some(), "the 3rd newest is kept");
+    assert_eq!(c.prune_blocks("t", 3).await.unwrap(), 0, "nothing more to forget");
     let retried =
         c.register_parts("t", table.version, vec![part("p9", Some("b0"))], "n1", 5000, i64::MAX).await.unwrap();
     assert!(matches!(retried.outcomes[0], PartOutcome::Registered { .. }), "a forgotten block id is admitted again");
     assert_eq!(c.snapshot().await.unwrap().parts.len(), 6, "pruning block ids never touches parts");
+}
+
+pub async fn block_ids_expire_with_their_window(kv: Arc<dyn KvBackend>, p: &str) {
+    let c = Coordinator::new(kv, p);
+    let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    for i in 0..3 {
+        let block = format!("b{i}");
+        c.register_parts("t", table.version, vec![part(&format!("p{i}"), Some(&block))], "n1", now(), 1000)
+            .await
+            .unwrap();
+    }
+    assert!(c.get_block("t", "b0").await.unwrap().is_some());
+    // The store deletes them itself when the bucket's lease ends (window + one bucket).
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(15);
+    while c.get_block("t", "b0").await.unwrap().is_some() || c.get_block("t", "b2").await.unwrap().is_some() {
+        assert!(tokio::time::Instant::now() < deadline, "block ids outlived their 1 s window by 15 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert_eq!(c.snapshot().await.unwrap().parts.len(), 3, "expiry forgets block ids, never parts");
 }
 
 #[cfg(test)]
@@ -372,20 +390,24 @@ mod tests {
         let path = dir.path().join("meta.redb");
         let revision = {
             let kv = EmbeddedKv::open(&path).await.unwrap();
-            let lease = kv.grant_lease(Duration::from_secs(60)).await.unwrap();
-            kv.txn(vec![], vec![put("/p/leased", "x")], vec![]).await.unwrap();
-            kv.txn(
-                vec![],
-                vec![TxnOp::Put { key: "/p/leased".into(), value: b"x".to_vec(), lease: Some(lease) }],
-                vec![],
-            )
-            .await
-            .unwrap();
+            let long = kv.grant_lease(Duration::from_secs(60)).await.unwrap();
+            let short = kv.grant_lease(Duration::from_secs(1)).await.unwrap();
+            for (key, lease) in [("/p/long", long), ("/p/short", short)] {
+                kv.txn(vec![], vec![TxnOp::Put { key: key.into(), value: b"x".to_vec(), lease: Some(lease) }], vec![])
+                    .await
+                    .unwrap();
+            }
             kv.txn(vec![], vec![put("/p/kept", "y")], vec![]).await.unwrap().revision
         };
+        tokio::time::sleep(Duration::from_millis(1200)).await;
         let kv = EmbeddedKv::open(&path).await.unwrap();
         assert_eq!(kv.get("/p/kept").await.unwrap().unwrap().mod_revision, revision, "data survives a reopen");
-        assert!(kv.get("/p/leased").await.unwrap().is_none(), "leases end with the process");
+        assert!(kv.get("/p/long").await.unwrap().is_some(), "a lease outlives a restart, as in etcd");
+        assert!(kv.get("/p/short").await.unwrap().is_none(), "a lease that expired while closed takes its keys");
+        let lease = kv.get("/p/long").await.unwrap().unwrap().lease;
+        kv.keep_alive(lease).await.unwrap();
+        kv.revoke_lease(lease).await.unwrap();
+        assert!(kv.get("/p/long").await.unwrap().is_none());
         let mut stream = kv.watch("/p/", revision).await.unwrap();
         let first = tokio::time::timeout(Duration::from_secs(5), stream.next()).await.unwrap().unwrap().unwrap();
         assert!(matches!(first, WatchResponse::Events { revision: r, .. } if r == revision));

@@ -1,6 +1,5 @@
 use std::collections::HashMap;
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
 
 use futures::StreamExt;
 use futures::stream::BoxStream;
@@ -9,9 +8,9 @@ use serde::{Deserialize, Serialize};
 use crate::CoordError;
 use crate::kv::{Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, WatchEventKind, WatchResponse};
 
-/// At most this many parts go into one transaction: each needs a compare and three puts, and
+/// At most this many parts go into one transaction: each needs a compare and four puts, and
 /// etcd refuses transactions of more than 128 operations.
-const PARTS_PER_TXN: usize = 30;
+const PARTS_PER_TXN: usize = 25;
 
 /// A table's schema record. `doc` is the node's serialized table definition.
 #[derive(Clone, Debug, PartialEq)]
@@ -154,7 +153,13 @@ pub fn valid_name(name: &str) -> bool {
 pub struct Coordinator {
     kv: Arc<dyn KvBackend>,
     prefix: String,
+    /// Lease of each (table, time bucket) that block ids are attached to, so the store itself
+    /// forgets them once the dedup window has passed.
+    dedup_leases: Arc<Mutex<HashMap<(String, i64), LeaseId>>>,
 }
+
+/// Windows at least this long are kept without leases (practically forever).
+const UNLEASED_WINDOW_MS: i64 = 10 * 365 * 24 * 3600 * 1000;
 
 impl Coordinator {
     pub fn new(kv: Arc<dyn KvBackend>, prefix: impl Into<String>) -> Self {
@@ -162,7 +167,7 @@ impl Coordinator {
         if !prefix.ends_with('/') {
             prefix.push('/');
         }
-        Coordinator { kv, prefix }
+        Coordinator { kv, prefix, dedup_leases: Arc::new(Mutex::new(HashMap::new())) }
     }
 
     pub fn backend(&self) -> &Arc<dyn KvBackend> {
@@ -179,6 +184,65 @@ impl Coordinator {
 
     fn holder_key(&self, table: &str, id: &str, node: &str) -> String {
         format!("{}holders/{table}/{id}/{node}", self.prefix)
+    }
+
+    /// Admission order of block ids: `blockorder/<table>/<created ms, 13 digits>-<block id>`.
+    fn block_order_key(&self, table: &str, created_ms: i64, block_id: &str) -> String {
+        format!("{}blockorder/{table}/{created_ms:013}-{block_id}", self.prefix)
+    }
+
+    /// The lease that block ids admitted at `now_ms` attach to: one per table and time bucket
+    /// (a quarter of the window, between 1 s and 1 h), living the window plus one bucket, so
+    /// every id outlives its window and etcd deletes it without anyone listing block ids.
+    async fn dedup_lease(&self, table: &str, now_ms: i64, window_ms: i64) -> Result<Option<LeaseId>, CoordError> {
+        if window_ms >= UNLEASED_WINDOW_MS {
+            return Ok(None);
+        }
+        let bucket_ms = (window_ms / 4).clamp(1000, 3_600_000);
+        let bucket = now_ms.div_euclid(bucket_ms);
+        let cache_key = (table.to_string(), bucket);
+        if let Some(id) = self.dedup_leases.lock().expect("lease cache lock").get(&cache_key) {
+            return Ok(Some(*id));
+        }
+        let registry = format!("{}dedupleases/{table}/{bucket}", self.prefix);
+        let parse_id = |kv: &KeyValue| std::str::from_utf8(&kv.value).ok().and_then(|v| v.parse::<LeaseId>().ok());
+        let id =
+            match self.kv.get(&registry).await?.as_ref().and_then(parse_id) {
+                Some(id) => id,
+                None => {
+                    let ttl = std::time::Duration::from_millis((window_ms + bucket_ms) as u64);
+                    let ours = self.kv.grant_lease(ttl).await?;
+                    let created = self
+                        .kv
+                        .txn(
+                            vec![Compare::Absent(registry.clone())],
+                            vec![TxnOp::Put {
+                                key: registry.clone(),
+                                value: ours.to_string().into_bytes(),
+                                lease: Some(ours),
+                            }],
+                            vec![TxnOp::Get { key: registry.clone() }],
+                        )
+                        .await?;
+                    if created.succeeded {
+                        ours
+                    } else {
+                        // Another node created this bucket's lease first: use it.
+                        self.kv.revoke_lease(ours).await?;
+                        created.gets.into_iter().flatten().next().as_ref().and_then(parse_id).ok_or_else(|| {
+                            CoordError::Corrupt { key: registry.clone(), reason: "not a lease id".into() }
+                        })?
+                    }
+                }
+            };
+        let mut cache = self.dedup_leases.lock().expect("lease cache lock");
+        cache.retain(|(t, b), _| t != table || *b >= bucket - 1);
+        cache.insert(cache_key, id);
+        Ok(Some(id))
+    }
+
+    fn forget_dedup_lease(&self, table: &str, lease: LeaseId) {
+        self.dedup_leases.lock().expect("lease cache lock").retain(|(t, _), id| t != table || *id != lease);
     }
 
     fn block_key(&self, table: &str, block_id: &str) -> String {
@@ -247,6 +311,7 @@ impl Coordinator {
                     TxnOp::Delete { key },
                     TxnOp::DeletePrefix { prefix: format!("{}parts/{name}/", self.prefix) },
                     TxnOp::DeletePrefix { prefix: format!("{}blocks/{name}/", self.prefix) },
+                    TxnOp::DeletePrefix { prefix: format!("{}blockorder/{name}/", self.prefix) },
                     TxnOp::DeletePrefix { prefix: format!("{}holders/{name}/", self.prefix) },
                 ],
                 vec![],
@@ -281,6 +346,11 @@ impl Coordinator {
         let mut expired: HashMap<usize, Revision> = HashMap::new();
         let mut revision = 0;
         let indices: Vec<usize> = (0..parts.len()).collect();
+        let mut lease = if parts.iter().any(|p| p.block_id.is_some()) {
+            self.dedup_lease(table, now_ms, dedup_window_ms).await?
+        } else {
+            None
+        };
         for chunk in indices.chunks(PARTS_PER_TXN) {
             let mut pending: Vec<usize> = chunk.to_vec();
             while !pending.is_empty() {
@@ -311,11 +381,24 @@ impl Coordinator {
                             Some(&old) => Compare::ModRevision(key.clone(), old),
                             None => Compare::Absent(key.clone()),
                         });
-                        success.push(TxnOp::Put { key: key.clone(), value: json(&record), lease: None });
+                        success.push(TxnOp::Put { key: key.clone(), value: json(&record), lease });
+                        success.push(TxnOp::Put {
+                            key: self.block_order_key(table, now_ms, block_id),
+                            value: block_id.as_bytes().to_vec(),
+                            lease,
+                        });
                         failure.push(TxnOp::Get { key });
                     }
                 }
-                let result = self.kv.txn(compares, success, failure).await?;
+                let result = match self.kv.txn(compares, success, failure).await {
+                    // The bucket's lease ended under us (a store restart, a clock jump): take a new one.
+                    Err(CoordError::LeaseExpired(_)) if lease.is_some() => {
+                        self.forget_dedup_lease(table, lease.expect("checked"));
+                        lease = self.dedup_lease(table, now_ms, dedup_window_ms).await?;
+                        continue;
+                    }
+                    other => other?,
+                };
                 if result.succeeded {
                     for &i in &pending {
                         outcomes[i] = Some(PartOutcome::Registered { revision: result.revision });
@@ -383,32 +466,33 @@ impl Coordinator {
         }
     }
 
-    /// Forgets block ids of `table` beyond the newest `keep` and older than `max_age`.
-    /// Returns how many were removed.
-    pub async fn prune_blocks(
-        &self,
-        table: &str,
-        keep: usize,
-        max_age: Duration,
-        now_ms: i64,
-    ) -> Result<usize, CoordError> {
-        let (mut kvs, _) = self.kv.range(&format!("{}blocks/{table}/", self.prefix)).await?;
-        kvs.sort_by_key(|kv| std::cmp::Reverse(kv.create_revision));
-        let oldest_kept_ms = now_ms - max_age.as_millis() as i64;
-        let mut expired = Vec::new();
-        for (rank, kv) in kvs.into_iter().enumerate() {
-            let created = parse::<BlockRecord>(&kv).map(|r| r.created_at_ms).unwrap_or(0);
-            if rank >= keep || created < oldest_kept_ms {
-                expired.push(kv);
+    /// Forgets the block ids of `table` beyond the newest `keep`. Reads only what it deletes:
+    /// the count comes from the store, and the oldest ids are the first keys of the
+    /// admission-order index. (The time window needs no pass: ids hang on leases that end with
+    /// the window, and admission checks the age anyway.) Returns how many were forgotten.
+    pub async fn prune_blocks(&self, table: &str, keep: u64) -> Result<usize, CoordError> {
+        let order_prefix = format!("{}blockorder/{table}/", self.prefix);
+        let count = self.kv.count(&order_prefix).await?;
+        if count <= keep {
+            return Ok(0);
+        }
+        let oldest = self.kv.range_first(&order_prefix, (count - keep) as usize).await?;
+        for chunk in oldest.chunks(50) {
+            for entry in chunk {
+                let block_id = String::from_utf8_lossy(&entry.value).to_string();
+                let block_key = self.block_key(table, &block_id);
+                // The block record goes only if it is still the admission this entry indexes
+                // (written in the same transaction, so at the entry's create revision).
+                self.kv
+                    .txn(
+                        vec![Compare::ModRevision(block_key.clone(), entry.create_revision)],
+                        vec![TxnOp::Delete { key: block_key }, TxnOp::Delete { key: entry.key.clone() }],
+                        vec![TxnOp::Delete { key: entry.key.clone() }],
+                    )
+                    .await?;
             }
         }
-        let count = expired.len();
-        for chunk in expired.chunks(100) {
-            let compares = chunk.iter().map(|kv| Compare::ModRevision(kv.key.clone(), kv.mod_revision)).collect();
-            let deletes = chunk.iter().map(|kv| TxnOp::Delete { key: kv.key.clone() }).collect();
-            self.kv.txn(compares, deletes, vec![]).await?;
-        }
-        Ok(count)
+        Ok(oldest.len())
     }
 
     /// Every table and part at one revision.

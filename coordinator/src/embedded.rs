@@ -16,6 +16,9 @@ use crate::kv::{
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
 const LOG: TableDefinition<i64, &[u8]> = TableDefinition::new("log");
 const META: TableDefinition<&str, i64> = TableDefinition::new("meta");
+/// Lease id -> (TTL in ms, deadline in ms since the epoch), so leases outlive a restart as
+/// etcd's do.
+const LEASES: TableDefinition<i64, (u64, i64)> = TableDefinition::new("leases");
 
 type RevisionEvents = (Revision, Vec<WatchEvent>);
 
@@ -26,9 +29,9 @@ const COMPACT_EVERY: i64 = 10_000;
 /// The single-node metadata store: a redb file with etcd's semantics (revisions, atomic
 /// multi-key transactions, a change log for watches, leases).
 ///
-/// Every write transaction is committed durably (fsync) before it returns. Leases live in
-/// memory only: they exist to announce a live process, so keys attached to leases are deleted
-/// when the store is reopened.
+/// Every write transaction is committed durably (fsync) before it returns. Leases are
+/// persisted with their wall-clock deadline: a lease outlives a restart (as in etcd) and its
+/// keys are deleted when the deadline passes.
 #[derive(Clone)]
 pub struct EmbeddedKv {
     inner: Arc<Inner>,
@@ -101,8 +104,11 @@ async fn expire_leases(inner: Weak<Inner>) {
         if expired.is_empty() {
             continue;
         }
-        let result =
-            tokio::task::spawn_blocking(move || inner.delete_leased_keys(|lease| expired.contains(&lease))).await;
+        let result = tokio::task::spawn_blocking(move || {
+            inner.delete_leased_keys(|lease| expired.contains(&lease))?;
+            inner.forget_leases(|lease| expired.contains(&lease))
+        })
+        .await;
         if let Ok(Err(e)) | Err(e) = result.map_err(|e| CoordError::Backend(e.to_string())) {
             tracing::error!(error = %e, "cannot delete the keys of expired leases");
         }
@@ -116,10 +122,33 @@ impl Inner {
             txn.open_table(KV)?;
             txn.open_table(LOG)?;
             txn.open_table(META)?;
+            txn.open_table(LEASES)?;
         }
         txn.commit()?;
-        // Leases do not survive a restart: drop every key that was attached to one.
-        self.delete_leased_keys(|_| true)?;
+        let now_ms = unix_ms();
+        let mut live = HashMap::new();
+        {
+            let txn = self.db.begin_read()?;
+            for entry in txn.open_table(LEASES)?.iter()? {
+                let (id, value) = entry?;
+                let (ttl_ms, deadline_ms) = value.value();
+                if deadline_ms > now_ms {
+                    let remaining = Duration::from_millis((deadline_ms - now_ms) as u64);
+                    live.insert(
+                        id.value(),
+                        LeaseState { ttl: Duration::from_millis(ttl_ms), deadline: Instant::now() + remaining },
+                    );
+                }
+            }
+        }
+        if let Some(max) = live.keys().max() {
+            let mut next = self.next_lease.lock().expect("lease counter lock");
+            *next = (*next).max(*max);
+        }
+        *self.leases.lock().expect("lease map lock") = live;
+        // Keys of leases that expired while the store was closed go now.
+        self.delete_leased_keys(|lease| !self.lease_exists(lease))?;
+        self.forget_leases(|id| !self.lease_exists(id))?;
         let revision = self.read_revision()?;
         self.revision_tx.send_replace(revision);
         Ok(())
@@ -149,6 +178,20 @@ impl Inner {
             let ops = keys.into_iter().map(|key| TxnOp::Delete { key }).collect();
             self.txn(Vec::new(), ops, Vec::new())?;
         }
+        Ok(())
+    }
+
+    fn persist_lease(&self, id: LeaseId, ttl: Duration, deadline_ms: i64) -> Result<(), CoordError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(LEASES)?.insert(id, (ttl.as_millis() as u64, deadline_ms))?;
+        txn.commit()?;
+        Ok(())
+    }
+
+    fn forget_leases(&self, gone: impl Fn(LeaseId) -> bool) -> Result<(), CoordError> {
+        let txn = self.db.begin_write()?;
+        txn.open_table(LEASES)?.retain(|id, _| !gone(id))?;
+        txn.commit()?;
         Ok(())
     }
 
@@ -330,6 +373,41 @@ impl KvBackend for EmbeddedKv {
         .await
     }
 
+    async fn count(&self, prefix: &str) -> Result<u64, CoordError> {
+        let prefix = prefix.to_string();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_read()?;
+            let table = txn.open_table(KV)?;
+            let mut n = 0;
+            for entry in table.range(prefix.as_str()..)? {
+                if !entry?.0.value().starts_with(&prefix) {
+                    break;
+                }
+                n += 1;
+            }
+            Ok(n)
+        })
+        .await
+    }
+
+    async fn range_first(&self, prefix: &str, limit: usize) -> Result<Vec<KeyValue>, CoordError> {
+        let prefix = prefix.to_string();
+        self.blocking(move |inner| {
+            let txn = inner.db.begin_read()?;
+            let table = txn.open_table(KV)?;
+            let mut out = Vec::new();
+            for entry in table.range(prefix.as_str()..)? {
+                let (k, v) = entry?;
+                if out.len() >= limit || !k.value().starts_with(&prefix) {
+                    break;
+                }
+                out.push(decode_record(k.value(), v.value())?);
+            }
+            Ok(out)
+        })
+        .await
+    }
+
     async fn txn(
         &self,
         compares: Vec<Compare>,
@@ -387,6 +465,8 @@ impl KvBackend for EmbeddedKv {
             *next += 1;
             *next
         };
+        let deadline_ms = unix_ms() + ttl.as_millis() as i64;
+        self.blocking(move |inner| inner.persist_lease(id, ttl, deadline_ms)).await?;
         self.inner
             .leases
             .lock()
@@ -396,15 +476,23 @@ impl KvBackend for EmbeddedKv {
     }
 
     async fn keep_alive(&self, lease: LeaseId) -> Result<(), CoordError> {
-        let mut leases = self.inner.leases.lock().expect("lease map lock");
-        let state = leases.get_mut(&lease).ok_or(CoordError::LeaseExpired(lease))?;
-        state.deadline = Instant::now() + state.ttl;
-        Ok(())
+        let ttl = {
+            let mut leases = self.inner.leases.lock().expect("lease map lock");
+            let state = leases.get_mut(&lease).ok_or(CoordError::LeaseExpired(lease))?;
+            state.deadline = Instant::now() + state.ttl;
+            state.ttl
+        };
+        let deadline_ms = unix_ms() + ttl.as_millis() as i64;
+        self.blocking(move |inner| inner.persist_lease(lease, ttl, deadline_ms)).await
     }
 
     async fn revoke_lease(&self, lease: LeaseId) -> Result<(), CoordError> {
         self.inner.leases.lock().expect("lease map lock").remove(&lease);
-        self.blocking(move |inner| inner.delete_leased_keys(|l| l == lease)).await
+        self.blocking(move |inner| {
+            inner.delete_leased_keys(|l| l == lease)?;
+            inner.forget_leases(|l| l == lease)
+        })
+        .await
     }
 
     async fn compact(&self, revision: Revision) -> Result<(), CoordError> {
@@ -420,6 +508,10 @@ impl KvBackend for EmbeddedKv {
         })
         .await
     }
+}
+
+fn unix_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }
 
 fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + 'static {

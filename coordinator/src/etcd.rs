@@ -138,6 +138,23 @@ impl KvBackend for EtcdKv {
         Ok((out, revision))
     }
 
+    async fn count(&self, prefix: &str) -> Result<u64, CoordError> {
+        let mut client = self.client();
+        let options = GetOptions::new().with_range(prefix_end(prefix)).with_count_only();
+        let response = timed("count", client.get(prefix, Some(options))).await?;
+        Ok(response.count().max(0) as u64)
+    }
+
+    async fn range_first(&self, prefix: &str, limit: usize) -> Result<Vec<KeyValue>, CoordError> {
+        if limit == 0 {
+            return Ok(Vec::new());
+        }
+        let mut client = self.client();
+        let options = GetOptions::new().with_range(prefix_end(prefix)).with_limit(limit as i64);
+        let response = timed("range", client.get(prefix, Some(options))).await?;
+        response.kvs().iter().map(convert).collect()
+    }
+
     async fn txn(
         &self,
         compares: Vec<Compare>,

@@ -89,6 +89,12 @@ pub trait KvBackend: Send + Sync + 'static {
     /// Every key starting with `prefix`, sorted by key, and the revision of the snapshot.
     async fn range(&self, prefix: &str) -> Result<(Vec<KeyValue>, Revision), CoordError>;
 
+    /// How many keys start with `prefix`, counted by the store (no key is returned).
+    async fn count(&self, prefix: &str) -> Result<u64, CoordError>;
+
+    /// The first `limit` keys (in key order) that start with `prefix`.
+    async fn range_first(&self, prefix: &str, limit: usize) -> Result<Vec<KeyValue>, CoordError>;
+
     async fn txn(
         &self,
         compares: Vec<Compare>,

@@ -180,13 +180,9 @@ async fn prune_blocks(node: Arc<Node>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
         }
         for (name, table) in node.catalog.snapshot() {
-            let settings = &table.def.settings;
-            let now_ms = chrono::Utc::now().timestamp_millis();
-            let keep = usize::try_from(settings.dedup_window_blocks).unwrap_or(usize::MAX);
-            let window = Duration::from_secs(settings.dedup_window_seconds);
-            match node.coordinator.prune_blocks(&name, keep, window, now_ms).await {
+            match node.coordinator.prune_blocks(&name, table.def.settings.dedup_window_blocks).await {
                 Ok(0) => {}
-                Ok(n) => tracing::debug!(table = %name, removed = n, "forgot expired insert block ids"),
+                Ok(n) => tracing::debug!(table = %name, removed = n, "forgot insert block ids beyond the count window"),
                 Err(e) => tracing::warn!(table = %name, error = %e, "cannot prune insert block ids"),
             }
         }
