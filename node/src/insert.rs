@@ -1,6 +1,7 @@
 //! The insert path: decode the body, split it per partition, compute block ids, write the
 //! parts durably, register them with their block ids in one coordinator transaction, and
-//! answer once this node has applied the registration.
+//! answer once this node has applied the registration (and, with `insert_quorum`, once enough
+//! nodes hold the parts).
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
@@ -15,7 +16,7 @@ use crate::formats::{Format, InputOptions, decode_insert};
 use crate::node::Node;
 
 /// Per-request insert settings (URL parameters).
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct InsertSettings {
     pub deduplicate: bool,
     pub deduplication_token: Option<String>,
