@@ -2,11 +2,12 @@
 //! ArrowStream) become Arrow batches in the table's schema, with errors that name the line,
 //! the column and the types; query results go out in the format asked for.
 
+use std::borrow::Cow;
 use std::io::Cursor;
 use std::sync::Arc;
 
 use bytes::Bytes;
-use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
+use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, StringBuilder, new_null_array};
 use datafusion::arrow::compute::kernels::zip::zip;
 use datafusion::arrow::compute::{CastOptions, cast_with_options, concat_batches, is_not_null};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
@@ -373,70 +374,102 @@ fn decode_delimited(
     options: InputOptions,
 ) -> Result<RecordBatch, NodeError> {
     let with_names = matches!(format, Format::CsvWithNames | Format::TabSeparatedWithNames);
-    let (records, lines) =
-        if matches!(format, Format::Csv | Format::CsvWithNames) { split_csv(data)? } else { split_tsv(data)? };
-    let mut records = records.into_iter().zip(lines).peekable();
+    let mut columns = TextColumns::new(input_schema, def, options, with_names);
+    if matches!(format, Format::Csv | Format::CsvWithNames) {
+        read_csv(data, &mut columns)?;
+    } else {
+        read_tsv(data, &mut columns)?;
+    }
+    columns.finish()
+}
 
-    // With names, the header says which column each field is, in any order.
-    let mut targets: Vec<Option<Field>> = input_schema.fields().iter().map(|f| Some(f.as_ref().clone())).collect();
-    if with_names {
-        let Some((header, _)) = records.next() else {
-            return Ok(RecordBatch::new_empty(input_schema.clone()));
-        };
-        targets = Vec::new();
-        for name in header {
-            let name = name.unwrap_or_default();
-            match input_schema.field_with_name(&name) {
-                Ok(field) => targets.push(Some(field.clone())),
-                Err(_) if options.skip_unknown_fields => targets.push(None),
-                Err(_) => return Err(unknown_column(def, &name)),
-            }
-        }
+/// One text builder per target column, filled row by row straight from the input's bytes.
+struct TextColumns<'a> {
+    input_schema: &'a SchemaRef,
+    def: &'a TableDef,
+    options: InputOptions,
+    /// Per field position: the column it fills (None: skipped unknown column). Unset until the
+    /// header is read, with names.
+    targets: Option<Vec<Option<TextColumn>>>,
+    lines: Vec<u64>,
+}
+
+struct TextColumn {
+    field: Field,
+    is_string: bool,
+    text: StringBuilder,
+}
+
+impl TextColumn {
+    fn new(field: &Field) -> Self {
+        TextColumn { field: field.clone(), is_string: field.data_type() == &DataType::Utf8, text: StringBuilder::new() }
+    }
+}
+
+impl<'a> TextColumns<'a> {
+    fn new(input_schema: &'a SchemaRef, def: &'a TableDef, options: InputOptions, with_names: bool) -> Self {
+        let targets =
+            (!with_names).then(|| input_schema.fields().iter().map(|f| Some(TextColumn::new(f))).collect::<Vec<_>>());
+        TextColumns { input_schema, def, options, targets, lines: Vec::new() }
     }
 
-    let mut fields_text: Vec<Vec<Option<String>>> = vec![Vec::new(); targets.len()];
-    let mut line_numbers = Vec::new();
-    for (record, line) in records {
-        if record.len() != targets.len() {
+    fn row(&mut self, line: u64, fields: &[Option<Cow<'_, str>>]) -> Result<(), NodeError> {
+        let Some(targets) = &mut self.targets else {
+            // With names, the header says which column each field is, in any order.
+            let mut targets = Vec::with_capacity(fields.len());
+            for name in fields {
+                let name = name.as_deref().unwrap_or_default();
+                match self.input_schema.field_with_name(name) {
+                    Ok(field) => targets.push(Some(TextColumn::new(field))),
+                    Err(_) if self.options.skip_unknown_fields => targets.push(None),
+                    Err(_) => return Err(unknown_column(self.def, name)),
+                }
+            }
+            self.targets = Some(targets);
+            return Ok(());
+        };
+        if fields.len() != targets.len() {
             return Err(NodeError::bad_request(format!(
                 "line {line}: expected {} fields, found {}",
                 targets.len(),
-                record.len()
+                fields.len()
             )));
         }
-        for (column, value) in record.into_iter().enumerate() {
-            fields_text[column].push(value);
+        for (target, value) in targets.iter_mut().zip(fields) {
+            let Some(column) = target else { continue };
+            match value {
+                // An empty field is NULL for every type but String, as in ClickHouse's CSV.
+                Some(v) if column.is_string || !v.is_empty() => column.text.append_value(v),
+                _ => column.text.append_null(),
+            }
         }
-        line_numbers.push(line);
+        self.lines.push(line);
+        Ok(())
     }
 
-    let mut fields = Vec::new();
-    let mut arrays = Vec::new();
-    for (target, texts) in targets.into_iter().zip(fields_text) {
-        let Some(field) = target else { continue };
-        let is_string = field.data_type() == &DataType::Utf8;
-        let text =
-            StringArray::from(texts.into_iter().map(|v| v.filter(|s| is_string || !s.is_empty())).collect::<Vec<_>>());
-        let text: ArrayRef = Arc::new(text);
-        let array = if is_string { text } else { convert_text(&text, &field, |row| line_numbers[row])? };
-        fields.push(field);
-        arrays.push(array);
+    fn finish(self) -> Result<RecordBatch, NodeError> {
+        let Some(targets) = self.targets else { return Ok(RecordBatch::new_empty(self.input_schema.clone())) };
+        let lines = self.lines;
+        let mut fields = Vec::new();
+        let mut arrays = Vec::new();
+        for mut column in targets.into_iter().flatten() {
+            let text: ArrayRef = Arc::new(column.text.finish());
+            let array = if column.is_string { text } else { convert_text(&text, &column.field, |row| lines[row])? };
+            fields.push(column.field);
+            arrays.push(array);
+        }
+        let schema = Arc::new(Schema::new(fields));
+        let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(lines.len()));
+        RecordBatch::try_new_with_options(schema, arrays, &options).map_err(NodeError::internal)
     }
-    let schema = Arc::new(Schema::new(fields));
-    let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(line_numbers.len()));
-    RecordBatch::try_new_with_options(schema, arrays, &options).map_err(NodeError::internal)
 }
 
-type Records = (Vec<Vec<Option<String>>>, Vec<u64>);
-
-fn split_csv(data: &[u8]) -> Result<Records, NodeError> {
+fn read_csv(data: &[u8], columns: &mut TextColumns<'_>) -> Result<(), NodeError> {
     let mut reader = csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(data);
-    let mut records = Vec::new();
-    let mut lines = Vec::new();
     let mut record = csv::ByteRecord::new();
     loop {
         match reader.read_byte_record(&mut record) {
-            Ok(false) => break,
+            Ok(false) => return Ok(()),
             Ok(true) => {
                 let line = record.position().map(|p| p.line()).unwrap_or(0);
                 let mut fields = Vec::with_capacity(record.len());
@@ -444,47 +477,42 @@ fn split_csv(data: &[u8]) -> Result<Records, NodeError> {
                     let text = std::str::from_utf8(field).map_err(|_| {
                         NodeError::bad_request(format!("line {line}, field {}: not valid UTF-8", column + 1))
                     })?;
-                    fields.push(if text == "\\N" { None } else { Some(text.to_string()) });
+                    fields.push(if text == "\\N" { None } else { Some(Cow::Borrowed(text)) });
                 }
-                records.push(fields);
-                lines.push(line);
+                columns.row(line, &fields)?;
             }
             Err(e) => return Err(NodeError::bad_request(format!("malformed CSV: {e}"))),
         }
     }
-    Ok((records, lines))
 }
 
-fn split_tsv(data: &[u8]) -> Result<Records, NodeError> {
+fn read_tsv(data: &[u8], columns: &mut TextColumns<'_>) -> Result<(), NodeError> {
     let text = std::str::from_utf8(data).map_err(|e| {
         let line = data[..e.valid_up_to()].iter().filter(|&&b| b == b'\n').count() + 1;
         NodeError::bad_request(format!("line {line}: not valid UTF-8"))
     })?;
-    let mut records = Vec::new();
-    let mut lines = Vec::new();
+    let mut fields = Vec::new();
     for (index, line) in text.split('\n').enumerate() {
         let line = line.strip_suffix('\r').unwrap_or(line);
         if line.is_empty() {
             continue;
         }
-        let fields = line
-            .split('\t')
-            .map(unescape_tsv)
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(|e| NodeError::bad_request(format!("line {}: {e}", index + 1)))?;
-        records.push(fields);
-        lines.push(index as u64 + 1);
+        fields.clear();
+        for field in line.split('\t') {
+            fields.push(unescape_tsv(field).map_err(|e| NodeError::bad_request(format!("line {}: {e}", index + 1)))?);
+        }
+        columns.row(index as u64 + 1, &fields)?;
     }
-    Ok((records, lines))
+    Ok(())
 }
 
 /// ClickHouse's TabSeparated escaping: `\N` is NULL; `\t`, `\n`, `\\` and friends are escapes.
-fn unescape_tsv(field: &str) -> Result<Option<String>, String> {
+fn unescape_tsv(field: &str) -> Result<Option<Cow<'_, str>>, String> {
     if field == "\\N" {
         return Ok(None);
     }
     if !field.contains('\\') {
-        return Ok(Some(field.to_string()));
+        return Ok(Some(Cow::Borrowed(field)));
     }
     let mut out = String::with_capacity(field.len());
     let mut chars = field.chars();
@@ -504,7 +532,7 @@ fn unescape_tsv(field: &str) -> Result<Option<String>, String> {
             None => return Err("a field ends with a lone backslash".to_string()),
         }
     }
-    Ok(Some(out))
+    Ok(Some(Cow::Owned(out)))
 }
 
 fn escape_tsv(value: &str, out: &mut String) {
