@@ -2,7 +2,8 @@
 # Installs, on Debian/Ubuntu, the system packages tandem needs that cargo cannot fetch:
 #   protoc  - etcd-client and tandem's interserver protocol are generated from .proto files;
 #   cc      - zstd (Parquet compression) is C;
-#   etcd    - only with --with-etcd: the tests start their own etcd members.
+#   etcd    - only with --with-etcd: the tests start their own etcd members (and run the
+#             README's curl walkthrough, so curl too).
 # Does nothing when everything is present.
 set -euo pipefail
 
@@ -11,6 +12,7 @@ command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 if [[ "${1:-}" == "--with-etcd" ]]; then
     command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
+    command -v curl >/dev/null 2>&1 || missing+=(curl)
 fi
 ((${#missing[@]})) || exit 0
 

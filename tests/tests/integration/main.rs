@@ -9,6 +9,7 @@ mod durability;
 mod failover;
 mod formats;
 mod quorum;
+mod readme;
 
 /// The table most tests use: every column type family, a month partition, a sort key.
 pub const EVENTS: &str = "CREATE TABLE events (id UInt64, ts DateTime64(3), host String, v Float64, \
