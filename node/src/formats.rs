@@ -15,7 +15,6 @@ use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::json::writer::{JsonArray, LineDelimited};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
-use datafusion::common::ScalarValue;
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
@@ -174,22 +173,24 @@ fn conform(def: &TableDef, batch: RecordBatch, options: InputOptions) -> Result<
                     })?
                 }
             }
-            Err(_) => new_null_array(&target, rows),
+            // An omitted column takes its DEFAULT (NULL or the type's zero value without one).
+            Err(_) => match &column.default {
+                Some(_) => column
+                    .fill_value()
+                    .and_then(|v| v.to_array_of_size(rows).map_err(|e| e.to_string()))
+                    .map_err(|e| NodeError::bad_request(format!("column `{}`: {e}", column.name)))?,
+                None => new_null_array(&target, rows),
+            },
         };
-        let array =
-            if !column.nullable && array.null_count() > 0 { fill_default(&array, column.column_type)? } else { array };
+        let array = if !column.nullable && array.null_count() > 0 { fill_default(&array, column)? } else { array };
         columns.push(array);
     }
     RecordBatch::try_new(def.arrow_schema(), columns).map_err(NodeError::internal)
 }
 
 /// Replaces NULLs with the type's default, as ClickHouse does for columns that are not Nullable.
-fn fill_default(array: &ArrayRef, column_type: ColumnType) -> Result<ArrayRef, NodeError> {
-    let default = match column_type {
-        ColumnType::String => ScalarValue::Utf8(Some(String::new())),
-        ColumnType::Bool => ScalarValue::Boolean(Some(false)),
-        other => ScalarValue::Int64(Some(0)).cast_to(&other.arrow()).map_err(NodeError::internal)?,
-    };
+fn fill_default(array: &ArrayRef, column: &crate::schema::ColumnDef) -> Result<ArrayRef, NodeError> {
+    let default = column.fill_value().map_err(|e| NodeError::bad_request(format!("column `{}`: {e}", column.name)))?;
     let mask = is_not_null(array).map_err(NodeError::internal)?;
     let default = default.to_scalar().map_err(NodeError::internal)?;
     zip(&mask, array, &default).map_err(NodeError::internal)

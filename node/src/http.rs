@@ -196,6 +196,15 @@ async fn execute_statement(
             };
             ddl_done(node, revision).await
         }
+        Statement::Alter { table, actions } => {
+            let sync_all = match number(params, "alter_sync")? {
+                None | Some(0 | 1) => false,
+                Some(2) => true,
+                Some(other) => return Err(NodeError::bad_request(format!("alter_sync takes 0, 1 or 2, got {other}"))),
+            };
+            let revision = crate::alter::alter(node, &table, &actions, sync_all).await?;
+            ddl_done(node, revision).await
+        }
         Statement::DropTable { name, if_exists } => {
             let revision = match node.coordinator.drop_table(&name).await {
                 Ok(revision) => revision,
@@ -211,15 +220,21 @@ async fn execute_statement(
         }
         Statement::Describe { name, format } => {
             let table = node.catalog.table(&name).ok_or_else(|| NodeError::unknown_table(&name))?;
-            let names = table.def.columns.iter().map(|c| c.name.clone()).collect();
-            let types = table.def.columns.iter().map(|c| c.type_name()).collect();
-            let empty = vec![String::new(); table.def.columns.len()];
+            let columns = &table.def.columns;
+            let names = columns.iter().map(|c| c.name.clone()).collect();
+            let types = columns.iter().map(|c| c.type_name()).collect();
+            let default_types =
+                columns.iter().map(|c| if c.default.is_some() { "DEFAULT".into() } else { String::new() }).collect();
+            let defaults =
+                columns.iter().map(|c| c.default.as_ref().map(|d| d.to_string()).unwrap_or_default()).collect();
+            let comments = columns.iter().map(|c| c.comment.clone().unwrap_or_default()).collect();
+            let empty = vec![String::new(); columns.len()];
             let batch = text_batch(&[
                 ("name", names),
                 ("type", types),
-                ("default_type", empty.clone()),
-                ("default_expression", empty.clone()),
-                ("comment", empty.clone()),
+                ("default_type", default_types),
+                ("default_expression", defaults),
+                ("comment", comments),
                 ("codec_expression", empty.clone()),
                 ("ttl_expression", empty),
             ])?;

@@ -105,7 +105,7 @@ pub async fn insert(
     let mut summary = loop {
         attempts += 1;
         match insert_once(node, table, columns, format, &data, settings).await {
-            Err(NodeError::Conflict(msg)) if attempts < 3 && msg.contains("changed") => {
+            Err(NodeError::Conflict(msg)) if attempts < 10 && msg.contains("changed") => {
                 tracing::info!(%table, "schema changed during insert; retrying under the new schema");
             }
             other => break other?,
@@ -257,6 +257,7 @@ async fn register(
     let now_ms = chrono::Utc::now().timestamp_millis();
     let sequence = INSERT_SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let node_id = node.config.node_id.clone();
+    let column_ids = def.column_ids();
     // Encoding and fsync block: off the async runtime.
     let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<(NewPart, u64)>, NodeError> {
         let mut out = Vec::new();
@@ -282,6 +283,7 @@ async fn register(
                 level: 0,
                 sort_key: sort_key.clone(),
                 columns: part.columns,
+                column_ids: column_ids.clone(),
                 node: Some(node_id.clone()),
                 created_at_ms: now_ms,
             };

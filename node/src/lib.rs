@@ -15,6 +15,7 @@
 //! - [`node`]: starting and stopping all of it; [`config`]: layered configuration;
 //!   [`bench`]: the benchmark command.
 
+pub mod alter;
 pub mod bench;
 pub mod catalog;
 pub mod config;

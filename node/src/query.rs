@@ -2,7 +2,7 @@
 //! a catalog snapshot taken when the query starts, skipping parts whose manifest statistics
 //! rule them out; plus the `system` tables.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
@@ -11,6 +11,7 @@ use datafusion::arrow::array::{
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{MemorySchemaProvider, Session, TableProvider};
+use datafusion::common::DataFusionError;
 use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::datasource::file_format::FileFormat;
@@ -23,30 +24,63 @@ use datafusion::execution::context::SQLOptions;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
+use datafusion::physical_expr::PhysicalExpr;
+use datafusion::physical_expr::expressions::{Column as PhysicalColumn, Literal};
 use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
+use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::catalog::{ActivePart, Catalog, TableState};
 use crate::error::NodeError;
 use crate::membership::NodeInfo;
 use crate::node::Node;
+use crate::schema::TableDef;
 
 /// One table's parts as of the query's start. Holding the parts keeps their files alive.
+///
+/// Parts written under older schemas are read under the current one through the stable
+/// column ids their manifests record: a renamed column is read from its old Parquet name, a
+/// dropped one is not read, and a column added after the part was written reads as its
+/// DEFAULT (or NULL / the type's zero value).
 #[derive(Debug)]
 pub struct PartsTable {
+    def: Arc<TableDef>,
     schema: SchemaRef,
-    parts: Vec<ActivePart>,
+    parts: Vec<LaidOutPart>,
+}
+
+/// A part and, per table column (in table order), the Parquet column that holds it.
+#[derive(Debug)]
+struct LaidOutPart {
+    part: ActivePart,
+    layout: Vec<Option<String>>,
+}
+
+fn layout_of(def: &TableDef, part: &ActivePart) -> Vec<Option<String>> {
+    let ids = &part.manifest.column_ids;
+    if ids.is_empty() {
+        // Written before column ids existed: columns match by name.
+        return def.columns.iter().map(|c| Some(c.name.clone())).collect();
+    }
+    let by_id: HashMap<u32, &String> = ids.iter().map(|(name, id)| (*id, name)).collect();
+    def.columns.iter().map(|c| by_id.get(&c.id).map(|name| (*name).clone())).collect()
 }
 
 impl PartsTable {
     pub fn new(state: &TableState) -> Self {
-        PartsTable { schema: state.def.arrow_schema(), parts: state.parts.values().cloned().collect() }
+        let parts = state
+            .parts
+            .values()
+            .map(|part| LaidOutPart { layout: layout_of(&state.def, part), part: part.clone() })
+            .collect();
+        PartsTable { def: state.def.clone(), schema: state.def.arrow_schema(), parts }
     }
 
     /// Parts that the filters cannot rule out by their manifest's min/max statistics.
-    fn prune(&self, state: &dyn Session, filters: &[Expr]) -> Vec<&ActivePart> {
+    fn prune(&self, state: &dyn Session, filters: &[Expr]) -> Vec<&LaidOutPart> {
         let all = || self.parts.iter().collect();
         let Some(predicate) = conjunction(filters.iter().cloned()) else {
             return all();
@@ -61,13 +95,67 @@ impl PartsTable {
         else {
             return all();
         };
-        match pruning.prune(&ManifestStatistics { schema: &self.schema, parts: &self.parts }) {
+        match pruning.prune(&ManifestStatistics { table: self }) {
             Ok(keep) => self.parts.iter().zip(keep).filter(|(_, keep)| *keep).map(|(p, _)| p).collect(),
             Err(e) => {
                 tracing::debug!(error = %e, "part pruning skipped");
                 all()
             }
         }
+    }
+
+    /// One scan of parts that share a layout, producing the projected table columns.
+    async fn scan_group(
+        &self,
+        state: &dyn Session,
+        layout: &[Option<String>],
+        parts: &[&LaidOutPart],
+        projection: &[usize],
+    ) -> DfResult<Arc<dyn ExecutionPlan>> {
+        let identity = layout.iter().zip(&self.def.columns).all(|(file, column)| file.as_deref() == Some(&column.name));
+        // The Parquet columns the parts hold, and which of them this query reads.
+        let mut file_fields = Vec::new();
+        let mut file_index = vec![None; layout.len()];
+        for (i, file) in layout.iter().enumerate() {
+            if let Some(name) = file {
+                file_index[i] = Some(file_fields.len());
+                file_fields.push(Field::new(name, self.def.columns[i].column_type.arrow(), true));
+            }
+        }
+        let file_schema = Arc::new(Schema::new(file_fields));
+        let mut read: Vec<usize> = projection.iter().filter_map(|&i| file_index[i]).collect();
+        read.dedup();
+        let groups_wanted = state.config().target_partitions().max(1).min(parts.len());
+        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); groups_wanted];
+        for (i, part) in parts.iter().enumerate() {
+            let path = part.part.file.path.to_string_lossy();
+            groups[i % groups_wanted].push(PartitionedFile::new(path.trim_start_matches('/'), part.part.file.size));
+        }
+        let source = Arc::new(ParquetSource::new(file_schema.clone()));
+        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+            .with_projection_indices(Some(if identity { projection.to_vec() } else { read.clone() }))?
+            .build();
+        let scan = ParquetFormat::default().create_physical_plan(state, config).await?;
+        if identity || projection.is_empty() {
+            return Ok(scan);
+        }
+        let mut exprs: Vec<(Arc<dyn PhysicalExpr>, String)> = Vec::with_capacity(projection.len());
+        for &i in projection {
+            let column = &self.def.columns[i];
+            let expr: Arc<dyn PhysicalExpr> = match (&layout[i], file_index[i]) {
+                (Some(file_name), Some(index)) => {
+                    let position = read.iter().position(|r| *r == index).expect("every read column is scanned");
+                    Arc::new(PhysicalColumn::new(file_name, position))
+                }
+                _ => {
+                    let value = column.fill_value().map_err(DataFusionError::Plan)?;
+                    Arc::new(Literal::new(value))
+                }
+            };
+            exprs.push((expr, column.name.clone()));
+        }
+        Ok(Arc::new(ProjectionExec::try_new(exprs, scan)?))
     }
 }
 
@@ -91,49 +179,49 @@ impl TableProvider for PartsTable {
         state: &dyn Session,
         projection: Option<&Vec<usize>>,
         filters: &[Expr],
-        limit: Option<usize>,
+        _limit: Option<usize>,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let parts = self.prune(state, filters);
+        let projection: Vec<usize> = match projection {
+            Some(p) => p.clone(),
+            None => (0..self.schema.fields().len()).collect(),
+        };
         if parts.is_empty() {
-            let projected = match projection {
-                Some(p) => Arc::new(self.schema.project(p)?),
-                None => self.schema.clone(),
-            };
-            return Ok(Arc::new(EmptyExec::new(projected)));
+            return Ok(Arc::new(EmptyExec::new(Arc::new(self.schema.project(&projection)?))));
         }
-        let groups_wanted = state.config().target_partitions().max(1).min(parts.len());
-        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); groups_wanted];
-        for (i, part) in parts.iter().enumerate() {
-            let path = part.file.path.to_string_lossy();
-            groups[i % groups_wanted].push(PartitionedFile::new(path.trim_start_matches('/'), part.file.size));
+        let mut by_layout: BTreeMap<&[Option<String>], Vec<&LaidOutPart>> = BTreeMap::new();
+        for part in parts {
+            by_layout.entry(part.layout.as_slice()).or_default().push(part);
         }
-        let source = Arc::new(ParquetSource::new(self.schema.clone()));
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
-            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
-            .with_projection_indices(projection.cloned())?
-            .with_limit(limit)
-            .build();
-        ParquetFormat::default().create_physical_plan(state, config).await
+        let mut plans = Vec::with_capacity(by_layout.len());
+        for (layout, group) in by_layout {
+            plans.push(self.scan_group(state, layout, &group, &projection).await?);
+        }
+        UnionExec::try_new(plans)
     }
 }
 
-/// A part's manifest statistics, in the shape DataFusion's pruning wants.
+/// The parts' manifest statistics, in the shape DataFusion's pruning wants (looked up through
+/// each part's layout, so a renamed column finds its statistics under its old name).
 struct ManifestStatistics<'a> {
-    schema: &'a SchemaRef,
-    parts: &'a [ActivePart],
+    table: &'a PartsTable,
 }
 
 impl ManifestStatistics<'_> {
+    fn stats<'p>(&self, part: &'p LaidOutPart, column: &Column) -> Option<&'p tandem_parts::ColumnStats> {
+        let index = self.table.def.columns.iter().position(|c| c.name == column.name)?;
+        let file_name = part.layout[index].as_ref()?;
+        part.part.manifest.columns.get(file_name)
+    }
+
     fn values(
         &self,
         column: &Column,
         pick: impl Fn(&tandem_parts::ColumnStats) -> Option<&serde_json::Value>,
     ) -> Option<ArrayRef> {
-        let data_type = self.schema.field_with_name(&column.name).ok()?.data_type().clone();
-        let scalars = self.parts.iter().map(|part| {
-            part.manifest
-                .columns
-                .get(&column.name)
+        let data_type = self.table.schema.field_with_name(&column.name).ok()?.data_type().clone();
+        let scalars = self.table.parts.iter().map(|part| {
+            self.stats(part, column)
                 .and_then(&pick)
                 .and_then(|v| json_scalar(v, &data_type))
                 .unwrap_or_else(|| ScalarValue::try_from(&data_type).unwrap_or(ScalarValue::Null))
@@ -164,17 +252,17 @@ impl PruningStatistics for ManifestStatistics<'_> {
     }
 
     fn num_containers(&self) -> usize {
-        self.parts.len()
+        self.table.parts.len()
     }
 
     fn null_counts(&self, column: &Column) -> Option<ArrayRef> {
         let counts: Vec<Option<u64>> =
-            self.parts.iter().map(|p| p.manifest.columns.get(&column.name).map(|s| s.null_count)).collect();
+            self.table.parts.iter().map(|p| self.stats(p, column).map(|s| s.null_count)).collect();
         Some(Arc::new(UInt64Array::from(counts)))
     }
 
     fn row_counts(&self) -> Option<ArrayRef> {
-        Some(Arc::new(UInt64Array::from(self.parts.iter().map(|p| p.manifest.rows).collect::<Vec<_>>())))
+        Some(Arc::new(UInt64Array::from(self.table.parts.iter().map(|p| p.part.manifest.rows).collect::<Vec<_>>())))
     }
 
     fn contained(

@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use datafusion::common::ScalarValue;
 use serde::{Deserialize, Serialize};
 use tandem_parts::PartitionSpec;
 
@@ -99,17 +100,59 @@ impl ColumnType {
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct ColumnDef {
+    /// Stable identity of the column: parts record which of their Parquet columns holds which
+    /// id, so a renamed column keeps its data and a dropped-then-re-added name does not
+    /// resurrect old values.
+    #[serde(default)]
+    pub id: u32,
     pub name: String,
     #[serde(rename = "type")]
     pub column_type: ColumnType,
-    /// `Nullable(T)`: NULL is stored. Otherwise a missing or NULL value becomes the type's
-    /// default (0, '', 1970-01-01), as in ClickHouse.
+    /// `Nullable(T)`: NULL is stored. Otherwise a missing or NULL value becomes the column's
+    /// DEFAULT, or its type's default (0, '', 1970-01-01), as in ClickHouse.
     pub nullable: bool,
+    /// `DEFAULT <literal>`: what inserts that omit the column store, and what parts written
+    /// before the column existed read as.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub comment: Option<String>,
 }
 
 impl ColumnDef {
     pub fn type_name(&self) -> String {
         if self.nullable { format!("Nullable({})", self.column_type.name()) } else { self.column_type.name() }
+    }
+
+    /// The value this column takes where a row has none: its DEFAULT, else NULL when
+    /// Nullable, else its type's zero value.
+    pub fn fill_value(&self) -> Result<ScalarValue, String> {
+        let target = self.column_type.arrow();
+        let value = match &self.default {
+            Some(serde_json::Value::String(s)) => ScalarValue::Utf8(Some(s.clone())),
+            Some(serde_json::Value::Bool(b)) => ScalarValue::Boolean(Some(*b)),
+            Some(serde_json::Value::Number(n)) => match (n.as_i64(), n.as_u64()) {
+                (Some(i), _) => ScalarValue::Int64(Some(i)),
+                (None, Some(u)) => ScalarValue::UInt64(Some(u)),
+                _ => ScalarValue::Float64(n.as_f64()),
+            },
+            Some(serde_json::Value::Null) | None if self.nullable => {
+                return ScalarValue::try_from(&target).map_err(|e| e.to_string());
+            }
+            Some(other) => return Err(format!("DEFAULT {other} is not a literal of type {}", self.type_name())),
+            None => match self.column_type {
+                ColumnType::String => ScalarValue::Utf8(Some(String::new())),
+                ColumnType::Bool => ScalarValue::Boolean(Some(false)),
+                _ => ScalarValue::Int64(Some(0)),
+            },
+        };
+        value.cast_to(&target).map_err(|e| {
+            format!(
+                "DEFAULT {} does not convert to {}: {e}",
+                self.default.as_ref().map(|d| d.to_string()).unwrap_or_default(),
+                self.type_name()
+            )
+        })
     }
 }
 
@@ -132,6 +175,22 @@ fn default_dedup_window_seconds() -> u64 {
     7 * 24 * 3600
 }
 
+impl TableSettings {
+    /// Sets a setting by its SQL name (tandem's or ClickHouse's spelling).
+    pub fn set(&mut self, key: &str, value: u64) -> Result<(), crate::error::NodeError> {
+        match key {
+            "dedup_window_blocks" | "replicated_deduplication_window" => self.dedup_window_blocks = value,
+            "dedup_window_seconds" | "replicated_deduplication_window_seconds" => self.dedup_window_seconds = value,
+            _ => {
+                return Err(crate::error::NodeError::bad_request(format!(
+                    "unknown table setting `{key}`; known: dedup_window_blocks, dedup_window_seconds"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Default for TableSettings {
     fn default() -> Self {
         TableSettings {
@@ -150,6 +209,9 @@ pub struct TableDef {
     pub partition_by: PartitionSpec,
     #[serde(default)]
     pub settings: TableSettings,
+    /// The id the next added column gets.
+    #[serde(default)]
+    pub next_column_id: u32,
 }
 
 impl TableDef {
@@ -170,6 +232,27 @@ impl TableDef {
     }
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
-        serde_json::from_slice(bytes)
+        let mut def: TableDef = serde_json::from_slice(bytes)?;
+        def.assign_column_ids();
+        Ok(def)
+    }
+
+    /// Gives every column an id (columns of definitions written before ids existed get their
+    /// position), and makes `next_column_id` follow the largest.
+    pub fn assign_column_ids(&mut self) {
+        if self.columns.iter().any(|c| c.id == 0) {
+            let mut next = self.columns.iter().map(|c| c.id).max().unwrap_or(0) + 1;
+            for column in self.columns.iter_mut().filter(|c| c.id == 0) {
+                column.id = next;
+                next += 1;
+            }
+        }
+        let max = self.columns.iter().map(|c| c.id).max().unwrap_or(0);
+        self.next_column_id = self.next_column_id.max(max + 1);
+    }
+
+    /// Part column name -> column id, recorded in each part's manifest.
+    pub fn column_ids(&self) -> std::collections::BTreeMap<String, u32> {
+        self.columns.iter().map(|c| (c.name.clone(), c.id)).collect()
     }
 }

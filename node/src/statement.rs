@@ -21,11 +21,28 @@ use crate::schema::{ColumnDef, ColumnType, TABLE_FORMAT_VERSION, TableDef, Table
 #[derive(Debug)]
 pub enum Statement {
     CreateTable { def: TableDef, if_not_exists: bool },
+    Alter { table: String, actions: Vec<AlterAction> },
     DropTable { name: String, if_exists: bool },
     ShowTables { format: Option<String> },
     Describe { name: String, format: Option<String> },
     Insert(InsertStatement),
     Select { sql: String, format: Option<String> },
+}
+
+/// One change of an `ALTER TABLE`.
+#[derive(Clone, Debug, PartialEq)]
+pub enum AlterAction {
+    AddColumn { column: ColumnDef, if_not_exists: bool, position: Option<ColumnPosition> },
+    DropColumn { name: String, if_exists: bool },
+    RenameColumn { from: String, to: String, if_exists: bool },
+    CommentColumn { name: String, comment: String, if_exists: bool },
+    ModifySettings(Vec<(String, u64)>),
+}
+
+#[derive(Clone, Debug, PartialEq)]
+pub enum ColumnPosition {
+    First,
+    After(String),
 }
 
 #[derive(Debug)]
@@ -94,7 +111,7 @@ pub fn parse(text: &str) -> Result<Statement, NodeError> {
             let name = table_name(&mut parser)?;
             Ok(Statement::Describe { name, format })
         }
-        ["ALTER", ..] => Err(NodeError::NotImplemented("ALTER TABLE is not supported yet".into())),
+        ["ALTER", "TABLE"] => parse_alter_table(sql),
         ["CREATE", ..] | ["DROP", ..] => Err(NodeError::NotImplemented(format!(
             "`{}` is not supported: tandem has CREATE TABLE and DROP TABLE",
             head.join(" ")
@@ -171,28 +188,11 @@ fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
     parser.expect_token(&Token::LParen).map_err(syntax)?;
     let mut columns: Vec<ColumnDef> = Vec::new();
     loop {
-        let column = parser.parse_identifier().map_err(syntax)?.value;
-        if !valid_name(&column) {
-            return Err(NodeError::bad_request(format!("`{column}` is not a valid column name")));
+        let column = parse_column_def(&mut parser)?;
+        if columns.iter().any(|c| c.name == column.name) {
+            return Err(NodeError::bad_request(format!("column `{}` is declared twice", column.name)));
         }
-        if columns.iter().any(|c| c.name == column) {
-            return Err(NodeError::bad_request(format!("column `{column}` is declared twice")));
-        }
-        let sql_type = parser.parse_data_type().map_err(syntax)?;
-        let (column_type, mut nullable) = column_type(&column, &sql_type)?;
-        // Column options tandem understands; anything else is a syntax error, not silently dropped.
-        loop {
-            if parser.parse_keywords(&[Keyword::NOT, Keyword::NULL]) {
-                nullable = false;
-            } else if parser.parse_keyword(Keyword::NULL) {
-                nullable = true;
-            } else if parser.parse_keyword(Keyword::COMMENT) {
-                parser.parse_literal_string().map_err(syntax)?;
-            } else {
-                break;
-            }
-        }
-        columns.push(ColumnDef { name: column, column_type, nullable });
+        columns.push(column);
         if parser.consume_token(&Token::RParen) {
             break;
         }
@@ -221,27 +221,8 @@ fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
         } else if parser.parse_keywords(&[Keyword::PARTITION, Keyword::BY]) {
             partition_by = partition_spec(parser.parse_expr().map_err(syntax)?, &columns)?;
         } else if parser.parse_keyword(Keyword::SETTINGS) {
-            loop {
-                let key = parser.parse_identifier().map_err(syntax)?.value;
-                parser.expect_token(&Token::Eq).map_err(syntax)?;
-                let value = parser.parse_expr().map_err(syntax)?;
-                let number = literal(&value).ok().and_then(|v| v.as_u64()).ok_or_else(|| {
-                    NodeError::bad_request(format!("setting `{key}` needs a non-negative integer, got `{value}`"))
-                })?;
-                match key.as_str() {
-                    "dedup_window_blocks" | "replicated_deduplication_window" => settings.dedup_window_blocks = number,
-                    "dedup_window_seconds" | "replicated_deduplication_window_seconds" => {
-                        settings.dedup_window_seconds = number
-                    }
-                    _ => {
-                        return Err(NodeError::bad_request(format!(
-                            "unknown table setting `{key}`; known: dedup_window_blocks, dedup_window_seconds"
-                        )));
-                    }
-                }
-                if !parser.consume_token(&Token::Comma) {
-                    break;
-                }
+            for (key, value) in parse_settings(&mut parser)? {
+                settings.set(&key, value)?;
             }
         } else {
             break;
@@ -256,8 +237,144 @@ fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
             )));
         }
     }
-    let def = TableDef { format_version: TABLE_FORMAT_VERSION, name, columns, order_by, partition_by, settings };
+    let mut def = TableDef {
+        format_version: TABLE_FORMAT_VERSION,
+        name,
+        columns,
+        order_by,
+        partition_by,
+        settings,
+        next_column_id: 0,
+    };
+    def.assign_column_ids();
     Ok(Statement::CreateTable { def, if_not_exists })
+}
+
+/// `name Type [NULL | NOT NULL] [DEFAULT literal] [COMMENT 'text']`; the id is assigned later.
+fn parse_column_def(parser: &mut Parser) -> Result<ColumnDef, NodeError> {
+    let name = parser.parse_identifier().map_err(syntax)?.value;
+    if !valid_name(&name) {
+        return Err(NodeError::bad_request(format!("`{name}` is not a valid column name")));
+    }
+    let sql_type = parser.parse_data_type().map_err(syntax)?;
+    let (column_type, mut nullable) = column_type(&name, &sql_type)?;
+    let mut default = None;
+    let mut comment = None;
+    // Column options tandem understands; anything else is a syntax error, not silently dropped.
+    loop {
+        if parser.parse_keywords(&[Keyword::NOT, Keyword::NULL]) {
+            nullable = false;
+        } else if parser.parse_keyword(Keyword::NULL) {
+            nullable = true;
+        } else if parser.parse_keyword(Keyword::DEFAULT) {
+            let expr = parser.parse_expr().map_err(syntax)?;
+            let value = literal(&expr).map_err(|_| {
+                NodeError::bad_request(format!("column `{name}`: DEFAULT must be a literal value, got `{expr}`"))
+            })?;
+            default = Some(value);
+        } else if parser.parse_keyword(Keyword::COMMENT) {
+            comment = Some(parser.parse_literal_string().map_err(syntax)?);
+        } else {
+            break;
+        }
+    }
+    let column = ColumnDef { id: 0, name, column_type, nullable, default, comment };
+    column.fill_value().map_err(|e| NodeError::bad_request(format!("column `{}`: {e}", column.name)))?;
+    Ok(column)
+}
+
+fn parse_alter_table(sql: &str) -> Result<Statement, NodeError> {
+    let mut parser = parser(sql)?;
+    parser.expect_keywords(&[Keyword::ALTER, Keyword::TABLE]).map_err(syntax)?;
+    let table = table_name(&mut parser)?;
+    let mut actions = Vec::new();
+    loop {
+        let action = if parser.parse_keyword(Keyword::ADD) {
+            let _optional = parser.parse_keyword(Keyword::COLUMN);
+            let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
+            let column = parse_column_def(&mut parser)?;
+            let position = if parser.parse_keyword(Keyword::FIRST) {
+                Some(ColumnPosition::First)
+            } else if parser.parse_keyword(Keyword::AFTER) {
+                Some(ColumnPosition::After(parser.parse_identifier().map_err(syntax)?.value))
+            } else {
+                None
+            };
+            AlterAction::AddColumn { column, if_not_exists, position }
+        } else if parser.parse_keyword(Keyword::DROP) {
+            parser.expect_keyword(Keyword::COLUMN).map_err(syntax)?;
+            let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            AlterAction::DropColumn { name: parser.parse_identifier().map_err(syntax)?.value, if_exists }
+        } else if parser.parse_keyword(Keyword::RENAME) {
+            parser.expect_keyword(Keyword::COLUMN).map_err(syntax)?;
+            let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let from = parser.parse_identifier().map_err(syntax)?.value;
+            parser.expect_keyword(Keyword::TO).map_err(syntax)?;
+            let to = parser.parse_identifier().map_err(syntax)?.value;
+            if !valid_name(&to) {
+                return Err(NodeError::bad_request(format!("`{to}` is not a valid column name")));
+            }
+            AlterAction::RenameColumn { from, to, if_exists }
+        } else if parser.parse_keyword(Keyword::COMMENT) {
+            parser.expect_keyword(Keyword::COLUMN).map_err(syntax)?;
+            let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+            let name = parser.parse_identifier().map_err(syntax)?.value;
+            AlterAction::CommentColumn { name, comment: parser.parse_literal_string().map_err(syntax)?, if_exists }
+        } else if parser.parse_keyword(Keyword::MODIFY) {
+            if parser.parse_keyword(Keyword::COLUMN) {
+                let if_exists = parser.parse_keywords(&[Keyword::IF, Keyword::EXISTS]);
+                let name = parser.parse_identifier().map_err(syntax)?.value;
+                parser.expect_keyword(Keyword::COMMENT).map_err(|_| {
+                    NodeError::NotImplemented(format!(
+                        "MODIFY COLUMN `{name}` supports only COMMENT; changing a column's type is not supported"
+                    ))
+                })?;
+                AlterAction::CommentColumn { name, comment: parser.parse_literal_string().map_err(syntax)?, if_exists }
+            } else if parse_word(&mut parser, "SETTING") || parser.parse_keyword(Keyword::SETTINGS) {
+                AlterAction::ModifySettings(parse_settings(&mut parser)?)
+            } else {
+                return Err(NodeError::bad_request("syntax error: expected MODIFY COLUMN or MODIFY SETTING"));
+            }
+        } else {
+            return Err(NodeError::bad_request(
+                "syntax error: ALTER TABLE takes ADD COLUMN, DROP COLUMN, RENAME COLUMN, COMMENT COLUMN, \
+                 MODIFY COLUMN ... COMMENT or MODIFY SETTING",
+            ));
+        };
+        actions.push(action);
+        if !parser.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    expect_end(&mut parser)?;
+    Ok(Statement::Alter { table, actions })
+}
+
+/// Consumes the next token if it is the word `word` (for words sqlparser has no keyword for).
+fn parse_word(parser: &mut Parser, word: &str) -> bool {
+    let matches = matches!(&parser.peek_token().token, Token::Word(w) if w.value.eq_ignore_ascii_case(word));
+    if matches {
+        parser.next_token();
+    }
+    matches
+}
+
+/// `k = v[, k = v]` of table settings, each a non-negative integer.
+fn parse_settings(parser: &mut Parser) -> Result<Vec<(String, u64)>, NodeError> {
+    let mut settings = Vec::new();
+    loop {
+        let key = parser.parse_identifier().map_err(syntax)?.value;
+        parser.expect_token(&Token::Eq).map_err(syntax)?;
+        let value = parser.parse_expr().map_err(syntax)?;
+        let number = literal(&value).ok().and_then(|v| v.as_u64()).ok_or_else(|| {
+            NodeError::bad_request(format!("setting `{key}` needs a non-negative integer, got `{value}`"))
+        })?;
+        settings.push((key, number));
+        if !parser.consume_token(&Token::Comma) {
+            break;
+        }
+    }
+    Ok(settings)
 }
 
 const SUPPORTED_TYPES: &str = "Int8..Int64, UInt8..UInt64, Float32, Float64, Bool, String, Date, DateTime, DateTime64(p), \

@@ -40,6 +40,10 @@ pub struct PartManifest {
     pub sort_key: Vec<String>,
     #[serde(default)]
     pub columns: BTreeMap<String, ColumnStats>,
+    /// Which table column (by its stable id) each Parquet column of the part holds. Empty for
+    /// parts written before column ids existed: their columns match the table's by name.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub column_ids: BTreeMap<String, u32>,
     /// The node that wrote the part: the first place replicas fetch it from.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub node: Option<String>,

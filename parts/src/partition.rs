@@ -30,6 +30,16 @@ impl PartitionSpec {
         }
     }
 
+    /// Follows a renamed column.
+    pub fn rename_column(&mut self, from: &str, to: &str) {
+        match self {
+            PartitionSpec::Month { column } | PartitionSpec::Day { column } if column == from => {
+                *column = to.to_string()
+            }
+            _ => {}
+        }
+    }
+
     /// The expression as a user writes it in `PARTITION BY`.
     pub fn expression(&self) -> String {
         match self {
