@@ -152,13 +152,22 @@ pub async fn alter(node: &Node, table: &str, actions: &[AlterAction], sync_all: 
     Ok(version)
 }
 
-/// `alter_sync=2`: waits until every live node reports having applied `version`.
+/// `alter_sync=2`: waits until every live node says (asked over the interserver service)
+/// that it has applied `version`.
 async fn wait_all_nodes(node: &Node, version: Revision) -> Result<(), NodeError> {
     let deadline = tokio::time::Instant::now() + SYNC_ALL_TIMEOUT;
     loop {
-        let nodes = crate::membership::live_nodes(node).await?;
-        let behind: Vec<String> =
-            nodes.iter().filter(|n| n.data_revision < version).map(|n| n.node_id.clone()).collect();
+        let mut behind = Vec::new();
+        for peer in crate::membership::live_nodes(node).await? {
+            if peer.node_id == node.config.node_id {
+                continue;
+            }
+            match crate::interserver::peer_status(node, &peer.grpc_addr).await {
+                Ok(status) if status.applied_revision >= version => {}
+                Ok(status) => behind.push(format!("{} (at {})", peer.node_id, status.applied_revision)),
+                Err(e) => behind.push(format!("{} ({e})", peer.node_id)),
+            }
+        }
         if behind.is_empty() {
             return Ok(());
         }
@@ -169,7 +178,7 @@ async fn wait_all_nodes(node: &Node, version: Revision) -> Result<(), NodeError>
                 SYNC_ALL_TIMEOUT.as_secs()
             )));
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
 

@@ -124,6 +124,21 @@ async fn quarantine_served(node: &Arc<Node>, table: &str, id: &PartId) {
     );
 }
 
+/// Asks a peer how far it has applied the cluster's changes.
+pub async fn peer_status(node: &Node, grpc_addr: &str) -> Result<StatusResponse, String> {
+    use tandem_proto::v1::interserver_client::InterserverClient;
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
+        .map_err(|e| e.to_string())?
+        .connect_timeout(std::time::Duration::from_secs(2))
+        .timeout(std::time::Duration::from_secs(5));
+    let mut client = InterserverClient::new(endpoint.connect().await.map_err(|e| e.to_string())?);
+    let mut request = Request::new(StatusRequest { format_version: WIRE_FORMAT_VERSION });
+    if let Some(secret) = &node.config.cluster_secret {
+        request.metadata_mut().insert(SECRET_METADATA_KEY, secret.parse().map_err(|_| "invalid secret".to_string())?);
+    }
+    client.status(request).await.map(Response::into_inner).map_err(|s| s.message().to_string())
+}
+
 /// A stream fed by a task through a small channel.
 fn async_stream<F, Fut>(produce: F) -> ChunkStream
 where

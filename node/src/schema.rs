@@ -240,12 +240,9 @@ impl TableDef {
     /// Gives every column an id (columns of definitions written before ids existed get their
     /// position), and makes `next_column_id` follow the largest.
     pub fn assign_column_ids(&mut self) {
-        if self.columns.iter().any(|c| c.id == 0) {
-            let mut next = self.columns.iter().map(|c| c.id).max().unwrap_or(0) + 1;
-            for column in self.columns.iter_mut().filter(|c| c.id == 0) {
-                column.id = next;
-                next += 1;
-            }
+        let first_free = self.columns.iter().map(|c| c.id).max().unwrap_or(0) + 1;
+        for (id, column) in (first_free..).zip(self.columns.iter_mut().filter(|c| c.id == 0)) {
+            column.id = id;
         }
         let max = self.columns.iter().map(|c| c.id).max().unwrap_or(0);
         self.next_column_id = self.next_column_id.max(max + 1);

@@ -1,5 +1,6 @@
 //! Integration tests: each module drives real `tandem` processes over HTTP.
 
+mod alter;
 mod bad_input;
 mod cluster;
 mod coordinator;
