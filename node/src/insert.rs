@@ -14,6 +14,7 @@ use tandem_parts::{PART_FORMAT_VERSION, PartManifest, PartMetadata, block_id, en
 use crate::error::NodeError;
 use crate::formats::{Format, InputOptions, decode_insert};
 use crate::node::Node;
+use crate::statement::AlterAction;
 
 /// Per-request insert settings (URL parameters).
 #[derive(Clone, Debug)]
@@ -99,6 +100,7 @@ pub async fn insert(
     settings: &InsertSettings,
 ) -> Result<InsertSummary, NodeError> {
     let required = required_holders(node, settings.quorum).await?;
+    add_new_columns(node, table, columns, format, &data).await?;
     // A schema change between reading the schema and registering the parts makes the
     // registration fail; the insert is then decoded again under the new schema.
     let mut attempts = 0;
@@ -130,6 +132,33 @@ pub async fn insert(
         summary.quorum = Some(QuorumSummary { required, holders: holders.into_iter().collect() });
     }
     Ok(summary)
+}
+
+/// With the table's `auto_add_columns`, adds the fields the body brings that the table lacks,
+/// through the same compare-and-swap as `ALTER TABLE ... ADD COLUMN IF NOT EXISTS` (so two
+/// inserts that infer different types for one new field: one wins, the other gets a 409).
+async fn add_new_columns(
+    node: &Node,
+    table: &str,
+    columns: Option<&[String]>,
+    format: Format,
+    data: &Bytes,
+) -> Result<(), NodeError> {
+    let Some(state) = node.catalog.table(table) else { return Ok(()) };
+    if !state.def.settings.auto_add_columns || columns.is_some() {
+        return Ok(());
+    }
+    let (def, data) = (state.def.clone(), data.clone());
+    let new = tokio::task::spawn_blocking(move || crate::formats::new_columns(format, &data, &def))
+        .await
+        .map_err(NodeError::internal)??;
+    if new.is_empty() {
+        return Ok(());
+    }
+    let actions: Vec<AlterAction> =
+        new.into_iter().map(|column| AlterAction::AddColumn { column, if_not_exists: true, position: None }).collect();
+    crate::alter::alter(node, table, &actions, false).await?;
+    Ok(())
 }
 
 /// How many holders the ack needs; refuses at once (before writing anything) when fewer

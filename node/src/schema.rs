@@ -165,6 +165,10 @@ pub struct TableSettings {
     /// How long an insert block is remembered for deduplication.
     #[serde(default = "default_dedup_window_seconds")]
     pub dedup_window_seconds: u64,
+    /// Fields of JSONEachRow / CSVWithNames / TSVWithNames inserts that the table does not have
+    /// become new Nullable columns of the inferred type (as InfluxDB does). Off by default.
+    #[serde(default)]
+    pub auto_add_columns: bool,
 }
 
 fn default_dedup_window_blocks() -> u64 {
@@ -181,9 +185,10 @@ impl TableSettings {
         match key {
             "dedup_window_blocks" | "replicated_deduplication_window" => self.dedup_window_blocks = value,
             "dedup_window_seconds" | "replicated_deduplication_window_seconds" => self.dedup_window_seconds = value,
+            "auto_add_columns" if value <= 1 => self.auto_add_columns = value == 1,
             _ => {
                 return Err(crate::error::NodeError::bad_request(format!(
-                    "unknown table setting `{key}`; known: dedup_window_blocks, dedup_window_seconds"
+                    "unknown table setting `{key}` = {value}; known: dedup_window_blocks, dedup_window_seconds, auto_add_columns (0 or 1)"
                 )));
             }
         }
@@ -196,6 +201,7 @@ impl Default for TableSettings {
         TableSettings {
             dedup_window_blocks: default_dedup_window_blocks(),
             dedup_window_seconds: default_dedup_window_seconds(),
+            auto_add_columns: false,
         }
     }
 }

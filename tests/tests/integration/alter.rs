@@ -177,3 +177,39 @@ async fn inserts_during_a_stream_of_schema_changes_are_all_readable_everywhere()
     assert_eq!(&fields[..3], ["40", "780", "390.0"], "every row with its values");
     assert_eq!(fields[5], "360", "c9 reads its DEFAULT 9 on all 40 rows, old parts included");
 }
+
+#[tokio::test]
+async fn inserts_can_add_columns_when_the_table_allows_it() {
+    let (node, _dir) = single_node(&[]).await;
+    node.sql("CREATE TABLE strict (id UInt64) ORDER BY id").await;
+    let refused = node.request("INSERT INTO strict FORMAT JSONEachRow", &[], "{\"id\":1,\"temp\":2.5}\n").await;
+    assert_eq!(refused.status, 400, "off by default: {}", refused.text());
+
+    node.sql("CREATE TABLE m (id UInt64) ORDER BY id SETTINGS auto_add_columns = 1").await;
+    node.insert(
+        "m",
+        "JSONEachRow",
+        "{\"id\":1,\"temp\":21,\"site\":\"a\",\"ok\":true}\n{\"id\":2,\"temp\":21.5,\"n\":null}\n",
+    )
+    .await;
+    node.insert("m", "CSVWithNames", "id,humidity,site\n3,40,b\n").await;
+    let describe = node.sql("DESCRIBE TABLE m FORMAT CSV").await;
+    let types: Vec<_> = describe.lines().map(|l| l.split(',').take(2).collect::<Vec<_>>().join(" ")).collect();
+    // JSON fields are unordered: new ones are added in name order; header fields in header order.
+    let expected = [
+        "id UInt64",
+        "ok Nullable(Bool)",
+        "site Nullable(String)",
+        "temp Nullable(Float64)",
+        "n Nullable(String)",
+        "humidity Nullable(Int64)",
+    ];
+    assert_eq!(types, expected);
+    assert_eq!(
+        node.sql("SELECT id, temp, site, ok, humidity FROM m ORDER BY id FORMAT CSV").await,
+        "1,21.0,a,true,\\N\n2,21.5,\\N,\\N,\\N\n3,\\N,b,\\N,40\n"
+    );
+    let conflict = node.request("INSERT INTO m FORMAT JSONEachRow", &[], "{\"id\":4,\"temp\":\"hot\"}\n").await;
+    assert_eq!(conflict.status, 400, "an existing column keeps its type: {}", conflict.text());
+    assert!(conflict.text().contains("`temp`") && conflict.text().contains("Float64"), "{}", conflict.text());
+}
