@@ -12,6 +12,8 @@
 //! - [`PartManifest`]: the small description of a part that the coordinator stores.
 //! - [`LocalPartStore`]: the content-addressed directory of part files (atomic writes,
 //!   verification on open, quarantine of corrupt files).
+//! - [`select_merge`] and [`merge_parts`]: size-tiered merge selection and the merged part
+//!   (not wired into the node yet).
 //!
 //! This crate knows nothing of etcd, HTTP or gRPC: it turns Arrow batches into verified files.
 
@@ -20,6 +22,7 @@ mod encode;
 mod error;
 mod id;
 mod manifest;
+mod merge;
 mod partition;
 mod store;
 
@@ -31,5 +34,6 @@ pub use encode::{EncodedPart, PartMetadata, encode_part, read_part_batches};
 pub use error::PartError;
 pub use id::PartId;
 pub use manifest::{ColumnStats, PART_FORMAT_VERSION, PartManifest};
+pub use merge::{MergeCandidate, MergePolicy, merge_parts, select_merge};
 pub use partition::{PartitionSpec, split_by_partition};
 pub use store::{LocalPartStore, PartWriter, VerifyOutcome};
