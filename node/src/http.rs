@@ -40,10 +40,14 @@ async fn health() -> &'static str {
 }
 
 async fn ready(State(node): State<Arc<Node>>) -> Response {
-    if node.catalog.is_ready() {
+    if node.is_ready() {
         (StatusCode::OK, "Ok.\n").into_response()
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "catching up with the coordinator\n").into_response()
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "catching up with the cluster's metadata, or not yet announced to the cluster\n",
+        )
+            .into_response()
     }
 }
 

@@ -91,6 +91,9 @@ static INSERT_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// How long an insert keeps re-decoding itself under newer schemas before giving up (409).
+const SCHEMA_RACE_BUDGET: Duration = Duration::from_secs(30);
+
 pub async fn insert(
     node: &Node,
     table: &str,
@@ -102,12 +105,12 @@ pub async fn insert(
     let required = required_holders(node, settings.quorum).await?;
     add_new_columns(node, table, columns, format, &data).await?;
     // A schema change between reading the schema and registering the parts makes the
-    // registration fail; the insert is then decoded again under the new schema.
-    let mut attempts = 0;
+    // registration fail; the insert is then decoded again under the new schema. Every retry
+    // sees a newer schema, so it goes on while schema changes keep coming, within a time budget.
+    let started = std::time::Instant::now();
     let mut summary = loop {
-        attempts += 1;
         match insert_once(node, table, columns, format, &data, settings).await {
-            Err(NodeError::Conflict(msg)) if attempts < 10 && msg.contains("changed") => {
+            Err(NodeError::Conflict(msg)) if started.elapsed() < SCHEMA_RACE_BUDGET && msg.contains("changed") => {
                 tracing::info!(%table, "schema changed during insert; retrying under the new schema");
             }
             other => break other?,
@@ -338,6 +341,11 @@ async fn register(
             // be registered after all, and the orphan sweep removes them if they are not.
             if matches!(e, CoordError::TableChanged { .. } | CoordError::NoSuchTable(_)) {
                 discard_unregistered(node, &new_parts).await;
+            }
+            // The retry reads the schema from this node's catalog: let it catch up with the
+            // version that beat us first, or the retry would fail the same way.
+            if let CoordError::TableChanged { current, .. } = &e {
+                node.catalog.wait_applied(*current, APPLY_TIMEOUT).await;
             }
             return Err(match e {
                 CoordError::TableChanged { .. } => NodeError::Conflict(format!(

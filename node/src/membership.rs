@@ -2,6 +2,7 @@
 //! it has applied the cluster's changes); the entry disappears when the node dies.
 
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
@@ -63,10 +64,12 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
             None => announce(&node).await.map(|id| {
                 tracing::info!(node = %node.config.node_id, lease = id, "announced this node to the cluster");
                 lease = Some(id);
+                node.announced.store(true, Ordering::Release);
             }),
             Some(id) => match node.coordinator.backend().keep_alive(id).await {
                 Err(CoordError::LeaseExpired(_)) => {
                     tracing::warn!(lease = id, "this node's lease expired; announcing it again");
+                    node.announced.store(false, Ordering::Release);
                     lease = None;
                     renew.reset_immediately();
                     continue;

@@ -25,7 +25,18 @@ pub struct Node {
     pub mirror: Arc<Mirror>,
     pub http_addr: SocketAddr,
     pub grpc_addr: SocketAddr,
+    /// In a cluster: this node holds a lease and is listed among the live nodes.
+    pub announced: std::sync::atomic::AtomicBool,
     fetch_requests: mpsc::UnboundedSender<FetchRequest>,
+}
+
+impl Node {
+    /// Ready to serve: caught up with the metadata, and (in a cluster) announced, so that peers
+    /// count it for quorums and can fetch from it.
+    pub fn is_ready(&self) -> bool {
+        self.catalog.is_ready()
+            && (!self.config.is_cluster() || self.announced.load(std::sync::atomic::Ordering::Acquire))
+    }
 }
 
 impl Node {
@@ -97,6 +108,7 @@ pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
         mirror,
         http_addr,
         grpc_addr,
+        announced: std::sync::atomic::AtomicBool::new(false),
         fetch_requests,
     });
     let shutdown = CancellationToken::new();
@@ -121,10 +133,10 @@ pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
 }
 
 impl RunningNode {
-    /// Waits until the node has applied a first full state. False on timeout.
+    /// Waits until the node is ready (see [`Node::is_ready`]). False on timeout.
     pub async fn wait_ready(&self, timeout: Duration) -> bool {
         let deadline = tokio::time::Instant::now() + timeout;
-        while !self.node.catalog.is_ready() {
+        while !self.node.is_ready() {
             if tokio::time::Instant::now() > deadline {
                 return false;
             }
