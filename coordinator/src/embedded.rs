@@ -10,7 +10,7 @@ use tokio::sync::{mpsc, watch};
 use crate::CoordError;
 use crate::kv::{
     Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, TxnResult, WatchEvent, WatchEventKind, WatchResponse,
-    WatchStream,
+    WatchStream, receiver_stream,
 };
 
 const KV: TableDefinition<&str, &[u8]> = TableDefinition::new("kv");
@@ -456,7 +456,7 @@ impl KvBackend for EmbeddedKv {
                 }
             }
         });
-        Ok(Box::pin(tokio_stream_from(rx)))
+        Ok(receiver_stream(rx))
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, CoordError> {
@@ -512,10 +512,6 @@ impl KvBackend for EmbeddedKv {
 
 fn unix_ms() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
-}
-
-fn tokio_stream_from<T: Send + 'static>(mut rx: mpsc::Receiver<T>) -> impl futures::Stream<Item = T> + Send + 'static {
-    futures::stream::poll_fn(move |cx| rx.poll_recv(cx))
 }
 
 // Records: create_revision, mod_revision, lease (i64 little-endian each), then the value.

@@ -1,4 +1,5 @@
-/// Errors of the coordinator. `is_retryable` says whether the same call may succeed later.
+/// Errors of the coordinator. `Unavailable` means the store could not be reached in time: for a
+/// write the outcome is then uncertain, so re-read before concluding it failed.
 #[derive(Debug, thiserror::Error)]
 pub enum CoordError {
     #[error("table `{0}` does not exist")]
@@ -19,12 +20,6 @@ pub enum CoordError {
     Backend(String),
     #[error("corrupt metadata under `{key}`: {reason}")]
     Corrupt { key: String, reason: String },
-}
-
-impl CoordError {
-    pub fn is_retryable(&self) -> bool {
-        matches!(self, CoordError::Unavailable(_) | CoordError::TableChanged { .. })
-    }
 }
 
 impl From<redb::Error> for CoordError {

@@ -11,7 +11,7 @@ use tokio::sync::mpsc;
 use crate::CoordError;
 use crate::kv::{
     Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, TxnResult, WatchEvent, WatchEventKind, WatchResponse,
-    WatchStream,
+    WatchStream, receiver_stream,
 };
 
 /// Every unary call to etcd gets this long; a call that takes longer is reported as
@@ -246,7 +246,7 @@ impl KvBackend for EtcdKv {
                 }
             }
         });
-        Ok(Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) })))
+        Ok(receiver_stream(rx))
     }
 
     async fn grant_lease(&self, ttl: Duration) -> Result<LeaseId, CoordError> {

@@ -119,3 +119,8 @@ pub trait KvBackend: Send + Sync + 'static {
         Ok(self.range("\u{0}none\u{0}").await?.1)
     }
 }
+
+/// A watch stream fed by a task through a channel (both backends deliver this way).
+pub(crate) fn receiver_stream(rx: tokio::sync::mpsc::Receiver<Result<WatchResponse, CoordError>>) -> WatchStream {
+    Box::pin(futures::stream::unfold(rx, |mut rx| async move { rx.recv().await.map(|item| (item, rx)) }))
+}

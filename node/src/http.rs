@@ -263,8 +263,12 @@ async fn execute_statement(
                 }
             }
             let tables = node.catalog.snapshot();
-            let cluster = if sql.contains("system.replicas") { cluster_view(node).await } else { Default::default() };
-            let ctx = query::session(node, &tables, &cluster)?;
+            let cluster = if sql.contains("system.replicas") {
+                Some(cluster_view(node).await)
+            } else {
+                sql.contains("system").then(query::ClusterView::default)
+            };
+            let ctx = query::session(node, &tables, cluster.as_ref())?;
             let result = query::run(&ctx, &sql).await;
             node.metrics.query_seconds.observe(started.elapsed().as_secs_f64());
             let (schema, batches) = result.inspect_err(|_| {

@@ -282,11 +282,12 @@ pub struct ClusterView {
     pub cluster_revision: Option<i64>,
 }
 
-/// A DataFusion session over a catalog snapshot, with the `system` tables.
+/// A DataFusion session over a catalog snapshot, with the `system` tables when `cluster` is
+/// given (what `system.replicas` shows of the other nodes).
 pub fn session(
     node: &Node,
     tables: &BTreeMap<String, Arc<TableState>>,
-    cluster: &ClusterView,
+    cluster: Option<&ClusterView>,
 ) -> Result<SessionContext, NodeError> {
     let mut config = SessionConfig::new().with_information_schema(false);
     // Table and column names are case-sensitive, as in ClickHouse.
@@ -295,13 +296,16 @@ pub fn session(
     for (name, state) in tables {
         ctx.register_table(name.as_str(), Arc::new(PartsTable::new(state)))?;
     }
-    let system = Arc::new(MemorySchemaProvider::new());
-    let default_catalog = ctx.catalog("datafusion").ok_or_else(|| NodeError::internal("no default catalog"))?;
-    default_catalog.register_schema("system", system)?;
-    ctx.register_table("system.parts", Arc::new(system_parts(&node.catalog, tables)?))?;
-    ctx.register_table("system.tables", Arc::new(system_tables(tables)?))?;
-    ctx.register_table("system.replicas", Arc::new(system_replicas(node, tables, cluster)?))?;
-    ctx.register_table("system.replication_queue", Arc::new(system_replication_queue(tables)?))?;
+    // The system tables copy the whole catalog: built only for queries that name them.
+    if let Some(cluster) = cluster {
+        let system = Arc::new(MemorySchemaProvider::new());
+        let default_catalog = ctx.catalog("datafusion").ok_or_else(|| NodeError::internal("no default catalog"))?;
+        default_catalog.register_schema("system", system)?;
+        ctx.register_table("system.parts", Arc::new(system_parts(&node.catalog, tables)?))?;
+        ctx.register_table("system.tables", Arc::new(system_tables(tables)?))?;
+        ctx.register_table("system.replicas", Arc::new(system_replicas(node, tables, cluster)?))?;
+        ctx.register_table("system.replication_queue", Arc::new(system_replication_queue(tables)?))?;
+    }
     Ok(ctx)
 }
 

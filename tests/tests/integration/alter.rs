@@ -53,13 +53,19 @@ async fn old_parts_are_read_under_the_current_schema() {
     }
 }
 
+/// Waits until every node's `t` has exactly the `expected` columns (in any order: concurrent
+/// ADD COLUMNs may land in either order).
 async fn wait_for_columns(cluster: &Cluster, expected: &str) {
+    let mut want: Vec<&str> = expected.split(',').collect();
+    want.sort_unstable();
     for node in &cluster.nodes {
         node.wait_for("SELECT name FROM system.tables WHERE name = 't'", "t", CONVERGE).await;
         let deadline = tokio::time::Instant::now() + CONVERGE;
         loop {
             let header = node.sql("SELECT * FROM t LIMIT 0 FORMAT CSVWithNames").await;
-            if header.trim() == expected {
+            let mut got: Vec<&str> = header.trim().split(',').collect();
+            got.sort_unstable();
+            if got == want {
                 break;
             }
             assert!(tokio::time::Instant::now() < deadline, "{} has columns {header:?}, expected {expected}", node.url);
@@ -87,22 +93,7 @@ async fn concurrent_alters_on_different_nodes_all_survive() {
         assert!(header.trim().split(',').any(|c| c == format!("a{trial}")), "trial {trial}: n3 has {header}");
         expected.push_str(&format!(",a{trial},b{trial}"));
     }
-    // Compare as sets: the two columns of a trial may land in either order.
-    for node in &cluster.nodes {
-        let deadline = tokio::time::Instant::now() + CONVERGE;
-        loop {
-            let header = node.sql("SELECT * FROM t LIMIT 0 FORMAT CSVWithNames").await;
-            let mut got: Vec<_> = header.trim().split(',').map(str::to_string).collect();
-            let mut want: Vec<_> = expected.split(',').map(str::to_string).collect();
-            got.sort();
-            want.sort();
-            if got == want {
-                break;
-            }
-            assert!(tokio::time::Instant::now() < deadline, "{} has {header}", node.url);
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-    }
+    wait_for_columns(&cluster, &expected).await;
 }
 
 #[tokio::test]
