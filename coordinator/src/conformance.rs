@@ -31,6 +31,7 @@ pub async fn run_all(kv: Arc<dyn KvBackend>, prefix: &str) {
     expired_blocks_are_admitted_again(kv.clone(), &format!("{prefix}expiry/")).await;
     block_ids_expire_with_their_window(kv.clone(), &format!("{prefix}window/")).await;
     old_blocks_are_pruned(kv.clone(), &format!("{prefix}prune/")).await;
+    one_leader_at_a_time_and_fenced(kv.clone(), &format!("{prefix}leaders/")).await;
 }
 
 fn put(key: &str, value: &str) -> TxnOp {
@@ -191,19 +192,20 @@ pub async fn blocks_are_admitted_once(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"schema".to_vec()).await.unwrap();
     let first = c
-        .register_parts("t", table.version, vec![part("p1", Some("b1")), part("p2", Some("b2"))], "n1", 0, i64::MAX)
+        .register_parts("t", table.version, vec![part("p1", Some("b1")), part("p2", Some("b2"))], &["n1"], 0, i64::MAX)
         .await
         .unwrap();
     assert!(first.outcomes.iter().all(|o| matches!(o, PartOutcome::Registered { .. })));
 
     let again = c
-        .register_parts("t", table.version, vec![part("p3", Some("b1")), part("p4", Some("b3"))], "n1", 0, i64::MAX)
+        .register_parts("t", table.version, vec![part("p3", Some("b1")), part("p4", Some("b3"))], &["n1"], 0, i64::MAX)
         .await
         .unwrap();
     assert_eq!(again.outcomes[0], PartOutcome::Duplicate { existing_part: "p1".into(), revision: first.revision });
     assert!(matches!(again.outcomes[1], PartOutcome::Registered { .. }), "the new block of a mixed insert is admitted");
 
-    let undeduplicated = c.register_parts("t", table.version, vec![part("p5", None)], "n1", 0, i64::MAX).await.unwrap();
+    let undeduplicated =
+        c.register_parts("t", table.version, vec![part("p5", None)], &["n1"], 0, i64::MAX).await.unwrap();
     assert!(matches!(undeduplicated.outcomes[0], PartOutcome::Registered { .. }));
 
     let ids: Vec<_> = c.snapshot().await.unwrap().parts.into_iter().map(|p| p.id).collect();
@@ -218,7 +220,7 @@ pub async fn concurrent_registrations_of_one_block_admit_one(kv: Arc<dyn KvBacke
         .map(|i| {
             let c = c.clone();
             tokio::spawn(async move {
-                c.register_parts("t", table.version, vec![part(&format!("p{i}"), Some("same"))], "n1", 0, i64::MAX)
+                c.register_parts("t", table.version, vec![part(&format!("p{i}"), Some("same"))], &["n1"], 0, i64::MAX)
                     .await
             })
         })
@@ -237,32 +239,32 @@ pub async fn concurrent_registrations_of_one_block_admit_one(kv: Arc<dyn KvBacke
 pub async fn parts_follow_their_table(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
-    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], "n1", 0, i64::MAX).await.unwrap();
+    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], &["n1"], 0, i64::MAX).await.unwrap();
     c.update_table("t", table.version, b"v2".to_vec()).await.unwrap().unwrap();
-    let stale = c.register_parts("t", table.version, vec![part("p2", Some("b2"))], "n1", 0, i64::MAX).await;
+    let stale = c.register_parts("t", table.version, vec![part("p2", Some("b2"))], &["n1"], 0, i64::MAX).await;
     assert!(matches!(stale, Err(CoordError::TableChanged { .. })), "no part lands under a replaced schema: {stale:?}");
 
     c.drop_table("t").await.unwrap();
-    let gone = c.register_parts("t", table.version, vec![part("p3", Some("b3"))], "n1", 0, i64::MAX).await;
+    let gone = c.register_parts("t", table.version, vec![part("p3", Some("b3"))], &["n1"], 0, i64::MAX).await;
     assert!(matches!(gone, Err(CoordError::NoSuchTable(_))));
     let recreated = c.create_table("t", b"v1".to_vec()).await.unwrap();
     let snapshot = c.snapshot().await.unwrap();
     assert!(snapshot.parts.is_empty(), "dropping a table drops its parts");
     let fresh =
-        c.register_parts("t", recreated.version, vec![part("p1", Some("b1"))], "n1", 0, i64::MAX).await.unwrap();
+        c.register_parts("t", recreated.version, vec![part("p1", Some("b1"))], &["n1"], 0, i64::MAX).await.unwrap();
     assert!(matches!(fresh.outcomes[0], PartOutcome::Registered { .. }), "dropping a table forgets its block ids");
 }
 
 pub async fn snapshot_and_watch_agree(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
-    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], "n1", 0, i64::MAX).await.unwrap();
+    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], &["n1"], 0, i64::MAX).await.unwrap();
     let snapshot = c.snapshot().await.unwrap();
     assert_eq!(snapshot.tables.len(), 1);
     assert_eq!(snapshot.parts.len(), 1);
 
     let mut stream = c.watch(snapshot.revision + 1).await.unwrap();
-    let added = c.register_parts("t", table.version, vec![part("p2", Some("b2"))], "n1", 0, i64::MAX).await.unwrap();
+    let added = c.register_parts("t", table.version, vec![part("p2", Some("b2"))], &["n1"], 0, i64::MAX).await.unwrap();
     c.drop_table("t").await.unwrap();
     let mut events = Vec::new();
     while !events.iter().any(|e| matches!(e, ClusterEvent::TableDropped { .. })) {
@@ -281,7 +283,7 @@ pub async fn snapshot_and_watch_agree(kv: Arc<dyn KvBackend>, p: &str) {
 pub async fn holders_follow_their_parts(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
-    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], "n1", 0, i64::MAX).await.unwrap();
+    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], &["n1"], 0, i64::MAX).await.unwrap();
     assert_eq!(c.part_holders("t", "p1").await.unwrap(), ["n1"], "the writer is the first holder");
     assert!(c.add_holder("t", "p1", "n2").await.unwrap());
     assert!(c.add_holder("t", "p1", "n2").await.unwrap(), "adding a holder twice is harmless");
@@ -316,19 +318,19 @@ pub async fn expired_blocks_are_admitted_again(kv: Arc<dyn KvBackend>, p: &str) 
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
     let window_ms = 1000;
-    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], "n1", 10_000, window_ms).await.unwrap();
+    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], &["n1"], 10_000, window_ms).await.unwrap();
     let inside =
-        c.register_parts("t", table.version, vec![part("p2", Some("b1"))], "n1", 11_000, window_ms).await.unwrap();
+        c.register_parts("t", table.version, vec![part("p2", Some("b1"))], &["n1"], 11_000, window_ms).await.unwrap();
     assert!(
         matches!(inside.outcomes[0], PartOutcome::Duplicate { .. }),
         "exactly at the window's edge: still a duplicate"
     );
     let outside =
-        c.register_parts("t", table.version, vec![part("p3", Some("b1"))], "n1", 11_001, window_ms).await.unwrap();
+        c.register_parts("t", table.version, vec![part("p3", Some("b1"))], &["n1"], 11_001, window_ms).await.unwrap();
     assert!(matches!(outside.outcomes[0], PartOutcome::Registered { .. }), "past the window: admitted again");
     assert_eq!(c.get_block("t", "b1").await.unwrap().map(|(b, _)| b.part), Some("p3".into()));
     let again =
-        c.register_parts("t", table.version, vec![part("p4", Some("b1"))], "n1", 11_500, window_ms).await.unwrap();
+        c.register_parts("t", table.version, vec![part("p4", Some("b1"))], &["n1"], 11_500, window_ms).await.unwrap();
     assert!(matches!(again.outcomes[0], PartOutcome::Duplicate { ref existing_part, .. } if existing_part == "p3"));
 }
 
@@ -337,7 +339,7 @@ pub async fn old_blocks_are_pruned(kv: Arc<dyn KvBackend>, p: &str) {
     let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
     for i in 0..5 {
         let block = format!("b{i}");
-        c.register_parts("t", table.version, vec![part(&format!("p{i}"), Some(&block))], "n1", 1000 + i, i64::MAX)
+        c.register_parts("t", table.version, vec![part(&format!("p{i}"), Some(&block))], &["n1"], 1000 + i, i64::MAX)
             .await
             .unwrap();
     }
@@ -347,7 +349,7 @@ pub async fn old_blocks_are_pruned(kv: Arc<dyn KvBackend>, p: &str) {
     assert!(c.get_block("t", "b2").await.unwrap().is_some(), "the 3rd newest is kept");
     assert_eq!(c.prune_blocks("t", 3).await.unwrap(), 0, "nothing more to forget");
     let retried =
-        c.register_parts("t", table.version, vec![part("p9", Some("b0"))], "n1", 5000, i64::MAX).await.unwrap();
+        c.register_parts("t", table.version, vec![part("p9", Some("b0"))], &["n1"], 5000, i64::MAX).await.unwrap();
     assert!(matches!(retried.outcomes[0], PartOutcome::Registered { .. }), "a forgotten block id is admitted again");
     assert_eq!(c.snapshot().await.unwrap().parts.len(), 6, "pruning block ids never touches parts");
 }
@@ -358,7 +360,7 @@ pub async fn block_ids_expire_with_their_window(kv: Arc<dyn KvBackend>, p: &str)
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
     for i in 0..3 {
         let block = format!("b{i}");
-        c.register_parts("t", table.version, vec![part(&format!("p{i}"), Some(&block))], "n1", now(), 1000)
+        c.register_parts("t", table.version, vec![part(&format!("p{i}"), Some(&block))], &["n1"], now(), 1000)
             .await
             .unwrap();
     }
@@ -370,6 +372,29 @@ pub async fn block_ids_expire_with_their_window(kv: Arc<dyn KvBackend>, p: &str)
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     assert_eq!(c.snapshot().await.unwrap().parts.len(), 3, "expiry forgets block ids, never parts");
+}
+
+pub async fn one_leader_at_a_time_and_fenced(kv: Arc<dyn KvBackend>, p: &str) {
+    let c = Coordinator::new(kv.clone(), p);
+    let lease1 = kv.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let lease2 = kv.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let fence = c.acquire_leadership("gc", "n1", lease1).await.unwrap().expect("the first candidate leads");
+    assert_eq!(
+        c.acquire_leadership("gc", "n1", lease1).await.unwrap(),
+        Some(fence),
+        "a leader asking again still leads"
+    );
+    assert_eq!(c.acquire_leadership("gc", "n2", lease2).await.unwrap(), None, "a second candidate does not lead");
+    assert_eq!(c.leader("gc").await.unwrap().as_deref(), Some("n1"));
+    assert!(c.still_leader("gc", fence).await.unwrap());
+
+    kv.revoke_lease(lease1).await.unwrap();
+    assert!(!c.still_leader("gc", fence).await.unwrap(), "a leader whose lease ended is fenced off");
+    let fence2 = c.acquire_leadership("gc", "n2", lease2).await.unwrap().expect("the next candidate takes over");
+    assert!(fence2 > fence);
+    assert!(!c.still_leader("gc", fence).await.unwrap(), "the old leader stays fenced after the takeover");
+    assert!(c.still_leader("gc", fence2).await.unwrap());
+    kv.revoke_lease(lease2).await.unwrap();
 }
 
 #[cfg(test)]

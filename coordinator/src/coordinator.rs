@@ -141,6 +141,16 @@ pub fn valid_name(name: &str) -> bool {
         && name.len() <= 128
 }
 
+/// The holder name recorded for a part once its object is in the object store. Node ids cannot
+/// start with `@`, so it never names a node.
+pub const OBJECT_STORE_HOLDER: &str = "@object-store";
+
+/// Node ids double as key segments and appear in logs: ASCII letters, digits, `_`, `-` and
+/// `.`, at most 128 characters (Kubernetes pod names fit).
+pub fn valid_node_id(id: &str) -> bool {
+    !id.is_empty() && id.len() <= 128 && id.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
+}
+
 /// tandem's metadata operations over any [`KvBackend`].
 ///
 /// Key layout under the prefix (default `/tandem/default/`):
@@ -149,6 +159,7 @@ pub fn valid_name(name: &str) -> bool {
 /// - `blocks/<table>/<block id>`: the admitted block ids, each naming its part.
 /// - `holders/<table>/<part id>/<node id>`: the nodes that hold a verified copy of a part.
 /// - `nodes/<node id>`: live nodes, attached to their lease.
+/// - `leaders/<role>`: the node performing a one-at-a-time role, attached to its lease.
 #[derive(Clone)]
 pub struct Coordinator {
     kv: Arc<dyn KvBackend>,
@@ -329,15 +340,15 @@ impl Coordinator {
     /// is still at `table_version` (so no part lands under a schema that no longer exists).
     /// Parts whose block id exists come back as `Duplicate`; the others are registered.
     ///
-    /// `holder` names the node that wrote the parts: it is recorded as their first holder in
-    /// the same transaction. A block id admitted more than `dedup_window_ms` before `now_ms`
+    /// `holders` name where verified copies already are (the node that wrote the parts, and
+    /// [`OBJECT_STORE_HOLDER`] when they were uploaded first): recorded in the same transaction. A block id admitted more than `dedup_window_ms` before `now_ms`
     /// has expired: it is admitted again (replacing the old record in the same transaction).
     pub async fn register_parts(
         &self,
         table: &str,
         table_version: Revision,
         parts: Vec<NewPart>,
-        holder: &str,
+        holders: &[&str],
         now_ms: i64,
         dedup_window_ms: i64,
     ) -> Result<Registration, CoordError> {
@@ -365,11 +376,13 @@ impl Coordinator {
                         value: part.manifest.clone(),
                         lease: None,
                     });
-                    success.push(TxnOp::Put {
-                        key: self.holder_key(table, &part.id, holder),
-                        value: Vec::new(),
-                        lease: None,
-                    });
+                    for holder in holders {
+                        success.push(TxnOp::Put {
+                            key: self.holder_key(table, &part.id, holder),
+                            value: Vec::new(),
+                            lease: None,
+                        });
+                    }
                     if let Some(block_id) = &part.block_id {
                         let key = self.block_key(table, block_id);
                         let record = BlockRecord {
@@ -610,6 +623,54 @@ impl Coordinator {
         let prefix = format!("{}nodes/", self.prefix);
         let (kvs, _) = self.kv.range(&prefix).await?;
         Ok(kvs.into_iter().map(|kv| (kv.key[prefix.len()..].to_string(), kv.value)).collect())
+    }
+
+    fn leader_key(&self, role: &str) -> String {
+        format!("{}leaders/{role}", self.prefix)
+    }
+
+    /// Tries to become the one node that performs `role` (for example the object-store
+    /// garbage collector): the key `leaders/<role>` is created attached to `lease`, so it
+    /// disappears when the leader stops renewing. Returns the leadership's fencing revision
+    /// when this node leads (newly or already), None when another node does.
+    pub async fn acquire_leadership(
+        &self,
+        role: &str,
+        node: &str,
+        lease: LeaseId,
+    ) -> Result<Option<Revision>, CoordError> {
+        let key = self.leader_key(role);
+        let result = self
+            .kv
+            .txn(
+                vec![Compare::Absent(key.clone())],
+                vec![TxnOp::Put { key: key.clone(), value: node.as_bytes().to_vec(), lease: Some(lease) }],
+                vec![TxnOp::Get { key }],
+            )
+            .await?;
+        if result.succeeded {
+            return Ok(Some(result.revision));
+        }
+        Ok(result
+            .gets
+            .into_iter()
+            .flatten()
+            .next()
+            .filter(|kv| kv.value == node.as_bytes() && kv.lease == lease)
+            .map(|kv| kv.mod_revision))
+    }
+
+    /// Whether the leadership acquired at `fence` still holds: a leader checks this right
+    /// before each action outside etcd, since it may have paused past its lease.
+    pub async fn still_leader(&self, role: &str, fence: Revision) -> Result<bool, CoordError> {
+        let key = self.leader_key(role);
+        let result = self.kv.txn(vec![Compare::ModRevision(key, fence)], vec![], vec![]).await?;
+        Ok(result.succeeded)
+    }
+
+    /// The node leading `role`, if any.
+    pub async fn leader(&self, role: &str) -> Result<Option<String>, CoordError> {
+        Ok(self.kv.get(&self.leader_key(role)).await?.map(|kv| String::from_utf8_lossy(&kv.value).into_owned()))
     }
 
     fn table_record(&self, kv: KeyValue) -> TableRecord {

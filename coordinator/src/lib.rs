@@ -22,8 +22,8 @@ pub mod conformance;
 pub mod etcd_process;
 
 pub use coordinator::{
-    BlockRecord, ClusterEvent, Coordinator, EventBatch, NewPart, PartOutcome, RegisteredPart, Registration, Snapshot,
-    TableRecord, valid_name,
+    BlockRecord, ClusterEvent, Coordinator, EventBatch, NewPart, OBJECT_STORE_HOLDER, PartOutcome, RegisteredPart,
+    Registration, Snapshot, TableRecord, valid_name, valid_node_id,
 };
 pub use embedded::EmbeddedKv;
 pub use error::CoordError;

@@ -108,7 +108,7 @@ fn apply_one(def: &mut TableDef, action: &AlterAction) -> Result<bool, NodeError
         AlterAction::ModifySettings(settings) => {
             let before = def.settings.clone();
             for (key, value) in settings {
-                def.settings.set(key, *value)?;
+                def.settings.set(key, value)?;
             }
             Ok(def.settings != before)
         }

@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, Instant};
 
-use tandem_coordinator::{ClusterEvent, EventBatch, RegisteredPart, Revision, Snapshot, TableRecord};
+use tandem_coordinator::{
+    ClusterEvent, EventBatch, OBJECT_STORE_HOLDER, RegisteredPart, Revision, Snapshot, TableRecord,
+};
 use tandem_parts::{LocalPartStore, PartId, PartManifest};
 use tokio::sync::{mpsc, watch};
 
@@ -55,6 +57,9 @@ pub struct PendingPart {
     pub since: Instant,
     pub attempts: u32,
     pub last_error: Option<String>,
+    /// No live node holds the part and the object store does not have it (as of the last
+    /// attempt): it can come back only if a holder returns.
+    pub lost: bool,
 }
 
 #[derive(Clone, Debug)]
@@ -120,9 +125,16 @@ impl Catalog {
         }
     }
 
-    /// The nodes known to hold a verified copy of `part`.
+    /// The nodes known to hold a verified copy of `part` (the object store is not a node).
     pub fn holders(&self, part: &str) -> BTreeSet<String> {
-        self.holders.lock().expect("holders lock").get(part).cloned().unwrap_or_default()
+        let mut holders = self.holders.lock().expect("holders lock").get(part).cloned().unwrap_or_default();
+        holders.remove(OBJECT_STORE_HOLDER);
+        holders
+    }
+
+    /// Whether `part` is recorded as uploaded to the object store.
+    pub fn in_object_store(&self, part: &str) -> bool {
+        self.holders.lock().expect("holders lock").get(part).is_some_and(|h| h.contains(OBJECT_STORE_HOLDER))
     }
 
     /// Waits until every one of `parts` has at least `quorum` holders. Returns the smallest
@@ -272,6 +284,7 @@ impl Catalog {
                     since: Instant::now(),
                     attempts: 0,
                     last_error,
+                    lost: false,
                 };
                 table.pending.insert(id, pending);
                 requests.push(FetchRequest { table: part.table.clone(), id });
@@ -454,6 +467,7 @@ impl Catalog {
                 since: Instant::now(),
                 attempts: 0,
                 last_error: Some(reason),
+                lost: false,
             };
             state.pending.insert(*id, pending);
         }
@@ -461,14 +475,15 @@ impl Catalog {
         self.send_requests(vec![FetchRequest { table: table.to_string(), id: *id }]);
     }
 
-    /// Records a failed fetch attempt of a pending part. Returns the attempt count, or None
-    /// when the part is no longer wanted.
-    pub fn fetch_failed(&self, table: &str, id: &PartId, error: String) -> Option<u32> {
+    /// Records a failed fetch attempt of a pending part (`lost`: nobody had it). Returns the
+    /// attempt count, or None when the part is no longer wanted.
+    pub fn fetch_failed(&self, table: &str, id: &PartId, error: String, lost: bool) -> Option<u32> {
         let mut tables = self.tables.write().expect("catalog lock");
         let state = Arc::make_mut(tables.get_mut(table)?);
         let pending = state.pending.get_mut(id)?;
         pending.attempts += 1;
         pending.last_error = Some(error);
+        pending.lost = lost;
         Some(pending.attempts)
     }
 

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
+use tandem_parts::S3Settings;
 
 /// Flags of `tandem serve`. Each also reads a `TANDEM_*` environment variable.
 #[derive(Args, Debug, Default, Clone)]
@@ -50,6 +51,43 @@ pub struct ServeArgs {
     /// dedup_window_blocks [default: 60000].
     #[arg(long, env = "TANDEM_DEDUP_PRUNE_INTERVAL_MS")]
     pub dedup_prune_interval_ms: Option<u64>,
+    /// S3-compatible endpoint (`http://minio:9000`); omit for AWS S3 itself.
+    #[arg(long, env = "TANDEM_S3_ENDPOINT")]
+    pub s3_endpoint: Option<String>,
+    /// Bucket that mirrors every part: setting it turns the object store on.
+    #[arg(long, env = "TANDEM_S3_BUCKET")]
+    pub s3_bucket: Option<String>,
+    /// Key prefix of this cluster's objects in the bucket [default: the cluster name].
+    #[arg(long, env = "TANDEM_S3_PREFIX")]
+    pub s3_prefix: Option<String>,
+    /// Region of the bucket [default: us-east-1, or AWS_REGION].
+    #[arg(long, env = "TANDEM_S3_REGION")]
+    pub s3_region: Option<String>,
+    /// Path-style addressing (`endpoint/bucket/key`), needed by MinIO and most self-hosted
+    /// servers [default: true when --s3-endpoint is set].
+    #[arg(long, env = "TANDEM_S3_PATH_STYLE", num_args = 0..=1, default_missing_value = "true")]
+    pub s3_path_style: Option<bool>,
+    /// Allow plain-HTTP endpoints [default: false].
+    #[arg(long, env = "TANDEM_S3_ALLOW_HTTP", num_args = 0..=1, default_missing_value = "true")]
+    pub s3_allow_http: Option<bool>,
+    /// TOML file with `access_key_id` and `secret_access_key` (the keys themselves can also come
+    /// from TANDEM_S3_ACCESS_KEY_ID / TANDEM_S3_SECRET_ACCESS_KEY, the AWS_* variables or the
+    /// config file, never from a flag).
+    #[arg(long, env = "TANDEM_S3_CREDENTIALS_FILE")]
+    pub s3_credentials_file: Option<PathBuf>,
+    /// Parts uploaded to the object store at the same time [default: 4].
+    #[arg(long, env = "TANDEM_UPLOAD_CONCURRENCY")]
+    pub upload_concurrency: Option<usize>,
+    /// Objects no part references are deleted once unreferenced for this long [default: 3600].
+    #[arg(long, env = "TANDEM_OBJECT_STORE_GC_GRACE_SECONDS")]
+    pub object_store_gc_grace_seconds: Option<u64>,
+    /// Seconds between object-store garbage collection passes [default: 300].
+    #[arg(long, env = "TANDEM_OBJECT_STORE_GC_INTERVAL_SECONDS")]
+    pub object_store_gc_interval_seconds: Option<u64>,
+    /// Fill this node's disk from the object store instead of its peers: until it has caught
+    /// up, every part is read from the bucket first (peers only for parts not uploaded yet).
+    #[arg(long, env = "TANDEM_BOOTSTRAP_FROM_OBJECT_STORE", num_args = 0..=1, default_missing_value = "true")]
+    pub bootstrap_from_object_store: Option<bool>,
 }
 
 /// The flat TOML file. Unknown keys are an error, so a typo is not ignored.
@@ -68,6 +106,39 @@ pub struct FileConfig {
     pub fetch_concurrency: Option<usize>,
     pub relist_interval_seconds: Option<u64>,
     pub dedup_prune_interval_ms: Option<u64>,
+    pub s3_endpoint: Option<String>,
+    pub s3_bucket: Option<String>,
+    pub s3_prefix: Option<String>,
+    pub s3_region: Option<String>,
+    pub s3_path_style: Option<bool>,
+    pub s3_allow_http: Option<bool>,
+    pub s3_access_key_id: Option<String>,
+    pub s3_secret_access_key: Option<String>,
+    pub s3_credentials_file: Option<PathBuf>,
+    pub upload_concurrency: Option<usize>,
+    pub object_store_gc_grace_seconds: Option<u64>,
+    pub object_store_gc_interval_seconds: Option<u64>,
+    pub bootstrap_from_object_store: Option<bool>,
+}
+
+/// The S3 credentials file (`--s3-credentials-file`).
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CredentialsFile {
+    access_key_id: String,
+    secret_access_key: String,
+}
+
+/// The object-store mirror of parts.
+#[derive(Clone, Debug)]
+pub struct ObjectStoreConfig {
+    pub s3: S3Settings,
+    pub upload_concurrency: usize,
+    /// An object unreferenced for this long is deleted.
+    pub gc_grace: Duration,
+    pub gc_interval: Duration,
+    /// Read parts from the bucket first until caught up (a node filling an empty disk).
+    pub bootstrap: bool,
 }
 
 /// Where the metadata lives.
@@ -96,6 +167,7 @@ pub struct NodeConfig {
     pub relist_interval: Duration,
     /// How often block ids beyond each table's count window are forgotten.
     pub dedup_prune_interval: Duration,
+    pub object_store: Option<ObjectStoreConfig>,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -108,6 +180,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("cluster_prefix", &self.cluster_prefix)
             .field("grpc_addr", &self.grpc_addr)
             .field("cluster_secret", &self.cluster_secret.as_ref().map(|_| "<set>"))
+            .field("object_store", &self.object_store)
             .finish_non_exhaustive()
     }
 }
@@ -141,10 +214,74 @@ impl NodeConfig {
         if node_id.is_none() && coordinator != CoordinatorConfig::Embedded {
             bail!("--node-id (or TANDEM_NODE_ID) is required with --etcd: each node of a cluster needs a stable name");
         }
+        if let Some(id) = &node_id
+            && !tandem_coordinator::valid_node_id(id)
+        {
+            bail!("node id `{id}` must be 1 to 128 letters, digits, `_`, `-` and `.`");
+        }
         let cluster = args.cluster.clone().or(file.cluster).unwrap_or_else(|| "default".to_string());
         if !tandem_coordinator::valid_name(&cluster.replace('-', "_")) {
             bail!("cluster name `{cluster}` must be letters, digits, `_` and `-`");
         }
+        let object_store = match args.s3_bucket.clone().or(file.s3_bucket).filter(|b| !b.is_empty()) {
+            None => {
+                if args.bootstrap_from_object_store.or(file.bootstrap_from_object_store).unwrap_or(false) {
+                    bail!("--bootstrap-from-object-store needs an object store: set --s3-bucket (and --s3-endpoint)");
+                }
+                None
+            }
+            Some(bucket) => {
+                let (mut access_key_id, mut secret_access_key) = (
+                    std::env::var("TANDEM_S3_ACCESS_KEY_ID").ok().filter(|s| !s.is_empty()),
+                    std::env::var("TANDEM_S3_SECRET_ACCESS_KEY").ok().filter(|s| !s.is_empty()),
+                );
+                if let Some(path) = args.s3_credentials_file.clone().or(file.s3_credentials_file) {
+                    let text = std::fs::read_to_string(&path)
+                        .with_context(|| format!("cannot read the S3 credentials file {}", path.display()))?;
+                    // Only the parser's message: its full error quotes the offending line, a secret.
+                    let creds: CredentialsFile = toml::from_str(&text).map_err(|e| {
+                        anyhow::anyhow!(
+                            "S3 credentials file {}: {}; it holds `access_key_id = \"...\"` and `secret_access_key = \"...\"`",
+                            path.display(),
+                            e.message()
+                        )
+                    })?;
+                    access_key_id = access_key_id.or(Some(creds.access_key_id));
+                    secret_access_key = secret_access_key.or(Some(creds.secret_access_key));
+                }
+                let endpoint = args.s3_endpoint.clone().or(file.s3_endpoint).filter(|e| !e.is_empty());
+                let region = args
+                    .s3_region
+                    .clone()
+                    .or(file.s3_region)
+                    .or_else(|| std::env::var("AWS_REGION").ok())
+                    .unwrap_or_else(|| "us-east-1".to_string());
+                Some(ObjectStoreConfig {
+                    s3: S3Settings {
+                        path_style: args.s3_path_style.or(file.s3_path_style).unwrap_or(endpoint.is_some()),
+                        allow_http: args.s3_allow_http.or(file.s3_allow_http).unwrap_or(false),
+                        endpoint,
+                        bucket,
+                        prefix: args.s3_prefix.clone().or(file.s3_prefix).unwrap_or_else(|| cluster.clone()),
+                        region,
+                        access_key_id: access_key_id.or(file.s3_access_key_id),
+                        secret_access_key: secret_access_key.or(file.s3_secret_access_key),
+                        request_timeout: Duration::from_secs(300),
+                    },
+                    upload_concurrency: args.upload_concurrency.or(file.upload_concurrency).unwrap_or(4).max(1),
+                    gc_grace: Duration::from_secs(
+                        args.object_store_gc_grace_seconds.or(file.object_store_gc_grace_seconds).unwrap_or(3600),
+                    ),
+                    gc_interval: Duration::from_secs(
+                        args.object_store_gc_interval_seconds
+                            .or(file.object_store_gc_interval_seconds)
+                            .unwrap_or(300)
+                            .max(1),
+                    ),
+                    bootstrap: args.bootstrap_from_object_store.or(file.bootstrap_from_object_store).unwrap_or(false),
+                })
+            }
+        };
         Ok(NodeConfig {
             http_addr: args
                 .http_addr
@@ -165,6 +302,7 @@ impl NodeConfig {
             dedup_prune_interval: Duration::from_millis(
                 args.dedup_prune_interval_ms.or(file.dedup_prune_interval_ms).unwrap_or(60_000).max(10),
             ),
+            object_store,
         })
     }
 
@@ -183,6 +321,7 @@ impl NodeConfig {
             fetch_concurrency: 4,
             relist_interval: Duration::from_secs(300),
             dedup_prune_interval: Duration::from_secs(60),
+            object_store: None,
         }
     }
 
@@ -224,6 +363,19 @@ mod tests {
             file.fetch_concurrency.is_some(),
             file.relist_interval_seconds.is_some(),
             file.dedup_prune_interval_ms.is_some(),
+            file.s3_endpoint.is_some(),
+            file.s3_bucket.is_some(),
+            file.s3_prefix.is_some(),
+            file.s3_region.is_some(),
+            file.s3_path_style.is_some(),
+            file.s3_allow_http.is_some(),
+            file.s3_access_key_id.is_some(),
+            file.s3_secret_access_key.is_some(),
+            file.s3_credentials_file.is_some(),
+            file.upload_concurrency.is_some(),
+            file.object_store_gc_grace_seconds.is_some(),
+            file.object_store_gc_interval_seconds.is_some(),
+            file.bootstrap_from_object_store.is_some(),
         ];
         assert!(documented.iter().all(|d| *d), "every key is documented in the example: {documented:?}");
     }
@@ -254,6 +406,37 @@ mod tests {
         let config = NodeConfig::resolve(&args).unwrap();
         assert_eq!(config.cluster_secret.as_deref(), Some("s3cr3t"));
         assert!(!format!("{config:?}").contains("s3cr3t"), "the secret is never printed");
+    }
+
+    #[test]
+    fn object_store_settings_and_credentials_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let creds = dir.path().join("s3.toml");
+        std::fs::write(&creds, "access_key_id = \"AKID\"\nsecret_access_key = \"sekrit\"\n").unwrap();
+        let args = ServeArgs {
+            s3_bucket: Some("parts".into()),
+            s3_endpoint: Some("http://127.0.0.1:9000".into()),
+            s3_credentials_file: Some(creds),
+            cluster: Some("blue".into()),
+            ..Default::default()
+        };
+        let config = NodeConfig::resolve(&args).unwrap();
+        let store = config.object_store.as_ref().expect("a bucket turns the object store on");
+        assert_eq!(store.s3.prefix, "blue", "the default prefix keeps clusters sharing a bucket apart");
+        assert!(store.s3.path_style, "a custom endpoint defaults to path-style addressing");
+        assert_eq!(store.s3.access_key_id.as_deref(), Some("AKID"));
+        assert!(!format!("{config:?}").contains("sekrit"), "credentials are never printed");
+
+        let bad = dir.path().join("bad.toml");
+        std::fs::write(&bad, "access_key = \"AKID\"\n").unwrap();
+        let args = ServeArgs { s3_credentials_file: Some(bad), ..args };
+        let err = NodeConfig::resolve(&args).unwrap_err().to_string();
+        assert!(err.contains("access_key_id") && !err.contains("AKID"), "{err}");
+
+        let args = ServeArgs { bootstrap_from_object_store: Some(true), ..Default::default() };
+        assert!(NodeConfig::resolve(&args).unwrap_err().to_string().contains("--s3-bucket"));
+        let args = ServeArgs { node_id: Some("@object-store".into()), ..Default::default() };
+        assert!(NodeConfig::resolve(&args).unwrap_err().to_string().contains("node id"));
     }
 
     #[test]

@@ -1,14 +1,15 @@
-//! The fetcher: obtains the files of pending parts from peers, by hash. Sources are tried in
-//! order (the node that wrote the part, then every other live holder); every byte is hashed
-//! on arrival and a part becomes visible only if it matches. Fetches run at bounded
-//! concurrency, retry with backoff, and never touch the insert path.
+//! The fetcher: obtains the files of pending parts by hash. Sources are tried in order: the
+//! node that wrote the part, then every other live holder, then the object store (the bucket
+//! comes first while the node bootstraps from it). Every byte is hashed on arrival and a part
+//! becomes visible only if it matches. A part that no source has is reported lost. Fetches
+//! run at bounded concurrency, retry with backoff, and never touch the insert path.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use tandem_parts::{PartError, PartId};
+use tandem_parts::{MirrorError, PartError, PartId};
 use tandem_proto::v1::FetchPartRequest;
 use tandem_proto::v1::interserver_client::InterserverClient;
 use tandem_proto::{SECRET_METADATA_KEY, WIRE_FORMAT_VERSION};
@@ -23,13 +24,32 @@ use crate::node::Node;
 /// No chunk for this long ends a fetch from that source.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
+const MAX_LOST_BACKOFF: Duration = Duration::from_secs(60);
 
 /// Why one source could not provide a part.
 #[derive(Debug)]
 enum SourceError {
     /// The bytes did not hash to the part id (or the source said its copy is corrupt).
     Corrupt(String),
+    /// The source does not have the part.
+    Missing,
     Failed(String),
+}
+
+/// Where a part can come from.
+#[derive(Debug, Clone)]
+enum Source {
+    Peer(NodeInfo),
+    ObjectStore,
+}
+
+impl Source {
+    fn name(&self) -> &str {
+        match self {
+            Source::Peer(info) => &info.node_id,
+            Source::ObjectStore => "object store",
+        }
+    }
 }
 
 pub struct Fetcher {
@@ -74,13 +94,20 @@ pub async fn run(node: Arc<Node>, mut requests: mpsc::UnboundedReceiver<FetchReq
             let node = &fetcher.node;
             match result {
                 Ok(()) => {}
-                Err(reason) => {
-                    let Some(attempts) = node.catalog.fetch_failed(&request.table, &request.id, reason.clone()) else {
+                Err((reason, lost)) => {
+                    let Some(attempts) = node.catalog.fetch_failed(&request.table, &request.id, reason.clone(), lost)
+                    else {
                         return;
                     };
                     node.metrics.fetch_failures.inc();
-                    let backoff = (Duration::from_millis(200) * 2u32.saturating_pow(attempts.min(10))).min(MAX_BACKOFF);
-                    tracing::warn!(table = %request.table, part = %request.id, attempts, retry_in_ms = backoff.as_millis() as u64, %reason, "part fetch failed");
+                    // A lost part is still asked for (a holder may come back), but rarely.
+                    let max = if lost { MAX_LOST_BACKOFF } else { MAX_BACKOFF };
+                    let backoff = (Duration::from_millis(200) * 2u32.saturating_pow(attempts.min(10))).min(max);
+                    if lost {
+                        tracing::error!(table = %request.table, part = %request.id, attempts, retry_in_ms = backoff.as_millis() as u64, %reason, "part is lost");
+                    } else {
+                        tracing::warn!(table = %request.table, part = %request.id, attempts, retry_in_ms = backoff.as_millis() as u64, %reason, "part fetch failed");
+                    }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => { let _ = retry.send(request); }
                         _ = shutdown.cancelled() => {}
@@ -92,26 +119,54 @@ pub async fn run(node: Arc<Node>, mut requests: mpsc::UnboundedReceiver<FetchReq
 }
 
 impl Fetcher {
-    /// Fetches one pending part from the first source that provides valid bytes.
-    async fn fetch(&self, request: &FetchRequest) -> Result<(), String> {
+    /// Fetches one pending part from the first source that provides valid bytes. The error
+    /// says what each source answered, and whether the part is lost (no source has it).
+    async fn fetch(&self, request: &FetchRequest) -> Result<(), (String, bool)> {
         let node = &self.node;
         let Some(pending) = node.catalog.pending(&request.table, &request.id) else { return Ok(()) };
         let id = request.id.to_string();
-        let holders = node.coordinator.part_holders(&request.table, &id).await.map_err(|e| e.to_string())?;
-        let live = live_nodes(node).await.map_err(|e| e.to_string())?;
-        let sources = order_sources(&holders, &live, pending.manifest.node.as_deref(), &node.config.node_id);
+        let holders = node.coordinator.part_holders(&request.table, &id).await.map_err(|e| (e.to_string(), false))?;
+        let live = live_nodes(node).await.map_err(|e| (e.to_string(), false))?;
+        let peers = order_sources(&holders, &live, pending.manifest.node.as_deref(), &node.config.node_id);
+        let mut sources: Vec<Source> = peers.into_iter().map(Source::Peer).collect();
+        if let Some(bucket) = &node.bucket {
+            if bucket.is_bootstrapping() {
+                sources.insert(0, Source::ObjectStore);
+            } else {
+                sources.push(Source::ObjectStore);
+            }
+        }
         if sources.is_empty() {
-            return Err(format!("no live node holds part {id} (holders: {})", holders.join(", ")));
+            let holders = holders.join(", ");
+            return Err((
+                format!(
+                    "lost: no live node holds part {id} (recorded holders: {holders}) and no object store is configured"
+                ),
+                true,
+            ));
         }
         let mut problems = Vec::new();
+        let mut everywhere_missing = true;
         for source in sources {
             let started = Instant::now();
-            match self.fetch_from(&source, &request.table, &request.id).await {
+            let result = match &source {
+                Source::Peer(info) => self.fetch_from_peer(info, &request.table, &request.id).await,
+                Source::ObjectStore => self.fetch_from_object_store(&request.table, &request.id).await,
+            };
+            match result {
                 Ok(bytes) => {
-                    node.metrics.fetch_bytes.inc_by(bytes);
-                    node.metrics.fetch_parts.inc();
+                    match source {
+                        Source::Peer(_) => {
+                            node.metrics.fetch_bytes.inc_by(bytes);
+                            node.metrics.fetch_parts.inc();
+                        }
+                        Source::ObjectStore => {
+                            node.metrics.object_store_fetched_bytes.inc_by(bytes);
+                            node.metrics.object_store_fetched_parts.inc();
+                        }
+                    }
                     if node.catalog.activate(&request.table, &request.id) {
-                        tracing::info!(table = %request.table, part = %id, from = %source.node_id, bytes,
+                        tracing::info!(table = %request.table, part = %id, from = %source.name(), bytes,
                             ms = started.elapsed().as_millis() as u64, "part fetched");
                         match node.coordinator.add_holder(&request.table, &id, &node.config.node_id).await {
                             Ok(_) => {}
@@ -121,14 +176,47 @@ impl Fetcher {
                     return Ok(());
                 }
                 Err(SourceError::Corrupt(reason)) => {
+                    everywhere_missing = false;
                     node.metrics.fetch_corrupt.inc();
-                    tracing::error!(table = %request.table, part = %id, from = %source.node_id, %reason, "refused a part whose bytes do not match its hash");
-                    problems.push(format!("{}: corrupt ({reason})", source.node_id));
+                    if matches!(source, Source::ObjectStore) {
+                        node.metrics.object_store_corrupt_objects.inc();
+                    }
+                    tracing::error!(table = %request.table, part = %id, from = %source.name(), %reason, "refused a part whose bytes do not match its hash");
+                    problems.push(format!("{}: corrupt ({reason})", source.name()));
                 }
-                Err(SourceError::Failed(reason)) => problems.push(format!("{}: {reason}", source.node_id)),
+                Err(SourceError::Missing) => problems.push(format!("{}: does not have it", source.name())),
+                Err(SourceError::Failed(reason)) => {
+                    everywhere_missing = false;
+                    problems.push(format!("{}: {reason}", source.name()));
+                }
             }
         }
-        Err(problems.join("; "))
+        // Lost only when every source answered that it does not have the part and no live
+        // node is recorded as holding it; an unreachable source leaves the question open.
+        let lost = everywhere_missing
+            && !live.iter().any(|n| n.node_id != node.config.node_id && holders.contains(&n.node_id));
+        let summary = problems.join("; ");
+        Err((
+            if lost {
+                format!("lost: no live node and not the object store has part {id} ({summary})")
+            } else {
+                summary
+            },
+            lost,
+        ))
+    }
+
+    async fn fetch_from_object_store(&self, table: &str, id: &PartId) -> Result<u64, SourceError> {
+        let bucket = self.node.bucket.as_ref().ok_or(SourceError::Missing)?;
+        let opened = bucket.mirror.open(table, id).await;
+        bucket.record(&self.node, &opened);
+        let stream = match opened {
+            Ok(stream) => stream,
+            Err(MirrorError::NotFound { .. }) => return Err(SourceError::Missing),
+            Err(e) => return Err(SourceError::Failed(e.to_string())),
+        };
+        let chunks = stream.map(|chunk| chunk.map_err(|e| SourceError::Failed(e.to_string())));
+        self.receive(id, chunks).await
     }
 
     fn channel(&self, addr: &str) -> Result<Channel, SourceError> {
@@ -145,7 +233,7 @@ impl Fetcher {
         Ok(channel)
     }
 
-    async fn fetch_from(&self, source: &NodeInfo, table: &str, id: &PartId) -> Result<u64, SourceError> {
+    async fn fetch_from_peer(&self, source: &NodeInfo, table: &str, id: &PartId) -> Result<u64, SourceError> {
         let channel = self.channel(&source.grpc_addr)?;
         let mut client = InterserverClient::new(channel).max_decoding_message_size(16 << 20);
         let mut request = tonic::Request::new(FetchPartRequest {
@@ -162,8 +250,25 @@ impl Fetcher {
             .await
             .map_err(|_| SourceError::Failed("no answer".into()))?
             .map_err(|status| SourceError::Failed(format!("{}: {}", status.code(), status.message())))?;
-        let mut chunks = response.into_inner();
+        let chunks = response.into_inner().map(|chunk| match chunk {
+            Ok(chunk) => Ok(chunk.data),
+            Err(status) if status.code() == tonic::Code::DataLoss => {
+                Err(SourceError::Corrupt(status.message().to_string()))
+            }
+            Err(status) if status.code() == tonic::Code::NotFound => Err(SourceError::Missing),
+            Err(status) => Err(SourceError::Failed(format!("{}: {}", status.code(), status.message()))),
+        });
+        self.receive(id, chunks).await
+    }
 
+    /// Writes a stream of chunks into the local store as part `id`; the store's writer hashes
+    /// them and keeps the file only if it matches.
+    async fn receive(
+        &self,
+        id: &PartId,
+        chunks: impl futures::Stream<Item = Result<bytes::Bytes, SourceError>> + Unpin,
+    ) -> Result<u64, SourceError> {
+        let mut chunks = chunks;
         let store = self.node.catalog.store().clone();
         let id = *id;
         // File writes and the final fsync block: they run on a blocking thread fed by a channel.
@@ -186,16 +291,12 @@ impl Fetcher {
                 }
                 Ok(None) => break,
                 Ok(Some(Ok(chunk))) => {
-                    if tx.send(chunk.data).await.is_err() {
+                    if tx.send(chunk).await.is_err() {
                         break;
                     }
                 }
-                Ok(Some(Err(status))) => {
-                    failure = Some(if status.code() == tonic::Code::DataLoss {
-                        SourceError::Corrupt(status.message().to_string())
-                    } else {
-                        SourceError::Failed(format!("{}: {}", status.code(), status.message()))
-                    });
+                Ok(Some(Err(e))) => {
+                    failure = Some(e);
                     break;
                 }
             }

@@ -21,6 +21,7 @@ use crate::formats::{Format, InputOptions, encode, text_batch};
 use crate::insert::{DEFAULT_QUORUM_TIMEOUT, InsertSettings, Quorum, insert};
 use crate::node::Node;
 use crate::query;
+use crate::schema::Durability;
 use crate::statement::{self, InsertSource, Statement};
 
 pub fn router(node: Arc<Node>) -> Router {
@@ -39,15 +40,36 @@ async fn health() -> &'static str {
     "Ok.\n"
 }
 
-async fn ready(State(node): State<Arc<Node>>) -> Response {
-    if node.is_ready() {
-        (StatusCode::OK, "Ok.\n").into_response()
-    } else {
-        (
+/// Ready to serve inserts and queries. With `?durability=object_store`, also requires the
+/// object store to be reachable (what inserts with `insert_durability=object_store` need).
+async fn ready(State(node): State<Arc<Node>>, Query(params): Query<HashMap<String, String>>) -> Response {
+    if !node.is_ready() {
+        return (
             StatusCode::SERVICE_UNAVAILABLE,
             "catching up with the cluster's metadata, or not yet announced to the cluster\n",
         )
-            .into_response()
+            .into_response();
+    }
+    let wants_object_store = params.get("durability").map(String::as_str) == Some("object_store");
+    match (node.bucket.as_ref().map(|b| b.status()), wants_object_store) {
+        (None, true) => {
+            (StatusCode::SERVICE_UNAVAILABLE, "no object store is configured on this node\n").into_response()
+        }
+        (Some((false, error)), true) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready for object-store durability: {}\n", error.unwrap_or_default()),
+        )
+            .into_response(),
+        (Some((false, error)), false) => (
+            StatusCode::OK,
+            format!(
+                "Ok. (the object store is unreachable: {}; uploads are queued, inserts with \
+                 insert_durability=object_store fail)\n",
+                error.unwrap_or_default()
+            ),
+        )
+            .into_response(),
+        _ => (StatusCode::OK, "Ok.\n").into_response(),
     }
 }
 
@@ -57,6 +79,7 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
     let complete = node.catalog.complete_revision();
     node.metrics.active_parts.set(tables.values().map(|t| t.parts.len() as i64).sum());
     node.metrics.pending_parts.set(pending as i64);
+    node.metrics.lost_parts.set(tables.values().flat_map(|t| t.pending.values()).filter(|p| p.lost).count() as i64);
     node.metrics.lag_seconds.set(lag_seconds);
     node.metrics.applied_revision.set(node.catalog.applied_revision());
     node.metrics.complete_revision.set(complete);
@@ -366,6 +389,7 @@ async fn run_insert(
             Some(ms) => Duration::from_millis(ms.max(0) as u64),
             None => DEFAULT_QUORUM_TIMEOUT,
         },
+        durability: params.get("insert_durability").map(|d| Durability::parse(d)).transpose()?,
     };
     let bytes_in = data.len();
     let result = insert(node, table, columns, format, data, &settings).await;

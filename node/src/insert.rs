@@ -8,12 +8,14 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
-use tandem_coordinator::{CoordError, NewPart, PartOutcome, Revision};
+use tandem_coordinator::{CoordError, NewPart, OBJECT_STORE_HOLDER, PartOutcome, Revision};
 use tandem_parts::{PART_FORMAT_VERSION, PartManifest, PartMetadata, block_id, encode_part, split_by_partition};
 
+use crate::bucket::{Bucket, upload_part};
 use crate::error::NodeError;
 use crate::formats::{Format, InputOptions, decode_insert};
 use crate::node::Node;
+use crate::schema::Durability;
 use crate::statement::AlterAction;
 
 /// Per-request insert settings (URL parameters).
@@ -24,6 +26,8 @@ pub struct InsertSettings {
     pub input: InputOptions,
     pub quorum: Quorum,
     pub quorum_timeout: Duration,
+    /// `insert_durability`; None takes the table's setting.
+    pub durability: Option<Durability>,
 }
 
 /// `insert_quorum`: how many nodes must hold the verified part before the ack.
@@ -259,8 +263,21 @@ async fn insert_once(
         pending.push((partition, block, block_id));
     }
 
+    let durability = settings.durability.unwrap_or(def.settings.insert_durability);
+    if durability == Durability::ObjectStore {
+        let Some(bucket) = &node.bucket else {
+            return Err(NodeError::bad_request(
+                "insert_durability=object_store needs an object store, and this node has none configured \
+                 (start it with --s3-bucket); nothing was written",
+            ));
+        };
+        // A deduplicated block's part may not be uploaded yet: make sure it is before the ack.
+        for part in summary.parts.iter().filter(|p| p.deduplicated) {
+            ensure_uploaded(node, bucket, table, &part.part).await?;
+        }
+    }
     if !pending.is_empty() {
-        register(node, &def, version, pending, &mut summary).await?;
+        register(node, &def, version, pending, durability, &mut summary).await?;
     }
     summary.deduplicated = summary.parts.iter().all(|p| p.deduplicated);
     node.metrics.insert_rows.inc_by(summary.rows_written);
@@ -281,6 +298,7 @@ async fn register(
     def: &crate::schema::TableDef,
     version: Revision,
     pending: Vec<(String, tandem_parts::arrow::array::RecordBatch, Option<String>)>,
+    durability: Durability,
     summary: &mut InsertSummary,
 ) -> Result<(), NodeError> {
     let table = def.name.clone();
@@ -291,7 +309,7 @@ async fn register(
     let node_id = node.config.node_id.clone();
     let column_ids = def.column_ids();
     // Encoding and fsync block: off the async runtime.
-    let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<(NewPart, u64)>, NodeError> {
+    let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<(NewPart, u64, Bytes)>, NodeError> {
         let mut out = Vec::new();
         for (index, (partition, block, block_id)) in pending.into_iter().enumerate() {
             // Unique per insert attempt: a block admitted again after its dedup window expired
@@ -322,6 +340,7 @@ async fn register(
             out.push((
                 NewPart { id: part.id.to_string(), partition, block_id, manifest: manifest.to_json() },
                 part.rows,
+                part.bytes,
             ));
         }
         Ok(out)
@@ -329,10 +348,31 @@ async fn register(
     .await
     .map_err(NodeError::internal)??;
 
-    let (new_parts, rows): (Vec<NewPart>, Vec<u64>) = encoded.into_iter().unzip();
+    let mut holders = vec![node.config.node_id.as_str()];
+    if let (Durability::ObjectStore, Some(bucket)) = (durability, &node.bucket) {
+        // Uploaded before registering: once the part is visible anywhere, its object exists.
+        let uploads = encoded.iter().map(|(part, _, bytes)| async move {
+            let id: tandem_parts::PartId = part.id.parse().map_err(NodeError::internal)?;
+            upload_part(node, bucket, &def.name, &id, Some(bytes.clone())).await.map_err(|e| {
+                NodeError::Unavailable(format!(
+                    "insert_durability=object_store: the object store ({}) did not take part {id}: {e}; \
+                     nothing was registered, retry when it is reachable",
+                    bucket.mirror.description()
+                ))
+            })
+        });
+        let results = futures::future::join_all(uploads).await;
+        if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
+            let parts: Vec<NewPart> = encoded.into_iter().map(|(part, _, _)| part).collect();
+            discard_unregistered(node, &parts).await;
+            return Err(e);
+        }
+        holders.push(OBJECT_STORE_HOLDER);
+    }
+    let (new_parts, rows): (Vec<NewPart>, Vec<u64>) = encoded.into_iter().map(|(part, rows, _)| (part, rows)).unzip();
     let registration = node
         .coordinator
-        .register_parts(&def.name, version, new_parts.clone(), &node.config.node_id, now_ms, dedup_window_ms(def))
+        .register_parts(&def.name, version, new_parts.clone(), &holders, now_ms, dedup_window_ms(def))
         .await;
     let registration = match registration {
         Ok(r) => r,
@@ -387,6 +427,43 @@ async fn register(
     }
     summary.revision = summary.revision.max(registration.revision);
     discard_unregistered(node, &orphans).await;
+    if let Some(bucket) = &node.bucket {
+        if durability == Durability::ObjectStore {
+            for part in summary.parts.iter().filter(|p| p.deduplicated) {
+                ensure_uploaded(node, bucket, &def.name, &part.part).await?;
+            }
+        } else {
+            bucket.wake_uploader();
+        }
+    }
+    Ok(())
+}
+
+/// For an insert that asks for object-store durability but was deduplicated: makes sure the
+/// existing part's object exists, uploading this node's copy if it has one.
+async fn ensure_uploaded(node: &Node, bucket: &Bucket, table: &str, part: &str) -> Result<(), NodeError> {
+    if node.catalog.in_object_store(part) {
+        return Ok(());
+    }
+    let id: tandem_parts::PartId = part.parse().map_err(NodeError::internal)?;
+    let unavailable = |e: String| {
+        NodeError::Unavailable(format!(
+            "insert_durability=object_store: the block was already inserted as part {part}, which is not confirmed \
+             in the object store ({}): {e}; retry when it is reachable (the retry is deduplicated)",
+            bucket.mirror.description()
+        ))
+    };
+    let exists = bucket.mirror.exists(table, &id).await;
+    bucket.record(node, &exists);
+    if !exists.map_err(|e| unavailable(e.to_string()))? {
+        if !node.catalog.store().contains(&id) {
+            return Err(unavailable("this node does not have its file yet".to_string()));
+        }
+        upload_part(node, bucket, table, &id, None).await.map_err(unavailable)?;
+    }
+    if let Err(e) = node.coordinator.add_holder(table, part, OBJECT_STORE_HOLDER).await {
+        tracing::warn!(%part, error = %e, "cannot record the object-store copy of a part");
+    }
     Ok(())
 }
 

@@ -11,12 +11,15 @@
 //!   restart resumes from the last applied revision.
 //! - [`fetch`], [`interserver`], [`membership`]: cluster mode: fetching parts from peers by
 //!   hash, serving them, and announcing this node under an etcd lease.
+//! - [`bucket`]: the object-store mirror in use: background and synchronous uploads, bootstrap
+//!   from the bucket, and the fenced garbage collector of unreferenced objects.
 //! - [`query`]: DataFusion over a catalog snapshot, with part pruning and `system` tables.
 //! - [`node`]: starting and stopping all of it; [`config`]: layered configuration;
 //!   [`bench`]: the benchmark command.
 
 pub mod alter;
 pub mod bench;
+pub mod bucket;
 pub mod catalog;
 pub mod config;
 pub mod error;

@@ -64,12 +64,14 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
             None => announce(&node).await.map(|id| {
                 tracing::info!(node = %node.config.node_id, lease = id, "announced this node to the cluster");
                 lease = Some(id);
+                node.lease.store(id, Ordering::Release);
                 node.announced.store(true, Ordering::Release);
             }),
             Some(id) => match node.coordinator.backend().keep_alive(id).await {
                 Err(CoordError::LeaseExpired(_)) => {
                     tracing::warn!(lease = id, "this node's lease expired; announcing it again");
                     node.announced.store(false, Ordering::Release);
+                    node.lease.store(0, Ordering::Release);
                     lease = None;
                     renew.reset_immediately();
                     continue;

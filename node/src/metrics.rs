@@ -27,6 +27,16 @@ pub struct Metrics {
     pub fetch_failures: Counter,
     pub fetch_corrupt: Counter,
     pub served_bytes: Counter,
+    pub object_store_up: Gauge,
+    pub object_store_uploaded_parts: Counter,
+    pub object_store_uploaded_bytes: Counter,
+    pub object_store_upload_failures: Counter,
+    pub object_store_upload_backlog: Gauge,
+    pub object_store_fetched_parts: Counter,
+    pub object_store_fetched_bytes: Counter,
+    pub object_store_corrupt_objects: Counter,
+    pub object_store_gc_deleted_objects: Counter,
+    pub lost_parts: Gauge,
 }
 
 impl Metrics {
@@ -52,6 +62,16 @@ impl Metrics {
             fetch_failures: Counter::default(),
             fetch_corrupt: Counter::default(),
             served_bytes: Counter::default(),
+            object_store_up: Gauge::default(),
+            object_store_uploaded_parts: Counter::default(),
+            object_store_uploaded_bytes: Counter::default(),
+            object_store_upload_failures: Counter::default(),
+            object_store_upload_backlog: Gauge::default(),
+            object_store_fetched_parts: Counter::default(),
+            object_store_fetched_bytes: Counter::default(),
+            object_store_corrupt_objects: Counter::default(),
+            object_store_gc_deleted_objects: Counter::default(),
+            lost_parts: Gauge::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -96,13 +116,67 @@ impl Metrics {
             "Age of the oldest registered part not yet on this node",
             metrics.lag_seconds.clone(),
         );
-        registry.register("fetch_parts", "Parts fetched from peers", metrics.fetch_parts.clone());
+        registry.register(
+            "fetch_parts",
+            "Parts fetched from peers (not the object store)",
+            metrics.fetch_parts.clone(),
+        );
         registry.register("fetch_bytes", "Bytes of parts fetched from peers", metrics.fetch_bytes.clone());
         registry.register("fetch_failures", "Part fetches that failed on every source", metrics.fetch_failures.clone());
         registry.register(
             "fetch_corrupt",
             "Part copies refused because their bytes did not match their hash",
             metrics.fetch_corrupt.clone(),
+        );
+        registry.register(
+            "object_store_up",
+            "1 when the last object-store request succeeded, 0 when it failed",
+            metrics.object_store_up.clone(),
+        );
+        registry.register(
+            "object_store_uploaded_parts",
+            "Parts uploaded to the object store (or found already there)",
+            metrics.object_store_uploaded_parts.clone(),
+        );
+        registry.register(
+            "object_store_uploaded_bytes",
+            "Bytes uploaded to the object store",
+            metrics.object_store_uploaded_bytes.clone(),
+        );
+        registry.register(
+            "object_store_upload_failures",
+            "Part uploads that failed (retried with backoff)",
+            metrics.object_store_upload_failures.clone(),
+        );
+        registry.register(
+            "object_store_upload_backlog",
+            "Parts this node must upload that the object store does not have yet",
+            metrics.object_store_upload_backlog.clone(),
+        );
+        registry.register(
+            "object_store_fetched_parts",
+            "Parts fetched from the object store",
+            metrics.object_store_fetched_parts.clone(),
+        );
+        registry.register(
+            "object_store_fetched_bytes",
+            "Bytes of parts fetched from the object store",
+            metrics.object_store_fetched_bytes.clone(),
+        );
+        registry.register(
+            "object_store_corrupt_objects",
+            "Objects refused because their bytes did not match their name",
+            metrics.object_store_corrupt_objects.clone(),
+        );
+        registry.register(
+            "object_store_gc_deleted_objects",
+            "Unreferenced objects deleted by the garbage collector",
+            metrics.object_store_gc_deleted_objects.clone(),
+        );
+        registry.register(
+            "replication_lost_parts",
+            "Registered parts that no live node and not the object store can provide",
+            metrics.lost_parts.clone(),
         );
         registry.register("interserver_served_bytes", "Bytes of parts sent to peers", metrics.served_bytes.clone());
         Metrics { registry, ..metrics }

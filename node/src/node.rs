@@ -12,6 +12,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
+use crate::bucket::Bucket;
 use crate::catalog::{Catalog, FetchRequest};
 use crate::config::{CoordinatorConfig, NodeConfig};
 use crate::metrics::Metrics;
@@ -27,6 +28,10 @@ pub struct Node {
     pub grpc_addr: SocketAddr,
     /// In a cluster: this node holds a lease and is listed among the live nodes.
     pub announced: std::sync::atomic::AtomicBool,
+    /// In a cluster: this node's membership lease (0 while it has none).
+    pub lease: std::sync::atomic::AtomicI64,
+    /// The object-store mirror of parts, when configured.
+    pub bucket: Option<Arc<Bucket>>,
     fetch_requests: mpsc::UnboundedSender<FetchRequest>,
 }
 
@@ -94,6 +99,14 @@ pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
         );
     }
 
+    let bucket = match &config.object_store {
+        Some(settings) => {
+            let bucket = Bucket::new(settings.clone()).context("invalid object store configuration")?;
+            tracing::info!(store = %bucket.mirror.description(), "parts are mirrored to the object store");
+            Some(Arc::new(bucket))
+        }
+        None => None,
+    };
     let (fetch_requests, fetch_queue) = mpsc::unbounded_channel();
     let catalog = Arc::new(Catalog::new(store));
     if config.is_cluster() {
@@ -109,6 +122,8 @@ pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
         http_addr,
         grpc_addr,
         announced: std::sync::atomic::AtomicBool::new(false),
+        lease: std::sync::atomic::AtomicI64::new(0),
+        bucket: bucket.clone(),
         fetch_requests,
     });
     let shutdown = CancellationToken::new();
@@ -116,6 +131,11 @@ pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
         tokio::spawn(crate::sync::run(node.clone(), shutdown.clone())),
         tokio::spawn(prune_blocks(node.clone(), shutdown.clone())),
     ];
+    if let Some(bucket) = bucket {
+        tasks.push(tokio::spawn(crate::bucket::run_uploader(node.clone(), bucket.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(crate::bucket::run_gc(node.clone(), bucket.clone(), shutdown.clone())));
+        tasks.push(tokio::spawn(crate::bucket::run_bootstrap(node.clone(), bucket, shutdown.clone())));
+    }
     if let Some(listener) = grpc_listener {
         tasks.push(tokio::spawn(crate::fetch::run(node.clone(), fetch_queue, shutdown.clone())));
         tasks.push(tokio::spawn(crate::membership::run(node.clone(), shutdown.clone())));

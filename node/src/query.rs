@@ -329,6 +329,7 @@ fn system_parts(catalog: &Catalog, tables: &BTreeMap<String, Arc<TableState>>) -
     let mut revision = Vec::new();
     let mut block_id = Vec::new();
     let mut written_by = Vec::new();
+    let mut in_object_store = Vec::new();
     let mut problem: Vec<Option<String>> = Vec::new();
     for (t, state) in tables {
         let active_parts = state.parts.values().map(|p| (p.id, &p.manifest, p.revision, true, None));
@@ -347,6 +348,7 @@ fn system_parts(catalog: &Catalog, tables: &BTreeMap<String, Arc<TableState>>) -
             revision.push(Some(rev));
             block_id.push(manifest.block_id.clone());
             written_by.push(manifest.node.clone());
+            in_object_store.push(Some(catalog.in_object_store(&id.to_string())));
             problem.push(reason);
         }
     }
@@ -361,6 +363,7 @@ fn system_parts(catalog: &Catalog, tables: &BTreeMap<String, Arc<TableState>>) -
         revision.push(None);
         block_id.push(None);
         written_by.push(None);
+        in_object_store.push(None);
         problem.push(Some(part.reason));
     }
     mem_table(vec![
@@ -374,6 +377,7 @@ fn system_parts(catalog: &Catalog, tables: &BTreeMap<String, Arc<TableState>>) -
         ("revision", Arc::new(Int64Array::from(revision))),
         ("block_id", Arc::new(StringArray::from(block_id))),
         ("written_by", Arc::new(StringArray::from(written_by))),
+        ("in_object_store", Arc::new(BooleanArray::from(in_object_store))),
         ("problem", Arc::new(StringArray::from(problem))),
     ])
 }
@@ -461,8 +465,10 @@ fn system_replication_queue(tables: &BTreeMap<String, Arc<TableState>>) -> Resul
     let mut attempts = Vec::new();
     let mut waiting = Vec::new();
     let mut last_error: Vec<Option<String>> = Vec::new();
+    let mut lost = Vec::new();
     for (name, state) in tables {
         for pending in state.pending.values() {
+            lost.push(pending.lost);
             table.push(name.clone());
             part.push(pending.id.to_string());
             revision.push(pending.revision);
@@ -479,6 +485,7 @@ fn system_replication_queue(tables: &BTreeMap<String, Arc<TableState>>) -> Resul
         ("bytes", Arc::new(UInt64Array::from(bytes))),
         ("attempts", Arc::new(UInt64Array::from(attempts))),
         ("waiting_seconds", Arc::new(Float64Array::from(waiting))),
+        ("lost", Arc::new(BooleanArray::from(lost))),
         ("last_error", Arc::new(StringArray::from(last_error))),
     ])
 }

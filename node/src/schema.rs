@@ -169,6 +169,33 @@ pub struct TableSettings {
     /// become new Nullable columns of the inferred type (as InfluxDB does). Off by default.
     #[serde(default)]
     pub auto_add_columns: bool,
+    /// What an insert into this table waits for before its ack, unless the request says.
+    #[serde(default)]
+    pub insert_durability: Durability,
+}
+
+/// `insert_durability`: where an insert's parts must be before the ack.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Durability {
+    /// fsynced on this node's disk (and, with `insert_quorum`, on that many nodes); the
+    /// object-store copy is uploaded in the background.
+    #[default]
+    Local,
+    /// Also stored in the object store: the part is uploaded before it is registered.
+    ObjectStore,
+}
+
+impl Durability {
+    pub fn parse(value: &str) -> Result<Durability, crate::error::NodeError> {
+        match value {
+            "local" => Ok(Durability::Local),
+            "object_store" => Ok(Durability::ObjectStore),
+            other => Err(crate::error::NodeError::bad_request(format!(
+                "insert_durability takes `local` or `object_store`, got `{other}`"
+            ))),
+        }
+    }
 }
 
 fn default_dedup_window_blocks() -> u64 {
@@ -181,14 +208,37 @@ fn default_dedup_window_seconds() -> u64 {
 
 impl TableSettings {
     /// Sets a setting by its SQL name (tandem's or ClickHouse's spelling).
-    pub fn set(&mut self, key: &str, value: u64) -> Result<(), crate::error::NodeError> {
+    pub fn set(&mut self, key: &str, value: &serde_json::Value) -> Result<(), crate::error::NodeError> {
+        let number = || {
+            value.as_u64().ok_or_else(|| {
+                crate::error::NodeError::bad_request(format!(
+                    "table setting `{key}` needs a non-negative integer, got {value}"
+                ))
+            })
+        };
         match key {
-            "dedup_window_blocks" | "replicated_deduplication_window" => self.dedup_window_blocks = value,
-            "dedup_window_seconds" | "replicated_deduplication_window_seconds" => self.dedup_window_seconds = value,
-            "auto_add_columns" if value <= 1 => self.auto_add_columns = value == 1,
+            "dedup_window_blocks" | "replicated_deduplication_window" => self.dedup_window_blocks = number()?,
+            "dedup_window_seconds" | "replicated_deduplication_window_seconds" => self.dedup_window_seconds = number()?,
+            "auto_add_columns" => match number()? {
+                flag @ (0 | 1) => self.auto_add_columns = flag == 1,
+                other => {
+                    return Err(crate::error::NodeError::bad_request(format!(
+                        "table setting `auto_add_columns` is 0 or 1, got {other}"
+                    )));
+                }
+            },
+            "insert_durability" => {
+                let text = value.as_str().ok_or_else(|| {
+                    crate::error::NodeError::bad_request(format!(
+                        "table setting `insert_durability` is 'local' or 'object_store', got {value}"
+                    ))
+                })?;
+                self.insert_durability = Durability::parse(text)?;
+            }
             _ => {
                 return Err(crate::error::NodeError::bad_request(format!(
-                    "unknown table setting `{key}` = {value}; known: dedup_window_blocks, dedup_window_seconds, auto_add_columns (0 or 1)"
+                    "unknown table setting `{key}` = {value}; known: dedup_window_blocks, dedup_window_seconds, \
+                     auto_add_columns (0 or 1), insert_durability ('local' or 'object_store')"
                 )));
             }
         }
@@ -202,6 +252,7 @@ impl Default for TableSettings {
             dedup_window_blocks: default_dedup_window_blocks(),
             dedup_window_seconds: default_dedup_window_seconds(),
             auto_add_columns: false,
+            insert_durability: Durability::Local,
         }
     }
 }

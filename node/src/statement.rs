@@ -36,7 +36,7 @@ pub enum AlterAction {
     DropColumn { name: String, if_exists: bool },
     RenameColumn { from: String, to: String, if_exists: bool },
     CommentColumn { name: String, comment: String, if_exists: bool },
-    ModifySettings(Vec<(String, u64)>),
+    ModifySettings(Vec<(String, serde_json::Value)>),
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -222,7 +222,7 @@ fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
             partition_by = partition_spec(parser.parse_expr().map_err(syntax)?, &columns)?;
         } else if parser.parse_keyword(Keyword::SETTINGS) {
             for (key, value) in parse_settings(&mut parser)? {
-                settings.set(&key, value)?;
+                settings.set(&key, &value)?;
             }
         } else {
             break;
@@ -359,17 +359,16 @@ fn parse_word(parser: &mut Parser, word: &str) -> bool {
     matches
 }
 
-/// `k = v[, k = v]` of table settings, each a non-negative integer.
-fn parse_settings(parser: &mut Parser) -> Result<Vec<(String, u64)>, NodeError> {
+/// `k = v[, k = v]` of table settings, each a literal (checked by [`crate::schema::TableSettings::set`]).
+fn parse_settings(parser: &mut Parser) -> Result<Vec<(String, serde_json::Value)>, NodeError> {
     let mut settings = Vec::new();
     loop {
         let key = parser.parse_identifier().map_err(syntax)?.value;
         parser.expect_token(&Token::Eq).map_err(syntax)?;
         let value = parser.parse_expr().map_err(syntax)?;
-        let number = literal(&value).ok().and_then(|v| v.as_u64()).ok_or_else(|| {
-            NodeError::bad_request(format!("setting `{key}` needs a non-negative integer, got `{value}`"))
-        })?;
-        settings.push((key, number));
+        let value = literal(&value)
+            .map_err(|_| NodeError::bad_request(format!("setting `{key}` needs a literal value, got `{value}`")))?;
+        settings.push((key, value));
         if !parser.consume_token(&Token::Comma) {
             break;
         }

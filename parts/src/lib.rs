@@ -12,10 +12,13 @@
 //! - [`PartManifest`]: the small description of a part that the coordinator stores.
 //! - [`LocalPartStore`]: the content-addressed directory of part files (atomic writes,
 //!   verification on open, quarantine of corrupt files).
+//! - [`ObjectMirror`]: the copy of parts in an S3-compatible bucket, one object per part named
+//!   by its hash, written with create-only puts and verified on every read.
 //! - [`select_merge`] and [`merge_parts`]: size-tiered merge selection and the merged part
 //!   (not wired into the node yet).
 //!
-//! This crate knows nothing of etcd, HTTP or gRPC: it turns Arrow batches into verified files.
+//! This crate knows nothing of etcd, HTTP or gRPC: it turns Arrow batches into verified files
+//! and keeps them, locally and in an object store.
 
 mod block;
 mod encode;
@@ -23,6 +26,7 @@ mod error;
 mod id;
 mod manifest;
 mod merge;
+mod object_mirror;
 mod partition;
 mod store;
 
@@ -35,5 +39,6 @@ pub use error::PartError;
 pub use id::PartId;
 pub use manifest::{ColumnStats, PART_FORMAT_VERSION, PartManifest};
 pub use merge::{MergeCandidate, MergePolicy, merge_parts, select_merge};
+pub use object_mirror::{MirrorError, MirroredObject, ObjectMirror, S3Settings, UploadOutcome};
 pub use partition::{PartitionSpec, split_by_partition};
 pub use store::{LocalPartStore, PartWriter, VerifyOutcome};

@@ -1,0 +1,351 @@
+//! The node's use of the object store: uploading parts (in the background, or as part of an
+//! insert that asks for object-store durability), tracking whether the store is reachable,
+//! the bootstrap mode that fills an empty disk from the bucket, and the garbage collector that
+//! deletes objects no registered part references (one node at a time, fenced by etcd).
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tandem_coordinator::OBJECT_STORE_HOLDER;
+use tandem_parts::{MirrorError, ObjectMirror, PartId, UploadOutcome};
+use tokio::sync::{Notify, Semaphore};
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ObjectStoreConfig;
+use crate::node::Node;
+
+/// The leadership role of the object-store garbage collector.
+const GC_ROLE: &str = "object-store-gc";
+const MAX_UPLOAD_BACKOFF: Duration = Duration::from_secs(30);
+/// How often an unreachable store is probed (when no upload is due that would tell).
+const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+
+pub struct Bucket {
+    pub mirror: ObjectMirror,
+    pub config: ObjectStoreConfig,
+    reachable: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    /// Set while a node started with `bootstrap_from_object_store` has not caught up yet.
+    bootstrapping: AtomicBool,
+    /// Wakes the uploader (a part was activated here).
+    wake: Notify,
+}
+
+impl Bucket {
+    pub fn new(config: ObjectStoreConfig) -> anyhow::Result<Self> {
+        let mirror = ObjectMirror::s3(&config.s3)?;
+        Ok(Bucket {
+            mirror,
+            bootstrapping: AtomicBool::new(config.bootstrap),
+            config,
+            // Unknown until the first request; assumed reachable so that a healthy start does
+            // not report an outage.
+            reachable: AtomicBool::new(true),
+            last_error: Mutex::new(None),
+            wake: Notify::new(),
+        })
+    }
+
+    /// Whether the last request to the store succeeded, and the last error if not.
+    pub fn status(&self) -> (bool, Option<String>) {
+        let reachable = self.reachable.load(Ordering::Acquire);
+        (reachable, if reachable { None } else { self.last_error.lock().expect("status lock").clone() })
+    }
+
+    pub fn is_bootstrapping(&self) -> bool {
+        self.bootstrapping.load(Ordering::Acquire)
+    }
+
+    /// Records the outcome of a request: only transport and server errors mean unreachable.
+    pub fn record<T>(&self, node: &Node, result: &Result<T, MirrorError>) {
+        match result {
+            Ok(_) | Err(MirrorError::NotFound { .. } | MirrorError::Corrupt { .. }) => {
+                if !self.reachable.swap(true, Ordering::AcqRel) {
+                    tracing::info!(store = %self.mirror.description(), "the object store is reachable again");
+                }
+                node.metrics.object_store_up.set(1);
+            }
+            Err(e) => {
+                *self.last_error.lock().expect("status lock") = Some(e.to_string());
+                if self.reachable.swap(false, Ordering::AcqRel) {
+                    tracing::warn!(store = %self.mirror.description(), error = %e, "the object store is unreachable");
+                }
+                node.metrics.object_store_up.set(0);
+            }
+        }
+    }
+
+    /// Asks the uploader to look for parts to upload now.
+    pub fn wake_uploader(&self) {
+        self.wake.notify_one();
+    }
+}
+
+/// Uploads one part (its file, unless the bytes are given) with a create-only put. The error
+/// names the part and the cause.
+pub async fn upload_part(
+    node: &Node,
+    bucket: &Bucket,
+    table: &str,
+    id: &PartId,
+    bytes: Option<Bytes>,
+) -> Result<UploadOutcome, String> {
+    let bytes = match bytes {
+        Some(bytes) => bytes,
+        None => {
+            let path = node.catalog.store().path(id);
+            match tokio::task::spawn_blocking(move || std::fs::read(&path)).await {
+                Ok(Ok(bytes)) => Bytes::from(bytes),
+                Ok(Err(e)) => return Err(format!("cannot read the file of part {id}: {e}")),
+                Err(e) => return Err(format!("cannot read the file of part {id}: {e}")),
+            }
+        }
+    };
+    let size = bytes.len() as u64;
+    let result = bucket.mirror.upload(table, id, bytes).await;
+    bucket.record(node, &result);
+    match result {
+        Ok(outcome) => {
+            node.metrics.object_store_uploaded_parts.inc();
+            if outcome == UploadOutcome::Created {
+                node.metrics.object_store_uploaded_bytes.inc_by(size);
+            }
+            Ok(outcome)
+        }
+        Err(e) => {
+            node.metrics.object_store_upload_failures.inc();
+            Err(e.to_string())
+        }
+    }
+}
+
+/// Uploads, in the background, every active part this node is responsible for that the object
+/// store does not have yet: parts this node wrote, and parts whose writer is no longer live
+/// (so a part survives in the bucket even when its writer died before uploading). Failed
+/// uploads are retried with backoff; the backlog survives restarts because it is derived from
+/// the catalog (parts without an object-store holder), not kept in memory.
+pub async fn run_uploader(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: CancellationToken) {
+    let permits = Arc::new(Semaphore::new(bucket.config.upload_concurrency));
+    // Parts being uploaded, or uploaded and waiting for their holder record to come back.
+    let in_progress: Arc<Mutex<HashSet<PartId>>> = Arc::default();
+    let retry_at: Arc<Mutex<HashMap<PartId, (Instant, u32)>>> = Arc::default();
+    let mut last_probe = Instant::now();
+    loop {
+        tokio::select! {
+            _ = bucket.wake.notified() => {},
+            _ = tokio::time::sleep(Duration::from_secs(1)) => {},
+            _ = shutdown.cancelled() => return,
+        }
+        let tables = node.catalog.snapshot();
+        let me = node.config.node_id.as_str();
+        let mut live: Option<HashSet<String>> = None;
+        let mut backlog = 0i64;
+        let mut due = Vec::new();
+        for (name, table) in &tables {
+            for part in table.parts.values() {
+                let key = part.id.to_string();
+                if node.catalog.in_object_store(&key) {
+                    continue;
+                }
+                let writer = part.manifest.node.as_deref();
+                if writer != Some(me) {
+                    if live.is_none() {
+                        live = match crate::membership::live_nodes(&node).await {
+                            Ok(nodes) => Some(nodes.into_iter().map(|n| n.node_id).collect()),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "cannot list live nodes; uploading only this node's parts");
+                                Some(HashSet::new())
+                            }
+                        };
+                    }
+                    // The writer is alive: it uploads its own parts.
+                    if writer.is_some_and(|w| live.as_ref().is_some_and(|l| l.contains(w))) {
+                        continue;
+                    }
+                }
+                backlog += 1;
+                if in_progress.lock().expect("upload lock").contains(&part.id) {
+                    continue;
+                }
+                if retry_at.lock().expect("upload lock").get(&part.id).is_some_and(|(at, _)| *at > Instant::now()) {
+                    continue;
+                }
+                due.push((name.clone(), part.clone()));
+            }
+        }
+        node.metrics.object_store_upload_backlog.set(backlog);
+        // Forget parts that are done (recorded) or gone.
+        in_progress.lock().expect("upload lock").retain(|id| {
+            tables.values().any(|t| t.parts.contains_key(id)) && !node.catalog.in_object_store(&id.to_string())
+        });
+        retry_at.lock().expect("upload lock").retain(|id, _| tables.values().any(|t| t.parts.contains_key(id)));
+
+        if due.is_empty() && !bucket.status().0 && last_probe.elapsed() >= PROBE_INTERVAL {
+            last_probe = Instant::now();
+            let result = bucket.mirror.probe().await;
+            bucket.record(&node, &result);
+        }
+        for (table, part) in due {
+            let permit = tokio::select! {
+                p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+                _ = shutdown.cancelled() => return,
+            };
+            in_progress.lock().expect("upload lock").insert(part.id);
+            let (node, bucket, in_progress, retry_at) =
+                (node.clone(), bucket.clone(), in_progress.clone(), retry_at.clone());
+            tokio::spawn(async move {
+                // `part` holds the file open against deletion while it is read.
+                let mut result = upload_part(&node, &bucket, &table, &part.id, None).await;
+                if result.is_ok()
+                    && let Err(e) = node.coordinator.add_holder(&table, &part.id.to_string(), OBJECT_STORE_HOLDER).await
+                {
+                    result = Err(format!("uploaded, but cannot record the object-store copy: {e}"));
+                }
+                drop(permit);
+                match result {
+                    Ok(outcome) => {
+                        retry_at.lock().expect("upload lock").remove(&part.id);
+                        tracing::debug!(%table, part = %part.id, ?outcome, "part uploaded to the object store");
+                    }
+                    Err(e) => {
+                        in_progress.lock().expect("upload lock").remove(&part.id);
+                        let mut retry = retry_at.lock().expect("upload lock");
+                        let attempts = retry.get(&part.id).map_or(0, |(_, n)| *n) + 1;
+                        let backoff =
+                            (Duration::from_millis(500) * 2u32.saturating_pow(attempts.min(8))).min(MAX_UPLOAD_BACKOFF);
+                        retry.insert(part.id, (Instant::now() + backoff, attempts));
+                        tracing::warn!(%table, part = %part.id, attempts, retry_in_ms = backoff.as_millis() as u64, error = %e,
+                            "part upload to the object store failed; it stays in the backlog");
+                    }
+                }
+            });
+        }
+    }
+}
+
+/// Ends bootstrap mode once every part registered when the node started is on its disk.
+pub async fn run_bootstrap(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: CancellationToken) {
+    if !bucket.is_bootstrapping() {
+        return;
+    }
+    while !node.catalog.is_ready() {
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_millis(50)) => {},
+            _ = shutdown.cancelled() => return,
+        }
+    }
+    let target = node.catalog.applied_revision();
+    let started = Instant::now();
+    tracing::info!(target_revision = target, "bootstrapping from the object store");
+    loop {
+        tokio::select! {
+            done = node.catalog.wait_complete(target, Duration::from_secs(1)) => if done { break },
+            _ = shutdown.cancelled() => return,
+        }
+    }
+    bucket.bootstrapping.store(false, Ordering::Release);
+    tracing::info!(
+        target_revision = target,
+        seconds = started.elapsed().as_secs_f64(),
+        parts = node.metrics.object_store_fetched_parts.get(),
+        "bootstrap from the object store complete; peers are the first source again"
+    );
+}
+
+/// The object-store garbage collector. On the one node that holds the `object-store-gc`
+/// leadership (in a cluster), every `gc_interval`: lists the bucket, compares with the parts
+/// registered in the coordinator, and deletes objects that have been unreferenced for the
+/// grace period, after checking again that it still leads and that they are still unreferenced.
+pub async fn run_gc(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: CancellationToken) {
+    // When each unreferenced object was first seen unreferenced by this leader. A new leader
+    // starts with an empty map, so it waits a full grace period before deleting anything.
+    let mut unreferenced_since: HashMap<(String, PartId), Instant> = HashMap::new();
+    let mut tick = tokio::time::interval(bucket.config.gc_interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            _ = shutdown.cancelled() => return,
+        }
+        let fence = if node.config.is_cluster() {
+            let lease = node.lease.load(Ordering::Acquire);
+            if lease == 0 {
+                continue;
+            }
+            match node.coordinator.acquire_leadership(GC_ROLE, &node.config.node_id, lease).await {
+                Ok(Some(fence)) => Some(fence),
+                Ok(None) => {
+                    unreferenced_since.clear();
+                    continue;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "cannot campaign for object-store garbage collection");
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        if let Err(e) = gc_pass(&node, &bucket, fence, &mut unreferenced_since).await {
+            tracing::warn!(error = %e, "object-store garbage collection pass failed; retrying next interval");
+        }
+    }
+}
+
+async fn referenced(node: &Node) -> anyhow::Result<HashSet<(String, PartId)>> {
+    let snapshot = node.coordinator.snapshot().await?;
+    Ok(snapshot.parts.into_iter().filter_map(|p| Some((p.table, p.id.parse().ok()?))).collect())
+}
+
+async fn gc_pass(
+    node: &Node,
+    bucket: &Bucket,
+    fence: Option<tandem_coordinator::Revision>,
+    unreferenced_since: &mut HashMap<(String, PartId), Instant>,
+) -> anyhow::Result<()> {
+    let listed = bucket.mirror.list().await;
+    bucket.record(node, &listed);
+    let objects = listed?;
+    // Listed first, then the registrations: an object registered in between counts as referenced.
+    let referenced = referenced(node).await?;
+    let now = Instant::now();
+    let mut listed_keys = HashSet::new();
+    let mut expired = Vec::new();
+    for object in objects {
+        let key = (object.table, object.id);
+        listed_keys.insert(key.clone());
+        if referenced.contains(&key) {
+            continue;
+        }
+        let since = *unreferenced_since.entry(key.clone()).or_insert(now);
+        if now.duration_since(since) >= bucket.config.gc_grace {
+            expired.push(key);
+        }
+    }
+    unreferenced_since.retain(|key, _| listed_keys.contains(key) && !referenced.contains(key));
+    if expired.is_empty() {
+        return Ok(());
+    }
+    if let Some(fence) = fence
+        && !node.coordinator.still_leader(GC_ROLE, fence).await?
+    {
+        tracing::warn!("lost the object-store garbage collection leadership before deleting; deleting nothing");
+        unreferenced_since.clear();
+        return Ok(());
+    }
+    // Checked again right before deleting: a part registered since the listing keeps its object.
+    let referenced = self::referenced(node).await?;
+    let mut deleted = 0;
+    for key in expired.into_iter().filter(|k| !referenced.contains(k)) {
+        let result = bucket.mirror.delete(&key.0, &key.1).await;
+        bucket.record(node, &result);
+        result?;
+        unreferenced_since.remove(&key);
+        node.metrics.object_store_gc_deleted_objects.inc();
+        deleted += 1;
+    }
+    tracing::info!(deleted, "object-store garbage collection deleted unreferenced objects");
+    Ok(())
+}
