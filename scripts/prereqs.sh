@@ -1,28 +1,46 @@
 #!/usr/bin/env bash
-# Installs, on Debian/Ubuntu, the system packages tandem needs that cargo cannot fetch:
+# Installs, on Debian/Ubuntu, what tandem needs that cargo cannot fetch:
 #   protoc  - etcd-client and tandem's interserver protocol are generated from .proto files;
 #   cc      - zstd (Parquet compression) is C;
-#   etcd    - only with --with-etcd: the tests start their own etcd members (and run the
-#             README's curl walkthrough, so curl too).
+# and with --for-tests, what the tests start themselves:
+#   etcd    - Debian's etcd-server: the tests start their own members on free ports;
+#   curl    - the README's walkthrough is run as written;
+#   moto    - an S3-compatible server (PyPI `moto[s3]`), in a virtualenv at $TANDEM_TEST_VENV
+#             (default ~/.cache/tandem-test-venv), for the object-store tests.
 # Does nothing when everything is present.
 set -euo pipefail
+
+for_tests=false
+[[ "${1:-}" == "--for-tests" ]] && for_tests=true
+venv="${TANDEM_TEST_VENV:-$HOME/.cache/tandem-test-venv}"
 
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
-if [[ "${1:-}" == "--with-etcd" ]]; then
+if $for_tests; then
     command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    if [[ ! -x "$venv/bin/python" ]]; then
+        command -v python3 >/dev/null 2>&1 || missing+=(python3)
+        python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
+    fi
 fi
-((${#missing[@]})) || exit 0
 
-echo "installing ${missing[*]}" >&2
-sudo_cmd=()
-[[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
-# Keep package services (etcd) from starting: the tests run their own members on free ports.
-if [[ ! -e /usr/sbin/policy-rc.d ]]; then
-    printf '#!/bin/sh\nexit 101\n' | "${sudo_cmd[@]}" tee /usr/sbin/policy-rc.d >/dev/null
-    "${sudo_cmd[@]}" chmod +x /usr/sbin/policy-rc.d
+if ((${#missing[@]})); then
+    echo "installing ${missing[*]}" >&2
+    sudo_cmd=()
+    [[ $(id -u) -eq 0 ]] || sudo_cmd=(sudo)
+    # Keep package services (etcd) from starting: the tests run their own members on free ports.
+    if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+        printf '#!/bin/sh\nexit 101\n' | "${sudo_cmd[@]}" tee /usr/sbin/policy-rc.d >/dev/null
+        "${sudo_cmd[@]}" chmod +x /usr/sbin/policy-rc.d
+    fi
+    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
+    "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
-"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get update -q
-"${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
+
+if $for_tests && ! "$venv/bin/python" -c 'import moto.server, flask, flask_cors' >/dev/null 2>&1; then
+    echo "installing moto into $venv" >&2
+    python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[s3]==5.2.*' flask flask-cors
+fi

@@ -1,9 +1,13 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests, the coordinator conformance suite (embedded
-# and a real etcd), and the integration tests that drive real `tandem` processes. Installs
-# protoc and etcd first when they are missing (scripts/prereqs.sh).
+# and a real etcd), and the integration tests that drive real `tandem` processes, a real etcd
+# and a real S3-compatible server. Installs protoc, etcd and moto first when they are missing
+# (scripts/prereqs.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/prereqs.sh --with-etcd
+export TANDEM_TEST_VENV="${TANDEM_TEST_VENV:-$HOME/.cache/tandem-test-venv}"
+./scripts/prereqs.sh --for-tests
+# The object-store tests start moto with this interpreter.
+export TANDEM_TEST_PYTHON="${TANDEM_TEST_PYTHON:-$TANDEM_TEST_VENV/bin/python}"
 cargo build --bin tandem
 cargo test --workspace "$@"

@@ -129,9 +129,7 @@ pub async fn upload_part(
 /// the catalog (parts without an object-store holder), not kept in memory.
 pub async fn run_uploader(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(bucket.config.upload_concurrency));
-    // Parts being uploaded, or uploaded and waiting for their holder record to come back.
-    let in_progress: Arc<Mutex<HashSet<PartId>>> = Arc::default();
-    let retry_at: Arc<Mutex<HashMap<PartId, (Instant, u32)>>> = Arc::default();
+    let state: Arc<Mutex<UploadState>> = Arc::default();
     let mut last_probe = Instant::now();
     loop {
         tokio::select! {
@@ -146,8 +144,7 @@ pub async fn run_uploader(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: Cancel
         let mut due = Vec::new();
         for (name, table) in &tables {
             for part in table.parts.values() {
-                let key = part.id.to_string();
-                if node.catalog.in_object_store(&key) {
+                if node.catalog.in_object_store(&part.id.to_string()) {
                     continue;
                 }
                 let writer = part.manifest.node.as_deref();
@@ -167,21 +164,13 @@ pub async fn run_uploader(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: Cancel
                     }
                 }
                 backlog += 1;
-                if in_progress.lock().expect("upload lock").contains(&part.id) {
-                    continue;
+                if state.lock().expect("upload state lock").is_due(&part.id) {
+                    due.push((name.clone(), part.clone()));
                 }
-                if retry_at.lock().expect("upload lock").get(&part.id).is_some_and(|(at, _)| *at > Instant::now()) {
-                    continue;
-                }
-                due.push((name.clone(), part.clone()));
             }
         }
         node.metrics.object_store_upload_backlog.set(backlog);
-        // Forget parts that are done (recorded) or gone.
-        in_progress.lock().expect("upload lock").retain(|id| {
-            tables.values().any(|t| t.parts.contains_key(id)) && !node.catalog.in_object_store(&id.to_string())
-        });
-        retry_at.lock().expect("upload lock").retain(|id, _| tables.values().any(|t| t.parts.contains_key(id)));
+        state.lock().expect("upload state lock").forget_gone(|id| tables.values().any(|t| t.parts.contains_key(id)));
 
         if due.is_empty() && !bucket.status().0 && last_probe.elapsed() >= PROBE_INTERVAL {
             last_probe = Instant::now();
@@ -193,9 +182,8 @@ pub async fn run_uploader(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: Cancel
                 p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
                 _ = shutdown.cancelled() => return,
             };
-            in_progress.lock().expect("upload lock").insert(part.id);
-            let (node, bucket, in_progress, retry_at) =
-                (node.clone(), bucket.clone(), in_progress.clone(), retry_at.clone());
+            state.lock().expect("upload state lock").uploading.insert(part.id);
+            let (node, bucket, state) = (node.clone(), bucket.clone(), state.clone());
             tokio::spawn(async move {
                 // `part` holds the file open against deletion while it is read.
                 let mut result = upload_part(&node, &bucket, &table, &part.id, None).await;
@@ -205,24 +193,56 @@ pub async fn run_uploader(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: Cancel
                     result = Err(format!("uploaded, but cannot record the object-store copy: {e}"));
                 }
                 drop(permit);
+                let mut state = state.lock().expect("upload state lock");
+                state.uploading.remove(&part.id);
                 match result {
                     Ok(outcome) => {
-                        retry_at.lock().expect("upload lock").remove(&part.id);
+                        state.failures.remove(&part.id);
+                        state.recorded.insert(part.id, Instant::now());
                         tracing::debug!(%table, part = %part.id, ?outcome, "part uploaded to the object store");
                     }
                     Err(e) => {
-                        in_progress.lock().expect("upload lock").remove(&part.id);
-                        let mut retry = retry_at.lock().expect("upload lock");
-                        let attempts = retry.get(&part.id).map_or(0, |(_, n)| *n) + 1;
+                        let attempts = state.failures.get(&part.id).map_or(0, |(_, n)| *n) + 1;
                         let backoff =
                             (Duration::from_millis(500) * 2u32.saturating_pow(attempts.min(8))).min(MAX_UPLOAD_BACKOFF);
-                        retry.insert(part.id, (Instant::now() + backoff, attempts));
+                        state.failures.insert(part.id, (Instant::now() + backoff, attempts));
                         tracing::warn!(%table, part = %part.id, attempts, retry_in_ms = backoff.as_millis() as u64, error = %e,
                             "part upload to the object store failed; it stays in the backlog");
                     }
                 }
             });
         }
+    }
+}
+
+/// What the uploader remembers between passes (all of it can be lost: the backlog itself is
+/// derived from the catalog).
+#[derive(Default)]
+struct UploadState {
+    /// Being uploaded now.
+    uploading: HashSet<PartId>,
+    /// Uploaded and recorded; the record may not have come back through the watch yet.
+    recorded: HashMap<PartId, Instant>,
+    /// Failed uploads: when to try again, and how many attempts so far.
+    failures: HashMap<PartId, (Instant, u32)>,
+}
+
+/// How long an uploaded part waits for its object-store record to come back before it is
+/// uploaded again (the record may have been removed: a corrupt object was deleted).
+const RECORD_WAIT: Duration = Duration::from_secs(5);
+
+impl UploadState {
+    fn is_due(&self, id: &PartId) -> bool {
+        let now = Instant::now();
+        !self.uploading.contains(id)
+            && self.recorded.get(id).is_none_or(|at| now.duration_since(*at) >= RECORD_WAIT)
+            && self.failures.get(id).is_none_or(|(retry_at, _)| *retry_at <= now)
+    }
+
+    fn forget_gone(&mut self, exists: impl Fn(&PartId) -> bool) {
+        let now = Instant::now();
+        self.recorded.retain(|id, at| exists(id) && now.duration_since(*at) < RECORD_WAIT);
+        self.failures.retain(|id, _| exists(id));
     }
 }
 

@@ -405,10 +405,17 @@ impl Catalog {
                             Self::retire(&part);
                         }
                     }
-                    ClusterEvent::HolderAdded { id, node, .. } => {
+                    ClusterEvent::HolderAdded { table, id, node } => {
                         self.set_holders(|holders| {
                             holders.entry(id.clone()).or_default().insert(node.clone());
                         });
+                        // A new copy may be the one a failing (or lost) fetch was waiting for.
+                        if let Some(state) = tables.get(table)
+                            && let Ok(part) = id.parse::<PartId>()
+                            && state.pending.contains_key(&part)
+                        {
+                            requests.push(FetchRequest { table: table.clone(), id: part });
+                        }
                     }
                     ClusterEvent::HolderRemoved { id, node, .. } => {
                         self.set_holders(|holders| {

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
+use tandem_coordinator::OBJECT_STORE_HOLDER;
 use tandem_parts::{MirrorError, PartError, PartId};
 use tandem_proto::v1::FetchPartRequest;
 use tandem_proto::v1::interserver_client::InterserverClient;
@@ -180,6 +181,7 @@ impl Fetcher {
                     node.metrics.fetch_corrupt.inc();
                     if matches!(source, Source::ObjectStore) {
                         node.metrics.object_store_corrupt_objects.inc();
+                        self.discard_corrupt_object(&request.table, &request.id).await;
                     }
                     tracing::error!(table = %request.table, part = %id, from = %source.name(), %reason, "refused a part whose bytes do not match its hash");
                     problems.push(format!("{}: corrupt ({reason})", source.name()));
@@ -204,6 +206,24 @@ impl Fetcher {
             },
             lost,
         ))
+    }
+
+    /// Deletes an object whose bytes do not match its name (after checking again) and forgets
+    /// that the object store holds the part, so a node that has a good copy uploads it again.
+    /// The name is the hash, so a corrupt object can never become right by itself.
+    async fn discard_corrupt_object(&self, table: &str, id: &PartId) {
+        let Some(bucket) = &self.node.bucket else { return };
+        if !matches!(bucket.mirror.download(table, id).await, Err(MirrorError::Corrupt { .. })) {
+            return;
+        }
+        if let Err(e) = bucket.mirror.delete(table, id).await {
+            tracing::warn!(%table, part = %id, error = %e, "cannot delete a corrupt object");
+            return;
+        }
+        match self.node.coordinator.remove_holder(table, &id.to_string(), OBJECT_STORE_HOLDER).await {
+            Ok(()) => tracing::warn!(%table, part = %id, "deleted a corrupt object; the part will be uploaded again"),
+            Err(e) => tracing::warn!(%table, part = %id, error = %e, "cannot record that a corrupt object was deleted"),
+        }
     }
 
     async fn fetch_from_object_store(&self, table: &str, id: &PartId) -> Result<u64, SourceError> {

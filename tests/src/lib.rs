@@ -11,6 +11,10 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod s3;
+
+pub use s3::{Proxy, S3};
+
 /// Path of the `tandem` binary under test.
 pub fn tandem_binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("TANDEM_BIN") {
@@ -261,6 +265,15 @@ impl Tandem {
         Answer::read(response).await
     }
 
+    /// The value of a Prometheus metric on `/metrics` (0 when it is not there).
+    pub async fn metric(&self, name: &str) -> f64 {
+        let text = self.get("metrics").await.ok().text();
+        text.lines()
+            .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+            .map(|value| value.trim().parse().unwrap_or_else(|_| panic!("{name} is not a number: {value}")))
+            .unwrap_or(0.0)
+    }
+
     pub async fn get(&self, path: &str) -> Answer {
         let response = self.http.get(format!("{}{path}", self.url)).send().await.expect("tandem answers");
         Answer::read(response).await
@@ -303,20 +316,29 @@ pub struct Cluster {
     pub nodes: Vec<Tandem>,
     pub name: String,
     pub secret: String,
+    /// Flags and environment every node of this cluster gets.
+    common_args: Vec<String>,
+    common_env: Vec<(String, String)>,
     _dir: tempfile::TempDir,
 }
 
 impl Cluster {
     pub async fn start(n: usize) -> anyhow::Result<Self> {
+        Self::start_with(n, Vec::new(), Vec::new()).await
+    }
+
+    /// A cluster whose nodes all get `args` and `env` besides the cluster's own.
+    pub async fn start_with(n: usize, args: Vec<String>, env: Vec<(String, String)>) -> anyhow::Result<Self> {
         let etcd = Etcd::start().await?;
         let dir = tempfile::tempdir()?;
         let name = format!("test-{}", free_port());
         let secret = format!("secret-{}", free_port());
-        let mut nodes = Vec::new();
+        let mut cluster =
+            Cluster { etcd, nodes: Vec::new(), name, secret, common_args: args, common_env: env, _dir: dir };
         for i in 1..=n {
-            nodes.push(Self::node(&etcd, dir.path(), &name, &secret, i)?);
+            let node = cluster.extra_node_with(i, true, &[])?;
+            cluster.nodes.push(node);
         }
-        let mut cluster = Cluster { etcd, nodes, name, secret, _dir: dir };
         for node in &mut cluster.nodes {
             node.restart().await?;
         }
@@ -325,14 +347,20 @@ impl Cluster {
 
     /// A node of this cluster that is not started yet (`n<i>`), with or without the secret.
     pub fn extra_node(&self, i: usize, with_secret: bool) -> anyhow::Result<Tandem> {
-        let secret = if with_secret { self.secret.as_str() } else { "" };
-        Self::node(&self.etcd, self._dir.path(), &self.name, secret, i)
+        self.extra_node_with(i, with_secret, &[])
     }
 
-    fn node(etcd: &Etcd, dir: &Path, name: &str, secret: &str, i: usize) -> anyhow::Result<Tandem> {
+    /// Like [`Cluster::extra_node`], with flags of its own.
+    pub fn extra_node_with(&self, i: usize, with_secret: bool, extra_args: &[&str]) -> anyhow::Result<Tandem> {
+        let secret = if with_secret { self.secret.as_str() } else { "" };
         let node_id = format!("n{i}");
-        let args = ["--etcd", etcd.endpoint.as_str(), "--node-id", node_id.as_str(), "--cluster", name];
-        Tandem::new(&dir.join(&node_id), &args, &[("TANDEM_CLUSTER_SECRET", secret)], true)
+        let mut args =
+            vec!["--etcd", self.etcd.endpoint.as_str(), "--node-id", node_id.as_str(), "--cluster", &self.name];
+        args.extend(self.common_args.iter().map(String::as_str));
+        args.extend_from_slice(extra_args);
+        let mut env = vec![("TANDEM_CLUSTER_SECRET", secret)];
+        env.extend(self.common_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        Tandem::new(&self._dir.path().join(&node_id), &args, &env, true)
     }
 
     /// The node `n<i>` (1-based).
