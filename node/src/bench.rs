@@ -148,6 +148,153 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             None => println!("cluster scenarios skipped: no `etcd` binary on the PATH (Debian: etcd-server)"),
         }
     }
+    object_store(&args).await
+}
+
+/// A Python that can run moto's S3 server: `TANDEM_BENCH_PYTHON`, else the tests' virtualenv
+/// (`scripts/prereqs.sh --for-tests` makes it), else `python3`.
+fn moto_python() -> Option<String> {
+    let venv = std::env::var("HOME").ok().map(|home| format!("{home}/.cache/tandem-test-venv/bin/python"));
+    let candidates = std::env::var("TANDEM_BENCH_PYTHON").ok().into_iter().chain(venv).chain(Some("python3".into()));
+    candidates.into_iter().find(|python| {
+        std::process::Command::new(python)
+            .args(["-c", "import moto.server, flask_cors"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+    })
+}
+
+/// Kills the S3 server when the scenario ends, however it ends.
+struct ServerGuard(std::process::Child);
+
+impl Drop for ServerGuard {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Object-store scenarios against a local moto server: what `insert_durability=object_store`
+/// costs per insert, and how fast the background uploader drains. Moto is a Python server, so
+/// these figures are a floor for what a real S3 or MinIO gives, not a measure of them.
+async fn object_store(args: &BenchArgs) -> anyhow::Result<()> {
+    let Some(python) = moto_python() else {
+        println!("object-store scenarios skipped: no Python with moto (scripts/prereqs.sh --for-tests installs it)");
+        return Ok(());
+    };
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let _server = ServerGuard(
+        std::process::Command::new(&python)
+            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .context("cannot start moto")?,
+    );
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let http = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !http.put(format!("{endpoint}/bench")).send().await.is_ok_and(|r| r.status().is_success()) {
+        if Instant::now() > deadline {
+            bail!("moto did not start on {endpoint}");
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let dir = tempfile::tempdir()?;
+    let mut config = NodeConfig::for_dir(dir.path());
+    config.object_store = Some(crate::config::ObjectStoreConfig {
+        s3: tandem_parts::S3Settings {
+            endpoint: Some(endpoint.clone()),
+            bucket: "bench".into(),
+            prefix: "bench".into(),
+            region: "us-east-1".into(),
+            path_style: true,
+            allow_http: true,
+            access_key_id: Some("bench".into()),
+            secret_access_key: Some("bench".into()),
+            request_timeout: Duration::from_secs(300),
+        },
+        upload_concurrency: 4,
+        gc_grace: Duration::from_secs(3600),
+        gc_interval: Duration::from_secs(300),
+        bootstrap: false,
+    });
+    let node = crate::start(config).await?;
+    let client = Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr) };
+    println!("object store: one node, moto S3 server at {endpoint}");
+
+    client.query("CREATE TABLE durable (ts DateTime64(3), id UInt64, v Float64) ORDER BY (id, ts)", Vec::new()).await?;
+    for (run, durability) in ["local", "object_store"].into_iter().enumerate() {
+        let mut latencies = Vec::new();
+        for i in 0..200usize {
+            let body = format!("2024-01-01 00:00:00.000\t{}\t{i}\n", 20_000_000 + run * 1000 + i).into_bytes();
+            let t = Instant::now();
+            client
+                .query_with("INSERT INTO durable FORMAT TabSeparated", &[("insert_durability", durability)], body)
+                .await?;
+            latencies.push(t.elapsed());
+        }
+        latencies.sort();
+        println!(
+            "one-row inserts, insert_durability={durability:<12}: p50 {:>6.1} ms  p99 {:>6.1} ms  (200 inserts)",
+            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
+            percentile(&latencies, 0.99).as_secs_f64() * 1e3
+        );
+    }
+    let per_batch = args.rows / args.batches;
+    let batches = args.batches.min(20);
+    let started = Instant::now();
+    for b in 0..batches {
+        let body = tsv_batch(b * per_batch, (b + 1) * per_batch);
+        client
+            .query_with("INSERT INTO durable FORMAT TabSeparated", &[("insert_durability", "object_store")], body)
+            .await?;
+    }
+    println!(
+        "insert_durability=object_store bulk: {:>10.0} rows/s  ({batches} x {per_batch} rows)",
+        (batches * per_batch) as f64 / started.elapsed().as_secs_f64()
+    );
+
+    // Background uploads: large parts acked locally, timed until the object store has them all.
+    client.query("CREATE TABLE upload (id UInt64, payload String) ORDER BY id", Vec::new()).await?;
+    let started = Instant::now();
+    for trial in 0..3usize {
+        let body = large_batch(trial * args.large_rows, (trial + 1) * args.large_rows);
+        client.query("INSERT INTO upload FORMAT TabSeparated", body).await?;
+    }
+    let acked = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    loop {
+        let uploaded = client
+            .query("SELECT count() FROM system.parts WHERE \"table\" = 'upload' AND in_object_store", Vec::new())
+            .await?;
+        if uploaded.trim() == "3" {
+            break;
+        }
+        if Instant::now() > deadline {
+            bail!("the uploads did not finish within 300 s");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let total = started.elapsed();
+    let bytes: f64 = client
+        .query("SELECT sum(bytes) FROM system.parts WHERE \"table\" = 'upload'", Vec::new())
+        .await?
+        .trim()
+        .parse()
+        .unwrap_or(0.0);
+    println!(
+        "background upload: 3 parts, {:.1} MB, inserts acked after {:.0} ms, all in the bucket after {:.0} ms \
+         ({:.0} ms after the last ack; {:.0} MB/s from the first insert)",
+        bytes / 1e6,
+        acked.as_secs_f64() * 1e3,
+        total.as_secs_f64() * 1e3,
+        (total - acked).as_secs_f64() * 1e3,
+        bytes / 1e6 / total.as_secs_f64()
+    );
+    node.shutdown().await;
     Ok(())
 }
 

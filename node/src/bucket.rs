@@ -20,8 +20,10 @@ use crate::node::Node;
 /// The leadership role of the object-store garbage collector.
 const GC_ROLE: &str = "object-store-gc";
 const MAX_UPLOAD_BACKOFF: Duration = Duration::from_secs(30);
-/// How often an unreachable store is probed (when no upload is due that would tell).
-const PROBE_INTERVAL: Duration = Duration::from_secs(2);
+/// How often the store is probed when no upload is due that would tell whether it is
+/// reachable: often while it is down, rarely while it is up.
+const PROBE_WHILE_DOWN: Duration = Duration::from_secs(2);
+const PROBE_WHILE_UP: Duration = Duration::from_secs(30);
 
 pub struct Bucket {
     pub mirror: ObjectMirror,
@@ -130,7 +132,8 @@ pub async fn upload_part(
 pub async fn run_uploader(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(bucket.config.upload_concurrency));
     let state: Arc<Mutex<UploadState>> = Arc::default();
-    let mut last_probe = Instant::now();
+    // None: probe at the first pass, so a node that starts with the store down says so.
+    let mut last_probe: Option<Instant> = None;
     loop {
         tokio::select! {
             _ = bucket.wake.notified() => {},
@@ -172,8 +175,9 @@ pub async fn run_uploader(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: Cancel
         node.metrics.object_store_upload_backlog.set(backlog);
         state.lock().expect("upload state lock").forget_gone(|id| tables.values().any(|t| t.parts.contains_key(id)));
 
-        if due.is_empty() && !bucket.status().0 && last_probe.elapsed() >= PROBE_INTERVAL {
-            last_probe = Instant::now();
+        let probe_every = if bucket.status().0 { PROBE_WHILE_UP } else { PROBE_WHILE_DOWN };
+        if due.is_empty() && last_probe.is_none_or(|at| at.elapsed() >= probe_every) {
+            last_probe = Some(Instant::now());
             let result = bucket.mirror.probe().await;
             bucket.record(&node, &result);
         }

@@ -95,7 +95,7 @@ async fn parts_land_in_the_bucket_under_their_hash_and_durable_acks_wait_for_the
 async fn an_unreachable_object_store_queues_uploads_and_fails_durable_inserts() {
     let s3 = S3::start().await.expect("an S3 server");
     let proxy = Proxy::start(&s3.endpoint).await.unwrap();
-    let cluster = start_cluster(1, &s3, &proxy.url(), &[]).await;
+    let mut cluster = start_cluster(1, &s3, &proxy.url(), &[]).await;
     let node = &cluster.nodes[0];
     create_table(&cluster, TABLE, "t").await;
     node.insert("t", "CSV", rows(0, 10)).await;
@@ -131,6 +131,18 @@ async fn an_unreachable_object_store_queues_uploads_and_fails_durable_inserts() 
     }
     node.request("INSERT INTO t FORMAT CSV", &[("insert_durability", "object_store")], rows(200, 10)).await.ok();
     assert_eq!(node.get("ready?durability=object_store").await.status, 200);
+
+    // A node starts while the store is down, serves, and says it cannot give object-store durability.
+    proxy.set_cut(true);
+    cluster.n(1).restart().await.expect("a node starts while the object store is unreachable");
+    let node = &cluster.nodes[0];
+    assert_eq!(node.count("t").await, 30);
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    while node.get("ready?durability=object_store").await.status != 503 {
+        assert!(tokio::time::Instant::now() < deadline, "the restarted node reports the store unreachable");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    proxy.set_cut(false);
 }
 
 #[tokio::test]
