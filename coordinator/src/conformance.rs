@@ -32,6 +32,7 @@ pub async fn run_all(kv: Arc<dyn KvBackend>, prefix: &str) {
     block_ids_expire_with_their_window(kv.clone(), &format!("{prefix}window/")).await;
     old_blocks_are_pruned(kv.clone(), &format!("{prefix}prune/")).await;
     one_leader_at_a_time_and_fenced(kv.clone(), &format!("{prefix}leaders/")).await;
+    merges_replace_their_sources_once(kv.clone(), &format!("{prefix}merges/")).await;
 }
 
 fn put(key: &str, value: &str) -> TxnOp {
@@ -395,6 +396,51 @@ pub async fn one_leader_at_a_time_and_fenced(kv: Arc<dyn KvBackend>, p: &str) {
     assert!(!c.still_leader("gc", fence).await.unwrap(), "the old leader stays fenced after the takeover");
     assert!(c.still_leader("gc", fence2).await.unwrap());
     kv.revoke_lease(lease2).await.unwrap();
+}
+
+pub async fn merges_replace_their_sources_once(kv: Arc<dyn KvBackend>, p: &str) {
+    let c = Coordinator::new(kv.clone(), p);
+    let table = c.create_table("t", b"{}".to_vec()).await.unwrap();
+    let registered = c
+        .register_parts("t", table.version, vec![part("p1", Some("b1")), part("p2", Some("b2"))], &["n1"], 0, i64::MAX)
+        .await
+        .unwrap();
+    let revision = registered.revision;
+    c.add_holder("t", "p1", "n2").await.unwrap();
+    let lease = kv.grant_lease(Duration::from_secs(30)).await.unwrap();
+    let fence = c.acquire_leadership("merge/t", "n1", lease).await.unwrap().unwrap();
+    let from = c.current_revision().await.unwrap() + 1;
+    let mut events = c.watch(from).await.unwrap();
+
+    let merged = part("m1", None);
+    let sources = vec![("p1".to_string(), revision), ("p2".to_string(), revision)];
+    let replaced = c.replace_parts("t", &sources, &merged, "n1", Some(("merge/t", fence))).await.unwrap();
+    let replaced = replaced.expect("the first replacement succeeds");
+    let batch = events.next().await.unwrap().unwrap();
+    assert_eq!(batch.revision, replaced, "the sources leave and the merged part arrives in one revision");
+    let removed = batch.events.iter().filter(|e| matches!(e, ClusterEvent::PartRemoved { .. })).count();
+    let added = batch.events.iter().filter(|e| matches!(e, ClusterEvent::PartAdded(_))).count();
+    assert_eq!((removed, added), (2, 1), "{:?}", batch.events);
+    let snapshot = c.snapshot().await.unwrap();
+    let ids: Vec<_> = snapshot.parts.iter().map(|p| p.id.as_str()).collect();
+    assert_eq!(ids, ["m1"]);
+    let holders: Vec<_> = snapshot.holders.iter().map(|(_, id, node)| (id.as_str(), node.as_str())).collect();
+    assert_eq!(holders, [("m1", "n1")], "the sources' holders went with them");
+    assert_eq!(
+        c.get_block("t", "b1").await.unwrap().unwrap().0.part,
+        "p1",
+        "block ids of merged parts still deduplicate"
+    );
+
+    let again = c.replace_parts("t", &sources, &part("m2", None), "n1", Some(("merge/t", fence))).await.unwrap();
+    assert_eq!(again, None, "sources already merged away are not merged twice");
+    let more = c.register_parts("t", table.version, vec![part("p3", None)], &["n1"], 0, i64::MAX).await.unwrap();
+    kv.revoke_lease(lease).await.unwrap();
+    let fenced = c
+        .replace_parts("t", &[("p3".to_string(), more.revision)], &part("m3", None), "n1", Some(("merge/t", fence)))
+        .await
+        .unwrap();
+    assert_eq!(fenced, None, "a leader whose lease ended cannot register a merge");
 }
 
 #[cfg(test)]

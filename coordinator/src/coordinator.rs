@@ -551,6 +551,35 @@ impl Coordinator {
             .boxed())
     }
 
+    /// Replaces `sources` (each with the revision it was registered at) by one merged part, in
+    /// one transaction that checks every source is still registered unchanged and, with
+    /// `fence`, that the leadership `(role, revision)` still holds. The sources' holder records
+    /// go with them; `holder` is recorded for the merged part. Returns the revision of the
+    /// replacement, or None when a check failed (nothing changed).
+    pub async fn replace_parts(
+        &self,
+        table: &str,
+        sources: &[(String, Revision)],
+        merged: &NewPart,
+        holder: &str,
+        fence: Option<(&str, Revision)>,
+    ) -> Result<Option<Revision>, CoordError> {
+        let mut compares = Vec::new();
+        if let Some((role, revision)) = fence {
+            compares.push(Compare::ModRevision(self.leader_key(role), revision));
+        }
+        let mut success = Vec::new();
+        for (id, revision) in sources {
+            compares.push(Compare::ModRevision(self.part_key(table, id), *revision));
+            success.push(TxnOp::Delete { key: self.part_key(table, id) });
+            success.push(TxnOp::DeletePrefix { prefix: format!("{}holders/{table}/{id}/", self.prefix) });
+        }
+        success.push(TxnOp::Put { key: self.part_key(table, &merged.id), value: merged.manifest.clone(), lease: None });
+        success.push(TxnOp::Put { key: self.holder_key(table, &merged.id, holder), value: Vec::new(), lease: None });
+        let result = self.kv.txn(compares, success, vec![]).await?;
+        Ok(result.succeeded.then_some(result.revision))
+    }
+
     /// Records that `node` holds a verified copy of a part. Idempotent. Refused (Ok(false))
     /// when the part is no longer registered, so no holder outlives its part.
     pub async fn add_holder(&self, table: &str, id: &str, node: &str) -> Result<bool, CoordError> {

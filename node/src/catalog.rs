@@ -46,6 +46,10 @@ pub struct ActivePart {
     pub manifest: Arc<PartManifest>,
     pub revision: Revision,
     pub file: Arc<PartFile>,
+    /// Set when the part has been merged away in the coordinator but the merged part is not
+    /// on this node yet: the part stays visible until the merged one replaces it, so a query
+    /// sees either the sources or the merged part, never both and never neither.
+    pub replaced_by: Option<PartId>,
 }
 
 /// A registered part whose file this node does not have (yet).
@@ -100,8 +104,11 @@ pub struct Catalog {
     data_revision: watch::Sender<Revision>,
     /// Which nodes hold a verified copy of each part (from holder keys), for quorum waits.
     holders: Mutex<HashMap<String, BTreeSet<String>>>,
-    /// Bumped whenever `holders` changes.
+    /// Bumped whenever `holders` (or `merged_into`) changes.
     holders_changed: watch::Sender<u64>,
+    /// Which merged part each recently merged-away part went into, so a quorum wait for a
+    /// part that was merged before the quorum was reached waits for the merged part instead.
+    merged_into: Mutex<HashMap<String, String>>,
     ready: AtomicBool,
 }
 
@@ -121,6 +128,7 @@ impl Catalog {
             data_revision: watch::channel(0).0,
             holders: Mutex::new(HashMap::new()),
             holders_changed: watch::channel(0).0,
+            merged_into: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
         }
     }
@@ -137,13 +145,45 @@ impl Catalog {
         self.holders.lock().expect("holders lock").get(part).is_some_and(|h| h.contains(OBJECT_STORE_HOLDER))
     }
 
-    /// Waits until every one of `parts` has at least `quorum` holders. Returns the smallest
-    /// holder set among them when the wait ends (met or timed out).
+    /// The part that now holds `part`'s rows: itself, or the part it was merged into.
+    fn current_part(&self, part: &str) -> String {
+        let merged_into = self.merged_into.lock().expect("merge map lock");
+        let mut current = part;
+        for _ in 0..64 {
+            match merged_into.get(current) {
+                Some(next) => current = next,
+                None => break,
+            }
+        }
+        current.to_string()
+    }
+
+    fn record_merge(&self, manifest: &PartManifest, merged: &str) {
+        if manifest.merged_from.is_empty() {
+            return;
+        }
+        {
+            let mut merged_into = self.merged_into.lock().expect("merge map lock");
+            // Only in-flight quorum waits need it: a bounded memory, forgotten wholesale.
+            if merged_into.len() >= 1 << 16 {
+                merged_into.clear();
+            }
+            for source in &manifest.merged_from {
+                merged_into.insert(source.clone(), merged.to_string());
+            }
+        }
+        self.holders_changed.send_modify(|n| *n += 1);
+    }
+
+    /// Waits until every one of `parts` (or the parts they were merged into) has at least
+    /// `quorum` holders. Returns the smallest holder set among them when the wait ends (met or
+    /// timed out).
     pub async fn wait_holders(&self, parts: &[String], quorum: usize, timeout: Duration) -> (bool, BTreeSet<String>) {
         let mut changed = self.holders_changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
-            let weakest = parts.iter().map(|p| self.holders(p)).min_by_key(BTreeSet::len).unwrap_or_default();
+            let weakest =
+                parts.iter().map(|p| self.holders(&self.current_part(p))).min_by_key(BTreeSet::len).unwrap_or_default();
             if weakest.len() >= quorum {
                 return (true, weakest);
             }
@@ -225,6 +265,11 @@ impl Catalog {
         self.table(table).and_then(|t| t.pending.get(id).cloned())
     }
 
+    /// Whether a running query or merge still holds the file of `id`.
+    pub fn file_in_use(&self, id: &PartId) -> bool {
+        self.files.lock().expect("file registry lock").get(id).is_some_and(|f| f.strong_count() > 0)
+    }
+
     fn acquire_file(&self, id: PartId) -> Option<Arc<PartFile>> {
         let mut files = self.files.lock().expect("file registry lock");
         if let Some(file) = files.get(&id).and_then(Weak::upgrade) {
@@ -268,11 +313,12 @@ impl Catalog {
             Ok(id) => id,
             Err(e) => return self.mark_broken(part, e.to_string()),
         };
+        self.record_merge(&manifest, &part.id);
         let file = if rejected.is_some() { None } else { self.acquire_file(id) };
         match file {
             Some(file) => {
                 table.pending.remove(&id);
-                table.parts.insert(id, ActivePart { id, manifest, revision: part.revision, file });
+                table.parts.insert(id, ActivePart { id, manifest, revision: part.revision, file, replaced_by: None });
             }
             None => {
                 let has_fetcher = self.fetches.lock().expect("fetch queue lock").is_some();
@@ -341,6 +387,23 @@ impl Catalog {
                 _ => self.add_part(table, part, rejected.get(&part.id), &mut requests),
             }
         }
+        // Sources of a merged part that is not here yet stay visible until it is.
+        for (name, table) in tables.iter_mut() {
+            let Some(previous) = old.get(name).filter(|t| t.created == table.created) else { continue };
+            let merges: Vec<(PartId, Vec<String>)> = table
+                .pending
+                .values()
+                .filter(|p| !p.manifest.merged_from.is_empty())
+                .map(|p| (p.id, p.manifest.merged_from.clone()))
+                .collect();
+            for (merged, sources) in merges {
+                for source in sources.iter().filter_map(|s| s.parse::<PartId>().ok()) {
+                    if let Some(active) = previous.parts.get(&source) {
+                        table.parts.insert(source, ActivePart { replaced_by: Some(merged), ..active.clone() });
+                    }
+                }
+            }
+        }
         for (name, table) in &old {
             for (id, part) in &table.parts {
                 if !tables.get(name).is_some_and(|t| t.parts.contains_key(id)) {
@@ -365,6 +428,18 @@ impl Catalog {
     /// Applies the changes of one revision.
     pub fn apply_batch(&self, batch: &EventBatch) {
         let mut requests = Vec::new();
+        // Parts merged away in this revision, and the part each went into.
+        let mut merged_into: HashMap<(String, String), PartId> = HashMap::new();
+        for event in &batch.events {
+            if let ClusterEvent::PartAdded(part) = event
+                && let Ok(manifest) = PartManifest::from_json(&part.manifest)
+                && let Ok(id) = part.id.parse::<PartId>()
+            {
+                for source in manifest.merged_from {
+                    merged_into.insert((part.table.clone(), source), id);
+                }
+            }
+        }
         {
             let mut tables = self.tables.write().expect("catalog lock");
             for event in &batch.events {
@@ -395,14 +470,30 @@ impl Catalog {
                         let Some(table) = tables.get_mut(&part.table) else { continue };
                         self.add_part(Arc::make_mut(table), part, None, &mut requests);
                     }
-                    ClusterEvent::PartRemoved { table, id } => {
-                        self.broken.lock().expect("broken parts lock").remove(id);
+                    ClusterEvent::PartRemoved { table, id: removed } => {
+                        self.broken.lock().expect("broken parts lock").remove(removed);
                         let Some(state) = tables.get_mut(table) else { continue };
-                        let Ok(id) = id.parse::<PartId>() else { continue };
+                        let Ok(id) = removed.parse::<PartId>() else { continue };
                         let state = Arc::make_mut(state);
-                        state.pending.remove(&id);
-                        if let Some(part) = state.parts.remove(&id) {
-                            Self::retire(&part);
+                        let successor = merged_into.get(&(table.clone(), removed.clone())).copied();
+                        if state.pending.remove(&id).is_some() {
+                            // Parts waiting for this one now wait for what it was merged into
+                            // (or, if it went without a successor, are gone with it).
+                            let waiting: Vec<PartId> =
+                                state.parts.values().filter(|p| p.replaced_by == Some(id)).map(|p| p.id).collect();
+                            for part in waiting {
+                                match successor {
+                                    Some(merged) => {
+                                        state.parts.get_mut(&part).expect("listed").replaced_by = Some(merged)
+                                    }
+                                    None => Self::retire(&state.parts.remove(&part).expect("listed")),
+                                }
+                            }
+                        }
+                        match (state.parts.get_mut(&id), successor) {
+                            (Some(part), Some(merged)) => part.replaced_by = Some(merged),
+                            (Some(_), None) => Self::retire(&state.parts.remove(&id).expect("present")),
+                            (None, _) => {}
                         }
                     }
                     ClusterEvent::HolderAdded { table, id, node } => {
@@ -430,6 +521,11 @@ impl Catalog {
                     _ => {}
                 }
             }
+            for state in tables.values_mut() {
+                if state.parts.values().any(|p| p.replaced_by.is_some()) {
+                    Self::drop_replaced(Arc::make_mut(state));
+                }
+            }
         }
         self.applied.send_if_modified(|applied| advance(applied, batch.revision));
         if batch.events.iter().any(ClusterEvent::is_data) {
@@ -437,6 +533,20 @@ impl Catalog {
         }
         self.update_complete();
         self.send_requests(requests);
+    }
+
+    /// Retires the parts whose merged replacement is active (or no longer wanted anywhere).
+    fn drop_replaced(state: &mut TableState) {
+        let done: Vec<PartId> = state
+            .parts
+            .values()
+            .filter_map(|p| {
+                p.replaced_by.filter(|m| state.parts.contains_key(m) || !state.pending.contains_key(m)).map(|_| p.id)
+            })
+            .collect();
+        for id in done {
+            Self::retire(&state.parts.remove(&id).expect("listed above"));
+        }
     }
 
     /// Makes a fetched part active, if it is still wanted. Returns whether it was.
@@ -450,9 +560,11 @@ impl Catalog {
             let Some(file) = self.acquire_file(*id) else { return false };
             let state = Arc::make_mut(state);
             let pending = state.pending.remove(id).expect("checked above");
-            state
-                .parts
-                .insert(*id, ActivePart { id: *id, manifest: pending.manifest, revision: pending.revision, file });
+            state.parts.insert(
+                *id,
+                ActivePart { id: *id, manifest: pending.manifest, revision: pending.revision, file, replaced_by: None },
+            );
+            Self::drop_replaced(state);
             true
         };
         self.update_complete();
@@ -501,7 +613,7 @@ impl Catalog {
             .read()
             .expect("catalog lock")
             .values()
-            .flat_map(|t| t.pending.values().map(|p| p.revision))
+            .flat_map(|t| t.pending.values().map(|p| Self::missing_from(t, p)))
             .min();
         let complete = match oldest_pending {
             Some(revision) => (revision - 1).min(applied),
@@ -513,6 +625,22 @@ impl Catalog {
             changed
         });
     }
+
+    /// The oldest revision whose rows this node lacks because `pending` is not here. For a
+    /// merged part whose sources are all still visible here that is its own revision; for one
+    /// that replaced sources this node never had, the oldest revision it covers.
+    fn missing_from(table: &TableState, pending: &PendingPart) -> Revision {
+        let manifest = &pending.manifest;
+        let Some((low, _)) = manifest.revision_range else { return pending.revision };
+        let covered = manifest.merged_from.iter().all(|source| {
+            source
+                .parse::<PartId>()
+                .ok()
+                .and_then(|id| table.parts.get(&id))
+                .is_some_and(|p| p.replaced_by == Some(pending.id))
+        });
+        if covered { pending.revision } else { low }
+    }
 }
 
 fn advance(current: &mut Revision, to: Revision) -> bool {
@@ -521,4 +649,122 @@ fn advance(current: &mut Revision, to: Revision) -> bool {
         *current = to;
     }
     newer
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_parts::PART_FORMAT_VERSION;
+
+    use super::*;
+    use crate::statement::{Statement, parse};
+
+    struct Fixture {
+        catalog: Catalog,
+        _dir: tempfile::TempDir,
+    }
+
+    fn manifest(merged_from: &[&PartId]) -> Vec<u8> {
+        PartManifest {
+            format_version: PART_FORMAT_VERSION,
+            table: "t".into(),
+            partition: "all".into(),
+            rows: 1,
+            bytes: 1,
+            schema_version: 1,
+            block_id: None,
+            level: u32::from(!merged_from.is_empty()),
+            sort_key: vec![],
+            columns: BTreeMap::new(),
+            column_ids: BTreeMap::new(),
+            node: Some("n1".into()),
+            created_at_ms: 0,
+            merged_from: merged_from.iter().map(|id| id.to_string()).collect(),
+            revision_range: None,
+        }
+        .to_json()
+    }
+
+    fn registered(id: &PartId, revision: Revision, merged_from: &[&PartId]) -> RegisteredPart {
+        RegisteredPart { table: "t".into(), id: id.to_string(), manifest: manifest(merged_from), revision }
+    }
+
+    /// A catalog holding table `t` with parts `s1` and `s2`, both on disk.
+    fn fixture(s1: &PartId, s2: &PartId) -> Fixture {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalPartStore::open(dir.path()).unwrap());
+        let catalog = Catalog::new(store.clone());
+        catalog.set_fetcher(mpsc::unbounded_channel().0);
+        let Statement::CreateTable { def, .. } = parse("CREATE TABLE t (id UInt64) ORDER BY id").unwrap() else {
+            panic!("a CREATE TABLE")
+        };
+        let table = TableRecord { name: "t".into(), doc: def.to_json(), version: 1, created: 1 };
+        for id in [s1, s2] {
+            std::fs::write(store.path(id), b"x").unwrap();
+        }
+        let snapshot = Snapshot {
+            revision: 3,
+            tables: vec![table],
+            parts: vec![registered(s1, 2, &[]), registered(s2, 3, &[])],
+            holders: vec![],
+        };
+        catalog.apply_snapshot(&snapshot, &HashMap::new());
+        Fixture { catalog, _dir: dir }
+    }
+
+    fn visible(catalog: &Catalog) -> BTreeSet<PartId> {
+        catalog.table("t").unwrap().parts.keys().copied().collect()
+    }
+
+    fn merge_batch(revision: Revision, merged: &PartId, sources: [&PartId; 2], added_first: bool) -> EventBatch {
+        let added = ClusterEvent::PartAdded(registered(merged, revision, &sources));
+        let mut events: Vec<ClusterEvent> =
+            sources.iter().map(|s| ClusterEvent::PartRemoved { table: "t".into(), id: s.to_string() }).collect();
+        if added_first {
+            events.insert(0, added);
+        } else {
+            events.push(added);
+        }
+        EventBatch { revision, events }
+    }
+
+    #[test]
+    fn sources_stay_visible_until_their_merged_part_arrives_then_leave_at_once() {
+        let (s1, s2, m) = (PartId::of_bytes(b"s1"), PartId::of_bytes(b"s2"), PartId::of_bytes(b"m"));
+        for added_first in [true, false] {
+            let f = fixture(&s1, &s2);
+            f.catalog.apply_batch(&merge_batch(4, &m, [&s1, &s2], added_first));
+            assert_eq!(visible(&f.catalog), BTreeSet::from([s1, s2]), "not neither: the sources until m is here");
+            assert!(f.catalog.pending("t", &m).is_some());
+            std::fs::write(f.catalog.store().path(&m), b"x").unwrap();
+            assert!(f.catalog.activate("t", &m));
+            assert_eq!(visible(&f.catalog), BTreeSet::from([m]), "not both: the sources leave as m arrives");
+        }
+    }
+
+    #[test]
+    fn a_merged_part_already_on_disk_replaces_its_sources_in_the_same_revision() {
+        let (s1, s2, m) = (PartId::of_bytes(b"s1"), PartId::of_bytes(b"s2"), PartId::of_bytes(b"m"));
+        let f = fixture(&s1, &s2);
+        std::fs::write(f.catalog.store().path(&m), b"x").unwrap();
+        f.catalog.apply_batch(&merge_batch(4, &m, [&s1, &s2], false));
+        assert_eq!(visible(&f.catalog), BTreeSet::from([m]));
+    }
+
+    #[test]
+    fn a_merge_of_a_merge_still_covers_the_first_sources() {
+        let (s1, s2, m) = (PartId::of_bytes(b"s1"), PartId::of_bytes(b"s2"), PartId::of_bytes(b"m"));
+        let (other, m2) = (PartId::of_bytes(b"other"), PartId::of_bytes(b"m2"));
+        let f = fixture(&s1, &s2);
+        f.catalog.apply_batch(&merge_batch(4, &m, [&s1, &s2], true));
+        // m (not here yet) is merged again before it arrives: s1 and s2 now wait for m2.
+        f.catalog.apply_batch(&EventBatch {
+            revision: 5,
+            events: vec![ClusterEvent::PartAdded(registered(&other, 5, &[]))],
+        });
+        f.catalog.apply_batch(&merge_batch(6, &m2, [&m, &other], false));
+        assert_eq!(visible(&f.catalog), BTreeSet::from([s1, s2]));
+        std::fs::write(f.catalog.store().path(&m2), b"x").unwrap();
+        assert!(f.catalog.activate("t", &m2));
+        assert_eq!(visible(&f.catalog), BTreeSet::from([m2]));
+    }
 }

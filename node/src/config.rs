@@ -88,6 +88,15 @@ pub struct ServeArgs {
     /// up, every part is read from the bucket first (peers only for parts not uploaded yet).
     #[arg(long, env = "TANDEM_BOOTSTRAP_FROM_OBJECT_STORE", num_args = 0..=1, default_missing_value = "true")]
     pub bootstrap_from_object_store: Option<bool>,
+    /// Merges this node runs at the same time (as a leader or rebuilding replica) [default: 1].
+    #[arg(long, env = "TANDEM_MERGE_CONCURRENCY")]
+    pub merge_concurrency: Option<usize>,
+    /// Milliseconds between merge selection passes [default: 1000].
+    #[arg(long, env = "TANDEM_MERGE_INTERVAL_MS")]
+    pub merge_interval_ms: Option<u64>,
+    /// Part files that no registered part uses are deleted once this old [default: 3600].
+    #[arg(long, env = "TANDEM_ORPHAN_GRACE_SECONDS")]
+    pub orphan_grace_seconds: Option<u64>,
 }
 
 /// The flat TOML file. Unknown keys are an error, so a typo is not ignored.
@@ -119,6 +128,9 @@ pub struct FileConfig {
     pub object_store_gc_grace_seconds: Option<u64>,
     pub object_store_gc_interval_seconds: Option<u64>,
     pub bootstrap_from_object_store: Option<bool>,
+    pub merge_concurrency: Option<usize>,
+    pub merge_interval_ms: Option<u64>,
+    pub orphan_grace_seconds: Option<u64>,
 }
 
 /// The S3 credentials file (`--s3-credentials-file`).
@@ -168,6 +180,10 @@ pub struct NodeConfig {
     /// How often block ids beyond each table's count window are forgotten.
     pub dedup_prune_interval: Duration,
     pub object_store: Option<ObjectStoreConfig>,
+    pub merge_concurrency: usize,
+    pub merge_interval: Duration,
+    /// Unreferenced part files older than this are deleted.
+    pub orphan_grace: Duration,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -303,6 +319,11 @@ impl NodeConfig {
                 args.dedup_prune_interval_ms.or(file.dedup_prune_interval_ms).unwrap_or(60_000).max(10),
             ),
             object_store,
+            merge_concurrency: args.merge_concurrency.or(file.merge_concurrency).unwrap_or(1).max(1),
+            merge_interval: Duration::from_millis(
+                args.merge_interval_ms.or(file.merge_interval_ms).unwrap_or(1000).max(10),
+            ),
+            orphan_grace: Duration::from_secs(args.orphan_grace_seconds.or(file.orphan_grace_seconds).unwrap_or(3600)),
         })
     }
 
@@ -322,6 +343,9 @@ impl NodeConfig {
             relist_interval: Duration::from_secs(300),
             dedup_prune_interval: Duration::from_secs(60),
             object_store: None,
+            merge_concurrency: 1,
+            merge_interval: Duration::from_secs(1),
+            orphan_grace: Duration::from_secs(3600),
         }
     }
 
@@ -376,6 +400,9 @@ mod tests {
             file.object_store_gc_grace_seconds.is_some(),
             file.object_store_gc_interval_seconds.is_some(),
             file.bootstrap_from_object_store.is_some(),
+            file.merge_concurrency.is_some(),
+            file.merge_interval_ms.is_some(),
+            file.orphan_grace_seconds.is_some(),
         ];
         assert!(documented.iter().all(|d| *d), "every key is documented in the example: {documented:?}");
     }

@@ -26,6 +26,9 @@ pub enum NodeError {
     Unavailable(String),
     #[error("{0}")]
     Timeout(String),
+    /// A partition has more active parts than its table allows: merges are behind inserts.
+    #[error("{0}")]
+    TooManyParts(String),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -52,6 +55,7 @@ impl NodeError {
             NodeError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             NodeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            NodeError::TooManyParts(_) => StatusCode::TOO_MANY_REQUESTS,
             NodeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -66,13 +70,14 @@ impl NodeError {
             NodeError::NotImplemented(_) => "NOT_IMPLEMENTED",
             NodeError::Unavailable(_) => "UNAVAILABLE",
             NodeError::Timeout(_) => "TIMEOUT",
+            NodeError::TooManyParts(_) => "TOO_MANY_PARTS",
             NodeError::Internal(_) => "INTERNAL",
         }
     }
 
     /// Whether sending the same request again can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, NodeError::Unavailable(_) | NodeError::Timeout(_))
+        matches!(self, NodeError::Unavailable(_) | NodeError::Timeout(_) | NodeError::TooManyParts(_))
     }
 }
 

@@ -1,7 +1,8 @@
 //! The fetcher: obtains the files of pending parts by hash. Sources are tried in order: the
 //! node that wrote the part, then every other live holder, then the object store (the bucket
 //! comes first while the node bootstraps from it). Every byte is hashed on arrival and a part
-//! becomes visible only if it matches. A part that no source has is reported lost. Fetches
+//! becomes visible only if it matches. A merged part whose sources are all on this node is
+//! rebuilt from them instead, and kept only if it hashes to its id. A part that no source has is reported lost. Fetches
 //! run at bounded concurrency, retry with backoff, and never touch the insert path.
 
 use std::collections::{HashMap, HashSet};
@@ -126,6 +127,16 @@ impl Fetcher {
         let node = &self.node;
         let Some(pending) = node.catalog.pending(&request.table, &request.id) else { return Ok(()) };
         let id = request.id.to_string();
+        // A merged part whose sources are all here is rebuilt locally: no bytes cross the network.
+        if crate::merges::rebuild_locally(node, &request.table, &request.id, &pending.manifest).await {
+            if node.catalog.activate(&request.table, &request.id) {
+                tracing::info!(table = %request.table, part = %id, "merged part rebuilt from local sources");
+                if let Err(e) = node.coordinator.add_holder(&request.table, &id, &node.config.node_id).await {
+                    tracing::warn!(part = %id, error = %e, "cannot record this node as a holder");
+                }
+            }
+            return Ok(());
+        }
         let holders = node.coordinator.part_holders(&request.table, &id).await.map_err(|e| (e.to_string(), false))?;
         let live = live_nodes(node).await.map_err(|e| (e.to_string(), false))?;
         let peers = order_sources(&holders, &live, pending.manifest.node.as_deref(), &node.config.node_id);

@@ -3,6 +3,7 @@
 //! answer once this node has applied the registration (and, with `insert_quorum`, once enough
 //! nodes hold the parts).
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -235,6 +236,7 @@ async fn insert_once(
     }
 
     let blocks = split_by_partition(&batch, &def.partition_by)?;
+    apply_back_pressure(node, table, &def, blocks.iter().map(|(partition, _)| partition.as_str())).await?;
     let token = settings.deduplication_token.clone();
     let window_ms = dedup_window_ms(&def);
     let now_ms = chrono::Utc::now().timestamp_millis();
@@ -336,6 +338,8 @@ async fn register(
                 column_ids: column_ids.clone(),
                 node: Some(node_id.clone()),
                 created_at_ms: now_ms,
+                merged_from: Vec::new(),
+                revision_range: None,
             };
             out.push((
                 NewPart { id: part.id.to_string(), partition, block_id, manifest: manifest.to_json() },
@@ -369,6 +373,8 @@ async fn register(
         }
         holders.push(OBJECT_STORE_HOLDER);
     }
+    let sizes: HashMap<String, u64> =
+        encoded.iter().map(|(part, _, bytes)| (part.id.clone(), bytes.len() as u64)).collect();
     let (new_parts, rows): (Vec<NewPart>, Vec<u64>) = encoded.into_iter().map(|(part, rows, _)| (part, rows)).unzip();
     let registration = node
         .coordinator
@@ -400,7 +406,9 @@ async fn register(
     for ((part, rows), outcome) in new_parts.into_iter().zip(rows).zip(registration.outcomes) {
         match outcome {
             PartOutcome::Registered { revision } => {
+                let bytes = sizes.get(&part.id).copied().unwrap_or(0);
                 node.metrics.insert_parts.inc();
+                node.metrics.insert_bytes.inc_by(bytes);
                 summary.rows_written += rows;
                 summary.parts.push(PartSummary {
                     part: part.id,
@@ -463,6 +471,44 @@ async fn ensure_uploaded(node: &Node, bucket: &Bucket, table: &str, part: &str) 
     }
     if let Err(e) = node.coordinator.add_holder(table, part, OBJECT_STORE_HOLDER).await {
         tracing::warn!(%part, error = %e, "cannot record the object-store copy of a part");
+    }
+    Ok(())
+}
+
+/// Slows an insert down, or refuses it, when a partition it writes to has many active parts
+/// (merges are behind inserts): a delay growing linearly from nothing at
+/// `parts_to_delay_insert` to 1 s just below `parts_to_throw_insert`, then a 429 that names
+/// the table, the partition and the count.
+async fn apply_back_pressure<'a>(
+    node: &Node,
+    table: &str,
+    def: &crate::schema::TableDef,
+    partitions: impl Iterator<Item = &'a str>,
+) -> Result<(), NodeError> {
+    let Some(state) = node.catalog.table(table) else { return Ok(()) };
+    let (delay_at, throw_at) = (def.settings.parts_to_delay_insert, def.settings.parts_to_throw_insert);
+    let mut worst: Option<(&str, u64)> = None;
+    for partition in partitions {
+        let count = state.parts.values().filter(|p| p.manifest.partition == partition).count() as u64;
+        if worst.is_none_or(|(_, c)| count > c) {
+            worst = Some((partition, count));
+        }
+    }
+    let Some((partition, count)) = worst else { return Ok(()) };
+    if count >= throw_at {
+        node.metrics.insert_rejected_too_many_parts.inc();
+        return Err(NodeError::TooManyParts(format!(
+            "table `{table}` partition `{partition}` has {count} active parts (parts_to_throw_insert = {throw_at}): \
+             merges are behind inserts; nothing was written. Retry later, send fewer and larger inserts, or raise \
+             the limit with ALTER TABLE {table} MODIFY SETTING parts_to_throw_insert = N"
+        )));
+    }
+    if count >= delay_at {
+        let span = throw_at.saturating_sub(delay_at).max(1) as f64;
+        let delay = Duration::from_secs_f64(((count - delay_at + 1) as f64 / span).min(1.0));
+        node.metrics.insert_delayed.inc();
+        tracing::debug!(%table, %partition, count, delay_ms = delay.as_millis() as u64, "slowing an insert down: many active parts");
+        tokio::time::sleep(delay).await;
     }
     Ok(())
 }

@@ -13,6 +13,8 @@
 //!   hash, serving them, and announcing this node under an etcd lease.
 //! - [`bucket`]: the object-store mirror in use: background and synchronous uploads, bootstrap
 //!   from the bucket, and the fenced garbage collector of unreferenced objects.
+//! - [`merges`]: background merges (one leader per table, fenced registration, local
+//!   rebuilds on replicas) and the sweep of orphaned part files.
 //! - [`query`]: DataFusion over a catalog snapshot, with part pruning and `system` tables.
 //! - [`node`]: starting and stopping all of it; [`config`]: layered configuration;
 //!   [`bench`]: the benchmark command.
@@ -29,6 +31,7 @@ pub mod http;
 pub mod insert;
 pub mod interserver;
 pub mod membership;
+pub mod merges;
 pub mod metrics;
 pub mod mirror;
 pub mod node;

@@ -37,6 +37,14 @@ pub struct Metrics {
     pub object_store_corrupt_objects: Counter,
     pub object_store_gc_deleted_objects: Counter,
     pub lost_parts: Gauge,
+    pub merges: Counter,
+    pub merge_source_bytes: Counter,
+    pub merge_written_bytes: Counter,
+    pub local_merges: Counter,
+    pub merge_mismatches: Counter,
+    pub insert_bytes: Counter,
+    pub insert_delayed: Counter,
+    pub insert_rejected_too_many_parts: Counter,
 }
 
 impl Metrics {
@@ -72,6 +80,14 @@ impl Metrics {
             object_store_corrupt_objects: Counter::default(),
             object_store_gc_deleted_objects: Counter::default(),
             lost_parts: Gauge::default(),
+            merges: Counter::default(),
+            merge_source_bytes: Counter::default(),
+            merge_written_bytes: Counter::default(),
+            local_merges: Counter::default(),
+            merge_mismatches: Counter::default(),
+            insert_bytes: Counter::default(),
+            insert_delayed: Counter::default(),
+            insert_rejected_too_many_parts: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -177,6 +193,38 @@ impl Metrics {
             "replication_lost_parts",
             "Registered parts that no live node and not the object store can provide",
             metrics.lost_parts.clone(),
+        );
+        registry.register("merges", "Merges this node registered as the table's merge leader", metrics.merges.clone());
+        registry.register(
+            "merge_source_bytes",
+            "Bytes of the parts merged away by this node's merges",
+            metrics.merge_source_bytes.clone(),
+        );
+        registry.register(
+            "merge_written_bytes",
+            "Bytes of merged parts written by this node's merges",
+            metrics.merge_written_bytes.clone(),
+        );
+        registry.register(
+            "merge_local_rebuilds",
+            "Merged parts this node rebuilt from its own copies of the sources instead of fetching",
+            metrics.local_merges.clone(),
+        );
+        registry.register(
+            "merge_mismatches",
+            "Local rebuilds of a merged part that did not match its hash (fetched instead)",
+            metrics.merge_mismatches.clone(),
+        );
+        registry.register("insert_bytes", "Bytes of parts written by inserts", metrics.insert_bytes.clone());
+        registry.register(
+            "insert_delayed",
+            "Inserts slowed down because a partition had many active parts",
+            metrics.insert_delayed.clone(),
+        );
+        registry.register(
+            "insert_rejected_too_many_parts",
+            "Inserts refused because a partition had too many active parts",
+            metrics.insert_rejected_too_many_parts.clone(),
         );
         registry.register("interserver_served_bytes", "Bytes of parts sent to peers", metrics.served_bytes.clone());
         Metrics { registry, ..metrics }

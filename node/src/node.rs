@@ -32,6 +32,7 @@ pub struct Node {
     pub lease: std::sync::atomic::AtomicI64,
     /// The object-store mirror of parts, when configured.
     pub bucket: Option<Arc<Bucket>>,
+    pub merges: crate::merges::Merges,
     fetch_requests: mpsc::UnboundedSender<FetchRequest>,
 }
 
@@ -124,12 +125,15 @@ pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
         announced: std::sync::atomic::AtomicBool::new(false),
         lease: std::sync::atomic::AtomicI64::new(0),
         bucket: bucket.clone(),
+        merges: crate::merges::Merges::new(config.merge_concurrency),
         fetch_requests,
     });
     let shutdown = CancellationToken::new();
     let mut tasks = vec![
         tokio::spawn(crate::sync::run(node.clone(), shutdown.clone())),
         tokio::spawn(prune_blocks(node.clone(), shutdown.clone())),
+        tokio::spawn(crate::merges::run(node.clone(), shutdown.clone())),
+        tokio::spawn(crate::merges::run_orphan_sweep(node.clone(), shutdown.clone())),
     ];
     if let Some(bucket) = bucket {
         tasks.push(tokio::spawn(crate::bucket::run_uploader(node.clone(), bucket.clone(), shutdown.clone())));

@@ -304,7 +304,7 @@ pub fn session(
         ctx.register_table("system.parts", Arc::new(system_parts(&node.catalog, tables)?))?;
         ctx.register_table("system.tables", Arc::new(system_tables(tables)?))?;
         ctx.register_table("system.replicas", Arc::new(system_replicas(node, tables, cluster)?))?;
-        ctx.register_table("system.replication_queue", Arc::new(system_replication_queue(tables)?))?;
+        ctx.register_table("system.replication_queue", Arc::new(system_replication_queue(node, tables)?))?;
     }
     Ok(ctx)
 }
@@ -330,14 +330,21 @@ fn system_parts(catalog: &Catalog, tables: &BTreeMap<String, Arc<TableState>>) -
     let mut block_id = Vec::new();
     let mut written_by = Vec::new();
     let mut in_object_store = Vec::new();
+    let mut min_revision = Vec::new();
+    let mut max_revision = Vec::new();
+    let mut replaced_by: Vec<Option<String>> = Vec::new();
     let mut problem: Vec<Option<String>> = Vec::new();
     for (t, state) in tables {
-        let active_parts = state.parts.values().map(|p| (p.id, &p.manifest, p.revision, true, None));
+        let active_parts = state.parts.values().map(|p| (p.id, &p.manifest, p.revision, true, None, p.replaced_by));
         let pending_parts = state.pending.values().map(|p| {
             let reason = p.last_error.clone().unwrap_or_else(|| "not on this node yet; fetching".to_string());
-            (p.id, &p.manifest, p.revision, false, Some(reason))
+            (p.id, &p.manifest, p.revision, false, Some(reason), None)
         });
-        for (id, manifest, rev, is_active, reason) in active_parts.chain(pending_parts) {
+        for (id, manifest, rev, is_active, reason, replacement) in active_parts.chain(pending_parts) {
+            let (low, high) = manifest.revision_range.unwrap_or((rev, rev));
+            min_revision.push(Some(low));
+            max_revision.push(Some(high));
+            replaced_by.push(replacement.map(|m| m.to_string()));
             table.push(Some(t.clone()));
             name.push(Some(id.to_string()));
             partition.push(Some(manifest.partition.clone()));
@@ -364,6 +371,9 @@ fn system_parts(catalog: &Catalog, tables: &BTreeMap<String, Arc<TableState>>) -
         block_id.push(None);
         written_by.push(None);
         in_object_store.push(None);
+        min_revision.push(None);
+        max_revision.push(None);
+        replaced_by.push(None);
         problem.push(Some(part.reason));
     }
     mem_table(vec![
@@ -378,6 +388,9 @@ fn system_parts(catalog: &Catalog, tables: &BTreeMap<String, Arc<TableState>>) -
         ("block_id", Arc::new(StringArray::from(block_id))),
         ("written_by", Arc::new(StringArray::from(written_by))),
         ("in_object_store", Arc::new(BooleanArray::from(in_object_store))),
+        ("min_revision", Arc::new(Int64Array::from(min_revision))),
+        ("max_revision", Arc::new(Int64Array::from(max_revision))),
+        ("replaced_by", Arc::new(StringArray::from(replaced_by))),
         ("problem", Arc::new(StringArray::from(problem))),
     ])
 }
@@ -457,10 +470,14 @@ fn system_replicas(
     ])
 }
 
-fn system_replication_queue(tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable, NodeError> {
+/// Parts being fetched (`kind = 'fetch'`) and merges running on this node (`kind` starts with
+/// `merge`; `part` is the merged part when known).
+fn system_replication_queue(node: &Node, tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable, NodeError> {
+    let mut kind = Vec::new();
     let mut table = Vec::new();
-    let mut part = Vec::new();
-    let mut revision = Vec::new();
+    let mut partition = Vec::new();
+    let mut part: Vec<Option<String>> = Vec::new();
+    let mut revision: Vec<Option<i64>> = Vec::new();
     let mut bytes = Vec::new();
     let mut attempts = Vec::new();
     let mut waiting = Vec::new();
@@ -469,17 +486,33 @@ fn system_replication_queue(tables: &BTreeMap<String, Arc<TableState>>) -> Resul
     for (name, state) in tables {
         for pending in state.pending.values() {
             lost.push(pending.lost);
+            kind.push("fetch".to_string());
             table.push(name.clone());
-            part.push(pending.id.to_string());
-            revision.push(pending.revision);
+            partition.push(pending.manifest.partition.clone());
+            part.push(Some(pending.id.to_string()));
+            revision.push(Some(pending.revision));
             bytes.push(pending.manifest.bytes);
             attempts.push(u64::from(pending.attempts));
             waiting.push(pending.since.elapsed().as_secs_f64());
             last_error.push(pending.last_error.clone());
         }
     }
+    for merge in node.merges.running() {
+        kind.push(format!("merge ({}, {} parts)", merge.role, merge.sources));
+        table.push(merge.table);
+        partition.push(merge.partition);
+        part.push(merge.merged.map(|m| m.to_string()));
+        revision.push(None);
+        bytes.push(merge.bytes);
+        attempts.push(0);
+        waiting.push(merge.started.elapsed().as_secs_f64());
+        lost.push(false);
+        last_error.push(None);
+    }
     mem_table(vec![
+        ("kind", Arc::new(StringArray::from(kind))),
         ("table", Arc::new(StringArray::from(table))),
+        ("partition", Arc::new(StringArray::from(partition))),
         ("part", Arc::new(StringArray::from(part))),
         ("revision", Arc::new(Int64Array::from(revision))),
         ("bytes", Arc::new(UInt64Array::from(bytes))),

@@ -172,6 +172,28 @@ pub struct TableSettings {
     /// What an insert into this table waits for before its ack, unless the request says.
     #[serde(default)]
     pub insert_durability: Durability,
+    /// Whether the table's parts are merged in the background (on by default; off is for
+    /// maintenance windows, or a test that counts parts).
+    #[serde(default = "default_true")]
+    pub background_merges: bool,
+    /// A partition with at least this many active parts slows inserts down (up to 1 s each).
+    #[serde(default = "default_parts_to_delay_insert")]
+    pub parts_to_delay_insert: u64,
+    /// A partition with at least this many active parts refuses inserts (429).
+    #[serde(default = "default_parts_to_throw_insert")]
+    pub parts_to_throw_insert: u64,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_parts_to_delay_insert() -> u64 {
+    150
+}
+
+fn default_parts_to_throw_insert() -> u64 {
+    300
 }
 
 /// `insert_durability`: where an insert's parts must be before the ack.
@@ -227,6 +249,16 @@ impl TableSettings {
                     )));
                 }
             },
+            "background_merges" => match number()? {
+                flag @ (0 | 1) => self.background_merges = flag == 1,
+                other => {
+                    return Err(crate::error::NodeError::bad_request(format!(
+                        "table setting `background_merges` is 0 or 1, got {other}"
+                    )));
+                }
+            },
+            "parts_to_delay_insert" => self.parts_to_delay_insert = number()?,
+            "parts_to_throw_insert" => self.parts_to_throw_insert = number()?,
             "insert_durability" => {
                 let text = value.as_str().ok_or_else(|| {
                     crate::error::NodeError::bad_request(format!(
@@ -238,7 +270,8 @@ impl TableSettings {
             _ => {
                 return Err(crate::error::NodeError::bad_request(format!(
                     "unknown table setting `{key}` = {value}; known: dedup_window_blocks, dedup_window_seconds, \
-                     auto_add_columns (0 or 1), insert_durability ('local' or 'object_store')"
+                     auto_add_columns (0 or 1), insert_durability ('local' or 'object_store'), \
+                     background_merges (0 or 1), parts_to_delay_insert, parts_to_throw_insert"
                 )));
             }
         }
@@ -253,6 +286,9 @@ impl Default for TableSettings {
             dedup_window_seconds: default_dedup_window_seconds(),
             auto_add_columns: false,
             insert_durability: Durability::Local,
+            background_merges: true,
+            parts_to_delay_insert: default_parts_to_delay_insert(),
+            parts_to_throw_insert: default_parts_to_throw_insert(),
         }
     }
 }

@@ -51,6 +51,13 @@ pub struct PartManifest {
     /// coordinator's revision orders parts).
     #[serde(default)]
     pub created_at_ms: i64,
+    /// For a merged part: the parts it replaces (ids, sorted).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub merged_from: Vec<String>,
+    /// For a merged part: the lowest and highest registration revision of the rows it holds
+    /// (a part written by an insert covers only its own revision).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revision_range: Option<(i64, i64)>,
 }
 
 impl PartManifest {

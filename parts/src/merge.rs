@@ -14,6 +14,9 @@ use crate::{EncodedPart, PartError, PartId, PartMetadata, encode_part};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct MergeCandidate {
     pub id: PartId,
+    /// The merge group: only parts of one group are merged together. The partition, and
+    /// whatever else must match (the node adds the column layout, so parts written under
+    /// different schemas are not concatenated).
     pub partition: String,
     pub bytes: u64,
     pub level: u32,

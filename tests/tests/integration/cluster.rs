@@ -37,11 +37,12 @@ async fn etcd_parts(cluster: &Cluster) -> BTreeSet<String> {
 /// Waits until every running node serves exactly the parts etcd lists, then checks that they
 /// all give the same answer to a query over every row.
 async fn assert_converged(cluster: &Cluster, expected_rows: u64) {
-    let expected = etcd_parts(cluster).await;
     let deadline = tokio::time::Instant::now() + CONVERGE;
     for node in &cluster.nodes {
         node.wait_for("SELECT count() FROM t", &expected_rows.to_string(), CONVERGE).await;
         loop {
+            // Merges change the registered set: compare with what etcd lists now.
+            let expected = etcd_parts(cluster).await;
             let parts = active_parts(node).await;
             if parts == expected {
                 break;
@@ -92,7 +93,6 @@ async fn inserts_on_every_node_at_once_converge() {
     });
     futures::future::join_all(writers).await;
     assert_converged(&cluster, 3 * 8 * 50).await;
-    assert!(etcd_parts(&cluster).await.len() >= 24, "at least one part per insert");
 }
 
 #[tokio::test]

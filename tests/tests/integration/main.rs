@@ -9,6 +9,7 @@ mod dedup;
 mod durability;
 mod failover;
 mod formats;
+mod merges;
 mod object_store;
 mod quorum;
 mod readme;

@@ -14,7 +14,9 @@ use tandem_tests::{Cluster, Proxy, S3, Tandem};
 const CONVERGE: Duration = Duration::from_secs(30);
 /// A killed node's lease runs out within its TTL (10 s); a lost part is declared after that.
 const LOST: Duration = Duration::from_secs(60);
-const TABLE: &str = "CREATE TABLE t (id UInt64, host String, v Float64) ORDER BY (host, id)";
+/// Merges off: these tests count and name parts (the collector test turns them on).
+const TABLE: &str =
+    "CREATE TABLE t (id UInt64, host String, v Float64) ORDER BY (host, id) SETTINGS background_merges = 0";
 
 fn rows(from: u64, count: u64) -> String {
     (from..from + count).map(|i| format!("{i},h{},{}\n", i % 5, i as f64 / 4.0)).collect()
@@ -240,26 +242,47 @@ async fn unreferenced_objects_are_collected_by_one_node_after_the_grace_period()
     let s3 = S3::start().await.expect("an S3 server");
     let gc = ["--object-store-gc-grace-seconds", "2", "--object-store-gc-interval-seconds", "1"];
     let cluster = start_cluster(2, &s3, &s3.endpoint, &gc).await;
-    create_table(&cluster, "CREATE TABLE keep (id UInt64, host String, v Float64) ORDER BY id", "keep").await;
-    create_table(&cluster, "CREATE TABLE gone (id UInt64, host String, v Float64) ORDER BY id", "gone").await;
-    for i in 0..3 {
-        cluster.nodes[i % 2].insert("keep", "CSV", rows(i as u64 * 10, 10)).await;
-        cluster.nodes[i % 2].insert("gone", "CSV", rows(i as u64 * 10, 10)).await;
+    for table in ["keep", "gone", "merged"] {
+        let ddl = format!(
+            "CREATE TABLE {table} (id UInt64, host String, v Float64) ORDER BY id SETTINGS background_merges = 0"
+        );
+        create_table(&cluster, &ddl, table).await;
     }
-    wait_uploaded(&cluster.nodes[0], "keep", 3).await;
-    wait_uploaded(&cluster.nodes[0], "gone", 3).await;
+    for i in 0..4 {
+        for table in ["keep", "gone", "merged"] {
+            cluster.nodes[i % 2].insert(table, "CSV", rows(i as u64 * 10, 10)).await;
+        }
+    }
+    for table in ["keep", "gone", "merged"] {
+        wait_uploaded(&cluster.nodes[0], table, 4).await;
+    }
     let kept = active_parts(&cluster.nodes[0], "keep").await;
 
     cluster.nodes[1].sql("DROP TABLE gone").await;
-    assert_eq!(s3.objects("gone").await.unwrap().len(), 3, "nothing is deleted before the grace period");
+    cluster.nodes[0].sql("ALTER TABLE merged MODIFY SETTING background_merges = 1").await;
+    assert_eq!(s3.objects("gone").await.unwrap().len(), 4, "nothing is deleted before the grace period");
+    let merged_part = "SELECT count() FROM system.parts WHERE \"table\" = 'merged' AND active AND level = 1";
+    cluster.nodes[0].wait_for(merged_part, "1", CONVERGE).await;
+    wait_uploaded(&cluster.nodes[0], "merged", 1).await;
+    let merged = active_parts(&cluster.nodes[0], "merged").await;
+
     let deadline = tokio::time::Instant::now() + CONVERGE;
-    while !s3.objects("gone").await.unwrap().is_empty() {
-        assert!(tokio::time::Instant::now() < deadline, "the dropped table's objects are collected");
+    loop {
+        let gone = s3.objects("gone").await.unwrap();
+        let left: BTreeSet<String> = s3.objects("merged").await.unwrap().into_keys().collect();
+        if gone.is_empty() && left == merged {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the dropped table's and the merged-away parts' objects are collected: {} and {left:?} left",
+            gone.len()
+        );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let remaining: BTreeSet<String> = s3.objects("keep").await.unwrap().into_keys().collect();
     assert_eq!(remaining, kept, "every referenced object is still there");
     let deleted = "tandem_object_store_gc_deleted_objects_total";
     let total = cluster.nodes[0].metric(deleted).await + cluster.nodes[1].metric(deleted).await;
-    assert_eq!(total, 3.0, "one collector deleted each object once");
+    assert_eq!(total, 8.0, "one collector deleted each of the 4 + 4 objects once");
 }

@@ -1,0 +1,399 @@
+//! Background merges. Per table, one node at a time (the holder of the `merge/<table>`
+//! leadership, on its membership lease) chooses merges with the size-tiered selector, writes
+//! the merged part, and registers it in one transaction that removes the sources, checks they
+//! are all still registered, and checks the leadership still holds (a leader that paused past
+//! its lease registers nothing). Replicas rebuild a merged part from their own copies of the
+//! sources when they have them and keep it if its hash matches (else they fetch it).
+//!
+//! Merges run on blocking threads, at most `merge_concurrency` at once per node, so they never
+//! starve inserts or replication.
+
+use std::collections::HashMap;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tandem_coordinator::{NewPart, Revision};
+use tandem_parts::{
+    EncodedPart, LocalPartStore, MergeCandidate, MergePolicy, PART_FORMAT_VERSION, PartId, PartManifest, merge_parts,
+    read_part_batches, select_merge,
+};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+use crate::catalog::ActivePart;
+use crate::node::Node;
+
+/// A merge running on this node, for `system.replication_queue`.
+#[derive(Clone, Debug)]
+pub struct RunningMerge {
+    pub table: String,
+    pub partition: String,
+    /// Known up front for a replica rebuilding a registered merge; after the merge for a leader.
+    pub merged: Option<PartId>,
+    pub sources: usize,
+    pub bytes: u64,
+    pub started: Instant,
+    /// `leader`: choosing and registering the merge; `replica`: rebuilding a registered one.
+    pub role: &'static str,
+}
+
+/// The merges running on this node and the permits that bound them.
+pub struct Merges {
+    permits: Arc<Semaphore>,
+    running: Mutex<HashMap<u64, RunningMerge>>,
+    next: std::sync::atomic::AtomicU64,
+    /// Parts that a merge led by this node is reading now: not chosen for another merge.
+    busy: Mutex<std::collections::HashSet<PartId>>,
+    /// Wakes the leader loop (a merge finished, so the next one can start at once).
+    wake: tokio::sync::Notify,
+}
+
+impl Merges {
+    pub fn new(concurrency: usize) -> Self {
+        Merges {
+            permits: Arc::new(Semaphore::new(concurrency.max(1))),
+            running: Mutex::new(HashMap::new()),
+            next: std::sync::atomic::AtomicU64::new(0),
+            busy: Mutex::new(std::collections::HashSet::new()),
+            wake: tokio::sync::Notify::new(),
+        }
+    }
+
+    pub fn running(&self) -> Vec<RunningMerge> {
+        self.running.lock().expect("merges lock").values().cloned().collect()
+    }
+
+    fn start(&self, merge: RunningMerge) -> u64 {
+        let key = self.next.fetch_add(1, Ordering::Relaxed);
+        self.running.lock().expect("merges lock").insert(key, merge);
+        key
+    }
+
+    fn finish(&self, key: u64) {
+        self.running.lock().expect("merges lock").remove(&key);
+    }
+}
+
+/// The leadership role of `table`'s merges.
+fn role(table: &str) -> String {
+    format!("merge/{table}")
+}
+
+/// Parts are merged only with parts of the same partition and the same column layout (parts
+/// written under different schemas are not concatenated).
+fn merge_group(manifest: &PartManifest) -> String {
+    let layout = serde_json::to_string(&manifest.column_ids).unwrap_or_default();
+    let layout = if manifest.column_ids.is_empty() { format!("v{}", manifest.schema_version) } else { layout };
+    format!("{}\u{0}{layout}", manifest.partition)
+}
+
+/// The leader loop: for each table this node leads, starts the merges the selector picks
+/// among the parts no running merge is reading, while merge permits are free. It runs every
+/// `merge_interval`, when new parts arrive, and as soon as a merge finishes.
+pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(node.config.merge_interval);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut data = node.catalog.subscribe_data_revision();
+    let policy = MergePolicy::default();
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            _ = node.merges.wake.notified() => {},
+            _ = data.changed() => {},
+            _ = shutdown.cancelled() => return,
+        }
+        if node.merges.permits.available_permits() == 0 {
+            continue;
+        }
+        for (name, state) in node.catalog.snapshot() {
+            if !state.def.settings.background_merges {
+                continue;
+            }
+            let mut fence = None;
+            loop {
+                let candidates: Vec<MergeCandidate> = {
+                    let busy = node.merges.busy.lock().expect("merges lock");
+                    state
+                        .parts
+                        .values()
+                        .filter(|p| p.replaced_by.is_none() && !busy.contains(&p.id))
+                        .map(|p| MergeCandidate {
+                            id: p.id,
+                            partition: merge_group(&p.manifest),
+                            bytes: p.manifest.bytes,
+                            level: p.manifest.level,
+                        })
+                        .collect()
+                };
+                let Some(chosen) = select_merge(&candidates, &policy) else { break };
+                if node.config.is_cluster() && fence.is_none() {
+                    let lease = node.lease.load(Ordering::Acquire);
+                    if lease == 0 {
+                        break;
+                    }
+                    match node.coordinator.acquire_leadership(&role(&name), &node.config.node_id, lease).await {
+                        Ok(Some(revision)) => fence = Some(revision),
+                        Ok(None) => break,
+                        Err(e) => {
+                            tracing::warn!(table = %name, error = %e, "cannot campaign for merge leadership");
+                            break;
+                        }
+                    }
+                }
+                let Ok(permit) = node.merges.permits.clone().try_acquire_owned() else { break };
+                let sources: Vec<ActivePart> = chosen.iter().filter_map(|id| state.parts.get(id).cloned()).collect();
+                node.merges.busy.lock().expect("merges lock").extend(chosen.iter().copied());
+                let (node, name, sort_key) = (node.clone(), name.clone(), state.def.order_by.clone());
+                tokio::spawn(async move {
+                    let key = node.merges.start(RunningMerge {
+                        table: name.clone(),
+                        partition: sources[0].manifest.partition.clone(),
+                        merged: None,
+                        sources: sources.len(),
+                        bytes: sources.iter().map(|p| p.manifest.bytes).sum(),
+                        started: Instant::now(),
+                        role: "leader",
+                    });
+                    if let Err(e) = merge_and_register(&node, &name, &sort_key, &sources, fence).await {
+                        tracing::warn!(table = %name, error = %e, "merge failed; the sources stay as they are");
+                    }
+                    node.merges.finish(key);
+                    {
+                        let mut busy = node.merges.busy.lock().expect("merges lock");
+                        for source in &sources {
+                            busy.remove(&source.id);
+                        }
+                    }
+                    drop(permit);
+                    node.merges.wake.notify_one();
+                });
+            }
+        }
+    }
+}
+
+/// Reads the sources' files and writes the merged part (blocking).
+fn merge_files(
+    store: &LocalPartStore,
+    sources: &[(PartId, Arc<PartManifest>)],
+    sort_key: &[String],
+    table: &str,
+) -> anyhow::Result<EncodedPart> {
+    let mut inputs = Vec::with_capacity(sources.len());
+    for (id, _) in sources {
+        let bytes = std::fs::read(store.path(id))?;
+        inputs.push((*id, read_part_batches(Bytes::from(bytes))?));
+    }
+    let partition = &sources[0].1.partition;
+    Ok(merge_parts(&inputs, sort_key, table, partition)?)
+}
+
+/// The manifest of the merged part of `sources`.
+fn merged_manifest(
+    node_id: &str,
+    encoded: &EncodedPart,
+    sources: &[(PartId, Arc<PartManifest>, Revision)],
+    sort_key: &[String],
+) -> PartManifest {
+    let first = &sources[0].1;
+    let mut merged_from: Vec<String> = sources.iter().map(|(id, _, _)| id.to_string()).collect();
+    merged_from.sort();
+    let low = sources.iter().map(|(_, m, r)| m.revision_range.map_or(*r, |(low, _)| low)).min().unwrap_or(0);
+    let high = sources.iter().map(|(_, m, r)| m.revision_range.map_or(*r, |(_, high)| high)).max().unwrap_or(0);
+    PartManifest {
+        format_version: PART_FORMAT_VERSION,
+        table: first.table.clone(),
+        partition: first.partition.clone(),
+        rows: encoded.rows,
+        bytes: encoded.bytes.len() as u64,
+        schema_version: sources.iter().map(|(_, m, _)| m.schema_version).max().unwrap_or(0),
+        block_id: None,
+        level: sources.iter().map(|(_, m, _)| m.level).max().unwrap_or(0) + 1,
+        sort_key: sort_key.to_vec(),
+        columns: encoded.columns.clone(),
+        column_ids: first.column_ids.clone(),
+        node: Some(node_id.to_string()),
+        created_at_ms: chrono::Utc::now().timestamp_millis(),
+        merged_from,
+        revision_range: Some((low, high)),
+    }
+}
+
+async fn merge_and_register(
+    node: &Arc<Node>,
+    table: &str,
+    sort_key: &[String],
+    sources: &[ActivePart],
+    fence: Option<Revision>,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let store = node.catalog.store().clone();
+    let inputs: Vec<(PartId, Arc<PartManifest>)> = sources.iter().map(|p| (p.id, p.manifest.clone())).collect();
+    let (key, name) = (sort_key.to_vec(), table.to_string());
+    // `sources` hold the files open against deletion while they are read.
+    let encoded = tokio::task::spawn_blocking(move || -> anyhow::Result<EncodedPart> {
+        let encoded = merge_files(&store, &inputs, &key, &name)?;
+        store.write(&encoded.id, &encoded.bytes)?;
+        Ok(encoded)
+    })
+    .await??;
+    let described: Vec<_> = sources.iter().map(|p| (p.id, p.manifest.clone(), p.revision)).collect();
+    let manifest = merged_manifest(&node.config.node_id, &encoded, &described, sort_key);
+    let merged = NewPart {
+        id: encoded.id.to_string(),
+        partition: manifest.partition.clone(),
+        block_id: None,
+        manifest: manifest.to_json(),
+    };
+    let source_revisions: Vec<(String, Revision)> = sources.iter().map(|p| (p.id.to_string(), p.revision)).collect();
+    let role = role(table);
+    let fence = fence.map(|f| (role.as_str(), f));
+    match node.coordinator.replace_parts(table, &source_revisions, &merged, &node.config.node_id, fence).await {
+        Ok(Some(revision)) => {
+            let source_bytes: u64 = sources.iter().map(|p| p.manifest.bytes).sum();
+            node.metrics.merges.inc();
+            node.metrics.merge_source_bytes.inc_by(source_bytes);
+            node.metrics.merge_written_bytes.inc_by(manifest.bytes);
+            tracing::info!(%table, partition = %manifest.partition, part = %encoded.id, sources = sources.len(),
+                level = manifest.level, rows = manifest.rows, bytes = manifest.bytes, revision,
+                ms = started.elapsed().as_millis() as u64, "merged parts");
+            if let Some(bucket) = &node.bucket {
+                bucket.wake_uploader();
+            }
+            Ok(())
+        }
+        Ok(None) => {
+            tracing::info!(%table, part = %encoded.id, "merge not registered: a source changed or this node no longer leads the table's merges");
+            discard(node, &encoded.id);
+            Ok(())
+        }
+        // The outcome is unknown (a timeout may still have committed): the file stays, and
+        // the orphan sweep removes it if no registration ever names it.
+        Err(e) => Err(e.into()),
+    }
+}
+
+/// Deletes the file of a merged part that did not get registered, unless something uses it.
+fn discard(node: &Node, id: &PartId) {
+    let in_use = node.catalog.snapshot().values().any(|t| t.parts.contains_key(id) || t.pending.contains_key(id));
+    if !in_use && let Err(e) = node.catalog.store().remove(id) {
+        tracing::warn!(part = %id, error = %e, "cannot delete the file of an unregistered merged part");
+    }
+}
+
+/// A replica's way to obtain a registered merged part without the network: merge its own
+/// copies of the sources and keep the result if it hashes to the registered id. Returns false
+/// (after logging) when the sources are not all here or the result differs.
+pub async fn rebuild_locally(node: &Node, table: &str, id: &PartId, manifest: &PartManifest) -> bool {
+    if manifest.merged_from.is_empty() {
+        return false;
+    }
+    let store = node.catalog.store().clone();
+    let Ok(sources) = manifest.merged_from.iter().map(|s| s.parse::<PartId>()).collect::<Result<Vec<PartId>, _>>()
+    else {
+        return false;
+    };
+    // Source files are on disk while they are still visible here (or not yet swept).
+    let held: Option<Vec<_>> = {
+        let state = node.catalog.table(table);
+        sources
+            .iter()
+            .map(|source| {
+                let file = state.as_ref().and_then(|s| s.parts.get(source)).map(|p| p.file.clone());
+                store.contains(source).then_some((*source, file))
+            })
+            .collect()
+    };
+    let Some(held) = held else { return false };
+    let Ok(permit) = node.merges.permits.clone().acquire_owned().await else { return false };
+    let key = node.merges.start(RunningMerge {
+        table: table.to_string(),
+        partition: manifest.partition.clone(),
+        merged: Some(*id),
+        sources: sources.len(),
+        bytes: manifest.bytes,
+        started: Instant::now(),
+        role: "replica",
+    });
+    let inputs: Vec<(PartId, Arc<PartManifest>)> =
+        held.iter().map(|(source, _)| (*source, Arc::new(manifest.clone()))).collect();
+    let (sort_key, name, expected) = (manifest.sort_key.clone(), table.to_string(), *id);
+    let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<PartId>> {
+        let _files = held;
+        let encoded = merge_files(&store, &inputs, &sort_key, &name)?;
+        if encoded.id != expected {
+            return Ok(Some(encoded.id));
+        }
+        store.write(&encoded.id, &encoded.bytes)?;
+        Ok(None)
+    })
+    .await;
+    node.merges.finish(key);
+    drop(permit);
+    match result {
+        Ok(Ok(None)) => {
+            node.metrics.local_merges.inc();
+            true
+        }
+        Ok(Ok(Some(other))) => {
+            node.metrics.merge_mismatches.inc();
+            tracing::warn!(%table, part = %id, rebuilt = %other, "a local merge gave different bytes than the registered merged part; fetching it instead");
+            false
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%table, part = %id, error = %e, "cannot merge locally; fetching the merged part instead");
+            false
+        }
+        Err(e) => {
+            tracing::warn!(%table, part = %id, error = %e, "local merge panicked; fetching the merged part instead");
+            false
+        }
+    }
+}
+
+/// Deletes part files that nothing references (a crash between writing a part and
+/// registering it, a merge that was not registered) once they are older than `grace`.
+pub async fn run_orphan_sweep(node: Arc<Node>, shutdown: CancellationToken) {
+    let grace = node.config.orphan_grace;
+    let mut tick = tokio::time::interval(grace.min(Duration::from_secs(600)).max(Duration::from_secs(1)));
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            _ = shutdown.cancelled() => return,
+        }
+        if !node.catalog.is_ready() {
+            continue;
+        }
+        let node = node.clone();
+        let swept = tokio::task::spawn_blocking(move || sweep_orphans(&node, grace)).await;
+        match swept {
+            Ok(Ok(0)) => {}
+            Ok(Ok(n)) => tracing::info!(removed = n, "removed part files that no registered part uses"),
+            Ok(Err(e)) => tracing::warn!(error = %e, "orphan sweep failed"),
+            Err(e) => tracing::warn!(error = %e, "orphan sweep panicked"),
+        }
+    }
+}
+
+fn sweep_orphans(node: &Node, grace: Duration) -> anyhow::Result<usize> {
+    let store = node.catalog.store();
+    let mut removed = 0;
+    for id in store.list()? {
+        // Checked per file against the current catalog, after the age: a file written just now
+        // for an insert or merge is younger than the grace period.
+        let age = std::fs::metadata(store.path(&id)).and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+        if age.is_none_or(|age| age < grace) {
+            continue;
+        }
+        let tables = node.catalog.snapshot();
+        let used = tables.values().any(|t| t.parts.contains_key(&id) || t.pending.contains_key(&id))
+            || node.catalog.file_in_use(&id);
+        if !used {
+            store.remove(&id)?;
+            removed += 1;
+        }
+    }
+    Ok(removed)
+}
