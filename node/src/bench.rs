@@ -1,6 +1,7 @@
 //! `tandem bench`: starts a fresh node in a temporary directory and measures what users feel:
 //! insert throughput and latency over HTTP per format, and query latency.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -28,6 +29,9 @@ pub struct BenchArgs {
     /// Rows of each large insert used to measure part fetch throughput.
     #[arg(long, default_value_t = 400_000)]
     pub large_rows: usize,
+    /// Small inserts of the merge scenario (100 rows each, 4 concurrent writers).
+    #[arg(long, default_value_t = 4000)]
+    pub merge_inserts: usize,
 }
 
 struct Client {
@@ -141,6 +145,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     node.shutdown().await;
+    merges(&args).await?;
 
     if args.cluster_nodes >= 2 {
         match tandem_coordinator::etcd_process::etcd_binary() {
@@ -310,6 +315,110 @@ async fn wait_for_count(client: &Client, table: &str, expected: usize, timeout: 
         }
         tokio::time::sleep(Duration::from_millis(1)).await;
     }
+}
+
+/// The value of a counter or gauge in a node's `/metrics`.
+async fn metric(client: &Client, name: &str) -> anyhow::Result<f64> {
+    let text = client.http.get(format!("{}metrics", client.base)).send().await?.text().await?;
+    Ok(text
+        .lines()
+        .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
+        .and_then(|value| value.trim().parse().ok())
+        .unwrap_or(0.0))
+}
+
+/// Sustained small inserts with background merges on: insert rate, the active part count as
+/// the inserts go on, and write amplification (bytes written by merges per byte inserted).
+async fn merges(args: &BenchArgs) -> anyhow::Result<()> {
+    if args.merge_inserts == 0 {
+        return Ok(());
+    }
+    let dir = tempfile::tempdir()?;
+    let node = crate::start(NodeConfig::for_dir(dir.path())).await?;
+    let client = Arc::new(Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr) });
+    client.query("CREATE TABLE small (ts DateTime64(3), id UInt64, v Float64) ORDER BY (id, ts)", Vec::new()).await?;
+    const WRITERS: usize = 4;
+    const ROWS: usize = 100;
+    let done = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let started = Instant::now();
+    let writers: Vec<_> = (0..WRITERS)
+        .map(|w| {
+            let (client, done) = (client.clone(), done.clone());
+            let inserts = args.merge_inserts;
+            tokio::spawn(async move {
+                let mut i = w;
+                while i < inserts {
+                    client.query("INSERT INTO small FORMAT TabSeparated", tsv_batch(i * ROWS, (i + 1) * ROWS)).await?;
+                    done.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    i += WRITERS;
+                }
+                anyhow::Ok(())
+            })
+        })
+        .collect();
+    let mut samples = Vec::new();
+    let mut most = 0u64;
+    while done.load(std::sync::atomic::Ordering::Relaxed) < args.merge_inserts {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let parts: u64 =
+            client.query("SELECT count() FROM system.parts WHERE active", Vec::new()).await?.trim().parse()?;
+        most = most.max(parts);
+        samples.push((started.elapsed(), done.load(std::sync::atomic::Ordering::Relaxed), parts));
+    }
+    for writer in writers {
+        writer.await??;
+    }
+    let elapsed = started.elapsed();
+    let rows = args.merge_inserts * ROWS;
+    println!(
+        "merges on: {} inserts of {ROWS} rows ({WRITERS} writers): {:>6.0} inserts/s  {:>9.0} rows/s  total {:.2} s",
+        args.merge_inserts,
+        args.merge_inserts as f64 / elapsed.as_secs_f64(),
+        rows as f64 / elapsed.as_secs_f64(),
+        elapsed.as_secs_f64()
+    );
+    let step = (samples.len() / 8).max(1);
+    let timeline: Vec<String> = samples
+        .iter()
+        .step_by(step)
+        .map(|(at, inserts, parts)| format!("{:.1}s/{inserts}:{parts}", at.as_secs_f64()))
+        .collect();
+    println!("active parts over time (time/inserts done:parts): {}  max {most}", timeline.join("  "));
+    // Settled: no merge for a second (or a minute has passed).
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let settle_started = Instant::now();
+    let mut last = (metric(&client, "tandem_merges_total").await?, Instant::now());
+    let settled = loop {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let merges = metric(&client, "tandem_merges_total").await?;
+        if merges != last.0 {
+            last = (merges, Instant::now());
+        }
+        if last.1.elapsed() >= Duration::from_secs(1) || Instant::now() > deadline {
+            break client
+                .query("SELECT count() FROM system.parts WHERE active", Vec::new())
+                .await?
+                .trim()
+                .parse::<u64>()?;
+        }
+    };
+    let settle_seconds = (last.1 - settle_started.min(last.1)).as_secs_f64();
+    let inserted = metric(&client, "tandem_insert_bytes_total").await?;
+    let merged = metric(&client, "tandem_merge_written_bytes_total").await?;
+    println!(
+        "after the inserts: {settled} active parts once merges settled ({settle_seconds:.1} s later); \
+         write amplification {:.2} ({:.1} MB merged for {:.1} MB inserted, {} merges)",
+        merged / inserted.max(1.0),
+        merged / 1e6,
+        inserted / 1e6,
+        metric(&client, "tandem_merges_total").await?
+    );
+    let count = client.query("SELECT count() FROM small", Vec::new()).await?;
+    if count.trim() != rows.to_string() {
+        bail!("small holds {} rows, expected {rows}", count.trim());
+    }
+    node.shutdown().await;
+    Ok(())
 }
 
 /// Cluster scenarios: replication lag (ack on node 1 to visible on node 2) and part fetch

@@ -134,12 +134,18 @@ pub async fn run_uploader(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: Cancel
     let state: Arc<Mutex<UploadState>> = Arc::default();
     // None: probe at the first pass, so a node that starts with the store down says so.
     let mut last_probe: Option<Instant> = None;
+    // Uploads in flight stop with the node (a create-only put cut short leaves nothing behind).
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = bucket.wake.notified() => {},
             _ = tokio::time::sleep(Duration::from_secs(1)) => {},
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                tasks.shutdown().await;
+                return;
+            }
         }
+        while tasks.try_join_next().is_some() {}
         let tables = node.catalog.snapshot();
         let me = node.config.node_id.as_str();
         let mut live: Option<HashSet<String>> = None;
@@ -188,8 +194,10 @@ pub async fn run_uploader(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: Cancel
             };
             state.lock().expect("upload state lock").uploading.insert(part.id);
             let (node, bucket, state) = (node.clone(), bucket.clone(), state.clone());
-            tokio::spawn(async move {
-                // `part` holds the file open against deletion while it is read.
+            tasks.spawn(async move {
+                // The part (its file handle) is bound whole here: the file is not deleted while
+                // it is read, even if the part is merged away meanwhile.
+                let part = part;
                 let mut result = upload_part(&node, &bucket, &table, &part.id, None).await;
                 if result.is_ok()
                     && let Err(e) = node.coordinator.add_holder(&table, &part.id.to_string(), OBJECT_STORE_HOLDER).await

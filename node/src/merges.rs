@@ -97,13 +97,20 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut data = node.catalog.subscribe_data_revision();
     let policy = MergePolicy::default();
+    // Merges in flight stop with the node: a merged part written but not registered is an
+    // orphan file, swept later.
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
         tokio::select! {
             _ = tick.tick() => {},
             _ = node.merges.wake.notified() => {},
             _ = data.changed() => {},
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => {
+                tasks.shutdown().await;
+                return;
+            }
         }
+        while tasks.try_join_next().is_some() {}
         if node.merges.permits.available_permits() == 0 {
             continue;
         }
@@ -146,7 +153,7 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
                 let sources: Vec<ActivePart> = chosen.iter().filter_map(|id| state.parts.get(id).cloned()).collect();
                 node.merges.busy.lock().expect("merges lock").extend(chosen.iter().copied());
                 let (node, name, sort_key) = (node.clone(), name.clone(), state.def.order_by.clone());
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     let key = node.merges.start(RunningMerge {
                         table: name.clone(),
                         partition: sources[0].manifest.partition.clone(),
@@ -252,6 +259,10 @@ async fn merge_and_register(
     let fence = fence.map(|f| (role.as_str(), f));
     match node.coordinator.replace_parts(table, &source_revisions, &merged, &node.config.node_id, fence).await {
         Ok(Some(revision)) => {
+            // The next selection must see this merge applied, or it would choose these sources again.
+            if !node.catalog.wait_applied(revision, Duration::from_secs(30)).await {
+                tracing::warn!(%table, revision, "a registered merge is not applied here after 30 s");
+            }
             let source_bytes: u64 = sources.iter().map(|p| p.manifest.bytes).sum();
             node.metrics.merges.inc();
             node.metrics.merge_source_bytes.inc_by(source_bytes);
@@ -266,7 +277,7 @@ async fn merge_and_register(
         }
         Ok(None) => {
             tracing::info!(%table, part = %encoded.id, "merge not registered: a source changed or this node no longer leads the table's merges");
-            discard(node, &encoded.id);
+            discard(node, &encoded.id).await;
             Ok(())
         }
         // The outcome is unknown (a timeout may still have committed): the file stays, and
@@ -275,10 +286,20 @@ async fn merge_and_register(
     }
 }
 
-/// Deletes the file of a merged part that did not get registered, unless something uses it.
-fn discard(node: &Node, id: &PartId) {
-    let in_use = node.catalog.snapshot().values().any(|t| t.parts.contains_key(id) || t.pending.contains_key(id));
-    if !in_use && let Err(e) = node.catalog.store().remove(id) {
+/// Deletes the file of a merged part that did not get registered, unless a registered part
+/// has the same bytes (the same merge registered by another leader): that is decided on the
+/// catalog caught up with the coordinator, and left to the orphan sweep when it cannot catch up.
+async fn discard(node: &Node, id: &PartId) {
+    let caught_up = match node.coordinator.current_revision().await {
+        Ok(revision) => node.catalog.wait_applied(revision, Duration::from_secs(10)).await,
+        Err(_) => false,
+    };
+    let in_use = node.catalog.snapshot().values().any(|t| t.parts.contains_key(id) || t.pending.contains_key(id))
+        || node.catalog.file_in_use(id);
+    if caught_up
+        && !in_use
+        && let Err(e) = node.catalog.store().remove(id)
+    {
         tracing::warn!(part = %id, error = %e, "cannot delete the file of an unregistered merged part");
     }
 }
