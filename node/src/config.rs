@@ -18,6 +18,10 @@ pub struct ServeArgs {
     /// TOML configuration file (see docs/tandem.example.toml).
     #[arg(long, env = "TANDEM_CONFIG")]
     pub config: Option<PathBuf>,
+    /// Resolve the configuration (flags, environment, file), print it with secrets redacted,
+    /// and exit without starting: a check for deployment manifests.
+    #[arg(long)]
+    pub check_config: bool,
     /// Address of the HTTP API [default: 127.0.0.1:8123].
     #[arg(long, env = "TANDEM_HTTP_ADDR")]
     pub http_addr: Option<SocketAddr>,
@@ -40,6 +44,11 @@ pub struct ServeArgs {
     /// Address of the interserver gRPC service, also announced to peers [default: 127.0.0.1:9100].
     #[arg(long, env = "TANDEM_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
+    /// `host:port` peers use to reach this node's gRPC service, when it differs from
+    /// --grpc-addr (which may be 0.0.0.0: in Kubernetes, the pod's DNS name under the headless
+    /// Service) [default: the bound --grpc-addr].
+    #[arg(long, env = "TANDEM_ADVERTISE_GRPC_ADDR")]
+    pub advertise_grpc_addr: Option<String>,
     /// File holding the cluster secret that peers must present (the secret itself can also
     /// come from TANDEM_CLUSTER_SECRET or the config file, never from a flag).
     #[arg(long, env = "TANDEM_CLUSTER_SECRET_FILE")]
@@ -110,6 +119,7 @@ pub struct FileConfig {
     pub etcd: Option<Vec<String>>,
     pub cluster: Option<String>,
     pub grpc_addr: Option<SocketAddr>,
+    pub advertise_grpc_addr: Option<String>,
     pub cluster_secret: Option<String>,
     pub cluster_secret_file: Option<PathBuf>,
     pub fetch_concurrency: Option<usize>,
@@ -173,6 +183,8 @@ pub struct NodeConfig {
     /// Key prefix of this cluster in the metadata store: `/tandem/<cluster>/`.
     pub cluster_prefix: String,
     pub grpc_addr: SocketAddr,
+    /// The address announced to peers; None announces the bound gRPC address.
+    pub advertise_grpc_addr: Option<String>,
     pub cluster_secret: Option<String>,
     pub fetch_concurrency: usize,
     /// How often the node re-lists everything as a safety net under the watch.
@@ -195,6 +207,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("coordinator", &self.coordinator)
             .field("cluster_prefix", &self.cluster_prefix)
             .field("grpc_addr", &self.grpc_addr)
+            .field("advertise_grpc_addr", &self.advertise_grpc_addr)
             .field("cluster_secret", &self.cluster_secret.as_ref().map(|_| "<set>"))
             .field("object_store", &self.object_store)
             .finish_non_exhaustive()
@@ -312,6 +325,11 @@ impl NodeConfig {
                 .grpc_addr
                 .or(file.grpc_addr)
                 .unwrap_or_else(|| DEFAULT_GRPC_ADDR.parse().expect("valid default")),
+            advertise_grpc_addr: args
+                .advertise_grpc_addr
+                .clone()
+                .or(file.advertise_grpc_addr)
+                .filter(|a| !a.is_empty()),
             cluster_secret,
             fetch_concurrency: args.fetch_concurrency.or(file.fetch_concurrency).unwrap_or(4).max(1),
             relist_interval: Duration::from_secs(file.relist_interval_seconds.unwrap_or(300).max(1)),
@@ -338,6 +356,7 @@ impl NodeConfig {
             coordinator: CoordinatorConfig::Embedded,
             cluster_prefix: "/tandem/default/".to_string(),
             grpc_addr: "127.0.0.1:0".parse().expect("valid address"),
+            advertise_grpc_addr: None,
             cluster_secret: None,
             fetch_concurrency: 4,
             relist_interval: Duration::from_secs(300),
@@ -382,6 +401,7 @@ mod tests {
             file.etcd.is_some(),
             file.cluster.is_some(),
             file.grpc_addr.is_some(),
+            file.advertise_grpc_addr.is_some(),
             file.cluster_secret.is_some(),
             file.cluster_secret_file.is_some(),
             file.fetch_concurrency.is_some(),

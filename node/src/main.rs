@@ -29,6 +29,10 @@ async fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Serve(args) => {
             let config = NodeConfig::resolve(&args)?;
+            if args.check_config {
+                println!("{config:#?}");
+                return Ok(());
+            }
             tandem_node::start(config).await?.run_until_signal().await;
             Ok(())
         }

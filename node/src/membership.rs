@@ -32,7 +32,7 @@ const RECORD_INTERVAL: Duration = Duration::from_secs(2);
 fn info(node: &Node) -> NodeInfo {
     NodeInfo {
         node_id: node.config.node_id.clone(),
-        grpc_addr: node.grpc_addr.to_string(),
+        grpc_addr: node.config.advertise_grpc_addr.clone().unwrap_or_else(|| node.grpc_addr.to_string()),
         http_addr: node.http_addr.to_string(),
         data_revision: node.catalog.data_revision(),
         complete_revision: node.catalog.complete_revision(),

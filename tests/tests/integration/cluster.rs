@@ -248,3 +248,23 @@ async fn without_etcd_inserts_fail_clearly_and_reads_go_on() {
         assert_eq!(node.get("health").await.status, 200);
     }
 }
+
+#[tokio::test]
+async fn a_node_bound_to_all_interfaces_is_reached_at_its_advertised_address() {
+    let etcd = tandem_tests::Etcd::start().await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let common = ["--etcd", etcd.endpoint.as_str(), "--cluster", "advertise"];
+    let n1 = Tandem::start_with(&dir.path().join("n1"), &[&common[..], &["--node-id", "n1"]].concat(), &[], true)
+        .await
+        .unwrap();
+    let port = tandem_tests::free_port();
+    let (bind, advertised) = (format!("0.0.0.0:{port}"), format!("127.0.0.1:{port}"));
+    let own = ["--node-id", "n2", "--grpc-addr", bind.as_str(), "--advertise-grpc-addr", advertised.as_str()];
+    let n2 = Tandem::start_with(&dir.path().join("n2"), &[&common[..], &own[..]].concat(), &[], false).await.unwrap();
+    n1.sql("CREATE TABLE t (id UInt64) ORDER BY id").await;
+    n2.wait_for("SELECT count() FROM system.tables WHERE name = 't'", "1", CONVERGE).await;
+    n2.insert("t", "CSV", "1\n2\n3\n").await;
+    n1.wait_for("SELECT count() FROM t", "3", CONVERGE).await;
+    let announced = n1.sql("SELECT grpc_addr FROM system.replicas WHERE node_id = 'n2'").await;
+    assert_eq!(announced.trim(), advertised, "peers see the advertised address, not 0.0.0.0");
+}
