@@ -76,6 +76,9 @@ impl Merges {
     }
 }
 
+/// How long a part waits to be on every live node before it is merged anyway.
+const REPLICATION_WAIT: Duration = Duration::from_secs(60);
+
 /// The leadership role of `table`'s merges.
 fn role(table: &str) -> String {
     format!("merge/{table}")
@@ -114,6 +117,28 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
         if node.merges.permits.available_permits() == 0 {
             continue;
         }
+        // In a cluster, a part is merged once every live node holds it: then every replica can
+        // rebuild the merged part from its own copies, and the merge never leaves rows that only
+        // the leader has. A part still not everywhere after a while is merged anyway (a replica
+        // that cannot keep up must not stop merges); replicas then fetch the merged part.
+        let live: Option<Vec<String>> = if node.config.is_cluster() {
+            match crate::membership::live_nodes(&node).await {
+                Ok(nodes) => Some(nodes.into_iter().map(|n| n.node_id).collect()),
+                Err(e) => {
+                    tracing::debug!(error = %e, "cannot list live nodes; no merges this pass");
+                    continue;
+                }
+            }
+        } else {
+            None
+        };
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let everywhere = |p: &ActivePart| {
+            let Some(live) = &live else { return true };
+            let holders = node.catalog.holders(&p.id.to_string());
+            live.iter().all(|n| holders.contains(n))
+                || now_ms - p.manifest.created_at_ms >= REPLICATION_WAIT.as_millis() as i64
+        };
         for (name, state) in node.catalog.snapshot() {
             if !state.def.settings.background_merges {
                 continue;
@@ -125,7 +150,7 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
                     state
                         .parts
                         .values()
-                        .filter(|p| p.replaced_by.is_none() && !busy.contains(&p.id))
+                        .filter(|p| p.replaced_by.is_none() && !busy.contains(&p.id) && everywhere(p))
                         .map(|p| MergeCandidate {
                             id: p.id,
                             partition: merge_group(&p.manifest),

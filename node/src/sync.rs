@@ -16,11 +16,12 @@ use crate::node::Node;
 
 /// Follows the coordinator until `shutdown` is cancelled.
 pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
-    let mut next = resume_from_mirror(&node).await;
+    let corrupt = Arc::new(verify_local_files(&node).await);
+    let mut next = resume_from_mirror(&node, &corrupt).await;
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
-            r = follow(&node, &mut next) => r,
+            r = follow(&node, &mut next, &corrupt) => r,
             _ = shutdown.cancelled() => return,
         };
         match result {
@@ -48,7 +49,7 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
 
 /// Applies the local copy of the catalog, if it is usable, and returns the revision to
 /// resume the watch from.
-async fn resume_from_mirror(node: &Arc<Node>) -> Option<Revision> {
+async fn resume_from_mirror(node: &Arc<Node>, corrupt: &HashMap<PartId, String>) -> Option<Revision> {
     let snapshot = match node.mirror.load(&node.config.cluster_prefix) {
         Ok(Some(snapshot)) => snapshot,
         Ok(None) => return None,
@@ -69,7 +70,7 @@ async fn resume_from_mirror(node: &Arc<Node>) -> Option<Revision> {
         }
         _ => {}
     }
-    let rejected = verify_new_parts(node, &snapshot).await;
+    let rejected = reject_corrupt(node, &snapshot, corrupt).await;
     node.catalog.apply_snapshot(&snapshot, &rejected);
     tracing::info!(
         revision = snapshot.revision,
@@ -81,12 +82,16 @@ async fn resume_from_mirror(node: &Arc<Node>) -> Option<Revision> {
 }
 
 /// Lists (when `next` is None) and then watches. Returns Ok when it is time to list again.
-async fn follow(node: &Arc<Node>, next: &mut Option<Revision>) -> Result<(), CoordError> {
+async fn follow(
+    node: &Arc<Node>,
+    next: &mut Option<Revision>,
+    corrupt: &HashMap<PartId, String>,
+) -> Result<(), CoordError> {
     let from = match *next {
         Some(from) => from,
         None => {
             let snapshot = node.coordinator.snapshot().await?;
-            let rejected = verify_new_parts(node, &snapshot).await;
+            let rejected = reject_corrupt(node, &snapshot, corrupt).await;
             node.catalog.apply_snapshot(&snapshot, &rejected);
             if let Err(e) = node.mirror.replace(&node.config.cluster_prefix, &snapshot) {
                 tracing::warn!(error = %e, "cannot save the local catalog");
@@ -121,43 +126,61 @@ async fn follow(node: &Arc<Node>, next: &mut Option<Revision>) -> Result<(), Coo
     }
 }
 
-/// Hashes the files of listed parts that are not active yet. Corrupt files are quarantined
-/// and reported; they are never served (the part stays pending until a good copy arrives).
-async fn verify_new_parts(node: &Arc<Node>, snapshot: &Snapshot) -> HashMap<String, String> {
-    let mut to_check = Vec::new();
-    for part in &snapshot.parts {
-        let Ok(id) = part.id.parse::<PartId>() else { continue };
-        if !node.catalog.is_active(&part.table, &id) {
-            to_check.push((part.table.clone(), id));
-        }
-    }
+/// Hashes every part file on disk once, at start, before anything can be served: corrupt or
+/// truncated files are moved aside and reported. Every file that appears later was written by
+/// this process from bytes checked against their id (insert, fetch, merge), so a part that
+/// arrives through the watch with its file already here is served without hashing it again.
+async fn verify_local_files(node: &Arc<Node>) -> HashMap<PartId, String> {
     let checking = node.clone();
     let checked = tokio::task::spawn_blocking(move || {
-        let mut rejected = Vec::new();
-        for (table, id) in to_check {
-            match checking.catalog.store().verify(&id) {
+        let store = checking.catalog.store();
+        let mut corrupt = HashMap::new();
+        let ids = match store.list() {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot list the part files to verify them");
+                return corrupt;
+            }
+        };
+        for id in ids {
+            match store.verify(&id) {
                 Ok(VerifyOutcome::Valid) | Ok(VerifyOutcome::Missing) => {}
                 Ok(VerifyOutcome::Corrupt { reason, moved_to }) => {
                     checking.metrics.corrupt_parts.inc();
-                    tracing::error!(%table, part = %id, %reason, quarantined = %moved_to.display(), "corrupt part file detected; it is not served");
-                    rejected.push((table, id, format!("corrupt local file: {reason}; moved to {}", moved_to.display())));
+                    tracing::error!(part = %id, %reason, quarantined = %moved_to.display(), "corrupt part file detected; it is not served");
+                    corrupt.insert(id, format!("corrupt local file: {reason}; moved to {}", moved_to.display()));
                 }
                 Err(e) => {
-                    tracing::error!(%table, part = %id, error = %e, "cannot verify part file");
-                    rejected.push((table, id, format!("cannot verify the local file: {e}")));
+                    tracing::error!(part = %id, error = %e, "cannot verify part file; it is not served");
+                    let _ = store.quarantine(&id);
+                    corrupt.insert(id, format!("cannot verify the local file: {e}"));
                 }
             }
         }
-        rejected
+        corrupt
     })
-    .await
-    .unwrap_or_default();
+    .await;
+    checked.unwrap_or_default()
+}
+
+/// The registered parts whose local file was found corrupt at start: they stay pending (and
+/// are fetched again from a peer), with the reason; this node stops being listed as a holder.
+async fn reject_corrupt(
+    node: &Arc<Node>,
+    snapshot: &Snapshot,
+    corrupt: &HashMap<PartId, String>,
+) -> HashMap<String, String> {
     let mut out = HashMap::new();
-    for (table, id, reason) in checked {
-        if let Err(e) = node.coordinator.remove_holder(&table, &id.to_string(), &node.config.node_id).await {
+    for part in &snapshot.parts {
+        let Ok(id) = part.id.parse::<PartId>() else { continue };
+        let Some(reason) = corrupt.get(&id) else { continue };
+        if node.catalog.store().contains(&id) {
+            continue; // a good copy arrived since
+        }
+        if let Err(e) = node.coordinator.remove_holder(&part.table, &part.id, &node.config.node_id).await {
             tracing::warn!(part = %id, error = %e, "cannot withdraw this node as a holder of a corrupt part");
         }
-        out.insert(id.to_string(), reason);
+        out.insert(part.id.clone(), reason.clone());
     }
     out
 }

@@ -155,10 +155,17 @@ async fn a_merge_leader_killed_while_merging_is_replaced_and_nothing_is_lost_or_
         tokio::time::sleep(Duration::from_millis(50)).await;
     };
     let index: usize = leader.trim_start_matches('n').parse().unwrap();
-    // Keep the leader busy, and kill it the moment it reports a merge in progress.
+    let survivors: Vec<usize> = (1..=3).filter(|i| *i != index).collect();
+    // Inserts are acknowledged with one copy (insert_quorum=1): let every node hold them, so
+    // that what the survivors must end with does not depend on replication racing the kill.
+    for node in &cluster.nodes {
+        node.wait_for("SELECT count() FROM t", &ids.len().to_string(), CONVERGE).await;
+    }
+    // Keep the leader busy with parts written on the survivors, and kill it the moment it
+    // reports a merge in progress.
     let mut caught = false;
     for round in 0..400 {
-        cluster.nodes[round % 3].insert("t", "CSV", rows(next, 50)).await;
+        cluster.n(survivors[round % 2]).insert("t", "CSV", rows(next, 50)).await;
         ids.extend(next..next + 50);
         next += 50;
         let merging =
@@ -172,7 +179,6 @@ async fn a_merge_leader_killed_while_merging_is_replaced_and_nothing_is_lost_or_
     cluster.n(index).kill();
 
     // The others go on inserting; one of them takes the leadership over and merges.
-    let survivors: Vec<usize> = (1..=3).filter(|i| *i != index).collect();
     for i in 0..60 {
         cluster.n(survivors[i % 2]).insert("t", "CSV", rows(next, 50)).await;
         ids.extend(next..next + 50);
