@@ -209,16 +209,16 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
 /// Reads the sources' files and writes the merged part (blocking).
 fn merge_files(
     store: &LocalPartStore,
-    sources: &[(PartId, Arc<PartManifest>)],
+    sources: &[PartId],
     sort_key: &[String],
     table: &str,
+    partition: &str,
 ) -> anyhow::Result<EncodedPart> {
     let mut inputs = Vec::with_capacity(sources.len());
-    for (id, _) in sources {
+    for id in sources {
         let bytes = std::fs::read(store.path(id))?;
         inputs.push((*id, read_part_batches(Bytes::from(bytes))?));
     }
-    let partition = &sources[0].1.partition;
     Ok(merge_parts(&inputs, sort_key, table, partition)?)
 }
 
@@ -262,11 +262,11 @@ async fn merge_and_register(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let store = node.catalog.store().clone();
-    let inputs: Vec<(PartId, Arc<PartManifest>)> = sources.iter().map(|p| (p.id, p.manifest.clone())).collect();
-    let (key, name) = (sort_key.to_vec(), table.to_string());
+    let ids: Vec<PartId> = sources.iter().map(|p| p.id).collect();
+    let (key, name, partition) = (sort_key.to_vec(), table.to_string(), sources[0].manifest.partition.clone());
     // `sources` hold the files open against deletion while they are read.
     let encoded = tokio::task::spawn_blocking(move || -> anyhow::Result<EncodedPart> {
-        let encoded = merge_files(&store, &inputs, &key, &name)?;
+        let encoded = merge_files(&store, &ids, &key, &name, &partition)?;
         store.write(&encoded.id, &encoded.bytes)?;
         Ok(encoded)
     })
@@ -363,12 +363,13 @@ pub async fn rebuild_locally(node: &Node, table: &str, id: &PartId, manifest: &P
         started: Instant::now(),
         role: "replica",
     });
-    let inputs: Vec<(PartId, Arc<PartManifest>)> =
-        held.iter().map(|(source, _)| (*source, Arc::new(manifest.clone()))).collect();
-    let (sort_key, name, expected) = (manifest.sort_key.clone(), table.to_string(), *id);
+    let (sort_key, name, partition, expected) =
+        (manifest.sort_key.clone(), table.to_string(), manifest.partition.clone(), *id);
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<PartId>> {
-        let _files = held;
-        let encoded = merge_files(&store, &inputs, &sort_key, &name)?;
+        // `held` keeps the files of sources still visible here open while they are read.
+        let ids: Vec<PartId> = held.iter().map(|(source, _)| *source).collect();
+        let encoded = merge_files(&store, &ids, &sort_key, &name, &partition)?;
+        drop(held);
         if encoded.id != expected {
             return Ok(Some(encoded.id));
         }
