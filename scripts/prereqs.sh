@@ -5,6 +5,7 @@
 # and with --for-tests, what the tests start themselves:
 #   etcd    - Debian's etcd-server: the tests start their own members on free ports;
 #   curl    - the README's walkthrough is run as written;
+#   openssl - the TLS tests make their own CA and certificates;
 #   moto    - an S3-compatible server (PyPI `moto[s3]`), in a virtualenv at $TANDEM_TEST_VENV
 #             (default ~/.cache/tandem-test-venv), for the object-store tests.
 # Does nothing when everything is present.
@@ -20,6 +21,7 @@ command -v cc >/dev/null 2>&1 || missing+=(build-essential)
 if $for_tests; then
     command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
+    command -v openssl >/dev/null 2>&1 || missing+=(openssl)
     if [[ ! -x "$venv/bin/python" ]]; then
         command -v python3 >/dev/null 2>&1 || missing+=(python3)
         python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)

@@ -2,8 +2,8 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use etcd_client::{
-    Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions, PutOptions, Txn,
-    TxnOp as EtcdTxnOp, TxnOpResponse, WatchOptions,
+    Certificate, Client, Compare as EtcdCompare, CompareOp, ConnectOptions, DeleteOptions, EventType, GetOptions,
+    Identity, PutOptions, TlsOptions, Txn, TxnOp as EtcdTxnOp, TxnOpResponse, WatchOptions,
 };
 use futures::StreamExt;
 use tokio::sync::mpsc;
@@ -20,6 +20,20 @@ const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 /// Keys per page when listing a prefix, so no response nears gRPC's message size limit.
 const PAGE_SIZE: i64 = 1000;
 
+/// TLS to etcd: the CA that signed the members' certificates, and this client's certificate
+/// and key when the members require client certificates. All PEM.
+#[derive(Clone)]
+pub struct EtcdTls {
+    pub ca_pem: Vec<u8>,
+    pub client_identity: Option<(Vec<u8>, Vec<u8>)>,
+}
+
+impl std::fmt::Debug for EtcdTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("EtcdTls").field("client_identity", &self.client_identity.is_some()).finish_non_exhaustive()
+    }
+}
+
 /// The cluster metadata store: etcd through `etcd-client`.
 ///
 /// Watches use `require_leader`, so a member cut off from its cluster ends the watch instead
@@ -33,11 +47,28 @@ impl EtcdKv {
     /// Connects to the given endpoints (`http://host:2379`, comma-separated lists split by
     /// the caller). Connecting does not wait for etcd to be reachable.
     pub async fn connect(endpoints: &[String]) -> Result<Self, CoordError> {
-        let options = ConnectOptions::new()
+        Self::connect_with(endpoints, None).await
+    }
+
+    /// Connects over TLS when `tls` is given (the endpoints must then be `https://`).
+    pub async fn connect_with(endpoints: &[String], tls: Option<&EtcdTls>) -> Result<Self, CoordError> {
+        let mut options = ConnectOptions::new()
             .with_connect_timeout(Duration::from_secs(3))
             .with_keep_alive(Duration::from_secs(10), Duration::from_secs(5))
             .with_keep_alive_while_idle(true)
             .with_require_leader(true);
+        if let Some(tls) = tls {
+            if let Some(plain) = endpoints.iter().find(|e| !e.starts_with("https://")) {
+                return Err(CoordError::Backend(format!(
+                    "etcd endpoint {plain} is not https:// but TLS is configured; use https:// endpoints"
+                )));
+            }
+            let mut config = TlsOptions::new().ca_certificate(Certificate::from_pem(&tls.ca_pem));
+            if let Some((cert, key)) = &tls.client_identity {
+                config = config.identity(Identity::from_pem(cert, key));
+            }
+            options = options.with_tls(config);
+        }
         let client = tokio::time::timeout(CALL_TIMEOUT, Client::connect(endpoints, Some(options)))
             .await
             .map_err(|_| {
@@ -47,7 +78,13 @@ impl EtcdKv {
                 ))
             })?
             .map_err(|e| map_error(e, &endpoints.join(",")))?;
-        Ok(EtcdKv { client })
+        let kv = EtcdKv { client };
+        // The connection is lazy: one read proves the endpoints answer and accept this client
+        // (a TLS member refusing its certificate fails here, at start, with the reason).
+        kv.get("/tandem-connection-check").await.map_err(|e| {
+            CoordError::Unavailable(format!("cannot use etcd at {}: {e}", endpoints.join(",")))
+        })?;
+        Ok(kv)
     }
 
     fn client(&self) -> Client {

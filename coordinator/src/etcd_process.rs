@@ -6,13 +6,24 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{CoordError, EtcdKv, KvBackend};
+use crate::{CoordError, EtcdKv, EtcdTls, KvBackend};
 
 /// A running etcd member; killed (SIGKILL, the fastest clean stop for a test member) on drop.
 pub struct EtcdProcess {
     child: Child,
     pub endpoint: String,
     pub log: PathBuf,
+    /// How a client reaches it, when it serves TLS.
+    tls: Option<EtcdTls>,
+}
+
+/// PEM files of a member serving TLS and requiring client certificates signed by `ca`.
+pub struct MemberTls {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    /// A client identity signed by `ca`, used to check the member is ready.
+    pub client: EtcdTls,
 }
 
 fn free_port() -> std::io::Result<u16> {
@@ -30,6 +41,11 @@ pub fn etcd_binary() -> Option<PathBuf> {
 impl EtcdProcess {
     /// Starts a member with its data under `dir` and waits until it answers (up to 20 s).
     pub async fn start(dir: &Path) -> Result<Self, CoordError> {
+        Self::start_with(dir, None).await
+    }
+
+    /// Like [`EtcdProcess::start`]; with `tls`, the member serves clients over TLS only.
+    pub async fn start_with(dir: &Path, tls: Option<&MemberTls>) -> Result<Self, CoordError> {
         let binary = etcd_binary().ok_or_else(|| {
             CoordError::Unavailable("no `etcd` binary on the PATH (Debian: apt-get install etcd-server)".into())
         })?;
@@ -38,11 +54,23 @@ impl EtcdProcess {
             let io = |e: std::io::Error| CoordError::Backend(format!("cannot start etcd: {e}"));
             let (client, peer) = (free_port().map_err(io)?, free_port().map_err(io)?);
             let log = dir.join(format!("etcd-{attempt}.log"));
-            let child = Command::new(&binary)
+            let scheme = if tls.is_some() { "https" } else { "http" };
+            let mut command = Command::new(&binary);
+            if let Some(tls) = tls {
+                command
+                    .arg("--cert-file")
+                    .arg(&tls.cert)
+                    .arg("--key-file")
+                    .arg(&tls.key)
+                    .arg("--trusted-ca-file")
+                    .arg(&tls.ca)
+                    .arg("--client-cert-auth");
+            }
+            let child = command
                 .args(["--name", "n1", "--data-dir"])
                 .arg(dir.join(format!("etcd-data-{attempt}")))
-                .arg(format!("--listen-client-urls=http://127.0.0.1:{client}"))
-                .arg(format!("--advertise-client-urls=http://127.0.0.1:{client}"))
+                .arg(format!("--listen-client-urls={scheme}://127.0.0.1:{client}"))
+                .arg(format!("--advertise-client-urls={scheme}://127.0.0.1:{client}"))
                 .arg(format!("--listen-peer-urls=http://127.0.0.1:{peer}"))
                 .arg(format!("--initial-advertise-peer-urls=http://127.0.0.1:{peer}"))
                 .arg(format!("--initial-cluster=n1=http://127.0.0.1:{peer}"))
@@ -51,7 +79,12 @@ impl EtcdProcess {
                 .stderr(std::fs::File::create(&log).map_err(io)?)
                 .spawn()
                 .map_err(io)?;
-            let mut process = EtcdProcess { child, endpoint: format!("http://127.0.0.1:{client}"), log };
+            let mut process = EtcdProcess {
+                child,
+                endpoint: format!("{scheme}://127.0.0.1:{client}"),
+                log,
+                tls: tls.map(|t| t.client.clone()),
+            };
             match process.wait_ready(Duration::from_secs(20)).await {
                 Ok(()) => return Ok(process),
                 Err(e) => last_error = Some(e),
@@ -66,7 +99,7 @@ impl EtcdProcess {
             if let Ok(Some(status)) = self.child.try_wait() {
                 return Err(CoordError::Unavailable(format!("etcd exited with {status}; see {}", self.log.display())));
             }
-            if let Ok(kv) = EtcdKv::connect(std::slice::from_ref(&self.endpoint)).await
+            if let Ok(kv) = EtcdKv::connect_with(std::slice::from_ref(&self.endpoint), self.tls.as_ref()).await
                 && kv.get("/").await.is_ok()
             {
                 return Ok(());

@@ -27,7 +27,7 @@ pub use coordinator::{
 };
 pub use embedded::EmbeddedKv;
 pub use error::CoordError;
-pub use etcd::EtcdKv;
+pub use etcd::{EtcdKv, EtcdTls};
 pub use kv::{
     Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, TxnResult, WatchEvent, WatchEventKind, WatchResponse,
     WatchStream,

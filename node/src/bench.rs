@@ -430,7 +430,8 @@ async fn cluster(args: &BenchArgs) -> anyhow::Result<()> {
     for i in 1..=args.cluster_nodes {
         let mut config = NodeConfig::for_dir(dir.path().join(format!("n{i}")));
         config.node_id = format!("n{i}");
-        config.coordinator = crate::config::CoordinatorConfig::Etcd { endpoints: vec![etcd.endpoint.clone()] };
+        config.coordinator =
+            crate::config::CoordinatorConfig::Etcd { endpoints: vec![etcd.endpoint.clone()], tls: None };
         config.cluster_prefix = "/tandem/bench/".to_string();
         config.cluster_secret = Some("bench".to_string());
         let node = crate::start(config).await?;

@@ -10,6 +10,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
+use tandem_coordinator::EtcdTls;
 use tandem_parts::S3Settings;
 
 /// Flags of `tandem serve`. Each also reads a `TANDEM_*` environment variable.
@@ -38,6 +39,16 @@ pub struct ServeArgs {
     /// Without it the node runs alone with the embedded coordinator.
     #[arg(long, env = "TANDEM_ETCD", value_delimiter = ',')]
     pub etcd: Option<Vec<String>>,
+    /// PEM file of the CA that signed the etcd members' certificates: connect over TLS (the
+    /// --etcd endpoints must then be https://).
+    #[arg(long, env = "TANDEM_ETCD_CA_FILE")]
+    pub etcd_ca_file: Option<PathBuf>,
+    /// PEM client certificate for etcd members that require one (with --etcd-key-file).
+    #[arg(long, env = "TANDEM_ETCD_CERT_FILE")]
+    pub etcd_cert_file: Option<PathBuf>,
+    /// PEM private key of --etcd-cert-file.
+    #[arg(long, env = "TANDEM_ETCD_KEY_FILE")]
+    pub etcd_key_file: Option<PathBuf>,
     /// Cluster name: all keys live under `/tandem/<cluster>/` in etcd [default: default].
     #[arg(long, env = "TANDEM_CLUSTER")]
     pub cluster: Option<String>,
@@ -117,6 +128,9 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     pub node_id: Option<String>,
     pub etcd: Option<Vec<String>>,
+    pub etcd_ca_file: Option<PathBuf>,
+    pub etcd_cert_file: Option<PathBuf>,
+    pub etcd_key_file: Option<PathBuf>,
     pub cluster: Option<String>,
     pub grpc_addr: Option<SocketAddr>,
     pub advertise_grpc_addr: Option<String>,
@@ -164,12 +178,12 @@ pub struct ObjectStoreConfig {
 }
 
 /// Where the metadata lives.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug)]
 pub enum CoordinatorConfig {
     /// One node, metadata in `<data_dir>/metadata.redb`.
     Embedded,
-    /// A cluster, metadata in etcd.
-    Etcd { endpoints: Vec<String> },
+    /// A cluster, metadata in etcd (over TLS when `tls` is set).
+    Etcd { endpoints: Vec<String>, tls: Option<EtcdTls> },
 }
 
 /// The resolved configuration of a node.
@@ -236,11 +250,36 @@ impl NodeConfig {
             (None, None, secret) => secret.filter(|s| !s.is_empty()),
         };
         let coordinator = match args.etcd.clone().or(file.etcd).filter(|e| !e.is_empty()) {
-            Some(endpoints) => CoordinatorConfig::Etcd { endpoints },
+            Some(endpoints) => {
+                let read = |path: &PathBuf, what: &str| {
+                    std::fs::read(path).with_context(|| format!("cannot read the etcd {what} {}", path.display()))
+                };
+                let ca = args.etcd_ca_file.clone().or(file.etcd_ca_file);
+                let cert = args.etcd_cert_file.clone().or(file.etcd_cert_file);
+                let key = args.etcd_key_file.clone().or(file.etcd_key_file);
+                let tls = match (ca, cert, key) {
+                    (None, None, None) => None,
+                    (None, _, _) => bail!("--etcd-cert-file and --etcd-key-file need --etcd-ca-file (TLS to etcd)"),
+                    (Some(ca), cert, key) => {
+                        let client_identity = match (cert, key) {
+                            (Some(cert), Some(key)) => {
+                                Some((read(&cert, "client certificate")?, read(&key, "client key")?))
+                            }
+                            (None, None) => None,
+                            _ => bail!("--etcd-cert-file and --etcd-key-file go together"),
+                        };
+                        if let Some(plain) = endpoints.iter().find(|e| !e.starts_with("https://")) {
+                            bail!("etcd endpoint {plain} is not https:// but --etcd-ca-file asks for TLS");
+                        }
+                        Some(EtcdTls { ca_pem: read(&ca, "CA certificate")?, client_identity })
+                    }
+                };
+                CoordinatorConfig::Etcd { endpoints, tls }
+            }
             None => CoordinatorConfig::Embedded,
         };
         let node_id = args.node_id.clone().or(file.node_id);
-        if node_id.is_none() && coordinator != CoordinatorConfig::Embedded {
+        if node_id.is_none() && !matches!(coordinator, CoordinatorConfig::Embedded) {
             bail!("--node-id (or TANDEM_NODE_ID) is required with --etcd: each node of a cluster needs a stable name");
         }
         if let Some(id) = &node_id
@@ -369,7 +408,7 @@ impl NodeConfig {
     }
 
     pub fn is_cluster(&self) -> bool {
-        self.coordinator != CoordinatorConfig::Embedded
+        !matches!(self.coordinator, CoordinatorConfig::Embedded)
     }
 }
 
@@ -399,6 +438,9 @@ mod tests {
             file.max_body_bytes.is_some(),
             file.node_id.is_some(),
             file.etcd.is_some(),
+            file.etcd_ca_file.is_some(),
+            file.etcd_cert_file.is_some(),
+            file.etcd_key_file.is_some(),
             file.cluster.is_some(),
             file.grpc_addr.is_some(),
             file.advertise_grpc_addr.is_some(),
@@ -439,7 +481,7 @@ mod tests {
         assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
         assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
         assert_eq!(config.cluster_prefix, "/tandem/blue/");
-        assert_eq!(config.coordinator, CoordinatorConfig::Embedded);
+        assert!(matches!(config.coordinator, CoordinatorConfig::Embedded));
     }
 
     #[test]

@@ -75,7 +75,7 @@ pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
                 .await
                 .context("cannot open the embedded metadata store (is another tandem using this data directory?)")?,
         ),
-        CoordinatorConfig::Etcd { endpoints } => Arc::new(EtcdKv::connect(endpoints).await?),
+        CoordinatorConfig::Etcd { endpoints, tls } => Arc::new(EtcdKv::connect_with(endpoints, tls.as_ref()).await?),
     };
     let mirror = Mirror::open(&config.data_dir.join("catalog.redb"))
         .context("cannot open the local catalog (is another tandem using this data directory?)")?;

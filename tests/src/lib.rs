@@ -304,9 +304,96 @@ impl Etcd {
         Ok(Etcd { process, endpoint, _dir: dir })
     }
 
+    /// A member that serves clients over TLS only and requires client certificates, with the
+    /// certificates made by `openssl` under a temporary directory.
+    pub async fn start_tls() -> anyhow::Result<(Self, TlsFiles)> {
+        let dir = tempfile::tempdir()?;
+        let files = TlsFiles::create(dir.path())?;
+        let member = tandem_coordinator::etcd_process::MemberTls {
+            ca: files.ca.clone(),
+            cert: files.server_cert.clone(),
+            key: files.server_key.clone(),
+            client: tandem_coordinator::EtcdTls {
+                ca_pem: std::fs::read(&files.ca)?,
+                client_identity: Some((std::fs::read(&files.client_cert)?, std::fs::read(&files.client_key)?)),
+            },
+        };
+        let process = tandem_coordinator::etcd_process::EtcdProcess::start_with(dir.path(), Some(&member))
+            .await
+            .context("cannot start etcd with TLS")?;
+        let endpoint = process.endpoint.clone();
+        Ok((Etcd { process, endpoint, _dir: dir }, files))
+    }
+
     /// Kills the member (SIGKILL).
     pub fn kill(&mut self) {
         self.process.kill();
+    }
+}
+
+/// A test CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.
+pub struct TlsFiles {
+    pub ca: PathBuf,
+    pub server_cert: PathBuf,
+    pub server_key: PathBuf,
+    pub client_cert: PathBuf,
+    pub client_key: PathBuf,
+}
+
+impl TlsFiles {
+    fn create(dir: &Path) -> anyhow::Result<Self> {
+        let openssl = |args: &[&str]| -> anyhow::Result<()> {
+            let output = Command::new("openssl").args(args).current_dir(dir).output().context("cannot run openssl")?;
+            if !output.status.success() {
+                bail!("openssl {args:?} failed: {}", String::from_utf8_lossy(&output.stderr));
+            }
+            Ok(())
+        };
+        let ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"];
+        openssl(
+            &[
+                &["req", "-x509"][..],
+                &ec,
+                &["-keyout", "ca.key", "-out", "ca.crt", "-days", "2", "-subj", "/CN=tandem test CA"],
+            ]
+            .concat(),
+        )?;
+        for (name, usage) in [("server", "serverAuth,clientAuth"), ("client", "clientAuth")] {
+            let (key, csr, crt, ext) =
+                (format!("{name}.key"), format!("{name}.csr"), format!("{name}.crt"), format!("{name}.ext"));
+            std::fs::write(
+                dir.join(&ext),
+                format!("subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage={usage}\n"),
+            )?;
+            openssl(
+                &[&["req"][..], &ec, &["-keyout", &key, "-out", &csr, "-subj", &format!("/CN=tandem test {name}")]]
+                    .concat(),
+            )?;
+            openssl(&[
+                "x509",
+                "-req",
+                "-in",
+                &csr,
+                "-CA",
+                "ca.crt",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-out",
+                &crt,
+                "-days",
+                "2",
+                "-extfile",
+                &ext,
+            ])?;
+        }
+        Ok(TlsFiles {
+            ca: dir.join("ca.crt"),
+            server_cert: dir.join("server.crt"),
+            server_key: dir.join("server.key"),
+            client_cert: dir.join("client.crt"),
+            client_key: dir.join("client.key"),
+        })
     }
 }
 

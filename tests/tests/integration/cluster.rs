@@ -268,3 +268,44 @@ async fn a_node_bound_to_all_interfaces_is_reached_at_its_advertised_address() {
     let announced = n1.sql("SELECT grpc_addr FROM system.replicas WHERE node_id = 'n2'").await;
     assert_eq!(announced.trim(), advertised, "peers see the advertised address, not 0.0.0.0");
 }
+
+#[tokio::test]
+async fn nodes_reach_etcd_over_tls_with_client_certificates() {
+    let (etcd, tls) = tandem_tests::Etcd::start_tls().await.unwrap();
+    assert!(etcd.endpoint.starts_with("https://"));
+    let dir = tempfile::tempdir().unwrap();
+    let (ca, cert, key) =
+        (tls.ca.to_str().unwrap(), tls.client_cert.to_str().unwrap(), tls.client_key.to_str().unwrap());
+    let mut nodes = Vec::new();
+    for id in ["n1", "n2"] {
+        let args = [
+            "--etcd",
+            etcd.endpoint.as_str(),
+            "--node-id",
+            id,
+            "--etcd-ca-file",
+            ca,
+            "--etcd-cert-file",
+            cert,
+            "--etcd-key-file",
+            key,
+        ];
+        nodes.push(Tandem::start_with(&dir.path().join(id), &args, &[], true).await.unwrap());
+    }
+    nodes[0].sql("CREATE TABLE t (id UInt64) ORDER BY id").await;
+    nodes[1].wait_for("SELECT count() FROM system.tables WHERE name = 't'", "1", CONVERGE).await;
+    nodes[1].insert("t", "CSV", "1\n2\n").await;
+    nodes[0].wait_for("SELECT count() FROM t", "2", CONVERGE).await;
+
+    // Without a client certificate the member refuses the connection: the node says so and exits.
+    let args = ["--etcd", etcd.endpoint.as_str(), "--node-id", "n3", "--etcd-ca-file", ca];
+    let refused = Tandem::start_with(&dir.path().join("n3"), &args, &[], true).await;
+    let error = format!("{:#}", refused.err().expect("no client certificate, no connection"));
+    assert!(error.contains("etcd"), "{error}");
+    // TLS asked for, plain endpoint given: a configuration error before any connection.
+    let plain = etcd.endpoint.replace("https://", "http://");
+    let args = ["--etcd", plain.as_str(), "--node-id", "n4", "--etcd-ca-file", ca];
+    let refused = Tandem::start_with(&dir.path().join("n4"), &args, &[], true).await;
+    let error = format!("{:#}", refused.err().expect("an http endpoint with TLS settings is refused"));
+    assert!(error.contains("is not https://"), "{error}");
+}
