@@ -81,9 +81,9 @@ impl EtcdKv {
         let kv = EtcdKv { client };
         // The connection is lazy: one read proves the endpoints answer and accept this client
         // (a TLS member refusing its certificate fails here, at start, with the reason).
-        kv.get("/tandem-connection-check").await.map_err(|e| {
-            CoordError::Unavailable(format!("cannot use etcd at {}: {e}", endpoints.join(",")))
-        })?;
+        kv.get("/tandem-connection-check")
+            .await
+            .map_err(|e| CoordError::Unavailable(format!("cannot use etcd at {}: {e}", endpoints.join(","))))?;
         Ok(kv)
     }
 

@@ -204,7 +204,11 @@ async fn a_merge_leader_killed_while_merging_is_replaced_and_nothing_is_lost_or_
 #[tokio::test]
 async fn queries_running_across_merges_see_every_row_once() {
     let cluster = Cluster::start(3).await.unwrap();
-    create_table(&cluster).await;
+    // Merges start only once the queries run, so the queries certainly run across them.
+    cluster.nodes[0].sql(&format!("{TABLE} SETTINGS background_merges = 0")).await;
+    for node in &cluster.nodes {
+        node.wait_for("SELECT count() FROM system.tables WHERE name = 't'", "1", CONVERGE).await;
+    }
     let mut revision = 0;
     for i in 0..64u64 {
         let summary = cluster.nodes[(i % 3) as usize].insert("t", "CSV", rows(i * 10, 10)).await;
@@ -218,7 +222,7 @@ async fn queries_running_across_merges_see_every_row_once() {
     }
     // Every node answers, as of the last insert, while merges replace parts under it: never a
     // row twice (sources and merged part), never a row missing (neither).
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(6);
     let mut answers = 0;
     while tokio::time::Instant::now() < deadline {
         for node in &cluster.nodes {
@@ -229,6 +233,9 @@ async fn queries_running_across_merges_see_every_row_once() {
                 .text();
             assert_eq!(answer, expected, "{} during merges", node.url);
             answers += 1;
+        }
+        if answers == 3 {
+            cluster.nodes[1].sql("ALTER TABLE t MODIFY SETTING background_merges = 1").await;
         }
     }
     let mut merges_after = 0.0;
