@@ -99,9 +99,9 @@ pub async fn upload_part(
         Some(bytes) => bytes,
         None => {
             let path = node.catalog.store().path(id);
-            match tokio::task::spawn_blocking(move || std::fs::read(&path)).await {
-                Ok(Ok(bytes)) => Bytes::from(bytes),
-                Ok(Err(e)) => return Err(format!("cannot read the file of part {id}: {e}")),
+            let read = tokio::task::spawn_blocking(move || std::fs::read(&path)).await.map_err(std::io::Error::other);
+            match read.and_then(|r| r) {
+                Ok(bytes) => Bytes::from(bytes),
                 Err(e) => return Err(format!("cannot read the file of part {id}: {e}")),
             }
         }

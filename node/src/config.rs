@@ -234,13 +234,13 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
 impl NodeConfig {
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
-        let file = match &args.config {
+        let mut file = match &args.config {
             Some(path) => read_file_config(path)?,
             None => FileConfig::default(),
         };
         let env_secret = std::env::var("TANDEM_CLUSTER_SECRET").ok().filter(|s| !s.is_empty());
-        let secret_file = args.cluster_secret_file.clone().or(file.cluster_secret_file);
-        let cluster_secret = match (env_secret, secret_file, file.cluster_secret) {
+        let secret_file = args.cluster_secret_file.clone().or(file.cluster_secret_file.take());
+        let cluster_secret = match (env_secret, secret_file, file.cluster_secret.take()) {
             (Some(secret), _, _) => Some(secret),
             (None, Some(path), _) => {
                 let text = std::fs::read_to_string(&path)
@@ -249,36 +249,14 @@ impl NodeConfig {
             }
             (None, None, secret) => secret.filter(|s| !s.is_empty()),
         };
-        let coordinator = match args.etcd.clone().or(file.etcd).filter(|e| !e.is_empty()) {
+        let coordinator = match args.etcd.clone().or(file.etcd.take()).filter(|e| !e.is_empty()) {
             Some(endpoints) => {
-                let read = |path: &PathBuf, what: &str| {
-                    std::fs::read(path).with_context(|| format!("cannot read the etcd {what} {}", path.display()))
-                };
-                let ca = args.etcd_ca_file.clone().or(file.etcd_ca_file);
-                let cert = args.etcd_cert_file.clone().or(file.etcd_cert_file);
-                let key = args.etcd_key_file.clone().or(file.etcd_key_file);
-                let tls = match (ca, cert, key) {
-                    (None, None, None) => None,
-                    (None, _, _) => bail!("--etcd-cert-file and --etcd-key-file need --etcd-ca-file (TLS to etcd)"),
-                    (Some(ca), cert, key) => {
-                        let client_identity = match (cert, key) {
-                            (Some(cert), Some(key)) => {
-                                Some((read(&cert, "client certificate")?, read(&key, "client key")?))
-                            }
-                            (None, None) => None,
-                            _ => bail!("--etcd-cert-file and --etcd-key-file go together"),
-                        };
-                        if let Some(plain) = endpoints.iter().find(|e| !e.starts_with("https://")) {
-                            bail!("etcd endpoint {plain} is not https:// but --etcd-ca-file asks for TLS");
-                        }
-                        Some(EtcdTls { ca_pem: read(&ca, "CA certificate")?, client_identity })
-                    }
-                };
+                let tls = etcd_tls(args, &mut file, &endpoints)?;
                 CoordinatorConfig::Etcd { endpoints, tls }
             }
             None => CoordinatorConfig::Embedded,
         };
-        let node_id = args.node_id.clone().or(file.node_id);
+        let node_id = args.node_id.clone().or(file.node_id.take());
         if node_id.is_none() && !matches!(coordinator, CoordinatorConfig::Embedded) {
             bail!("--node-id (or TANDEM_NODE_ID) is required with --etcd: each node of a cluster needs a stable name");
         }
@@ -287,69 +265,11 @@ impl NodeConfig {
         {
             bail!("node id `{id}` must be 1 to 128 letters, digits, `_`, `-` and `.`");
         }
-        let cluster = args.cluster.clone().or(file.cluster).unwrap_or_else(|| "default".to_string());
+        let cluster = args.cluster.clone().or(file.cluster.take()).unwrap_or_else(|| "default".to_string());
         if !tandem_coordinator::valid_name(&cluster.replace('-', "_")) {
             bail!("cluster name `{cluster}` must be letters, digits, `_` and `-`");
         }
-        let object_store = match args.s3_bucket.clone().or(file.s3_bucket).filter(|b| !b.is_empty()) {
-            None => {
-                if args.bootstrap_from_object_store.or(file.bootstrap_from_object_store).unwrap_or(false) {
-                    bail!("--bootstrap-from-object-store needs an object store: set --s3-bucket (and --s3-endpoint)");
-                }
-                None
-            }
-            Some(bucket) => {
-                let (mut access_key_id, mut secret_access_key) = (
-                    std::env::var("TANDEM_S3_ACCESS_KEY_ID").ok().filter(|s| !s.is_empty()),
-                    std::env::var("TANDEM_S3_SECRET_ACCESS_KEY").ok().filter(|s| !s.is_empty()),
-                );
-                if let Some(path) = args.s3_credentials_file.clone().or(file.s3_credentials_file) {
-                    let text = std::fs::read_to_string(&path)
-                        .with_context(|| format!("cannot read the S3 credentials file {}", path.display()))?;
-                    // Only the parser's message: its full error quotes the offending line, a secret.
-                    let creds: CredentialsFile = toml::from_str(&text).map_err(|e| {
-                        anyhow::anyhow!(
-                            "S3 credentials file {}: {}; it holds `access_key_id = \"...\"` and `secret_access_key = \"...\"`",
-                            path.display(),
-                            e.message()
-                        )
-                    })?;
-                    access_key_id = access_key_id.or(Some(creds.access_key_id));
-                    secret_access_key = secret_access_key.or(Some(creds.secret_access_key));
-                }
-                let endpoint = args.s3_endpoint.clone().or(file.s3_endpoint).filter(|e| !e.is_empty());
-                let region = args
-                    .s3_region
-                    .clone()
-                    .or(file.s3_region)
-                    .or_else(|| std::env::var("AWS_REGION").ok())
-                    .unwrap_or_else(|| "us-east-1".to_string());
-                Some(ObjectStoreConfig {
-                    s3: S3Settings {
-                        path_style: args.s3_path_style.or(file.s3_path_style).unwrap_or(endpoint.is_some()),
-                        allow_http: args.s3_allow_http.or(file.s3_allow_http).unwrap_or(false),
-                        endpoint,
-                        bucket,
-                        prefix: args.s3_prefix.clone().or(file.s3_prefix).unwrap_or_else(|| cluster.clone()),
-                        region,
-                        access_key_id: access_key_id.or(file.s3_access_key_id),
-                        secret_access_key: secret_access_key.or(file.s3_secret_access_key),
-                        request_timeout: Duration::from_secs(300),
-                    },
-                    upload_concurrency: args.upload_concurrency.or(file.upload_concurrency).unwrap_or(4).max(1),
-                    gc_grace: Duration::from_secs(
-                        args.object_store_gc_grace_seconds.or(file.object_store_gc_grace_seconds).unwrap_or(3600),
-                    ),
-                    gc_interval: Duration::from_secs(
-                        args.object_store_gc_interval_seconds
-                            .or(file.object_store_gc_interval_seconds)
-                            .unwrap_or(300)
-                            .max(1),
-                    ),
-                    bootstrap: args.bootstrap_from_object_store.or(file.bootstrap_from_object_store).unwrap_or(false),
-                })
-            }
-        };
+        let object_store = object_store_config(args, &mut file, &cluster)?;
         Ok(NodeConfig {
             http_addr: args
                 .http_addr
@@ -410,6 +330,98 @@ impl NodeConfig {
     pub fn is_cluster(&self) -> bool {
         !matches!(self.coordinator, CoordinatorConfig::Embedded)
     }
+}
+
+/// TLS to etcd from `--etcd-ca-file`, `--etcd-cert-file` and `--etcd-key-file` (None without them).
+fn etcd_tls(args: &ServeArgs, file: &mut FileConfig, endpoints: &[String]) -> anyhow::Result<Option<EtcdTls>> {
+    let read = |path: &PathBuf, what: &str| {
+        std::fs::read(path).with_context(|| format!("cannot read the etcd {what} {}", path.display()))
+    };
+    let ca = args.etcd_ca_file.clone().or(file.etcd_ca_file.take());
+    let cert = args.etcd_cert_file.clone().or(file.etcd_cert_file.take());
+    let key = args.etcd_key_file.clone().or(file.etcd_key_file.take());
+    Ok(match (ca, cert, key) {
+        (None, None, None) => None,
+        (None, _, _) => bail!("--etcd-cert-file and --etcd-key-file need --etcd-ca-file (TLS to etcd)"),
+        (Some(ca), cert, key) => {
+            let client_identity = match (cert, key) {
+                (Some(cert), Some(key)) => Some((read(&cert, "client certificate")?, read(&key, "client key")?)),
+                (None, None) => None,
+                _ => bail!("--etcd-cert-file and --etcd-key-file go together"),
+            };
+            if let Some(plain) = endpoints.iter().find(|e| !e.starts_with("https://")) {
+                bail!("etcd endpoint {plain} is not https:// but --etcd-ca-file asks for TLS");
+            }
+            Some(EtcdTls { ca_pem: read(&ca, "CA certificate")?, client_identity })
+        }
+    })
+}
+
+/// The object store from the `--s3-*` settings (None without a bucket).
+fn object_store_config(
+    args: &ServeArgs,
+    file: &mut FileConfig,
+    cluster: &str,
+) -> anyhow::Result<Option<ObjectStoreConfig>> {
+    Ok(match args.s3_bucket.clone().or(file.s3_bucket.take()).filter(|b| !b.is_empty()) {
+        None => {
+            if args.bootstrap_from_object_store.or(file.bootstrap_from_object_store).unwrap_or(false) {
+                bail!("--bootstrap-from-object-store needs an object store: set --s3-bucket (and --s3-endpoint)");
+            }
+            None
+        }
+        Some(bucket) => {
+            let (mut access_key_id, mut secret_access_key) = (
+                std::env::var("TANDEM_S3_ACCESS_KEY_ID").ok().filter(|s| !s.is_empty()),
+                std::env::var("TANDEM_S3_SECRET_ACCESS_KEY").ok().filter(|s| !s.is_empty()),
+            );
+            if let Some(path) = args.s3_credentials_file.clone().or(file.s3_credentials_file.take()) {
+                let text = std::fs::read_to_string(&path)
+                    .with_context(|| format!("cannot read the S3 credentials file {}", path.display()))?;
+                // Only the parser's message: its full error quotes the offending line, a secret.
+                let creds: CredentialsFile = toml::from_str(&text).map_err(|e| {
+                anyhow::anyhow!(
+                    "S3 credentials file {}: {}; it holds `access_key_id = \"...\"` and `secret_access_key = \"...\"`",
+                    path.display(),
+                    e.message()
+                )
+            })?;
+                access_key_id = access_key_id.or(Some(creds.access_key_id));
+                secret_access_key = secret_access_key.or(Some(creds.secret_access_key));
+            }
+            let endpoint = args.s3_endpoint.clone().or(file.s3_endpoint.take()).filter(|e| !e.is_empty());
+            let region = args
+                .s3_region
+                .clone()
+                .or(file.s3_region.take())
+                .or_else(|| std::env::var("AWS_REGION").ok())
+                .unwrap_or_else(|| "us-east-1".to_string());
+            Some(ObjectStoreConfig {
+                s3: S3Settings {
+                    path_style: args.s3_path_style.or(file.s3_path_style).unwrap_or(endpoint.is_some()),
+                    allow_http: args.s3_allow_http.or(file.s3_allow_http).unwrap_or(false),
+                    endpoint,
+                    bucket,
+                    prefix: args.s3_prefix.clone().or(file.s3_prefix.take()).unwrap_or_else(|| cluster.to_string()),
+                    region,
+                    access_key_id: access_key_id.or(file.s3_access_key_id.take()),
+                    secret_access_key: secret_access_key.or(file.s3_secret_access_key.take()),
+                    request_timeout: Duration::from_secs(300),
+                },
+                upload_concurrency: args.upload_concurrency.or(file.upload_concurrency).unwrap_or(4).max(1),
+                gc_grace: Duration::from_secs(
+                    args.object_store_gc_grace_seconds.or(file.object_store_gc_grace_seconds).unwrap_or(3600),
+                ),
+                gc_interval: Duration::from_secs(
+                    args.object_store_gc_interval_seconds
+                        .or(file.object_store_gc_interval_seconds)
+                        .unwrap_or(300)
+                        .max(1),
+                ),
+                bootstrap: args.bootstrap_from_object_store.or(file.bootstrap_from_object_store).unwrap_or(false),
+            })
+        }
+    })
 }
 
 pub fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {

@@ -403,6 +403,8 @@ async fn register(
         }
     };
     let mut orphans = Vec::new();
+    // The blocks found deduplicated before this registration were checked by the caller.
+    let registered_from = summary.parts.len();
     for ((part, rows), outcome) in new_parts.into_iter().zip(rows).zip(registration.outcomes) {
         match outcome {
             PartOutcome::Registered { revision } => {
@@ -437,7 +439,7 @@ async fn register(
     discard_unregistered(node, &orphans).await;
     if let Some(bucket) = &node.bucket {
         if durability == Durability::ObjectStore {
-            for part in summary.parts.iter().filter(|p| p.deduplicated) {
+            for part in summary.parts[registered_from..].iter().filter(|p| p.deduplicated) {
                 ensure_uploaded(node, bucket, &def.name, &part.part).await?;
             }
         } else {

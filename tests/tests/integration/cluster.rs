@@ -301,7 +301,7 @@ async fn nodes_reach_etcd_over_tls_with_client_certificates() {
     let args = ["--etcd", etcd.endpoint.as_str(), "--node-id", "n3", "--etcd-ca-file", ca];
     let refused = Tandem::start_with(&dir.path().join("n3"), &args, &[], true).await;
     let error = format!("{:#}", refused.err().expect("no client certificate, no connection"));
-    assert!(error.contains("etcd"), "{error}");
+    assert!(error.contains("cannot use etcd at"), "{error}");
     // TLS asked for, plain endpoint given: a configuration error before any connection.
     let plain = etcd.endpoint.replace("https://", "http://");
     let args = ["--etcd", plain.as_str(), "--node-id", "n4", "--etcd-ca-file", ca];
