@@ -13,6 +13,9 @@ use serde::Deserialize;
 use tandem_coordinator::EtcdTls;
 use tandem_parts::S3Settings;
 
+use crate::insert::{DEFAULT_QUORUM_TIMEOUT, Quorum};
+use crate::schema::TableSettings;
+
 /// Flags of `tandem serve`. Each also reads a `TANDEM_*` environment variable.
 #[derive(Args, Debug, Default, Clone)]
 pub struct ServeArgs {
@@ -117,6 +120,19 @@ pub struct ServeArgs {
     /// Part files that no registered part uses are deleted once this old [default: 3600].
     #[arg(long, env = "TANDEM_ORPHAN_GRACE_SECONDS")]
     pub orphan_grace_seconds: Option<u64>,
+    /// `insert_quorum` of inserts that do not set it: 1, a number of nodes, or `auto`
+    /// [default: 1].
+    #[arg(long, env = "TANDEM_INSERT_QUORUM")]
+    pub insert_quorum: Option<String>,
+    /// `insert_quorum_timeout` (milliseconds) of inserts that do not set it [default: 30000].
+    #[arg(long, env = "TANDEM_INSERT_QUORUM_TIMEOUT_MS")]
+    pub insert_quorum_timeout_ms: Option<u64>,
+    /// `dedup_window_blocks` of tables created without it [default: 1000].
+    #[arg(long, env = "TANDEM_DEDUP_WINDOW_BLOCKS")]
+    pub dedup_window_blocks: Option<u64>,
+    /// `dedup_window_seconds` of tables created without it [default: 604800 (7 days)].
+    #[arg(long, env = "TANDEM_DEDUP_WINDOW_SECONDS")]
+    pub dedup_window_seconds: Option<u64>,
 }
 
 /// The flat TOML file. Unknown keys are an error, so a typo is not ignored.
@@ -155,6 +171,10 @@ pub struct FileConfig {
     pub merge_concurrency: Option<usize>,
     pub merge_interval_ms: Option<u64>,
     pub orphan_grace_seconds: Option<u64>,
+    pub insert_quorum: Option<String>,
+    pub insert_quorum_timeout_ms: Option<u64>,
+    pub dedup_window_blocks: Option<u64>,
+    pub dedup_window_seconds: Option<u64>,
 }
 
 /// The S3 credentials file (`--s3-credentials-file`).
@@ -210,6 +230,13 @@ pub struct NodeConfig {
     pub merge_interval: Duration,
     /// Unreferenced part files older than this are deleted.
     pub orphan_grace: Duration,
+    /// `insert_quorum` of inserts that do not set it.
+    pub insert_quorum: Quorum,
+    /// `insert_quorum_timeout` of inserts that do not set it.
+    pub insert_quorum_timeout: Duration,
+    /// The settings of a table created without a `SETTINGS` clause (the dedup windows can be
+    /// changed per server; the others are the built-in defaults).
+    pub table_defaults: TableSettings,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -224,6 +251,9 @@ impl std::fmt::Debug for NodeConfig {
             .field("advertise_grpc_addr", &self.advertise_grpc_addr)
             .field("cluster_secret", &self.cluster_secret.as_ref().map(|_| "<set>"))
             .field("object_store", &self.object_store)
+            .field("insert_quorum", &self.insert_quorum)
+            .field("insert_quorum_timeout", &self.insert_quorum_timeout)
+            .field("table_defaults", &self.table_defaults)
             .finish_non_exhaustive()
     }
 }
@@ -270,6 +300,18 @@ impl NodeConfig {
             bail!("cluster name `{cluster}` must be letters, digits, `_` and `-`");
         }
         let object_store = object_store_config(args, &mut file, &cluster)?;
+        let insert_quorum = match args.insert_quorum.clone().or(file.insert_quorum.take()) {
+            Some(text) => Quorum::parse(&text)
+                .map_err(|_| anyhow::anyhow!("--insert-quorum takes 1, a number of nodes, or `auto`, got `{text}`"))?,
+            None => Quorum::One,
+        };
+        let mut table_defaults = TableSettings::default();
+        if let Some(blocks) = args.dedup_window_blocks.or(file.dedup_window_blocks) {
+            table_defaults.dedup_window_blocks = blocks;
+        }
+        if let Some(seconds) = args.dedup_window_seconds.or(file.dedup_window_seconds) {
+            table_defaults.dedup_window_seconds = seconds;
+        }
         Ok(NodeConfig {
             http_addr: args
                 .http_addr
@@ -301,6 +343,12 @@ impl NodeConfig {
                 args.merge_interval_ms.or(file.merge_interval_ms).unwrap_or(1000).max(10),
             ),
             orphan_grace: Duration::from_secs(args.orphan_grace_seconds.or(file.orphan_grace_seconds).unwrap_or(3600)),
+            insert_quorum,
+            insert_quorum_timeout: args
+                .insert_quorum_timeout_ms
+                .or(file.insert_quorum_timeout_ms)
+                .map_or(DEFAULT_QUORUM_TIMEOUT, Duration::from_millis),
+            table_defaults,
         })
     }
 
@@ -324,6 +372,9 @@ impl NodeConfig {
             merge_concurrency: 1,
             merge_interval: Duration::from_secs(1),
             orphan_grace: Duration::from_secs(3600),
+            insert_quorum: Quorum::One,
+            insert_quorum_timeout: DEFAULT_QUORUM_TIMEOUT,
+            table_defaults: TableSettings::default(),
         }
     }
 
@@ -477,6 +528,10 @@ mod tests {
             file.merge_concurrency.is_some(),
             file.merge_interval_ms.is_some(),
             file.orphan_grace_seconds.is_some(),
+            file.insert_quorum.is_some(),
+            file.insert_quorum_timeout_ms.is_some(),
+            file.dedup_window_blocks.is_some(),
+            file.dedup_window_seconds.is_some(),
         ];
         assert!(documented.iter().all(|d| *d), "every key is documented in the example: {documented:?}");
     }

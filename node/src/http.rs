@@ -18,7 +18,7 @@ use tandem_coordinator::CoordError;
 
 use crate::error::NodeError;
 use crate::formats::{Format, InputOptions, encode, text_batch};
-use crate::insert::{DEFAULT_QUORUM_TIMEOUT, InsertSettings, Quorum, insert};
+use crate::insert::{InsertSettings, Quorum, insert};
 use crate::node::Node;
 use crate::query;
 use crate::schema::Durability;
@@ -30,6 +30,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/health", get(health))
         .route("/ping", get(health))
         .route("/ready", get(ready))
+        .route("/drain", get(drain).post(drain))
         .route("/metrics", get(metrics))
         // The body limit is enforced (with a clear 413) while reading, in `read_body`.
         .layer(DefaultBodyLimit::disable())
@@ -43,6 +44,9 @@ async fn health() -> &'static str {
 /// Ready to serve inserts and queries. With `?durability=object_store`, also requires the
 /// object store to be reachable (what inserts with `insert_durability=object_store` need).
 async fn ready(State(node): State<Arc<Node>>, Query(params): Query<HashMap<String, String>>) -> Response {
+    if node.draining.load(std::sync::atomic::Ordering::Acquire) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "draining: this node is shutting down\n").into_response();
+    }
     if !node.is_ready() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
@@ -71,6 +75,19 @@ async fn ready(State(node): State<Arc<Node>>, Query(params): Query<HashMap<Strin
             .into_response(),
         _ => (StatusCode::OK, "Ok.\n").into_response(),
     }
+}
+
+/// `/drain?timeout_seconds=N` (default 60): stop being ready, then wait until no part is only
+/// on this node. 200 when drained, 503 with the reason otherwise. GET as well as POST, since a
+/// Kubernetes preStop hook can only send GET.
+async fn drain(State(node): State<Arc<Node>>, Query(params): Query<HashMap<String, String>>) -> Response {
+    let timeout = match number(&params, "timeout_seconds") {
+        Ok(seconds) => Duration::from_secs(seconds.unwrap_or(60).max(0) as u64),
+        Err(e) => return e.into_response(),
+    };
+    let report = crate::drain::drain(&node, timeout).await;
+    let status = if report.drained { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, axum::Json(report)).into_response()
 }
 
 async fn metrics(State(node): State<Arc<Node>>) -> Response {
@@ -215,7 +232,11 @@ async fn execute_statement(
     started: Instant,
 ) -> Result<Response, NodeError> {
     match statement {
-        Statement::CreateTable { def, if_not_exists } => {
+        Statement::CreateTable { mut def, if_not_exists, settings } => {
+            def.settings = node.config.table_defaults.clone();
+            for (key, value) in &settings {
+                def.settings.set(key, value)?;
+            }
             let revision = match node.coordinator.create_table(&def.name, def.to_json()).await {
                 Ok(record) => record.version,
                 Err(CoordError::TableExists(_)) if if_not_exists => node.catalog.applied_revision(),
@@ -384,10 +405,10 @@ async fn run_insert(
         deduplicate: flag(params, "insert_deduplicate", true)?,
         deduplication_token: params.get("insert_deduplication_token").filter(|t| !t.is_empty()).cloned(),
         input: InputOptions { skip_unknown_fields: flag(params, "input_format_skip_unknown_fields", false)? },
-        quorum: params.get("insert_quorum").map(|q| Quorum::parse(q)).transpose()?.unwrap_or_default(),
+        quorum: params.get("insert_quorum").map(|q| Quorum::parse(q)).transpose()?.unwrap_or(node.config.insert_quorum),
         quorum_timeout: match number(params, "insert_quorum_timeout")? {
             Some(ms) => Duration::from_millis(ms.max(0) as u64),
-            None => DEFAULT_QUORUM_TIMEOUT,
+            None => node.config.insert_quorum_timeout,
         },
         durability: params.get("insert_durability").map(|d| Durability::parse(d)).transpose()?,
     };

@@ -2,7 +2,7 @@
 //! files and coordinator records that hold its data.
 //!
 //! - [`http`]: ClickHouse-style HTTP API (`/?query=`, settings as URL parameters, `/health`,
-//!   `/ready`, `/metrics`).
+//!   `/ready`, `/drain`, `/metrics`).
 //! - [`statement`]: which statement a request holds; DDL and INSERT parsing.
 //! - [`formats`]: input decoding and output encoding (JSONEachRow, CSV, TSV, Parquet, Arrow).
 //! - [`insert`]: the insert path (partition split, block ids, durable parts, registration).
@@ -15,6 +15,7 @@
 //!   from the bucket, and the fenced garbage collector of unreferenced objects.
 //! - [`merges`]: background merges (one leader per table, fenced registration, local
 //!   rebuilds on replicas) and the sweep of orphaned part files.
+//! - [`drain`]: what `/drain` (a Kubernetes preStop hook) waits for before the node stops.
 //! - [`query`]: DataFusion over a catalog snapshot, with part pruning and `system` tables.
 //! - [`node`]: starting and stopping all of it; [`config`]: layered configuration;
 //!   [`bench`]: the benchmark command.
@@ -24,6 +25,7 @@ pub mod bench;
 pub mod bucket;
 pub mod catalog;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod fetch;
 pub mod formats;

@@ -33,6 +33,8 @@ pub struct Node {
     /// The object-store mirror of parts, when configured.
     pub bucket: Option<Arc<Bucket>>,
     pub merges: crate::merges::Merges,
+    /// Set by `/drain`: `/ready` answers 503 so that no new work is routed here.
+    pub draining: std::sync::atomic::AtomicBool,
     fetch_requests: mpsc::UnboundedSender<FetchRequest>,
 }
 
@@ -126,6 +128,7 @@ pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
         lease: std::sync::atomic::AtomicI64::new(0),
         bucket: bucket.clone(),
         merges: crate::merges::Merges::new(config.merge_concurrency),
+        draining: std::sync::atomic::AtomicBool::new(false),
         fetch_requests,
     });
     let shutdown = CancellationToken::new();

@@ -419,6 +419,12 @@ fn system_tables(tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable,
                 states.iter().map(|s| s.parts.values().map(|p| p.manifest.rows).sum()).collect::<Vec<u64>>(),
             )),
         ),
+        (
+            "settings",
+            Arc::new(StringArray::from(
+                states.iter().map(|s| serde_json::to_string(&s.def.settings).unwrap_or_default()).collect::<Vec<_>>(),
+            )),
+        ),
     ])
 }
 

@@ -20,13 +20,33 @@ use crate::schema::{ColumnDef, ColumnType, TABLE_FORMAT_VERSION, TableDef, Table
 
 #[derive(Debug)]
 pub enum Statement {
-    CreateTable { def: TableDef, if_not_exists: bool },
-    Alter { table: String, actions: Vec<AlterAction> },
-    DropTable { name: String, if_exists: bool },
-    ShowTables { format: Option<String> },
-    Describe { name: String, format: Option<String> },
+    /// `settings` is the `SETTINGS` clause as written (already applied to `def` over the
+    /// built-in defaults), so a server can apply it over its own defaults instead.
+    CreateTable {
+        def: TableDef,
+        if_not_exists: bool,
+        settings: Vec<(String, serde_json::Value)>,
+    },
+    Alter {
+        table: String,
+        actions: Vec<AlterAction>,
+    },
+    DropTable {
+        name: String,
+        if_exists: bool,
+    },
+    ShowTables {
+        format: Option<String>,
+    },
+    Describe {
+        name: String,
+        format: Option<String>,
+    },
     Insert(InsertStatement),
-    Select { sql: String, format: Option<String> },
+    Select {
+        sql: String,
+        format: Option<String>,
+    },
 }
 
 /// One change of an `ALTER TABLE`.
@@ -202,6 +222,7 @@ fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
     let mut order_by = Vec::new();
     let mut partition_by = PartitionSpec::None;
     let mut settings = TableSettings::default();
+    let mut settings_clause = Vec::new();
     loop {
         if parser.parse_keyword(Keyword::ENGINE) {
             let _optional = parser.consume_token(&Token::Eq);
@@ -223,6 +244,7 @@ fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
         } else if parser.parse_keyword(Keyword::SETTINGS) {
             for (key, value) in parse_settings(&mut parser)? {
                 settings.set(&key, &value)?;
+                settings_clause.push((key, value));
             }
         } else {
             break;
@@ -247,7 +269,7 @@ fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
         next_column_id: 0,
     };
     def.assign_column_ids();
-    Ok(Statement::CreateTable { def, if_not_exists })
+    Ok(Statement::CreateTable { def, if_not_exists, settings: settings_clause })
 }
 
 /// `name Type [NULL | NOT NULL] [DEFAULT literal] [COMMENT 'text']`; the id is assigned later.
@@ -597,7 +619,7 @@ mod tests {
 
     #[test]
     fn sql_standard_types_and_any_clause_order() {
-        let Statement::CreateTable { def, if_not_exists } = parse(
+        let Statement::CreateTable { def, if_not_exists, .. } = parse(
             "create table if not exists e (ts TIMESTAMP, name VARCHAR(20), x DOUBLE, n BIGINT, ok BOOLEAN, d DATE) \
              PARTITION BY toDate(ts) ORDER BY ts SETTINGS dedup_window_blocks = 10",
         )

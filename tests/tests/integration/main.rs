@@ -11,6 +11,7 @@ mod failover;
 mod formats;
 mod merges;
 mod object_store;
+mod operations;
 mod quorum;
 mod readme;
 
