@@ -55,6 +55,10 @@ pub struct ServeArgs {
     /// Cluster name: all keys live under `/tandem/<cluster>/` in etcd [default: default].
     #[arg(long, env = "TANDEM_CLUSTER")]
     pub cluster: Option<String>,
+    /// etcd key prefix of this cluster, for an etcd shared under a naming scheme of its own
+    /// (`/teams/metrics/tandem/`) [default: /tandem/<cluster>/].
+    #[arg(long, env = "TANDEM_ETCD_KEY_PREFIX")]
+    pub etcd_key_prefix: Option<String>,
     /// Address of the interserver gRPC service, also announced to peers [default: 127.0.0.1:9100].
     #[arg(long, env = "TANDEM_GRPC_ADDR")]
     pub grpc_addr: Option<SocketAddr>,
@@ -148,6 +152,7 @@ pub struct FileConfig {
     pub etcd_cert_file: Option<PathBuf>,
     pub etcd_key_file: Option<PathBuf>,
     pub cluster: Option<String>,
+    pub etcd_key_prefix: Option<String>,
     pub grpc_addr: Option<SocketAddr>,
     pub advertise_grpc_addr: Option<String>,
     pub cluster_secret: Option<String>,
@@ -300,6 +305,13 @@ impl NodeConfig {
             bail!("cluster name `{cluster}` must be letters, digits, `_` and `-`");
         }
         let object_store = object_store_config(args, &mut file, &cluster)?;
+        let cluster_prefix = match args.etcd_key_prefix.clone().or(file.etcd_key_prefix.take()) {
+            None => format!("/tandem/{cluster}/"),
+            Some(prefix) if prefix.starts_with('/') && prefix.len() > 1 => format!("{}/", prefix.trim_end_matches('/')),
+            Some(prefix) => {
+                bail!("--etcd-key-prefix `{prefix}` must start with `/` and name something (`/tandem/blue/`)")
+            }
+        };
         let insert_quorum = match args.insert_quorum.clone().or(file.insert_quorum.take()) {
             Some(text) => Quorum::parse(&text)
                 .map_err(|_| anyhow::anyhow!("--insert-quorum takes 1, a number of nodes, or `auto`, got `{text}`"))?,
@@ -321,7 +333,7 @@ impl NodeConfig {
             max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES),
             node_id: node_id.unwrap_or_else(|| "local".to_string()),
             coordinator,
-            cluster_prefix: format!("/tandem/{cluster}/"),
+            cluster_prefix,
             grpc_addr: args
                 .grpc_addr
                 .or(file.grpc_addr)
@@ -505,6 +517,7 @@ mod tests {
             file.etcd_cert_file.is_some(),
             file.etcd_key_file.is_some(),
             file.cluster.is_some(),
+            file.etcd_key_prefix.is_some(),
             file.grpc_addr.is_some(),
             file.advertise_grpc_addr.is_some(),
             file.cluster_secret.is_some(),
@@ -534,6 +547,19 @@ mod tests {
             file.dedup_window_seconds.is_some(),
         ];
         assert!(documented.iter().all(|d| *d), "every key is documented in the example: {documented:?}");
+    }
+
+    #[test]
+    fn etcd_key_prefix_replaces_the_cluster_prefix() {
+        let with = |prefix: &str| {
+            NodeConfig::resolve(&ServeArgs { etcd_key_prefix: Some(prefix.into()), ..Default::default() })
+                .map(|c| c.cluster_prefix)
+                .map_err(|e| e.to_string())
+        };
+        assert_eq!(with("/teams/metrics/tandem").unwrap(), "/teams/metrics/tandem/");
+        assert_eq!(with("/teams/metrics/tandem/").unwrap(), "/teams/metrics/tandem/");
+        assert!(with("tandem/").unwrap_err().contains("must start with `/`"));
+        assert!(with("/").unwrap_err().contains("must start with `/`"));
     }
 
     #[test]
