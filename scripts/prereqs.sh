@@ -7,7 +7,9 @@
 #   curl    - the README's walkthrough is run as written;
 #   openssl - the TLS tests make their own CA and certificates;
 #   moto    - an S3-compatible server (PyPI `moto[s3]`), in a virtualenv at $TANDEM_TEST_VENV
-#             (default ~/.cache/tandem-test-venv), for the object-store tests.
+#             (default ~/.cache/tandem-test-venv), for the object-store tests;
+#   helm-python-sdk, kubernetes-validate - the Helm library and the Kubernetes API schemas,
+#             in the same virtualenv, for the chart check (scripts/check_chart.py).
 # Does nothing when everything is present.
 set -euo pipefail
 
@@ -41,8 +43,9 @@ if ((${#missing[@]})); then
     "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 
-if $for_tests && ! "$venv/bin/python" -c 'import moto.server, flask, flask_cors' >/dev/null 2>&1; then
-    echo "installing moto into $venv" >&2
-    python3 -m venv "$venv"
-    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[s3]==5.2.*' flask flask-cors
+if $for_tests && ! "$venv/bin/python" -c 'import moto.server, flask, flask_cors, helm_python, kubernetes_validate, yaml' >/dev/null 2>&1; then
+    echo "installing moto, helm-python-sdk and kubernetes-validate into $venv" >&2
+    [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
+    "$venv/bin/pip" install -q --disable-pip-version-check 'moto[s3]==5.2.*' flask flask-cors \
+        'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0' pyyaml
 fi

@@ -2,6 +2,7 @@
 
 mod alter;
 mod bad_input;
+mod chart;
 mod cluster;
 mod coordinator;
 mod ddl;
