@@ -309,6 +309,25 @@ def check_refusals():
     print(f"ok   {len(cases)} wrong value sets refused, each naming the problem")
 
 
+def check_values_documented():
+    """helm/tandem/README.md's values table lists every key of values.yaml."""
+    opaque = {"resources", "podSecurityContext", "securityContext"}
+
+    def leaves(values, prefix=""):
+        for key, value in values.items():
+            if isinstance(value, dict) and value and key not in opaque:
+                yield from leaves(value, f"{prefix}{key}.")
+            else:
+                yield f"{prefix}{key}"
+
+    readme = (CHART / "README.md").read_text()
+    documented = set(re.findall(r"^\| `([A-Za-z0-9_.]+)` \|", readme, re.MULTILINE))
+    keys = set(leaves(yaml.safe_load((CHART / "values.yaml").read_text())))
+    check(keys <= documented, f"values missing from helm/tandem/README.md: {sorted(keys - documented)}")
+    check(documented <= keys, f"helm/tandem/README.md documents values that do not exist: {sorted(documented - keys)}")
+    print(f"ok   the chart README documents all {len(keys)} values")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tandem", required=True, help="the tandem binary")
@@ -316,6 +335,7 @@ def main():
     try:
         check_value_sets(args.tandem)
         check_refusals()
+        check_values_documented()
     except CheckFailed as e:
         print(f"FAIL {e}", file=sys.stderr)
         return 1
