@@ -114,6 +114,11 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
             }
         }
         while tasks.try_join_next().is_some() {}
+        // A draining node starts no merges as a leader: each would make one more part that only
+        // it holds until the replicas rebuild it. Its leaderships pass on when it stops.
+        if node.draining.load(Ordering::Acquire) {
+            continue;
+        }
         if node.merges.permits.available_permits() == 0 {
             continue;
         }
