@@ -328,6 +328,19 @@ def check_values_documented():
     print(f"ok   the chart README documents all {len(keys)} values")
 
 
+def check_image_matches_chart():
+    """The Dockerfile (not built here: no container engine) agrees with the chart and the
+    workspace: same unprivileged user, tandem as the entrypoint, the workspace's Rust version."""
+    dockerfile = (ROOT / "Dockerfile").read_text()
+    values = yaml.safe_load((CHART / "values.yaml").read_text())
+    user = values["podSecurityContext"]["runAsUser"]
+    check(f"USER {user}:{user}" in dockerfile, f"the image runs as {user}, the chart's runAsUser")
+    check('ENTRYPOINT ["/usr/local/bin/tandem"]' in dockerfile, "the chart's args follow the tandem entrypoint")
+    rust = re.search(r'^rust-version = "([0-9.]+)"', (ROOT / "Cargo.toml").read_text(), re.MULTILINE).group(1)
+    check(f"FROM rust:{rust}-" in dockerfile, f"the image builds with Rust {rust}, the workspace's rust-version")
+    print(f"ok   the Dockerfile matches the chart (user {user}, tandem entrypoint) and Rust {rust}")
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tandem", required=True, help="the tandem binary")
@@ -336,6 +349,7 @@ def main():
         check_value_sets(args.tandem)
         check_refusals()
         check_values_documented()
+        check_image_matches_chart()
     except CheckFailed as e:
         print(f"FAIL {e}", file=sys.stderr)
         return 1

@@ -9,5 +9,6 @@ export TANDEM_TEST_VENV="${TANDEM_TEST_VENV:-$HOME/.cache/tandem-test-venv}"
 ./scripts/prereqs.sh --for-tests
 # The object-store tests start moto with this interpreter.
 export TANDEM_TEST_PYTHON="${TANDEM_TEST_PYTHON:-$TANDEM_TEST_VENV/bin/python}"
-cargo build --bin tandem
+# --locked: the Dockerfile builds with the lock file as committed.
+cargo build --locked --bin tandem
 cargo test --workspace "$@"

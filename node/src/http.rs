@@ -77,12 +77,15 @@ async fn ready(State(node): State<Arc<Node>>, Query(params): Query<HashMap<Strin
     }
 }
 
+/// A drain never waits longer than a day, whatever it is asked.
+const MAX_DRAIN_SECONDS: i64 = 24 * 3600;
+
 /// `/drain?timeout_seconds=N` (default 60): stop being ready, then wait until no part is only
 /// on this node. 200 when drained, 503 with the reason otherwise. GET as well as POST, since a
 /// Kubernetes preStop hook can only send GET.
 async fn drain(State(node): State<Arc<Node>>, Query(params): Query<HashMap<String, String>>) -> Response {
     let timeout = match number(&params, "timeout_seconds") {
-        Ok(seconds) => Duration::from_secs(seconds.unwrap_or(60).max(0) as u64),
+        Ok(seconds) => Duration::from_secs(seconds.unwrap_or(60).clamp(0, MAX_DRAIN_SECONDS) as u64),
         Err(e) => return e.into_response(),
     };
     let report = crate::drain::drain(&node, timeout).await;
