@@ -81,7 +81,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--rows must be at least --batches, and --batches at least 1");
     }
     let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
-    let node = crate::start(NodeConfig::for_dir(dir.path())).await?;
+    let node = start_ready(NodeConfig::for_dir(dir.path())).await?;
     let client = Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr) };
     println!("tandem bench: {} rows in {} inserts per format, one node, embedded coordinator", args.rows, args.batches);
 
@@ -181,6 +181,15 @@ impl Drop for ServerGuard {
     }
 }
 
+/// A node that has caught up (a request before that is answered 503).
+async fn start_ready(config: NodeConfig) -> anyhow::Result<crate::RunningNode> {
+    let node = crate::start(config).await?;
+    if !node.wait_ready(Duration::from_secs(30)).await {
+        bail!("the node did not become ready within 30 s");
+    }
+    Ok(node)
+}
+
 /// Object-store scenarios against a local moto server: what `insert_durability=object_store`
 /// costs per insert, and how fast the background uploader drains. Moto is a Python server, so
 /// these figures are a floor for what a real S3 or MinIO gives, not a measure of them.
@@ -226,7 +235,7 @@ async fn object_store(args: &BenchArgs) -> anyhow::Result<()> {
         gc_interval: Duration::from_secs(300),
         bootstrap: false,
     });
-    let node = crate::start(config).await?;
+    let node = start_ready(config).await?;
     let client = Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr) };
     println!("object store: one node, moto S3 server at {endpoint}");
 
@@ -334,7 +343,7 @@ async fn merges(args: &BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let node = crate::start(NodeConfig::for_dir(dir.path())).await?;
+    let node = start_ready(NodeConfig::for_dir(dir.path())).await?;
     let client = Arc::new(Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr) });
     client.query("CREATE TABLE small (ts DateTime64(3), id UInt64, v Float64) ORDER BY (id, ts)", Vec::new()).await?;
     const WRITERS: usize = 4;
