@@ -160,13 +160,16 @@ def run_check_config(binary, sts, node, workdir):
     pod = sts["spec"]["template"]["spec"]
     volumes = {v["name"]: v for v in pod.get("volumes", [])}
     mounts = sorted(node["volumeMounts"], key=lambda m: len(m["mountPath"]), reverse=True)
+    secret_values = []
     for mount in mounts:
         target = workdir / mount["mountPath"].lstrip("/")
         target.mkdir(parents=True, exist_ok=True)
         secret = volumes.get(mount["name"], {}).get("secret")
         if secret:
             for item in secret["items"]:
-                (target / item["path"]).write_text(f"placeholder {secret['secretName']}/{item['key']}\n")
+                content = f"placeholder-{secret['secretName']}-{item['key']}"
+                (target / item["path"]).write_text(content + "\n")
+                secret_values.append(content)
 
     def on_host(path):
         for mount in mounts:
@@ -175,7 +178,6 @@ def run_check_config(binary, sts, node, workdir):
         raise CheckFailed(f"the node reads {path}, which no volume provides (the root filesystem is read-only)")
 
     env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin")}
-    secret_values = []
     for entry in node.get("env", []):
         source = entry.get("valueFrom", {})
         if "value" in entry:
@@ -201,7 +203,7 @@ def run_check_config(binary, sts, node, workdir):
     result = subprocess.run([binary, *args, "--check-config"], env=env, capture_output=True, text=True, timeout=60)
     check(result.returncode == 0, f"tandem refused the rendered command line {args}:\n{result.stderr}")
     for value in secret_values:
-        check(value not in result.stdout, "secrets are redacted in --check-config")
+        check(value not in result.stdout, f"secrets are redacted in --check-config: {value} was printed")
     return result.stdout
 
 
@@ -242,7 +244,8 @@ def check_value_sets(binary):
         if etcd.get("keyPrefix"):
             check(quoted(etcd["keyPrefix"]) in config, "the etcd key prefix")
         if etcd.get("tls", {}).get("enabled"):
-            check("tls: Some(" in re.sub(r"\s+", " ", config).replace("( ", "("), "tandem connects to etcd over TLS")
+            identity = etcd["tls"].get("clientCertificate", True)
+            check(f"client_identity: {str(identity).lower()}" in config, "tandem connects to etcd over TLS")
             tls_volume = next(v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == "etcd-tls")
             check(tls_volume["secret"]["secretName"] == etcd["tls"]["existingSecret"], "etcd TLS from the Secret")
 
