@@ -55,6 +55,27 @@ impl Client {
     }
 }
 
+/// 200 one-row inserts into `table` (`ts, id, v`) with one setting: p50 and p99 latency in ms.
+/// Ids start at `first_id`, so every run's rows are distinct (a repeated row would be a
+/// deduplicated no-op).
+async fn one_row_inserts(
+    client: &Client,
+    table: &str,
+    setting: (&str, &str),
+    first_id: usize,
+) -> anyhow::Result<(f64, f64)> {
+    let sql = format!("INSERT INTO {table} FORMAT TabSeparated");
+    let mut latencies = Vec::new();
+    for i in 0..200usize {
+        let body = format!("2024-01-01 00:00:00.000\t{}\t{i}\n", first_id + i).into_bytes();
+        let t = Instant::now();
+        client.query_with(&sql, &[setting], body).await?;
+        latencies.push(t.elapsed());
+    }
+    latencies.sort();
+    Ok((percentile(&latencies, 0.5).as_secs_f64() * 1e3, percentile(&latencies, 0.99).as_secs_f64() * 1e3))
+}
+
 fn percentile(sorted: &[Duration], p: f64) -> Duration {
     let index = ((sorted.len() as f64 - 1.0) * p).round() as usize;
     sorted[index.min(sorted.len() - 1)]
@@ -241,20 +262,10 @@ async fn object_store(args: &BenchArgs) -> anyhow::Result<()> {
 
     client.query("CREATE TABLE durable (ts DateTime64(3), id UInt64, v Float64) ORDER BY (id, ts)", Vec::new()).await?;
     for (run, durability) in ["local", "object_store"].into_iter().enumerate() {
-        let mut latencies = Vec::new();
-        for i in 0..200usize {
-            let body = format!("2024-01-01 00:00:00.000\t{}\t{i}\n", 20_000_000 + run * 1000 + i).into_bytes();
-            let t = Instant::now();
-            client
-                .query_with("INSERT INTO durable FORMAT TabSeparated", &[("insert_durability", durability)], body)
-                .await?;
-            latencies.push(t.elapsed());
-        }
-        latencies.sort();
+        let (p50, p99) =
+            one_row_inserts(&client, "durable", ("insert_durability", durability), 20_000_000 + run * 1000).await?;
         println!(
-            "one-row inserts, insert_durability={durability:<12}: p50 {:>6.1} ms  p99 {:>6.1} ms  (200 inserts)",
-            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-            percentile(&latencies, 0.99).as_secs_f64() * 1e3
+            "one-row inserts, insert_durability={durability:<12}: p50 {p50:>6.1} ms  p99 {p99:>6.1} ms  (200 inserts)"
         );
     }
     let per_batch = args.rows / args.batches;
@@ -555,20 +566,9 @@ async fn cluster(args: &BenchArgs) -> anyhow::Result<()> {
             .await?;
     }
     for (run, quorum) in ["1", "2"].into_iter().enumerate() {
-        let mut latencies = Vec::new();
-        for i in 0..200usize {
-            // Distinct rows in every run: a repeated row would be a deduplicated no-op.
-            let body = format!("2024-01-01 00:00:00.000\t{}\t{i}\n", 10_000_000 + run * 1000 + i).into_bytes();
-            let t = Instant::now();
-            clients[0].query_with("INSERT INTO quorum FORMAT TabSeparated", &[("insert_quorum", quorum)], body).await?;
-            latencies.push(t.elapsed());
-        }
-        latencies.sort();
-        println!(
-            "one-row inserts, insert_quorum={quorum}: p50 {:>6.1} ms  p99 {:>6.1} ms  (200 inserts)",
-            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-            percentile(&latencies, 0.99).as_secs_f64() * 1e3
-        );
+        let (p50, p99) =
+            one_row_inserts(&clients[0], "quorum", ("insert_quorum", quorum), 10_000_000 + run * 1000).await?;
+        println!("one-row inserts, insert_quorum={quorum}: p50 {p50:>6.1} ms  p99 {p99:>6.1} ms  (200 inserts)");
     }
     for node in nodes {
         node.shutdown().await;

@@ -64,9 +64,6 @@ pub async fn drain(node: &Node, timeout: Duration) -> DrainReport {
 
 /// Active parts held by no other node and not uploaded to the object store.
 pub fn parts_only_here(node: &Node) -> usize {
-    if !node.config.is_cluster() && node.bucket.is_none() {
-        return node.catalog.snapshot().values().map(|t| t.parts.len()).sum();
-    }
     let me = &node.config.node_id;
     node.catalog
         .snapshot()

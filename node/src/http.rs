@@ -181,7 +181,7 @@ async fn execute(
             Err(e) => (String::from_utf8_lossy(&body[..e.valid_up_to().min(64 * 1024)]), true),
         },
     };
-    let statement = statement::parse(&text)?;
+    let statement = statement::parse_with(&text, &node.config.table_defaults)?;
     let started = Instant::now();
     match statement {
         Statement::Insert(insert_statement) => {
@@ -214,7 +214,8 @@ async fn execute(
             if !body_is_statement && !body.is_empty() {
                 // ClickHouse appends the body to the query for non-INSERT statements.
                 let full = format!("{text}\n{}", String::from_utf8_lossy(&body));
-                return Box::pin(execute_statement(node, &params, statement::parse(&full)?, started)).await;
+                let statement = statement::parse_with(&full, &node.config.table_defaults)?;
+                return Box::pin(execute_statement(node, &params, statement, started)).await;
             }
             execute_statement(node, &params, other, started).await
         }
@@ -235,11 +236,7 @@ async fn execute_statement(
     started: Instant,
 ) -> Result<Response, NodeError> {
     match statement {
-        Statement::CreateTable { mut def, if_not_exists, settings } => {
-            def.settings = node.config.table_defaults.clone();
-            for (key, value) in &settings {
-                def.settings.set(key, value)?;
-            }
+        Statement::CreateTable { def, if_not_exists } => {
             let revision = match node.coordinator.create_table(&def.name, def.to_json()).await {
                 Ok(record) => record.version,
                 Err(CoordError::TableExists(_)) if if_not_exists => node.catalog.applied_revision(),

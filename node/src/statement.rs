@@ -20,33 +20,13 @@ use crate::schema::{ColumnDef, ColumnType, TABLE_FORMAT_VERSION, TableDef, Table
 
 #[derive(Debug)]
 pub enum Statement {
-    /// `settings` is the `SETTINGS` clause as written (already applied to `def` over the
-    /// built-in defaults), so a server can apply it over its own defaults instead.
-    CreateTable {
-        def: TableDef,
-        if_not_exists: bool,
-        settings: Vec<(String, serde_json::Value)>,
-    },
-    Alter {
-        table: String,
-        actions: Vec<AlterAction>,
-    },
-    DropTable {
-        name: String,
-        if_exists: bool,
-    },
-    ShowTables {
-        format: Option<String>,
-    },
-    Describe {
-        name: String,
-        format: Option<String>,
-    },
+    CreateTable { def: TableDef, if_not_exists: bool },
+    Alter { table: String, actions: Vec<AlterAction> },
+    DropTable { name: String, if_exists: bool },
+    ShowTables { format: Option<String> },
+    Describe { name: String, format: Option<String> },
     Insert(InsertStatement),
-    Select {
-        sql: String,
-        format: Option<String>,
-    },
+    Select { sql: String, format: Option<String> },
 }
 
 /// One change of an `ALTER TABLE`.
@@ -104,7 +84,14 @@ fn trim_comments(mut sql: &str) -> &str {
     }
 }
 
+/// Parses a statement; a new table's settings start from the built-in defaults.
 pub fn parse(text: &str) -> Result<Statement, NodeError> {
+    parse_with(text, &TableSettings::default())
+}
+
+/// Parses a statement; a new table's settings start from `table_defaults` (the server's),
+/// then take its `SETTINGS` clause.
+pub fn parse_with(text: &str, table_defaults: &TableSettings) -> Result<Statement, NodeError> {
     let sql = trim_comments(text);
     let skipped = text.len() - sql.len();
     if sql.is_empty() {
@@ -120,7 +107,7 @@ pub fn parse(text: &str) -> Result<Statement, NodeError> {
             }
             Ok(Statement::Insert(insert))
         }
-        ["CREATE", "TABLE"] => parse_create_table(sql),
+        ["CREATE", "TABLE"] => parse_create_table(sql, table_defaults),
         ["DROP", "TABLE"] => parse_drop_table(sql),
         ["SHOW", "TABLES"] => Ok(Statement::ShowTables { format: split_format(sql).1 }),
         ["DESCRIBE" | "DESC", ..] => {
@@ -200,7 +187,7 @@ fn expect_end(parser: &mut Parser) -> Result<(), NodeError> {
     }
 }
 
-fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
+fn parse_create_table(sql: &str, table_defaults: &TableSettings) -> Result<Statement, NodeError> {
     let mut parser = parser(sql)?;
     parser.expect_keywords(&[Keyword::CREATE, Keyword::TABLE]).map_err(syntax)?;
     let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
@@ -221,8 +208,7 @@ fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
 
     let mut order_by = Vec::new();
     let mut partition_by = PartitionSpec::None;
-    let mut settings = TableSettings::default();
-    let mut settings_clause = Vec::new();
+    let mut settings = table_defaults.clone();
     loop {
         if parser.parse_keyword(Keyword::ENGINE) {
             let _optional = parser.consume_token(&Token::Eq);
@@ -244,7 +230,6 @@ fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
         } else if parser.parse_keyword(Keyword::SETTINGS) {
             for (key, value) in parse_settings(&mut parser)? {
                 settings.set(&key, &value)?;
-                settings_clause.push((key, value));
             }
         } else {
             break;
@@ -269,7 +254,7 @@ fn parse_create_table(sql: &str) -> Result<Statement, NodeError> {
         next_column_id: 0,
     };
     def.assign_column_ids();
-    Ok(Statement::CreateTable { def, if_not_exists, settings: settings_clause })
+    Ok(Statement::CreateTable { def, if_not_exists })
 }
 
 /// `name Type [NULL | NOT NULL] [DEFAULT literal] [COMMENT 'text']`; the id is assigned later.
@@ -619,7 +604,7 @@ mod tests {
 
     #[test]
     fn sql_standard_types_and_any_clause_order() {
-        let Statement::CreateTable { def, if_not_exists, .. } = parse(
+        let Statement::CreateTable { def, if_not_exists } = parse(
             "create table if not exists e (ts TIMESTAMP, name VARCHAR(20), x DOUBLE, n BIGINT, ok BOOLEAN, d DATE) \
              PARTITION BY toDate(ts) ORDER BY ts SETTINGS dedup_window_blocks = 10",
         )
