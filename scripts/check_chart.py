@@ -122,9 +122,10 @@ def check_common(objects, values):
     check(node["startupProbe"]["httpGet"]["path"] == "/health", "startup probe on /health")
     check(node["livenessProbe"]["httpGet"]["path"] == "/health", "liveness probe on /health")
     check(node["readinessProbe"]["httpGet"]["path"] == "/ready", "readiness probe on /ready")
-    pre_stop = node["lifecycle"]["preStop"]["httpGet"]["path"]
-    check(pre_stop.startswith("/drain?timeout_seconds="), f"preStop drains: {pre_stop}")
-    drain = int(pre_stop.split("=")[1])
+    pre_stop = node["lifecycle"]["preStop"]["exec"]["command"]
+    check(pre_stop[:2] == ["/usr/local/bin/tandem", "drain"], f"preStop drains: {pre_stop}")
+    check(f"--http-addr=127.0.0.1:{values.get('ports', {}).get('http', 8123)}" in pre_stop, f"preStop drains this node: {pre_stop}")
+    drain = int(next(a for a in pre_stop if a.startswith("--timeout-seconds=")).split("=")[1])
     check(pod["terminationGracePeriodSeconds"] > drain, "the grace period outlasts the drain")
     security = node["securityContext"]
     check(security["readOnlyRootFilesystem"] and not security["allowPrivilegeEscalation"], "locked-down container")

@@ -416,7 +416,11 @@ pub async fn merges_replace_their_sources_once(kv: Arc<dyn KvBackend>, p: &str) 
     let sources = vec![("p1".to_string(), revision), ("p2".to_string(), revision)];
     let replaced = c.replace_parts("t", &sources, &merged, "n1", Some(("merge/t", fence))).await.unwrap();
     let replaced = replaced.expect("the first replacement succeeds");
-    let batch = events.next().await.unwrap().unwrap();
+    let batch = tokio::time::timeout(Duration::from_secs(10), events.next())
+        .await
+        .expect("the replacement is watched within 10 s")
+        .unwrap()
+        .unwrap();
     assert_eq!(batch.revision, replaced, "the sources leave and the merged part arrives in one revision");
     let removed = batch.events.iter().filter(|e| matches!(e, ClusterEvent::PartRemoved { .. })).count();
     let added = batch.events.iter().filter(|e| matches!(e, ClusterEvent::PartAdded(_))).count();

@@ -127,6 +127,13 @@ pub async fn alter(node: &Node, table: &str, actions: &[AlterAction], sync_all: 
             version = Some(record.version);
             break;
         }
+        let max_columns = node.config.limits.max_columns;
+        if def.columns.len() > max_columns {
+            return Err(NodeError::bad_request(format!(
+                "table `{table}` would have {} columns, more than max_columns = {max_columns}; nothing was changed",
+                def.columns.len()
+            )));
+        }
         match node.coordinator.update_table(table, record.version, def.to_json()).await? {
             Ok(updated) => {
                 version = Some(updated.version);

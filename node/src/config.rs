@@ -14,6 +14,7 @@ use tandem_coordinator::EtcdTls;
 use tandem_parts::S3Settings;
 
 use crate::insert::{DEFAULT_QUORUM_TIMEOUT, Quorum};
+use crate::limits::{LimitArgs, LimitFile, Limits};
 use crate::schema::TableSettings;
 
 /// Flags of `tandem serve`. Each also reads a `TANDEM_*` environment variable.
@@ -137,6 +138,8 @@ pub struct ServeArgs {
     /// `dedup_window_seconds` of tables created without it [default: 604800 (7 days)].
     #[arg(long, env = "TANDEM_DEDUP_WINDOW_SECONDS")]
     pub dedup_window_seconds: Option<u64>,
+    #[command(flatten)]
+    pub limits: LimitArgs,
 }
 
 /// The flat TOML file. Unknown keys are an error, so a typo is not ignored.
@@ -180,6 +183,9 @@ pub struct FileConfig {
     pub insert_quorum_timeout_ms: Option<u64>,
     pub dedup_window_blocks: Option<u64>,
     pub dedup_window_seconds: Option<u64>,
+    /// The `[limits]` table.
+    #[serde(default)]
+    pub limits: LimitFile,
 }
 
 /// The S3 credentials file (`--s3-credentials-file`).
@@ -242,6 +248,8 @@ pub struct NodeConfig {
     /// The settings of a table created without a `SETTINGS` clause (the dedup windows can be
     /// changed per server; the others are the built-in defaults).
     pub table_defaults: TableSettings,
+    /// The bounds of every request.
+    pub limits: Limits,
 }
 
 impl std::fmt::Debug for NodeConfig {
@@ -259,6 +267,7 @@ impl std::fmt::Debug for NodeConfig {
             .field("insert_quorum", &self.insert_quorum)
             .field("insert_quorum_timeout", &self.insert_quorum_timeout)
             .field("table_defaults", &self.table_defaults)
+            .field("limits", &self.limits)
             .finish_non_exhaustive()
     }
 }
@@ -286,6 +295,9 @@ impl NodeConfig {
         };
         let coordinator = match args.etcd.clone().or(file.etcd.take()).filter(|e| !e.is_empty()) {
             Some(endpoints) => {
+                for endpoint in &endpoints {
+                    refuse_credentials_in_url("--etcd", endpoint)?;
+                }
                 let tls = etcd_tls(args, &mut file, &endpoints)?;
                 CoordinatorConfig::Etcd { endpoints, tls }
             }
@@ -361,6 +373,7 @@ impl NodeConfig {
                 .or(file.insert_quorum_timeout_ms)
                 .map_or(DEFAULT_QUORUM_TIMEOUT, Duration::from_millis),
             table_defaults,
+            limits: Limits::resolve(&args.limits, &file.limits),
         })
     }
 
@@ -387,6 +400,7 @@ impl NodeConfig {
             insert_quorum: Quorum::One,
             insert_quorum_timeout: DEFAULT_QUORUM_TIMEOUT,
             table_defaults: TableSettings::default(),
+            limits: Limits::default(),
         }
     }
 
@@ -453,6 +467,9 @@ fn object_store_config(
                 secret_access_key = secret_access_key.or(Some(creds.secret_access_key));
             }
             let endpoint = args.s3_endpoint.clone().or(file.s3_endpoint.take()).filter(|e| !e.is_empty());
+            if let Some(endpoint) = &endpoint {
+                refuse_credentials_in_url("--s3-endpoint", endpoint)?;
+            }
             let region = args
                 .s3_region
                 .clone()
@@ -487,10 +504,35 @@ fn object_store_config(
     })
 }
 
+/// A URL with a user name or password in it (`http://user:pass@host`). tandem never sends
+/// credentials from a URL (etcd and the object store take them from their own settings), and a
+/// URL is printed in logs and by `--check-config`: refused, without quoting the credentials.
+fn refuse_credentials_in_url(setting: &str, url: &str) -> anyhow::Result<()> {
+    let after_scheme = url.split_once("://").map_or(url, |(_, rest)| rest);
+    let authority = after_scheme.split(['/', '?', '#']).next().unwrap_or_default();
+    if let Some((_, host)) = authority.rsplit_once('@') {
+        bail!(
+            "{setting} `<credentials>@{host}` has credentials in the URL, which tandem does not use and will not \
+             print; remove them (etcd TLS client certificates and the S3 keys have their own settings)"
+        );
+    }
+    Ok(())
+}
+
 pub fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
-    toml::from_str(&text).map_err(|e| anyhow::anyhow!("config file {}: {e}", path.display()))
+    // Only the parser's message and the position: its full error quotes the offending line,
+    // which may hold a secret.
+    toml::from_str(&text).map_err(|e| {
+        let position = e.span().map(|span| {
+            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+            let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
+            format!(" at line {line}, column {column}")
+        });
+        anyhow::anyhow!("config file {}{}: {}", path.display(), position.unwrap_or_default(), e.message())
+    })
 }
 
 #[cfg(test)]
@@ -545,6 +587,7 @@ mod tests {
             file.insert_quorum_timeout_ms.is_some(),
             file.dedup_window_blocks.is_some(),
             file.dedup_window_seconds.is_some(),
+            file.limits.is_complete(),
         ];
         assert!(documented.iter().all(|d| *d), "every key is documented in the example: {documented:?}");
     }
@@ -619,6 +662,40 @@ mod tests {
         assert!(NodeConfig::resolve(&args).unwrap_err().to_string().contains("--s3-bucket"));
         let args = ServeArgs { node_id: Some("@object-store".into()), ..Default::default() };
         assert!(NodeConfig::resolve(&args).unwrap_err().to_string().contains("node id"));
+    }
+
+    #[test]
+    fn config_errors_never_quote_values() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tandem.toml");
+        std::fs::write(&path, "node_id = \"n1\"\ncluster_secret = hunter2-not-quoted\n").unwrap();
+        let err = read_file_config(&path).unwrap_err().to_string();
+        assert!(err.contains("line 2") && !err.contains("hunter2"), "{err}");
+        for (etcd, s3) in
+            [(Some("http://root:hunter2@127.0.0.1:2379"), None), (None, Some("http://ak:hunter2@minio:9000"))]
+        {
+            let args = ServeArgs {
+                etcd: etcd.map(|e| vec![e.to_string()]),
+                node_id: Some("n1".into()),
+                s3_endpoint: s3.map(str::to_string),
+                s3_bucket: s3.map(|_| "parts".to_string()),
+                ..Default::default()
+            };
+            let err = NodeConfig::resolve(&args).unwrap_err().to_string();
+            assert!(err.contains("credentials") && !err.contains("hunter2"), "{err}");
+        }
+    }
+
+    #[test]
+    fn limits_come_from_flags_then_the_file_then_defaults() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tandem.toml");
+        std::fs::write(&path, "[limits]\nmax_columns = 50\nmax_result_rows = 7\n").unwrap();
+        let mut args = ServeArgs { config: Some(path), ..Default::default() };
+        args.limits.max_result_rows = Some(9);
+        let limits = NodeConfig::resolve(&args).unwrap().limits;
+        assert_eq!((limits.max_columns, limits.max_result_rows), (50, 9));
+        assert_eq!(limits.max_insert_rows, Limits::default().max_insert_rows);
     }
 
     #[test]

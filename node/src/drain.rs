@@ -31,6 +31,13 @@ pub async fn drain(node: &Node, timeout: Duration) -> DrainReport {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         let only_here = parts_only_here(node);
+        if !node.draining.load(Ordering::Acquire) {
+            return DrainReport {
+                drained: false,
+                parts_only_here: only_here,
+                reason: Some("cancelled by /drain?cancel=1".into()),
+            };
+        }
         if only_here == 0 {
             tracing::info!("drained: every part on this node has another copy");
             return DrainReport { drained: true, parts_only_here: 0, reason: None };
@@ -62,6 +69,14 @@ pub async fn drain(node: &Node, timeout: Duration) -> DrainReport {
     }
 }
 
+/// Undoes a drain: the node is ready again and merges resume; a drain in progress answers
+/// that it was cancelled.
+pub fn cancel(node: &Node) {
+    if node.draining.swap(false, Ordering::AcqRel) {
+        tracing::info!("drain cancelled: /ready answers 200 again");
+    }
+}
+
 /// Active parts held by no other node and not uploaded to the object store.
 pub fn parts_only_here(node: &Node) -> usize {
     let me = &node.config.node_id;
@@ -89,4 +104,23 @@ async fn can_hand_over(node: &Node) -> bool {
         // etcd unreachable: keep waiting until the deadline, it may come back.
         Err(_) => true,
     }
+}
+
+/// `tandem drain`: asks the node at `addr` to drain (what a Kubernetes preStop hook runs, since
+/// `/drain` takes POST and the image has no shell or curl). Returns the status and the report.
+pub async fn ask_to_drain(addr: std::net::SocketAddr, timeout_seconds: u64) -> anyhow::Result<(u16, String)> {
+    use anyhow::Context;
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.with_context(|| format!("cannot connect to {addr}"))?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await?;
+    tokio::spawn(connection);
+    let request = hyper::Request::post(format!("/drain?timeout_seconds={timeout_seconds}"))
+        .header(hyper::header::HOST, addr.to_string())
+        .body(http_body_util::Empty::<bytes::Bytes>::new())?;
+    // The node answers within its own timeout; a little more covers the round trip.
+    let wait = Duration::from_secs(timeout_seconds.saturating_add(10));
+    let response = tokio::time::timeout(wait, sender.send_request(request)).await.context("no answer in time")??;
+    let status = response.status().as_u16();
+    let body = tokio::time::timeout(wait, response.into_body().collect()).await.context("no answer in time")??;
+    Ok((status, String::from_utf8_lossy(&body.to_bytes()).into_owned()))
 }

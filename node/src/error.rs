@@ -19,6 +19,27 @@ pub enum NodeError {
         "request body is larger than the limit of {limit} bytes; split the insert into smaller batches or raise max_body_bytes"
     )]
     BodyTooLarge { limit: usize },
+    #[error(
+        "the body decompresses to more than the limit of {limit} bytes ({compressed} bytes compressed); split the insert \
+         into smaller batches or raise max_body_bytes"
+    )]
+    DecompressedTooLarge { limit: usize, compressed: usize },
+    /// An insert decodes to more rows or bytes than allowed (the message names the limit).
+    #[error("{0}")]
+    InsertTooLarge(String),
+    /// A query ran into one of its limits (memory, result size); the message names it.
+    #[error("{0}")]
+    QueryLimit(String),
+    /// A query ran longer than `max_execution_time`.
+    #[error("{0}")]
+    QueryTimeout(String),
+    /// The node is at capacity (concurrent queries, server memory): retrying later can help.
+    #[error("{0}")]
+    Overloaded(String),
+    /// The statement changes state but came in a GET (which must be safe to repeat, prefetch
+    /// or follow from any web page).
+    #[error("{0}")]
+    MethodNotAllowed(String),
     #[error("{0}")]
     NotImplemented(String),
     /// The metadata store or a dependency is unavailable: retrying later can help.
@@ -51,7 +72,13 @@ impl NodeError {
             NodeError::BadRequest(_) => StatusCode::BAD_REQUEST,
             NodeError::UnknownTable(_) => StatusCode::NOT_FOUND,
             NodeError::Conflict(_) => StatusCode::CONFLICT,
-            NodeError::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            NodeError::BodyTooLarge { .. } | NodeError::DecompressedTooLarge { .. } | NodeError::InsertTooLarge(_) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            NodeError::QueryLimit(_) => StatusCode::BAD_REQUEST,
+            NodeError::QueryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
+            NodeError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
+            NodeError::MethodNotAllowed(_) => StatusCode::METHOD_NOT_ALLOWED,
             NodeError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             NodeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
@@ -66,7 +93,12 @@ impl NodeError {
             NodeError::BadRequest(_) => "BAD_REQUEST",
             NodeError::UnknownTable(_) => "UNKNOWN_TABLE",
             NodeError::Conflict(_) => "CONFLICT",
-            NodeError::BodyTooLarge { .. } => "BODY_TOO_LARGE",
+            NodeError::BodyTooLarge { .. } | NodeError::DecompressedTooLarge { .. } => "BODY_TOO_LARGE",
+            NodeError::InsertTooLarge(_) => "INSERT_TOO_LARGE",
+            NodeError::QueryLimit(_) => "QUERY_LIMIT",
+            NodeError::QueryTimeout(_) => "QUERY_TIMEOUT",
+            NodeError::Overloaded(_) => "OVERLOADED",
+            NodeError::MethodNotAllowed(_) => "METHOD_NOT_ALLOWED",
             NodeError::NotImplemented(_) => "NOT_IMPLEMENTED",
             NodeError::Unavailable(_) => "UNAVAILABLE",
             NodeError::Timeout(_) => "TIMEOUT",
@@ -77,7 +109,10 @@ impl NodeError {
 
     /// Whether sending the same request again can succeed.
     pub fn is_retryable(&self) -> bool {
-        matches!(self, NodeError::Unavailable(_) | NodeError::Timeout(_) | NodeError::TooManyParts(_))
+        matches!(
+            self,
+            NodeError::Unavailable(_) | NodeError::Timeout(_) | NodeError::TooManyParts(_) | NodeError::Overloaded(_)
+        )
     }
 }
 
@@ -106,6 +141,7 @@ impl From<PartError> for NodeError {
 
 impl From<datafusion::error::DataFusionError> for NodeError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
+        use datafusion::arrow::error::ArrowError;
         use datafusion::error::DataFusionError as D;
         static UNKNOWN_TABLE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
             regex::Regex::new(r"table '(?:datafusion\.public\.|datafusion\.)?([^']+)' not found").expect("valid regex")
@@ -115,7 +151,18 @@ impl From<datafusion::error::DataFusionError> for NodeError {
         }
         match e.find_root() {
             D::SQL(..) | D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => NodeError::BadRequest(e.to_string()),
-            D::ArrowError(inner, _) if matches!(**inner, datafusion::arrow::error::ArrowError::DivideByZero) => {
+            // What the query's own values cause: a literal that does not fit its type, a bad
+            // argument, a division by zero, an overflow.
+            D::ArrowError(inner, _)
+                if matches!(
+                    **inner,
+                    ArrowError::DivideByZero
+                        | ArrowError::CastError(_)
+                        | ArrowError::ParseError(_)
+                        | ArrowError::InvalidArgumentError(_)
+                        | ArrowError::ArithmeticOverflow(_)
+                ) =>
+            {
                 NodeError::BadRequest(e.to_string())
             }
             D::Execution(_) => NodeError::BadRequest(e.to_string()),

@@ -16,10 +16,14 @@ use datafusion::arrow::ipc::writer::StreamWriter;
 use datafusion::arrow::json::writer::{JsonArray, LineDelimited};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::parquet::arrow::ArrowWriter;
-use datafusion::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use datafusion::parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 
 use crate::error::NodeError;
 use crate::schema::{ColumnType, TableDef};
+
+mod guard;
+
+pub use guard::Budget;
 
 const TIMESTAMP_FORMAT: &str = "%Y-%m-%d %H:%M:%S%.f";
 
@@ -72,6 +76,8 @@ impl Format {
 pub struct InputOptions {
     /// Ignore fields or columns the table does not have instead of refusing the insert.
     pub skip_unknown_fields: bool,
+    /// The rows and bytes the body may decode to.
+    pub budget: Budget,
 }
 
 /// Decodes an insert body into one batch in the table's schema.
@@ -104,27 +110,89 @@ pub fn decode_insert(
             decode_delimited(format, data, &input_schema, def, options)?
         }
         Format::Parquet => {
-            let reader = ParquetRecordBatchReaderBuilder::try_new(data.clone())
-                .and_then(|b| b.build())
-                .map_err(|e| NodeError::bad_request(format!("the body is not a readable Parquet file: {e}")))?;
-            let batches = reader
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| NodeError::bad_request(format!("cannot read the Parquet body: {e}")))?;
+            let unreadable = |e: datafusion::parquet::errors::ParquetError| {
+                NodeError::bad_request(format!("the body is not a readable Parquet file: {e}"))
+            };
+            // The Arrow schema a Parquet writer may embed is not read: its decoder panics on
+            // malformed input, and the Parquet schema says all the table's conversion needs.
+            let reader_options = ArrowReaderOptions::new().with_skip_arrow_metadata(true);
+            let builder = ParquetRecordBatchReaderBuilder::try_new_with_options(data.clone(), reader_options)
+                .map_err(unreadable)?;
+            // The row count the file declares is checked before any page is decoded; the
+            // decoded batches are counted again as they come, in case the footer lies.
+            guard::check_parquet_metadata(builder.metadata(), data.len())?;
+            let declared = builder.metadata().file_metadata().num_rows();
+            options.budget.check_rows(u64::try_from(declared).unwrap_or(u64::MAX))?;
+            let reader = builder.with_batch_size(PARQUET_BATCH_ROWS).build().map_err(unreadable)?;
+            let batches = guard::contain_panics("Parquet", || {
+                options.budget.collect(reader, |e| NodeError::bad_request(format!("cannot read the Parquet body: {e}")))
+            })?;
             concat_input(batches)?
         }
         Format::ArrowStream => {
-            let reader = StreamReader::try_new(Cursor::new(data.as_ref()), None)
-                .map_err(|e| NodeError::bad_request(format!("the body is not an Arrow IPC stream: {e}")))?;
-            let batches = reader
-                .collect::<Result<Vec<_>, _>>()
-                .map_err(|e| NodeError::bad_request(format!("cannot read the Arrow IPC stream: {e}")))?;
+            guard::check_ipc_stream(data, &options.budget)?;
+            let batches = guard::contain_panics("Arrow IPC", || {
+                let reader = StreamReader::try_new(Cursor::new(data.as_ref()), None)
+                    .map_err(|e| NodeError::bad_request(format!("the body is not an Arrow IPC stream: {e}")))?;
+                options
+                    .budget
+                    .collect(reader, |e| NodeError::bad_request(format!("cannot read the Arrow IPC stream: {e}")))
+            })?;
             concat_input(batches)?
         }
         Format::Json => {
             return Err(NodeError::bad_request("format JSON is output-only; insert with JSONEachRow"));
         }
     };
-    conform(def, batch, options)
+    options.budget.check_rows(batch.num_rows() as u64)?;
+    options.budget.check_bytes(batch.get_array_memory_size() as u64)?;
+    let batch = conform(def, batch, options)?;
+    check_ranges(&batch)?;
+    Ok(batch)
+}
+
+/// Rows per batch when decoding Parquet: small, so that a page of repeated long values
+/// cannot expand into one huge batch before the budget sees it.
+const PARQUET_BATCH_ROWS: usize = 1024;
+
+/// The dates and times a column can hold: 1900-01-01 to 2299-12-31 (ClickHouse's DateTime64
+/// range), which every output format can render. A value outside is refused, never clamped.
+fn check_ranges(batch: &RecordBatch) -> Result<(), NodeError> {
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::compute::{max, min};
+    use datafusion::arrow::datatypes::{Int64Type, TimeUnit};
+    const FIRST_SECOND: i64 = -2_208_988_800; // 1900-01-01 00:00:00
+    const LAST_SECOND: i64 = 10_413_791_999; // 2299-12-31 23:59:59
+    for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
+        let (per_second, unit) = match field.data_type() {
+            DataType::Date32 => (0, "days since 1970-01-01"),
+            DataType::Timestamp(TimeUnit::Second, _) => (1, "seconds since 1970"),
+            DataType::Timestamp(TimeUnit::Millisecond, _) => (1_000, "milliseconds since 1970"),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => (1_000_000, "microseconds since 1970"),
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => (1_000_000_000, "nanoseconds since 1970"),
+            _ => continue,
+        };
+        let (first, last) = match per_second {
+            0 => (FIRST_SECOND / 86_400, LAST_SECOND / 86_400),
+            n => (FIRST_SECOND.saturating_mul(n), LAST_SECOND.saturating_mul(n).saturating_add(n - 1)),
+        };
+        let raw = cast_with_options(array, &DataType::Int64, &CastOptions::default()).map_err(NodeError::internal)?;
+        let raw = raw.as_primitive::<Int64Type>();
+        if min(raw).is_none_or(|v| v >= first) && max(raw).is_none_or(|v| v <= last) {
+            continue;
+        }
+        let outside =
+            raw.iter().enumerate().find_map(|(row, v)| v.filter(|v| *v < first || *v > last).map(|v| (row, v)));
+        if let Some((row, value)) = outside {
+            return Err(NodeError::bad_request(format!(
+                "row {}: column `{}` is {} but the value {value} ({unit}) is outside 1900-01-01 .. 2299-12-31",
+                row + 1,
+                field.name(),
+                ColumnType::name_of_arrow(field.data_type()),
+            )));
+        }
+    }
+    Ok(())
 }
 
 fn unknown_column(def: &TableDef, name: &str) -> NodeError {
@@ -198,6 +266,7 @@ fn fill_default(array: &ArrayRef, column: &crate::schema::ColumnDef) -> Result<A
 
 fn decode_json(data: &Bytes, schema: &SchemaRef, options: InputOptions) -> Result<RecordBatch, NodeError> {
     use datafusion::arrow::json::ReaderBuilder;
+    guard::check_json_depth(data)?;
     // Arrow's JSON tape decoder tolerates some malformed input (a missing comma between
     // fields); a strict syntax pass first makes malformed rows an error with line and column.
     // It also records where each row starts, to name the line of a later conversion error.
@@ -217,14 +286,18 @@ fn decode_json(data: &Bytes, schema: &SchemaRef, options: InputOptions) -> Resul
             }
         }
     }
-    // Arrow's decoder truncates 2.5 into an integer column; integers are read as text and
-    // converted strictly instead.
+    // Arrow's decoder truncates 2.5 into an integer column and clamps a timestamp beyond i64;
+    // integers, dates and times are read as text and converted strictly instead.
     let read_schema = Arc::new(Schema::new(
         schema
             .fields()
             .iter()
             .map(|f| {
-                if f.data_type().is_integer() { Field::new(f.name(), DataType::Utf8, true) } else { f.as_ref().clone() }
+                if f.data_type().is_integer() || f.data_type().is_temporal() {
+                    Field::new(f.name(), DataType::Utf8, true)
+                } else {
+                    f.as_ref().clone()
+                }
             })
             .collect::<Vec<_>>(),
     ));
@@ -275,7 +348,11 @@ fn decode_json(data: &Bytes, schema: &SchemaRef, options: InputOptions) -> Resul
 /// Converts a text column into `field`'s type; a value that does not convert is an error
 /// naming its line, the column and its type.
 fn convert_text(text: &ArrayRef, field: &Field, line_of_row: impl Fn(usize) -> u64) -> Result<ArrayRef, NodeError> {
-    let converted = cast_with_options(text, field.data_type(), &CastOptions::default()).map_err(NodeError::internal)?;
+    let mut converted =
+        cast_with_options(text, field.data_type(), &CastOptions::default()).map_err(NodeError::internal)?;
+    if field.data_type().is_temporal() && converted.null_count() != text.null_count() {
+        converted = temporal_numbers(text, &converted, field)?;
+    }
     if converted.null_count() != text.null_count() {
         let row = (0..text.len()).find(|&i| text.is_valid(i) && converted.is_null(i)).unwrap_or(0);
         let value = text.as_any().downcast_ref::<StringArray>().map(|s| s.value(row).to_string()).unwrap_or_default();
@@ -288,6 +365,33 @@ fn convert_text(text: &ArrayRef, field: &Field, line_of_row: impl Fn(usize) -> u
         )));
     }
     Ok(converted)
+}
+
+/// Dates and times may also be given as integers in the column's own unit (seconds for
+/// DateTime, milliseconds for DateTime64(3), days for Date), as JSON numbers always were: the
+/// values that did not parse as text are read as such integers, strictly (an integer beyond
+/// 64 bits stays an error).
+fn temporal_numbers(text: &ArrayRef, parsed: &ArrayRef, field: &Field) -> Result<ArrayRef, NodeError> {
+    let Some(strings) = text.as_any().downcast_ref::<StringArray>() else { return Ok(parsed.clone()) };
+    let raw = cast_with_options(parsed, &DataType::Int64, &CastOptions::default()).map_err(NodeError::internal)?;
+    let raw = raw
+        .as_any()
+        .downcast_ref::<datafusion::arrow::array::Int64Array>()
+        .ok_or_else(|| NodeError::internal("not Int64"))?;
+    let values: datafusion::arrow::array::Int64Array = (0..strings.len())
+        .map(|i| match (strings.is_valid(i), raw.is_valid(i)) {
+            (false, _) => None,
+            (true, true) => Some(raw.value(i)),
+            (true, false) => strings.value(i).trim().parse::<i64>().ok(),
+        })
+        .collect();
+    let target = match field.data_type() {
+        DataType::Date32 => DataType::Int32,
+        other => other.clone(),
+    };
+    // Safe casts: a day count beyond 32 bits becomes NULL and is reported by the caller.
+    let values = cast_with_options(&values, &target, &CastOptions::default()).map_err(NodeError::internal)?;
+    cast_with_options(&values, field.data_type(), &CastOptions::default()).map_err(NodeError::internal)
 }
 
 /// Arrow's JSON decoder reports what failed but not where: find the first bad line and say
@@ -361,7 +465,7 @@ fn json_type_problem(data_type: &DataType, value: &serde_json::Value) -> Option<
     }
 }
 
-fn truncate(s: &str, max: usize) -> String {
+pub(crate) fn truncate(s: &str, max: usize) -> String {
     if s.chars().count() <= max { s.to_string() } else { format!("{}…", s.chars().take(max).collect::<String>()) }
 }
 
@@ -556,69 +660,121 @@ pub fn encode(
     batches: &[RecordBatch],
     elapsed_secs: f64,
 ) -> Result<Bytes, NodeError> {
-    let mut out: Vec<u8> = Vec::new();
-    match format {
-        Format::JsonEachRow => {
-            let mut writer = datafusion::arrow::json::WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
-                .build::<_, LineDelimited>(&mut out);
-            for batch in batches {
-                writer.write(batch).map_err(NodeError::internal)?;
+    let mut encoder = Encoder::new(format, schema)?;
+    let mut out = encoder.head()?;
+    for batch in batches {
+        out.extend_from_slice(&encoder.batch(batch)?);
+    }
+    out.extend_from_slice(&encoder.finish(elapsed_secs)?);
+    Ok(Bytes::from(out))
+}
+
+/// Encodes a result batch by batch, so a result is sent while it is produced and never held
+/// whole: [`Encoder::head`] once, [`Encoder::batch`] per batch, [`Encoder::finish`] at the end.
+pub struct Encoder {
+    format: Format,
+    schema: SchemaRef,
+    rows: usize,
+    /// Parquet and Arrow stream writers keep state between batches; their bytes are taken
+    /// from the buffer they write into as they come.
+    parquet: Option<ArrowWriter<Vec<u8>>>,
+    arrow: Option<StreamWriter<Vec<u8>>>,
+}
+
+impl Encoder {
+    pub fn new(format: Format, schema: &SchemaRef) -> Result<Encoder, NodeError> {
+        let parquet = match format {
+            Format::Parquet => {
+                Some(ArrowWriter::try_new(Vec::new(), schema.clone(), None).map_err(NodeError::internal)?)
             }
-            writer.finish().map_err(NodeError::internal)?;
-        }
-        Format::Json => {
-            let meta: Vec<_> = schema
-                .fields()
-                .iter()
-                .map(|f| serde_json::json!({"name": f.name(), "type": ColumnType::name_of_arrow(f.data_type())}))
-                .collect();
-            out.extend_from_slice(b"{\"meta\":");
-            out.extend_from_slice(serde_json::to_string(&meta).map_err(NodeError::internal)?.as_bytes());
-            out.extend_from_slice(b",\"data\":");
-            let mut writer = datafusion::arrow::json::WriterBuilder::new()
-                .with_explicit_nulls(true)
-                .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
-                .build::<_, JsonArray>(&mut out);
-            for batch in batches {
-                writer.write(batch).map_err(NodeError::internal)?;
+            _ => None,
+        };
+        let arrow = match format {
+            Format::ArrowStream => Some(StreamWriter::try_new(Vec::new(), schema).map_err(NodeError::internal)?),
+            _ => None,
+        };
+        Ok(Encoder { format, schema: schema.clone(), rows: 0, parquet, arrow })
+    }
+
+    /// What comes before the first row: a header line, the JSON `meta`, the Arrow schema.
+    pub fn head(&mut self) -> Result<Vec<u8>, NodeError> {
+        let names = || self.schema.fields().iter().map(|f| f.name().as_str()).collect::<Vec<_>>();
+        Ok(match self.format {
+            Format::Json => {
+                let meta: Vec<_> = self
+                    .schema
+                    .fields()
+                    .iter()
+                    .map(|f| serde_json::json!({"name": f.name(), "type": ColumnType::name_of_arrow(f.data_type())}))
+                    .collect();
+                let mut out = b"{\"meta\":".to_vec();
+                serde_json::to_writer(&mut out, &meta).map_err(NodeError::internal)?;
+                out.extend_from_slice(b",\"data\":[");
+                out
             }
-            writer.finish().map_err(NodeError::internal)?;
-            drop(writer);
-            if out.ends_with(b":") {
-                out.extend_from_slice(b"[]");
+            Format::CsvWithNames => {
+                let mut writer = csv::Writer::from_writer(Vec::new());
+                writer.write_record(names()).map_err(NodeError::internal)?;
+                writer.into_inner().map_err(NodeError::internal)?
             }
-            let rows: usize = batches.iter().map(|b| b.num_rows()).sum();
-            out.extend_from_slice(
-                format!(",\"rows\":{rows},\"statistics\":{{\"elapsed\":{elapsed_secs}}}}}\n").as_bytes(),
-            );
-        }
-        Format::Csv | Format::CsvWithNames => {
-            let header = format == Format::CsvWithNames;
-            if header && batches.is_empty() {
-                let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                out.extend_from_slice(names.join(",").as_bytes());
-                out.push(b'\n');
-            }
-            let mut writer = datafusion::arrow::csv::WriterBuilder::new()
-                .with_header(header)
-                .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
-                .with_null("\\N".to_string())
-                .build(&mut out);
-            for batch in batches {
-                writer.write(batch).map_err(NodeError::internal)?;
-            }
-        }
-        Format::TabSeparated | Format::TabSeparatedWithNames => {
-            let mut text = String::new();
-            if format == Format::TabSeparatedWithNames {
-                let names: Vec<_> = schema.fields().iter().map(|f| f.name().as_str()).collect();
-                text.push_str(&names.join("\t"));
+            Format::TabSeparatedWithNames => {
+                let mut text = String::new();
+                for (i, name) in names().into_iter().enumerate() {
+                    if i > 0 {
+                        text.push('\t');
+                    }
+                    escape_tsv(name, &mut text);
+                }
                 text.push('\n');
+                text.into_bytes()
             }
-            let options = FormatOptions::new().with_null("\\N").with_timestamp_format(Some(TIMESTAMP_FORMAT));
-            for batch in batches {
+            Format::ArrowStream => self.arrow.as_mut().map(|w| std::mem::take(w.get_mut())).unwrap_or_default(),
+            _ => Vec::new(),
+        })
+    }
+
+    pub fn batch(&mut self, batch: &RecordBatch) -> Result<Vec<u8>, NodeError> {
+        let first = self.rows == 0;
+        self.rows += batch.num_rows();
+        let mut out: Vec<u8> = Vec::new();
+        match self.format {
+            Format::JsonEachRow => {
+                let mut writer = datafusion::arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
+                    .build::<_, LineDelimited>(&mut out);
+                writer.write(batch).map_err(NodeError::internal)?;
+                writer.finish().map_err(NodeError::internal)?;
+            }
+            Format::Json => {
+                let mut array = Vec::new();
+                let mut writer = datafusion::arrow::json::WriterBuilder::new()
+                    .with_explicit_nulls(true)
+                    .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
+                    .build::<_, JsonArray>(&mut array);
+                writer.write(batch).map_err(NodeError::internal)?;
+                writer.finish().map_err(NodeError::internal)?;
+                drop(writer);
+                // `[{...},{...}]`: the objects join the array the head opened.
+                let objects = array.strip_prefix(b"[").and_then(|a| a.strip_suffix(b"]")).unwrap_or_default();
+                if !objects.is_empty() {
+                    if !first {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(objects);
+                }
+            }
+            Format::Csv | Format::CsvWithNames => {
+                let mut writer = datafusion::arrow::csv::WriterBuilder::new()
+                    .with_header(false)
+                    .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
+                    .with_null("\\N".to_string())
+                    .build(&mut out);
+                writer.write(batch).map_err(NodeError::internal)?;
+            }
+            Format::TabSeparated | Format::TabSeparatedWithNames => {
+                let mut text = String::new();
+                let options = FormatOptions::new().with_null("\\N").with_timestamp_format(Some(TIMESTAMP_FORMAT));
                 let formatters = batch
                     .columns()
                     .iter()
@@ -638,25 +794,47 @@ pub fn encode(
                     }
                     text.push('\n');
                 }
+                out = text.into_bytes();
             }
-            out = text.into_bytes();
-        }
-        Format::Parquet => {
-            let mut writer = ArrowWriter::try_new(&mut out, schema.clone(), None).map_err(NodeError::internal)?;
-            for batch in batches {
-                writer.write(batch).map_err(NodeError::internal)?;
+            Format::Parquet => {
+                if let Some(writer) = self.parquet.as_mut() {
+                    writer.write(batch).map_err(NodeError::internal)?;
+                    out = std::mem::take(writer.inner_mut());
+                }
             }
-            writer.close().map_err(NodeError::internal)?;
-        }
-        Format::ArrowStream => {
-            let mut writer = StreamWriter::try_new(&mut out, schema).map_err(NodeError::internal)?;
-            for batch in batches {
-                writer.write(batch).map_err(NodeError::internal)?;
+            Format::ArrowStream => {
+                if let Some(writer) = self.arrow.as_mut() {
+                    writer.write(batch).map_err(NodeError::internal)?;
+                    out = std::mem::take(writer.get_mut());
+                }
             }
-            writer.finish().map_err(NodeError::internal)?;
         }
+        Ok(out)
     }
-    Ok(Bytes::from(out))
+
+    /// What comes after the last row. `elapsed_secs` feeds the statistics of the JSON format.
+    pub fn finish(&mut self, elapsed_secs: f64) -> Result<Vec<u8>, NodeError> {
+        Ok(match self.format {
+            Format::Json => {
+                format!("],\"rows\":{},\"statistics\":{{\"elapsed\":{elapsed_secs}}}}}\n", self.rows).into_bytes()
+            }
+            Format::Parquet => match self.parquet.as_mut() {
+                Some(writer) => {
+                    writer.finish().map_err(NodeError::internal)?;
+                    std::mem::take(writer.inner_mut())
+                }
+                None => Vec::new(),
+            },
+            Format::ArrowStream => match self.arrow.as_mut() {
+                Some(writer) => {
+                    writer.finish().map_err(NodeError::internal)?;
+                    std::mem::take(writer.get_mut())
+                }
+                None => Vec::new(),
+            },
+            _ => Vec::new(),
+        })
+    }
 }
 
 /// A one-column text batch, for SHOW TABLES and similar answers.

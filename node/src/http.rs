@@ -9,20 +9,25 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, Query, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
-use bytes::{Bytes, BytesMut};
-use futures::StreamExt;
+use axum::routing::{get, post};
+use bytes::Bytes;
+use datafusion::arrow::datatypes::SchemaRef;
+use datafusion::execution::SendableRecordBatchStream;
+use futures::{FutureExt, StreamExt};
 use tandem_coordinator::CoordError;
 
 use crate::error::NodeError;
-use crate::formats::{Format, InputOptions, encode, text_batch};
+use crate::execution::Admitted;
+use crate::formats::{Budget, Encoder, Format, InputOptions, encode, text_batch};
 use crate::insert::{InsertSettings, Quorum, insert};
+use crate::limits::{MAX_DEDUP_TOKEN_BYTES, MAX_WAIT, RESULT_HEAD_BYTES};
+use crate::metrics::Metrics;
 use crate::node::Node;
 use crate::query;
 use crate::schema::Durability;
-use crate::statement::{self, InsertSource, Statement};
+use crate::statement::{self, InsertSource, ParseOptions, Statement};
 
 pub fn router(node: Arc<Node>) -> Router {
     Router::new()
@@ -30,9 +35,10 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/health", get(health))
         .route("/ping", get(health))
         .route("/ready", get(ready))
-        .route("/drain", get(drain).post(drain))
+        // POST only: draining changes state, and a GET must be safe to follow from any page.
+        .route("/drain", post(drain))
         .route("/metrics", get(metrics))
-        // The body limit is enforced (with a clear 413) while reading, in `read_body`.
+        // The body limit is enforced (with a clear 413) while reading, in `body::read`.
         .layer(DefaultBodyLimit::disable())
         .with_state(node)
 }
@@ -80,10 +86,18 @@ async fn ready(State(node): State<Arc<Node>>, Query(params): Query<HashMap<Strin
 /// A drain never waits longer than a day, whatever it is asked.
 const MAX_DRAIN_SECONDS: i64 = 24 * 3600;
 
-/// `/drain?timeout_seconds=N` (default 60): stop being ready, then wait until no part is only
-/// on this node. 200 when drained, 503 with the reason otherwise. GET as well as POST, since a
-/// Kubernetes preStop hook can only send GET.
+/// `POST /drain?timeout_seconds=N` (default 60): stop being ready, then wait until no part is
+/// only on this node. 200 when drained, 503 with the reason otherwise. `POST /drain?cancel=1`
+/// undoes it: the node is ready again and merges resume (a restart does the same).
 async fn drain(State(node): State<Arc<Node>>, Query(params): Query<HashMap<String, String>>) -> Response {
+    match flag(&params, "cancel", false) {
+        Ok(true) => {
+            crate::drain::cancel(&node);
+            return (StatusCode::OK, "drain cancelled: this node is ready again\n").into_response();
+        }
+        Ok(false) => {}
+        Err(e) => return e.into_response(),
+    }
     let timeout = match number(&params, "timeout_seconds") {
         Ok(seconds) => Duration::from_secs(seconds.unwrap_or(60).clamp(0, MAX_DRAIN_SECONDS) as u64),
         Err(e) => return e.into_response(),
@@ -111,33 +125,26 @@ async fn metrics(State(node): State<Arc<Node>>) -> Response {
 
 async fn handle(
     State(node): State<Arc<Node>>,
+    method: Method,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
-    match execute(&node, params, headers, body).await {
-        Ok(response) => response,
-        Err(e) => e.into_response(),
-    }
-}
-
-/// Reads the body, refusing (413) as soon as it exceeds the limit.
-async fn read_body(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, NodeError> {
-    let declared =
-        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
-    if declared.is_some_and(|n| n > limit) {
-        return Err(NodeError::BodyTooLarge { limit });
-    }
-    let mut out = BytesMut::with_capacity(declared.unwrap_or(0));
-    let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
-        let chunk = chunk.map_err(|e| NodeError::bad_request(format!("cannot read the request body: {e}")))?;
-        if out.len() + chunk.len() > limit {
-            return Err(NodeError::BodyTooLarge { limit });
+    // A panic is a bug, never the client's doing: it answers 500 and the node keeps serving.
+    let answer = std::panic::AssertUnwindSafe(execute(&node, &method, params, headers, body)).catch_unwind().await;
+    match answer {
+        Ok(Ok(response)) => response,
+        Ok(Err(e)) => e.into_response(),
+        Err(panic) => {
+            let what = panic
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| panic.downcast_ref::<String>().cloned())
+                .unwrap_or_default();
+            tracing::error!(panic = %what, "a request handler panicked");
+            NodeError::internal(format!("the request hit a bug in tandem ({what}); please report it")).into_response()
         }
-        out.extend_from_slice(&chunk);
     }
-    Ok(out.freeze())
 }
 
 fn flag(params: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, NodeError> {
@@ -159,8 +166,13 @@ fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, N
         .transpose()
 }
 
+fn parse_options(node: &Node) -> ParseOptions {
+    ParseOptions { table_defaults: node.config.table_defaults.clone(), max_columns: node.config.limits.max_columns }
+}
+
 async fn execute(
     node: &Node,
+    method: &Method,
     params: HashMap<String, String>,
     headers: HeaderMap,
     body: Body,
@@ -170,7 +182,7 @@ async fn execute(
             "this node is still catching up with the cluster's metadata; retry shortly or use another node".into(),
         ));
     }
-    let body = read_body(body, &headers, node.config.max_body_bytes).await?;
+    let body = crate::body::read(body, &headers, node.config.max_body_bytes).await?;
     // As in ClickHouse: the statement is `?query=`, followed by the body for statements other
     // than INSERT; without `?query=`, the body starts with the statement.
     let (text, body_is_statement) = match params.get("query") {
@@ -181,45 +193,42 @@ async fn execute(
             Err(e) => (String::from_utf8_lossy(&body[..e.valid_up_to().min(64 * 1024)]), true),
         },
     };
-    let statement = statement::parse_with(&text, &node.config.table_defaults)?;
+    let options = parse_options(node);
+    let statement = statement::parse_with(&text, &options)?;
     let started = Instant::now();
-    match statement {
-        Statement::Insert(insert_statement) => {
-            let InsertSource::Format { format, data_offset } = &insert_statement.source else {
-                let InsertSource::Values(rows) = insert_statement.source else { unreachable!() };
-                let data = values_as_json(node, &insert_statement.table, insert_statement.columns.as_deref(), rows)?;
-                return run_insert(node, &params, &insert_statement.table, None, Format::JsonEachRow, data, started)
-                    .await;
-            };
-            let format = Format::parse(format)?;
-            let data = if body_is_statement {
-                body.slice(*data_offset..)
-            } else if body.is_empty() {
-                Bytes::copy_from_slice(text[*data_offset..].as_bytes())
-            } else {
-                body
-            };
-            run_insert(
-                node,
-                &params,
-                &insert_statement.table,
-                insert_statement.columns.as_deref(),
-                format,
-                data,
-                started,
-            )
-            .await
+    let statement = match statement {
+        Statement::Insert(_) => statement,
+        // ClickHouse appends the body to the query for statements other than INSERT.
+        _ if !body_is_statement && !body.is_empty() => {
+            statement::parse_with(&format!("{text}\n{}", String::from_utf8_lossy(&body)), &options)?
         }
-        other => {
-            if !body_is_statement && !body.is_empty() {
-                // ClickHouse appends the body to the query for non-INSERT statements.
-                let full = format!("{text}\n{}", String::from_utf8_lossy(&body));
-                let statement = statement::parse_with(&full, &node.config.table_defaults)?;
-                return Box::pin(execute_statement(node, &params, statement, started)).await;
-            }
-            execute_statement(node, &params, other, started).await
-        }
+        other => other,
+    };
+    if method == Method::GET && statement.changes_state() {
+        return Err(NodeError::MethodNotAllowed(format!(
+            "{} changes state and was sent in a GET request, which is read-only (as in ClickHouse): send it in a POST",
+            statement.kind()
+        )));
     }
+    let Statement::Insert(insert_statement) = statement else {
+        return execute_statement(node, &params, statement, started).await;
+    };
+    let InsertSource::Format { format, data_offset } = &insert_statement.source else {
+        let InsertSource::Values(rows) = insert_statement.source else {
+            return Err(NodeError::internal("an INSERT with neither FORMAT nor VALUES"));
+        };
+        let data = values_as_json(node, &insert_statement.table, insert_statement.columns.as_deref(), rows)?;
+        return run_insert(node, &params, &insert_statement.table, None, Format::JsonEachRow, data, started).await;
+    };
+    let format = Format::parse(format)?;
+    let data = if body_is_statement {
+        body.slice((*data_offset).min(body.len())..)
+    } else if body.is_empty() {
+        Bytes::copy_from_slice(text.get(*data_offset..).unwrap_or_default().as_bytes())
+    } else {
+        body
+    };
+    run_insert(node, &params, &insert_statement.table, insert_statement.columns.as_deref(), format, data, started).await
 }
 
 fn output_format(params: &HashMap<String, String>, clause: Option<&str>) -> Result<Format, NodeError> {
@@ -290,38 +299,58 @@ async fn execute_statement(
         }
         Statement::Select { sql, format } => {
             let format = output_format(params, format.as_deref())?;
-            let mut after = number(params, "after_revision")?;
-            if flag(params, "select_sequential_consistency", false)? {
-                let quorum_revision = node.coordinator.quorum_revision().await?;
-                after = Some(after.unwrap_or(0).max(quorum_revision));
-            }
-            if let Some(revision) = after {
-                let timeout =
-                    Duration::from_millis(number(params, "after_revision_timeout_ms")?.unwrap_or(10_000).max(0) as u64);
-                if !node.catalog.wait_complete(revision, timeout).await {
-                    return Err(NodeError::Timeout(format!(
-                        "this node holds every part up to revision {} but the query asked for {revision}; not answering with stale data (waited {} ms)",
-                        node.catalog.complete_revision(),
-                        timeout.as_millis()
-                    )));
-                }
-            }
+            wait_for_revision(node, params).await?;
+            let admitted = node.queries.admit(params)?;
             let tables = node.catalog.snapshot();
             let cluster = if sql.contains("system.replicas") {
                 Some(cluster_view(node).await)
             } else {
                 sql.contains("system").then(query::ClusterView::default)
             };
-            let ctx = query::session(node, &tables, cluster.as_ref())?;
-            let result = query::run(&ctx, &sql).await;
-            node.metrics.query_seconds.observe(started.elapsed().as_secs_f64());
-            let (schema, batches) = result.inspect_err(|_| {
+            let ctx = query::session(node, &tables, cluster.as_ref(), admitted.runtime.clone())?;
+            let planned =
+                admitted.within_deadline(async { query::run(&ctx, &sql).await.map_err(|e| admitted.error(e)) }).await;
+            let (schema, stream) = planned.inspect_err(|_| {
                 node.metrics.query_errors.inc();
             })?;
-            respond_rows(format, &schema, &batches, started, node)
+            respond_stream(node, format, schema, stream, admitted, started).await
         }
         Statement::Insert(_) => Err(NodeError::internal("an INSERT reached the statement executor")),
     }
+}
+
+/// `after_revision` and `select_sequential_consistency`: waits (at most
+/// `after_revision_timeout_ms`, capped) until this node holds every part up to the revision.
+async fn wait_for_revision(node: &Node, params: &HashMap<String, String>) -> Result<(), NodeError> {
+    let mut after = number(params, "after_revision")?;
+    if flag(params, "select_sequential_consistency", false)? {
+        let quorum_revision = node.coordinator.quorum_revision().await?;
+        after = Some(after.unwrap_or(0).max(quorum_revision));
+    }
+    let Some(revision) = after else { return Ok(()) };
+    if node.catalog.complete_revision() < revision {
+        let current = node.coordinator.current_revision().await?;
+        if revision > current {
+            return Err(NodeError::bad_request(format!(
+                "after_revision {revision} does not exist yet: the cluster is at revision {current}; pass the \
+                 revision an insert answered (X-Tandem-Revision)"
+            )));
+        }
+    }
+    let timeout = capped_millis(number(params, "after_revision_timeout_ms")?.unwrap_or(10_000));
+    if !node.catalog.wait_complete(revision, timeout).await {
+        return Err(NodeError::Timeout(format!(
+            "this node holds every part up to revision {} but the query asked for {revision}; not answering with stale data (waited {} ms)",
+            node.catalog.complete_revision(),
+            timeout.as_millis()
+        )));
+    }
+    Ok(())
+}
+
+/// A wait a request asks for, in milliseconds, within `0..=MAX_WAIT`.
+fn capped_millis(ms: i64) -> Duration {
+    Duration::from_millis(ms.max(0) as u64).min(MAX_WAIT)
 }
 
 /// The other nodes and the cluster's latest revision, best effort: a query of
@@ -333,6 +362,108 @@ async fn cluster_view(node: &Node) -> query::ClusterView {
         Vec::new()
     };
     query::ClusterView { nodes, cluster_revision: node.coordinator.current_revision().await.ok() }
+}
+
+/// A query's result, encoded as it is produced. The first [`RESULT_HEAD_BYTES`] are held back,
+/// so a query that fails or crosses a limit early still answers with its own status and
+/// message; past them the status is sent, and a later error ends the body with its message
+/// and an aborted transfer (so no client takes a cut result for a whole one).
+async fn respond_stream(
+    node: &Node,
+    format: Format,
+    schema: SchemaRef,
+    stream: SendableRecordBatchStream,
+    admitted: Admitted,
+    started: Instant,
+) -> Result<Response, NodeError> {
+    let mut encoder = Encoder::new(format, &schema)?;
+    let mut head = encoder.head()?;
+    let mut result = ResultStream {
+        encoder,
+        stream,
+        admitted,
+        rows: 0,
+        bytes: head.len() as u64,
+        started,
+        done: false,
+        metrics: node.metrics.clone(),
+    };
+    while head.len() < RESULT_HEAD_BYTES && !result.done {
+        head.extend_from_slice(&result.next_chunk().await?);
+    }
+    let body = if result.done {
+        Body::from(head)
+    } else {
+        let tail = futures::stream::unfold(Tail::Running(Box::new(result)), |tail| async move {
+            match tail {
+                Tail::Done => None,
+                Tail::Failed(message) => Some((Err(std::io::Error::other(message)), Tail::Done)),
+                Tail::Running(mut result) => match result.next_chunk().await {
+                    Ok(chunk) => {
+                        let next = if result.done { Tail::Done } else { Tail::Running(result) };
+                        Some((Ok(Bytes::from(chunk)), next))
+                    }
+                    Err(e) => {
+                        let text = format!("\n{}: {e}\n", e.code());
+                        Some((Ok(Bytes::from(text)), Tail::Failed(e.to_string())))
+                    }
+                },
+            }
+        });
+        Body::from_stream(futures::stream::once(async move { Ok(Bytes::from(head)) }).chain(tail))
+    };
+    let mut response = Response::new(body);
+    let headers = response.headers_mut();
+    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    headers.insert("x-tandem-revision", HeaderValue::from(node.catalog.applied_revision()));
+    Ok(response)
+}
+
+/// The rest of a streamed result.
+enum Tail {
+    Running(Box<ResultStream>),
+    /// The error message has been sent; the transfer is aborted next.
+    Failed(String),
+    Done,
+}
+
+/// A running query's batches, encoded and counted against its limits.
+struct ResultStream {
+    encoder: Encoder,
+    stream: SendableRecordBatchStream,
+    admitted: Admitted,
+    rows: u64,
+    bytes: u64,
+    started: Instant,
+    done: bool,
+    metrics: Arc<Metrics>,
+}
+
+impl ResultStream {
+    /// The next encoded bytes: a batch, or (once the query ends, setting `done`) the tail.
+    async fn next_chunk(&mut self) -> Result<Vec<u8>, NodeError> {
+        let next = self.admitted.within_deadline(async { Ok(self.stream.next().await) }).await;
+        let chunk = match next {
+            Ok(None) => {
+                self.done = true;
+                self.metrics.query_seconds.observe(self.started.elapsed().as_secs_f64());
+                self.encoder.finish(self.started.elapsed().as_secs_f64())
+            }
+            Ok(Some(Ok(batch))) => {
+                self.rows += batch.num_rows() as u64;
+                self.encoder.batch(&batch).and_then(|bytes| {
+                    self.bytes += bytes.len() as u64;
+                    self.admitted.check_result(self.rows, self.bytes).map(|()| bytes)
+                })
+            }
+            Ok(Some(Err(e))) => Err(self.admitted.error(e)),
+            Err(e) => Err(e),
+        };
+        chunk.inspect_err(|_| {
+            self.done = true;
+            self.metrics.query_errors.inc();
+        })
+    }
 }
 
 async fn ddl_done(node: &Node, revision: i64) -> Result<Response, NodeError> {
@@ -401,13 +532,24 @@ async fn run_insert(
     data: Bytes,
     started: Instant,
 ) -> Result<Response, NodeError> {
+    let deduplication_token = params.get("insert_deduplication_token").filter(|t| !t.is_empty()).cloned();
+    if let Some(token) = deduplication_token.as_ref().filter(|t| t.len() > MAX_DEDUP_TOKEN_BYTES) {
+        return Err(NodeError::bad_request(format!(
+            "insert_deduplication_token is {} bytes; the limit is {MAX_DEDUP_TOKEN_BYTES} (a hash or an id fits)",
+            token.len()
+        )));
+    }
+    let limits = &node.config.limits;
     let settings = InsertSettings {
         deduplicate: flag(params, "insert_deduplicate", true)?,
-        deduplication_token: params.get("insert_deduplication_token").filter(|t| !t.is_empty()).cloned(),
-        input: InputOptions { skip_unknown_fields: flag(params, "input_format_skip_unknown_fields", false)? },
+        deduplication_token,
+        input: InputOptions {
+            skip_unknown_fields: flag(params, "input_format_skip_unknown_fields", false)?,
+            budget: Budget { max_rows: limits.max_insert_rows, max_bytes: limits.max_insert_bytes },
+        },
         quorum: params.get("insert_quorum").map(|q| Quorum::parse(q)).transpose()?.unwrap_or(node.config.insert_quorum),
         quorum_timeout: match number(params, "insert_quorum_timeout")? {
-            Some(ms) => Duration::from_millis(ms.max(0) as u64),
+            Some(ms) => capped_millis(ms),
             None => node.config.insert_quorum_timeout,
         },
         durability: params.get("insert_durability").map(|d| Durability::parse(d)).transpose()?,

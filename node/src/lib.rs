@@ -16,22 +16,31 @@
 //! - [`merges`]: background merges (one leader per table, fenced registration, local
 //!   rebuilds on replicas) and the sweep of orphaned part files.
 //! - [`drain`]: what `/drain` (a Kubernetes preStop hook) waits for before the node stops.
-//! - [`query`]: DataFusion over a catalog snapshot, with part pruning and `system` tables.
+//! - [`query`]: DataFusion over a catalog snapshot, with part pruning and `system` tables;
+//!   [`functions`]: the SQL functions sessions get; [`execution`]: each query's memory pool,
+//!   deadline, result limits and slot.
+//! - [`limits`]: every bound a request is held to; [`body`]: reading and decompressing bodies.
 //! - [`node`]: starting and stopping all of it; [`config`]: layered configuration;
 //!   [`bench`]: the benchmark command.
 
 pub mod alter;
 pub mod bench;
+pub mod body;
 pub mod bucket;
 pub mod catalog;
 pub mod config;
 pub mod drain;
 pub mod error;
+pub mod execution;
 pub mod fetch;
 pub mod formats;
+pub mod functions;
+#[cfg(test)]
+mod fuzz;
 pub mod http;
 pub mod insert;
 pub mod interserver;
+pub mod limits;
 pub mod membership;
 pub mod merges;
 pub mod metrics;

@@ -16,6 +16,18 @@ enum Command {
     Serve(Box<ServeArgs>),
     /// Measure insert throughput and query latency against a fresh node.
     Bench(BenchArgs),
+    /// Ask a running node to drain (POST /drain): the Kubernetes preStop hook.
+    Drain(DrainArgs),
+}
+
+#[derive(clap::Args)]
+struct DrainArgs {
+    /// HTTP address of the node.
+    #[arg(long, default_value = "127.0.0.1:8123")]
+    http_addr: std::net::SocketAddr,
+    /// Seconds the node may wait for its parts to get another copy.
+    #[arg(long, default_value_t = 60)]
+    timeout_seconds: u64,
 }
 
 #[tokio::main]
@@ -37,5 +49,11 @@ async fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Bench(args) => tandem_node::bench::run(args).await,
+        Command::Drain(args) => {
+            let (status, report) = tandem_node::drain::ask_to_drain(args.http_addr, args.timeout_seconds).await?;
+            println!("{}", report.trim_end());
+            anyhow::ensure!(status == 200, "the node did not drain (HTTP {status})");
+            Ok(())
+        }
     }
 }

@@ -35,6 +35,8 @@ pub struct Node {
     pub merges: crate::merges::Merges,
     /// Set by `/drain`: `/ready` answers 503 so that no new work is routed here.
     pub draining: std::sync::atomic::AtomicBool,
+    /// What queries may use: the memory pool, the spill directory, the slots.
+    pub queries: crate::execution::QueryRuntime,
     fetch_requests: mpsc::UnboundedSender<FetchRequest>,
 }
 
@@ -129,6 +131,7 @@ pub async fn start(mut config: NodeConfig) -> anyhow::Result<RunningNode> {
         bucket: bucket.clone(),
         merges: crate::merges::Merges::new(config.merge_concurrency),
         draining: std::sync::atomic::AtomicBool::new(false),
+        queries: crate::execution::QueryRuntime::new(&config.limits, &config.data_dir.join("spill"))?,
         fetch_requests,
     });
     let shutdown = CancellationToken::new();

@@ -20,8 +20,10 @@ use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
 use datafusion::datasource::{MemTable, TableType};
 use datafusion::error::Result as DfResult;
+use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::object_store::ObjectStoreUrl;
+use datafusion::execution::runtime_env::RuntimeEnv;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::PhysicalExpr;
@@ -288,11 +290,13 @@ pub fn session(
     node: &Node,
     tables: &BTreeMap<String, Arc<TableState>>,
     cluster: Option<&ClusterView>,
+    runtime: Arc<RuntimeEnv>,
 ) -> Result<SessionContext, NodeError> {
     let mut config = SessionConfig::new().with_information_schema(false);
     // Table and column names are case-sensitive, as in ClickHouse.
     config.options_mut().sql_parser.enable_ident_normalization = false;
-    let ctx = SessionContext::new_with_config(config);
+    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    crate::functions::register_bounded(&ctx);
     for (name, state) in tables {
         ctx.register_table(name.as_str(), Arc::new(PartsTable::new(state)))?;
     }
@@ -529,12 +533,13 @@ fn system_replication_queue(node: &Node, tables: &BTreeMap<String, Arc<TableStat
     ])
 }
 
-/// Runs a query and collects its result.
-pub async fn run(ctx: &SessionContext, sql: &str) -> Result<(SchemaRef, Vec<RecordBatch>), NodeError> {
+/// Plans a query and starts it: its schema and the stream of its result batches, produced as
+/// the stream is read.
+pub async fn run(ctx: &SessionContext, sql: &str) -> Result<(SchemaRef, SendableRecordBatchStream), DataFusionError> {
     // Only queries: DDL and DML have their own paths and must not reach DataFusion's catalog.
     let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
     let frame = ctx.sql_with_options(sql, options).await?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
-    let batches = frame.collect().await?;
-    Ok((schema, batches))
+    let stream = frame.execute_stream().await?;
+    Ok((schema, stream))
 }

@@ -258,7 +258,14 @@ impl TableSettings {
                 }
             },
             "parts_to_delay_insert" => self.parts_to_delay_insert = number()?,
-            "parts_to_throw_insert" => self.parts_to_throw_insert = number()?,
+            "parts_to_throw_insert" => match number()? {
+                0 => {
+                    return Err(crate::error::NodeError::bad_request(
+                        "table setting `parts_to_throw_insert` must be at least 1 (0 would refuse every insert)",
+                    ));
+                }
+                n => self.parts_to_throw_insert = n,
+            },
             "insert_durability" => {
                 let text = value.as_str().ok_or_else(|| {
                     crate::error::NodeError::bad_request(format!(

@@ -29,6 +29,26 @@ pub enum Statement {
     Select { sql: String, format: Option<String> },
 }
 
+impl Statement {
+    /// Whether running it changes anything (a GET may only run statements that do not).
+    pub fn changes_state(&self) -> bool {
+        !matches!(self, Statement::Select { .. } | Statement::ShowTables { .. } | Statement::Describe { .. })
+    }
+
+    /// What kind of statement it is, as a user would name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Statement::CreateTable { .. } => "CREATE TABLE",
+            Statement::Alter { .. } => "ALTER TABLE",
+            Statement::DropTable { .. } => "DROP TABLE",
+            Statement::ShowTables { .. } => "SHOW TABLES",
+            Statement::Describe { .. } => "DESCRIBE",
+            Statement::Insert(_) => "INSERT",
+            Statement::Select { .. } => "SELECT",
+        }
+    }
+}
+
 /// One change of an `ALTER TABLE`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AlterAction {
@@ -84,14 +104,34 @@ fn trim_comments(mut sql: &str) -> &str {
     }
 }
 
-/// Parses a statement; a new table's settings start from the built-in defaults.
-pub fn parse(text: &str) -> Result<Statement, NodeError> {
-    parse_with(text, &TableSettings::default())
+/// What parsing takes from the server: a new table's default settings and how many columns
+/// a table may have.
+#[derive(Clone, Debug)]
+pub struct ParseOptions {
+    pub table_defaults: TableSettings,
+    pub max_columns: usize,
 }
 
-/// Parses a statement; a new table's settings start from `table_defaults` (the server's),
-/// then take its `SETTINGS` clause.
-pub fn parse_with(text: &str, table_defaults: &TableSettings) -> Result<Statement, NodeError> {
+impl Default for ParseOptions {
+    fn default() -> Self {
+        ParseOptions {
+            table_defaults: TableSettings::default(),
+            max_columns: crate::limits::Limits::default().max_columns,
+        }
+    }
+}
+
+/// Table names a user cannot take: the schemas queries resolve `x.t` against.
+const RESERVED_TABLE_NAMES: [&str; 3] = ["system", "information_schema", "default"];
+
+/// Parses a statement with the built-in defaults.
+pub fn parse(text: &str) -> Result<Statement, NodeError> {
+    parse_with(text, &ParseOptions::default())
+}
+
+/// Parses a statement; a new table's settings start from the server's defaults, then take its
+/// `SETTINGS` clause.
+pub fn parse_with(text: &str, options: &ParseOptions) -> Result<Statement, NodeError> {
     let sql = trim_comments(text);
     let skipped = text.len() - sql.len();
     if sql.is_empty() {
@@ -107,7 +147,7 @@ pub fn parse_with(text: &str, table_defaults: &TableSettings) -> Result<Statemen
             }
             Ok(Statement::Insert(insert))
         }
-        ["CREATE", "TABLE"] => parse_create_table(sql, table_defaults),
+        ["CREATE", "TABLE"] => parse_create_table(sql, options),
         ["DROP", "TABLE"] => parse_drop_table(sql),
         ["SHOW", "TABLES"] => Ok(Statement::ShowTables { format: split_format(sql).1 }),
         ["DESCRIBE" | "DESC", ..] => {
@@ -187,17 +227,29 @@ fn expect_end(parser: &mut Parser) -> Result<(), NodeError> {
     }
 }
 
-fn parse_create_table(sql: &str, table_defaults: &TableSettings) -> Result<Statement, NodeError> {
+fn parse_create_table(sql: &str, options: &ParseOptions) -> Result<Statement, NodeError> {
     let mut parser = parser(sql)?;
     parser.expect_keywords(&[Keyword::CREATE, Keyword::TABLE]).map_err(syntax)?;
     let if_not_exists = parser.parse_keywords(&[Keyword::IF, Keyword::NOT, Keyword::EXISTS]);
     let name = table_name(&mut parser)?;
+    if RESERVED_TABLE_NAMES.iter().any(|reserved| name.eq_ignore_ascii_case(reserved)) {
+        return Err(NodeError::bad_request(format!(
+            "`{name}` cannot be a table name: it is reserved for the schema of the same name"
+        )));
+    }
     parser.expect_token(&Token::LParen).map_err(syntax)?;
     let mut columns: Vec<ColumnDef> = Vec::new();
+    let mut names = std::collections::HashSet::new();
     loop {
         let column = parse_column_def(&mut parser)?;
-        if columns.iter().any(|c| c.name == column.name) {
+        if !names.insert(column.name.clone()) {
             return Err(NodeError::bad_request(format!("column `{}` is declared twice", column.name)));
+        }
+        if columns.len() == options.max_columns {
+            return Err(NodeError::bad_request(format!(
+                "table `{name}` declares more than max_columns = {} columns",
+                options.max_columns
+            )));
         }
         columns.push(column);
         if parser.consume_token(&Token::RParen) {
@@ -208,7 +260,7 @@ fn parse_create_table(sql: &str, table_defaults: &TableSettings) -> Result<State
 
     let mut order_by = Vec::new();
     let mut partition_by = PartitionSpec::None;
-    let mut settings = table_defaults.clone();
+    let mut settings = options.table_defaults.clone();
     loop {
         if parser.parse_keyword(Keyword::ENGINE) {
             let _optional = parser.consume_token(&Token::Eq);
@@ -431,15 +483,21 @@ fn column_type(column: &str, sql_type: &SqlType) -> Result<(ColumnType, bool), N
     Ok((t, false))
 }
 
+/// `ORDER BY c`, `ORDER BY (a, b)`, `ORDER BY tuple(a, b)`, `ORDER BY tuple()`: column names.
 fn key_columns(expr: Expr) -> Result<Vec<String>, NodeError> {
+    let items = match expr {
+        Expr::Nested(inner) => return key_columns(*inner),
+        Expr::Tuple(items) => items,
+        Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("tuple") => function_args(&f.args),
+        single => vec![single],
+    };
+    items.into_iter().map(key_column).collect()
+}
+
+fn key_column(expr: Expr) -> Result<String, NodeError> {
     match expr {
-        Expr::Identifier(ident) => Ok(vec![ident.value]),
-        Expr::Nested(inner) => key_columns(*inner),
-        Expr::Tuple(items) => items.into_iter().map(|e| key_columns(e).map(|mut v| v.remove(0))).collect(),
-        Expr::Function(f) if f.name.to_string().eq_ignore_ascii_case("tuple") => {
-            let args = function_args(&f.args);
-            args.into_iter().map(|e| key_columns(e).map(|mut v| v.remove(0))).collect()
-        }
+        Expr::Identifier(ident) => Ok(ident.value),
+        Expr::Nested(inner) => key_column(*inner),
         other => Err(NodeError::bad_request(format!("ORDER BY takes column names, got `{other}`"))),
     }
 }
@@ -625,6 +683,12 @@ mod tests {
         assert!(err("CREATE TABLE t (a Map(String, Int64))").contains("column `a`"));
         assert!(err("CREATE TABLE t (a Int64) PARTITION BY toYYYYMM(a)").contains("`a` is Int64"));
         assert!(err("CREATE TABLE t (a Int64, a String)").contains("twice"));
+        assert!(err("CREATE TABLE t (a Int64) ORDER BY (tuple(), a)").contains("column names"));
+        assert!(err("CREATE TABLE t (a Int64) ORDER BY tuple(tuple())").contains("column names"));
+        assert!(err("CREATE TABLE system (a Int64)").contains("reserved"));
+        let wide =
+            format!("CREATE TABLE w ({})", (0..1001).map(|i| format!("c{i} Int8")).collect::<Vec<_>>().join(", "));
+        assert!(err(&wide).contains("max_columns = 1000"));
     }
 
     #[test]

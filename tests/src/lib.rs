@@ -1,8 +1,9 @@
 //! The harness of tandem's integration tests: real `tandem` processes on free loopback ports
 //! and temporary data directories, driven over HTTP.
 //!
-//! The `tandem` binary is the one built next to the test executable (`cargo build --bin
-//! tandem` before `cargo test`; `scripts/test.sh` does both), or the path in `TANDEM_BIN`.
+//! The `tandem` binary is the one built next to the test executable (`cargo build --release
+//! --bin tandem` before `cargo test --release`; `scripts/test.sh` does both), or the path in
+//! `TANDEM_BIN`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -25,7 +26,10 @@ pub fn tandem_binary() -> anyhow::Result<PathBuf> {
     let profile_dir = exe.parent().and_then(Path::parent).context("unexpected test executable location")?;
     let binary = profile_dir.join("tandem");
     if !binary.exists() {
-        bail!("{} does not exist: run `cargo build --bin tandem` first (scripts/test.sh does)", binary.display());
+        bail!(
+            "{} does not exist: run `cargo build --release --bin tandem` first (scripts/test.sh does)",
+            binary.display()
+        );
     }
     Ok(binary)
 }
@@ -232,6 +236,18 @@ impl Tandem {
         }
     }
 
+    /// The process id of the running node.
+    pub fn pid(&self) -> Option<u32> {
+        self.child.as_ref().map(Child::id)
+    }
+
+    /// Resident memory of the running node in bytes (Linux), None when it is not running.
+    pub fn rss_bytes(&self) -> Option<u64> {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
+        let kib: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+        Some(kib * 1024)
+    }
+
     pub fn log_text(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
@@ -272,6 +288,12 @@ impl Tandem {
             .find_map(|line| line.strip_prefix(name).and_then(|rest| rest.strip_prefix(' ')))
             .map(|value| value.trim().parse().unwrap_or_else(|_| panic!("{name} is not a number: {value}")))
             .unwrap_or(0.0)
+    }
+
+    /// `POST` to `path` with an empty body.
+    pub async fn post(&self, path: &str) -> Answer {
+        let response = self.http.post(format!("{}{path}", self.url)).send().await.expect("tandem answers");
+        Answer::read(response).await
     }
 
     pub async fn get(&self, path: &str) -> Answer {

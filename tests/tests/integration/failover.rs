@@ -1,13 +1,19 @@
 //! The failover harness, in the style of Jepsen's set workload. Writers insert blocks of rows
 //! with unique ids; each block goes to one node and, after an error or a timeout, is resent
-//! byte for byte to the next node until one acknowledges it. A nemesis kills nodes (SIGKILL)
-//! and restarts them, and proxies in front of the nodes drop responses (the write lands, the
-//! client never hears). After healing, every node is read and the checker counts acknowledged
-//! rows that are lost, rows that appear twice, rows nobody wrote, nodes that disagree, and
-//! blocks present only in part.
+//! byte for byte to the next node until one acknowledges it. Every tenth block carries a
+//! malformed row: the node must refuse it (400) and store none of its rows. A nemesis kills
+//! nodes (SIGKILL) while inserts are in flight and restarts them, and proxies in front of the
+//! nodes drop acknowledgements (the write landed and answered 200, the client never hears).
 //!
-//! The control run sends the same workload with deduplication off: it must show duplicates,
-//! or the harness would prove nothing.
+//! Each block ends in one class: `ok` (acknowledged), `failed` (refused: the request itself
+//! was wrong) or `unknown` (no answer the client could trust before the writer stopped). After
+//! healing, every node is read and the checker counts what the set workload's checker counts:
+//! acknowledged rows that are `lost`, rows that appear twice (`duplicated`), rows nobody wrote
+//! (`unexpected`), rows of failed blocks that are there anyway (`failed_but_present`); plus
+//! nodes that disagree and blocks present only in part.
+//!
+//! The control run sends the same workload under the same nemesis with deduplication off: it
+//! must show duplicates, or the harness would prove nothing.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -76,37 +82,62 @@ impl Proxy {
     }
 }
 
-/// Returns true when the node did answer (so the request was fully processed) and the answer
-/// was thrown away.
+/// Forwards the request, reads the node's status line (so the request was fully processed),
+/// and closes the client's connection without passing the answer on. Returns true when the
+/// dropped answer was an acknowledgement (200): only those count as dropped acks.
 async fn forward_then_drop(client: TcpStream, server: TcpStream) -> bool {
     let (mut client_read, client_write) = client.into_split();
     let (mut server_read, mut server_write) = server.into_split();
     let upload = tokio::spawn(async move {
         let _ = tokio::io::copy(&mut client_read, &mut server_write).await;
     });
-    let mut first = [0u8; 1];
-    let answered =
-        matches!(tokio::time::timeout(Duration::from_secs(30), server_read.read(&mut first)).await, Ok(Ok(1)));
+    // `HTTP/1.1 200 OK`: the status code is bytes 9..12.
+    let mut status_line = [0u8; 12];
+    let read = tokio::time::timeout(Duration::from_secs(30), server_read.read_exact(&mut status_line)).await;
     upload.abort();
     drop(client_write);
-    answered
+    matches!(read, Ok(Ok(_))) && status_line.get(9..12) == Some(b"200".as_slice())
 }
 
-struct Outcome {
-    attempted: BTreeMap<u64, BTreeSet<u64>>,
-    acknowledged: BTreeSet<u64>,
+/// How an attempted block ended, as the client saw it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Class {
+    /// A node acknowledged it.
+    Ok,
+    /// A node refused it as malformed: resending cannot help, and nothing of it may be stored.
+    Failed,
+    /// No trustworthy answer before the writer stopped: it may or may not be stored, but
+    /// never in part and never twice.
+    Unknown,
+}
+
+struct Block {
+    rows: BTreeSet<u64>,
+    class: Class,
+}
+
+/// Every tenth block carries a malformed last line.
+fn is_poisoned(block: u64) -> bool {
+    block.is_multiple_of(10)
 }
 
 fn block_body(block: u64) -> String {
-    (0..ROWS_PER_BLOCK).map(|i| format!("{},{}\n", block * 1000 + i, block)).collect()
+    let mut body: String = (0..ROWS_PER_BLOCK).map(|i| format!("{},{}\n", block * 1000 + i, block)).collect();
+    if is_poisoned(block) {
+        body.push_str("not-a-number,1\n");
+    }
+    body
 }
+
+/// How long a writer keeps resending its last block once the nemesis has stopped.
+const FINISH_WITHIN: Duration = Duration::from_secs(60);
 
 async fn writer(
     id: u64,
     proxies: Arc<Vec<Proxy>>,
     stop: Arc<AtomicBool>,
     deduplicate: bool,
-    outcome: Arc<Mutex<Outcome>>,
+    blocks: Arc<Mutex<BTreeMap<u64, Block>>>,
 ) {
     let http = reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(5)).build().unwrap();
     let mut block = id * 100_000;
@@ -114,9 +145,11 @@ async fn writer(
     while !stop.load(Ordering::SeqCst) {
         block += 1;
         let body = block_body(block);
-        outcome.lock().await.attempted.insert(block, (0..ROWS_PER_BLOCK).map(|i| block * 1000 + i).collect());
-        // Resend the same bytes to the next node until one acknowledges.
-        for _attempt in 0..200 {
+        let rows = (0..ROWS_PER_BLOCK).map(|i| block * 1000 + i).collect();
+        blocks.lock().await.insert(block, Block { rows, class: Class::Unknown });
+        // Resend the same bytes to the next node until one answers for certain.
+        let mut finish_by = None;
+        let class = loop {
             let proxy = &proxies[target % proxies.len()];
             let mut query = vec![("query", "INSERT INTO t FORMAT CSV".to_string())];
             if !deduplicate {
@@ -126,29 +159,36 @@ async fn writer(
                 query.push(("insert_quorum", "2".to_string()));
                 query.push(("insert_quorum_timeout", "3000".to_string()));
             }
-            let result = http.post(proxy.url()).query(&query).body(body.clone()).send().await;
-            match result {
-                Ok(r) if r.status().is_success() => {
-                    outcome.lock().await.acknowledged.insert(block);
-                    break;
-                }
-                _ => {
-                    target += 1;
-                    tokio::time::sleep(Duration::from_millis(20)).await;
+            match http.post(proxy.url()).query(&query).body(body.clone()).send().await {
+                Ok(r) if r.status().is_success() => break Class::Ok,
+                Ok(r) if r.status() == reqwest::StatusCode::BAD_REQUEST => break Class::Failed,
+                _ => {}
+            }
+            if stop.load(Ordering::SeqCst) {
+                let deadline = *finish_by.get_or_insert_with(|| tokio::time::Instant::now() + FINISH_WITHIN);
+                if tokio::time::Instant::now() > deadline {
+                    break Class::Unknown;
                 }
             }
+            target += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        };
+        if let Some(entry) = blocks.lock().await.get_mut(&block) {
+            entry.class = class;
         }
     }
 }
 
 struct Summary {
-    blocks: usize,
-    acknowledged: usize,
+    ok: usize,
+    failed: usize,
+    unknown: usize,
     kills: usize,
-    drops: usize,
+    dropped_acks: usize,
     lost: usize,
     duplicated: usize,
     unexpected: usize,
+    failed_but_present: usize,
     divergent: usize,
     partial: usize,
 }
@@ -157,14 +197,17 @@ impl std::fmt::Display for Summary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "blocks={} acknowledged={} kills={} dropped_responses={} lost={} duplicated={} unexpected={} divergent={} partial_blocks={}",
-            self.blocks,
-            self.acknowledged,
+            "ok={} failed={} unknown={} kills={} dropped_acks={} lost={} duplicated={} unexpected={} \
+             failed_but_present={} divergent={} partial_blocks={}",
+            self.ok,
+            self.failed,
+            self.unknown,
             self.kills,
-            self.drops,
+            self.dropped_acks,
             self.lost,
             self.duplicated,
             self.unexpected,
+            self.failed_but_present,
             self.divergent,
             self.partial
         )
@@ -185,9 +228,9 @@ async fn run(deduplicate: bool, kills_wanted: usize, drops_wanted: usize) -> Sum
     }
     let proxies = Arc::new(proxies);
     let stop = Arc::new(AtomicBool::new(false));
-    let outcome = Arc::new(Mutex::new(Outcome { attempted: BTreeMap::new(), acknowledged: BTreeSet::new() }));
+    let blocks = Arc::new(Mutex::new(BTreeMap::new()));
     let writers: Vec<_> =
-        (0..3).map(|w| tokio::spawn(writer(w, proxies.clone(), stop.clone(), deduplicate, outcome.clone()))).collect();
+        (0..3).map(|w| tokio::spawn(writer(w, proxies.clone(), stop.clone(), deduplicate, blocks.clone()))).collect();
 
     // The nemesis: alternately drop responses and crash a node (one down at a time).
     let mut kills = 0;
@@ -209,7 +252,7 @@ async fn run(deduplicate: bool, kills_wanted: usize, drops_wanted: usize) -> Sum
             cluster.nodes[victim].restart().await.unwrap();
             proxies[victim].set_upstream(&cluster.nodes[victim].url);
         }
-        assert!(round < 500, "the nemesis could not drop {drops_wanted} responses");
+        assert!(round < 500, "the nemesis could not drop {drops_wanted} acknowledgements");
     }
     stop.store(true, Ordering::SeqCst);
     for proxy in proxies.iter() {
@@ -231,27 +274,30 @@ async fn run(deduplicate: bool, kills_wanted: usize, drops_wanted: usize) -> Sum
         per_node.push(ids.lines().map(|l| l.parse::<u64>().unwrap()).collect::<Vec<_>>());
     }
 
-    let outcome = outcome.lock().await;
-    let written: BTreeSet<u64> = outcome.attempted.values().flatten().copied().collect();
+    let blocks = blocks.lock().await;
     let reference = &per_node[0];
     let present: BTreeSet<u64> = reference.iter().copied().collect();
-    let acked_rows: BTreeSet<u64> =
-        outcome.acknowledged.iter().flat_map(|b| outcome.attempted[b].iter().copied()).collect();
+    let written: BTreeSet<u64> = blocks.values().flat_map(|b| b.rows.iter().copied()).collect();
+    let rows_of = |class: Class| -> BTreeSet<u64> {
+        blocks.values().filter(|b| b.class == class).flat_map(|b| b.rows.iter().copied()).collect()
+    };
+    let count = |class: Class| blocks.values().filter(|b| b.class == class).count();
     Summary {
-        blocks: outcome.attempted.len(),
-        acknowledged: outcome.acknowledged.len(),
+        ok: count(Class::Ok),
+        failed: count(Class::Failed),
+        unknown: count(Class::Unknown),
         kills,
-        drops: drops_done(),
-        lost: acked_rows.difference(&present).count(),
+        dropped_acks: drops_done(),
+        lost: rows_of(Class::Ok).difference(&present).count(),
         duplicated: reference.len() - present.len(),
         unexpected: present.difference(&written).count(),
+        failed_but_present: rows_of(Class::Failed).intersection(&present).count(),
         divergent: per_node.iter().filter(|ids| *ids != reference).count(),
-        partial: outcome
-            .attempted
+        partial: blocks
             .values()
-            .filter(|rows| {
-                let n = rows.iter().filter(|r| present.contains(r)).count();
-                n != 0 && n != rows.len()
+            .filter(|block| {
+                let n = block.rows.iter().filter(|r| present.contains(r)).count();
+                n != 0 && n != block.rows.len()
             })
             .count(),
     }
@@ -265,19 +311,32 @@ async fn latest_revision(node: &Tandem) -> String {
 async fn failover_loses_nothing_and_duplicates_nothing() {
     let summary = run(true, 10, 20).await;
     println!("failover: {summary}");
-    assert!(summary.kills >= 10 && summary.drops >= 20, "{summary}");
-    assert!(summary.acknowledged > 50, "the workload made progress: {summary}");
+    assert!(summary.kills >= 10 && summary.dropped_acks >= 20, "{summary}");
+    assert!(summary.ok > 50, "the workload made progress: {summary}");
+    assert!(summary.failed > 0, "malformed blocks were refused: {summary}");
     assert_eq!(
-        (summary.lost, summary.duplicated, summary.unexpected, summary.divergent, summary.partial),
-        (0, 0, 0, 0, 0),
+        (
+            summary.lost,
+            summary.duplicated,
+            summary.unexpected,
+            summary.failed_but_present,
+            summary.divergent,
+            summary.partial
+        ),
+        (0, 0, 0, 0, 0, 0),
         "{summary}"
     );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn control_without_dedup_shows_duplicates() {
-    let summary = run(false, 0, 20).await;
+    let summary = run(false, 10, 20).await;
     println!("failover control (insert_deduplicate=0): {summary}");
-    assert!(summary.duplicated > 0, "dropped responses and resends must duplicate without dedup: {summary}");
-    assert_eq!((summary.lost, summary.unexpected, summary.divergent), (0, 0, 0), "{summary}");
+    assert!(summary.kills >= 10 && summary.dropped_acks >= 20, "the same nemesis: {summary}");
+    assert!(summary.duplicated > 0, "dropped acknowledgements and resends must duplicate without dedup: {summary}");
+    assert_eq!(
+        (summary.lost, summary.unexpected, summary.failed_but_present, summary.divergent),
+        (0, 0, 0, 0),
+        "{summary}"
+    );
 }

@@ -10,6 +10,7 @@ mod dedup;
 mod durability;
 mod failover;
 mod formats;
+mod hostile;
 mod merges;
 mod object_store;
 mod operations;

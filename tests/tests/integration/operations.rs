@@ -81,7 +81,7 @@ async fn drain_waits_until_every_part_has_another_copy() {
     // The peer is stopped, so the part acknowledged by n1 exists only there.
     n2.pause();
     n1.request("INSERT INTO t FORMAT CSV", &[], rows(0, 100)).await.ok();
-    let drain = n1.get("drain?timeout_seconds=1").await;
+    let drain = n1.post("drain?timeout_seconds=1").await;
     assert_eq!(drain.status, 503, "{}", drain.text());
     let report = drain.json();
     assert_eq!(report["drained"], false);
@@ -94,7 +94,7 @@ async fn drain_waits_until_every_part_has_another_copy() {
 
     // Once the peer runs again and copies the part, the drain completes.
     n2.resume();
-    let drain = n1.get("drain?timeout_seconds=30").await;
+    let drain = n1.post("drain?timeout_seconds=30").await;
     assert_eq!(drain.status, 200, "{}", drain.text());
     assert_eq!(drain.json()["parts_only_here"], 0);
     assert_eq!(n2.sql("SELECT count() FROM t").await.trim(), "100", "the copy the drain waited for");
@@ -106,9 +106,36 @@ async fn drain_of_a_lone_node_says_nothing_can_take_its_parts() {
     node.sql("CREATE TABLE t (id UInt64) ORDER BY id").await;
     node.request("INSERT INTO t FORMAT CSV", &[], rows(0, 10)).await.ok();
     let started = std::time::Instant::now();
-    let drain = node.get("drain?timeout_seconds=30").await;
+    let drain = node.post("drain?timeout_seconds=30").await;
     assert!(started.elapsed() < Duration::from_secs(5), "nothing to wait for");
     assert_eq!(drain.status, 503, "{}", drain.text());
     assert!(drain.json()["reason"].as_str().unwrap().contains("no other live node and no object store"));
     assert_eq!(node.get("ready").await.status, 503);
+}
+
+#[tokio::test]
+async fn drain_takes_post_and_can_be_cancelled() {
+    let (node, _dir) = single_node(&[]).await;
+    node.sql("CREATE TABLE t (id UInt64) ORDER BY id").await;
+    node.request("INSERT INTO t FORMAT CSV", &[], rows(0, 10)).await.ok();
+    let get = node.get("drain?timeout_seconds=0").await;
+    assert_eq!(get.status, 405, "GET never changes state: {}", get.text());
+    assert_eq!(node.get("ready").await.status, 200, "the GET did not drain the node");
+
+    // What the Kubernetes preStop hook runs: the binary sends the POST and fails when the
+    // node cannot drain (a lone node: nothing can take its parts).
+    let addr = node.url.trim_start_matches("http://").trim_end_matches('/').to_string();
+    let output = std::process::Command::new(tandem_tests::tandem_binary().unwrap())
+        .args(["drain", "--http-addr", &addr, "--timeout-seconds", "1"])
+        .output()
+        .unwrap();
+    assert!(!output.status.success());
+    assert!(String::from_utf8_lossy(&output.stdout).contains("no other live node"), "{output:?}");
+    assert_eq!(node.get("ready").await.status, 503, "the node is draining");
+
+    let cancel = node.post("drain?cancel=1").await;
+    assert_eq!(cancel.status, 200, "{}", cancel.text());
+    assert_eq!(node.get("ready").await.status, 200, "ready again after the cancel");
+    node.request("INSERT INTO t FORMAT CSV", &[], rows(10, 10)).await.ok();
+    assert_eq!(node.count("t").await, 20);
 }

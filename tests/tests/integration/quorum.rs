@@ -120,15 +120,35 @@ async fn after_revision_reads_on_a_lagging_node_wait_then_see_the_write() {
     let (answer, ()) = tokio::join!(read, resume);
     assert_eq!(answer.ok().text().trim(), "30", "the read waited for the part, not answered stale");
 
-    // A revision no node will reach soon: a clear timeout, never stale data.
+    // A revision the cluster has not reached: refused at once, not waited for.
     let future = (summary["revision"].as_i64().unwrap() + 1000).to_string();
     let answer = lagging
         .request(
             "SELECT count() FROM t",
-            &[("after_revision", &future), ("after_revision_timeout_ms", "300")],
+            &[("after_revision", &future), ("after_revision_timeout_ms", "60000")],
             Vec::new(),
         )
         .await;
-    assert_eq!(answer.status, 504);
+    assert_eq!(answer.status, 400, "{}", answer.text());
+    assert!(answer.text().contains("does not exist yet"), "{}", answer.text());
+
+    // A revision whose part this node cannot fetch (both holders are stopped): a clear
+    // timeout, never stale data.
+    cluster.nodes[1].pause();
+    lagging.pause();
+    let summary = cluster.nodes[0].insert("t", "CSV", rows(100, 10)).await;
+    let revision = summary["revision"].as_i64().unwrap().to_string();
+    lagging.resume();
+    cluster.nodes[0].pause();
+    let answer = lagging
+        .request(
+            "SELECT count() FROM t",
+            &[("after_revision", &revision), ("after_revision_timeout_ms", "300")],
+            Vec::new(),
+        )
+        .await;
+    cluster.nodes[0].resume();
+    cluster.nodes[1].resume();
+    assert_eq!(answer.status, 504, "{}", answer.text());
     assert!(answer.text().contains("not answering with stale data"), "{}", answer.text());
 }

@@ -1,0 +1,140 @@
+//! Request bodies: read up to the body limit, and decompressed as their `Content-Encoding`
+//! says (gzip, deflate, zstd, lz4 as ClickHouse sends them), with the decompressed size held
+//! to the same limit, so a decompression bomb answers 413 after reading at most the limit.
+
+use std::io::Read;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, header};
+use bytes::{Bytes, BytesMut};
+use futures::StreamExt;
+
+use crate::error::NodeError;
+
+/// A `Content-Encoding` tandem decodes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Encoding {
+    Identity,
+    Gzip,
+    Deflate,
+    Zstd,
+    Lz4,
+}
+
+impl Encoding {
+    /// The encoding of a request from its headers; an unknown one is a 415-like 400 that names
+    /// what is supported.
+    pub fn of(headers: &HeaderMap) -> Result<Encoding, NodeError> {
+        let Some(value) = headers.get(header::CONTENT_ENCODING) else { return Ok(Encoding::Identity) };
+        let text = value.to_str().unwrap_or_default().trim().to_ascii_lowercase();
+        Ok(match text.as_str() {
+            "" | "identity" => Encoding::Identity,
+            "gzip" | "x-gzip" => Encoding::Gzip,
+            "deflate" => Encoding::Deflate,
+            "zstd" => Encoding::Zstd,
+            "lz4" => Encoding::Lz4,
+            _ => {
+                return Err(NodeError::bad_request(format!(
+                    "Content-Encoding `{}` is not supported; send gzip, deflate, zstd, lz4 or an uncompressed body",
+                    crate::formats::truncate(&text, 40)
+                )));
+            }
+        })
+    }
+}
+
+/// Reads the body, refusing (413) as soon as it exceeds `limit` bytes, compressed or not.
+pub async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, NodeError> {
+    let encoding = Encoding::of(headers)?;
+    let declared =
+        headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(NodeError::BodyTooLarge { limit });
+    }
+    let mut out = BytesMut::with_capacity(declared.unwrap_or(0));
+    let mut stream = body.into_data_stream();
+    while let Some(chunk) = stream.next().await {
+        let chunk = chunk.map_err(|e| NodeError::bad_request(format!("cannot read the request body: {e}")))?;
+        if out.len() + chunk.len() > limit {
+            return Err(NodeError::BodyTooLarge { limit });
+        }
+        out.extend_from_slice(&chunk);
+    }
+    let raw = out.freeze();
+    if encoding == Encoding::Identity {
+        return Ok(raw);
+    }
+    tokio::task::spawn_blocking(move || decompress(encoding, &raw, limit)).await.map_err(NodeError::internal)?
+}
+
+/// Decompresses `data`, stopping with 413 once the output would exceed `limit`.
+pub fn decompress(encoding: Encoding, data: &[u8], limit: usize) -> Result<Bytes, NodeError> {
+    let name = format!("{encoding:?}").to_ascii_lowercase();
+    let malformed = |e: std::io::Error| {
+        NodeError::bad_request(format!("the body is not valid {name} (Content-Encoding: {name}): {e}"))
+    };
+    let mut reader: Box<dyn Read + '_> = match encoding {
+        Encoding::Identity => return Ok(Bytes::copy_from_slice(data)),
+        Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
+        Encoding::Deflate => Box::new(flate2::read::ZlibDecoder::new(data)),
+        Encoding::Zstd => Box::new(zstd::stream::read::Decoder::new(data).map_err(malformed)?),
+        Encoding::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(data)),
+    };
+    let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(limit));
+    let mut chunk = vec![0u8; 64 * 1024];
+    loop {
+        let n = reader.read(&mut chunk).map_err(malformed)?;
+        if n == 0 {
+            return Ok(Bytes::from(out));
+        }
+        if out.len() + n > limit {
+            return Err(NodeError::DecompressedTooLarge { limit, compressed: data.len() });
+        }
+        out.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Write;
+
+    use super::*;
+
+    fn compress(encoding: Encoding, data: &[u8]) -> Vec<u8> {
+        match encoding {
+            Encoding::Identity => data.to_vec(),
+            Encoding::Gzip => {
+                let mut w = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+                w.write_all(data).unwrap();
+                w.finish().unwrap()
+            }
+            Encoding::Deflate => {
+                let mut w = flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast());
+                w.write_all(data).unwrap();
+                w.finish().unwrap()
+            }
+            Encoding::Zstd => zstd::stream::encode_all(data, 1).unwrap(),
+            Encoding::Lz4 => {
+                let mut w = lz4_flex::frame::FrameEncoder::new(Vec::new());
+                w.write_all(data).unwrap();
+                w.finish().unwrap()
+            }
+        }
+    }
+
+    #[test]
+    fn every_encoding_round_trips_and_bombs_stop_at_the_limit() {
+        let rows = b"1,2024-01-01 00:00:00,1.5\n".repeat(1000);
+        let zeros = vec![0u8; 8 << 20];
+        for encoding in [Encoding::Gzip, Encoding::Deflate, Encoding::Zstd, Encoding::Lz4] {
+            let packed = compress(encoding, &rows);
+            assert_eq!(decompress(encoding, &packed, rows.len()).unwrap().as_ref(), rows.as_slice(), "{encoding:?}");
+            let bomb = compress(encoding, &zeros);
+            assert!(bomb.len() < zeros.len() / 50, "{encoding:?} compresses zeros well");
+            let err = decompress(encoding, &bomb, 1 << 20).unwrap_err();
+            assert!(matches!(err, NodeError::DecompressedTooLarge { limit, .. } if limit == 1 << 20), "{encoding:?}");
+            let err = decompress(encoding, b"definitely not compressed", 1 << 20).unwrap_err();
+            assert!(matches!(err, NodeError::BadRequest(_)), "{encoding:?}: {err}");
+        }
+    }
+}

@@ -1,0 +1,310 @@
+//! Hostile and careless requests, replayed against a node built as it ships (the release
+//! build the test command makes): each is refused with a status and a message that names the
+//! problem, within seconds; the node's memory stays bounded throughout; other clients are
+//! served while it happens; and nothing a refused request carried is stored.
+//!
+//! Each input is one a review of the server found to crash it, exhaust it or corrupt it.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use tandem_parts::arrow::array::{RecordBatch, UInt64Array};
+use tandem_parts::arrow::datatypes::{DataType, Field, Schema};
+use tandem_parts::parquet::arrow::ArrowWriter;
+use tandem_parts::parquet::basic::{Compression, ZstdLevel};
+use tandem_parts::parquet::file::properties::WriterProperties;
+use tandem_tests::{Tandem, single_node};
+
+/// Resident memory the node may reach while the inputs are replayed.
+const RSS_LIMIT: u64 = 1 << 30;
+/// A refusal that takes longer than this is a hang, not an answer.
+const ANSWER_WITHIN: Duration = Duration::from_secs(30);
+
+/// One request as a client sends it.
+struct Request {
+    what: &'static str,
+    get: bool,
+    params: Vec<(&'static str, String)>,
+    headers: Vec<(&'static str, &'static str)>,
+    body: Vec<u8>,
+}
+
+impl Request {
+    fn post(what: &'static str, query: &str, body: impl Into<Vec<u8>>) -> Self {
+        Request { what, get: false, params: vec![("query", query.to_string())], headers: Vec::new(), body: body.into() }
+    }
+
+    /// The statement in the body, as clients send long statements.
+    fn statement(what: &'static str, sql: impl Into<Vec<u8>>) -> Self {
+        Request { what, get: false, params: Vec::new(), headers: Vec::new(), body: sql.into() }
+    }
+
+    fn get(what: &'static str, query: &str) -> Self {
+        Request { what, get: true, params: vec![("query", query.to_string())], headers: Vec::new(), body: Vec::new() }
+    }
+
+    fn param(mut self, name: &'static str, value: impl Into<String>) -> Self {
+        self.params.push((name, value.into()));
+        self
+    }
+
+    fn header(mut self, name: &'static str, value: &'static str) -> Self {
+        self.headers.push((name, value));
+        self
+    }
+}
+
+/// How a request ended: its status and body, or the transfer breaking off after the status.
+struct Outcome {
+    status: u16,
+    body: String,
+    aborted: bool,
+}
+
+async fn send(client: &reqwest::Client, url: &str, request: &Request) -> Outcome {
+    let mut builder = if request.get { client.get(url) } else { client.post(url).body(request.body.clone()) };
+    builder = builder.query(&request.params);
+    for (name, value) in &request.headers {
+        builder = builder.header(*name, *value);
+    }
+    let response = builder.send().await.unwrap_or_else(|e| {
+        let error: String = e.to_string().chars().take(300).collect();
+        panic!("{}: no answer: {error}", request.what)
+    });
+    let status = response.status().as_u16();
+    match response.bytes().await {
+        Ok(body) => Outcome { status, body: String::from_utf8_lossy(&body).into_owned(), aborted: false },
+        Err(_) => Outcome { status, body: String::new(), aborted: true },
+    }
+}
+
+/// Samples the node's resident memory until stopped; the highest sample is the answer.
+fn watch_memory(node: &Tandem) -> (Arc<AtomicBool>, Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
+    let (stop, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let pid = node.pid().expect("the node runs");
+    let (stop_task, peak_task) = (stop.clone(), peak.clone());
+    let task = tokio::spawn(async move {
+        while !stop_task.load(Ordering::Relaxed) {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+            let kib: u64 = status
+                .lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse().ok())
+                .unwrap_or(0);
+            peak_task.fetch_max(kib * 1024, Ordering::Relaxed);
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    });
+    (stop, peak, task)
+}
+
+/// A Parquet file of `rows` identical values in column `id`: kilobytes on the wire.
+fn parquet_of_identical_rows(rows: usize) -> Vec<u8> {
+    let schema = Arc::new(Schema::new(vec![Field::new("id", DataType::UInt64, false)]));
+    let props = WriterProperties::builder()
+        .set_compression(Compression::ZSTD(ZstdLevel::try_new(19).unwrap()))
+        .set_max_row_group_row_count(Some(rows))
+        .build();
+    let mut writer = ArrowWriter::try_new(Vec::new(), schema.clone(), Some(props)).unwrap();
+    let chunk = 1_000_000;
+    let batch = RecordBatch::try_new(schema, vec![Arc::new(UInt64Array::from(vec![7u64; chunk]))]).unwrap();
+    for _ in 0..rows / chunk {
+        writer.write(&batch).unwrap();
+    }
+    writer.into_inner().unwrap()
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    encoder.write_all(data).unwrap();
+    encoder.finish().unwrap()
+}
+
+#[tokio::test]
+async fn hostile_inputs_are_refused_with_bounded_memory_and_nothing_stored() {
+    // The query memory pool is set for a small machine; every other limit is the default.
+    let (node, _dir) = single_node(&["--max-server-memory-usage", "268435456"]).await;
+    node.sql("CREATE TABLE t (id UInt64, ts DateTime, v Float64) ORDER BY id").await;
+    node.sql("CREATE TABLE g (id UInt64) ORDER BY id").await;
+    node.insert("t", "CSV", "1,2024-01-01 00:00:00,1.5\n").await;
+    let tables_before = node.sql("SHOW TABLES").await;
+    let parts_before = node.sql("SELECT name FROM system.parts ORDER BY name").await;
+
+    let deep = format!("{{\"id\":1,\"v\":{}1{}}}\n", "[".repeat(60_000), "]".repeat(60_000));
+    let mut arrow_lie = vec![0xFF, 0xFF, 0xFF, 0xFF];
+    arrow_lie.extend_from_slice(&0x7FFF_FFF0u32.to_le_bytes());
+    arrow_lie.resize(72, 0);
+    let parquet_bomb = parquet_of_identical_rows(50_000_000);
+    assert!(parquet_bomb.len() < 1 << 20, "the Parquet body is small: {} bytes", parquet_bomb.len());
+    let wide =
+        format!("CREATE TABLE wide ({})", (0..100_000).map(|i| format!("c{i} Int8")).collect::<Vec<_>>().join(", "));
+    let gzip_bomb = gzip(&vec![b'1'; 300 << 20]);
+    assert!(gzip_bomb.len() < 1 << 20, "the gzip body is small: {} bytes", gzip_bomb.len());
+
+    // (request, status, words the answer must contain)
+    let cases: Vec<(Request, u16, Vec<&str>)> = vec![
+        (Request::post("deep JSON", "INSERT INTO t FORMAT JSONEachRow", deep), 400, vec!["nested deeper than 64"]),
+        (Request::post("repeat", "SELECT repeat('x', 2147483647)", ""), 400, vec!["repeat", "largest value"]),
+        (Request::post("lpad", "SELECT lpad('x', 2000000000)", ""), 400, vec!["lpad", "largest value"]),
+        (Request::post("Arrow header lie", "INSERT INTO t FORMAT ArrowStream", arrow_lie), 400, vec!["declares 2147483632 bytes"]),
+        (Request::post("Parquet bomb", "INSERT INTO t FORMAT Parquet", parquet_bomb), 413, vec!["max_insert_rows"]),
+        (Request::post("gzip bomb", "INSERT INTO t FORMAT CSV", gzip_bomb).header("content-encoding", "gzip"), 413, vec!["decompresses to more than"]),
+        (Request::post("unknown encoding", "INSERT INTO t FORMAT CSV", "2,2024-01-01 00:00:00,1\n").header("content-encoding", "br"), 400, vec!["Content-Encoding `br`"]),
+        (
+            Request::post("cross join", "SELECT * FROM generate_series(1, 10000000) a CROSS JOIN generate_series(1, 5) b", "")
+                .param("max_result_rows", "100000"),
+            400,
+            vec!["max_result_rows = 100000"],
+        ),
+        (
+            Request::post("a query past its time", "SELECT sum(a.value * b.value) FROM generate_series(1, 200000) a CROSS JOIN generate_series(1, 200000) b", "")
+                .param("max_execution_time", "1"),
+            504,
+            vec!["max_execution_time = 1 s"],
+        ),
+        (Request::post("memory of one query", "SELECT array_agg(value) FROM generate_series(1, 100000000)", ""), 400, vec!["max_memory_usage"]),
+        (Request::statement("100,000 columns", wide), 400, vec!["max_columns = 1000"]),
+        (Request::post("tuple in ORDER BY", "CREATE TABLE o (a Int64) ORDER BY (tuple(), a)", ""), 400, vec!["ORDER BY takes column names"]),
+        (Request::post("nested tuple in ORDER BY", "CREATE TABLE o (a Int64) ORDER BY tuple(tuple())", ""), 400, vec!["ORDER BY takes column names"]),
+        (
+            Request::post("DateTime beyond 64 bits", "INSERT INTO t FORMAT JSONEachRow", "{\"id\":2,\"ts\":99999999999999999999,\"v\":1}\n"),
+            400,
+            vec!["`ts`", "99999999999999999999"],
+        ),
+        (
+            Request::post("DateTime beyond year 2299", "INSERT INTO t FORMAT JSONEachRow", "{\"id\":2,\"ts\":9223372036854775807,\"v\":1}\n"),
+            400,
+            vec!["row 1", "`ts`", "9223372036854775807", "2299-12-31"],
+        ),
+        (Request::get("GET DROP TABLE", "DROP TABLE g"), 405, vec!["DROP TABLE", "POST"]),
+        (Request::get("GET INSERT", "INSERT INTO g VALUES (1)"), 405, vec!["INSERT", "POST"]),
+        (Request::get("GET CREATE TABLE", "CREATE TABLE h (a Int64)"), 405, vec!["CREATE TABLE"]),
+        (
+            Request::post("a revision from the future", "SELECT count() FROM t", "")
+                .param("after_revision", "999999999")
+                .param("after_revision_timeout_ms", "9223372036854775807"),
+            400,
+            vec!["999999999", "does not exist yet"],
+        ),
+        (Request::post("LIMIT beyond i64", "SELECT * FROM t LIMIT 18446744073709551615", ""), 400, vec!["18446744073709551615"]),
+        (
+            Request::post("a 60 KB dedup token", "INSERT INTO t FORMAT CSV", "3,2024-01-01 00:00:00,1\n")
+                .param("insert_deduplication_token", "x".repeat(60_000)),
+            400,
+            vec!["insert_deduplication_token", "1024"],
+        ),
+        (Request::post("parts_to_throw_insert = 0", "ALTER TABLE t MODIFY SETTING parts_to_throw_insert = 0", ""), 400, vec!["parts_to_throw_insert"]),
+        (Request::post("CREATE TABLE system", "CREATE TABLE system (a Int64)", ""), 400, vec!["reserved"]),
+    ];
+
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(120)).build().unwrap();
+    let (stop, peak, watcher) = watch_memory(&node);
+    for (request, status, needles) in &cases {
+        let started = Instant::now();
+        // Another client is served while the hostile request runs.
+        let (outcome, bystander) = tokio::join!(send(&client, &node.url, request), async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            node.request("SELECT count() FROM t", &[], Vec::new()).await
+        });
+        let elapsed = started.elapsed();
+        assert!(elapsed < ANSWER_WITHIN, "{}: answered after {elapsed:?}", request.what);
+        assert_eq!(bystander.status, 200, "{}: another client was not served: {}", request.what, bystander.text());
+        assert_eq!(bystander.text().trim(), "1", "{}", request.what);
+        assert!(!outcome.aborted, "{}: the answer was cut off", request.what);
+        assert_eq!(outcome.status, *status, "{}: {}", request.what, outcome.body);
+        for needle in needles {
+            assert!(outcome.body.contains(needle), "{}: expected {needle:?} in {:?}", request.what, outcome.body);
+        }
+        let rss = node.rss_bytes().unwrap_or(0);
+        assert!(rss < RSS_LIMIT, "{}: the node holds {rss} bytes afterwards", request.what);
+    }
+    stop.store(true, Ordering::Relaxed);
+    watcher.await.unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(peak < RSS_LIMIT, "the node's memory peaked at {peak} bytes");
+    assert!(peak > 0, "memory was sampled");
+
+    // Nothing any refused request carried was stored or changed.
+    assert_eq!(node.sql("SHOW TABLES").await, tables_before);
+    assert_eq!(node.sql("SELECT name FROM system.parts ORDER BY name").await, parts_before);
+    assert_eq!(node.count("t").await, 1);
+    assert_eq!(node.count("g").await, 0);
+    assert!(
+        node.sql("SELECT settings FROM system.tables WHERE name = 't'").await.contains("\"parts_to_throw_insert\":")
+    );
+    assert_eq!(node.get("health").await.status, 200);
+}
+
+#[tokio::test]
+async fn results_stream_within_bounded_memory_and_a_late_failure_is_not_a_whole_answer() {
+    let (node, _dir) = single_node(&["--max-server-memory-usage", "268435456"]).await;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(300)).build().unwrap();
+    let (stop, peak, watcher) = watch_memory(&node);
+
+    // Ten million rows (about 100 MB of text) reach the client while the node holds a little.
+    let query = "SELECT a.value, b.value FROM generate_series(1, 2000000) a CROSS JOIN generate_series(1, 5) b";
+    let response = client.post(&node.url).query(&[("query", query)]).send().await.unwrap();
+    assert_eq!(response.status().as_u16(), 200);
+    let (mut lines, mut stream) = (0u64, response.bytes_stream());
+    use futures::StreamExt;
+    while let Some(chunk) = stream.next().await {
+        lines += chunk.unwrap().iter().filter(|&&b| b == b'\n').count() as u64;
+    }
+    assert_eq!(lines, 10_000_000);
+
+    // A limit crossed after the status was sent: the body ends with the reason, and the
+    // transfer is cut so that no client takes the rows so far for the whole result.
+    let request = Request::post("late limit", query, "").param("max_result_rows", "3000000");
+    let outcome = send(&client, &node.url, &request).await;
+    assert_eq!(outcome.status, 200);
+    assert!(outcome.aborted, "the transfer is cut off");
+
+    stop.store(true, Ordering::Relaxed);
+    watcher.await.unwrap();
+    let peak = peak.load(Ordering::Relaxed);
+    assert!(peak < RSS_LIMIT, "the node's memory peaked at {peak} bytes");
+    assert_eq!(node.get("health").await.status, 200);
+}
+
+#[tokio::test]
+async fn compressed_bodies_are_inserted() {
+    let (node, _dir) = single_node(&[]).await;
+    node.sql("CREATE TABLE t (id UInt64, v Float64) ORDER BY id").await;
+    let rows: String = (0..1000).map(|i| format!("{i},{}.5\n", i)).collect();
+    let client = reqwest::Client::new();
+    for (encoding, body) in [("gzip", gzip(rows.as_bytes())), ("zstd", zstd::encode_all(rows.as_bytes(), 3).unwrap())] {
+        let answer = client
+            .post(&node.url)
+            .query(&[("query", "INSERT INTO t FORMAT CSV"), ("insert_deduplicate", "0")])
+            .header("content-encoding", encoding)
+            .body(body)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(answer.status().as_u16(), 200, "{encoding}: {}", answer.text().await.unwrap());
+    }
+    assert_eq!(node.count("t").await, 2000);
+    assert_eq!(node.sql("SELECT sum(id) FROM t").await.trim(), (2 * 999 * 1000 / 2).to_string());
+}
+
+#[tokio::test]
+async fn credentials_and_secrets_are_never_echoed() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("tandem.toml");
+    std::fs::write(&config, "node_id = \"n1\"\ncluster_secret = hunter2-unquoted\n").unwrap();
+    let check = |args: &[&str]| {
+        let output = std::process::Command::new(tandem_tests::tandem_binary().unwrap())
+            .args(["serve", "--check-config"])
+            .args(args)
+            .output()
+            .unwrap();
+        let text = format!("{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+        (output.status.success(), text)
+    };
+    let (ok, text) = check(&["--config", config.to_str().unwrap()]);
+    assert!(!ok && text.contains("line 2") && !text.contains("hunter2"), "{text}");
+    let (ok, text) = check(&["--etcd", "http://root:hunter2@127.0.0.1:2379", "--node-id", "n1"]);
+    assert!(!ok && text.contains("credentials") && !text.contains("hunter2"), "{text}");
+}
