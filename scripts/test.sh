@@ -13,4 +13,7 @@ export TANDEM_TEST_PYTHON="${TANDEM_TEST_PYTHON:-$TANDEM_TEST_VENV/bin/python}"
 # speed), and one optimized build of the workspace takes about as long here as a debug one.
 # --locked: the Dockerfile builds with the lock file as committed.
 cargo build --release --locked --bin tandem
+# Clippy holds the parsing and decoding modules to their `deny` of panicking shortcuts
+# (unwrap, expect, indexing) on input.
+cargo clippy --release --locked --workspace --all-targets -- -D warnings
 cargo test --release --locked --workspace "$@"

@@ -2,6 +2,9 @@
 //! `INSERT ... VALUES` the statement itself. SELECTs go to DataFusion whole, minus a
 //! trailing `FORMAT` clause.
 
+// Input reaches every line here: no panicking shortcut may be taken on it.
+#![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+
 use std::sync::LazyLock;
 
 use datafusion::sql::sqlparser::ast::{
@@ -81,12 +84,16 @@ pub enum InsertSource {
     Values(Vec<Vec<serde_json::Value>>),
 }
 
+// The patterns are constants, compiled by every test run: they cannot fail on input.
+#[allow(clippy::expect_used)]
 static INSERT: LazyLock<Regex> = LazyLock::new(|| {
     Regex::new(r#"(?is)^\s*INSERT\s+INTO\s+(?:TABLE\s+)?[`"]?([A-Za-z_][A-Za-z0-9_.]*)[`"]?\s*(?:\(([^)]*)\))?\s*(?:FORMAT\s+([A-Za-z]+)|(VALUES))"#)
         .expect("valid regex")
 });
+#[allow(clippy::expect_used)]
 static FORMAT_SUFFIX: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?is)\s+FORMAT\s+([A-Za-z]+)\s*;?\s*$").expect("valid regex"));
+#[allow(clippy::expect_used)]
 static LEADING_WORDS: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"^[A-Za-z]+(?:\s+[A-Za-z]+)?").expect("valid regex"));
 
@@ -172,8 +179,9 @@ pub fn parse_with(text: &str, options: &ParseOptions) -> Result<Statement, NodeE
 
 /// Splits a trailing `FORMAT <name>` off a query.
 pub fn split_format(sql: &str) -> (&str, Option<String>) {
-    match FORMAT_SUFFIX.captures(sql) {
-        Some(c) => (&sql[..c.get(0).expect("whole match").start()], Some(c[1].to_string())),
+    let suffix = FORMAT_SUFFIX.captures(sql).and_then(|c| Some((c.get(0)?.start(), c.get(1)?.as_str().to_string())));
+    match suffix.and_then(|(start, name)| Some((sql.get(..start)?, name))) {
+        Some((body, name)) => (body, Some(name)),
         None => (sql.trim_end().trim_end_matches(';'), None),
     }
 }
@@ -580,7 +588,7 @@ fn parse_insert(sql: &str) -> Result<InsertStatement, NodeError> {
             .filter(|c| !c.is_empty())
             .collect()
     });
-    let rest = &sql[captures.get(0).expect("whole match").end()..];
+    let rest = captures.get(0).and_then(|m| sql.get(m.end()..)).unwrap_or_default();
     let source = if let Some(format) = captures.get(3) {
         // The data starts after the format name: skip blanks and at most one line break.
         let trimmed = rest.trim_start_matches([' ', '\t']);
@@ -643,6 +651,7 @@ fn literal(expr: &Expr) -> Result<serde_json::Value, ()> {
 }
 
 #[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 mod tests {
     use super::*;
 

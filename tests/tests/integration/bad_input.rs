@@ -38,6 +38,14 @@ async fn each_bad_insert_is_refused_and_changes_nothing() {
     .await;
     refused(
         &node,
+        "INSERT INTO t FORMAT JSONEachRow",
+        "{\"id\":2,\"ts\":\"2024-01-01 00:00:00\",\"v\":1}\n\n{\"id\":\"two\",\"ts\":\"2024-01-01 00:00:00\",\"v\":1}\n",
+        400,
+        &["line 3", "`id`", "UInt64", "two"],
+    )
+    .await;
+    refused(
+        &node,
         "INSERT INTO t FORMAT CSV",
         "2,2024-01-01 00:00:00,2\n6,2024-01-01 00:00:00,abc\n",
         400,
