@@ -22,8 +22,12 @@ const LEASES: TableDefinition<i64, (u64, i64)> = TableDefinition::new("leases");
 
 type RevisionEvents = (Revision, Vec<WatchEvent>);
 
-/// History kept for watches that resume from an older revision.
+/// History kept for watches that resume from an older revision: at most this many revisions,
+/// and at most this many bytes of change log (a table definition is rewritten whole by every
+/// ALTER, so a count alone does not bound the file). Past the byte budget, the oldest half is
+/// compacted away, as etcd's space quota asks its operators to.
 const HISTORY_REVISIONS: i64 = 100_000;
+const HISTORY_BYTES: i64 = 64 << 20;
 const COMPACT_EVERY: i64 = 10_000;
 
 /// The single-node metadata store: a redb file with etcd's semantics (revisions, atomic
@@ -42,6 +46,8 @@ struct Inner {
     revision_tx: watch::Sender<Revision>,
     leases: Mutex<HashMap<LeaseId, LeaseState>>,
     next_lease: Mutex<LeaseId>,
+    /// Bytes of change log kept ([`HISTORY_BYTES`]).
+    history_bytes: i64,
 }
 
 struct LeaseState {
@@ -52,6 +58,10 @@ struct LeaseState {
 impl EmbeddedKv {
     /// Opens or creates the store file at `path`.
     pub async fn open(path: impl AsRef<Path>) -> Result<Self, CoordError> {
+        Self::open_with_history(path, HISTORY_BYTES).await
+    }
+
+    async fn open_with_history(path: impl AsRef<Path>, history_bytes: i64) -> Result<Self, CoordError> {
         let path = path.as_ref().to_path_buf();
         let db = tokio::task::spawn_blocking(move || {
             Database::create(&path)
@@ -69,6 +79,7 @@ impl EmbeddedKv {
             revision_tx,
             leases: Mutex::new(HashMap::new()),
             next_lease: Mutex::new(first_lease),
+            history_bytes,
         });
         let kv = EmbeddedKv { inner };
         kv.blocking(|inner| inner.init()).await?;
@@ -266,10 +277,27 @@ impl Inner {
 
             let wrote = !events.is_empty();
             if wrote {
-                log.insert(new_revision, encode_events(&events).as_slice())?;
+                let encoded = encode_events(&events);
+                log.insert(new_revision, encoded.as_slice())?;
                 meta.insert("revision", new_revision)?;
+                let log_bytes = meta.get("log_bytes")?.map(|v| v.value()).unwrap_or(0) + encoded.len() as i64;
+                meta.insert("log_bytes", log_bytes)?;
                 if new_revision % COMPACT_EVERY == 0 && new_revision > HISTORY_REVISIONS {
                     compact_log(&mut log, &mut meta, new_revision - HISTORY_REVISIONS)?;
+                } else if log_bytes > self.history_bytes {
+                    // Keep the newest half of the budget (and always the revision just written).
+                    let (mut freed, mut keep_from) = (0i64, None);
+                    for entry in log.range(..new_revision)? {
+                        let (revision, value) = entry?;
+                        freed += value.value().len() as i64;
+                        keep_from = Some(revision.value() + 1);
+                        if log_bytes - freed <= self.history_bytes / 2 {
+                            break;
+                        }
+                    }
+                    if let Some(revision) = keep_from {
+                        compact_log(&mut log, &mut meta, revision)?;
+                    }
                 }
             }
             let revision = if wrote { new_revision } else { revision };
@@ -325,12 +353,18 @@ fn compact_log(
     meta: &mut redb::Table<&str, i64>,
     revision: Revision,
 ) -> Result<(), CoordError> {
-    let old: Vec<i64> = log.range(..revision)?.map(|e| e.map(|(k, _)| k.value())).collect::<Result<_, _>>()?;
-    for r in old {
+    let old: Vec<(i64, i64)> = log
+        .range(..revision)?
+        .map(|e| e.map(|(k, v)| (k.value(), v.value().len() as i64)))
+        .collect::<Result<_, _>>()?;
+    let freed: i64 = old.iter().map(|(_, bytes)| bytes).sum();
+    for (r, _) in old {
         log.remove(r)?;
     }
     let current = meta.get("compacted")?.map(|v| v.value()).unwrap_or(0);
     meta.insert("compacted", revision.max(current))?;
+    let log_bytes = meta.get("log_bytes")?.map(|v| v.value()).unwrap_or(0);
+    meta.insert("log_bytes", (log_bytes - freed).max(0))?;
     Ok(())
 }
 
@@ -599,5 +633,41 @@ impl<'a> Reader<'a> {
 
     fn u32(&mut self) -> Result<u32, CoordError> {
         Ok(u32::from_le_bytes(self.take(4)?.try_into().expect("4 bytes")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Rewriting one large value again and again (an ALTER of a wide table) keeps the change
+    /// log within its byte budget; a watch from before the kept history says it was compacted.
+    #[tokio::test]
+    async fn the_change_log_stays_within_its_byte_budget() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("metadata.redb");
+        let kv = EmbeddedKv::open_with_history(&path, 1 << 20).await.unwrap();
+        let value = vec![b'x'; 100 << 10];
+        for _ in 0..200 {
+            kv.txn(
+                Vec::new(),
+                vec![TxnOp::Put { key: "/t/def".into(), value: value.clone(), lease: None }],
+                Vec::new(),
+            )
+            .await
+            .unwrap();
+        }
+        let log_bytes = kv
+            .blocking(|inner| {
+                let txn = inner.db.begin_read()?;
+                let meta = txn.open_table(META)?;
+                Ok(meta.get("log_bytes")?.map(|v| v.value()).unwrap_or(0))
+            })
+            .await
+            .unwrap();
+        assert!(log_bytes <= 1 << 20, "the log holds {log_bytes} bytes");
+        assert!(log_bytes >= 100 << 10, "the newest revision is kept");
+        let file = std::fs::metadata(&path).unwrap().len();
+        assert!(file < 16 << 20, "the file holds {file} bytes for 20 MB written");
     }
 }
