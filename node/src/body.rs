@@ -29,7 +29,11 @@ impl Encoding {
     /// what is supported.
     pub fn of(headers: &HeaderMap) -> Result<Encoding, NodeError> {
         let Some(value) = headers.get(header::CONTENT_ENCODING) else { return Ok(Encoding::Identity) };
-        let text = value.to_str().unwrap_or_default().trim().to_ascii_lowercase();
+        let text = value
+            .to_str()
+            .map_err(|_| NodeError::bad_request("the Content-Encoding header is not ASCII"))?
+            .trim()
+            .to_ascii_lowercase();
         Ok(match text.as_str() {
             "" | "identity" => Encoding::Identity,
             "gzip" | "x-gzip" => Encoding::Gzip,

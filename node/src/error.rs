@@ -116,6 +116,15 @@ impl NodeError {
     }
 }
 
+/// The message a panic carried (`panic!("...")` payloads are `&str` or `String`).
+pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
+    payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_default()
+}
+
 impl From<CoordError> for NodeError {
     fn from(e: CoordError) -> Self {
         match e {

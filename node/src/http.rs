@@ -136,11 +136,7 @@ async fn handle(
         Ok(Ok(response)) => response,
         Ok(Err(e)) => e.into_response(),
         Err(panic) => {
-            let what = panic
-                .downcast_ref::<&str>()
-                .map(|s| s.to_string())
-                .or_else(|| panic.downcast_ref::<String>().cloned())
-                .unwrap_or_default();
+            let what = crate::error::panic_message(panic.as_ref());
             tracing::error!(panic = %what, "a request handler panicked");
             NodeError::internal(format!("the request hit a bug in tandem ({what}); please report it")).into_response()
         }

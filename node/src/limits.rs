@@ -9,7 +9,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// Declares the limits: one line each, from which the flags, the file keys, the resolved
 /// values and their defaults are generated.
@@ -34,7 +34,7 @@ macro_rules! limits {
         }
 
         /// The limits in force on a node.
-        #[derive(Serialize, Debug, Clone, PartialEq)]
+        #[derive(Debug, Clone, PartialEq)]
         pub struct Limits {
             $( $(#[doc = $doc])* pub $name: $ty, )*
         }

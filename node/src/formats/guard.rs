@@ -309,11 +309,7 @@ pub fn check_parquet_metadata(
 /// is logged, and the node goes on.
 pub fn contain_panics<T>(what: &str, decode: impl FnOnce() -> Result<T, NodeError>) -> Result<T, NodeError> {
     std::panic::catch_unwind(std::panic::AssertUnwindSafe(decode)).unwrap_or_else(|panic| {
-        let message = panic
-            .downcast_ref::<&str>()
-            .map(|s| s.to_string())
-            .or_else(|| panic.downcast_ref::<String>().cloned())
-            .unwrap_or_default();
+        let message = crate::error::panic_message(panic.as_ref());
         tracing::warn!(decoder = what, panic = %message, "a decoder panicked on a malformed body");
         Err(NodeError::bad_request(format!(
             "the body is not a readable {what} stream: the decoder failed on it ({message})"
