@@ -15,6 +15,10 @@ pub enum NodeError {
     UnknownTable(String),
     #[error("{0}")]
     Conflict(String),
+    /// The table's schema changed while an insert was being registered (an insert retries
+    /// under the new schema by itself; a client sees this only when changes keep coming).
+    #[error("table `{table}` kept changing while inserting; retry the insert")]
+    SchemaChanged { table: String },
     #[error(
         "request body is larger than the limit of {limit} bytes; split the insert into smaller batches or raise max_body_bytes"
     )]
@@ -71,7 +75,7 @@ impl NodeError {
         match self {
             NodeError::BadRequest(_) => StatusCode::BAD_REQUEST,
             NodeError::UnknownTable(_) => StatusCode::NOT_FOUND,
-            NodeError::Conflict(_) => StatusCode::CONFLICT,
+            NodeError::Conflict(_) | NodeError::SchemaChanged { .. } => StatusCode::CONFLICT,
             NodeError::BodyTooLarge { .. } | NodeError::DecompressedTooLarge { .. } | NodeError::InsertTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -93,6 +97,7 @@ impl NodeError {
             NodeError::BadRequest(_) => "BAD_REQUEST",
             NodeError::UnknownTable(_) => "UNKNOWN_TABLE",
             NodeError::Conflict(_) => "CONFLICT",
+            NodeError::SchemaChanged { .. } => "SCHEMA_CHANGED",
             NodeError::BodyTooLarge { .. } | NodeError::DecompressedTooLarge { .. } => "BODY_TOO_LARGE",
             NodeError::InsertTooLarge(_) => "INSERT_TOO_LARGE",
             NodeError::QueryLimit(_) => "QUERY_LIMIT",
@@ -111,7 +116,11 @@ impl NodeError {
     pub fn is_retryable(&self) -> bool {
         matches!(
             self,
-            NodeError::Unavailable(_) | NodeError::Timeout(_) | NodeError::TooManyParts(_) | NodeError::Overloaded(_)
+            NodeError::Unavailable(_)
+                | NodeError::Timeout(_)
+                | NodeError::TooManyParts(_)
+                | NodeError::Overloaded(_)
+                | NodeError::SchemaChanged { .. }
         )
     }
 }
@@ -152,12 +161,6 @@ impl From<datafusion::error::DataFusionError> for NodeError {
     fn from(e: datafusion::error::DataFusionError) -> Self {
         use datafusion::arrow::error::ArrowError;
         use datafusion::error::DataFusionError as D;
-        static UNKNOWN_TABLE: std::sync::LazyLock<regex::Regex> = std::sync::LazyLock::new(|| {
-            regex::Regex::new(r"table '(?:datafusion\.public\.|datafusion\.)?([^']+)' not found").expect("valid regex")
-        });
-        if let Some(c) = UNKNOWN_TABLE.captures(&e.to_string()) {
-            return NodeError::unknown_table(&c[1]);
-        }
         match e.find_root() {
             D::SQL(..) | D::Plan(_) | D::SchemaError(..) | D::NotImplemented(_) => NodeError::BadRequest(e.to_string()),
             // What the query's own values cause: a literal that does not fit its type, a bad

@@ -295,17 +295,19 @@ async fn execute_statement(
         }
         Statement::Select { sql, format } => {
             let format = output_format(params, format.as_deref())?;
+            let parsed = query::ParsedQuery::parse(&sql)?;
             wait_for_revision(node, params).await?;
             let admitted = node.queries.admit(params)?;
             let tables = node.catalog.snapshot();
-            let cluster = if sql.contains("system.replicas") {
+            parsed.check_tables(&tables)?;
+            let cluster = if parsed.reads_replicas() {
                 Some(cluster_view(node).await)
             } else {
-                sql.contains("system").then(query::ClusterView::default)
+                parsed.reads_system_tables().then(query::ClusterView::default)
             };
             let ctx = query::session(node, &tables, cluster.as_ref(), admitted.runtime.clone())?;
             let planned =
-                admitted.within_deadline(async { query::run(&ctx, &sql).await.map_err(|e| admitted.error(e)) }).await;
+                admitted.within_deadline(async { query::run(&ctx, parsed).await.map_err(|e| admitted.error(e)) }).await;
             let (schema, stream) = planned.inspect_err(|_| {
                 node.metrics.query_errors.inc();
             })?;

@@ -115,7 +115,7 @@ pub async fn insert(
     let started = std::time::Instant::now();
     let mut summary = loop {
         match insert_once(node, table, columns, format, &data, settings).await {
-            Err(NodeError::Conflict(msg)) if started.elapsed() < SCHEMA_RACE_BUDGET && msg.contains("changed") => {
+            Err(NodeError::SchemaChanged { .. }) if started.elapsed() < SCHEMA_RACE_BUDGET => {
                 tracing::info!(%table, "schema changed during insert; retrying under the new schema");
             }
             other => break other?,
@@ -394,10 +394,7 @@ async fn register(
                 node.catalog.wait_applied(*current, APPLY_TIMEOUT).await;
             }
             return Err(match e {
-                CoordError::TableChanged { .. } => NodeError::Conflict(format!(
-                    "table `{}` changed while inserting; retrying under the new schema",
-                    def.name
-                )),
+                CoordError::TableChanged { .. } => NodeError::SchemaChanged { table: def.name.clone() },
                 other => other.into(),
             });
         }

@@ -24,6 +24,7 @@ use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
 use datafusion::execution::object_store::ObjectStoreUrl;
 use datafusion::execution::runtime_env::RuntimeEnv;
+use datafusion::execution::session_state::SessionStateBuilder;
 use datafusion::logical_expr::utils::conjunction;
 use datafusion::logical_expr::{Expr, TableProviderFilterPushDown};
 use datafusion::physical_expr::PhysicalExpr;
@@ -284,6 +285,67 @@ pub struct ClusterView {
     pub cluster_revision: Option<i64>,
 }
 
+/// The table functions every session has (`generate_series`, `range`, ...), named once.
+static TABLE_FUNCTIONS: std::sync::LazyLock<std::collections::HashSet<String>> = std::sync::LazyLock::new(|| {
+    SessionStateBuilder::new().with_default_features().build().table_functions().keys().cloned().collect()
+});
+
+/// The tables of the `system` schema.
+const SYSTEM_TABLES: [&str; 4] = ["parts", "tables", "replicas", "replication_queue"];
+
+fn session_config() -> SessionConfig {
+    let mut config = SessionConfig::new().with_information_schema(false);
+    // Table and column names are case-sensitive, as in ClickHouse.
+    config.options_mut().sql_parser.enable_ident_normalization = false;
+    config
+}
+
+/// A query, parsed, with the tables it names (CTEs and table functions aside): what decides
+/// whether the `system` tables are built and which names do not exist, from the syntax tree
+/// rather than from the text or an error message.
+pub struct ParsedQuery {
+    statement: datafusion::sql::parser::Statement,
+    tables: Vec<datafusion::common::TableReference>,
+}
+
+impl ParsedQuery {
+    pub fn parse(sql: &str) -> Result<Self, NodeError> {
+        let state = SessionStateBuilder::new().with_config(session_config()).build();
+        let dialect = state.config().options().sql_parser.dialect;
+        let statement = state.sql_to_statement(sql, &dialect)?;
+        let mut tables = state.resolve_table_references(&statement)?;
+        // `generate_series(...)` and the like are named like tables but are functions.
+        tables.retain(|t| t.schema().is_some() || !TABLE_FUNCTIONS.contains(t.table()));
+        Ok(ParsedQuery { statement, tables })
+    }
+
+    /// Whether the query reads a table of the `system` schema.
+    pub fn reads_system_tables(&self) -> bool {
+        self.tables.iter().any(|t| t.schema() == Some("system"))
+    }
+
+    /// Whether the query reads `system.replicas` (which asks the coordinator about the others).
+    pub fn reads_replicas(&self) -> bool {
+        self.tables.iter().any(|t| t.schema() == Some("system") && t.table() == "replicas")
+    }
+
+    /// Refuses (404) a table that does not exist in the snapshot or the `system` schema.
+    pub fn check_tables(&self, tables: &BTreeMap<String, Arc<TableState>>) -> Result<(), NodeError> {
+        for reference in &self.tables {
+            let known = match reference.schema() {
+                None => tables.contains_key(reference.table()),
+                Some("system") => SYSTEM_TABLES.contains(&reference.table()),
+                // Other schemas are DataFusion's to resolve (and to refuse).
+                Some(_) => true,
+            };
+            if !known {
+                return Err(NodeError::unknown_table(&reference.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// A DataFusion session over a catalog snapshot, with the `system` tables when `cluster` is
 /// given (what `system.replicas` shows of the other nodes).
 pub fn session(
@@ -292,10 +354,7 @@ pub fn session(
     cluster: Option<&ClusterView>,
     runtime: Arc<RuntimeEnv>,
 ) -> Result<SessionContext, NodeError> {
-    let mut config = SessionConfig::new().with_information_schema(false);
-    // Table and column names are case-sensitive, as in ClickHouse.
-    config.options_mut().sql_parser.enable_ident_normalization = false;
-    let ctx = SessionContext::new_with_config_rt(config, runtime);
+    let ctx = SessionContext::new_with_config_rt(session_config(), runtime);
     crate::functions::register_bounded(&ctx);
     for (name, state) in tables {
         ctx.register_table(name.as_str(), Arc::new(PartsTable::new(state)))?;
@@ -535,10 +594,15 @@ fn system_replication_queue(node: &Node, tables: &BTreeMap<String, Arc<TableStat
 
 /// Plans a query and starts it: its schema and the stream of its result batches, produced as
 /// the stream is read.
-pub async fn run(ctx: &SessionContext, sql: &str) -> Result<(SchemaRef, SendableRecordBatchStream), DataFusionError> {
+pub async fn run(
+    ctx: &SessionContext,
+    query: ParsedQuery,
+) -> Result<(SchemaRef, SendableRecordBatchStream), DataFusionError> {
     // Only queries: DDL and DML have their own paths and must not reach DataFusion's catalog.
     let options = SQLOptions::new().with_allow_ddl(false).with_allow_dml(false).with_allow_statements(false);
-    let frame = ctx.sql_with_options(sql, options).await?;
+    let plan = ctx.state().statement_to_plan(query.statement).await?;
+    options.verify_plan(&plan)?;
+    let frame = ctx.execute_logical_plan(plan).await?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     let stream = frame.execute_stream().await?;
     Ok((schema, stream))

@@ -138,8 +138,8 @@ async fn after_revision_reads_on_a_lagging_node_wait_then_see_the_write() {
     lagging.pause();
     let summary = cluster.nodes[0].insert("t", "CSV", rows(100, 10)).await;
     let revision = summary["revision"].as_i64().unwrap().to_string();
-    lagging.resume();
     cluster.nodes[0].pause();
+    lagging.resume();
     let answer = lagging
         .request(
             "SELECT count() FROM t",
