@@ -30,8 +30,14 @@ pub struct QueryRuntime {
 }
 
 impl QueryRuntime {
-    /// Spill files go under `spill_dir` (emptied by DataFusion as queries end).
+    /// Spill files go under `spill_dir`: emptied here (what a crash left behind), and by
+    /// DataFusion as queries end.
     pub fn new(limits: &Limits, spill_dir: &Path) -> Result<Self, NodeError> {
+        if let Err(e) = std::fs::remove_dir_all(spill_dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %spill_dir.display(), error = %e, "cannot empty the spill directory");
+        }
         std::fs::create_dir_all(spill_dir).map_err(|e| {
             NodeError::internal(format!("cannot create the spill directory {}: {e}", spill_dir.display()))
         })?;
