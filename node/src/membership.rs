@@ -47,10 +47,18 @@ async fn announce(node: &Node) -> Result<i64, CoordError> {
     Ok(lease)
 }
 
+/// A node that has not renewed its lease for this long steps down (not ready) before the lease
+/// can expire under it: its peers stop counting it once etcd expires the lease, and it must not
+/// go on claiming to be a member meanwhile.
+const STEP_DOWN_AFTER: Duration = Duration::from_secs(LEASE_TTL.as_secs() / 2);
+
 /// Keeps the node's lease alive and its record current until shutdown, then revokes the lease
-/// so peers stop fetching from this node at once.
+/// so peers stop fetching from this node at once. When renewals fail for [`STEP_DOWN_AFTER`],
+/// the node stops being ready; it is ready again once a renewal (or, after the lease expired,
+/// a new announcement) succeeds.
 pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
     let mut lease = None;
+    let mut renewed = tokio::time::Instant::now();
     let mut reported = (Revision::MIN, Revision::MIN);
     let mut data_revision = node.catalog.subscribe_data_revision();
     let mut renew = tokio::time::interval(LEASE_TTL / 3);
@@ -81,7 +89,17 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
         };
         if let Err(e) = result {
             tracing::warn!(error = %e, "cannot renew this node's cluster membership");
+            if renewed.elapsed() >= STEP_DOWN_AFTER && node.announced.swap(false, Ordering::AcqRel) {
+                tracing::warn!(
+                    seconds = renewed.elapsed().as_secs(),
+                    "stepping down: not ready until the membership lease can be renewed"
+                );
+            }
             continue;
+        }
+        renewed = tokio::time::Instant::now();
+        if lease.is_some() && !node.announced.swap(true, Ordering::AcqRel) {
+            tracing::info!("membership lease renewed: ready again");
         }
         let now = (node.catalog.data_revision(), node.catalog.complete_revision());
         if let Some(id) = lease

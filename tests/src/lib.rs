@@ -461,10 +461,21 @@ impl Cluster {
 
     /// Like [`Cluster::extra_node`], with flags of its own.
     pub fn extra_node_with(&self, i: usize, with_secret: bool, extra_args: &[&str]) -> anyhow::Result<Tandem> {
+        self.node_via(i, &self.etcd.endpoint, with_secret, extra_args)
+    }
+
+    /// A node of this cluster (not started yet) that reaches etcd at `etcd_endpoint` (a proxy
+    /// that can cut it off, say).
+    pub fn node_via(
+        &self,
+        i: usize,
+        etcd_endpoint: &str,
+        with_secret: bool,
+        extra_args: &[&str],
+    ) -> anyhow::Result<Tandem> {
         let secret = if with_secret { self.secret.as_str() } else { "" };
         let node_id = format!("n{i}");
-        let mut args =
-            vec!["--etcd", self.etcd.endpoint.as_str(), "--node-id", node_id.as_str(), "--cluster", &self.name];
+        let mut args = vec!["--etcd", etcd_endpoint, "--node-id", node_id.as_str(), "--cluster", &self.name];
         args.extend(self.common_args.iter().map(String::as_str));
         args.extend_from_slice(extra_args);
         let mut env = vec![("TANDEM_CLUSTER_SECRET", secret)];

@@ -309,3 +309,50 @@ async fn nodes_reach_etcd_over_tls_with_client_certificates() {
     let error = format!("{:#}", refused.err().expect("an http endpoint with TLS settings is refused"));
     assert!(error.contains("is not https://"), "{error}");
 }
+
+/// Waits until `check` holds, asking every 200 ms; fails with `what` after `timeout`.
+async fn eventually<F, Fut>(what: &str, timeout: Duration, mut check: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    while !check().await {
+        assert!(tokio::time::Instant::now() < deadline, "{what} within {timeout:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// A node that cannot reach etcd cannot renew its membership lease: it stops being ready
+/// before the lease expires, its peers stop counting it for quorums once it has, and it comes
+/// back by itself when etcd is reachable again.
+#[tokio::test]
+async fn a_node_cut_off_from_etcd_steps_down_and_returns() {
+    let cluster = Cluster::start(2).await.unwrap();
+    let proxy = tandem_tests::Proxy::start(&cluster.etcd.endpoint).await.unwrap();
+    let mut n3 = cluster.node_via(3, &proxy.url(), true, &[]).unwrap();
+    n3.restart().await.unwrap();
+    let n1 = &cluster.nodes[0];
+    n1.sql("CREATE TABLE t (id UInt64) ORDER BY id").await;
+    let quorum_of_three = || async {
+        let settings = [("insert_quorum", "3"), ("insert_quorum_timeout", "2000"), ("insert_deduplicate", "0")];
+        n1.request("INSERT INTO t FORMAT CSV", &settings, "1\n").await
+    };
+    eventually("all three nodes hold an insert_quorum=3 insert", CONVERGE, || async {
+        quorum_of_three().await.status == 200
+    })
+    .await;
+
+    proxy.set_cut(true);
+    eventually("the cut-off node stops being ready", CONVERGE, || async { n3.get("ready").await.status == 503 }).await;
+    eventually("its peers stop counting it", CONVERGE, || async {
+        let answer = quorum_of_three().await;
+        answer.status == 503 && answer.text().contains("2 are live")
+    })
+    .await;
+
+    proxy.set_cut(false);
+    eventually("the node is ready again", Duration::from_secs(60), || async { n3.get("ready").await.status == 200 })
+        .await;
+    eventually("its peers count it again", CONVERGE, || async { quorum_of_three().await.status == 200 }).await;
+}
