@@ -216,12 +216,25 @@ async fn insert_once(
     let version = state.version;
     drop(state);
 
+    // Decoding, the partition split and the block hashes touch every row: off the runtime.
     let (def_for_decode, data, columns, input) =
         (def.clone(), data.clone(), columns.map(<[String]>::to_vec), settings.input);
-    let batch =
-        tokio::task::spawn_blocking(move || decode_insert(format, &data, &def_for_decode, columns.as_deref(), input))
-            .await
-            .map_err(NodeError::internal)??;
+    let (token, deduplicate, table_name) =
+        (settings.deduplication_token.clone(), settings.deduplicate, table.to_string());
+    let blocks = tokio::task::spawn_blocking(move || -> Result<Vec<_>, NodeError> {
+        let batch = decode_insert(format, &data, &def_for_decode, columns.as_deref(), input)?;
+        if batch.num_rows() == 0 {
+            return Ok(Vec::new());
+        }
+        let mut blocks = Vec::new();
+        for (partition, block) in split_by_partition(&batch, &def_for_decode.partition_by)? {
+            let id = deduplicate.then(|| block_id(&table_name, &partition, &block, token.as_deref())).transpose()?;
+            blocks.push((partition, block, id));
+        }
+        Ok(blocks)
+    })
+    .await
+    .map_err(NodeError::internal)??;
     let mut summary = InsertSummary {
         table: table.to_string(),
         rows_written: 0,
@@ -231,19 +244,16 @@ async fn insert_once(
         revision: node.catalog.applied_revision(),
         quorum: None,
     };
-    if batch.num_rows() == 0 {
+    if blocks.is_empty() {
         return Ok(summary);
     }
 
-    let blocks = split_by_partition(&batch, &def.partition_by)?;
-    apply_back_pressure(node, table, &def, blocks.iter().map(|(partition, _)| partition.as_str())).await?;
-    let token = settings.deduplication_token.clone();
+    apply_back_pressure(node, table, &def, blocks.iter().map(|(partition, _, _)| partition.as_str())).await?;
     let window_ms = dedup_window_ms(&def);
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut pending = Vec::new();
-    for (partition, block) in blocks {
-        let block_id = if settings.deduplicate {
-            let id = block_id(table, &partition, &block, token.as_deref())?;
+    for (partition, block, id) in blocks {
+        let block_id = if let Some(id) = id {
             // Cheap early answer for a retried block: skip encoding what is already admitted.
             let admitted = node.coordinator.get_block(table, &id).await?;
             if let Some((record, revision)) = admitted.filter(|(r, _)| now_ms - r.created_at_ms <= window_ms) {
