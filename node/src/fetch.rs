@@ -70,10 +70,14 @@ pub async fn run(node: Arc<Node>, mut requests: mpsc::UnboundedReceiver<FetchReq
     });
     let permits = Arc::new(Semaphore::new(node.config.fetch_concurrency));
     let retry = node.catalog_fetch_sender();
+    // Each fetch is a task of this set: finished ones are reaped as the loop goes, and the rest
+    // end with the loop (a part half-written is discarded: the store empties its `tmp/` at open).
+    let mut tasks = tokio::task::JoinSet::new();
     loop {
         let request = tokio::select! {
-            r = requests.recv() => match r { Some(r) => r, None => return },
-            _ = shutdown.cancelled() => return,
+            r = requests.recv() => match r { Some(r) => r, None => break },
+            Some(_) = tasks.join_next(), if !tasks.is_empty() => continue,
+            _ = shutdown.cancelled() => break,
         };
         if node.catalog.pending(&request.table, &request.id).is_none() {
             continue;
@@ -84,12 +88,12 @@ pub async fn run(node: Arc<Node>, mut requests: mpsc::UnboundedReceiver<FetchReq
         }
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
-            _ = shutdown.cancelled() => return,
+            _ = shutdown.cancelled() => break,
         };
         let fetcher = fetcher.clone();
         let retry = retry.clone();
         let shutdown = shutdown.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let result = fetcher.fetch(&request).await;
             fetcher.in_flight.lock().expect("in-flight lock").remove(&key);
             drop(permit);
@@ -118,6 +122,7 @@ pub async fn run(node: Arc<Node>, mut requests: mpsc::UnboundedReceiver<FetchReq
             }
         });
     }
+    tasks.shutdown().await;
 }
 
 impl Fetcher {
