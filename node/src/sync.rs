@@ -93,17 +93,11 @@ async fn follow(
             let snapshot = node.coordinator.snapshot().await?;
             let rejected = reject_corrupt(node, &snapshot, corrupt).await;
             node.catalog.apply_snapshot(&snapshot, &rejected);
-            if let Err(e) = node.mirror.replace(&node.config.cluster_prefix, &snapshot) {
-                tracing::warn!(error = %e, "cannot save the local catalog");
-            }
-            tracing::info!(
-                revision = snapshot.revision,
-                tables = snapshot.tables.len(),
-                parts = snapshot.parts.len(),
-                "applied cluster state listing"
-            );
-            *next = Some(snapshot.revision + 1);
-            snapshot.revision + 1
+            let (revision, tables, parts) = (snapshot.revision, snapshot.tables.len(), snapshot.parts.len());
+            save_locally(node, move |mirror, prefix| mirror.replace(prefix, &snapshot)).await;
+            tracing::info!(revision, tables, parts, "applied cluster state listing");
+            *next = Some(revision + 1);
+            revision + 1
         }
     };
     let mut stream = node.coordinator.watch(from).await?;
@@ -119,10 +113,22 @@ async fn follow(
         let Some(batch) = batch else { return Err(CoordError::Unavailable("the watch ended".into())) };
         let batch = batch?;
         node.catalog.apply_batch(&batch);
-        if let Err(e) = node.mirror.apply(&batch) {
-            tracing::warn!(error = %e, "cannot save the local catalog");
-        }
-        *next = Some(batch.revision + 1);
+        let revision = batch.revision;
+        save_locally(node, move |mirror, _| mirror.apply(&batch)).await;
+        *next = Some(revision + 1);
+    }
+}
+
+/// Writes to the local copy of the catalog (a redb commit, with an fsync now and then) off the
+/// async runtime, in order: the loop waits for each write before it applies the next change.
+async fn save_locally(
+    node: &Arc<Node>,
+    write: impl FnOnce(&crate::mirror::Mirror, &str) -> anyhow::Result<()> + Send + 'static,
+) {
+    let (mirror, prefix) = (node.mirror.clone(), node.config.cluster_prefix.clone());
+    let saved = tokio::task::spawn_blocking(move || write(&mirror, &prefix)).await;
+    if let Err(e) = saved.map_err(anyhow::Error::from).and_then(|written| written) {
+        tracing::warn!(error = %e, "cannot save the local catalog");
     }
 }
 
