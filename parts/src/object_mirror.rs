@@ -58,6 +58,8 @@ pub enum MirrorError {
     Store { path: String, source: object_store::Error },
     #[error("object store configuration: {0}")]
     Config(String),
+    #[error("the work on object {path} was interrupted (the node is stopping)")]
+    Interrupted { path: String },
 }
 
 /// Whether an upload created the object or found it already there (same name, so same bytes).
@@ -166,7 +168,11 @@ impl ObjectMirror {
     /// Uploads a part's bytes with a create-only put. Refuses bytes that do not hash to `id`.
     pub async fn upload(&self, table: &str, id: &PartId, bytes: Bytes) -> Result<UploadOutcome, MirrorError> {
         let path = self.object_path(table, id);
-        let actual = PartId::of_bytes(&bytes);
+        // Hashing a whole part takes tens of milliseconds: off the async runtime.
+        let hashed = bytes.clone();
+        let actual = tokio::task::spawn_blocking(move || PartId::of_bytes(&hashed))
+            .await
+            .map_err(|_| MirrorError::Interrupted { path: path.to_string() })?;
         if actual != *id {
             return Err(MirrorError::Corrupt { path: path.to_string(), actual });
         }
