@@ -16,7 +16,7 @@ use datafusion::arrow::compute::{CastOptions, cast_with_options, concat_batches,
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::arrow::ipc::writer::StreamWriter;
-use datafusion::arrow::json::writer::{JsonArray, LineDelimited};
+use datafusion::arrow::json::writer::{JsonArray, JsonFormat, LineDelimited};
 use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
 use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
@@ -746,23 +746,9 @@ impl Encoder {
         self.rows += batch.num_rows();
         let mut out: Vec<u8> = Vec::new();
         match self.format {
-            Format::JsonEachRow => {
-                let mut writer = datafusion::arrow::json::WriterBuilder::new()
-                    .with_explicit_nulls(true)
-                    .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
-                    .build::<_, LineDelimited>(&mut out);
-                writer.write(batch).map_err(NodeError::internal)?;
-                writer.finish().map_err(NodeError::internal)?;
-            }
+            Format::JsonEachRow => out = json_objects::<LineDelimited>(batch)?,
             Format::Json => {
-                let mut array = Vec::new();
-                let mut writer = datafusion::arrow::json::WriterBuilder::new()
-                    .with_explicit_nulls(true)
-                    .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
-                    .build::<_, JsonArray>(&mut array);
-                writer.write(batch).map_err(NodeError::internal)?;
-                writer.finish().map_err(NodeError::internal)?;
-                drop(writer);
+                let array = json_objects::<JsonArray>(batch)?;
                 // `[{...},{...}]`: the objects join the array the head opened.
                 let objects = array.strip_prefix(b"[").and_then(|a| a.strip_suffix(b"]")).unwrap_or_default();
                 if !objects.is_empty() {
@@ -843,6 +829,19 @@ impl Encoder {
             _ => Vec::new(),
         })
     }
+}
+
+/// One batch as JSON objects in `F`'s framing (one per line, or an array).
+fn json_objects<F: JsonFormat>(batch: &RecordBatch) -> Result<Vec<u8>, NodeError> {
+    let mut out = Vec::new();
+    let mut writer = datafusion::arrow::json::WriterBuilder::new()
+        .with_explicit_nulls(true)
+        .with_timestamp_format(TIMESTAMP_FORMAT.to_string())
+        .build::<_, F>(&mut out);
+    writer.write(batch).map_err(NodeError::internal)?;
+    writer.finish().map_err(NodeError::internal)?;
+    drop(writer);
+    Ok(out)
 }
 
 /// A one-column text batch, for SHOW TABLES and similar answers.
