@@ -20,11 +20,9 @@
 //!   [`functions`]: the SQL functions sessions get; [`execution`]: each query's memory pool,
 //!   deadline, result limits and slot.
 //! - [`limits`]: every bound a request is held to; [`body`]: reading and decompressing bodies.
-//! - [`node`]: starting and stopping all of it; [`config`]: layered configuration;
-//!   [`bench`]: the benchmark command.
+//! - [`node`]: starting and stopping all of it; [`config`]: layered configuration.
 
 pub mod alter;
-pub mod bench;
 pub mod body;
 pub mod bucket;
 pub mod catalog;

@@ -1,5 +1,4 @@
 use clap::{Parser, Subcommand};
-use tandem_node::bench::BenchArgs;
 use tandem_node::{NodeConfig, ServeArgs};
 
 /// tandem: a replicated, append-mostly analytical store for time-series and event data.
@@ -14,8 +13,6 @@ struct Cli {
 enum Command {
     /// Run a node (with no flags: one node on 127.0.0.1:8123, data in ./tandem-data).
     Serve(Box<ServeArgs>),
-    /// Measure insert throughput and query latency against a fresh node.
-    Bench(BenchArgs),
     /// Ask a running node to drain (POST /drain): the Kubernetes preStop hook.
     Drain(DrainArgs),
 }
@@ -48,7 +45,6 @@ async fn main() -> anyhow::Result<()> {
             tandem_node::start(config).await?.run_until_signal().await;
             Ok(())
         }
-        Command::Bench(args) => tandem_node::bench::run(args).await,
         Command::Drain(args) => {
             let (status, report) = tandem_node::drain::ask_to_drain(args.http_addr, args.timeout_seconds).await?;
             println!("{}", report.trim_end());

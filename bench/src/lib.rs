@@ -1,5 +1,7 @@
-//! `tandem bench`: starts a fresh node in a temporary directory and measures what users feel:
-//! insert throughput and latency over HTTP per format, and query latency.
+//! tandem-bench measures what users feel, on fresh nodes in temporary directories: insert
+//! throughput and latency over HTTP per format, query latency, merges, replication in a cluster
+//! on a real etcd, and the object-store mirror on moto. It drives the server only through its
+//! public API (`tandem_node::start`) and HTTP, and is not part of the production binary.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -7,7 +9,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use clap::Args;
 
-use crate::config::NodeConfig;
+use tandem_node::NodeConfig;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -203,8 +205,8 @@ impl Drop for ServerGuard {
 }
 
 /// A node that has caught up (a request before that is answered 503).
-async fn start_ready(config: NodeConfig) -> anyhow::Result<crate::RunningNode> {
-    let node = crate::start(config).await?;
+async fn start_ready(config: NodeConfig) -> anyhow::Result<tandem_node::RunningNode> {
+    let node = tandem_node::start(config).await?;
     if !node.wait_ready(Duration::from_secs(30)).await {
         bail!("the node did not become ready within 30 s");
     }
@@ -239,7 +241,7 @@ async fn object_store(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let mut config = NodeConfig::for_dir(dir.path());
-    config.object_store = Some(crate::config::ObjectStoreConfig {
+    config.object_store = Some(tandem_node::config::ObjectStoreConfig {
         s3: tandem_parts::S3Settings {
             endpoint: Some(endpoint.clone()),
             bucket: "bench".into(),
@@ -451,10 +453,10 @@ async fn cluster(args: &BenchArgs) -> anyhow::Result<()> {
         let mut config = NodeConfig::for_dir(dir.path().join(format!("n{i}")));
         config.node_id = format!("n{i}");
         config.coordinator =
-            crate::config::CoordinatorConfig::Etcd { endpoints: vec![etcd.endpoint.clone()], tls: None };
+            tandem_node::config::CoordinatorConfig::Etcd { endpoints: vec![etcd.endpoint.clone()], tls: None };
         config.cluster_prefix = "/tandem/bench/".to_string();
         config.cluster_secret = Some("bench".to_string());
-        let node = crate::start(config).await?;
+        let node = tandem_node::start(config).await?;
         if !node.wait_ready(Duration::from_secs(30)).await {
             bail!("cluster node n{i} did not catch up within 30 s");
         }
