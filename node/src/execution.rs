@@ -83,11 +83,6 @@ impl QueryRuntime {
         let deadline = limits.execution_time.map(|t| Instant::now() + t);
         Ok(Admitted { runtime, pool, limits, deadline, _slot: slot })
     }
-
-    /// Bytes all running queries hold in the node's pool.
-    pub fn reserved_bytes(&self) -> usize {
-        self.server_pool.reserved()
-    }
 }
 
 /// One query's limits, as resolved for its request.
