@@ -20,4 +20,7 @@ if cargo clippy --version >/dev/null 2>&1; then
 else
     echo "clippy is not installed (rustup component add clippy): skipping the lint step" >&2
 fi
+# The layout's rules the compiler does not check: no module cycles, the engine free of the
+# front end's stack, the binary free of the benchmark.
+python3 scripts/check_layers.py
 cargo test --release --locked --workspace "$@"

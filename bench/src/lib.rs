@@ -105,7 +105,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
     let node = start_ready(NodeConfig::for_dir(dir.path())).await?;
-    let client = Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr) };
+    let client = Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr()) };
     println!("tandem bench: {} rows in {} inserts per format, one node, embedded coordinator", args.rows, args.batches);
 
     for (format, table, encode) in [
@@ -241,7 +241,7 @@ async fn object_store(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let mut config = NodeConfig::for_dir(dir.path());
-    config.object_store = Some(tandem_node::config::ObjectStoreConfig {
+    config.replica.object_store = Some(tandem_replica::ObjectStoreConfig {
         s3: tandem_parts::S3Settings {
             endpoint: Some(endpoint.clone()),
             bucket: "bench".into(),
@@ -259,7 +259,7 @@ async fn object_store(args: &BenchArgs) -> anyhow::Result<()> {
         bootstrap: false,
     });
     let node = start_ready(config).await?;
-    let client = Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr) };
+    let client = Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr()) };
     println!("object store: one node, moto S3 server at {endpoint}");
 
     client.query("CREATE TABLE durable (ts DateTime64(3), id UInt64, v Float64) ORDER BY (id, ts)", Vec::new()).await?;
@@ -357,7 +357,7 @@ async fn merges(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let dir = tempfile::tempdir()?;
     let node = start_ready(NodeConfig::for_dir(dir.path())).await?;
-    let client = Arc::new(Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr) });
+    let client = Arc::new(Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr()) });
     client.query("CREATE TABLE small (ts DateTime64(3), id UInt64, v Float64) ORDER BY (id, ts)", Vec::new()).await?;
     const WRITERS: usize = 4;
     const ROWS: usize = 100;
@@ -451,11 +451,11 @@ async fn cluster(args: &BenchArgs) -> anyhow::Result<()> {
     let mut nodes = Vec::new();
     for i in 1..=args.cluster_nodes {
         let mut config = NodeConfig::for_dir(dir.path().join(format!("n{i}")));
-        config.node_id = format!("n{i}");
-        config.coordinator =
-            tandem_node::config::CoordinatorConfig::Etcd { endpoints: vec![etcd.endpoint.clone()], tls: None };
-        config.cluster_prefix = "/tandem/bench/".to_string();
-        config.cluster_secret = Some("bench".to_string());
+        config.replica.node_id = format!("n{i}");
+        config.replica.coordinator =
+            tandem_replica::CoordinatorConfig::Etcd { endpoints: vec![etcd.endpoint.clone()], tls: None };
+        config.replica.cluster_prefix = "/tandem/bench/".to_string();
+        config.replica.cluster_secret = Some("bench".to_string());
         let node = tandem_node::start(config).await?;
         if !node.wait_ready(Duration::from_secs(30)).await {
             bail!("cluster node n{i} did not catch up within 30 s");
@@ -464,7 +464,7 @@ async fn cluster(args: &BenchArgs) -> anyhow::Result<()> {
     }
     let clients: Vec<Client> = nodes
         .iter()
-        .map(|n| Client { http: reqwest::Client::new(), base: format!("http://{}/", n.http_addr) })
+        .map(|n| Client { http: reqwest::Client::new(), base: format!("http://{}/", n.http_addr()) })
         .collect();
     println!("cluster: {} nodes, etcd at {}, fetches over loopback gRPC", nodes.len(), etcd.endpoint);
 

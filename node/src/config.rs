@@ -12,10 +12,10 @@ use clap::Args;
 use serde::Deserialize;
 use tandem_coordinator::EtcdTls;
 use tandem_parts::S3Settings;
-
-use crate::insert::{DEFAULT_QUORUM_TIMEOUT, Quorum};
-use crate::limits::{LimitArgs, LimitFile, Limits};
-use crate::schema::TableSettings;
+use tandem_replica::schema::TableSettings;
+use tandem_replica::{CoordinatorConfig, DEFAULT_QUORUM_TIMEOUT, ObjectStoreConfig, Quorum, ReplicaConfig};
+use tandem_server::limits::{LimitArgs, LimitFile, Limits};
+use tandem_server::{DEFAULT_MAX_BODY_BYTES, ServerConfig};
 
 /// Flags of `tandem serve`. Each also reads a `TANDEM_*` environment variable.
 #[derive(Args, Debug, Default, Clone)]
@@ -196,85 +196,16 @@ struct CredentialsFile {
     secret_access_key: String,
 }
 
-/// The object-store mirror of parts.
+/// The resolved configuration of a node: where it serves HTTP, its replica and its front door.
 #[derive(Clone, Debug)]
-pub struct ObjectStoreConfig {
-    pub s3: S3Settings,
-    pub upload_concurrency: usize,
-    /// An object unreferenced for this long is deleted.
-    pub gc_grace: Duration,
-    pub gc_interval: Duration,
-    /// Read parts from the bucket first until caught up (a node filling an empty disk).
-    pub bootstrap: bool,
-}
-
-/// Where the metadata lives.
-#[derive(Clone, Debug)]
-pub enum CoordinatorConfig {
-    /// One node, metadata in `<data_dir>/metadata.redb`.
-    Embedded,
-    /// A cluster, metadata in etcd (over TLS when `tls` is set).
-    Etcd { endpoints: Vec<String>, tls: Option<EtcdTls> },
-}
-
-/// The resolved configuration of a node.
-#[derive(Clone)]
 pub struct NodeConfig {
     pub http_addr: SocketAddr,
-    pub data_dir: PathBuf,
-    pub max_body_bytes: usize,
-    pub node_id: String,
-    pub coordinator: CoordinatorConfig,
-    /// Key prefix of this cluster in the metadata store: `/tandem/<cluster>/`.
-    pub cluster_prefix: String,
-    pub grpc_addr: SocketAddr,
-    /// The address announced to peers; None announces the bound gRPC address.
-    pub advertise_grpc_addr: Option<String>,
-    pub cluster_secret: Option<String>,
-    pub fetch_concurrency: usize,
-    /// How often the node re-lists everything as a safety net under the watch.
-    pub relist_interval: Duration,
-    /// How often block ids beyond each table's count window are forgotten.
-    pub dedup_prune_interval: Duration,
-    pub object_store: Option<ObjectStoreConfig>,
-    pub merge_concurrency: usize,
-    pub merge_interval: Duration,
-    /// Unreferenced part files older than this are deleted.
-    pub orphan_grace: Duration,
-    /// `insert_quorum` of inserts that do not set it.
-    pub insert_quorum: Quorum,
-    /// `insert_quorum_timeout` of inserts that do not set it.
-    pub insert_quorum_timeout: Duration,
-    /// The settings of a table created without a `SETTINGS` clause (the dedup windows can be
-    /// changed per server; the others are the built-in defaults).
-    pub table_defaults: TableSettings,
-    /// The bounds of every request.
-    pub limits: Limits,
-}
-
-impl std::fmt::Debug for NodeConfig {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("NodeConfig")
-            .field("http_addr", &self.http_addr)
-            .field("data_dir", &self.data_dir)
-            .field("node_id", &self.node_id)
-            .field("coordinator", &self.coordinator)
-            .field("cluster_prefix", &self.cluster_prefix)
-            .field("grpc_addr", &self.grpc_addr)
-            .field("advertise_grpc_addr", &self.advertise_grpc_addr)
-            .field("cluster_secret", &self.cluster_secret.as_ref().map(|_| "<set>"))
-            .field("object_store", &self.object_store)
-            .field("insert_quorum", &self.insert_quorum)
-            .field("insert_quorum_timeout", &self.insert_quorum_timeout)
-            .field("table_defaults", &self.table_defaults)
-            .field("limits", &self.limits)
-            .finish_non_exhaustive()
-    }
+    pub replica: ReplicaConfig,
+    pub server: ServerConfig,
 }
 
 pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8123";
 pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:9100";
-pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
 
 impl NodeConfig {
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
@@ -336,76 +267,84 @@ impl NodeConfig {
         if let Some(seconds) = args.dedup_window_seconds.or(file.dedup_window_seconds) {
             table_defaults.dedup_window_seconds = seconds;
         }
+        let limits = Limits::resolve(&args.limits, &file.limits);
         Ok(NodeConfig {
             http_addr: args
                 .http_addr
                 .or(file.http_addr)
                 .unwrap_or_else(|| DEFAULT_HTTP_ADDR.parse().expect("valid default")),
-            data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("tandem-data")),
-            max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES),
-            node_id: node_id.unwrap_or_else(|| "local".to_string()),
-            coordinator,
-            cluster_prefix,
-            grpc_addr: args
-                .grpc_addr
-                .or(file.grpc_addr)
-                .unwrap_or_else(|| DEFAULT_GRPC_ADDR.parse().expect("valid default")),
-            advertise_grpc_addr: args
-                .advertise_grpc_addr
-                .clone()
-                .or(file.advertise_grpc_addr)
-                .filter(|a| !a.is_empty()),
-            cluster_secret,
-            fetch_concurrency: args.fetch_concurrency.or(file.fetch_concurrency).unwrap_or(4).max(1),
-            relist_interval: Duration::from_secs(file.relist_interval_seconds.unwrap_or(300).max(1)),
-            dedup_prune_interval: Duration::from_millis(
-                args.dedup_prune_interval_ms.or(file.dedup_prune_interval_ms).unwrap_or(60_000).max(10),
-            ),
-            object_store,
-            merge_concurrency: args.merge_concurrency.or(file.merge_concurrency).unwrap_or(1).max(1),
-            merge_interval: Duration::from_millis(
-                args.merge_interval_ms.or(file.merge_interval_ms).unwrap_or(1000).max(10),
-            ),
-            orphan_grace: Duration::from_secs(args.orphan_grace_seconds.or(file.orphan_grace_seconds).unwrap_or(3600)),
-            insert_quorum,
-            insert_quorum_timeout: args
-                .insert_quorum_timeout_ms
-                .or(file.insert_quorum_timeout_ms)
-                .map_or(DEFAULT_QUORUM_TIMEOUT, Duration::from_millis),
-            table_defaults,
-            limits: Limits::resolve(&args.limits, &file.limits),
+            replica: ReplicaConfig {
+                data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("tandem-data")),
+                node_id: node_id.unwrap_or_else(|| "local".to_string()),
+                coordinator,
+                cluster_prefix,
+                grpc_addr: args
+                    .grpc_addr
+                    .or(file.grpc_addr)
+                    .unwrap_or_else(|| DEFAULT_GRPC_ADDR.parse().expect("valid default")),
+                advertise_grpc_addr: args
+                    .advertise_grpc_addr
+                    .clone()
+                    .or(file.advertise_grpc_addr)
+                    .filter(|a| !a.is_empty()),
+                cluster_secret,
+                fetch_concurrency: args.fetch_concurrency.or(file.fetch_concurrency).unwrap_or(4).max(1),
+                relist_interval: Duration::from_secs(file.relist_interval_seconds.unwrap_or(300).max(1)),
+                dedup_prune_interval: Duration::from_millis(
+                    args.dedup_prune_interval_ms.or(file.dedup_prune_interval_ms).unwrap_or(60_000).max(10),
+                ),
+                object_store,
+                merge_concurrency: args.merge_concurrency.or(file.merge_concurrency).unwrap_or(1).max(1),
+                merge_interval: Duration::from_millis(
+                    args.merge_interval_ms.or(file.merge_interval_ms).unwrap_or(1000).max(10),
+                ),
+                orphan_grace: Duration::from_secs(
+                    args.orphan_grace_seconds.or(file.orphan_grace_seconds).unwrap_or(3600),
+                ),
+                max_columns: limits.max_columns,
+            },
+            server: ServerConfig {
+                max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES),
+                insert_quorum,
+                insert_quorum_timeout: args
+                    .insert_quorum_timeout_ms
+                    .or(file.insert_quorum_timeout_ms)
+                    .map_or(DEFAULT_QUORUM_TIMEOUT, Duration::from_millis),
+                table_defaults,
+                limits,
+            },
         })
     }
 
     /// A single-node configuration for tests and benchmarks: everything under `data_dir`,
     /// any free port.
     pub fn for_dir(data_dir: impl Into<PathBuf>) -> Self {
+        let server = ServerConfig::default();
         NodeConfig {
             http_addr: "127.0.0.1:0".parse().expect("valid address"),
-            data_dir: data_dir.into(),
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            node_id: "local".to_string(),
-            coordinator: CoordinatorConfig::Embedded,
-            cluster_prefix: "/tandem/default/".to_string(),
-            grpc_addr: "127.0.0.1:0".parse().expect("valid address"),
-            advertise_grpc_addr: None,
-            cluster_secret: None,
-            fetch_concurrency: 4,
-            relist_interval: Duration::from_secs(300),
-            dedup_prune_interval: Duration::from_secs(60),
-            object_store: None,
-            merge_concurrency: 1,
-            merge_interval: Duration::from_secs(1),
-            orphan_grace: Duration::from_secs(3600),
-            insert_quorum: Quorum::One,
-            insert_quorum_timeout: DEFAULT_QUORUM_TIMEOUT,
-            table_defaults: TableSettings::default(),
-            limits: Limits::default(),
+            replica: ReplicaConfig {
+                data_dir: data_dir.into(),
+                node_id: "local".to_string(),
+                coordinator: CoordinatorConfig::Embedded,
+                cluster_prefix: "/tandem/default/".to_string(),
+                grpc_addr: "127.0.0.1:0".parse().expect("valid address"),
+                advertise_grpc_addr: None,
+                cluster_secret: None,
+                fetch_concurrency: 4,
+                relist_interval: Duration::from_secs(300),
+                dedup_prune_interval: Duration::from_secs(60),
+                object_store: None,
+                merge_concurrency: 1,
+                merge_interval: Duration::from_secs(1),
+                orphan_grace: Duration::from_secs(3600),
+                max_columns: server.limits.max_columns,
+            },
+            server,
         }
     }
 
     pub fn is_cluster(&self) -> bool {
-        !matches!(self.coordinator, CoordinatorConfig::Embedded)
+        self.replica.is_cluster()
     }
 }
 
@@ -596,7 +535,7 @@ mod tests {
     fn etcd_key_prefix_replaces_the_cluster_prefix() {
         let with = |prefix: &str| {
             NodeConfig::resolve(&ServeArgs { etcd_key_prefix: Some(prefix.into()), ..Default::default() })
-                .map(|c| c.cluster_prefix)
+                .map(|c| c.replica.cluster_prefix)
                 .map_err(|e| e.to_string())
         };
         assert_eq!(with("/teams/metrics/tandem").unwrap(), "/teams/metrics/tandem/");
@@ -614,10 +553,10 @@ mod tests {
         let args = ServeArgs { config: Some(path), data_dir: Some("/from/flag".into()), ..Default::default() };
         let config = NodeConfig::resolve(&args).unwrap();
         assert_eq!(config.http_addr.port(), 9000);
-        assert_eq!(config.data_dir, PathBuf::from("/from/flag"));
-        assert_eq!(config.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
-        assert_eq!(config.cluster_prefix, "/tandem/blue/");
-        assert!(matches!(config.coordinator, CoordinatorConfig::Embedded));
+        assert_eq!(config.replica.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(config.server.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(config.replica.cluster_prefix, "/tandem/blue/");
+        assert!(matches!(config.replica.coordinator, CoordinatorConfig::Embedded));
     }
 
     #[test]
@@ -629,7 +568,7 @@ mod tests {
         assert!(NodeConfig::resolve(&args).unwrap_err().to_string().contains("--node-id"));
         let args = ServeArgs { node_id: Some("n1".into()), cluster_secret_file: Some(secret), ..args };
         let config = NodeConfig::resolve(&args).unwrap();
-        assert_eq!(config.cluster_secret.as_deref(), Some("s3cr3t"));
+        assert_eq!(config.replica.cluster_secret.as_deref(), Some("s3cr3t"));
         assert!(!format!("{config:?}").contains("s3cr3t"), "the secret is never printed");
     }
 
@@ -646,7 +585,7 @@ mod tests {
             ..Default::default()
         };
         let config = NodeConfig::resolve(&args).unwrap();
-        let store = config.object_store.as_ref().expect("a bucket turns the object store on");
+        let store = config.replica.object_store.as_ref().expect("a bucket turns the object store on");
         assert_eq!(store.s3.prefix, "blue", "the default prefix keeps clusters sharing a bucket apart");
         assert!(store.s3.path_style, "a custom endpoint defaults to path-style addressing");
         assert_eq!(store.s3.access_key_id.as_deref(), Some("AKID"));
@@ -693,7 +632,7 @@ mod tests {
         std::fs::write(&path, "[limits]\nmax_columns = 50\nmax_result_rows = 7\n").unwrap();
         let mut args = ServeArgs { config: Some(path), ..Default::default() };
         args.limits.max_result_rows = Some(9);
-        let limits = NodeConfig::resolve(&args).unwrap().limits;
+        let limits = NodeConfig::resolve(&args).unwrap().server.limits;
         assert_eq!((limits.max_columns, limits.max_result_rows), (50, 9));
         assert_eq!(limits.max_insert_rows, Limits::default().max_insert_rows);
     }

@@ -1,53 +1,113 @@
-//! tandem-node is the tandem server: everything between a client's HTTP request and the part
-//! files and coordinator records that hold its data.
-//!
-//! - [`http`]: ClickHouse-style HTTP API (`/?query=`, settings as URL parameters, `/health`,
-//!   `/ready`, `/drain`, `/metrics`).
-//! - [`statement`]: which statement a request holds; DDL and INSERT parsing.
-//! - [`formats`]: input decoding and output encoding (JSONEachRow, CSV, TSV, Parquet, Arrow).
-//! - [`insert`]: the insert path (partition split, block ids, durable parts, registration).
-//! - [`catalog`] and [`sync`]: the node's applied view of tables and parts, fed only by the
-//!   coordinator's listing and watch, in revision order; [`mirror`]: its local copy, so a
-//!   restart resumes from the last applied revision.
-//! - [`fetch`], [`interserver`], [`membership`]: cluster mode: fetching parts from peers by
-//!   hash, serving them, and announcing this node under an etcd lease.
-//! - [`bucket`]: the object-store mirror in use: background and synchronous uploads, bootstrap
-//!   from the bucket, and the fenced garbage collector of unreferenced objects.
-//! - [`merges`]: background merges (one leader per table, fenced registration, local
-//!   rebuilds on replicas) and the sweep of orphaned part files.
-//! - [`drain`]: what `/drain` (a Kubernetes preStop hook) waits for before the node stops.
-//! - [`query`]: DataFusion over a catalog snapshot, with part pruning and `system` tables;
-//!   [`functions`]: the SQL functions sessions get; [`execution`]: each query's memory pool,
-//!   deadline, result limits and slot.
-//! - [`limits`]: every bound a request is held to; [`body`]: reading and decompressing bodies.
-//! - [`node`]: starting and stopping all of it; [`config`]: layered configuration.
+//! tandem-node is the `tandem` binary's library: layered configuration ([`config`]), starting
+//! and stopping a node (a [`tandem_replica::Replica`] and the [`tandem_server`] HTTP API in
+//! front of it), and the client side of `tandem drain` ([`drain`]).
 
-pub mod alter;
-pub mod body;
-pub mod bucket;
-pub mod catalog;
 pub mod config;
 pub mod drain;
-pub mod error;
-pub mod execution;
-pub mod fetch;
-pub mod formats;
-pub mod functions;
-#[cfg(test)]
-mod fuzz;
-pub mod http;
-pub mod insert;
-pub mod interserver;
-pub mod limits;
-pub mod membership;
-pub mod merges;
-pub mod metrics;
-pub mod mirror;
-pub mod node;
-pub mod query;
-pub mod schema;
-pub mod statement;
-pub mod sync;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tandem_replica::{Replica, RunningReplica};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
 
 pub use config::{NodeConfig, ServeArgs};
-pub use node::{RunningNode, start};
+
+/// A started node. Dropping it does not stop it: call [`RunningNode::shutdown`].
+pub struct RunningNode {
+    replica: RunningReplica,
+    http_addr: SocketAddr,
+    stop_http: CancellationToken,
+    http: JoinHandle<()>,
+}
+
+/// Binds the HTTP (and, in a cluster, gRPC) listeners, opens the replica and starts its loops
+/// and the HTTP API. Returns at once; the node answers 503 until it has caught up (see
+/// [`RunningNode::wait_ready`]).
+pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
+    let http_listener = tokio::net::TcpListener::bind(config.http_addr)
+        .await
+        .with_context(|| format!("cannot listen on {} (HTTP)", config.http_addr))?;
+    let http_addr = http_listener.local_addr()?;
+    let grpc_listener = if config.is_cluster() {
+        let addr = config.replica.grpc_addr;
+        Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (gRPC)"))?)
+    } else {
+        None
+    };
+    let (node_id, cluster) = (config.replica.node_id.clone(), config.is_cluster());
+    let replica = tandem_replica::start(config.replica, grpc_listener, http_addr).await?;
+    let data_dir = replica.replica().data_dir().to_path_buf();
+    let stop_http = CancellationToken::new();
+    let stop = stop_http.clone();
+    let serving = replica.replica().clone();
+    let http = tokio::spawn(async move {
+        let spill_dir = data_dir.join("spill");
+        let served = tandem_server::serve(http_listener, serving, config.server, &spill_dir, stop.cancelled_owned());
+        if let Err(e) = served.await {
+            tracing::error!(error = %e, "HTTP server failed");
+        }
+    });
+    tracing::info!(%http_addr, node = %node_id, cluster, data_dir = %replica.replica().data_dir().display(), "tandem is serving");
+    Ok(RunningNode { replica, http_addr, stop_http, http })
+}
+
+impl RunningNode {
+    pub fn http_addr(&self) -> SocketAddr {
+        self.http_addr
+    }
+
+    pub fn replica(&self) -> &Arc<Replica> {
+        self.replica.replica()
+    }
+
+    /// Waits until the node is ready (see [`Replica::is_ready`]). False on timeout.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.replica().is_ready() {
+            if tokio::time::Instant::now() > deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
+    /// Stops accepting requests, lets in-flight ones finish, then stops the replica's loops
+    /// (a cluster node withdraws its membership).
+    pub async fn shutdown(self) {
+        self.stop_http.cancel();
+        let _ = self.http.await;
+        self.replica.shutdown().await;
+    }
+
+    /// Runs until Ctrl-C or SIGTERM, then shuts down.
+    pub async fn run_until_signal(self) {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        self.shutdown().await;
+    }
+}
+
+async fn wait_for_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(s) => s,
+            Err(_) => {
+                let _ = ctrl_c.await;
+                return;
+            }
+        };
+        tokio::select! {
+            _ = ctrl_c => {},
+            _ = term.recv() => {},
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}

@@ -310,13 +310,13 @@ async fn credentials_and_secrets_are_never_echoed() {
 }
 
 /// The bodies the fuzz targets found crashing a decoder (kept by proptest in
-/// `node/proptest-regressions/fuzz.txt`, replayed there against the decoders), sent to a running
+/// `server/proptest-regressions/fuzz.txt`, replayed there against the decoders), sent to a running
 /// node in every input format: each is accepted (a mutation that still decodes) or refused with
 /// a request error, never a server error; the node stays up; and the table holds exactly the
 /// rows that were acknowledged.
 #[tokio::test]
 async fn fuzz_findings_are_answered_by_a_running_node() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../node/proptest-regressions/fuzz.txt");
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../server/proptest-regressions/fuzz.txt");
     let findings: Vec<Vec<u8>> = std::fs::read_to_string(path)
         .unwrap()
         .lines()

@@ -1,34 +1,44 @@
-//! The insert path: decode the body, split it per partition, compute block ids, write the
-//! parts durably, register them with their block ids in one coordinator transaction, and
+//! The insert path inside the replica: split the rows per partition, compute block ids, write
+//! the parts durably, register them with their block ids in one coordinator transaction, and
 //! answer once this node has applied the registration (and, with `insert_quorum`, once enough
 //! nodes hold the parts).
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
 use serde::Serialize;
 use tandem_coordinator::{CoordError, NewPart, OBJECT_STORE_HOLDER, PartOutcome, Revision};
-use tandem_parts::{PART_FORMAT_VERSION, PartManifest, PartMetadata, block_id, encode_part, split_by_partition};
+use tandem_parts::arrow::array::RecordBatch;
+use tandem_parts::{
+    PART_FORMAT_VERSION, PartId, PartManifest, PartMetadata, block_id, encode_part, split_by_partition,
+};
 
-use crate::bucket::{Bucket, upload_part};
-use crate::error::NodeError;
-use crate::formats::{Format, InputOptions, decode_insert};
-use crate::node::Node;
-use crate::schema::Durability;
-use crate::statement::AlterAction;
+use crate::bucket::Bucket;
+use crate::catalog::TableState;
+use crate::error::Error;
+use crate::replica::Replica;
+use crate::schema::{Durability, TableDef};
 
-/// Per-request insert settings (URL parameters).
+/// How one insert is admitted and acknowledged (its request's settings).
 #[derive(Clone, Debug)]
-pub struct InsertSettings {
+pub struct InsertOptions {
+    /// `insert_deduplicate`: a block admitted before (same rows, or same token) is not stored again.
     pub deduplicate: bool,
     pub deduplication_token: Option<String>,
-    pub input: InputOptions,
-    pub quorum: Quorum,
+    /// How long to wait for `insert_quorum` holders.
     pub quorum_timeout: Duration,
     /// `insert_durability`; None takes the table's setting.
     pub durability: Option<Durability>,
+}
+
+/// How many nodes must hold an insert's parts before it is acknowledged, checked against the
+/// live nodes by [`Replica::quorum_target`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct QuorumTarget {
+    required: usize,
 }
 
 /// `insert_quorum`: how many nodes must hold the verified part before the ack.
@@ -43,13 +53,13 @@ pub enum Quorum {
 }
 
 impl Quorum {
-    pub fn parse(value: &str) -> Result<Quorum, NodeError> {
+    pub fn parse(value: &str) -> Result<Quorum, Error> {
         match value {
             "0" | "1" => Ok(Quorum::One),
             "auto" => Ok(Quorum::Auto),
             n => match n.parse::<usize>() {
                 Ok(n) => Ok(Quorum::Nodes(n)),
-                Err(_) => Err(NodeError::bad_request(format!("insert_quorum takes a number or `auto`, got `{value}`"))),
+                Err(_) => Err(Error::bad_request(format!("insert_quorum takes a number or `auto`, got `{value}`"))),
             },
         }
     }
@@ -68,7 +78,7 @@ pub struct QuorumSummary {
 
 #[derive(Debug, Serialize)]
 pub struct PartSummary {
-    pub part: String,
+    pub part: PartId,
     pub partition: String,
     pub rows: u64,
     pub deduplicated: bool,
@@ -96,145 +106,103 @@ static INSERT_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// How long an insert keeps re-decoding itself under newer schemas before giving up (409).
-const SCHEMA_RACE_BUDGET: Duration = Duration::from_secs(30);
-
-pub async fn insert(
-    node: &Node,
-    table: &str,
-    columns: Option<&[String]>,
-    format: Format,
-    data: Bytes,
-    settings: &InsertSettings,
-) -> Result<InsertSummary, NodeError> {
-    let required = required_holders(node, settings.quorum).await?;
-    add_new_columns(node, table, columns, format, &data).await?;
-    // A schema change between reading the schema and registering the parts makes the
-    // registration fail; the insert is then decoded again under the new schema. Every retry
-    // sees a newer schema, so it goes on while schema changes keep coming, within a time budget.
-    let started = std::time::Instant::now();
-    let mut summary = loop {
-        match insert_once(node, table, columns, format, &data, settings).await {
-            Err(NodeError::SchemaChanged { .. }) if started.elapsed() < SCHEMA_RACE_BUDGET => {
-                tracing::info!(%table, "schema changed during insert; retrying under the new schema");
-            }
-            other => break other?,
+impl Replica {
+    /// How many holders an insert with `quorum` needs; refuses at once (before anything is
+    /// written) when fewer nodes are live than the quorum asks for.
+    pub async fn quorum_target(&self, quorum: Quorum) -> Result<QuorumTarget, Error> {
+        if quorum == Quorum::One {
+            return Ok(QuorumTarget { required: 1 });
         }
-    };
-    if required > 1 && !summary.parts.is_empty() {
-        let parts: Vec<String> = summary.parts.iter().map(|p| p.part.clone()).collect();
-        let (reached, holders) = node.catalog.wait_holders(&parts, required, settings.quorum_timeout).await;
-        if !reached {
-            return Err(NodeError::Timeout(format!(
-                "insert_quorum={required} not reached within {} ms: committed on {} of {required} nodes ({}); the insert is \
-                 registered at revision {} and will keep replicating; retrying it is safe (it will be deduplicated)",
-                settings.quorum_timeout.as_millis(),
-                holders.len(),
-                holders.iter().cloned().collect::<Vec<_>>().join(", "),
-                summary.revision,
+        let live: Vec<String> = if self.config.is_cluster() {
+            self.live_nodes()
+                .await
+                .map_err(|e| {
+                    Error::Unavailable(format!("cannot count live nodes for insert_quorum: {e}; nothing was written"))
+                })?
+                .into_iter()
+                .map(|n| n.node_id)
+                .collect()
+        } else {
+            vec![self.config.node_id.clone()]
+        };
+        let required = match quorum {
+            Quorum::One => 1,
+            Quorum::Auto => live.len() / 2 + 1,
+            Quorum::Nodes(n) => n,
+        };
+        if required > live.len() {
+            return Err(Error::Unavailable(format!(
+                "insert_quorum={required} needs {required} live nodes but {} {} live ({}); nothing was written",
+                live.len(),
+                if live.len() == 1 { "is" } else { "are" },
+                live.join(", ")
             )));
         }
-        if let Err(e) = node.coordinator.raise_quorum_revision(summary.revision).await {
-            tracing::warn!(error = %e, "cannot record the quorum-acknowledged revision");
+        Ok(QuorumTarget { required })
+    }
+
+    /// Inserts `rows`, decoded under `table`'s schema as this node had applied it. Answers
+    /// once this node has applied the registration and `quorum` nodes hold the parts.
+    ///
+    /// [`Error::SchemaChanged`]: the schema changed before the parts were registered; nothing
+    /// was registered, this node has caught up with the new schema, and the caller decodes
+    /// its rows again under it and retries.
+    pub async fn insert(
+        &self,
+        table: &TableState,
+        rows: RecordBatch,
+        options: &InsertOptions,
+        quorum: QuorumTarget,
+    ) -> Result<InsertSummary, Error> {
+        let mut summary = insert_once(self, &table.def, table.version, rows, options).await?;
+        let required = quorum.required;
+        if required > 1 && !summary.parts.is_empty() {
+            let parts: Vec<String> = summary.parts.iter().map(|p| p.part.to_string()).collect();
+            let (reached, holders) = self.catalog.wait_holders(&parts, required, options.quorum_timeout).await;
+            if !reached {
+                return Err(Error::Timeout(format!(
+                    "insert_quorum={required} not reached within {} ms: committed on {} of {required} nodes ({}); the \
+                     insert is registered at revision {} and will keep replicating; retrying it is safe (it will be \
+                     deduplicated)",
+                    options.quorum_timeout.as_millis(),
+                    holders.len(),
+                    holders.iter().cloned().collect::<Vec<_>>().join(", "),
+                    summary.revision,
+                )));
+            }
+            if let Err(e) = self.coordinator.raise_quorum_revision(summary.revision).await {
+                tracing::warn!(error = %e, "cannot record the quorum-acknowledged revision");
+            }
+            summary.quorum = Some(QuorumSummary { required, holders: holders.into_iter().collect() });
         }
-        summary.quorum = Some(QuorumSummary { required, holders: holders.into_iter().collect() });
+        Ok(summary)
     }
-    Ok(summary)
-}
-
-/// With the table's `auto_add_columns`, adds the fields the body brings that the table lacks,
-/// through the same compare-and-swap as `ALTER TABLE ... ADD COLUMN IF NOT EXISTS` (so two
-/// inserts that infer different types for one new field: one wins, the other gets a 409).
-async fn add_new_columns(
-    node: &Node,
-    table: &str,
-    columns: Option<&[String]>,
-    format: Format,
-    data: &Bytes,
-) -> Result<(), NodeError> {
-    let Some(state) = node.catalog.table(table) else { return Ok(()) };
-    if !state.def.settings.auto_add_columns || columns.is_some() {
-        return Ok(());
-    }
-    let (def, data) = (state.def.clone(), data.clone());
-    let new = tokio::task::spawn_blocking(move || crate::formats::new_columns(format, &data, &def))
-        .await
-        .map_err(NodeError::internal)??;
-    if new.is_empty() {
-        return Ok(());
-    }
-    let actions: Vec<AlterAction> =
-        new.into_iter().map(|column| AlterAction::AddColumn { column, if_not_exists: true, position: None }).collect();
-    crate::alter::alter(node, table, &actions, false).await?;
-    Ok(())
-}
-
-/// How many holders the ack needs; refuses at once (before writing anything) when fewer
-/// nodes are live than the quorum asks for.
-async fn required_holders(node: &Node, quorum: Quorum) -> Result<usize, NodeError> {
-    if quorum == Quorum::One {
-        return Ok(1);
-    }
-    let live: Vec<String> = if node.config.is_cluster() {
-        crate::membership::live_nodes(node)
-            .await
-            .map_err(|e| {
-                NodeError::Unavailable(format!("cannot count live nodes for insert_quorum: {e}; nothing was written"))
-            })?
-            .into_iter()
-            .map(|n| n.node_id)
-            .collect()
-    } else {
-        vec![node.config.node_id.clone()]
-    };
-    let required = match quorum {
-        Quorum::One => 1,
-        Quorum::Auto => live.len() / 2 + 1,
-        Quorum::Nodes(n) => n,
-    };
-    if required > live.len() {
-        return Err(NodeError::Unavailable(format!(
-            "insert_quorum={required} needs {required} live nodes but {} {} live ({}); nothing was written",
-            live.len(),
-            if live.len() == 1 { "is" } else { "are" },
-            live.join(", ")
-        )));
-    }
-    Ok(required)
 }
 
 async fn insert_once(
-    node: &Node,
-    table: &str,
-    columns: Option<&[String]>,
-    format: Format,
-    data: &Bytes,
-    settings: &InsertSettings,
-) -> Result<InsertSummary, NodeError> {
-    let state = node.catalog.table(table).ok_or_else(|| NodeError::unknown_table(table))?;
-    let def = state.def.clone();
-    let version = state.version;
-    drop(state);
-
-    // Decoding, the partition split and the block hashes touch every row: off the runtime.
-    let (def_for_decode, data, columns, input) =
-        (def.clone(), data.clone(), columns.map(<[String]>::to_vec), settings.input);
-    let (token, deduplicate, table_name) =
-        (settings.deduplication_token.clone(), settings.deduplicate, table.to_string());
-    let blocks = tokio::task::spawn_blocking(move || -> Result<Vec<_>, NodeError> {
-        let batch = decode_insert(format, &data, &def_for_decode, columns.as_deref(), input)?;
-        if batch.num_rows() == 0 {
+    node: &Replica,
+    def: &Arc<TableDef>,
+    version: Revision,
+    rows: RecordBatch,
+    options: &InsertOptions,
+) -> Result<InsertSummary, Error> {
+    let table = def.name.as_str();
+    // The partition split and the block hashes touch every row: off the runtime.
+    let (split_def, token, deduplicate) = (def.clone(), options.deduplication_token.clone(), options.deduplicate);
+    let blocks = tokio::task::spawn_blocking(move || -> Result<Vec<_>, Error> {
+        if rows.num_rows() == 0 {
             return Ok(Vec::new());
         }
         let mut blocks = Vec::new();
-        for (partition, block) in split_by_partition(&batch, &def_for_decode.partition_by)? {
-            let id = deduplicate.then(|| block_id(&table_name, &partition, &block, token.as_deref())).transpose()?;
+        for (partition, block) in split_by_partition(&rows, &split_def.partition_by)? {
+            let id =
+                deduplicate.then(|| block_id(&split_def.name, &partition, &block, token.as_deref())).transpose()?;
             blocks.push((partition, block, id));
         }
         Ok(blocks)
     })
     .await
-    .map_err(NodeError::internal)??;
+    .map_err(Error::internal)??;
     let mut summary = InsertSummary {
         table: table.to_string(),
         rows_written: 0,
@@ -248,8 +216,8 @@ async fn insert_once(
         return Ok(summary);
     }
 
-    apply_back_pressure(node, table, &def, blocks.iter().map(|(partition, _, _)| partition.as_str())).await?;
-    let window_ms = dedup_window_ms(&def);
+    apply_back_pressure(node, table, def, blocks.iter().map(|(partition, _, _)| partition.as_str())).await?;
+    let window_ms = dedup_window_ms(def);
     let now_ms = chrono::Utc::now().timestamp_millis();
     let mut pending = Vec::new();
     for (partition, block, id) in blocks {
@@ -260,7 +228,7 @@ async fn insert_once(
                 summary.rows_deduplicated += block.num_rows() as u64;
                 summary.revision = summary.revision.max(revision);
                 summary.parts.push(PartSummary {
-                    part: record.part,
+                    part: record.part.parse().map_err(Error::internal)?,
                     partition,
                     rows: block.num_rows() as u64,
                     deduplicated: true,
@@ -275,10 +243,10 @@ async fn insert_once(
         pending.push((partition, block, block_id));
     }
 
-    let durability = settings.durability.unwrap_or(def.settings.insert_durability);
+    let durability = options.durability.unwrap_or(def.settings.insert_durability);
     if durability == Durability::ObjectStore {
         let Some(bucket) = &node.bucket else {
-            return Err(NodeError::bad_request(
+            return Err(Error::bad_request(
                 "insert_durability=object_store needs an object store, and this node has none configured \
                  (start it with --s3-bucket); nothing was written",
             ));
@@ -289,14 +257,14 @@ async fn insert_once(
         }
     }
     if !pending.is_empty() {
-        register(node, &def, version, pending, durability, &mut summary).await?;
+        register(node, def, version, pending, durability, &mut summary).await?;
     }
     summary.deduplicated = summary.parts.iter().all(|p| p.deduplicated);
     node.metrics.insert_rows.inc_by(summary.rows_written);
     node.metrics.insert_deduplicated_blocks.inc_by(summary.parts.iter().filter(|p| p.deduplicated).count() as u64);
 
     if !node.catalog.wait_applied(summary.revision, APPLY_TIMEOUT).await {
-        return Err(NodeError::Timeout(format!(
+        return Err(Error::Timeout(format!(
             "the insert is registered at revision {} but this node has not applied it within {}s; it will appear shortly, and retrying the insert is safe",
             summary.revision,
             APPLY_TIMEOUT.as_secs()
@@ -306,13 +274,13 @@ async fn insert_once(
 }
 
 async fn register(
-    node: &Node,
-    def: &crate::schema::TableDef,
+    node: &Replica,
+    def: &TableDef,
     version: Revision,
-    pending: Vec<(String, tandem_parts::arrow::array::RecordBatch, Option<String>)>,
+    pending: Vec<(String, RecordBatch, Option<String>)>,
     durability: Durability,
     summary: &mut InsertSummary,
-) -> Result<(), NodeError> {
+) -> Result<(), Error> {
     let table = def.name.clone();
     let sort_key = def.order_by.clone();
     let store = node.catalog.store().clone();
@@ -321,7 +289,7 @@ async fn register(
     let node_id = node.config.node_id.clone();
     let column_ids = def.column_ids();
     // Encoding and fsync block: off the async runtime.
-    let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<(NewPart, u64, Bytes)>, NodeError> {
+    let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<(PartId, NewPart, u64, Bytes)>, Error> {
         let mut out = Vec::new();
         for (index, (partition, block, block_id)) in pending.into_iter().enumerate() {
             // Unique per insert attempt: a block admitted again after its dedup window expired
@@ -352,6 +320,7 @@ async fn register(
                 revision_range: None,
             };
             out.push((
+                part.id,
                 NewPart { id: part.id.to_string(), partition, block_id, manifest: manifest.to_json() },
                 part.rows,
                 part.bytes,
@@ -360,15 +329,15 @@ async fn register(
         Ok(out)
     })
     .await
-    .map_err(NodeError::internal)??;
+    .map_err(Error::internal)??;
 
     let mut holders = vec![node.config.node_id.as_str()];
     if let (Durability::ObjectStore, Some(bucket)) = (durability, &node.bucket) {
         // Uploaded before registering: once the part is visible anywhere, its object exists.
-        let uploads = encoded.iter().map(|(part, _, bytes)| async move {
-            let id: tandem_parts::PartId = part.id.parse().map_err(NodeError::internal)?;
-            upload_part(node, bucket, &def.name, &id, Some(bytes.clone())).await.map_err(|e| {
-                NodeError::Unavailable(format!(
+        let uploads = encoded.iter().map(|(id, _, _, bytes)| async move {
+            let store = node.catalog.store();
+            bucket.upload(&node.metrics, store, &def.name, id, Some(bytes.clone())).await.map_err(|e| {
+                Error::Unavailable(format!(
                     "insert_durability=object_store: the object store ({}) did not take part {id}: {e}; \
                      nothing was registered, retry when it is reachable",
                     bucket.mirror.description()
@@ -377,15 +346,16 @@ async fn register(
         });
         let results = futures::future::join_all(uploads).await;
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            let parts: Vec<NewPart> = encoded.into_iter().map(|(part, _, _)| part).collect();
+            let parts: Vec<PartId> = encoded.iter().map(|(id, _, _, _)| *id).collect();
             discard_unregistered(node, &parts).await;
             return Err(e);
         }
         holders.push(OBJECT_STORE_HOLDER);
     }
-    let sizes: HashMap<String, u64> =
-        encoded.iter().map(|(part, _, bytes)| (part.id.clone(), bytes.len() as u64)).collect();
-    let (new_parts, rows): (Vec<NewPart>, Vec<u64>) = encoded.into_iter().map(|(part, rows, _)| (part, rows)).unzip();
+    let sizes: HashMap<PartId, u64> = encoded.iter().map(|(id, _, _, bytes)| (*id, bytes.len() as u64)).collect();
+    let ids: Vec<PartId> = encoded.iter().map(|(id, _, _, _)| *id).collect();
+    let (new_parts, rows): (Vec<NewPart>, Vec<u64>) =
+        encoded.into_iter().map(|(_, part, rows, _)| (part, rows)).unzip();
     let registration = node
         .coordinator
         .register_parts(&def.name, version, new_parts.clone(), &holders, now_ms, dedup_window_ms(def))
@@ -396,7 +366,7 @@ async fn register(
             // Only a definite refusal allows deleting the files: after a timeout the parts may
             // be registered after all, and the orphan sweep removes them if they are not.
             if matches!(e, CoordError::TableChanged { .. } | CoordError::NoSuchTable(_)) {
-                discard_unregistered(node, &new_parts).await;
+                discard_unregistered(node, &ids).await;
             }
             // The retry reads the schema from this node's catalog: let it catch up with the
             // version that beat us first, or the retry would fail the same way.
@@ -404,7 +374,7 @@ async fn register(
                 node.catalog.wait_applied(*current, APPLY_TIMEOUT).await;
             }
             return Err(match e {
-                CoordError::TableChanged { .. } => NodeError::SchemaChanged { table: def.name.clone() },
+                CoordError::TableChanged { .. } => Error::SchemaChanged { table: def.name.clone() },
                 other => other.into(),
             });
         }
@@ -412,15 +382,15 @@ async fn register(
     let mut orphans = Vec::new();
     // The blocks found deduplicated before this registration were checked by the caller.
     let registered_from = summary.parts.len();
-    for ((part, rows), outcome) in new_parts.into_iter().zip(rows).zip(registration.outcomes) {
+    for (((id, part), rows), outcome) in ids.into_iter().zip(new_parts).zip(rows).zip(registration.outcomes) {
         match outcome {
             PartOutcome::Registered { revision } => {
-                let bytes = sizes.get(&part.id).copied().unwrap_or(0);
+                let bytes = sizes.get(&id).copied().unwrap_or(0);
                 node.metrics.insert_parts.inc();
                 node.metrics.insert_bytes.inc_by(bytes);
                 summary.rows_written += rows;
                 summary.parts.push(PartSummary {
-                    part: part.id,
+                    part: id,
                     partition: part.partition,
                     rows,
                     deduplicated: false,
@@ -429,11 +399,12 @@ async fn register(
             }
             PartOutcome::Duplicate { existing_part, revision } => {
                 summary.rows_deduplicated += rows;
-                if existing_part != part.id {
-                    orphans.push(part.clone());
+                let existing: PartId = existing_part.parse().map_err(Error::internal)?;
+                if existing != id {
+                    orphans.push(id);
                 }
                 summary.parts.push(PartSummary {
-                    part: existing_part,
+                    part: existing,
                     partition: part.partition,
                     rows,
                     deduplicated: true,
@@ -458,27 +429,30 @@ async fn register(
 
 /// For an insert that asks for object-store durability but was deduplicated: makes sure the
 /// existing part's object exists, uploading this node's copy if it has one.
-async fn ensure_uploaded(node: &Node, bucket: &Bucket, table: &str, part: &str) -> Result<(), NodeError> {
-    if node.catalog.in_object_store(part) {
+async fn ensure_uploaded(node: &Replica, bucket: &Bucket, table: &str, id: &PartId) -> Result<(), Error> {
+    let part = id.to_string();
+    if node.catalog.in_object_store(&part) {
         return Ok(());
     }
-    let id: tandem_parts::PartId = part.parse().map_err(NodeError::internal)?;
     let unavailable = |e: String| {
-        NodeError::Unavailable(format!(
+        Error::Unavailable(format!(
             "insert_durability=object_store: the block was already inserted as part {part}, which is not confirmed \
              in the object store ({}): {e}; retry when it is reachable (the retry is deduplicated)",
             bucket.mirror.description()
         ))
     };
-    let exists = bucket.mirror.exists(table, &id).await;
-    bucket.record(node, &exists);
+    let exists = bucket.mirror.exists(table, id).await;
+    bucket.record(&node.metrics, &exists);
     if !exists.map_err(|e| unavailable(e.to_string()))? {
-        if !node.catalog.store().contains(&id) {
+        if !node.catalog.store().contains(id) {
             return Err(unavailable("this node does not have its file yet".to_string()));
         }
-        upload_part(node, bucket, table, &id, None).await.map_err(unavailable)?;
+        bucket
+            .upload(&node.metrics, node.catalog.store(), table, id, None)
+            .await
+            .map_err(|e| unavailable(e.to_string()))?;
     }
-    if let Err(e) = node.coordinator.add_holder(table, part, OBJECT_STORE_HOLDER).await {
+    if let Err(e) = node.coordinator.add_holder(table, &part, OBJECT_STORE_HOLDER).await {
         tracing::warn!(%part, error = %e, "cannot record the object-store copy of a part");
     }
     Ok(())
@@ -489,11 +463,11 @@ async fn ensure_uploaded(node: &Node, bucket: &Bucket, table: &str, part: &str) 
 /// `parts_to_delay_insert` to 1 s just below `parts_to_throw_insert`, then a 429 that names
 /// the table, the partition and the count.
 async fn apply_back_pressure<'a>(
-    node: &Node,
+    node: &Replica,
     table: &str,
-    def: &crate::schema::TableDef,
+    def: &TableDef,
     partitions: impl Iterator<Item = &'a str>,
-) -> Result<(), NodeError> {
+) -> Result<(), Error> {
     let Some(state) = node.catalog.table(table) else { return Ok(()) };
     let (delay_at, throw_at) = (def.settings.parts_to_delay_insert, def.settings.parts_to_throw_insert);
     let mut worst: Option<(&str, u64)> = None;
@@ -506,7 +480,7 @@ async fn apply_back_pressure<'a>(
     let Some((partition, count)) = worst else { return Ok(()) };
     if count >= throw_at {
         node.metrics.insert_rejected_too_many_parts.inc();
-        return Err(NodeError::TooManyParts(format!(
+        return Err(Error::TooManyParts(format!(
             "table `{table}` partition `{partition}` has {count} active parts (parts_to_throw_insert = {throw_at}): \
              merges are behind inserts; nothing was written. Retry later, send fewer and larger inserts, or raise \
              the limit with ALTER TABLE {table} MODIFY SETTING parts_to_throw_insert = N"
@@ -523,18 +497,17 @@ async fn apply_back_pressure<'a>(
 }
 
 /// A table's dedup window in milliseconds (block ids older than this are forgotten).
-fn dedup_window_ms(def: &crate::schema::TableDef) -> i64 {
+fn dedup_window_ms(def: &TableDef) -> i64 {
     i64::try_from(def.settings.dedup_window_seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// Deletes files written for parts that did not get registered (a lost dedup race, or a
 /// failed registration). A file that some active part uses is kept.
-async fn discard_unregistered(node: &Node, parts: &[NewPart]) {
-    for part in parts {
-        let Ok(id) = part.id.parse() else { continue };
-        let in_use = node.catalog.snapshot().values().any(|t| t.parts.contains_key(&id));
-        if !in_use && let Err(e) = node.catalog.store().remove(&id) {
-            tracing::warn!(part = %part.id, error = %e, "cannot delete the file of an unregistered part");
+async fn discard_unregistered(node: &Replica, parts: &[PartId]) {
+    for id in parts {
+        let in_use = node.catalog.snapshot().values().any(|t| t.parts.contains_key(id));
+        if !in_use && let Err(e) = node.catalog.store().remove(id) {
+            tracing::warn!(part = %id, error = %e, "cannot delete the file of an unregistered part");
         }
     }
 }

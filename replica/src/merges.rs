@@ -8,9 +8,8 @@
 //! Merges run on blocking threads, at most `merge_concurrency` at once per node, so they never
 //! starve inserts or replication.
 
-use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -19,62 +18,11 @@ use tandem_parts::{
     EncodedPart, LocalPartStore, MergeCandidate, MergePolicy, PART_FORMAT_VERSION, PartId, PartManifest, merge_parts,
     read_part_batches, select_merge,
 };
-use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::ActivePart;
-use crate::node::Node;
-
-/// A merge running on this node, for `system.replication_queue`.
-#[derive(Clone, Debug)]
-pub struct RunningMerge {
-    pub table: String,
-    pub partition: String,
-    /// Known up front for a replica rebuilding a registered merge; after the merge for a leader.
-    pub merged: Option<PartId>,
-    pub sources: usize,
-    pub bytes: u64,
-    pub started: Instant,
-    /// `leader`: choosing and registering the merge; `replica`: rebuilding a registered one.
-    pub role: &'static str,
-}
-
-/// The merges running on this node and the permits that bound them.
-pub struct Merges {
-    permits: Arc<Semaphore>,
-    running: Mutex<HashMap<u64, RunningMerge>>,
-    next: std::sync::atomic::AtomicU64,
-    /// Parts that a merge led by this node is reading now: not chosen for another merge.
-    busy: Mutex<std::collections::HashSet<PartId>>,
-    /// Wakes the leader loop (a merge finished, so the next one can start at once).
-    wake: tokio::sync::Notify,
-}
-
-impl Merges {
-    pub fn new(concurrency: usize) -> Self {
-        Merges {
-            permits: Arc::new(Semaphore::new(concurrency.max(1))),
-            running: Mutex::new(HashMap::new()),
-            next: std::sync::atomic::AtomicU64::new(0),
-            busy: Mutex::new(std::collections::HashSet::new()),
-            wake: tokio::sync::Notify::new(),
-        }
-    }
-
-    pub fn running(&self) -> Vec<RunningMerge> {
-        self.running.lock().expect("merges lock").values().cloned().collect()
-    }
-
-    fn start(&self, merge: RunningMerge) -> u64 {
-        let key = self.next.fetch_add(1, Ordering::Relaxed);
-        self.running.lock().expect("merges lock").insert(key, merge);
-        key
-    }
-
-    fn finish(&self, key: u64) {
-        self.running.lock().expect("merges lock").remove(&key);
-    }
-}
+use crate::replica::Replica;
+use crate::running_merges::RunningMerge;
 
 /// How long a part waits to be on every live node before it is merged anyway.
 const REPLICATION_WAIT: Duration = Duration::from_secs(60);
@@ -95,7 +43,7 @@ fn merge_group(manifest: &PartManifest) -> String {
 /// The leader loop: for each table this node leads, starts the merges the selector picks
 /// among the parts no running merge is reading, while merge permits are free. It runs every
 /// `merge_interval`, when new parts arrive, and as soon as a merge finishes.
-pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
+pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(node.config.merge_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut data = node.catalog.subscribe_data_revision();
@@ -127,7 +75,7 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
         // the leader has. A part still not everywhere after a while is merged anyway (a replica
         // that cannot keep up must not stop merges); replicas then fetch the merged part.
         let live: Option<Vec<String>> = if node.config.is_cluster() {
-            match crate::membership::live_nodes(&node).await {
+            match node.live_nodes().await {
                 Ok(nodes) => Some(nodes.into_iter().map(|n| n.node_id).collect()),
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot list live nodes; no merges this pass");
@@ -259,7 +207,7 @@ fn merged_manifest(
 }
 
 async fn merge_and_register(
-    node: &Arc<Node>,
+    node: &Arc<Replica>,
     table: &str,
     sort_key: &[String],
     sources: &[ActivePart],
@@ -319,7 +267,7 @@ async fn merge_and_register(
 /// Deletes the file of a merged part that did not get registered, unless a registered part
 /// has the same bytes (the same merge registered by another leader): that is decided on the
 /// catalog caught up with the coordinator, and left to the orphan sweep when it cannot catch up.
-async fn discard(node: &Node, id: &PartId) {
+async fn discard(node: &Replica, id: &PartId) {
     let caught_up = match node.coordinator.current_revision().await {
         Ok(revision) => node.catalog.wait_applied(revision, Duration::from_secs(10)).await,
         Err(_) => false,
@@ -337,7 +285,7 @@ async fn discard(node: &Node, id: &PartId) {
 /// A replica's way to obtain a registered merged part without the network: merge its own
 /// copies of the sources and keep the result if it hashes to the registered id. Returns false
 /// (after logging) when the sources are not all here or the result differs.
-pub async fn rebuild_locally(node: &Node, table: &str, id: &PartId, manifest: &PartManifest) -> bool {
+pub async fn rebuild_locally(node: &Replica, table: &str, id: &PartId, manifest: &PartManifest) -> bool {
     if manifest.merged_from.is_empty() {
         return false;
     }
@@ -407,7 +355,7 @@ pub async fn rebuild_locally(node: &Node, table: &str, id: &PartId, manifest: &P
 
 /// Deletes part files that nothing references (a crash between writing a part and
 /// registering it, a merge that was not registered) once they are older than `grace`.
-pub async fn run_orphan_sweep(node: Arc<Node>, shutdown: CancellationToken) {
+pub async fn run_orphan_sweep(node: Arc<Replica>, shutdown: CancellationToken) {
     let grace = node.config.orphan_grace;
     let mut tick = tokio::time::interval(grace.min(Duration::from_secs(600)).max(Duration::from_secs(1)));
     loop {
@@ -429,7 +377,7 @@ pub async fn run_orphan_sweep(node: Arc<Node>, shutdown: CancellationToken) {
     }
 }
 
-fn sweep_orphans(node: &Node, grace: Duration) -> anyhow::Result<usize> {
+fn sweep_orphans(node: &Replica, grace: Duration) -> anyhow::Result<usize> {
     let store = node.catalog.store();
     let mut removed = 0;
     for id in store.list()? {

@@ -12,8 +12,8 @@ use proptest::prelude::*;
 
 use crate::error::NodeError;
 use crate::formats::{Format, InputOptions, decode_insert, encode};
-use crate::schema::TableDef;
 use crate::statement::{self, Statement};
+use tandem_replica::schema::TableDef;
 
 /// Inputs per target when `PROPTEST_CASES` is not set: a few seconds for all targets in a
 /// release build (1,000,000 per target took about two minutes on 2 cores).
@@ -169,22 +169,5 @@ proptest! {
     #[test]
     fn arrow_stream_bodies(data in body(Format::ArrowStream)) {
         decodes_or_refuses(Format::ArrowStream, data)?;
-    }
-
-    #[test]
-    fn interserver_messages(data in proptest::collection::vec(any::<u8>(), 0..256), id in "[0-9a-f]{0,70}|\\PC{0,80}") {
-        use prost::Message;
-        use tandem_proto::v1::{FetchPartRequest, PartChunk, StatusRequest, StatusResponse};
-        let _ = PartChunk::decode(data.as_slice());
-        let _ = StatusRequest::decode(data.as_slice());
-        let _ = StatusResponse::decode(data.as_slice());
-        // What the part server does with a request: a part id is a hash, never a path.
-        let requests = [FetchPartRequest::decode(data.as_slice()).ok(), Some(FetchPartRequest { format_version: 1, table: String::new(), part_id: id })];
-        for request in requests.into_iter().flatten() {
-            if let Ok(part) = request.part_id.parse::<tandem_parts::PartId>() {
-                prop_assert_eq!(part.to_string(), request.part_id.clone());
-                prop_assert!(request.part_id.bytes().all(|b| b.is_ascii_hexdigit()));
-            }
-        }
     }
 }

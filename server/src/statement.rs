@@ -15,11 +15,11 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 use regex::Regex;
-use tandem_coordinator::valid_name;
 use tandem_parts::PartitionSpec;
+use tandem_replica::schema::{ColumnDef, ColumnType, TABLE_FORMAT_VERSION, TableDef, TableSettings, valid_name};
+use tandem_replica::{AlterAction, ColumnPosition};
 
 use crate::error::NodeError;
-use crate::schema::{ColumnDef, ColumnType, TABLE_FORMAT_VERSION, TableDef, TableSettings};
 
 #[derive(Debug)]
 pub enum Statement {
@@ -50,22 +50,6 @@ impl Statement {
             Statement::Select { .. } => "SELECT",
         }
     }
-}
-
-/// One change of an `ALTER TABLE`.
-#[derive(Clone, Debug, PartialEq)]
-pub enum AlterAction {
-    AddColumn { column: ColumnDef, if_not_exists: bool, position: Option<ColumnPosition> },
-    DropColumn { name: String, if_exists: bool },
-    RenameColumn { from: String, to: String, if_exists: bool },
-    CommentColumn { name: String, comment: String, if_exists: bool },
-    ModifySettings(Vec<(String, serde_json::Value)>),
-}
-
-#[derive(Clone, Debug, PartialEq)]
-pub enum ColumnPosition {
-    First,
-    After(String),
 }
 
 #[derive(Debug)]
@@ -346,7 +330,8 @@ fn parse_column_def(parser: &mut Parser) -> Result<ColumnDef, NodeError> {
         }
     }
     let column = ColumnDef { id: 0, name, column_type, nullable, default, comment };
-    column.fill_value().map_err(|e| NodeError::bad_request(format!("column `{}`: {e}", column.name)))?;
+    crate::column_default::fill_value(&column)
+        .map_err(|e| NodeError::bad_request(format!("column `{}`: {e}", column.name)))?;
     Ok(column)
 }
 
@@ -426,7 +411,7 @@ fn parse_word(parser: &mut Parser, word: &str) -> bool {
     matches
 }
 
-/// `k = v[, k = v]` of table settings, each a literal (checked by [`crate::schema::TableSettings::set`]).
+/// `k = v[, k = v]` of table settings, each a literal (checked by [`tandem_replica::schema::TableSettings::set`]).
 fn parse_settings(parser: &mut Parser) -> Result<Vec<(String, serde_json::Value)>, NodeError> {
     let mut settings = Vec::new();
     loop {
@@ -727,5 +712,53 @@ mod tests {
         };
         assert_eq!(sql, "SELECT count() FROM t");
         assert_eq!(format.as_deref(), Some("JSONEachRow"));
+    }
+
+    // Schema changes as ALTER statements apply them (the replica's `apply_alter`).
+    fn altered_table() -> TableDef {
+        let Statement::CreateTable { def, .. } =
+            parse("CREATE TABLE t (ts DateTime, host String, v Float64) ORDER BY (host, ts) PARTITION BY toYYYYMM(ts)")
+                .unwrap()
+        else {
+            panic!()
+        };
+        def
+    }
+
+    fn alter(def: &mut TableDef, sql: &str) -> Result<bool, NodeError> {
+        let Statement::Alter { actions, .. } = parse(sql)? else { panic!("not an ALTER") };
+        Ok(tandem_replica::apply_alter(def, &actions)?)
+    }
+
+    #[test]
+    fn columns_keep_their_ids_through_renames_and_drops() {
+        let mut def = altered_table();
+        let ids: Vec<_> = def.columns.iter().map(|c| c.id).collect();
+        assert_eq!(ids, [1, 2, 3]);
+        alter(&mut def, "ALTER TABLE t ADD COLUMN a Int64 DEFAULT 7, RENAME COLUMN host TO server, DROP COLUMN v")
+            .unwrap();
+        let columns: Vec<_> = def.columns.iter().map(|c| (c.id, c.name.as_str())).collect();
+        assert_eq!(columns, [(1, "ts"), (2, "server"), (4, "a")]);
+        assert_eq!(def.order_by, ["server", "ts"], "the sort key follows the rename");
+        alter(&mut def, "ALTER TABLE t ADD COLUMN v Float64 FIRST").unwrap();
+        assert_eq!(def.columns[0].id, 5, "a re-added name is a new column, not the dropped one");
+    }
+
+    #[test]
+    fn conflicts_name_the_column_and_both_types() {
+        let mut def = altered_table();
+        let err = alter(&mut def, "ALTER TABLE t ADD COLUMN IF NOT EXISTS v String").unwrap_err().to_string();
+        assert!(err.contains("`v`") && err.contains("Float64") && err.contains("String"), "{err}");
+        assert!(!alter(&mut def, "ALTER TABLE t ADD COLUMN IF NOT EXISTS v Float64").unwrap(), "same type: a no-op");
+        assert!(
+            alter(&mut def, "ALTER TABLE t DROP COLUMN host")
+                .unwrap_err()
+                .to_string()
+                .contains("sort or partition key")
+        );
+        assert!(alter(&mut def, "ALTER TABLE t DROP COLUMN nope").is_err());
+        assert!(!alter(&mut def, "ALTER TABLE t DROP COLUMN IF EXISTS nope").unwrap());
+        assert!(alter(&mut def, "ALTER TABLE t MODIFY SETTING dedup_window_blocks = 5").unwrap());
+        assert_eq!(def.settings.dedup_window_blocks, 5);
     }
 }

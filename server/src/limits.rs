@@ -53,7 +53,6 @@ macro_rules! limits {
             }
         }
 
-        #[cfg(test)]
         impl LimitFile {
             /// Whether every limit is set (the example config documents them all).
             pub fn is_complete(&self) -> bool {

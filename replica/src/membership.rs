@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 use tandem_coordinator::{CoordError, Revision};
 use tokio_util::sync::CancellationToken;
 
-use crate::node::Node;
+use crate::replica::Replica;
 
 /// What a node says about itself under `nodes/<node id>`.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
@@ -29,10 +29,10 @@ pub const LEASE_TTL: Duration = Duration::from_secs(10);
 /// The node record is rewritten at most this often (when what it reports has changed).
 const RECORD_INTERVAL: Duration = Duration::from_secs(2);
 
-fn info(node: &Node) -> NodeInfo {
+fn info(node: &Replica) -> NodeInfo {
     NodeInfo {
         node_id: node.config.node_id.clone(),
-        grpc_addr: node.config.advertise_grpc_addr.clone().unwrap_or_else(|| node.grpc_addr.to_string()),
+        grpc_addr: node.grpc_addr(),
         http_addr: node.http_addr.to_string(),
         data_revision: node.catalog.data_revision(),
         complete_revision: node.catalog.complete_revision(),
@@ -40,7 +40,7 @@ fn info(node: &Node) -> NodeInfo {
     }
 }
 
-async fn announce(node: &Node) -> Result<i64, CoordError> {
+async fn announce(node: &Replica) -> Result<i64, CoordError> {
     let lease = node.coordinator.backend().grant_lease(LEASE_TTL).await?;
     let doc = serde_json::to_vec(&info(node)).expect("node info serializes");
     node.coordinator.announce_node(&node.config.node_id, doc, lease).await?;
@@ -56,7 +56,7 @@ const STEP_DOWN_AFTER: Duration = Duration::from_secs(LEASE_TTL.as_secs() / 2);
 /// so peers stop fetching from this node at once. When renewals fail for [`STEP_DOWN_AFTER`],
 /// the node stops being ready; it is ready again once a renewal (or, after the lease expired,
 /// a new announcement) succeeds.
-pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
+pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
     let mut lease = None;
     let mut renewed = tokio::time::Instant::now();
     let mut reported = (Revision::MIN, Revision::MIN);
@@ -119,14 +119,16 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
     }
 }
 
-/// The live nodes, as they announced themselves.
-pub async fn live_nodes(node: &Node) -> Result<Vec<NodeInfo>, CoordError> {
-    let mut out = Vec::new();
-    for (id, doc) in node.coordinator.list_nodes().await? {
-        match serde_json::from_slice::<NodeInfo>(&doc) {
-            Ok(info) => out.push(info),
-            Err(e) => tracing::warn!(node = %id, error = %e, "unreadable node record"),
+impl Replica {
+    /// The live nodes, as they announced themselves (this one included once it is announced).
+    pub async fn live_nodes(&self) -> crate::error::Result<Vec<NodeInfo>> {
+        let mut out = Vec::new();
+        for (id, doc) in self.coordinator.list_nodes().await? {
+            match serde_json::from_slice::<NodeInfo>(&doc) {
+                Ok(info) => out.push(info),
+                Err(e) => tracing::warn!(node = %id, error = %e, "unreadable node record"),
+            }
         }
+        Ok(out)
     }
-    Ok(out)
 }

@@ -36,11 +36,9 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
-use crate::catalog::{ActivePart, Catalog, TableState};
 use crate::error::NodeError;
-use crate::membership::NodeInfo;
-use crate::node::Node;
-use crate::schema::TableDef;
+use tandem_replica::schema::TableDef;
+use tandem_replica::{ActivePart, NodeInfo, Replica, TableState};
 
 /// One table's parts as of the query's start. Holding the parts keeps their files alive.
 ///
@@ -152,7 +150,7 @@ impl PartsTable {
                     Arc::new(PhysicalColumn::new(file_name, position))
                 }
                 _ => {
-                    let value = column.fill_value().map_err(DataFusionError::Plan)?;
+                    let value = crate::column_default::fill_value(column).map_err(DataFusionError::Plan)?;
                     Arc::new(Literal::new(value))
                 }
             };
@@ -349,7 +347,7 @@ impl ParsedQuery {
 /// A DataFusion session over a catalog snapshot, with the `system` tables when `cluster` is
 /// given (what `system.replicas` shows of the other nodes).
 pub fn session(
-    node: &Node,
+    node: &Replica,
     tables: &BTreeMap<String, Arc<TableState>>,
     cluster: Option<&ClusterView>,
     runtime: Arc<RuntimeEnv>,
@@ -364,7 +362,7 @@ pub fn session(
         let system = Arc::new(MemorySchemaProvider::new());
         let default_catalog = ctx.catalog("datafusion").ok_or_else(|| NodeError::internal("no default catalog"))?;
         default_catalog.register_schema("system", system)?;
-        ctx.register_table("system.parts", Arc::new(system_parts(&node.catalog, tables)?))?;
+        ctx.register_table("system.parts", Arc::new(system_parts(node, tables)?))?;
         ctx.register_table("system.tables", Arc::new(system_tables(tables)?))?;
         ctx.register_table("system.replicas", Arc::new(system_replicas(node, tables, cluster)?))?;
         ctx.register_table("system.replication_queue", Arc::new(system_replication_queue(node, tables)?))?;
@@ -381,7 +379,7 @@ fn mem_table(columns: Vec<(&str, ArrayRef)>) -> Result<MemTable, NodeError> {
     MemTable::try_new(schema, vec![vec![batch]]).map_err(NodeError::from)
 }
 
-fn system_parts(catalog: &Catalog, tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable, NodeError> {
+fn system_parts(node: &Replica, tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable, NodeError> {
     let mut table = Vec::new();
     let mut name = Vec::new();
     let mut partition = Vec::new();
@@ -418,11 +416,11 @@ fn system_parts(catalog: &Catalog, tables: &BTreeMap<String, Arc<TableState>>) -
             revision.push(Some(rev));
             block_id.push(manifest.block_id.clone());
             written_by.push(manifest.node.clone());
-            in_object_store.push(Some(catalog.in_object_store(&id.to_string())));
+            in_object_store.push(Some(node.in_object_store(&id)));
             problem.push(reason);
         }
     }
-    for part in catalog.broken_parts() {
+    for part in node.broken_parts() {
         table.push(Some(part.table));
         name.push(Some(part.id));
         partition.push(None);
@@ -493,31 +491,23 @@ fn system_tables(tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable,
 
 /// Replication state of the local node, measured, and of the other live nodes, as they last
 /// reported it.
-pub fn replication_lag(tables: &BTreeMap<String, Arc<TableState>>) -> (u64, f64) {
-    let now_ms = chrono::Utc::now().timestamp_millis();
-    let pending = tables.values().map(|t| t.pending.len() as u64).sum();
-    let oldest = tables.values().flat_map(|t| t.pending.values().map(|p| p.manifest.created_at_ms)).min();
-    let lag_seconds = oldest.map(|created| ((now_ms - created).max(0) as f64) / 1000.0).unwrap_or(0.0);
-    (pending, lag_seconds)
-}
-
 fn system_replicas(
-    node: &Node,
+    node: &Replica,
     tables: &BTreeMap<String, Arc<TableState>>,
     cluster: &ClusterView,
 ) -> Result<MemTable, NodeError> {
-    let me = &node.config.node_id;
-    let (pending, lag_seconds) = replication_lag(tables);
-    let complete = node.catalog.complete_revision();
-    let mut node_id = vec![Some(me.clone())];
+    let me = node.node_id();
+    let (pending, lag_seconds) = tandem_replica::replication_lag(tables);
+    let complete = node.complete_revision();
+    let mut node_id = vec![Some(me.to_string())];
     let mut is_local = vec![Some(true)];
-    let mut grpc_addr = vec![Some(node.grpc_addr.to_string())];
-    let mut applied = vec![Some(node.catalog.applied_revision())];
+    let mut grpc_addr = vec![Some(node.grpc_addr())];
+    let mut applied = vec![Some(node.applied_revision())];
     let mut complete_revision = vec![Some(complete)];
     let mut pending_parts = vec![Some(pending)];
     let mut lag_revisions = vec![cluster.cluster_revision.map(|r| (r - complete).max(0))];
     let mut lag_secs = vec![Some(lag_seconds)];
-    for other in cluster.nodes.iter().filter(|n| &n.node_id != me) {
+    for other in cluster.nodes.iter().filter(|n| n.node_id != me) {
         node_id.push(Some(other.node_id.clone()));
         is_local.push(Some(false));
         grpc_addr.push(Some(other.grpc_addr.clone()));
@@ -541,7 +531,7 @@ fn system_replicas(
 
 /// Parts being fetched (`kind = 'fetch'`) and merges running on this node (`kind` starts with
 /// `merge`; `part` is the merged part when known).
-fn system_replication_queue(node: &Node, tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable, NodeError> {
+fn system_replication_queue(node: &Replica, tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable, NodeError> {
     let mut kind = Vec::new();
     let mut table = Vec::new();
     let mut partition = Vec::new();
@@ -566,7 +556,7 @@ fn system_replication_queue(node: &Node, tables: &BTreeMap<String, Arc<TableStat
             last_error.push(pending.last_error.clone());
         }
     }
-    for merge in node.merges.running() {
+    for merge in node.running_merges() {
         kind.push(format!("merge ({}, {} parts)", merge.role, merge.sources));
         table.push(merge.table);
         partition.push(merge.partition);

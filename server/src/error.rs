@@ -2,8 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
-use tandem_coordinator::CoordError;
-use tandem_parts::PartError;
+use tandem_replica::Error as ReplicaError;
 
 /// A request error: what went wrong, in words that tell the caller what to do.
 #[derive(Debug, thiserror::Error)]
@@ -68,7 +67,7 @@ impl NodeError {
     }
 
     pub fn unknown_table(name: &str) -> Self {
-        NodeError::UnknownTable(format!("table `{name}` does not exist; SHOW TABLES lists the tables"))
+        ReplicaError::UnknownTable(name.to_string()).into()
     }
 
     pub fn status(&self) -> StatusCode {
@@ -134,25 +133,17 @@ pub fn panic_message(payload: &(dyn std::any::Any + Send)) -> String {
         .unwrap_or_default()
 }
 
-impl From<CoordError> for NodeError {
-    fn from(e: CoordError) -> Self {
+impl From<ReplicaError> for NodeError {
+    fn from(e: ReplicaError) -> Self {
         match e {
-            CoordError::NoSuchTable(name) => NodeError::unknown_table(&name),
-            CoordError::TableExists(name) => NodeError::Conflict(format!("table `{name}` already exists")),
-            CoordError::TableChanged { .. } => NodeError::Conflict(e.to_string()),
-            CoordError::Unavailable(_) => NodeError::Unavailable(e.to_string()),
-            other => NodeError::Internal(other.to_string()),
-        }
-    }
-}
-
-impl From<PartError> for NodeError {
-    fn from(e: PartError) -> Self {
-        match e {
-            PartError::MissingColumn { .. }
-            | PartError::NullPartitionValue { .. }
-            | PartError::UnsupportedPartitionType { .. } => NodeError::BadRequest(e.to_string()),
-            other => NodeError::Internal(other.to_string()),
+            ReplicaError::BadRequest(message) => NodeError::BadRequest(message),
+            ReplicaError::UnknownTable(_) => NodeError::UnknownTable(e.to_string()),
+            ReplicaError::Conflict(message) => NodeError::Conflict(message),
+            ReplicaError::SchemaChanged { table } => NodeError::SchemaChanged { table },
+            ReplicaError::Unavailable(message) => NodeError::Unavailable(message),
+            ReplicaError::Timeout(message) => NodeError::Timeout(message),
+            ReplicaError::TooManyParts(message) => NodeError::TooManyParts(message),
+            ReplicaError::Internal(message) => NodeError::Internal(message),
         }
     }
 }

@@ -16,20 +16,20 @@ use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::{FutureExt, StreamExt};
-use tandem_coordinator::CoordError;
 
 use crate::error::NodeError;
 use crate::execution::Admitted;
 use crate::formats::{Budget, Encoder, Format, InputOptions, encode, text_batch};
-use crate::insert::{InsertSettings, Quorum, insert};
+use crate::insert::{InsertSettings, insert};
 use crate::limits::{MAX_DEDUP_TOKEN_BYTES, MAX_WAIT, RESULT_HEAD_BYTES};
-use crate::metrics::Metrics;
-use crate::node::Node;
 use crate::query;
-use crate::schema::Durability;
+use crate::state::Server;
 use crate::statement::{self, InsertSource, ParseOptions, Statement};
+use tandem_replica::metrics::Metrics;
+use tandem_replica::schema::Durability;
+use tandem_replica::{InsertOptions, Quorum, Replica};
 
-pub fn router(node: Arc<Node>) -> Router {
+pub(crate) fn router(server: Arc<Server>) -> Router {
     Router::new()
         .route("/", get(handle).post(handle))
         .route("/health", get(health))
@@ -40,7 +40,7 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/metrics", get(metrics))
         // The body limit is enforced (with a clear 413) while reading, in `body::read`.
         .layer(DefaultBodyLimit::disable())
-        .with_state(node)
+        .with_state(server)
 }
 
 async fn health() -> &'static str {
@@ -49,11 +49,12 @@ async fn health() -> &'static str {
 
 /// Ready to serve inserts and queries. With `?durability=object_store`, also requires the
 /// object store to be reachable (what inserts with `insert_durability=object_store` need).
-async fn ready(State(node): State<Arc<Node>>, Query(params): Query<HashMap<String, String>>) -> Response {
-    if node.draining.load(std::sync::atomic::Ordering::Acquire) {
+async fn ready(State(server): State<Arc<Server>>, Query(params): Query<HashMap<String, String>>) -> Response {
+    let replica = &server.replica;
+    if replica.is_draining() {
         return (StatusCode::SERVICE_UNAVAILABLE, "draining: this node is shutting down\n").into_response();
     }
-    if !node.is_ready() {
+    if !replica.is_ready() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
             "catching up with the cluster's metadata, or not yet announced to the cluster\n",
@@ -61,7 +62,7 @@ async fn ready(State(node): State<Arc<Node>>, Query(params): Query<HashMap<Strin
             .into_response();
     }
     let wants_object_store = params.get("durability").map(String::as_str) == Some("object_store");
-    match (node.bucket.as_ref().map(|b| b.status()), wants_object_store) {
+    match (replica.object_store_status().map(|s| (s.reachable, s.last_error)), wants_object_store) {
         (None, true) => {
             (StatusCode::SERVICE_UNAVAILABLE, "no object store is configured on this node\n").into_response()
         }
@@ -89,10 +90,10 @@ const MAX_DRAIN_SECONDS: i64 = 24 * 3600;
 /// `POST /drain?timeout_seconds=N` (default 60): stop being ready, then wait until no part is
 /// only on this node. 200 when drained, 503 with the reason otherwise. `POST /drain?cancel=1`
 /// undoes it: the node is ready again and merges resume (a restart does the same).
-async fn drain(State(node): State<Arc<Node>>, Query(params): Query<HashMap<String, String>>) -> Response {
+async fn drain(State(server): State<Arc<Server>>, Query(params): Query<HashMap<String, String>>) -> Response {
     match flag(&params, "cancel", false) {
         Ok(true) => {
-            crate::drain::cancel(&node);
+            server.replica.cancel_drain();
             return (StatusCode::OK, "drain cancelled: this node is ready again\n").into_response();
         }
         Ok(false) => {}
@@ -102,36 +103,24 @@ async fn drain(State(node): State<Arc<Node>>, Query(params): Query<HashMap<Strin
         Ok(seconds) => Duration::from_secs(seconds.unwrap_or(60).clamp(0, MAX_DRAIN_SECONDS) as u64),
         Err(e) => return e.into_response(),
     };
-    let report = crate::drain::drain(&node, timeout).await;
+    let report = server.replica.drain(timeout).await;
     let status = if report.drained { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, axum::Json(report)).into_response()
 }
 
-async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let tables = node.catalog.snapshot();
-    let (pending, lag_seconds) = query::replication_lag(&tables);
-    let complete = node.catalog.complete_revision();
-    node.metrics.active_parts.set(tables.values().map(|t| t.parts.len() as i64).sum());
-    node.metrics.pending_parts.set(pending as i64);
-    node.metrics.lost_parts.set(tables.values().flat_map(|t| t.pending.values()).filter(|p| p.lost).count() as i64);
-    node.metrics.lag_seconds.set(lag_seconds);
-    node.metrics.applied_revision.set(node.catalog.applied_revision());
-    node.metrics.complete_revision.set(complete);
-    if let Ok(Ok(latest)) = tokio::time::timeout(Duration::from_secs(1), node.coordinator.current_revision()).await {
-        node.metrics.lag_revisions.set((latest - complete).max(0));
-    }
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], node.metrics.render()).into_response()
+async fn metrics(State(server): State<Arc<Server>>) -> Response {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], server.replica.render_metrics().await).into_response()
 }
 
 async fn handle(
-    State(node): State<Arc<Node>>,
+    State(server): State<Arc<Server>>,
     method: Method,
     Query(params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
     // A panic is a bug, never the client's doing: it answers 500 and the node keeps serving.
-    let answer = std::panic::AssertUnwindSafe(execute(&node, &method, params, headers, body)).catch_unwind().await;
+    let answer = std::panic::AssertUnwindSafe(execute(&server, &method, params, headers, body)).catch_unwind().await;
     match answer {
         Ok(Ok(response)) => response,
         Ok(Err(e)) => e.into_response(),
@@ -162,23 +151,24 @@ fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, N
         .transpose()
 }
 
-fn parse_options(node: &Node) -> ParseOptions {
-    ParseOptions { table_defaults: node.config.table_defaults.clone(), max_columns: node.config.limits.max_columns }
+fn parse_options(server: &Server) -> ParseOptions {
+    ParseOptions { table_defaults: server.config.table_defaults.clone(), max_columns: server.config.limits.max_columns }
 }
 
 async fn execute(
-    node: &Node,
+    server: &Server,
     method: &Method,
     params: HashMap<String, String>,
     headers: HeaderMap,
     body: Body,
 ) -> Result<Response, NodeError> {
-    if !node.catalog.is_ready() {
+    let node = server.replica.as_ref();
+    if !node.is_caught_up() {
         return Err(NodeError::Unavailable(
             "this node is still catching up with the cluster's metadata; retry shortly or use another node".into(),
         ));
     }
-    let body = crate::body::read(body, &headers, node.config.max_body_bytes).await?;
+    let body = crate::body::read(body, &headers, server.config.max_body_bytes).await?;
     // As in ClickHouse: the statement is `?query=`, followed by the body for statements other
     // than INSERT; without `?query=`, the body starts with the statement.
     let (text, body_is_statement) = match params.get("query") {
@@ -189,7 +179,7 @@ async fn execute(
             Err(e) => (String::from_utf8_lossy(&body[..e.valid_up_to().min(64 * 1024)]), true),
         },
     };
-    let options = parse_options(node);
+    let options = parse_options(server);
     let statement = statement::parse_with(&text, &options)?;
     let started = Instant::now();
     let statement = match statement {
@@ -207,14 +197,14 @@ async fn execute(
         )));
     }
     let Statement::Insert(insert_statement) = statement else {
-        return execute_statement(node, &params, statement, started).await;
+        return execute_statement(server, &params, statement, started).await;
     };
     let InsertSource::Format { format, data_offset } = &insert_statement.source else {
         let InsertSource::Values(rows) = insert_statement.source else {
             return Err(NodeError::internal("an INSERT with neither FORMAT nor VALUES"));
         };
         let data = values_as_json(node, &insert_statement.table, insert_statement.columns.as_deref(), rows)?;
-        return run_insert(node, &params, &insert_statement.table, None, Format::JsonEachRow, data, started).await;
+        return run_insert(server, &params, &insert_statement.table, None, Format::JsonEachRow, data, started).await;
     };
     let format = Format::parse(format)?;
     let data = if body_is_statement {
@@ -224,7 +214,8 @@ async fn execute(
     } else {
         body
     };
-    run_insert(node, &params, &insert_statement.table, insert_statement.columns.as_deref(), format, data, started).await
+    run_insert(server, &params, &insert_statement.table, insert_statement.columns.as_deref(), format, data, started)
+        .await
 }
 
 fn output_format(params: &HashMap<String, String>, clause: Option<&str>) -> Result<Format, NodeError> {
@@ -235,44 +226,30 @@ fn output_format(params: &HashMap<String, String>, clause: Option<&str>) -> Resu
 }
 
 async fn execute_statement(
-    node: &Node,
+    server: &Server,
     params: &HashMap<String, String>,
     statement: Statement,
     started: Instant,
 ) -> Result<Response, NodeError> {
+    let node = server.replica.as_ref();
     match statement {
-        Statement::CreateTable { def, if_not_exists } => {
-            let revision = match node.coordinator.create_table(&def.name, def.to_json()).await {
-                Ok(record) => record.version,
-                Err(CoordError::TableExists(_)) if if_not_exists => node.catalog.applied_revision(),
-                Err(e) => return Err(e.into()),
-            };
-            ddl_done(node, revision).await
-        }
+        Statement::CreateTable { def, if_not_exists } => ddl_done(node.create_table(&def, if_not_exists).await?),
         Statement::Alter { table, actions } => {
             let sync_all = match number(params, "alter_sync")? {
                 None | Some(0 | 1) => false,
                 Some(2) => true,
                 Some(other) => return Err(NodeError::bad_request(format!("alter_sync takes 0, 1 or 2, got {other}"))),
             };
-            let revision = crate::alter::alter(node, &table, &actions, sync_all).await?;
-            ddl_done(node, revision).await
+            ddl_done(node.alter(&table, &actions, sync_all).await?)
         }
-        Statement::DropTable { name, if_exists } => {
-            let revision = match node.coordinator.drop_table(&name).await {
-                Ok(revision) => revision,
-                Err(CoordError::NoSuchTable(_)) if if_exists => node.catalog.applied_revision(),
-                Err(e) => return Err(e.into()),
-            };
-            ddl_done(node, revision).await
-        }
+        Statement::DropTable { name, if_exists } => ddl_done(node.drop_table(&name, if_exists).await?),
         Statement::ShowTables { format } => {
-            let names: Vec<String> = node.catalog.snapshot().keys().cloned().collect();
+            let names: Vec<String> = node.tables().into_keys().collect();
             let batch = text_batch(&[("name", names)])?;
             respond_rows(output_format(params, format.as_deref())?, &batch.schema(), &[batch], started, node)
         }
         Statement::Describe { name, format } => {
-            let table = node.catalog.table(&name).ok_or_else(|| NodeError::unknown_table(&name))?;
+            let table = node.table(&name).ok_or_else(|| NodeError::unknown_table(&name))?;
             let columns = &table.def.columns;
             let names = columns.iter().map(|c| c.name.clone()).collect();
             let types = columns.iter().map(|c| c.type_name()).collect();
@@ -297,8 +274,8 @@ async fn execute_statement(
             let format = output_format(params, format.as_deref())?;
             let parsed = query::ParsedQuery::parse(&sql)?;
             wait_for_revision(node, params).await?;
-            let admitted = node.queries.admit(params)?;
-            let tables = node.catalog.snapshot();
+            let admitted = server.queries.admit(params)?;
+            let tables = node.tables();
             parsed.check_tables(&tables)?;
             let cluster = if parsed.reads_replicas() {
                 Some(cluster_view(node).await)
@@ -309,7 +286,7 @@ async fn execute_statement(
             let planned =
                 admitted.within_deadline(async { query::run(&ctx, parsed).await.map_err(|e| admitted.error(e)) }).await;
             let (schema, stream) = planned.inspect_err(|_| {
-                node.metrics.query_errors.inc();
+                node.metrics().query_errors.inc();
             })?;
             respond_stream(node, format, schema, stream, admitted, started).await
         }
@@ -319,15 +296,15 @@ async fn execute_statement(
 
 /// `after_revision` and `select_sequential_consistency`: waits (at most
 /// `after_revision_timeout_ms`, capped) until this node holds every part up to the revision.
-async fn wait_for_revision(node: &Node, params: &HashMap<String, String>) -> Result<(), NodeError> {
+async fn wait_for_revision(node: &Replica, params: &HashMap<String, String>) -> Result<(), NodeError> {
     let mut after = number(params, "after_revision")?;
     if flag(params, "select_sequential_consistency", false)? {
-        let quorum_revision = node.coordinator.quorum_revision().await?;
+        let quorum_revision = node.quorum_revision().await?;
         after = Some(after.unwrap_or(0).max(quorum_revision));
     }
     let Some(revision) = after else { return Ok(()) };
-    if node.catalog.complete_revision() < revision {
-        let current = node.coordinator.current_revision().await?;
+    if node.complete_revision() < revision {
+        let current = node.current_revision().await?;
         if revision > current {
             return Err(NodeError::bad_request(format!(
                 "after_revision {revision} does not exist yet: the cluster is at revision {current}; pass the \
@@ -336,10 +313,10 @@ async fn wait_for_revision(node: &Node, params: &HashMap<String, String>) -> Res
         }
     }
     let timeout = capped_millis(number(params, "after_revision_timeout_ms")?.unwrap_or(10_000));
-    if !node.catalog.wait_complete(revision, timeout).await {
+    if !node.wait_complete(revision, timeout).await {
         return Err(NodeError::Timeout(format!(
             "this node holds every part up to revision {} but the query asked for {revision}; not answering with stale data (waited {} ms)",
-            node.catalog.complete_revision(),
+            node.complete_revision(),
             timeout.as_millis()
         )));
     }
@@ -353,13 +330,9 @@ fn capped_millis(ms: i64) -> Duration {
 
 /// The other nodes and the cluster's latest revision, best effort: a query of
 /// `system.replicas` still answers (with what this node knows) when etcd does not.
-async fn cluster_view(node: &Node) -> query::ClusterView {
-    let nodes = if node.config.is_cluster() {
-        crate::membership::live_nodes(node).await.unwrap_or_default()
-    } else {
-        Vec::new()
-    };
-    query::ClusterView { nodes, cluster_revision: node.coordinator.current_revision().await.ok() }
+async fn cluster_view(node: &Replica) -> query::ClusterView {
+    let nodes = if node.is_cluster() { node.live_nodes().await.unwrap_or_default() } else { Vec::new() };
+    query::ClusterView { nodes, cluster_revision: node.current_revision().await.ok() }
 }
 
 /// A query's result, encoded as it is produced. The first [`RESULT_HEAD_BYTES`] are held back,
@@ -367,7 +340,7 @@ async fn cluster_view(node: &Node) -> query::ClusterView {
 /// message; past them the status is sent, and a later error ends the body with its message
 /// and an aborted transfer (so no client takes a cut result for a whole one).
 async fn respond_stream(
-    node: &Node,
+    node: &Replica,
     format: Format,
     schema: SchemaRef,
     stream: SendableRecordBatchStream,
@@ -384,7 +357,7 @@ async fn respond_stream(
         bytes: head.len() as u64,
         started,
         done: false,
-        metrics: node.metrics.clone(),
+        metrics: node.metrics().clone(),
     };
     while head.len() < RESULT_HEAD_BYTES && !result.done {
         head.extend_from_slice(&result.next_chunk().await?);
@@ -413,7 +386,7 @@ async fn respond_stream(
     let mut response = Response::new(body);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
-    headers.insert("x-tandem-revision", HeaderValue::from(node.catalog.applied_revision()));
+    headers.insert("x-tandem-revision", HeaderValue::from(node.applied_revision()));
     Ok(response)
 }
 
@@ -464,12 +437,8 @@ impl ResultStream {
     }
 }
 
-async fn ddl_done(node: &Node, revision: i64) -> Result<Response, NodeError> {
-    if !node.catalog.wait_applied(revision, Duration::from_secs(30)).await {
-        return Err(NodeError::Timeout(format!(
-            "the change is committed at revision {revision} but not yet applied on this node"
-        )));
-    }
+/// A schema change's answer: its revision (the replica answers once it is applied here).
+fn ddl_done(revision: tandem_replica::Revision) -> Result<Response, NodeError> {
     let mut response = Response::new(Body::empty());
     response.headers_mut().insert("x-tandem-revision", HeaderValue::from(revision));
     Ok(response)
@@ -480,25 +449,25 @@ fn respond_rows(
     schema: &datafusion::arrow::datatypes::SchemaRef,
     batches: &[datafusion::arrow::array::RecordBatch],
     started: Instant,
-    node: &Node,
+    node: &Replica,
 ) -> Result<Response, NodeError> {
     let bytes = encode(format, schema, batches, started.elapsed().as_secs_f64())?;
     let mut response = Response::new(Body::from(bytes));
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
-    headers.insert("x-tandem-revision", HeaderValue::from(node.catalog.applied_revision()));
+    headers.insert("x-tandem-revision", HeaderValue::from(node.applied_revision()));
     Ok(response)
 }
 
 /// `INSERT ... VALUES` rows become JSON objects for the JSONEachRow reader, so they get the
 /// same conversions and error messages as any other insert.
 fn values_as_json(
-    node: &Node,
+    node: &Replica,
     table: &str,
     columns: Option<&[String]>,
     rows: Vec<Vec<serde_json::Value>>,
 ) -> Result<Bytes, NodeError> {
-    let state = node.catalog.table(table).ok_or_else(|| NodeError::unknown_table(table))?;
+    let state = node.table(table).ok_or_else(|| NodeError::unknown_table(table))?;
     let names: Vec<String> = match columns {
         Some(c) => c.to_vec(),
         None => state.def.columns.iter().map(|c| c.name.clone()).collect(),
@@ -522,7 +491,7 @@ fn values_as_json(
 }
 
 async fn run_insert(
-    node: &Node,
+    server: &Server,
     params: &HashMap<String, String>,
     table: &str,
     columns: Option<&[String]>,
@@ -537,26 +506,29 @@ async fn run_insert(
             token.len()
         )));
     }
-    let limits = &node.config.limits;
+    let (config, node) = (&server.config, server.replica.as_ref());
+    let limits = &config.limits;
     let settings = InsertSettings {
-        deduplicate: flag(params, "insert_deduplicate", true)?,
-        deduplication_token,
         input: InputOptions {
             skip_unknown_fields: flag(params, "input_format_skip_unknown_fields", false)?,
             budget: Budget { max_rows: limits.max_insert_rows, max_bytes: limits.max_insert_bytes },
         },
-        quorum: params.get("insert_quorum").map(|q| Quorum::parse(q)).transpose()?.unwrap_or(node.config.insert_quorum),
-        quorum_timeout: match number(params, "insert_quorum_timeout")? {
-            Some(ms) => capped_millis(ms),
-            None => node.config.insert_quorum_timeout,
+        quorum: params.get("insert_quorum").map(|q| Quorum::parse(q)).transpose()?.unwrap_or(config.insert_quorum),
+        options: InsertOptions {
+            deduplicate: flag(params, "insert_deduplicate", true)?,
+            deduplication_token,
+            quorum_timeout: match number(params, "insert_quorum_timeout")? {
+                Some(ms) => capped_millis(ms),
+                None => config.insert_quorum_timeout,
+            },
+            durability: params.get("insert_durability").map(|d| Durability::parse(d)).transpose()?,
         },
-        durability: params.get("insert_durability").map(|d| Durability::parse(d)).transpose()?,
     };
     let bytes_in = data.len();
     let result = insert(node, table, columns, format, data, &settings).await;
-    node.metrics.insert_seconds.observe(started.elapsed().as_secs_f64());
+    node.metrics().insert_seconds.observe(started.elapsed().as_secs_f64());
     let summary = result.inspect_err(|_| {
-        node.metrics.insert_errors.inc();
+        node.metrics().insert_errors.inc();
     })?;
     let clickhouse_summary = serde_json::json!({
         "read_rows": "0",

@@ -19,9 +19,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
-use crate::catalog::FetchRequest;
-use crate::membership::{NodeInfo, live_nodes};
-use crate::node::Node;
+use crate::catalog::{FetchFailure, FetchRequest};
+use crate::membership::NodeInfo;
+use crate::replica::Replica;
 
 /// No chunk for this long ends a fetch from that source.
 const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
@@ -55,21 +55,21 @@ impl Source {
 }
 
 pub struct Fetcher {
-    node: Arc<Node>,
+    node: Arc<Replica>,
     channels: Mutex<HashMap<String, Channel>>,
     /// Parts being fetched now: a repeated request for one of them is dropped.
     in_flight: Mutex<HashSet<(String, PartId)>>,
 }
 
 /// Runs the fetcher until shutdown, taking requests from the catalog.
-pub async fn run(node: Arc<Node>, mut requests: mpsc::UnboundedReceiver<FetchRequest>, shutdown: CancellationToken) {
+pub async fn run(node: Arc<Replica>, mut requests: mpsc::UnboundedReceiver<FetchRequest>, shutdown: CancellationToken) {
     let fetcher = Arc::new(Fetcher {
         node: node.clone(),
         channels: Mutex::new(HashMap::new()),
         in_flight: Mutex::new(HashSet::new()),
     });
     let permits = Arc::new(Semaphore::new(node.config.fetch_concurrency));
-    let retry = node.catalog_fetch_sender();
+    let retry = node.fetch_requests.clone();
     // Each fetch is a task of this set: finished ones are reaped as the loop goes, and the rest
     // end with the loop (a part half-written is discarded: the store empties its `tmp/` at open).
     let mut tasks = tokio::task::JoinSet::new();
@@ -100,9 +100,9 @@ pub async fn run(node: Arc<Node>, mut requests: mpsc::UnboundedReceiver<FetchReq
             let node = &fetcher.node;
             match result {
                 Ok(()) => {}
-                Err((reason, lost)) => {
-                    let Some(attempts) = node.catalog.fetch_failed(&request.table, &request.id, reason.clone(), lost)
-                    else {
+                Err(failure) => {
+                    let lost = failure.is_lost();
+                    let Some(attempts) = node.catalog.fetch_failed(&request.table, &request.id, &failure) else {
                         return;
                     };
                     node.metrics.fetch_failures.inc();
@@ -110,9 +110,9 @@ pub async fn run(node: Arc<Node>, mut requests: mpsc::UnboundedReceiver<FetchReq
                     let max = if lost { MAX_LOST_BACKOFF } else { MAX_BACKOFF };
                     let backoff = (Duration::from_millis(200) * 2u32.saturating_pow(attempts.min(10))).min(max);
                     if lost {
-                        tracing::error!(table = %request.table, part = %request.id, attempts, retry_in_ms = backoff.as_millis() as u64, %reason, "part is lost");
+                        tracing::error!(table = %request.table, part = %request.id, attempts, retry_in_ms = backoff.as_millis() as u64, reason = %failure, "part is lost");
                     } else {
-                        tracing::warn!(table = %request.table, part = %request.id, attempts, retry_in_ms = backoff.as_millis() as u64, %reason, "part fetch failed");
+                        tracing::warn!(table = %request.table, part = %request.id, attempts, retry_in_ms = backoff.as_millis() as u64, reason = %failure, "part fetch failed");
                     }
                     tokio::select! {
                         _ = tokio::time::sleep(backoff) => { let _ = retry.send(request); }
@@ -128,7 +128,7 @@ pub async fn run(node: Arc<Node>, mut requests: mpsc::UnboundedReceiver<FetchReq
 impl Fetcher {
     /// Fetches one pending part from the first source that provides valid bytes. The error
     /// says what each source answered, and whether the part is lost (no source has it).
-    async fn fetch(&self, request: &FetchRequest) -> Result<(), (String, bool)> {
+    async fn fetch(&self, request: &FetchRequest) -> Result<(), FetchFailure> {
         let node = &self.node;
         let Some(pending) = node.catalog.pending(&request.table, &request.id) else { return Ok(()) };
         let id = request.id.to_string();
@@ -142,8 +142,8 @@ impl Fetcher {
             }
             return Ok(());
         }
-        let holders = node.coordinator.part_holders(&request.table, &id).await.map_err(|e| (e.to_string(), false))?;
-        let live = live_nodes(node).await.map_err(|e| (e.to_string(), false))?;
+        let holders = node.coordinator.part_holders(&request.table, &id).await?;
+        let live = node.live_nodes().await?;
         let peers = order_sources(&holders, &live, pending.manifest.node.as_deref(), &node.config.node_id);
         let mut sources: Vec<Source> = peers.into_iter().map(Source::Peer).collect();
         if let Some(bucket) = &node.bucket {
@@ -155,12 +155,9 @@ impl Fetcher {
         }
         if sources.is_empty() {
             let holders = holders.join(", ");
-            return Err((
-                format!(
-                    "lost: no live node holds part {id} (recorded holders: {holders}) and no object store is configured"
-                ),
-                true,
-            ));
+            return Err(FetchFailure::Lost(format!(
+                "no live node holds part {id} (recorded holders: {holders}) and no object store is configured"
+            )));
         }
         let mut problems = Vec::new();
         let mut everywhere_missing = true;
@@ -214,14 +211,11 @@ impl Fetcher {
         let lost = everywhere_missing
             && !live.iter().any(|n| n.node_id != node.config.node_id && holders.contains(&n.node_id));
         let summary = problems.join("; ");
-        Err((
-            if lost {
-                format!("lost: no live node and not the object store has part {id} ({summary})")
-            } else {
-                summary
-            },
-            lost,
-        ))
+        Err(if lost {
+            FetchFailure::Lost(format!("no live node and not the object store has part {id} ({summary})"))
+        } else {
+            FetchFailure::Failed(summary)
+        })
     }
 
     /// Deletes an object whose bytes do not match its name (after checking again) and forgets
@@ -245,7 +239,7 @@ impl Fetcher {
     async fn fetch_from_object_store(&self, table: &str, id: &PartId) -> Result<u64, SourceError> {
         let bucket = self.node.bucket.as_ref().ok_or(SourceError::Missing)?;
         let opened = bucket.mirror.open(table, id).await;
-        bucket.record(&self.node, &opened);
+        bucket.record(&self.node.metrics, &opened);
         let stream = match opened {
             Ok(stream) => stream,
             Err(MirrorError::NotFound { .. }) => return Err(SourceError::Missing),

@@ -3,10 +3,14 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
-use datafusion::common::ScalarValue;
 use serde::{Deserialize, Serialize};
 use tandem_parts::PartitionSpec;
+use tandem_parts::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+
+use crate::error::Error;
+
+/// Whether `name` can name a table or a column: letters, digits and `_`, not starting with a digit.
+pub use tandem_coordinator::valid_name;
 
 /// Version of the serialized table definition; new fields get serde defaults.
 pub const TABLE_FORMAT_VERSION: u32 = 1;
@@ -123,37 +127,6 @@ impl ColumnDef {
     pub fn type_name(&self) -> String {
         if self.nullable { format!("Nullable({})", self.column_type.name()) } else { self.column_type.name() }
     }
-
-    /// The value this column takes where a row has none: its DEFAULT, else NULL when
-    /// Nullable, else its type's zero value.
-    pub fn fill_value(&self) -> Result<ScalarValue, String> {
-        let target = self.column_type.arrow();
-        let value = match &self.default {
-            Some(serde_json::Value::String(s)) => ScalarValue::Utf8(Some(s.clone())),
-            Some(serde_json::Value::Bool(b)) => ScalarValue::Boolean(Some(*b)),
-            Some(serde_json::Value::Number(n)) => match (n.as_i64(), n.as_u64()) {
-                (Some(i), _) => ScalarValue::Int64(Some(i)),
-                (None, Some(u)) => ScalarValue::UInt64(Some(u)),
-                _ => ScalarValue::Float64(n.as_f64()),
-            },
-            Some(serde_json::Value::Null) | None if self.nullable => {
-                return ScalarValue::try_from(&target).map_err(|e| e.to_string());
-            }
-            Some(other) => return Err(format!("DEFAULT {other} is not a literal of type {}", self.type_name())),
-            None => match self.column_type {
-                ColumnType::String => ScalarValue::Utf8(Some(String::new())),
-                ColumnType::Bool => ScalarValue::Boolean(Some(false)),
-                _ => ScalarValue::Int64(Some(0)),
-            },
-        };
-        value.cast_to(&target).map_err(|e| {
-            format!(
-                "DEFAULT {} does not convert to {}: {e}",
-                self.default.as_ref().map(|d| d.to_string()).unwrap_or_default(),
-                self.type_name()
-            )
-        })
-    }
 }
 
 /// Per-table settings (`SETTINGS k = v` in CREATE TABLE).
@@ -209,13 +182,13 @@ pub enum Durability {
 }
 
 impl Durability {
-    pub fn parse(value: &str) -> Result<Durability, crate::error::NodeError> {
+    pub fn parse(value: &str) -> Result<Durability, Error> {
         match value {
             "local" => Ok(Durability::Local),
             "object_store" => Ok(Durability::ObjectStore),
-            other => Err(crate::error::NodeError::bad_request(format!(
-                "insert_durability takes `local` or `object_store`, got `{other}`"
-            ))),
+            other => {
+                Err(Error::bad_request(format!("insert_durability takes `local` or `object_store`, got `{other}`")))
+            }
         }
     }
 }
@@ -230,12 +203,10 @@ fn default_dedup_window_seconds() -> u64 {
 
 impl TableSettings {
     /// Sets a setting by its SQL name (tandem's or ClickHouse's spelling).
-    pub fn set(&mut self, key: &str, value: &serde_json::Value) -> Result<(), crate::error::NodeError> {
+    pub fn set(&mut self, key: &str, value: &serde_json::Value) -> Result<(), Error> {
         let number = || {
             value.as_u64().ok_or_else(|| {
-                crate::error::NodeError::bad_request(format!(
-                    "table setting `{key}` needs a non-negative integer, got {value}"
-                ))
+                Error::bad_request(format!("table setting `{key}` needs a non-negative integer, got {value}"))
             })
         };
         match key {
@@ -244,15 +215,13 @@ impl TableSettings {
             "auto_add_columns" => match number()? {
                 flag @ (0 | 1) => self.auto_add_columns = flag == 1,
                 other => {
-                    return Err(crate::error::NodeError::bad_request(format!(
-                        "table setting `auto_add_columns` is 0 or 1, got {other}"
-                    )));
+                    return Err(Error::bad_request(format!("table setting `auto_add_columns` is 0 or 1, got {other}")));
                 }
             },
             "background_merges" => match number()? {
                 flag @ (0 | 1) => self.background_merges = flag == 1,
                 other => {
-                    return Err(crate::error::NodeError::bad_request(format!(
+                    return Err(Error::bad_request(format!(
                         "table setting `background_merges` is 0 or 1, got {other}"
                     )));
                 }
@@ -260,7 +229,7 @@ impl TableSettings {
             "parts_to_delay_insert" => self.parts_to_delay_insert = number()?,
             "parts_to_throw_insert" => match number()? {
                 0 => {
-                    return Err(crate::error::NodeError::bad_request(
+                    return Err(Error::bad_request(
                         "table setting `parts_to_throw_insert` must be at least 1 (0 would refuse every insert)",
                     ));
                 }
@@ -268,14 +237,14 @@ impl TableSettings {
             },
             "insert_durability" => {
                 let text = value.as_str().ok_or_else(|| {
-                    crate::error::NodeError::bad_request(format!(
+                    Error::bad_request(format!(
                         "table setting `insert_durability` is 'local' or 'object_store', got {value}"
                     ))
                 })?;
                 self.insert_durability = Durability::parse(text)?;
             }
             _ => {
-                return Err(crate::error::NodeError::bad_request(format!(
+                return Err(Error::bad_request(format!(
                     "unknown table setting `{key}` = {value}; known: dedup_window_blocks, dedup_window_seconds, \
                      auto_add_columns (0 or 1), insert_durability ('local' or 'object_store'), \
                      background_merges (0 or 1), parts_to_delay_insert, parts_to_throw_insert"

@@ -1,21 +1,19 @@
-//! The node's use of the object store: uploading parts (in the background, or as part of an
-//! insert that asks for object-store durability), tracking whether the store is reachable,
-//! the bootstrap mode that fills an empty disk from the bucket, and the garbage collector that
-//! deletes objects no registered part references (one node at a time, fenced by etcd).
+//! The object store's background work: the uploader (every part this node is responsible
+//! for gets an object), the end of bootstrap mode, and the garbage collector that deletes
+//! objects no registered part references (one node at a time, fenced by etcd).
 
 use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use tandem_coordinator::OBJECT_STORE_HOLDER;
-use tandem_parts::{MirrorError, ObjectMirror, PartId, UploadOutcome};
-use tokio::sync::{Notify, Semaphore};
+use tandem_parts::PartId;
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::ObjectStoreConfig;
-use crate::node::Node;
+use crate::bucket::{Bucket, UploadError};
+use crate::replica::Replica;
 
 /// The leadership role of the object-store garbage collector.
 const GC_ROLE: &str = "object-store-gc";
@@ -25,111 +23,12 @@ const MAX_UPLOAD_BACKOFF: Duration = Duration::from_secs(30);
 const PROBE_WHILE_DOWN: Duration = Duration::from_secs(2);
 const PROBE_WHILE_UP: Duration = Duration::from_secs(30);
 
-pub struct Bucket {
-    pub mirror: ObjectMirror,
-    pub config: ObjectStoreConfig,
-    reachable: AtomicBool,
-    last_error: Mutex<Option<String>>,
-    /// Set while a node started with `bootstrap_from_object_store` has not caught up yet.
-    bootstrapping: AtomicBool,
-    /// Wakes the uploader (a part was activated here).
-    wake: Notify,
-}
-
-impl Bucket {
-    pub fn new(config: ObjectStoreConfig) -> anyhow::Result<Self> {
-        let mirror = ObjectMirror::s3(&config.s3)?;
-        Ok(Bucket {
-            mirror,
-            bootstrapping: AtomicBool::new(config.bootstrap),
-            config,
-            // Unknown until the first request; assumed reachable so that a healthy start does
-            // not report an outage.
-            reachable: AtomicBool::new(true),
-            last_error: Mutex::new(None),
-            wake: Notify::new(),
-        })
-    }
-
-    /// Whether the last request to the store succeeded, and the last error if not.
-    pub fn status(&self) -> (bool, Option<String>) {
-        let reachable = self.reachable.load(Ordering::Acquire);
-        (reachable, if reachable { None } else { self.last_error.lock().expect("status lock").clone() })
-    }
-
-    pub fn is_bootstrapping(&self) -> bool {
-        self.bootstrapping.load(Ordering::Acquire)
-    }
-
-    /// Records the outcome of a request: only transport and server errors mean unreachable.
-    pub fn record<T>(&self, node: &Node, result: &Result<T, MirrorError>) {
-        match result {
-            Ok(_) | Err(MirrorError::NotFound { .. } | MirrorError::Corrupt { .. }) => {
-                if !self.reachable.swap(true, Ordering::AcqRel) {
-                    tracing::info!(store = %self.mirror.description(), "the object store is reachable again");
-                }
-                node.metrics.object_store_up.set(1);
-            }
-            Err(e) => {
-                *self.last_error.lock().expect("status lock") = Some(e.to_string());
-                if self.reachable.swap(false, Ordering::AcqRel) {
-                    tracing::warn!(store = %self.mirror.description(), error = %e, "the object store is unreachable");
-                }
-                node.metrics.object_store_up.set(0);
-            }
-        }
-    }
-
-    /// Asks the uploader to look for parts to upload now.
-    pub fn wake_uploader(&self) {
-        self.wake.notify_one();
-    }
-}
-
-/// Uploads one part (its file, unless the bytes are given) with a create-only put. The error
-/// names the part and the cause.
-pub async fn upload_part(
-    node: &Node,
-    bucket: &Bucket,
-    table: &str,
-    id: &PartId,
-    bytes: Option<Bytes>,
-) -> Result<UploadOutcome, String> {
-    let bytes = match bytes {
-        Some(bytes) => bytes,
-        None => {
-            let path = node.catalog.store().path(id);
-            let read = tokio::task::spawn_blocking(move || std::fs::read(&path)).await.map_err(std::io::Error::other);
-            match read.and_then(|r| r) {
-                Ok(bytes) => Bytes::from(bytes),
-                Err(e) => return Err(format!("cannot read the file of part {id}: {e}")),
-            }
-        }
-    };
-    let size = bytes.len() as u64;
-    let result = bucket.mirror.upload(table, id, bytes).await;
-    bucket.record(node, &result);
-    match result {
-        Ok(outcome) => {
-            node.metrics.object_store_uploaded_parts.inc();
-            if outcome == UploadOutcome::Created {
-                node.metrics.object_store_uploaded_bytes.inc_by(size);
-            }
-            Ok(outcome)
-        }
-        Err(e) => {
-            node.metrics.object_store_upload_failures.inc();
-            Err(e.to_string())
-        }
-    }
-}
-
 /// Uploads, in the background, every active part this node is responsible for that the object
 /// store does not have yet: parts this node wrote, and parts whose writer is no longer live
 /// (so a part survives in the bucket even when its writer died before uploading). Failed
 /// uploads are retried with backoff; the backlog survives restarts because it is derived from
 /// the catalog (parts without an object-store holder), not kept in memory.
-pub async fn run_uploader(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: CancellationToken) {
+pub async fn run_uploader(node: Arc<Replica>, bucket: Arc<Bucket>, shutdown: CancellationToken) {
     let permits = Arc::new(Semaphore::new(bucket.config.upload_concurrency));
     let state: Arc<Mutex<UploadState>> = Arc::default();
     // None: probe at the first pass, so a node that starts with the store down says so.
@@ -159,7 +58,7 @@ pub async fn run_uploader(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: Cancel
                 let writer = part.manifest.node.as_deref();
                 if writer != Some(me) {
                     if live.is_none() {
-                        live = match crate::membership::live_nodes(&node).await {
+                        live = match node.live_nodes().await {
                             Ok(nodes) => Some(nodes.into_iter().map(|n| n.node_id).collect()),
                             Err(e) => {
                                 tracing::debug!(error = %e, "cannot list live nodes; uploading only this node's parts");
@@ -185,7 +84,7 @@ pub async fn run_uploader(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: Cancel
         if due.is_empty() && last_probe.is_none_or(|at| at.elapsed() >= probe_every) {
             last_probe = Some(Instant::now());
             let result = bucket.mirror.probe().await;
-            bucket.record(&node, &result);
+            bucket.record(&node.metrics, &result);
         }
         for (table, part) in due {
             let permit = tokio::select! {
@@ -198,11 +97,11 @@ pub async fn run_uploader(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: Cancel
                 // The part (its file handle) is bound whole here: the file is not deleted while
                 // it is read, even if the part is merged away meanwhile.
                 let part = part;
-                let mut result = upload_part(&node, &bucket, &table, &part.id, None).await;
+                let mut result = bucket.upload(&node.metrics, node.catalog.store(), &table, &part.id, None).await;
                 if result.is_ok()
                     && let Err(e) = node.coordinator.add_holder(&table, &part.id.to_string(), OBJECT_STORE_HOLDER).await
                 {
-                    result = Err(format!("uploaded, but cannot record the object-store copy: {e}"));
+                    result = Err(UploadError::Record(e));
                 }
                 drop(permit);
                 let mut state = state.lock().expect("upload state lock");
@@ -259,7 +158,7 @@ impl UploadState {
 }
 
 /// Ends bootstrap mode once every part registered when the node started is on its disk.
-pub async fn run_bootstrap(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: CancellationToken) {
+pub async fn run_bootstrap(node: Arc<Replica>, bucket: Arc<Bucket>, shutdown: CancellationToken) {
     if !bucket.is_bootstrapping() {
         return;
     }
@@ -291,7 +190,7 @@ pub async fn run_bootstrap(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: Cance
 /// leadership (in a cluster), every `gc_interval`: lists the bucket, compares with the parts
 /// registered in the coordinator, and deletes objects that have been unreferenced for the
 /// grace period, after checking again that it still leads and that they are still unreferenced.
-pub async fn run_gc(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: CancellationToken) {
+pub async fn run_gc(node: Arc<Replica>, bucket: Arc<Bucket>, shutdown: CancellationToken) {
     // When each unreferenced object was first seen unreferenced by this leader. A new leader
     // starts with an empty map, so it waits a full grace period before deleting anything.
     let mut unreferenced_since: HashMap<(String, PartId), Instant> = HashMap::new();
@@ -326,19 +225,19 @@ pub async fn run_gc(node: Arc<Node>, bucket: Arc<Bucket>, shutdown: Cancellation
     }
 }
 
-async fn referenced(node: &Node) -> anyhow::Result<HashSet<(String, PartId)>> {
+async fn referenced(node: &Replica) -> anyhow::Result<HashSet<(String, PartId)>> {
     let snapshot = node.coordinator.snapshot().await?;
     Ok(snapshot.parts.into_iter().filter_map(|p| Some((p.table, p.id.parse().ok()?))).collect())
 }
 
 async fn gc_pass(
-    node: &Node,
+    node: &Replica,
     bucket: &Bucket,
     fence: Option<tandem_coordinator::Revision>,
     unreferenced_since: &mut HashMap<(String, PartId), Instant>,
 ) -> anyhow::Result<()> {
     let listed = bucket.mirror.list().await;
-    bucket.record(node, &listed);
+    bucket.record(&node.metrics, &listed);
     let objects = listed?;
     // Listed first, then the registrations: an object registered in between counts as referenced.
     let referenced = referenced(node).await?;
@@ -372,7 +271,7 @@ async fn gc_pass(
     let mut deleted = 0;
     for key in expired.into_iter().filter(|k| !referenced.contains(k)) {
         let result = bucket.mirror.delete(&key.0, &key.1).await;
-        bucket.record(node, &result);
+        bucket.record(&node.metrics, &result);
         result?;
         unreferenced_since.remove(&key);
         node.metrics.object_store_gc_deleted_objects.inc();

@@ -22,7 +22,7 @@ use datafusion::parquet::arrow::ArrowWriter;
 use datafusion::parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 
 use crate::error::NodeError;
-use crate::schema::{ColumnType, TableDef};
+use tandem_replica::schema::{ColumnType, TableDef};
 
 mod guard;
 
@@ -246,8 +246,7 @@ fn conform(def: &TableDef, batch: RecordBatch, options: InputOptions) -> Result<
             }
             // An omitted column takes its DEFAULT (NULL or the type's zero value without one).
             Err(_) => match &column.default {
-                Some(_) => column
-                    .fill_value()
+                Some(_) => crate::column_default::fill_value(column)
                     .and_then(|v| v.to_array_of_size(rows).map_err(|e| e.to_string()))
                     .map_err(|e| NodeError::bad_request(format!("column `{}`: {e}", column.name)))?,
                 None => new_null_array(&target, rows),
@@ -260,8 +259,9 @@ fn conform(def: &TableDef, batch: RecordBatch, options: InputOptions) -> Result<
 }
 
 /// Replaces NULLs with the type's default, as ClickHouse does for columns that are not Nullable.
-fn fill_default(array: &ArrayRef, column: &crate::schema::ColumnDef) -> Result<ArrayRef, NodeError> {
-    let default = column.fill_value().map_err(|e| NodeError::bad_request(format!("column `{}`: {e}", column.name)))?;
+fn fill_default(array: &ArrayRef, column: &tandem_replica::schema::ColumnDef) -> Result<ArrayRef, NodeError> {
+    let default = crate::column_default::fill_value(column)
+        .map_err(|e| NodeError::bad_request(format!("column `{}`: {e}", column.name)))?;
     let mask = is_not_null(array).map_err(NodeError::internal)?;
     let default = default.to_scalar().map_err(NodeError::internal)?;
     zip(&mask, array, &default).map_err(NodeError::internal)
@@ -857,13 +857,17 @@ pub fn text_batch(columns: &[(&str, Vec<String>)]) -> Result<RecordBatch, NodeEr
 /// their values (integers Int64, or UInt64 beyond it; numbers with a fraction Float64; true
 /// and false Bool; anything else String), all Nullable. Only for formats that name their fields;
 /// JSON fields come in name order (a JSON object has no order), header fields in header order.
-pub fn new_columns(format: Format, data: &[u8], def: &TableDef) -> Result<Vec<crate::schema::ColumnDef>, NodeError> {
+pub fn new_columns(
+    format: Format,
+    data: &[u8],
+    def: &TableDef,
+) -> Result<Vec<tandem_replica::schema::ColumnDef>, NodeError> {
     let mut seen: Vec<(String, Inferred)> = Vec::new();
     let mut note = |name: &str, value: Inferred| -> Result<(), NodeError> {
         if def.column(name).is_some() {
             return Ok(());
         }
-        if !tandem_coordinator::valid_name(name) {
+        if !tandem_replica::schema::valid_name(name) {
             return Err(NodeError::bad_request(format!(
                 "`{name}` cannot become a column: use letters, digits and `_`"
             )));
@@ -920,7 +924,7 @@ pub fn new_columns(format: Format, data: &[u8], def: &TableDef) -> Result<Vec<cr
     }
     Ok(seen
         .into_iter()
-        .map(|(name, kind)| crate::schema::ColumnDef {
+        .map(|(name, kind)| tandem_replica::schema::ColumnDef {
             id: 0,
             name,
             column_type: kind.column_type(),

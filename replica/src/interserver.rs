@@ -13,12 +13,12 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
-use crate::node::Node;
+use crate::replica::Replica;
 
 const CHUNK_BYTES: usize = 1 << 20;
 
 pub struct InterserverService {
-    node: Arc<Node>,
+    node: Arc<Replica>,
 }
 
 /// Checks the cluster secret in constant time.
@@ -110,7 +110,7 @@ impl Interserver for InterserverService {
     }
 }
 
-async fn quarantine_served(node: &Arc<Node>, table: &str, id: &PartId) {
+async fn quarantine_served(node: &Arc<Replica>, table: &str, id: &PartId) {
     let store = node.catalog.store().clone();
     let id_copy = *id;
     let _ = tokio::task::spawn_blocking(move || store.quarantine(&id_copy)).await;
@@ -124,19 +124,29 @@ async fn quarantine_served(node: &Arc<Node>, table: &str, id: &PartId) {
     );
 }
 
+/// Why a peer could not be asked.
+#[derive(Debug, thiserror::Error)]
+pub enum PeerError {
+    #[error("cannot connect: {0}")]
+    Connect(#[from] tonic::transport::Error),
+    #[error("the cluster secret cannot be sent as gRPC metadata")]
+    InvalidSecret,
+    #[error("{}", .0.message())]
+    Status(#[from] Status),
+}
+
 /// Asks a peer how far it has applied the cluster's changes.
-pub async fn peer_status(node: &Node, grpc_addr: &str) -> Result<StatusResponse, String> {
+pub async fn peer_status(node: &Replica, grpc_addr: &str) -> Result<StatusResponse, PeerError> {
     use tandem_proto::v1::interserver_client::InterserverClient;
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))
-        .map_err(|e| e.to_string())?
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))?
         .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(5));
-    let mut client = InterserverClient::new(endpoint.connect().await.map_err(|e| e.to_string())?);
+    let mut client = InterserverClient::new(endpoint.connect().await?);
     let mut request = Request::new(StatusRequest { format_version: WIRE_FORMAT_VERSION });
     if let Some(secret) = &node.config.cluster_secret {
-        request.metadata_mut().insert(SECRET_METADATA_KEY, secret.parse().map_err(|_| "invalid secret".to_string())?);
+        request.metadata_mut().insert(SECRET_METADATA_KEY, secret.parse().map_err(|_| PeerError::InvalidSecret)?);
     }
-    client.status(request).await.map(Response::into_inner).map_err(|s| s.message().to_string())
+    Ok(client.status(request).await?.into_inner())
 }
 
 /// A stream fed by a task through a small channel.
@@ -151,7 +161,7 @@ where
 }
 
 /// Serves the interserver service on `listener` until shutdown.
-pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener, shutdown: CancellationToken) {
+pub async fn serve(node: Arc<Replica>, listener: tokio::net::TcpListener, shutdown: CancellationToken) {
     let check = SecretCheck { secret: node.config.cluster_secret.clone().map(Arc::new) };
     let service = InterserverServer::with_interceptor(InterserverService { node: node.clone() }, check);
     // Without TCP_NODELAY the last segment of a chunk waits for a delayed ACK (about 40 ms).
@@ -162,5 +172,37 @@ pub async fn serve(node: Arc<Node>, listener: tokio::net::TcpListener, shutdown:
         .await;
     if let Err(e) = result {
         tracing::error!(error = %e, "interserver service failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    proptest! {
+        // As many cases as the front end's fuzz tests (PROPTEST_CASES overrides both).
+        #![proptest_config(ProptestConfig {
+            cases: std::env::var("PROPTEST_CASES").ok().and_then(|v| v.parse().ok()).unwrap_or(10_000),
+            ..ProptestConfig::default()
+        })]
+
+    #[test]
+    fn interserver_messages(data in proptest::collection::vec(any::<u8>(), 0..256), id in "[0-9a-f]{0,70}|\\PC{0,80}") {
+        use prost::Message;
+        use tandem_proto::v1::{PartChunk, StatusResponse};
+        let _ = PartChunk::decode(data.as_slice());
+        let _ = StatusRequest::decode(data.as_slice());
+        let _ = StatusResponse::decode(data.as_slice());
+        // What the part server does with a request: a part id is a hash, never a path.
+        let requests = [FetchPartRequest::decode(data.as_slice()).ok(), Some(FetchPartRequest { format_version: 1, table: String::new(), part_id: id })];
+        for request in requests.into_iter().flatten() {
+            if let Ok(part) = request.part_id.parse::<PartId>() {
+                prop_assert_eq!(part.to_string(), request.part_id.clone());
+                prop_assert!(request.part_id.bytes().all(|b| b.is_ascii_hexdigit()));
+            }
+        }
+    }
     }
 }

@@ -83,6 +83,36 @@ pub struct BrokenPart {
     pub reason: String,
 }
 
+/// Why the last attempt to fetch a pending part failed.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchFailure {
+    /// No live node holds the part and the object store does not have it: it can come back
+    /// only if a holder returns.
+    #[error("lost: {0}")]
+    Lost(String),
+    /// The sources could not be reached or asked (each one's answer is in the message).
+    #[error("{0}")]
+    Failed(String),
+}
+
+impl FetchFailure {
+    pub fn is_lost(&self) -> bool {
+        matches!(self, FetchFailure::Lost(_))
+    }
+}
+
+impl From<tandem_coordinator::CoordError> for FetchFailure {
+    fn from(e: tandem_coordinator::CoordError) -> Self {
+        FetchFailure::Failed(e.to_string())
+    }
+}
+
+impl From<crate::error::Error> for FetchFailure {
+    fn from(e: crate::error::Error) -> Self {
+        FetchFailure::Failed(e.to_string())
+    }
+}
+
 /// Asks the fetcher for a part's file.
 #[derive(Clone, Debug)]
 pub struct FetchRequest {
@@ -253,11 +283,6 @@ impl Catalog {
 
     pub fn broken_parts(&self) -> Vec<BrokenPart> {
         self.broken.lock().expect("broken parts lock").values().cloned().collect()
-    }
-
-    /// Whether the part is in the table's active set here.
-    pub fn is_active(&self, table: &str, id: &PartId) -> bool {
-        self.table(table).is_some_and(|t| t.parts.contains_key(id))
     }
 
     /// The pending part, if it is still wanted.
@@ -596,13 +621,13 @@ impl Catalog {
 
     /// Records a failed fetch attempt of a pending part (`lost`: nobody had it). Returns the
     /// attempt count, or None when the part is no longer wanted.
-    pub fn fetch_failed(&self, table: &str, id: &PartId, error: String, lost: bool) -> Option<u32> {
+    pub fn fetch_failed(&self, table: &str, id: &PartId, failure: &FetchFailure) -> Option<u32> {
         let mut tables = self.tables.write().expect("catalog lock");
         let state = Arc::make_mut(tables.get_mut(table)?);
         let pending = state.pending.get_mut(id)?;
         pending.attempts += 1;
-        pending.last_error = Some(error);
-        pending.lost = lost;
+        pending.last_error = Some(failure.to_string());
+        pending.lost = failure.is_lost();
         Some(pending.attempts)
     }
 
@@ -656,7 +681,7 @@ mod tests {
     use tandem_parts::PART_FORMAT_VERSION;
 
     use super::*;
-    use crate::statement::{Statement, parse};
+    use crate::schema::{ColumnDef, ColumnType, TABLE_FORMAT_VERSION, TableDef, TableSettings};
 
     struct Fixture {
         catalog: Catalog,
@@ -694,8 +719,21 @@ mod tests {
         let store = Arc::new(LocalPartStore::open(dir.path()).unwrap());
         let catalog = Catalog::new(store.clone());
         catalog.set_fetcher(mpsc::unbounded_channel().0);
-        let Statement::CreateTable { def, .. } = parse("CREATE TABLE t (id UInt64) ORDER BY id").unwrap() else {
-            panic!("a CREATE TABLE")
+        let def = TableDef {
+            format_version: TABLE_FORMAT_VERSION,
+            name: "t".into(),
+            columns: vec![ColumnDef {
+                id: 1,
+                name: "id".into(),
+                column_type: ColumnType::UInt64,
+                nullable: false,
+                default: None,
+                comment: None,
+            }],
+            order_by: vec!["id".into()],
+            partition_by: tandem_parts::PartitionSpec::None,
+            settings: TableSettings::default(),
+            next_column_id: 2,
         };
         let table = TableRecord { name: "t".into(), doc: def.to_json(), version: 1, created: 1 };
         for id in [s1, s2] {

@@ -12,10 +12,10 @@ use tandem_coordinator::{CoordError, Revision, Snapshot};
 use tandem_parts::{PartId, VerifyOutcome};
 use tokio_util::sync::CancellationToken;
 
-use crate::node::Node;
+use crate::replica::Replica;
 
 /// Follows the coordinator until `shutdown` is cancelled.
-pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
+pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
     let corrupt = Arc::new(verify_local_files(&node).await);
     let mut next = resume_from_mirror(&node, &corrupt).await;
     let mut backoff = Duration::from_millis(100);
@@ -49,7 +49,7 @@ pub async fn run(node: Arc<Node>, shutdown: CancellationToken) {
 
 /// Applies the local copy of the catalog, if it is usable, and returns the revision to
 /// resume the watch from.
-async fn resume_from_mirror(node: &Arc<Node>, corrupt: &HashMap<PartId, String>) -> Option<Revision> {
+async fn resume_from_mirror(node: &Arc<Replica>, corrupt: &HashMap<PartId, String>) -> Option<Revision> {
     let snapshot = match node.mirror.load(&node.config.cluster_prefix) {
         Ok(Some(snapshot)) => snapshot,
         Ok(None) => return None,
@@ -83,7 +83,7 @@ async fn resume_from_mirror(node: &Arc<Node>, corrupt: &HashMap<PartId, String>)
 
 /// Lists (when `next` is None) and then watches. Returns Ok when it is time to list again.
 async fn follow(
-    node: &Arc<Node>,
+    node: &Arc<Replica>,
     next: &mut Option<Revision>,
     corrupt: &HashMap<PartId, String>,
 ) -> Result<(), CoordError> {
@@ -122,7 +122,7 @@ async fn follow(
 /// Writes to the local copy of the catalog (a redb commit, with an fsync now and then) off the
 /// async runtime, in order: the loop waits for each write before it applies the next change.
 async fn save_locally(
-    node: &Arc<Node>,
+    node: &Arc<Replica>,
     write: impl FnOnce(&crate::mirror::Mirror, &str) -> anyhow::Result<()> + Send + 'static,
 ) {
     let (mirror, prefix) = (node.mirror.clone(), node.config.cluster_prefix.clone());
@@ -136,7 +136,7 @@ async fn save_locally(
 /// truncated files are moved aside and reported. Every file that appears later was written by
 /// this process from bytes checked against their id (insert, fetch, merge), so a part that
 /// arrives through the watch with its file already here is served without hashing it again.
-async fn verify_local_files(node: &Arc<Node>) -> HashMap<PartId, String> {
+async fn verify_local_files(node: &Arc<Replica>) -> HashMap<PartId, String> {
     let checking = node.clone();
     let checked = tokio::task::spawn_blocking(move || {
         let store = checking.catalog.store();
@@ -172,7 +172,7 @@ async fn verify_local_files(node: &Arc<Node>) -> HashMap<PartId, String> {
 /// The registered parts whose local file was found corrupt at start: they stay pending (and
 /// are fetched again from a peer), with the reason; this node stops being listed as a holder.
 async fn reject_corrupt(
-    node: &Arc<Node>,
+    node: &Arc<Replica>,
     snapshot: &Snapshot,
     corrupt: &HashMap<PartId, String>,
 ) -> HashMap<String, String> {
@@ -189,4 +189,23 @@ async fn reject_corrupt(
         out.insert(part.id.clone(), reason.clone());
     }
     out
+}
+
+/// Forgets insert block ids beyond each table's dedup window (the time window is also
+/// checked when a block is admitted, so an old id never deduplicates even before this runs).
+pub async fn prune_blocks(node: Arc<Replica>, shutdown: CancellationToken) {
+    let mut tick = tokio::time::interval(node.config.dedup_prune_interval);
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {},
+            _ = shutdown.cancelled() => return,
+        }
+        for (name, table) in node.catalog.snapshot() {
+            match node.coordinator.prune_blocks(&name, table.def.settings.dedup_window_blocks).await {
+                Ok(0) => {}
+                Ok(n) => tracing::debug!(table = %name, removed = n, "forgot insert block ids beyond the count window"),
+                Err(e) => tracing::warn!(table = %name, error = %e, "cannot prune insert block ids"),
+            }
+        }
+    }
 }

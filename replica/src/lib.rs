@@ -1,0 +1,54 @@
+//! tandem-replica is one node's replica of the cluster: the tables and parts it has applied
+//! from the coordinator, and everything that keeps them current and safe. The front end
+//! reaches it only through [`Replica`]'s methods.
+//!
+//! - [`Replica`] ([`replica`]): the state, and what may be read of it; [`start`]: opening it and
+//!   running its loops.
+//! - `insert`, `alter`, `drain`: the changes a request can make (inserting rows, creating,
+//!   altering and dropping tables, draining before a stop).
+//! - `catalog` and `sync`: the applied view of tables and parts, fed only by the coordinator's
+//!   listing and watch, in revision order; `mirror`: its local copy, so a restart resumes
+//!   from the last applied revision.
+//! - `fetch`, `interserver`, `membership`: cluster mode: fetching parts from peers by hash,
+//!   serving them, and announcing this node under an etcd lease.
+//! - `bucket` and `object_store_tasks`: the object-store mirror (uploads, bootstrap, the fenced
+//!   garbage collector).
+//! - `merges` and `running_merges`: background merges (one leader per table, fenced
+//!   registration, local rebuilds on replicas) and the sweep of orphaned part files.
+//! - [`schema`]: table definitions; [`metrics`]: the node's Prometheus metrics.
+
+mod alter;
+mod bucket;
+mod catalog;
+pub mod config;
+mod drain;
+mod error;
+mod fetch;
+mod insert;
+mod interserver;
+mod membership;
+mod merges;
+pub mod metrics;
+mod mirror;
+mod object_store_tasks;
+mod replica;
+mod running_merges;
+pub mod schema;
+mod start;
+mod sync;
+
+pub use alter::{AlterAction, ColumnPosition, apply as apply_alter};
+pub use catalog::{ActivePart, BrokenPart, PartFile, PendingPart, TableState};
+pub use config::{CoordinatorConfig, ObjectStoreConfig, ReplicaConfig};
+pub use drain::DrainReport;
+pub use error::{Error, Result};
+pub use insert::{
+    DEFAULT_QUORUM_TIMEOUT, InsertOptions, InsertSummary, PartSummary, Quorum, QuorumSummary, QuorumTarget,
+};
+pub use membership::{LEASE_TTL, NodeInfo};
+pub use replica::{ObjectStoreStatus, Replica, replication_lag};
+pub use running_merges::RunningMerge;
+pub use start::{RunningReplica, start};
+pub use tandem_coordinator::Revision;
+pub use tandem_parts::PartId;
+pub use tandem_parts::arrow;

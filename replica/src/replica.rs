@@ -1,0 +1,186 @@
+//! The replica: this node's copy of the cluster's tables and parts, and what the front end may
+//! ask of it. Its state is private to this crate; the background loops that keep it current
+//! are started and joined by [`crate::start`].
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
+use std::time::Duration;
+
+use tandem_coordinator::{Coordinator, Revision};
+use tandem_parts::PartId;
+use tokio::sync::mpsc;
+
+use crate::bucket::Bucket;
+use crate::catalog::{BrokenPart, Catalog, FetchRequest, TableState};
+use crate::config::ReplicaConfig;
+use crate::error::Result;
+use crate::metrics::Metrics;
+use crate::mirror::Mirror;
+use crate::running_merges::{Merges, RunningMerge};
+
+/// One node's replica. Shared as `Arc<Replica>` by the front end and the background loops.
+pub struct Replica {
+    pub(crate) config: ReplicaConfig,
+    pub(crate) coordinator: Coordinator,
+    pub(crate) catalog: Arc<Catalog>,
+    pub(crate) metrics: Arc<Metrics>,
+    pub(crate) mirror: Arc<Mirror>,
+    /// The HTTP address this node announces to its peers (what `system.replicas` shows).
+    pub(crate) http_addr: SocketAddr,
+    /// The bound interserver address.
+    pub(crate) grpc_addr: SocketAddr,
+    /// In a cluster: this node holds a lease and is listed among the live nodes.
+    pub(crate) announced: AtomicBool,
+    /// In a cluster: this node's membership lease (0 while it has none).
+    pub(crate) lease: AtomicI64,
+    /// The object-store mirror of parts, when configured.
+    pub(crate) bucket: Option<Arc<Bucket>>,
+    pub(crate) merges: Merges,
+    /// Set by a drain: the node is not ready, so that no new work is routed here.
+    pub(crate) draining: AtomicBool,
+    pub(crate) fetch_requests: mpsc::UnboundedSender<FetchRequest>,
+}
+
+/// Whether the object store answers, and the last error when it does not.
+#[derive(Clone, Debug)]
+pub struct ObjectStoreStatus {
+    pub reachable: bool,
+    pub last_error: Option<String>,
+}
+
+impl Replica {
+    pub fn node_id(&self) -> &str {
+        &self.config.node_id
+    }
+
+    /// The data directory, resolved to an absolute path.
+    pub fn data_dir(&self) -> &std::path::Path {
+        &self.config.data_dir
+    }
+
+    /// Whether this node is one of a cluster (metadata in etcd) rather than alone.
+    pub fn is_cluster(&self) -> bool {
+        self.config.is_cluster()
+    }
+
+    /// The interserver address peers reach this node at.
+    pub fn grpc_addr(&self) -> String {
+        self.config.advertise_grpc_addr.clone().unwrap_or_else(|| self.grpc_addr.to_string())
+    }
+
+    /// Ready to serve: caught up with the metadata, not draining, and (in a cluster) announced,
+    /// so that peers count it for quorums and can fetch from it.
+    pub fn is_ready(&self) -> bool {
+        self.is_caught_up()
+            && !self.is_draining()
+            && (!self.config.is_cluster() || self.announced.load(Ordering::Acquire))
+    }
+
+    /// Caught up with the cluster's metadata at least once since start: reads and writes can
+    /// be served.
+    pub fn is_caught_up(&self) -> bool {
+        self.catalog.is_ready()
+    }
+
+    pub fn is_draining(&self) -> bool {
+        self.draining.load(Ordering::Acquire)
+    }
+
+    /// A table as this node has applied it: its definition, active and pending parts.
+    pub fn table(&self, name: &str) -> Option<Arc<TableState>> {
+        self.catalog.table(name)
+    }
+
+    /// Every table as this node has applied it, by name.
+    pub fn tables(&self) -> BTreeMap<String, Arc<TableState>> {
+        self.catalog.snapshot()
+    }
+
+    /// Registered parts that cannot even be described (unreadable manifest or id).
+    pub fn broken_parts(&self) -> Vec<BrokenPart> {
+        self.catalog.broken_parts()
+    }
+
+    /// Whether `part` is recorded as uploaded to the object store.
+    pub fn in_object_store(&self, part: &PartId) -> bool {
+        self.catalog.in_object_store(&part.to_string())
+    }
+
+    /// Every change up to this revision has been applied here.
+    pub fn applied_revision(&self) -> Revision {
+        self.catalog.applied_revision()
+    }
+
+    /// Every part registered up to this revision is on this node.
+    pub fn complete_revision(&self) -> Revision {
+        self.catalog.complete_revision()
+    }
+
+    /// Waits until this node has applied `revision`. False on timeout.
+    pub async fn wait_applied(&self, revision: Revision, timeout: Duration) -> bool {
+        self.catalog.wait_applied(revision, timeout).await
+    }
+
+    /// Waits until this node holds every part registered up to `revision`. False on timeout.
+    pub async fn wait_complete(&self, revision: Revision, timeout: Duration) -> bool {
+        self.catalog.wait_complete(revision, timeout).await
+    }
+
+    /// The cluster's latest revision, from the coordinator.
+    pub async fn current_revision(&self) -> Result<Revision> {
+        Ok(self.coordinator.current_revision().await?)
+    }
+
+    /// The latest revision whose inserts were acknowledged with a quorum.
+    pub async fn quorum_revision(&self) -> Result<Revision> {
+        Ok(self.coordinator.quorum_revision().await?)
+    }
+
+    /// The merges running on this node.
+    pub fn running_merges(&self) -> Vec<RunningMerge> {
+        self.merges.running()
+    }
+
+    /// The object store's reachability, when one is configured.
+    pub fn object_store_status(&self) -> Option<ObjectStoreStatus> {
+        self.bucket.as_ref().map(|bucket| {
+            let (reachable, last_error) = bucket.status();
+            ObjectStoreStatus { reachable, last_error }
+        })
+    }
+
+    /// The node's metrics, which the front end adds its request counters to.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The metrics in Prometheus' text format, with the replication gauges measured now.
+    pub async fn render_metrics(&self) -> String {
+        let tables = self.catalog.snapshot();
+        let (pending, lag_seconds) = replication_lag(&tables);
+        let complete = self.catalog.complete_revision();
+        let metrics = &self.metrics;
+        metrics.active_parts.set(tables.values().map(|t| t.parts.len() as i64).sum());
+        metrics.pending_parts.set(pending as i64);
+        metrics.lost_parts.set(tables.values().flat_map(|t| t.pending.values()).filter(|p| p.lost).count() as i64);
+        metrics.lag_seconds.set(lag_seconds);
+        metrics.applied_revision.set(self.catalog.applied_revision());
+        metrics.complete_revision.set(complete);
+        if let Ok(Ok(latest)) = tokio::time::timeout(Duration::from_secs(1), self.coordinator.current_revision()).await
+        {
+            metrics.lag_revisions.set((latest - complete).max(0));
+        }
+        metrics.render()
+    }
+}
+
+/// How far this node is behind: parts it lacks, and the age in seconds of the oldest of them.
+pub fn replication_lag(tables: &BTreeMap<String, Arc<TableState>>) -> (u64, f64) {
+    let now_ms = chrono::Utc::now().timestamp_millis();
+    let pending = tables.values().map(|t| t.pending.len() as u64).sum();
+    let oldest = tables.values().flat_map(|t| t.pending.values().map(|p| p.manifest.created_at_ms)).min();
+    let lag_seconds = oldest.map(|created| ((now_ms - created).max(0) as f64) / 1000.0).unwrap_or(0.0);
+    (pending, lag_seconds)
+}

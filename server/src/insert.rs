@@ -1,0 +1,79 @@
+//! The front half of an insert: decode the body under the table's schema and hand the rows to
+//! the replica; when the schema changes before the parts are registered, decode again under
+//! the new one. With the table's `auto_add_columns`, new fields of the body become columns first.
+
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tandem_replica::{AlterAction, Error as ReplicaError, InsertOptions, InsertSummary, Quorum, Replica};
+
+use crate::error::NodeError;
+use crate::formats::{Format, InputOptions, decode_insert, new_columns};
+
+/// Per-request insert settings (URL parameters).
+#[derive(Clone, Debug)]
+pub struct InsertSettings {
+    pub input: InputOptions,
+    pub quorum: Quorum,
+    pub options: InsertOptions,
+}
+
+/// How long an insert keeps re-decoding itself under newer schemas before giving up (409).
+const SCHEMA_RACE_BUDGET: Duration = Duration::from_secs(30);
+
+pub async fn insert(
+    replica: &Replica,
+    table: &str,
+    columns: Option<&[String]>,
+    format: Format,
+    data: Bytes,
+    settings: &InsertSettings,
+) -> Result<InsertSummary, NodeError> {
+    let quorum = replica.quorum_target(settings.quorum).await?;
+    add_new_columns(replica, table, columns, format, &data).await?;
+    // A schema change between reading the schema and registering the parts makes the
+    // registration fail; the insert is then decoded again under the new schema. Every retry
+    // sees a newer schema, so it goes on while schema changes keep coming, within a time budget.
+    let started = Instant::now();
+    loop {
+        let state = replica.table(table).ok_or_else(|| NodeError::unknown_table(table))?;
+        // Decoding touches every row: off the runtime.
+        let (def, data, names, input) =
+            (state.def.clone(), data.clone(), columns.map(<[String]>::to_vec), settings.input);
+        let rows = tokio::task::spawn_blocking(move || decode_insert(format, &data, &def, names.as_deref(), input))
+            .await
+            .map_err(NodeError::internal)??;
+        match replica.insert(&state, rows, &settings.options, quorum).await {
+            Err(ReplicaError::SchemaChanged { .. }) if started.elapsed() < SCHEMA_RACE_BUDGET => {
+                tracing::info!(%table, "schema changed during insert; retrying under the new schema");
+            }
+            other => return Ok(other?),
+        }
+    }
+}
+
+/// With the table's `auto_add_columns`, adds the fields the body brings that the table lacks,
+/// through the same compare-and-swap as `ALTER TABLE ... ADD COLUMN IF NOT EXISTS` (so two
+/// inserts that infer different types for one new field: one wins, the other gets a 409).
+async fn add_new_columns(
+    replica: &Replica,
+    table: &str,
+    columns: Option<&[String]>,
+    format: Format,
+    data: &Bytes,
+) -> Result<(), NodeError> {
+    let Some(state) = replica.table(table) else { return Ok(()) };
+    if !state.def.settings.auto_add_columns || columns.is_some() {
+        return Ok(());
+    }
+    let (def, data) = (state.def.clone(), data.clone());
+    let new =
+        tokio::task::spawn_blocking(move || new_columns(format, &data, &def)).await.map_err(NodeError::internal)??;
+    if new.is_empty() {
+        return Ok(());
+    }
+    let actions: Vec<AlterAction> =
+        new.into_iter().map(|column| AlterAction::AddColumn { column, if_not_exists: true, position: None }).collect();
+    replica.alter(table, &actions, false).await?;
+    Ok(())
+}
