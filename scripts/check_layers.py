@@ -5,7 +5,8 @@
    refer to another through `crate::<module>`, and the references must form no circle. The
    crate root (lib.rs, main.rs) declares the modules and may use all of them.
 2. The replication engine does not depend on the front end's stack: `tandem-replica` pulls in
-   neither DataFusion, axum, the front end nor its format crates.
+   neither DataFusion, the front end nor its format crates, and lists no HTTP crate; the
+   identities and the coordinator know nothing of Parquet or Arrow.
 3. The production binary depends on nothing it does not serve with: `tandem-node` pulls in
    neither the benchmark, the test harness, nor reqwest directly.
 
@@ -18,11 +19,14 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CRATES = ["parts", "coordinator", "proto", "replica", "server", "node", "bench", "tests"]
+CRATES = ["settings", "ids", "parts", "coordinator", "proto", "replica", "server", "node", "bench", "tests"]
 REFERENCE = re.compile(r"\bcrate::(?:\{([^}]*)\}|([a-z_][a-z0-9_]*))")
 
 # crate -> packages it must not depend on (normal dependencies, at any depth)
 FORBIDDEN = {
+    # The identities and the metadata contract know nothing of Parquet, Arrow or HTTP.
+    "tandem-ids": ["arrow", "parquet", "tandem-parts"],
+    "tandem-coordinator": ["arrow", "parquet", "tandem-parts"],
     "tandem-replica": ["datafusion", "tandem-server", "tandem-node", "csv", "flate2", "lz4_flex"],
     "tandem-server": ["tandem-node", "tandem-bench", "tandem-tests"],
     "tandem-node": ["tandem-bench", "tandem-tests"],

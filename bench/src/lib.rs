@@ -104,7 +104,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         bail!("--rows must be at least --batches, and --batches at least 1");
     }
     let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
-    let node = start_ready(NodeConfig::for_dir(dir.path())).await?;
+    let node = start_ready(NodeConfig::for_dir(dir.path())?).await?;
     let client = Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr()) };
     println!("tandem bench: {} rows in {} inserts per format, one node, embedded coordinator", args.rows, args.batches);
 
@@ -240,23 +240,17 @@ async fn object_store(args: &BenchArgs) -> anyhow::Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     let dir = tempfile::tempdir()?;
-    let mut config = NodeConfig::for_dir(dir.path());
-    config.replica.object_store = Some(tandem_replica::ObjectStoreConfig {
-        s3: tandem_parts::S3Settings {
-            endpoint: Some(endpoint.clone()),
-            bucket: "bench".into(),
-            prefix: "bench".into(),
-            region: "us-east-1".into(),
-            path_style: true,
-            allow_http: true,
-            access_key_id: Some("bench".into()),
-            secret_access_key: Some("bench".into()),
-            request_timeout: Duration::from_secs(300),
-        },
-        upload_concurrency: 4,
-        gc_grace: Duration::from_secs(3600),
-        gc_interval: Duration::from_secs(300),
-        bootstrap: false,
+    let mut config = NodeConfig::for_dir(dir.path())?;
+    config.replica.object_store = Some(tandem_parts::S3Settings {
+        endpoint: Some(endpoint.clone()),
+        bucket: "bench".into(),
+        prefix: "bench".into(),
+        region: "us-east-1".into(),
+        path_style: true,
+        allow_http: true,
+        access_key_id: Some("bench".into()),
+        secret_access_key: Some("bench".into()),
+        request_timeout: Duration::from_secs(300),
     });
     let node = start_ready(config).await?;
     let client = Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr()) };
@@ -356,7 +350,7 @@ async fn merges(args: &BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let node = start_ready(NodeConfig::for_dir(dir.path())).await?;
+    let node = start_ready(NodeConfig::for_dir(dir.path())?).await?;
     let client = Arc::new(Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr()) });
     client.query("CREATE TABLE small (ts DateTime64(3), id UInt64, v Float64) ORDER BY (id, ts)", Vec::new()).await?;
     const WRITERS: usize = 4;
@@ -450,7 +444,7 @@ async fn cluster(args: &BenchArgs) -> anyhow::Result<()> {
     let etcd = tandem_coordinator::etcd_process::EtcdProcess::start(dir.path()).await?;
     let mut nodes = Vec::new();
     for i in 1..=args.cluster_nodes {
-        let mut config = NodeConfig::for_dir(dir.path().join(format!("n{i}")));
+        let mut config = NodeConfig::for_dir(dir.path().join(format!("n{i}")))?;
         config.replica.node_id = format!("n{i}");
         config.replica.coordinator =
             tandem_replica::CoordinatorConfig::Etcd { endpoints: vec![etcd.endpoint.clone()], tls: None };

@@ -4,13 +4,14 @@
 //! [`run_all`] runs every check; each check works under its own key prefix, so several
 //! suites can share one etcd.
 
+use std::collections::BTreeSet;
 use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
 
 use crate::{
-    ClusterEvent, Compare, CoordError, Coordinator, KvBackend, NewPart, PartOutcome, TxnOp, WatchEventKind,
+    ClusterEvent, Compare, CoordError, Coordinator, KvBackend, NewPart, PartId, PartOutcome, TxnOp, WatchEventKind,
     WatchResponse,
 };
 
@@ -163,12 +164,17 @@ pub async fn leased_keys_vanish_with_their_lease(kv: &dyn KvBackend, p: &str) {
     assert!(matches!(renewed, Err(CoordError::LeaseExpired(_))), "renewing an expired lease: {renewed:?}");
 }
 
-fn part(id: &str, block: Option<&str>) -> NewPart {
+/// The id of the part labelled `label` in these tests.
+fn id(label: &str) -> PartId {
+    PartId::of_bytes(label.as_bytes())
+}
+
+fn part(label: &str, block: Option<&str>) -> NewPart {
     NewPart {
-        id: id.to_string(),
+        id: id(label),
         partition: "all".to_string(),
         block_id: block.map(str::to_string),
-        manifest: format!("manifest of {id}").into_bytes(),
+        manifest: format!("manifest of {label}").into_bytes(),
     }
 }
 
@@ -202,16 +208,16 @@ pub async fn blocks_are_admitted_once(kv: Arc<dyn KvBackend>, p: &str) {
         .register_parts("t", table.version, vec![part("p3", Some("b1")), part("p4", Some("b3"))], &["n1"], 0, i64::MAX)
         .await
         .unwrap();
-    assert_eq!(again.outcomes[0], PartOutcome::Duplicate { existing_part: "p1".into(), revision: first.revision });
+    assert_eq!(again.outcomes[0], PartOutcome::Duplicate { existing_part: id("p1"), revision: first.revision });
     assert!(matches!(again.outcomes[1], PartOutcome::Registered { .. }), "the new block of a mixed insert is admitted");
 
     let undeduplicated =
         c.register_parts("t", table.version, vec![part("p5", None)], &["n1"], 0, i64::MAX).await.unwrap();
     assert!(matches!(undeduplicated.outcomes[0], PartOutcome::Registered { .. }));
 
-    let ids: Vec<_> = c.snapshot().await.unwrap().parts.into_iter().map(|p| p.id).collect();
-    assert_eq!(ids, ["p1", "p2", "p4", "p5"], "the duplicate p3 is not registered");
-    assert_eq!(c.get_block("t", "b1").await.unwrap().map(|(b, _)| b.part), Some("p1".into()));
+    let ids: BTreeSet<_> = c.snapshot().await.unwrap().parts.into_iter().map(|p| p.id).collect();
+    assert_eq!(ids, BTreeSet::from(["p1", "p2", "p4", "p5"].map(id)), "the duplicate p3 is not registered");
+    assert_eq!(c.get_block("t", "b1").await.unwrap().map(|(b, _)| b.part), Some(id("p1")));
 }
 
 pub async fn concurrent_registrations_of_one_block_admit_one(kv: Arc<dyn KvBackend>, p: &str) {
@@ -274,8 +280,8 @@ pub async fn snapshot_and_watch_agree(kv: Arc<dyn KvBackend>, p: &str) {
         assert!(batch.revision > snapshot.revision, "no event the snapshot already holds");
         events.extend(batch.events);
     }
-    assert!(matches!(&events[0], ClusterEvent::PartAdded(p) if p.id == "p2" && p.revision == added.revision));
-    assert!(matches!(&events[1], ClusterEvent::HolderAdded { id, node, .. } if id == "p2" && node == "n1"));
+    assert!(matches!(&events[0], ClusterEvent::PartAdded(p) if p.id == id("p2") && p.revision == added.revision));
+    assert!(matches!(&events[1], ClusterEvent::HolderAdded(h) if h.part == id("p2") && h.node == "n1"));
     let rest: Vec<_> = events[2..].iter().map(|e| format!("{e:?}")).collect();
     assert!(rest.iter().any(|e| e.contains("PartRemoved")), "{rest:?}");
     assert!(rest.iter().any(|e| e.contains("HolderRemoved")), "{rest:?}");
@@ -285,16 +291,16 @@ pub async fn holders_follow_their_parts(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
     c.register_parts("t", table.version, vec![part("p1", Some("b1"))], &["n1"], 0, i64::MAX).await.unwrap();
-    assert_eq!(c.part_holders("t", "p1").await.unwrap(), ["n1"], "the writer is the first holder");
-    assert!(c.add_holder("t", "p1", "n2").await.unwrap());
-    assert!(c.add_holder("t", "p1", "n2").await.unwrap(), "adding a holder twice is harmless");
-    assert_eq!(c.part_holders("t", "p1").await.unwrap(), ["n1", "n2"]);
-    assert!(!c.add_holder("t", "nope", "n2").await.unwrap(), "no holder for an unregistered part");
-    c.remove_holder("t", "p1", "n1").await.unwrap();
-    c.remove_holder("t", "p1", "n1").await.unwrap();
-    assert_eq!(c.part_holders("t", "p1").await.unwrap(), ["n2"]);
+    assert_eq!(c.part_holders("t", &id("p1")).await.unwrap(), ["n1"], "the writer is the first holder");
+    assert!(c.add_holder("t", &id("p1"), "n2").await.unwrap());
+    assert!(c.add_holder("t", &id("p1"), "n2").await.unwrap(), "adding a holder twice is harmless");
+    assert_eq!(c.part_holders("t", &id("p1")).await.unwrap(), ["n1", "n2"]);
+    assert!(!c.add_holder("t", &id("nope"), "n2").await.unwrap(), "no holder for an unregistered part");
+    c.remove_holder("t", &id("p1"), "n1").await.unwrap();
+    c.remove_holder("t", &id("p1"), "n1").await.unwrap();
+    assert_eq!(c.part_holders("t", &id("p1")).await.unwrap(), ["n2"]);
     c.drop_table("t").await.unwrap();
-    assert!(c.part_holders("t", "p1").await.unwrap().is_empty(), "dropping a table forgets its holders");
+    assert!(c.part_holders("t", &id("p1")).await.unwrap().is_empty(), "dropping a table forgets its holders");
 }
 
 pub async fn quorum_revision_only_grows(kv: Arc<dyn KvBackend>, p: &str) {
@@ -329,10 +335,12 @@ pub async fn expired_blocks_are_admitted_again(kv: Arc<dyn KvBackend>, p: &str) 
     let outside =
         c.register_parts("t", table.version, vec![part("p3", Some("b1"))], &["n1"], 11_001, window_ms).await.unwrap();
     assert!(matches!(outside.outcomes[0], PartOutcome::Registered { .. }), "past the window: admitted again");
-    assert_eq!(c.get_block("t", "b1").await.unwrap().map(|(b, _)| b.part), Some("p3".into()));
+    assert_eq!(c.get_block("t", "b1").await.unwrap().map(|(b, _)| b.part), Some(id("p3")));
     let again =
         c.register_parts("t", table.version, vec![part("p4", Some("b1"))], &["n1"], 11_500, window_ms).await.unwrap();
-    assert!(matches!(again.outcomes[0], PartOutcome::Duplicate { ref existing_part, .. } if existing_part == "p3"));
+    assert!(
+        matches!(again.outcomes[0], PartOutcome::Duplicate { ref existing_part, .. } if *existing_part == id("p3"))
+    );
 }
 
 pub async fn old_blocks_are_pruned(kv: Arc<dyn KvBackend>, p: &str) {
@@ -406,14 +414,14 @@ pub async fn merges_replace_their_sources_once(kv: Arc<dyn KvBackend>, p: &str) 
         .await
         .unwrap();
     let revision = registered.revision;
-    c.add_holder("t", "p1", "n2").await.unwrap();
+    c.add_holder("t", &id("p1"), "n2").await.unwrap();
     let lease = kv.grant_lease(Duration::from_secs(30)).await.unwrap();
     let fence = c.acquire_leadership("merge/t", "n1", lease).await.unwrap().unwrap();
     let from = c.current_revision().await.unwrap() + 1;
     let mut events = c.watch(from).await.unwrap();
 
     let merged = part("m1", None);
-    let sources = vec![("p1".to_string(), revision), ("p2".to_string(), revision)];
+    let sources = vec![(id("p1"), revision), (id("p2"), revision)];
     let replaced = c.replace_parts("t", &sources, &merged, "n1", Some(("merge/t", fence))).await.unwrap();
     let replaced = replaced.expect("the first replacement succeeds");
     let batch = tokio::time::timeout(Duration::from_secs(10), events.next())
@@ -426,13 +434,13 @@ pub async fn merges_replace_their_sources_once(kv: Arc<dyn KvBackend>, p: &str) 
     let added = batch.events.iter().filter(|e| matches!(e, ClusterEvent::PartAdded(_))).count();
     assert_eq!((removed, added), (2, 1), "{:?}", batch.events);
     let snapshot = c.snapshot().await.unwrap();
-    let ids: Vec<_> = snapshot.parts.iter().map(|p| p.id.as_str()).collect();
-    assert_eq!(ids, ["m1"]);
-    let holders: Vec<_> = snapshot.holders.iter().map(|(_, id, node)| (id.as_str(), node.as_str())).collect();
-    assert_eq!(holders, [("m1", "n1")], "the sources' holders went with them");
+    let ids: Vec<_> = snapshot.parts.iter().map(|p| p.id).collect();
+    assert_eq!(ids, [id("m1")]);
+    let holders: Vec<_> = snapshot.holders.iter().map(|h| (h.part, h.node.as_str())).collect();
+    assert_eq!(holders, [(id("m1"), "n1")], "the sources' holders went with them");
     assert_eq!(
         c.get_block("t", "b1").await.unwrap().unwrap().0.part,
-        "p1",
+        id("p1"),
         "block ids of merged parts still deduplicate"
     );
 
@@ -441,7 +449,7 @@ pub async fn merges_replace_their_sources_once(kv: Arc<dyn KvBackend>, p: &str) 
     let more = c.register_parts("t", table.version, vec![part("p3", None)], &["n1"], 0, i64::MAX).await.unwrap();
     kv.revoke_lease(lease).await.unwrap();
     let fenced = c
-        .replace_parts("t", &[("p3".to_string(), more.revision)], &part("m3", None), "n1", Some(("merge/t", fence)))
+        .replace_parts("t", &[(id("p3"), more.revision)], &part("m3", None), "n1", Some(("merge/t", fence)))
         .await
         .unwrap();
     assert_eq!(fenced, None, "a leader whose lease ended cannot register a merge");

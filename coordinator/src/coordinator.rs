@@ -4,6 +4,7 @@ use std::sync::{Arc, Mutex};
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use serde::{Deserialize, Serialize};
+use tandem_ids::PartId;
 
 use crate::CoordError;
 use crate::kv::{Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, WatchEventKind, WatchResponse};
@@ -26,7 +27,7 @@ pub struct TableRecord {
 #[derive(Clone, Debug, PartialEq)]
 pub struct RegisteredPart {
     pub table: String,
-    pub id: String,
+    pub id: PartId,
     pub manifest: Vec<u8>,
     /// The revision at which the part was registered: its place in the global order.
     pub revision: Revision,
@@ -38,13 +39,21 @@ pub struct Snapshot {
     pub revision: Revision,
     pub tables: Vec<TableRecord>,
     pub parts: Vec<RegisteredPart>,
-    /// `(table, part id, node)` for every recorded holder of a part.
-    pub holders: Vec<(String, String, String)>,
+    /// Every recorded holder of a part.
+    pub holders: Vec<Holder>,
+}
+
+/// A node (or [`OBJECT_STORE_HOLDER`]) recorded as holding a verified copy of a part.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub table: String,
+    pub part: PartId,
+    pub node: String,
 }
 
 #[derive(Clone, Debug)]
 pub struct NewPart {
-    pub id: String,
+    pub id: PartId,
     pub partition: String,
     /// `None` registers the part without deduplication.
     pub block_id: Option<String>,
@@ -59,7 +68,7 @@ pub enum PartOutcome {
     /// The block id was already admitted: nothing was registered. Names the part that holds
     /// the block and the revision at which it was admitted.
     Duplicate {
-        existing_part: String,
+        existing_part: PartId,
         revision: Revision,
     },
 }
@@ -75,7 +84,7 @@ pub struct Registration {
 /// What is stored under a block id.
 #[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
 pub struct BlockRecord {
-    pub part: String,
+    pub part: PartId,
     pub partition: String,
     pub created_at_ms: i64,
 }
@@ -89,7 +98,7 @@ pub enum ClusterEvent {
     PartAdded(RegisteredPart),
     PartRemoved {
         table: String,
-        id: String,
+        id: PartId,
     },
     /// A node announced itself or updated its record.
     NodeUp {
@@ -100,16 +109,8 @@ pub enum ClusterEvent {
     NodeDown {
         node: String,
     },
-    HolderAdded {
-        table: String,
-        id: String,
-        node: String,
-    },
-    HolderRemoved {
-        table: String,
-        id: String,
-        node: String,
-    },
+    HolderAdded(Holder),
+    HolderRemoved(Holder),
 }
 
 impl ClusterEvent {
@@ -189,11 +190,11 @@ impl Coordinator {
         format!("{}tables/{table}", self.prefix)
     }
 
-    fn part_key(&self, table: &str, id: &str) -> String {
+    fn part_key(&self, table: &str, id: &PartId) -> String {
         format!("{}parts/{table}/{id}", self.prefix)
     }
 
-    fn holder_key(&self, table: &str, id: &str, node: &str) -> String {
+    fn holder_key(&self, table: &str, id: &PartId, node: &str) -> String {
         format!("{}holders/{table}/{id}/{node}", self.prefix)
     }
 
@@ -385,11 +386,8 @@ impl Coordinator {
                     }
                     if let Some(block_id) = &part.block_id {
                         let key = self.block_key(table, block_id);
-                        let record = BlockRecord {
-                            part: part.id.clone(),
-                            partition: part.partition.clone(),
-                            created_at_ms: now_ms,
-                        };
+                        let record =
+                            BlockRecord { part: part.id, partition: part.partition.clone(), created_at_ms: now_ms };
                         compares.push(match expired.get(&i) {
                             Some(&old) => Compare::ModRevision(key.clone(), old),
                             None => Compare::Absent(key.clone()),
@@ -516,7 +514,7 @@ impl Coordinator {
             match self.decode(kv) {
                 Some(ClusterEvent::TablePut(table)) => snapshot.tables.push(table),
                 Some(ClusterEvent::PartAdded(part)) => snapshot.parts.push(part),
-                Some(ClusterEvent::HolderAdded { table, id, node }) => snapshot.holders.push((table, id, node)),
+                Some(ClusterEvent::HolderAdded(holder)) => snapshot.holders.push(holder),
                 _ => {}
             }
         }
@@ -559,7 +557,7 @@ impl Coordinator {
     pub async fn replace_parts(
         &self,
         table: &str,
-        sources: &[(String, Revision)],
+        sources: &[(PartId, Revision)],
         merged: &NewPart,
         holder: &str,
         fence: Option<(&str, Revision)>,
@@ -582,7 +580,7 @@ impl Coordinator {
 
     /// Records that `node` holds a verified copy of a part. Idempotent. Refused (Ok(false))
     /// when the part is no longer registered, so no holder outlives its part.
-    pub async fn add_holder(&self, table: &str, id: &str, node: &str) -> Result<bool, CoordError> {
+    pub async fn add_holder(&self, table: &str, id: &PartId, node: &str) -> Result<bool, CoordError> {
         let part_key = self.part_key(table, id);
         let Some(part) = self.kv.get(&part_key).await? else { return Ok(false) };
         let result = self
@@ -597,13 +595,13 @@ impl Coordinator {
     }
 
     /// Forgets that `node` holds a part (its copy was found corrupt or deleted). Ok if absent.
-    pub async fn remove_holder(&self, table: &str, id: &str, node: &str) -> Result<(), CoordError> {
+    pub async fn remove_holder(&self, table: &str, id: &PartId, node: &str) -> Result<(), CoordError> {
         self.kv.txn(vec![], vec![TxnOp::Delete { key: self.holder_key(table, id, node) }], vec![]).await?;
         Ok(())
     }
 
     /// The nodes recorded as holding a part, live or not.
-    pub async fn part_holders(&self, table: &str, id: &str) -> Result<Vec<String>, CoordError> {
+    pub async fn part_holders(&self, table: &str, id: &PartId) -> Result<Vec<String>, CoordError> {
         let prefix = format!("{}holders/{table}/{id}/", self.prefix);
         let (kvs, _) = self.kv.range(&prefix).await?;
         Ok(kvs.into_iter().map(|kv| kv.key[prefix.len()..].to_string()).collect())
@@ -714,20 +712,16 @@ impl Coordinator {
             "tables" => Some(ClusterEvent::TablePut(self.table_record(kv))),
             "parts" => {
                 let (table, id) = rest.split_once('/')?;
-                let (table, id) = (table.to_string(), id.to_string());
+                let id = part_id(&kv.key, id)?;
                 Some(ClusterEvent::PartAdded(RegisteredPart {
-                    table,
+                    table: table.to_string(),
                     id,
                     revision: kv.create_revision,
                     manifest: kv.value,
                 }))
             }
             "nodes" => Some(ClusterEvent::NodeUp { node: rest.to_string(), doc: kv.value }),
-            "holders" => {
-                let (table, rest) = rest.split_once('/')?;
-                let (id, node) = rest.split_once('/')?;
-                Some(ClusterEvent::HolderAdded { table: table.to_string(), id: id.to_string(), node: node.to_string() })
-            }
+            "holders" => Some(ClusterEvent::HolderAdded(holder(&kv.key, rest)?)),
             _ => None,
         }
     }
@@ -739,21 +733,26 @@ impl Coordinator {
             "tables" => Some(ClusterEvent::TableDropped { name: rest.to_string() }),
             "parts" => {
                 let (table, id) = rest.split_once('/')?;
-                Some(ClusterEvent::PartRemoved { table: table.to_string(), id: id.to_string() })
+                Some(ClusterEvent::PartRemoved { table: table.to_string(), id: part_id(key, id)? })
             }
             "nodes" => Some(ClusterEvent::NodeDown { node: rest.to_string() }),
-            "holders" => {
-                let (table, rest) = rest.split_once('/')?;
-                let (id, node) = rest.split_once('/')?;
-                Some(ClusterEvent::HolderRemoved {
-                    table: table.to_string(),
-                    id: id.to_string(),
-                    node: node.to_string(),
-                })
-            }
+            "holders" => Some(ClusterEvent::HolderRemoved(holder(key, rest)?)),
             _ => None,
         }
     }
+}
+
+/// The part id of a key. Only tandem writes these keys, always with a valid id; a key written
+/// by hand with anything else names no part, and is skipped (and reported) wherever it is read.
+fn part_id(key: &str, text: &str) -> Option<PartId> {
+    text.parse().inspect_err(|e| tracing::warn!(%key, error = %e, "ignoring a key that does not name a part")).ok()
+}
+
+/// `<table>/<part id>/<node>` of a holder key.
+fn holder(key: &str, rest: &str) -> Option<Holder> {
+    let (table, rest) = rest.split_once('/')?;
+    let (id, node) = rest.split_once('/')?;
+    Some(Holder { table: table.to_string(), part: part_id(key, id)?, node: node.to_string() })
 }
 
 fn parse_revision(kv: &KeyValue) -> Result<Revision, CoordError> {

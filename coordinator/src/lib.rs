@@ -21,9 +21,11 @@ mod kv;
 pub mod conformance;
 pub mod etcd_process;
 
+pub use tandem_ids::PartId;
+
 pub use coordinator::{
-    BlockRecord, ClusterEvent, Coordinator, EventBatch, NewPart, OBJECT_STORE_HOLDER, PartOutcome, RegisteredPart,
-    Registration, Snapshot, TableRecord, valid_name, valid_node_id,
+    BlockRecord, ClusterEvent, Coordinator, EventBatch, Holder, NewPart, OBJECT_STORE_HOLDER, PartOutcome,
+    RegisteredPart, Registration, Snapshot, TableRecord, valid_name, valid_node_id,
 };
 pub use embedded::EmbeddedKv;
 pub use error::CoordError;

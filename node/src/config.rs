@@ -1,7 +1,9 @@
 //! Node configuration, layered: built-in defaults, then the TOML file (`--config`), then
-//! `TANDEM_*` environment variables, then command-line flags (the last one wins). The cluster
-//! secret is never a command-line value: it comes from the file, `TANDEM_CLUSTER_SECRET`, or a
-//! secret file.
+//! `TANDEM_*` environment variables, then command-line flags (the last one wins). Each setting
+//! is declared once, with its group: the node's below, the replica's in
+//! `tandem_replica::config`, the front door's in `tandem_server::state` and `limits`. The keys
+//! no group declares are the etcd endpoints (a list) and the secrets, which are never a
+//! command-line value: they come from the file, a `TANDEM_*` variable, or a secret file.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -12,10 +14,53 @@ use clap::Args;
 use serde::Deserialize;
 use tandem_coordinator::EtcdTls;
 use tandem_parts::S3Settings;
-use tandem_replica::schema::TableSettings;
-use tandem_replica::{CoordinatorConfig, DEFAULT_QUORUM_TIMEOUT, ObjectStoreConfig, Quorum, ReplicaConfig};
+use tandem_replica::{CoordinatorConfig, ReplicaConfig, ReplicaFile, ReplicaFlags, ReplicaSettings};
 use tandem_server::limits::{LimitArgs, LimitFile, Limits};
-use tandem_server::{DEFAULT_MAX_BODY_BYTES, ServerConfig};
+use tandem_server::{ServerConfig, ServerFile, ServerFlags, ServerSettings};
+
+tandem_settings::settings! {
+    /// Where this node serves and keeps its data, and how it finds its cluster and its bucket.
+    pub struct NodeSettings, flags NodeFlags, file NodeFile {
+        /// Address of the HTTP API.
+        http_addr: SocketAddr = "127.0.0.1:8123", env "TANDEM_HTTP_ADDR";
+        /// Directory for parts and local metadata.
+        data_dir: PathBuf = "tandem-data", env "TANDEM_DATA_DIR";
+        /// This node's name in the cluster; required with --etcd (`local` without).
+        node_id: Option<String> = "", env "TANDEM_NODE_ID";
+        /// PEM file of the CA that signed the etcd members' certificates: connect over TLS (the
+        /// --etcd endpoints must then be https://).
+        etcd_ca_file: Option<PathBuf> = "", env "TANDEM_ETCD_CA_FILE";
+        /// PEM client certificate for etcd members that require one (with --etcd-key-file).
+        etcd_cert_file: Option<PathBuf> = "", env "TANDEM_ETCD_CERT_FILE";
+        /// PEM private key of --etcd-cert-file.
+        etcd_key_file: Option<PathBuf> = "", env "TANDEM_ETCD_KEY_FILE";
+        /// Cluster name: all keys live under `/tandem/<cluster>/` in etcd.
+        cluster: String = "default", env "TANDEM_CLUSTER";
+        /// etcd key prefix of this cluster, for an etcd shared under a naming scheme of its own
+        /// (`/teams/metrics/tandem/`); unset, `/tandem/<cluster>/`.
+        etcd_key_prefix: Option<String> = "", env "TANDEM_ETCD_KEY_PREFIX";
+        /// File holding the cluster secret that peers must present (the secret itself can also
+        /// come from TANDEM_CLUSTER_SECRET or the config file, never from a flag).
+        cluster_secret_file: Option<PathBuf> = "", env "TANDEM_CLUSTER_SECRET_FILE";
+        /// S3-compatible endpoint (`http://minio:9000`); unset for AWS S3 itself.
+        s3_endpoint: Option<String> = "", env "TANDEM_S3_ENDPOINT";
+        /// Bucket that mirrors every part: setting it turns the object store on.
+        s3_bucket: Option<String> = "", env "TANDEM_S3_BUCKET";
+        /// Key prefix of this cluster's objects in the bucket; unset, the cluster name.
+        s3_prefix: Option<String> = "", env "TANDEM_S3_PREFIX";
+        /// Region of the bucket; unset, AWS_REGION or us-east-1.
+        s3_region: Option<String> = "", env "TANDEM_S3_REGION";
+        /// Path-style addressing (`endpoint/bucket/key`), needed by MinIO and most self-hosted
+        /// servers; unset, true when --s3-endpoint is set.
+        s3_path_style: Option<bool> = "", env "TANDEM_S3_PATH_STYLE", [num_args = 0..=1, default_missing_value = "true"];
+        /// Allow plain-HTTP endpoints.
+        s3_allow_http: bool = "false", env "TANDEM_S3_ALLOW_HTTP", [num_args = 0..=1, default_missing_value = "true"];
+        /// TOML file with `access_key_id` and `secret_access_key` (the keys themselves can also come
+        /// from TANDEM_S3_ACCESS_KEY_ID / TANDEM_S3_SECRET_ACCESS_KEY, the AWS_* variables or the
+        /// config file, never from a flag).
+        s3_credentials_file: Option<PathBuf> = "", env "TANDEM_S3_CREDENTIALS_FILE";
+    }
+}
 
 /// Flags of `tandem serve`. Each also reads a `TANDEM_*` environment variable.
 #[derive(Args, Debug, Default, Clone)]
@@ -27,165 +72,47 @@ pub struct ServeArgs {
     /// and exit without starting: a check for deployment manifests.
     #[arg(long)]
     pub check_config: bool,
-    /// Address of the HTTP API [default: 127.0.0.1:8123].
-    #[arg(long, env = "TANDEM_HTTP_ADDR")]
-    pub http_addr: Option<SocketAddr>,
-    /// Directory for parts and local metadata [default: ./tandem-data].
-    #[arg(long, env = "TANDEM_DATA_DIR")]
-    pub data_dir: Option<PathBuf>,
-    /// Largest request body accepted, in bytes [default: 268435456 (256 MiB)].
-    #[arg(long, env = "TANDEM_MAX_BODY_BYTES")]
-    pub max_body_bytes: Option<usize>,
-    /// This node's name in the cluster; required with --etcd [default: `local`].
-    #[arg(long, env = "TANDEM_NODE_ID")]
-    pub node_id: Option<String>,
     /// etcd endpoints, comma-separated (`http://127.0.0.1:2379`): run as a cluster node.
     /// Without it the node runs alone with the embedded coordinator.
     #[arg(long, env = "TANDEM_ETCD", value_delimiter = ',')]
     pub etcd: Option<Vec<String>>,
-    /// PEM file of the CA that signed the etcd members' certificates: connect over TLS (the
-    /// --etcd endpoints must then be https://).
-    #[arg(long, env = "TANDEM_ETCD_CA_FILE")]
-    pub etcd_ca_file: Option<PathBuf>,
-    /// PEM client certificate for etcd members that require one (with --etcd-key-file).
-    #[arg(long, env = "TANDEM_ETCD_CERT_FILE")]
-    pub etcd_cert_file: Option<PathBuf>,
-    /// PEM private key of --etcd-cert-file.
-    #[arg(long, env = "TANDEM_ETCD_KEY_FILE")]
-    pub etcd_key_file: Option<PathBuf>,
-    /// Cluster name: all keys live under `/tandem/<cluster>/` in etcd [default: default].
-    #[arg(long, env = "TANDEM_CLUSTER")]
-    pub cluster: Option<String>,
-    /// etcd key prefix of this cluster, for an etcd shared under a naming scheme of its own
-    /// (`/teams/metrics/tandem/`) [default: /tandem/<cluster>/].
-    #[arg(long, env = "TANDEM_ETCD_KEY_PREFIX")]
-    pub etcd_key_prefix: Option<String>,
-    /// Address of the interserver gRPC service, also announced to peers [default: 127.0.0.1:9100].
-    #[arg(long, env = "TANDEM_GRPC_ADDR")]
-    pub grpc_addr: Option<SocketAddr>,
-    /// `host:port` peers use to reach this node's gRPC service, when it differs from
-    /// --grpc-addr (which may be 0.0.0.0: in Kubernetes, the pod's DNS name under the headless
-    /// Service) [default: the bound --grpc-addr].
-    #[arg(long, env = "TANDEM_ADVERTISE_GRPC_ADDR")]
-    pub advertise_grpc_addr: Option<String>,
-    /// File holding the cluster secret that peers must present (the secret itself can also
-    /// come from TANDEM_CLUSTER_SECRET or the config file, never from a flag).
-    #[arg(long, env = "TANDEM_CLUSTER_SECRET_FILE")]
-    pub cluster_secret_file: Option<PathBuf>,
-    /// Parts fetched from peers at the same time [default: 4].
-    #[arg(long, env = "TANDEM_FETCH_CONCURRENCY")]
-    pub fetch_concurrency: Option<usize>,
-    /// Milliseconds between passes that forget insert block ids beyond each table's
-    /// dedup_window_blocks [default: 60000].
-    #[arg(long, env = "TANDEM_DEDUP_PRUNE_INTERVAL_MS")]
-    pub dedup_prune_interval_ms: Option<u64>,
-    /// S3-compatible endpoint (`http://minio:9000`); omit for AWS S3 itself.
-    #[arg(long, env = "TANDEM_S3_ENDPOINT")]
-    pub s3_endpoint: Option<String>,
-    /// Bucket that mirrors every part: setting it turns the object store on.
-    #[arg(long, env = "TANDEM_S3_BUCKET")]
-    pub s3_bucket: Option<String>,
-    /// Key prefix of this cluster's objects in the bucket [default: the cluster name].
-    #[arg(long, env = "TANDEM_S3_PREFIX")]
-    pub s3_prefix: Option<String>,
-    /// Region of the bucket [default: us-east-1, or AWS_REGION].
-    #[arg(long, env = "TANDEM_S3_REGION")]
-    pub s3_region: Option<String>,
-    /// Path-style addressing (`endpoint/bucket/key`), needed by MinIO and most self-hosted
-    /// servers [default: true when --s3-endpoint is set].
-    #[arg(long, env = "TANDEM_S3_PATH_STYLE", num_args = 0..=1, default_missing_value = "true")]
-    pub s3_path_style: Option<bool>,
-    /// Allow plain-HTTP endpoints [default: false].
-    #[arg(long, env = "TANDEM_S3_ALLOW_HTTP", num_args = 0..=1, default_missing_value = "true")]
-    pub s3_allow_http: Option<bool>,
-    /// TOML file with `access_key_id` and `secret_access_key` (the keys themselves can also come
-    /// from TANDEM_S3_ACCESS_KEY_ID / TANDEM_S3_SECRET_ACCESS_KEY, the AWS_* variables or the
-    /// config file, never from a flag).
-    #[arg(long, env = "TANDEM_S3_CREDENTIALS_FILE")]
-    pub s3_credentials_file: Option<PathBuf>,
-    /// Parts uploaded to the object store at the same time [default: 4].
-    #[arg(long, env = "TANDEM_UPLOAD_CONCURRENCY")]
-    pub upload_concurrency: Option<usize>,
-    /// Objects no part references are deleted once unreferenced for this long [default: 3600].
-    #[arg(long, env = "TANDEM_OBJECT_STORE_GC_GRACE_SECONDS")]
-    pub object_store_gc_grace_seconds: Option<u64>,
-    /// Seconds between object-store garbage collection passes [default: 300].
-    #[arg(long, env = "TANDEM_OBJECT_STORE_GC_INTERVAL_SECONDS")]
-    pub object_store_gc_interval_seconds: Option<u64>,
-    /// Fill this node's disk from the object store instead of its peers: until it has caught
-    /// up, every part is read from the bucket first (peers only for parts not uploaded yet).
-    #[arg(long, env = "TANDEM_BOOTSTRAP_FROM_OBJECT_STORE", num_args = 0..=1, default_missing_value = "true")]
-    pub bootstrap_from_object_store: Option<bool>,
-    /// Merges this node runs at the same time (as a leader or rebuilding replica) [default: 1].
-    #[arg(long, env = "TANDEM_MERGE_CONCURRENCY")]
-    pub merge_concurrency: Option<usize>,
-    /// Milliseconds between merge selection passes [default: 1000].
-    #[arg(long, env = "TANDEM_MERGE_INTERVAL_MS")]
-    pub merge_interval_ms: Option<u64>,
-    /// Part files that no registered part uses are deleted once this old [default: 3600].
-    #[arg(long, env = "TANDEM_ORPHAN_GRACE_SECONDS")]
-    pub orphan_grace_seconds: Option<u64>,
-    /// `insert_quorum` of inserts that do not set it: 1, a number of nodes, or `auto`
-    /// [default: 1].
-    #[arg(long, env = "TANDEM_INSERT_QUORUM")]
-    pub insert_quorum: Option<String>,
-    /// `insert_quorum_timeout` (milliseconds) of inserts that do not set it [default: 30000].
-    #[arg(long, env = "TANDEM_INSERT_QUORUM_TIMEOUT_MS")]
-    pub insert_quorum_timeout_ms: Option<u64>,
-    /// `dedup_window_blocks` of tables created without it [default: 1000].
-    #[arg(long, env = "TANDEM_DEDUP_WINDOW_BLOCKS")]
-    pub dedup_window_blocks: Option<u64>,
-    /// `dedup_window_seconds` of tables created without it [default: 604800 (7 days)].
-    #[arg(long, env = "TANDEM_DEDUP_WINDOW_SECONDS")]
-    pub dedup_window_seconds: Option<u64>,
+    #[command(flatten)]
+    pub node: NodeFlags,
+    #[command(flatten)]
+    pub replica: ReplicaFlags,
+    #[command(flatten)]
+    pub server: ServerFlags,
     #[command(flatten)]
     pub limits: LimitArgs,
 }
 
-/// The flat TOML file. Unknown keys are an error, so a typo is not ignored.
+/// The keys of the config file that no settings group declares: a list, and secrets.
 #[derive(Deserialize, Debug, Default)]
-#[serde(deny_unknown_fields)]
-pub struct FileConfig {
-    pub http_addr: Option<SocketAddr>,
-    pub data_dir: Option<PathBuf>,
-    pub max_body_bytes: Option<usize>,
-    pub node_id: Option<String>,
+pub struct UngroupedFile {
     pub etcd: Option<Vec<String>>,
-    pub etcd_ca_file: Option<PathBuf>,
-    pub etcd_cert_file: Option<PathBuf>,
-    pub etcd_key_file: Option<PathBuf>,
-    pub cluster: Option<String>,
-    pub etcd_key_prefix: Option<String>,
-    pub grpc_addr: Option<SocketAddr>,
-    pub advertise_grpc_addr: Option<String>,
     pub cluster_secret: Option<String>,
-    pub cluster_secret_file: Option<PathBuf>,
-    pub fetch_concurrency: Option<usize>,
-    pub relist_interval_seconds: Option<u64>,
-    pub dedup_prune_interval_ms: Option<u64>,
-    pub s3_endpoint: Option<String>,
-    pub s3_bucket: Option<String>,
-    pub s3_prefix: Option<String>,
-    pub s3_region: Option<String>,
-    pub s3_path_style: Option<bool>,
-    pub s3_allow_http: Option<bool>,
     pub s3_access_key_id: Option<String>,
     pub s3_secret_access_key: Option<String>,
-    pub s3_credentials_file: Option<PathBuf>,
-    pub upload_concurrency: Option<usize>,
-    pub object_store_gc_grace_seconds: Option<u64>,
-    pub object_store_gc_interval_seconds: Option<u64>,
-    pub bootstrap_from_object_store: Option<bool>,
-    pub merge_concurrency: Option<usize>,
-    pub merge_interval_ms: Option<u64>,
-    pub orphan_grace_seconds: Option<u64>,
-    pub insert_quorum: Option<String>,
-    pub insert_quorum_timeout_ms: Option<u64>,
-    pub dedup_window_blocks: Option<u64>,
-    pub dedup_window_seconds: Option<u64>,
-    /// The `[limits]` table.
+}
+
+const UNGROUPED_KEYS: &[&str] = &["etcd", "cluster_secret", "s3_access_key_id", "s3_secret_access_key", "limits"];
+
+/// The `[limits]` table of the config file.
+#[derive(Deserialize, Debug, Default)]
+struct LimitsTable {
     #[serde(default)]
+    limits: LimitFile,
+}
+
+/// The TOML file: each group's keys at the top level, the limits in `[limits]`. A key no group
+/// knows is an error, so a typo is not ignored.
+#[derive(Debug, Default)]
+pub struct FileConfig {
+    pub node: NodeFile,
+    pub replica: ReplicaFile,
+    pub server: ServerFile,
     pub limits: LimitFile,
+    pub ungrouped: UngroupedFile,
 }
 
 /// The S3 credentials file (`--s3-credentials-file`).
@@ -204,37 +131,36 @@ pub struct NodeConfig {
     pub server: ServerConfig,
 }
 
-pub const DEFAULT_HTTP_ADDR: &str = "127.0.0.1:8123";
-pub const DEFAULT_GRPC_ADDR: &str = "127.0.0.1:9100";
-
 impl NodeConfig {
     pub fn resolve(args: &ServeArgs) -> anyhow::Result<Self> {
         let mut file = match &args.config {
             Some(path) => read_file_config(path)?,
             None => FileConfig::default(),
         };
+        let node = NodeSettings::resolve(&args.node, &file.node);
+        let limits = Limits::resolve(&args.limits, &file.limits);
+        let replica_settings = ReplicaSettings::resolve(&args.replica, &file.replica);
         let env_secret = std::env::var("TANDEM_CLUSTER_SECRET").ok().filter(|s| !s.is_empty());
-        let secret_file = args.cluster_secret_file.clone().or(file.cluster_secret_file.take());
-        let cluster_secret = match (env_secret, secret_file, file.cluster_secret.take()) {
+        let cluster_secret = match (env_secret, &node.cluster_secret_file, file.ungrouped.cluster_secret.take()) {
             (Some(secret), _, _) => Some(secret),
             (None, Some(path), _) => {
-                let text = std::fs::read_to_string(&path)
+                let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read the cluster secret file {}", path.display()))?;
                 Some(text.trim().to_string()).filter(|s| !s.is_empty())
             }
             (None, None, secret) => secret.filter(|s| !s.is_empty()),
         };
-        let coordinator = match args.etcd.clone().or(file.etcd.take()).filter(|e| !e.is_empty()) {
+        let coordinator = match args.etcd.clone().or(file.ungrouped.etcd.take()).filter(|e| !e.is_empty()) {
             Some(endpoints) => {
                 for endpoint in &endpoints {
                     refuse_credentials_in_url("--etcd", endpoint)?;
                 }
-                let tls = etcd_tls(args, &mut file, &endpoints)?;
+                let tls = etcd_tls(&node, &endpoints)?;
                 CoordinatorConfig::Etcd { endpoints, tls }
             }
             None => CoordinatorConfig::Embedded,
         };
-        let node_id = args.node_id.clone().or(file.node_id.take());
+        let node_id = node.node_id.clone().filter(|id| !id.is_empty());
         if node_id.is_none() && !matches!(coordinator, CoordinatorConfig::Embedded) {
             bail!("--node-id (or TANDEM_NODE_ID) is required with --etcd: each node of a cluster needs a stable name");
         }
@@ -243,104 +169,45 @@ impl NodeConfig {
         {
             bail!("node id `{id}` must be 1 to 128 letters, digits, `_`, `-` and `.`");
         }
-        let cluster = args.cluster.clone().or(file.cluster.take()).unwrap_or_else(|| "default".to_string());
+        let cluster = &node.cluster;
         if !tandem_coordinator::valid_name(&cluster.replace('-', "_")) {
             bail!("cluster name `{cluster}` must be letters, digits, `_` and `-`");
         }
-        let object_store = object_store_config(args, &mut file, &cluster)?;
-        let cluster_prefix = match args.etcd_key_prefix.clone().or(file.etcd_key_prefix.take()) {
+        let object_store = object_store_config(&node, &mut file.ungrouped)?;
+        if object_store.is_none() && replica_settings.bootstrap_from_object_store {
+            bail!("--bootstrap-from-object-store needs an object store: set --s3-bucket (and --s3-endpoint)");
+        }
+        let cluster_prefix = match &node.etcd_key_prefix {
             None => format!("/tandem/{cluster}/"),
             Some(prefix) if prefix.starts_with('/') && prefix.len() > 1 => format!("{}/", prefix.trim_end_matches('/')),
             Some(prefix) => {
                 bail!("--etcd-key-prefix `{prefix}` must start with `/` and name something (`/tandem/blue/`)")
             }
         };
-        let insert_quorum = match args.insert_quorum.clone().or(file.insert_quorum.take()) {
-            Some(text) => Quorum::parse(&text)
-                .map_err(|_| anyhow::anyhow!("--insert-quorum takes 1, a number of nodes, or `auto`, got `{text}`"))?,
-            None => Quorum::One,
-        };
-        let mut table_defaults = TableSettings::default();
-        if let Some(blocks) = args.dedup_window_blocks.or(file.dedup_window_blocks) {
-            table_defaults.dedup_window_blocks = blocks;
-        }
-        if let Some(seconds) = args.dedup_window_seconds.or(file.dedup_window_seconds) {
-            table_defaults.dedup_window_seconds = seconds;
-        }
-        let limits = Limits::resolve(&args.limits, &file.limits);
         Ok(NodeConfig {
-            http_addr: args
-                .http_addr
-                .or(file.http_addr)
-                .unwrap_or_else(|| DEFAULT_HTTP_ADDR.parse().expect("valid default")),
+            http_addr: node.http_addr,
             replica: ReplicaConfig {
-                data_dir: args.data_dir.clone().or(file.data_dir).unwrap_or_else(|| PathBuf::from("tandem-data")),
+                data_dir: node.data_dir.clone(),
                 node_id: node_id.unwrap_or_else(|| "local".to_string()),
                 coordinator,
                 cluster_prefix,
-                grpc_addr: args
-                    .grpc_addr
-                    .or(file.grpc_addr)
-                    .unwrap_or_else(|| DEFAULT_GRPC_ADDR.parse().expect("valid default")),
-                advertise_grpc_addr: args
-                    .advertise_grpc_addr
-                    .clone()
-                    .or(file.advertise_grpc_addr)
-                    .filter(|a| !a.is_empty()),
                 cluster_secret,
-                fetch_concurrency: args.fetch_concurrency.or(file.fetch_concurrency).unwrap_or(4).max(1),
-                relist_interval: Duration::from_secs(file.relist_interval_seconds.unwrap_or(300).max(1)),
-                dedup_prune_interval: Duration::from_millis(
-                    args.dedup_prune_interval_ms.or(file.dedup_prune_interval_ms).unwrap_or(60_000).max(10),
-                ),
                 object_store,
-                merge_concurrency: args.merge_concurrency.or(file.merge_concurrency).unwrap_or(1).max(1),
-                merge_interval: Duration::from_millis(
-                    args.merge_interval_ms.or(file.merge_interval_ms).unwrap_or(1000).max(10),
-                ),
-                orphan_grace: Duration::from_secs(
-                    args.orphan_grace_seconds.or(file.orphan_grace_seconds).unwrap_or(3600),
-                ),
                 max_columns: limits.max_columns,
+                settings: replica_settings,
             },
-            server: ServerConfig {
-                max_body_bytes: args.max_body_bytes.or(file.max_body_bytes).unwrap_or(DEFAULT_MAX_BODY_BYTES),
-                insert_quorum,
-                insert_quorum_timeout: args
-                    .insert_quorum_timeout_ms
-                    .or(file.insert_quorum_timeout_ms)
-                    .map_or(DEFAULT_QUORUM_TIMEOUT, Duration::from_millis),
-                table_defaults,
-                limits,
-            },
+            server: ServerConfig { settings: ServerSettings::resolve(&args.server, &file.server), limits },
         })
     }
 
-    /// A single-node configuration for tests and benchmarks: everything under `data_dir`,
-    /// any free port.
-    pub fn for_dir(data_dir: impl Into<PathBuf>) -> Self {
-        let server = ServerConfig::default();
-        NodeConfig {
-            http_addr: "127.0.0.1:0".parse().expect("valid address"),
-            replica: ReplicaConfig {
-                data_dir: data_dir.into(),
-                node_id: "local".to_string(),
-                coordinator: CoordinatorConfig::Embedded,
-                cluster_prefix: "/tandem/default/".to_string(),
-                grpc_addr: "127.0.0.1:0".parse().expect("valid address"),
-                advertise_grpc_addr: None,
-                cluster_secret: None,
-                fetch_concurrency: 4,
-                relist_interval: Duration::from_secs(300),
-                dedup_prune_interval: Duration::from_secs(60),
-                object_store: None,
-                merge_concurrency: 1,
-                merge_interval: Duration::from_secs(1),
-                orphan_grace: Duration::from_secs(3600),
-                max_columns: server.limits.max_columns,
-            },
-            server,
-        }
+    /// A single-node configuration for tests and benchmarks: the defaults, everything under
+    /// `data_dir`, any free ports.
+    pub fn for_dir(data_dir: impl Into<PathBuf>) -> anyhow::Result<Self> {
+        let mut args = ServeArgs::default();
+        args.node.data_dir = Some(data_dir.into());
+        args.node.http_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        args.replica.grpc_addr = Some(SocketAddr::from(([127, 0, 0, 1], 0)));
+        NodeConfig::resolve(&args)
     }
 
     pub fn is_cluster(&self) -> bool {
@@ -349,14 +216,11 @@ impl NodeConfig {
 }
 
 /// TLS to etcd from `--etcd-ca-file`, `--etcd-cert-file` and `--etcd-key-file` (None without them).
-fn etcd_tls(args: &ServeArgs, file: &mut FileConfig, endpoints: &[String]) -> anyhow::Result<Option<EtcdTls>> {
+fn etcd_tls(node: &NodeSettings, endpoints: &[String]) -> anyhow::Result<Option<EtcdTls>> {
     let read = |path: &PathBuf, what: &str| {
         std::fs::read(path).with_context(|| format!("cannot read the etcd {what} {}", path.display()))
     };
-    let ca = args.etcd_ca_file.clone().or(file.etcd_ca_file.take());
-    let cert = args.etcd_cert_file.clone().or(file.etcd_cert_file.take());
-    let key = args.etcd_key_file.clone().or(file.etcd_key_file.take());
-    Ok(match (ca, cert, key) {
+    Ok(match (node.etcd_ca_file.clone(), node.etcd_cert_file.clone(), node.etcd_key_file.clone()) {
         (None, None, None) => None,
         (None, _, _) => bail!("--etcd-cert-file and --etcd-key-file need --etcd-ca-file (TLS to etcd)"),
         (Some(ca), cert, key) => {
@@ -373,74 +237,44 @@ fn etcd_tls(args: &ServeArgs, file: &mut FileConfig, endpoints: &[String]) -> an
     })
 }
 
-/// The object store from the `--s3-*` settings (None without a bucket).
-fn object_store_config(
-    args: &ServeArgs,
-    file: &mut FileConfig,
-    cluster: &str,
-) -> anyhow::Result<Option<ObjectStoreConfig>> {
-    Ok(match args.s3_bucket.clone().or(file.s3_bucket.take()).filter(|b| !b.is_empty()) {
-        None => {
-            if args.bootstrap_from_object_store.or(file.bootstrap_from_object_store).unwrap_or(false) {
-                bail!("--bootstrap-from-object-store needs an object store: set --s3-bucket (and --s3-endpoint)");
-            }
-            None
-        }
-        Some(bucket) => {
-            let (mut access_key_id, mut secret_access_key) = (
-                std::env::var("TANDEM_S3_ACCESS_KEY_ID").ok().filter(|s| !s.is_empty()),
-                std::env::var("TANDEM_S3_SECRET_ACCESS_KEY").ok().filter(|s| !s.is_empty()),
-            );
-            if let Some(path) = args.s3_credentials_file.clone().or(file.s3_credentials_file.take()) {
-                let text = std::fs::read_to_string(&path)
-                    .with_context(|| format!("cannot read the S3 credentials file {}", path.display()))?;
-                // Only the parser's message: its full error quotes the offending line, a secret.
-                let creds: CredentialsFile = toml::from_str(&text).map_err(|e| {
-                anyhow::anyhow!(
-                    "S3 credentials file {}: {}; it holds `access_key_id = \"...\"` and `secret_access_key = \"...\"`",
-                    path.display(),
-                    e.message()
-                )
-            })?;
-                access_key_id = access_key_id.or(Some(creds.access_key_id));
-                secret_access_key = secret_access_key.or(Some(creds.secret_access_key));
-            }
-            let endpoint = args.s3_endpoint.clone().or(file.s3_endpoint.take()).filter(|e| !e.is_empty());
-            if let Some(endpoint) = &endpoint {
-                refuse_credentials_in_url("--s3-endpoint", endpoint)?;
-            }
-            let region = args
-                .s3_region
-                .clone()
-                .or(file.s3_region.take())
-                .or_else(|| std::env::var("AWS_REGION").ok())
-                .unwrap_or_else(|| "us-east-1".to_string());
-            Some(ObjectStoreConfig {
-                s3: S3Settings {
-                    path_style: args.s3_path_style.or(file.s3_path_style).unwrap_or(endpoint.is_some()),
-                    allow_http: args.s3_allow_http.or(file.s3_allow_http).unwrap_or(false),
-                    endpoint,
-                    bucket,
-                    prefix: args.s3_prefix.clone().or(file.s3_prefix.take()).unwrap_or_else(|| cluster.to_string()),
-                    region,
-                    access_key_id: access_key_id.or(file.s3_access_key_id.take()),
-                    secret_access_key: secret_access_key.or(file.s3_secret_access_key.take()),
-                    request_timeout: Duration::from_secs(300),
-                },
-                upload_concurrency: args.upload_concurrency.or(file.upload_concurrency).unwrap_or(4).max(1),
-                gc_grace: Duration::from_secs(
-                    args.object_store_gc_grace_seconds.or(file.object_store_gc_grace_seconds).unwrap_or(3600),
-                ),
-                gc_interval: Duration::from_secs(
-                    args.object_store_gc_interval_seconds
-                        .or(file.object_store_gc_interval_seconds)
-                        .unwrap_or(300)
-                        .max(1),
-                ),
-                bootstrap: args.bootstrap_from_object_store.or(file.bootstrap_from_object_store).unwrap_or(false),
-            })
-        }
-    })
+/// The bucket from the `--s3-*` settings (None without a bucket).
+fn object_store_config(node: &NodeSettings, file: &mut UngroupedFile) -> anyhow::Result<Option<S3Settings>> {
+    let Some(bucket) = node.s3_bucket.clone().filter(|b| !b.is_empty()) else { return Ok(None) };
+    let (mut access_key_id, mut secret_access_key) = (
+        std::env::var("TANDEM_S3_ACCESS_KEY_ID").ok().filter(|s| !s.is_empty()),
+        std::env::var("TANDEM_S3_SECRET_ACCESS_KEY").ok().filter(|s| !s.is_empty()),
+    );
+    if let Some(path) = &node.s3_credentials_file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the S3 credentials file {}", path.display()))?;
+        // Only the parser's message: its full error quotes the offending line, a secret.
+        let creds: CredentialsFile = toml::from_str(&text).map_err(|e| {
+            anyhow::anyhow!(
+                "S3 credentials file {}: {}; it holds `access_key_id = \"...\"` and `secret_access_key = \"...\"`",
+                path.display(),
+                e.message()
+            )
+        })?;
+        access_key_id = access_key_id.or(Some(creds.access_key_id));
+        secret_access_key = secret_access_key.or(Some(creds.secret_access_key));
+    }
+    let endpoint = node.s3_endpoint.clone().filter(|e| !e.is_empty());
+    if let Some(endpoint) = &endpoint {
+        refuse_credentials_in_url("--s3-endpoint", endpoint)?;
+    }
+    let region =
+        node.s3_region.clone().or_else(|| std::env::var("AWS_REGION").ok()).unwrap_or_else(|| "us-east-1".to_string());
+    Ok(Some(S3Settings {
+        path_style: node.s3_path_style.unwrap_or(endpoint.is_some()),
+        allow_http: node.s3_allow_http,
+        endpoint,
+        bucket,
+        prefix: node.s3_prefix.clone().unwrap_or_else(|| node.cluster.clone()),
+        region,
+        access_key_id: access_key_id.or(file.s3_access_key_id.take()),
+        secret_access_key: secret_access_key.or(file.s3_secret_access_key.take()),
+        request_timeout: Duration::from_secs(300),
+    }))
 }
 
 /// A URL with a user name or password in it (`http://user:pass@host`). tandem never sends
@@ -463,20 +297,53 @@ pub fn read_file_config(path: &Path) -> anyhow::Result<FileConfig> {
         .map_err(|e| anyhow::anyhow!("cannot read config file {}: {e}", path.display()))?;
     // Only the parser's message and the position: its full error quotes the offending line,
     // which may hold a secret.
-    toml::from_str(&text).map_err(|e| {
+    let error = |e: toml::de::Error| {
         let position = e.span().map(|span| {
-            let before = &text.as_bytes()[..span.start.min(text.len())];
+            let before = text.as_bytes().get(..span.start.min(text.len())).unwrap_or_default();
             let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
             let column = before.iter().rev().take_while(|&&b| b != b'\n').count() + 1;
             format!(" at line {line}, column {column}")
         });
         anyhow::anyhow!("config file {}{}: {}", path.display(), position.unwrap_or_default(), e.message())
+    };
+    let table: toml::Table = toml::from_str(&text).map_err(error)?;
+    let known = |key: &str| {
+        [NodeFile::KEYS, ReplicaFile::KEYS, ServerFile::KEYS, UNGROUPED_KEYS].iter().any(|keys| keys.contains(&key))
+    };
+    let unknown = |key: &str, table: &str| {
+        anyhow::anyhow!(
+            "config file {}: unknown key `{key}`{table}; docs/tandem.example.toml lists every key",
+            path.display()
+        )
+    };
+    if let Some(key) = table.keys().find(|key| !known(key)) {
+        return Err(unknown(key, ""));
+    }
+    if let Some(key) = table
+        .get("limits")
+        .and_then(toml::Value::as_table)
+        .and_then(|limits| limits.keys().find(|key| !LimitFile::KEYS.contains(&key.as_str())))
+    {
+        return Err(unknown(key, " in [limits]"));
+    }
+    Ok(FileConfig {
+        node: toml::from_str(&text).map_err(error)?,
+        replica: toml::from_str(&text).map_err(error)?,
+        server: toml::from_str(&text).map_err(error)?,
+        limits: toml::from_str::<LimitsTable>(&text).map_err(error)?.limits,
+        ungrouped: toml::from_str(&text).map_err(error)?,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn serve(set: impl FnOnce(&mut ServeArgs)) -> ServeArgs {
+        let mut args = ServeArgs::default();
+        set(&mut args);
+        args
+    }
 
     #[test]
     fn example_config_parses_and_lists_every_key() {
@@ -487,54 +354,39 @@ mod tests {
             .map(|l| l.strip_prefix("# ").filter(|l| l.contains(" = ")).unwrap_or(l))
             .collect::<Vec<_>>()
             .join("\n");
-        let file: FileConfig = toml::from_str(&uncommented).expect("every documented key is a real key");
+        let dir = tempfile::tempdir().unwrap();
+        let copy = dir.path().join("tandem.toml");
+        std::fs::write(&copy, uncommented).unwrap();
+        let file = read_file_config(&copy).expect("every documented key is a real key");
+        let ungrouped = &file.ungrouped;
         let documented = [
-            file.http_addr.is_some(),
-            file.data_dir.is_some(),
-            file.max_body_bytes.is_some(),
-            file.node_id.is_some(),
-            file.etcd.is_some(),
-            file.etcd_ca_file.is_some(),
-            file.etcd_cert_file.is_some(),
-            file.etcd_key_file.is_some(),
-            file.cluster.is_some(),
-            file.etcd_key_prefix.is_some(),
-            file.grpc_addr.is_some(),
-            file.advertise_grpc_addr.is_some(),
-            file.cluster_secret.is_some(),
-            file.cluster_secret_file.is_some(),
-            file.fetch_concurrency.is_some(),
-            file.relist_interval_seconds.is_some(),
-            file.dedup_prune_interval_ms.is_some(),
-            file.s3_endpoint.is_some(),
-            file.s3_bucket.is_some(),
-            file.s3_prefix.is_some(),
-            file.s3_region.is_some(),
-            file.s3_path_style.is_some(),
-            file.s3_allow_http.is_some(),
-            file.s3_access_key_id.is_some(),
-            file.s3_secret_access_key.is_some(),
-            file.s3_credentials_file.is_some(),
-            file.upload_concurrency.is_some(),
-            file.object_store_gc_grace_seconds.is_some(),
-            file.object_store_gc_interval_seconds.is_some(),
-            file.bootstrap_from_object_store.is_some(),
-            file.merge_concurrency.is_some(),
-            file.merge_interval_ms.is_some(),
-            file.orphan_grace_seconds.is_some(),
-            file.insert_quorum.is_some(),
-            file.insert_quorum_timeout_ms.is_some(),
-            file.dedup_window_blocks.is_some(),
-            file.dedup_window_seconds.is_some(),
-            file.limits.is_complete(),
+            ("node", file.node.is_complete()),
+            ("replica", file.replica.is_complete()),
+            ("server", file.server.is_complete()),
+            ("limits", file.limits.is_complete()),
+            ("etcd", ungrouped.etcd.is_some()),
+            ("cluster_secret", ungrouped.cluster_secret.is_some()),
+            ("s3_access_key_id", ungrouped.s3_access_key_id.is_some()),
+            ("s3_secret_access_key", ungrouped.s3_secret_access_key.is_some()),
         ];
-        assert!(documented.iter().all(|d| *d), "every key is documented in the example: {documented:?}");
+        let missing: Vec<_> = documented.iter().filter(|(_, d)| !d).map(|(group, _)| group).collect();
+        assert!(missing.is_empty(), "every key is documented in the example; missing some of: {missing:?}");
+    }
+
+    #[test]
+    fn every_declared_default_parses() {
+        let defaults = NodeConfig::for_dir("/data").unwrap();
+        assert_eq!(defaults.server.settings, ServerSettings::default());
+        assert_eq!(defaults.replica.settings.grpc_addr.port(), 0);
+        assert_eq!(NodeSettings::default().http_addr.port(), 8123);
+        assert_eq!(ReplicaSettings::default().grpc_addr.port(), 9100);
+        assert_eq!(defaults.replica.node_id, "local");
     }
 
     #[test]
     fn etcd_key_prefix_replaces_the_cluster_prefix() {
         let with = |prefix: &str| {
-            NodeConfig::resolve(&ServeArgs { etcd_key_prefix: Some(prefix.into()), ..Default::default() })
+            NodeConfig::resolve(&serve(|a| a.node.etcd_key_prefix = Some(prefix.into())))
                 .map(|c| c.replica.cluster_prefix)
                 .map_err(|e| e.to_string())
         };
@@ -550,11 +402,12 @@ mod tests {
         let path = dir.path().join("tandem.toml");
         std::fs::write(&path, "http_addr = \"127.0.0.1:9000\"\ndata_dir = \"/from/file\"\ncluster = \"blue\"\n")
             .unwrap();
-        let args = ServeArgs { config: Some(path), data_dir: Some("/from/flag".into()), ..Default::default() };
+        let mut args = ServeArgs { config: Some(path), ..Default::default() };
+        args.node.data_dir = Some("/from/flag".into());
         let config = NodeConfig::resolve(&args).unwrap();
         assert_eq!(config.http_addr.port(), 9000);
         assert_eq!(config.replica.data_dir, PathBuf::from("/from/flag"));
-        assert_eq!(config.server.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(config.server.settings.max_body_bytes, ServerSettings::default().max_body_bytes);
         assert_eq!(config.replica.cluster_prefix, "/tandem/blue/");
         assert!(matches!(config.replica.coordinator, CoordinatorConfig::Embedded));
     }
@@ -566,7 +419,9 @@ mod tests {
         std::fs::write(&secret, "s3cr3t\n").unwrap();
         let args = ServeArgs { etcd: Some(vec!["http://127.0.0.1:2379".into()]), ..Default::default() };
         assert!(NodeConfig::resolve(&args).unwrap_err().to_string().contains("--node-id"));
-        let args = ServeArgs { node_id: Some("n1".into()), cluster_secret_file: Some(secret), ..args };
+        let mut args = args;
+        args.node.node_id = Some("n1".into());
+        args.node.cluster_secret_file = Some(secret);
         let config = NodeConfig::resolve(&args).unwrap();
         assert_eq!(config.replica.cluster_secret.as_deref(), Some("s3cr3t"));
         assert!(!format!("{config:?}").contains("s3cr3t"), "the secret is never printed");
@@ -577,29 +432,28 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let creds = dir.path().join("s3.toml");
         std::fs::write(&creds, "access_key_id = \"AKID\"\nsecret_access_key = \"sekrit\"\n").unwrap();
-        let args = ServeArgs {
-            s3_bucket: Some("parts".into()),
-            s3_endpoint: Some("http://127.0.0.1:9000".into()),
-            s3_credentials_file: Some(creds),
-            cluster: Some("blue".into()),
-            ..Default::default()
-        };
+        let mut args = serve(|a| {
+            a.node.s3_bucket = Some("parts".into());
+            a.node.s3_endpoint = Some("http://127.0.0.1:9000".into());
+            a.node.s3_credentials_file = Some(creds);
+            a.node.cluster = Some("blue".into());
+        });
         let config = NodeConfig::resolve(&args).unwrap();
         let store = config.replica.object_store.as_ref().expect("a bucket turns the object store on");
-        assert_eq!(store.s3.prefix, "blue", "the default prefix keeps clusters sharing a bucket apart");
-        assert!(store.s3.path_style, "a custom endpoint defaults to path-style addressing");
-        assert_eq!(store.s3.access_key_id.as_deref(), Some("AKID"));
+        assert_eq!(store.prefix, "blue", "the default prefix keeps clusters sharing a bucket apart");
+        assert!(store.path_style, "a custom endpoint defaults to path-style addressing");
+        assert_eq!(store.access_key_id.as_deref(), Some("AKID"));
         assert!(!format!("{config:?}").contains("sekrit"), "credentials are never printed");
 
         let bad = dir.path().join("bad.toml");
         std::fs::write(&bad, "access_key = \"AKID\"\n").unwrap();
-        let args = ServeArgs { s3_credentials_file: Some(bad), ..args };
+        args.node.s3_credentials_file = Some(bad);
         let err = NodeConfig::resolve(&args).unwrap_err().to_string();
         assert!(err.contains("access_key_id") && !err.contains("AKID"), "{err}");
 
-        let args = ServeArgs { bootstrap_from_object_store: Some(true), ..Default::default() };
+        let args = serve(|a| a.replica.bootstrap_from_object_store = Some(true));
         assert!(NodeConfig::resolve(&args).unwrap_err().to_string().contains("--s3-bucket"));
-        let args = ServeArgs { node_id: Some("@object-store".into()), ..Default::default() };
+        let args = serve(|a| a.node.node_id = Some("@object-store".into()));
         assert!(NodeConfig::resolve(&args).unwrap_err().to_string().contains("node id"));
     }
 
@@ -613,13 +467,12 @@ mod tests {
         for (etcd, s3) in
             [(Some("http://root:hunter2@127.0.0.1:2379"), None), (None, Some("http://ak:hunter2@minio:9000"))]
         {
-            let args = ServeArgs {
-                etcd: etcd.map(|e| vec![e.to_string()]),
-                node_id: Some("n1".into()),
-                s3_endpoint: s3.map(str::to_string),
-                s3_bucket: s3.map(|_| "parts".to_string()),
-                ..Default::default()
-            };
+            let args = serve(|a| {
+                a.etcd = etcd.map(|e| vec![e.to_string()]);
+                a.node.node_id = Some("n1".into());
+                a.node.s3_endpoint = s3.map(str::to_string);
+                a.node.s3_bucket = s3.map(|_| "parts".to_string());
+            });
             let err = NodeConfig::resolve(&args).unwrap_err().to_string();
             assert!(err.contains("credentials") && !err.contains("hunter2"), "{err}");
         }
@@ -644,5 +497,30 @@ mod tests {
         std::fs::write(&path, "htp_addr = \"127.0.0.1:9000\"\n").unwrap();
         let err = read_file_config(&path).unwrap_err().to_string();
         assert!(err.contains("htp_addr"), "{err}");
+        std::fs::write(&path, "[limits]\nmax_colums = 5\n").unwrap();
+        let err = read_file_config(&path).unwrap_err().to_string();
+        assert!(err.contains("max_colums") && err.contains("[limits]"), "{err}");
+    }
+
+    #[test]
+    fn a_setting_comes_from_its_flag_its_variable_or_its_key() {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Cli {
+            #[command(flatten)]
+            serve: ServeArgs,
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("tandem.toml");
+        std::fs::write(&path, "merge_concurrency = 3\ninsert_quorum = \"auto\"\n").unwrap();
+        let config = path.to_str().unwrap();
+        let parsed = Cli::try_parse_from(["tandem", "--config", config, "--fetch-concurrency", "7"]).unwrap();
+        let resolved = NodeConfig::resolve(&parsed.serve).unwrap();
+        assert_eq!(resolved.replica.settings.fetch_concurrency, 7, "from the flag");
+        assert_eq!(resolved.replica.settings.merge_concurrency, 3, "from the file");
+        assert_eq!(resolved.server.settings.insert_quorum, tandem_replica::Quorum::Auto, "from the file");
+        assert_eq!(resolved.replica.settings.orphan_grace_seconds, 3600, "the declared default");
+        let wrong = Cli::try_parse_from(["tandem", "--insert-quorum", "most"]).err().unwrap().to_string();
+        assert!(wrong.contains("insert_quorum takes a number or `auto`"), "{wrong}");
     }
 }

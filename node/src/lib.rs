@@ -33,7 +33,7 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         .with_context(|| format!("cannot listen on {} (HTTP)", config.http_addr))?;
     let http_addr = http_listener.local_addr()?;
     let grpc_listener = if config.is_cluster() {
-        let addr = config.replica.grpc_addr;
+        let addr = config.replica.settings.grpc_addr;
         Some(tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr} (gRPC)"))?)
     } else {
         None

@@ -3,8 +3,8 @@ use std::path::PathBuf;
 /// Errors of the part layer. Each says which part or file and what the caller can do.
 #[derive(Debug, thiserror::Error)]
 pub enum PartError {
-    #[error("`{0}` is not a part id: a part id is 64 lowercase hex characters (a blake3 hash)")]
-    InvalidId(String),
+    #[error(transparent)]
+    InvalidId(#[from] tandem_ids::InvalidPartId),
     #[error("column `{column}` named in the sort key or partition key is not in the block")]
     MissingColumn { column: String },
     #[error("partition column `{column}` has type {data_type}; partitioning needs a Date or DateTime column")]

@@ -23,7 +23,6 @@
 mod block;
 mod encode;
 mod error;
-mod id;
 mod manifest;
 mod merge;
 mod object_mirror;
@@ -36,9 +35,9 @@ pub use parquet;
 pub use block::block_id;
 pub use encode::{EncodedPart, PartMetadata, encode_part, read_part_batches};
 pub use error::PartError;
-pub use id::PartId;
 pub use manifest::{ColumnStats, PART_FORMAT_VERSION, PartManifest};
 pub use merge::{MergeCandidate, MergePolicy, merge_parts, select_merge};
 pub use object_mirror::{MirrorError, MirroredObject, ObjectMirror, S3Settings, UploadOutcome};
 pub use partition::{PartitionSpec, split_by_partition};
 pub use store::{LocalPartStore, PartWriter, VerifyOutcome};
+pub use tandem_ids::PartId;

@@ -53,7 +53,7 @@ pub struct PartManifest {
     pub created_at_ms: i64,
     /// For a merged part: the parts it replaces (ids, sorted).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub merged_from: Vec<String>,
+    pub merged_from: Vec<crate::PartId>,
     /// For a merged part: the lowest and highest registration revision of the rows it holds
     /// (a part written by an insert covers only its own revision).
     #[serde(default, skip_serializing_if = "Option::is_none")]

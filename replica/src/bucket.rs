@@ -6,15 +6,13 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use bytes::Bytes;
-use tandem_parts::{LocalPartStore, MirrorError, ObjectMirror, PartId, UploadOutcome};
+use tandem_parts::{LocalPartStore, MirrorError, ObjectMirror, PartId, S3Settings, UploadOutcome};
 use tokio::sync::Notify;
 
-use crate::config::ObjectStoreConfig;
 use crate::metrics::Metrics;
 
 pub struct Bucket {
     pub(crate) mirror: ObjectMirror,
-    pub(crate) config: ObjectStoreConfig,
     reachable: AtomicBool,
     last_error: Mutex<Option<String>>,
     /// Set while a node started with `bootstrap_from_object_store` has not caught up yet.
@@ -24,12 +22,12 @@ pub struct Bucket {
 }
 
 impl Bucket {
-    pub(crate) fn new(config: ObjectStoreConfig) -> anyhow::Result<Self> {
-        let mirror = ObjectMirror::s3(&config.s3)?;
+    /// `bootstrap`: read parts from the bucket first until caught up (a node filling an empty disk).
+    pub(crate) fn new(s3: &S3Settings, bootstrap: bool) -> anyhow::Result<Self> {
+        let mirror = ObjectMirror::s3(s3)?;
         Ok(Bucket {
             mirror,
-            bootstrapping: AtomicBool::new(config.bootstrap),
-            config,
+            bootstrapping: AtomicBool::new(bootstrap),
             // Unknown until the first request; assumed reachable so that a healthy start does
             // not report an outage.
             reachable: AtomicBool::new(true),

@@ -79,7 +79,7 @@ pub struct TableState {
 #[derive(Clone, Debug)]
 pub struct BrokenPart {
     pub table: String,
-    pub id: String,
+    pub id: PartId,
     pub reason: String,
 }
 
@@ -122,7 +122,7 @@ pub struct FetchRequest {
 
 pub struct Catalog {
     tables: RwLock<BTreeMap<String, Arc<TableState>>>,
-    broken: Mutex<BTreeMap<String, BrokenPart>>,
+    broken: Mutex<BTreeMap<PartId, BrokenPart>>,
     files: Mutex<HashMap<PartId, Weak<PartFile>>>,
     store: Arc<LocalPartStore>,
     fetches: Mutex<Option<mpsc::UnboundedSender<FetchRequest>>>,
@@ -133,12 +133,12 @@ pub struct Catalog {
     /// The last applied revision that changed tables or parts.
     data_revision: watch::Sender<Revision>,
     /// Which nodes hold a verified copy of each part (from holder keys), for quorum waits.
-    holders: Mutex<HashMap<String, BTreeSet<String>>>,
+    holders: Mutex<HashMap<PartId, BTreeSet<String>>>,
     /// Bumped whenever `holders` (or `merged_into`) changes.
     holders_changed: watch::Sender<u64>,
     /// Which merged part each recently merged-away part went into, so a quorum wait for a
     /// part that was merged before the quorum was reached waits for the merged part instead.
-    merged_into: Mutex<HashMap<String, String>>,
+    merged_into: Mutex<HashMap<PartId, PartId>>,
     ready: AtomicBool,
 }
 
@@ -164,31 +164,31 @@ impl Catalog {
     }
 
     /// The nodes known to hold a verified copy of `part` (the object store is not a node).
-    pub fn holders(&self, part: &str) -> BTreeSet<String> {
+    pub fn holders(&self, part: &PartId) -> BTreeSet<String> {
         let mut holders = self.holders.lock().expect("holders lock").get(part).cloned().unwrap_or_default();
         holders.remove(OBJECT_STORE_HOLDER);
         holders
     }
 
     /// Whether `part` is recorded as uploaded to the object store.
-    pub fn in_object_store(&self, part: &str) -> bool {
+    pub fn in_object_store(&self, part: &PartId) -> bool {
         self.holders.lock().expect("holders lock").get(part).is_some_and(|h| h.contains(OBJECT_STORE_HOLDER))
     }
 
     /// The part that now holds `part`'s rows: itself, or the part it was merged into.
-    fn current_part(&self, part: &str) -> String {
+    fn current_part(&self, part: &PartId) -> PartId {
         let merged_into = self.merged_into.lock().expect("merge map lock");
-        let mut current = part;
+        let mut current = *part;
         for _ in 0..64 {
-            match merged_into.get(current) {
-                Some(next) => current = next,
+            match merged_into.get(&current) {
+                Some(next) => current = *next,
                 None => break,
             }
         }
-        current.to_string()
+        current
     }
 
-    fn record_merge(&self, manifest: &PartManifest, merged: &str) {
+    fn record_merge(&self, manifest: &PartManifest, merged: &PartId) {
         if manifest.merged_from.is_empty() {
             return;
         }
@@ -199,7 +199,7 @@ impl Catalog {
                 merged_into.clear();
             }
             for source in &manifest.merged_from {
-                merged_into.insert(source.clone(), merged.to_string());
+                merged_into.insert(*source, *merged);
             }
         }
         self.holders_changed.send_modify(|n| *n += 1);
@@ -208,7 +208,7 @@ impl Catalog {
     /// Waits until every one of `parts` (or the parts they were merged into) has at least
     /// `quorum` holders. Returns the smallest holder set among them when the wait ends (met or
     /// timed out).
-    pub async fn wait_holders(&self, parts: &[String], quorum: usize, timeout: Duration) -> (bool, BTreeSet<String>) {
+    pub async fn wait_holders(&self, parts: &[PartId], quorum: usize, timeout: Duration) -> (bool, BTreeSet<String>) {
         let mut changed = self.holders_changed.subscribe();
         let deadline = tokio::time::Instant::now() + timeout;
         loop {
@@ -224,7 +224,7 @@ impl Catalog {
         }
     }
 
-    fn set_holders(&self, update: impl FnOnce(&mut HashMap<String, BTreeSet<String>>)) {
+    fn set_holders(&self, update: impl FnOnce(&mut HashMap<PartId, BTreeSet<String>>)) {
         update(&mut self.holders.lock().expect("holders lock"));
         self.holders_changed.send_modify(|n| *n += 1);
     }
@@ -317,8 +317,8 @@ impl Catalog {
 
     fn mark_broken(&self, part: &RegisteredPart, reason: String) {
         tracing::error!(table = %part.table, part = %part.id, reason = %reason, "registered part cannot be read");
-        let entry = BrokenPart { table: part.table.clone(), id: part.id.clone(), reason };
-        self.broken.lock().expect("broken parts lock").insert(part.id.clone(), entry);
+        let entry = BrokenPart { table: part.table.clone(), id: part.id, reason };
+        self.broken.lock().expect("broken parts lock").insert(part.id, entry);
     }
 
     /// Adds a registered part to a table: active if its file is here (and not `rejected`),
@@ -334,11 +334,8 @@ impl Catalog {
             Ok(m) => Arc::new(m),
             Err(e) => return self.mark_broken(part, format!("unreadable manifest: {e}")),
         };
-        let id: PartId = match part.id.parse() {
-            Ok(id) => id,
-            Err(e) => return self.mark_broken(part, e.to_string()),
-        };
-        self.record_merge(&manifest, &part.id);
+        let id = part.id;
+        self.record_merge(&manifest, &id);
         let file = if rejected.is_some() { None } else { self.acquire_file(id) };
         match file {
             Some(file) => {
@@ -389,7 +386,7 @@ impl Catalog {
 
     /// Replaces the whole view with a full state. Parts already active are kept as they are;
     /// `rejected` names parts whose local file failed verification (they become pending).
-    pub fn apply_snapshot(&self, snapshot: &Snapshot, rejected: &HashMap<String, String>) {
+    pub fn apply_snapshot(&self, snapshot: &Snapshot, rejected: &HashMap<PartId, String>) {
         let old = self.snapshot();
         let mut tables: BTreeMap<String, TableState> = BTreeMap::new();
         for record in &snapshot.tables {
@@ -404,7 +401,7 @@ impl Catalog {
             let kept = old
                 .get(&part.table)
                 .filter(|t| t.created == table.created)
-                .and_then(|t| part.id.parse().ok().and_then(|id: PartId| t.parts.get(&id).cloned()));
+                .and_then(|t| t.parts.get(&part.id).cloned());
             match kept {
                 Some(active) if !rejected.contains_key(&part.id) => {
                     table.parts.insert(active.id, active);
@@ -415,14 +412,14 @@ impl Catalog {
         // Sources of a merged part that is not here yet stay visible until it is.
         for (name, table) in tables.iter_mut() {
             let Some(previous) = old.get(name).filter(|t| t.created == table.created) else { continue };
-            let merges: Vec<(PartId, Vec<String>)> = table
+            let merges: Vec<(PartId, Vec<PartId>)> = table
                 .pending
                 .values()
                 .filter(|p| !p.manifest.merged_from.is_empty())
                 .map(|p| (p.id, p.manifest.merged_from.clone()))
                 .collect();
             for (merged, sources) in merges {
-                for source in sources.iter().filter_map(|s| s.parse::<PartId>().ok()) {
+                for source in sources {
                     if let Some(active) = previous.parts.get(&source) {
                         table.parts.insert(source, ActivePart { replaced_by: Some(merged), ..active.clone() });
                     }
@@ -439,8 +436,8 @@ impl Catalog {
         *self.tables.write().expect("catalog lock") = tables.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
         self.set_holders(|holders| {
             holders.clear();
-            for (_, id, node) in &snapshot.holders {
-                holders.entry(id.clone()).or_default().insert(node.clone());
+            for holder in &snapshot.holders {
+                holders.entry(holder.part).or_default().insert(holder.node.clone());
             }
         });
         self.applied.send_replace(snapshot.revision);
@@ -454,14 +451,13 @@ impl Catalog {
     pub fn apply_batch(&self, batch: &EventBatch) {
         let mut requests = Vec::new();
         // Parts merged away in this revision, and the part each went into.
-        let mut merged_into: HashMap<(String, String), PartId> = HashMap::new();
+        let mut merged_into: HashMap<(String, PartId), PartId> = HashMap::new();
         for event in &batch.events {
             if let ClusterEvent::PartAdded(part) = event
                 && let Ok(manifest) = PartManifest::from_json(&part.manifest)
-                && let Ok(id) = part.id.parse::<PartId>()
             {
                 for source in manifest.merged_from {
-                    merged_into.insert((part.table.clone(), source), id);
+                    merged_into.insert((part.table.clone(), source), part.id);
                 }
             }
         }
@@ -495,12 +491,12 @@ impl Catalog {
                         let Some(table) = tables.get_mut(&part.table) else { continue };
                         self.add_part(Arc::make_mut(table), part, None, &mut requests);
                     }
-                    ClusterEvent::PartRemoved { table, id: removed } => {
-                        self.broken.lock().expect("broken parts lock").remove(removed);
+                    ClusterEvent::PartRemoved { table, id } => {
+                        let id = *id;
+                        self.broken.lock().expect("broken parts lock").remove(&id);
                         let Some(state) = tables.get_mut(table) else { continue };
-                        let Ok(id) = removed.parse::<PartId>() else { continue };
                         let state = Arc::make_mut(state);
-                        let successor = merged_into.get(&(table.clone(), removed.clone())).copied();
+                        let successor = merged_into.get(&(table.clone(), id)).copied();
                         if state.pending.remove(&id).is_some() {
                             // Parts waiting for this one now wait for what it was merged into
                             // (or, if it went without a successor, are gone with it).
@@ -521,24 +517,23 @@ impl Catalog {
                             (None, _) => {}
                         }
                     }
-                    ClusterEvent::HolderAdded { table, id, node } => {
+                    ClusterEvent::HolderAdded(holder) => {
                         self.set_holders(|holders| {
-                            holders.entry(id.clone()).or_default().insert(node.clone());
+                            holders.entry(holder.part).or_default().insert(holder.node.clone());
                         });
                         // A new copy may be the one a failing (or lost) fetch was waiting for.
-                        if let Some(state) = tables.get(table)
-                            && let Ok(part) = id.parse::<PartId>()
-                            && state.pending.contains_key(&part)
+                        if let Some(state) = tables.get(&holder.table)
+                            && state.pending.contains_key(&holder.part)
                         {
-                            requests.push(FetchRequest { table: table.clone(), id: part });
+                            requests.push(FetchRequest { table: holder.table.clone(), id: holder.part });
                         }
                     }
-                    ClusterEvent::HolderRemoved { id, node, .. } => {
+                    ClusterEvent::HolderRemoved(holder) => {
                         self.set_holders(|holders| {
-                            if let Some(set) = holders.get_mut(id) {
-                                set.remove(node);
+                            if let Some(set) = holders.get_mut(&holder.part) {
+                                set.remove(&holder.node);
                                 if set.is_empty() {
-                                    holders.remove(id);
+                                    holders.remove(&holder.part);
                                 }
                             }
                         });
@@ -657,13 +652,10 @@ impl Catalog {
     fn missing_from(table: &TableState, pending: &PendingPart) -> Revision {
         let manifest = &pending.manifest;
         let Some((low, _)) = manifest.revision_range else { return pending.revision };
-        let covered = manifest.merged_from.iter().all(|source| {
-            source
-                .parse::<PartId>()
-                .ok()
-                .and_then(|id| table.parts.get(&id))
-                .is_some_and(|p| p.replaced_by == Some(pending.id))
-        });
+        let covered = manifest
+            .merged_from
+            .iter()
+            .all(|source| table.parts.get(source).is_some_and(|p| p.replaced_by == Some(pending.id)));
         if covered { pending.revision } else { low }
     }
 }
@@ -703,14 +695,14 @@ mod tests {
             column_ids: BTreeMap::new(),
             node: Some("n1".into()),
             created_at_ms: 0,
-            merged_from: merged_from.iter().map(|id| id.to_string()).collect(),
+            merged_from: merged_from.iter().map(|id| **id).collect(),
             revision_range: None,
         }
         .to_json()
     }
 
     fn registered(id: &PartId, revision: Revision, merged_from: &[&PartId]) -> RegisteredPart {
-        RegisteredPart { table: "t".into(), id: id.to_string(), manifest: manifest(merged_from), revision }
+        RegisteredPart { table: "t".into(), id: *id, manifest: manifest(merged_from), revision }
     }
 
     /// A catalog holding table `t` with parts `s1` and `s2`, both on disk.
@@ -756,7 +748,7 @@ mod tests {
     fn merge_batch(revision: Revision, merged: &PartId, sources: [&PartId; 2], added_first: bool) -> EventBatch {
         let added = ClusterEvent::PartAdded(registered(merged, revision, &sources));
         let mut events: Vec<ClusterEvent> =
-            sources.iter().map(|s| ClusterEvent::PartRemoved { table: "t".into(), id: s.to_string() }).collect();
+            sources.iter().map(|s| ClusterEvent::PartRemoved { table: "t".into(), id: **s }).collect();
         if added_first {
             events.insert(0, added);
         } else {

@@ -1,23 +1,75 @@
-//! What a replica is started with. The layering of defaults, file, environment and flags that
-//! produces it lives in the `tandem` binary.
+//! What a replica is started with: its settings (declared once below, with their defaults,
+//! flags, `TANDEM_*` variables and config keys), and what the `tandem` binary resolves around
+//! them (the data directory, the node id, the coordinator, the secret, the bucket).
 
-use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
 use tandem_coordinator::EtcdTls;
 use tandem_parts::S3Settings;
 
-/// The object-store mirror of parts.
-#[derive(Clone, Debug)]
-pub struct ObjectStoreConfig {
-    pub s3: S3Settings,
-    pub upload_concurrency: usize,
-    /// An object unreferenced for this long is deleted.
-    pub gc_grace: Duration,
-    pub gc_interval: Duration,
-    /// Read parts from the bucket first until caught up (a node filling an empty disk).
-    pub bootstrap: bool,
+tandem_settings::settings! {
+    /// The replica's tunable settings.
+    pub struct ReplicaSettings, flags ReplicaFlags, file ReplicaFile {
+        /// Address of the interserver gRPC service, also announced to peers.
+        grpc_addr: std::net::SocketAddr = "127.0.0.1:9100", env "TANDEM_GRPC_ADDR";
+        /// `host:port` peers use to reach this node's gRPC service, when it differs from
+        /// --grpc-addr (which may be 0.0.0.0: in Kubernetes, the pod's DNS name under the headless
+        /// Service); unset, the bound --grpc-addr is announced.
+        advertise_grpc_addr: Option<String> = "", env "TANDEM_ADVERTISE_GRPC_ADDR";
+        /// Parts fetched from peers at the same time.
+        fetch_concurrency: usize = "4", env "TANDEM_FETCH_CONCURRENCY";
+        /// Seconds without a chunk after which a fetch gives up on that source and tries the next
+        /// (raise it for peers behind slow links).
+        fetch_chunk_timeout_seconds: u64 = "30", env "TANDEM_FETCH_CHUNK_TIMEOUT_SECONDS";
+        /// Seconds between full listings of the cluster state, a safety net under the watch.
+        relist_interval_seconds: u64 = "300", env "TANDEM_RELIST_INTERVAL_SECONDS";
+        /// Milliseconds between passes that forget insert block ids beyond each table's
+        /// dedup_window_blocks.
+        dedup_prune_interval_ms: u64 = "60000", env "TANDEM_DEDUP_PRUNE_INTERVAL_MS";
+        /// Merges this node runs at the same time (as a leader or rebuilding replica).
+        merge_concurrency: usize = "1", env "TANDEM_MERGE_CONCURRENCY";
+        /// Milliseconds between merge selection passes.
+        merge_interval_ms: u64 = "1000", env "TANDEM_MERGE_INTERVAL_MS";
+        /// Part files that no registered part uses are deleted once this old (seconds).
+        orphan_grace_seconds: u64 = "3600", env "TANDEM_ORPHAN_GRACE_SECONDS";
+        /// Parts uploaded to the object store at the same time.
+        upload_concurrency: usize = "4", env "TANDEM_UPLOAD_CONCURRENCY";
+        /// Objects no part references are deleted once unreferenced for this long (seconds).
+        object_store_gc_grace_seconds: u64 = "3600", env "TANDEM_OBJECT_STORE_GC_GRACE_SECONDS";
+        /// Seconds between object-store garbage collection passes.
+        object_store_gc_interval_seconds: u64 = "300", env "TANDEM_OBJECT_STORE_GC_INTERVAL_SECONDS";
+        /// Fill this node's disk from the object store instead of its peers: until it has caught
+        /// up, every part is read from the bucket first (peers only for parts not uploaded yet).
+        bootstrap_from_object_store: bool = "false", env "TANDEM_BOOTSTRAP_FROM_OBJECT_STORE",
+            [num_args = 0..=1, default_missing_value = "true"];
+    }
+}
+
+impl ReplicaSettings {
+    pub fn relist_interval(&self) -> Duration {
+        Duration::from_secs(self.relist_interval_seconds.max(1))
+    }
+
+    pub fn dedup_prune_interval(&self) -> Duration {
+        Duration::from_millis(self.dedup_prune_interval_ms.max(10))
+    }
+
+    pub fn merge_interval(&self) -> Duration {
+        Duration::from_millis(self.merge_interval_ms.max(10))
+    }
+
+    pub fn orphan_grace(&self) -> Duration {
+        Duration::from_secs(self.orphan_grace_seconds)
+    }
+
+    pub fn object_store_gc_grace(&self) -> Duration {
+        Duration::from_secs(self.object_store_gc_grace_seconds)
+    }
+
+    pub fn object_store_gc_interval(&self) -> Duration {
+        Duration::from_secs(self.object_store_gc_interval_seconds.max(1))
+    }
 }
 
 /// Where the metadata lives.
@@ -37,22 +89,12 @@ pub struct ReplicaConfig {
     pub coordinator: CoordinatorConfig,
     /// Key prefix of this cluster in the metadata store: `/tandem/<cluster>/`.
     pub cluster_prefix: String,
-    pub grpc_addr: SocketAddr,
-    /// The address announced to peers; None announces the bound gRPC address.
-    pub advertise_grpc_addr: Option<String>,
     pub cluster_secret: Option<String>,
-    pub fetch_concurrency: usize,
-    /// How often the node re-lists everything as a safety net under the watch.
-    pub relist_interval: Duration,
-    /// How often block ids beyond each table's count window are forgotten.
-    pub dedup_prune_interval: Duration,
-    pub object_store: Option<ObjectStoreConfig>,
-    pub merge_concurrency: usize,
-    pub merge_interval: Duration,
-    /// Unreferenced part files older than this are deleted.
-    pub orphan_grace: Duration,
+    /// The bucket that mirrors every part, when there is one.
+    pub object_store: Option<S3Settings>,
     /// The most columns a table may have (schema changes past it are refused).
     pub max_columns: usize,
+    pub settings: ReplicaSettings,
 }
 
 impl std::fmt::Debug for ReplicaConfig {
@@ -62,11 +104,11 @@ impl std::fmt::Debug for ReplicaConfig {
             .field("node_id", &self.node_id)
             .field("coordinator", &self.coordinator)
             .field("cluster_prefix", &self.cluster_prefix)
-            .field("grpc_addr", &self.grpc_addr)
-            .field("advertise_grpc_addr", &self.advertise_grpc_addr)
             .field("cluster_secret", &self.cluster_secret.as_ref().map(|_| "<set>"))
             .field("object_store", &self.object_store)
-            .finish_non_exhaustive()
+            .field("max_columns", &self.max_columns)
+            .field("settings", &self.settings)
+            .finish()
     }
 }
 

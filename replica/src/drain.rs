@@ -91,10 +91,7 @@ fn parts_only_here(node: &Replica) -> usize {
         .snapshot()
         .values()
         .flat_map(|table| table.parts.keys())
-        .filter(|id| {
-            let id = id.to_string();
-            !node.catalog.in_object_store(&id) && node.catalog.holders(&id).iter().all(|holder| holder == me)
-        })
+        .filter(|id| !node.catalog.in_object_store(id) && node.catalog.holders(id).iter().all(|holder| holder == me))
         .count()
 }
 

@@ -23,8 +23,6 @@ use crate::catalog::{FetchFailure, FetchRequest};
 use crate::membership::NodeInfo;
 use crate::replica::Replica;
 
-/// No chunk for this long ends a fetch from that source.
-const CHUNK_TIMEOUT: Duration = Duration::from_secs(30);
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
 const MAX_LOST_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -68,7 +66,7 @@ pub async fn run(node: Arc<Replica>, mut requests: mpsc::UnboundedReceiver<Fetch
         channels: Mutex::new(HashMap::new()),
         in_flight: Mutex::new(HashSet::new()),
     });
-    let permits = Arc::new(Semaphore::new(node.config.fetch_concurrency));
+    let permits = Arc::new(Semaphore::new(node.config.settings.fetch_concurrency.max(1)));
     let retry = node.fetch_requests.clone();
     // Each fetch is a task of this set: finished ones are reaped as the loop goes, and the rest
     // end with the loop (a part half-written is discarded: the store empties its `tmp/` at open).
@@ -126,12 +124,17 @@ pub async fn run(node: Arc<Replica>, mut requests: mpsc::UnboundedReceiver<Fetch
 }
 
 impl Fetcher {
+    /// No chunk for this long ends a fetch from that source.
+    fn chunk_timeout(&self) -> Duration {
+        Duration::from_secs(self.node.config.settings.fetch_chunk_timeout_seconds.max(1))
+    }
+
     /// Fetches one pending part from the first source that provides valid bytes. The error
     /// says what each source answered, and whether the part is lost (no source has it).
     async fn fetch(&self, request: &FetchRequest) -> Result<(), FetchFailure> {
         let node = &self.node;
         let Some(pending) = node.catalog.pending(&request.table, &request.id) else { return Ok(()) };
-        let id = request.id.to_string();
+        let id = request.id;
         // A merged part whose sources are all here is rebuilt locally: no bytes cross the network.
         if crate::merges::rebuild_locally(node, &request.table, &request.id, &pending.manifest).await {
             if node.catalog.activate(&request.table, &request.id) {
@@ -230,7 +233,7 @@ impl Fetcher {
             tracing::warn!(%table, part = %id, error = %e, "cannot delete a corrupt object");
             return;
         }
-        match self.node.coordinator.remove_holder(table, &id.to_string(), OBJECT_STORE_HOLDER).await {
+        match self.node.coordinator.remove_holder(table, id, OBJECT_STORE_HOLDER).await {
             Ok(()) => tracing::warn!(%table, part = %id, "deleted a corrupt object; the part will be uploaded again"),
             Err(e) => tracing::warn!(%table, part = %id, error = %e, "cannot record that a corrupt object was deleted"),
         }
@@ -276,7 +279,7 @@ impl Fetcher {
                 secret.parse().map_err(|_| SourceError::Failed("the cluster secret is not valid metadata".into()))?;
             request.metadata_mut().insert(SECRET_METADATA_KEY, value);
         }
-        let response = tokio::time::timeout(CHUNK_TIMEOUT, client.fetch_part(request))
+        let response = tokio::time::timeout(self.chunk_timeout(), client.fetch_part(request))
             .await
             .map_err(|_| SourceError::Failed("no answer".into()))?
             .map_err(|status| SourceError::Failed(format!("{}: {}", status.code(), status.message())))?;
@@ -314,9 +317,9 @@ impl Fetcher {
         });
         let mut failure = None;
         loop {
-            match tokio::time::timeout(CHUNK_TIMEOUT, chunks.next()).await {
+            match tokio::time::timeout(self.chunk_timeout(), chunks.next()).await {
                 Err(_) => {
-                    failure = Some(SourceError::Failed(format!("no data for {CHUNK_TIMEOUT:?}")));
+                    failure = Some(SourceError::Failed(format!("no data for {:?}", self.chunk_timeout())));
                     break;
                 }
                 Ok(None) => break,

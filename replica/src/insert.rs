@@ -17,7 +17,6 @@ use tandem_parts::{
 };
 
 use crate::bucket::Bucket;
-use crate::catalog::TableState;
 use crate::error::Error;
 use crate::replica::Replica;
 use crate::schema::{Durability, TableDef};
@@ -52,8 +51,10 @@ pub enum Quorum {
     Auto,
 }
 
-impl Quorum {
-    pub fn parse(value: &str) -> Result<Quorum, Error> {
+impl std::str::FromStr for Quorum {
+    type Err = Error;
+
+    fn from_str(value: &str) -> Result<Quorum, Error> {
         match value {
             "0" | "1" => Ok(Quorum::One),
             "auto" => Ok(Quorum::Auto),
@@ -65,9 +66,25 @@ impl Quorum {
     }
 }
 
-/// Default of `insert_quorum_timeout`: long enough for a transfer between healthy nodes, short
-/// enough that a client learns of a sick replica in seconds rather than ClickHouse's 10 minutes.
-pub const DEFAULT_QUORUM_TIMEOUT: Duration = Duration::from_secs(30);
+/// In the config file, as on the command line: `"1"`, a number of nodes, or `"auto"`.
+impl<'de> serde::Deserialize<'de> for Quorum {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = <std::borrow::Cow<'de, str>>::deserialize(deserializer)?;
+        text.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+impl tandem_settings::Setting for Quorum {
+    type Flag = Quorum;
+
+    fn from_flag(flag: Quorum) -> Quorum {
+        flag
+    }
+
+    fn from_default(text: &str) -> Quorum {
+        text.parse().unwrap_or_default()
+    }
+}
 
 #[derive(Debug, Serialize)]
 pub struct QuorumSummary {
@@ -141,23 +158,25 @@ impl Replica {
         Ok(QuorumTarget { required })
     }
 
-    /// Inserts `rows`, decoded under `table`'s schema as this node had applied it. Answers
-    /// once this node has applied the registration and `quorum` nodes hold the parts.
+    /// Inserts `rows`, decoded under the table definition `def` at schema version
+    /// `schema_version` (as this node had applied it). Answers once this node has applied the
+    /// registration and `quorum` nodes hold the parts.
     ///
     /// [`Error::SchemaChanged`]: the schema changed before the parts were registered; nothing
     /// was registered, this node has caught up with the new schema, and the caller decodes
     /// its rows again under it and retries.
     pub async fn insert(
         &self,
-        table: &TableState,
+        def: &Arc<TableDef>,
+        schema_version: Revision,
         rows: RecordBatch,
         options: &InsertOptions,
         quorum: QuorumTarget,
     ) -> Result<InsertSummary, Error> {
-        let mut summary = insert_once(self, &table.def, table.version, rows, options).await?;
+        let mut summary = insert_once(self, def, schema_version, rows, options).await?;
         let required = quorum.required;
         if required > 1 && !summary.parts.is_empty() {
-            let parts: Vec<String> = summary.parts.iter().map(|p| p.part.to_string()).collect();
+            let parts: Vec<PartId> = summary.parts.iter().map(|p| p.part).collect();
             let (reached, holders) = self.catalog.wait_holders(&parts, required, options.quorum_timeout).await;
             if !reached {
                 return Err(Error::Timeout(format!(
@@ -228,7 +247,7 @@ async fn insert_once(
                 summary.rows_deduplicated += block.num_rows() as u64;
                 summary.revision = summary.revision.max(revision);
                 summary.parts.push(PartSummary {
-                    part: record.part.parse().map_err(Error::internal)?,
+                    part: record.part,
                     partition,
                     rows: block.num_rows() as u64,
                     deduplicated: true,
@@ -321,7 +340,7 @@ async fn register(
             };
             out.push((
                 part.id,
-                NewPart { id: part.id.to_string(), partition, block_id, manifest: manifest.to_json() },
+                NewPart { id: part.id, partition, block_id, manifest: manifest.to_json() },
                 part.rows,
                 part.bytes,
             ));
@@ -399,12 +418,11 @@ async fn register(
             }
             PartOutcome::Duplicate { existing_part, revision } => {
                 summary.rows_deduplicated += rows;
-                let existing: PartId = existing_part.parse().map_err(Error::internal)?;
-                if existing != id {
+                if existing_part != id {
                     orphans.push(id);
                 }
                 summary.parts.push(PartSummary {
-                    part: existing,
+                    part: existing_part,
                     partition: part.partition,
                     rows,
                     deduplicated: true,
@@ -430,13 +448,12 @@ async fn register(
 /// For an insert that asks for object-store durability but was deduplicated: makes sure the
 /// existing part's object exists, uploading this node's copy if it has one.
 async fn ensure_uploaded(node: &Replica, bucket: &Bucket, table: &str, id: &PartId) -> Result<(), Error> {
-    let part = id.to_string();
-    if node.catalog.in_object_store(&part) {
+    if node.catalog.in_object_store(id) {
         return Ok(());
     }
     let unavailable = |e: String| {
         Error::Unavailable(format!(
-            "insert_durability=object_store: the block was already inserted as part {part}, which is not confirmed \
+            "insert_durability=object_store: the block was already inserted as part {id}, which is not confirmed \
              in the object store ({}): {e}; retry when it is reachable (the retry is deduplicated)",
             bucket.mirror.description()
         ))
@@ -452,8 +469,8 @@ async fn ensure_uploaded(node: &Replica, bucket: &Bucket, table: &str, id: &Part
             .await
             .map_err(|e| unavailable(e.to_string()))?;
     }
-    if let Err(e) = node.coordinator.add_holder(table, &part, OBJECT_STORE_HOLDER).await {
-        tracing::warn!(%part, error = %e, "cannot record the object-store copy of a part");
+    if let Err(e) = node.coordinator.add_holder(table, id, OBJECT_STORE_HOLDER).await {
+        tracing::warn!(part = %id, error = %e, "cannot record the object-store copy of a part");
     }
     Ok(())
 }

@@ -49,8 +49,7 @@ impl Interserver for InterserverService {
 
     async fn fetch_part(&self, request: Request<FetchPartRequest>) -> Result<Response<ChunkStream>, Status> {
         let request = request.into_inner();
-        let id: PartId =
-            request.part_id.parse().map_err(|e: tandem_parts::PartError| Status::invalid_argument(e.to_string()))?;
+        let id: PartId = request.part_id.parse().map_err(|e| Status::invalid_argument(format!("{e}")))?;
         let path = self.node.catalog.store().path(&id);
         let mut file = tokio::fs::File::open(&path)
             .await
@@ -114,7 +113,7 @@ async fn quarantine_served(node: &Arc<Replica>, table: &str, id: &PartId) {
     let store = node.catalog.store().clone();
     let id_copy = *id;
     let _ = tokio::task::spawn_blocking(move || store.quarantine(&id_copy)).await;
-    if let Err(e) = node.coordinator.remove_holder(table, &id.to_string(), &node.config.node_id).await {
+    if let Err(e) = node.coordinator.remove_holder(table, id, &node.config.node_id).await {
         tracing::warn!(part = %id, error = %e, "cannot withdraw this node as a holder of a corrupt part");
     }
     node.catalog.demote(

@@ -39,12 +39,10 @@ mod sync;
 
 pub use alter::{AlterAction, ColumnPosition, apply as apply_alter};
 pub use catalog::{ActivePart, BrokenPart, PartFile, PendingPart, TableState};
-pub use config::{CoordinatorConfig, ObjectStoreConfig, ReplicaConfig};
+pub use config::{CoordinatorConfig, ReplicaConfig, ReplicaFile, ReplicaFlags, ReplicaSettings};
 pub use drain::DrainReport;
 pub use error::{Error, Result};
-pub use insert::{
-    DEFAULT_QUORUM_TIMEOUT, InsertOptions, InsertSummary, PartSummary, Quorum, QuorumSummary, QuorumTarget,
-};
+pub use insert::{InsertOptions, InsertSummary, PartSummary, Quorum, QuorumSummary, QuorumTarget};
 pub use membership::{LEASE_TTL, NodeInfo};
 pub use replica::{ObjectStoreStatus, Replica, replication_lag};
 pub use running_merges::RunningMerge;

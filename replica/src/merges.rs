@@ -44,7 +44,7 @@ fn merge_group(manifest: &PartManifest) -> String {
 /// among the parts no running merge is reading, while merge permits are free. It runs every
 /// `merge_interval`, when new parts arrive, and as soon as a merge finishes.
 pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(node.config.merge_interval);
+    let mut tick = tokio::time::interval(node.config.settings.merge_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut data = node.catalog.subscribe_data_revision();
     let policy = MergePolicy::default();
@@ -88,7 +88,7 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let everywhere = |p: &ActivePart| {
             let Some(live) = &live else { return true };
-            let holders = node.catalog.holders(&p.id.to_string());
+            let holders = node.catalog.holders(&p.id);
             live.iter().all(|n| holders.contains(n))
                 || now_ms - p.manifest.created_at_ms >= REPLICATION_WAIT.as_millis() as i64
         };
@@ -183,7 +183,7 @@ fn merged_manifest(
     sort_key: &[String],
 ) -> PartManifest {
     let first = &sources[0].1;
-    let mut merged_from: Vec<String> = sources.iter().map(|(id, _, _)| id.to_string()).collect();
+    let mut merged_from: Vec<PartId> = sources.iter().map(|(id, _, _)| *id).collect();
     merged_from.sort();
     let low = sources.iter().map(|(_, m, r)| m.revision_range.map_or(*r, |(low, _)| low)).min().unwrap_or(0);
     let high = sources.iter().map(|(_, m, r)| m.revision_range.map_or(*r, |(_, high)| high)).max().unwrap_or(0);
@@ -226,13 +226,9 @@ async fn merge_and_register(
     .await??;
     let described: Vec<_> = sources.iter().map(|p| (p.id, p.manifest.clone(), p.revision)).collect();
     let manifest = merged_manifest(&node.config.node_id, &encoded, &described, sort_key);
-    let merged = NewPart {
-        id: encoded.id.to_string(),
-        partition: manifest.partition.clone(),
-        block_id: None,
-        manifest: manifest.to_json(),
-    };
-    let source_revisions: Vec<(String, Revision)> = sources.iter().map(|p| (p.id.to_string(), p.revision)).collect();
+    let merged =
+        NewPart { id: encoded.id, partition: manifest.partition.clone(), block_id: None, manifest: manifest.to_json() };
+    let source_revisions: Vec<(PartId, Revision)> = sources.iter().map(|p| (p.id, p.revision)).collect();
     let role = role(table);
     let fence = fence.map(|f| (role.as_str(), f));
     match node.coordinator.replace_parts(table, &source_revisions, &merged, &node.config.node_id, fence).await {
@@ -290,10 +286,7 @@ pub async fn rebuild_locally(node: &Replica, table: &str, id: &PartId, manifest:
         return false;
     }
     let store = node.catalog.store().clone();
-    let Ok(sources) = manifest.merged_from.iter().map(|s| s.parse::<PartId>()).collect::<Result<Vec<PartId>, _>>()
-    else {
-        return false;
-    };
+    let sources = &manifest.merged_from;
     // Source files are on disk while they are still visible here (or not yet swept).
     let held: Option<Vec<_>> = {
         let state = node.catalog.table(table);
@@ -356,7 +349,7 @@ pub async fn rebuild_locally(node: &Replica, table: &str, id: &PartId, manifest:
 /// Deletes part files that nothing references (a crash between writing a part and
 /// registering it, a merge that was not registered) once they are older than `grace`.
 pub async fn run_orphan_sweep(node: Arc<Replica>, shutdown: CancellationToken) {
-    let grace = node.config.orphan_grace;
+    let grace = node.config.settings.orphan_grace();
     let mut tick = tokio::time::interval(grace.min(Duration::from_secs(600)).max(Duration::from_secs(1)));
     loop {
         tokio::select! {

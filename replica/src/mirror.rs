@@ -10,7 +10,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use redb::{Database, Durability, ReadableTable, TableDefinition};
-use tandem_coordinator::{ClusterEvent, EventBatch, RegisteredPart, Revision, Snapshot, TableRecord};
+use tandem_coordinator::{ClusterEvent, EventBatch, Holder, RegisteredPart, Revision, Snapshot, TableRecord};
+use tandem_parts::PartId;
 
 const TABLES: TableDefinition<&str, &[u8]> = TableDefinition::new("tables");
 const PARTS: TableDefinition<&str, &[u8]> = TableDefinition::new("parts");
@@ -63,10 +64,13 @@ impl Mirror {
         for entry in txn.open_table(PARTS)?.iter()? {
             let (key, value) = entry?;
             let Some((table, id)) = key.value().split_once('/') else { continue };
+            // Written by this node from parsed ids: a key that does not parse is damage, and the
+            // listing that follows a failed resume replaces it.
+            let id: PartId = id.parse()?;
             let value = value.value();
             snapshot.parts.push(RegisteredPart {
                 table: table.to_string(),
-                id: id.to_string(),
+                id,
                 revision: i64_at(value, 0),
                 manifest: value[8..].to_vec(),
             });
@@ -75,7 +79,7 @@ impl Mirror {
             let (key, _) = entry?;
             let mut fields = key.value().splitn(3, '/');
             if let (Some(table), Some(id), Some(node)) = (fields.next(), fields.next(), fields.next()) {
-                snapshot.holders.push((table.to_string(), id.to_string(), node.to_string()));
+                snapshot.holders.push(Holder { table: table.to_string(), part: id.parse()?, node: node.to_string() });
             }
         }
         Ok(Some(snapshot))
@@ -97,8 +101,8 @@ impl Mirror {
             }
             let mut holders = txn.open_table(HOLDERS)?;
             holders.retain(|_, _| false)?;
-            for (table, id, node) in &snapshot.holders {
-                holders.insert(holder_key(table, id, node).as_str(), ())?;
+            for holder in &snapshot.holders {
+                holders.insert(holder_key(holder).as_str(), ())?;
             }
             let mut meta = txn.open_table(META)?;
             meta.insert("prefix", prefix.as_bytes())?;
@@ -144,11 +148,11 @@ impl Mirror {
                     ClusterEvent::PartRemoved { table, id } => {
                         parts.remove(part_key(table, id).as_str())?;
                     }
-                    ClusterEvent::HolderAdded { table, id, node } => {
-                        holders.insert(holder_key(table, id, node).as_str(), ())?;
+                    ClusterEvent::HolderAdded(holder) => {
+                        holders.insert(holder_key(holder).as_str(), ())?;
                     }
-                    ClusterEvent::HolderRemoved { table, id, node } => {
-                        holders.remove(holder_key(table, id, node).as_str())?;
+                    ClusterEvent::HolderRemoved(holder) => {
+                        holders.remove(holder_key(holder).as_str())?;
                     }
                     _ => {}
                 }
@@ -160,12 +164,12 @@ impl Mirror {
     }
 }
 
-fn part_key(table: &str, id: &str) -> String {
+fn part_key(table: &str, id: &PartId) -> String {
     format!("{table}/{id}")
 }
 
-fn holder_key(table: &str, id: &str, node: &str) -> String {
-    format!("{table}/{id}/{node}")
+fn holder_key(holder: &Holder) -> String {
+    format!("{}/{}/{}", holder.table, holder.part, holder.node)
 }
 
 fn table_value(table: &TableRecord) -> Vec<u8> {
@@ -196,21 +200,26 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("catalog.redb");
         let table = TableRecord { name: "t".into(), doc: b"def".to_vec(), version: 3, created: 2 };
-        let part =
-            |id: &str, revision| RegisteredPart { table: "t".into(), id: id.into(), manifest: b"m".to_vec(), revision };
+        let id = |label: &str| PartId::of_bytes(label.as_bytes());
+        let part = |label: &str, revision| RegisteredPart {
+            table: "t".into(),
+            id: id(label),
+            manifest: b"m".to_vec(),
+            revision,
+        };
         {
             let mirror = Mirror::open(&path).unwrap();
             let snapshot =
                 Snapshot { revision: 5, tables: vec![table.clone()], parts: vec![part("a", 4)], holders: vec![] };
             mirror.replace("/tandem/x/", &snapshot).unwrap();
-            let holder = ClusterEvent::HolderAdded { table: "t".into(), id: "b".into(), node: "n2".into() };
+            let holder = ClusterEvent::HolderAdded(Holder { table: "t".into(), part: id("b"), node: "n2".into() });
             mirror
                 .apply(&EventBatch { revision: 6, events: vec![ClusterEvent::PartAdded(part("b", 6)), holder] })
                 .unwrap();
             mirror
                 .apply(&EventBatch {
                     revision: 7,
-                    events: vec![ClusterEvent::PartRemoved { table: "t".into(), id: "a".into() }],
+                    events: vec![ClusterEvent::PartRemoved { table: "t".into(), id: id("a") }],
                 })
                 .unwrap();
         }
@@ -220,6 +229,6 @@ mod tests {
         assert_eq!(loaded.revision, 7);
         assert_eq!(loaded.tables, vec![table]);
         assert_eq!(loaded.parts, vec![part("b", 6)]);
-        assert_eq!(loaded.holders, vec![("t".to_string(), "b".to_string(), "n2".to_string())]);
+        assert_eq!(loaded.holders, vec![Holder { table: "t".into(), part: id("b"), node: "n2".into() }]);
     }
 }

@@ -29,7 +29,7 @@ const PROBE_WHILE_UP: Duration = Duration::from_secs(30);
 /// uploads are retried with backoff; the backlog survives restarts because it is derived from
 /// the catalog (parts without an object-store holder), not kept in memory.
 pub async fn run_uploader(node: Arc<Replica>, bucket: Arc<Bucket>, shutdown: CancellationToken) {
-    let permits = Arc::new(Semaphore::new(bucket.config.upload_concurrency));
+    let permits = Arc::new(Semaphore::new(node.config.settings.upload_concurrency.max(1)));
     let state: Arc<Mutex<UploadState>> = Arc::default();
     // None: probe at the first pass, so a node that starts with the store down says so.
     let mut last_probe: Option<Instant> = None;
@@ -52,7 +52,7 @@ pub async fn run_uploader(node: Arc<Replica>, bucket: Arc<Bucket>, shutdown: Can
         let mut due = Vec::new();
         for (name, table) in &tables {
             for part in table.parts.values() {
-                if node.catalog.in_object_store(&part.id.to_string()) {
+                if node.catalog.in_object_store(&part.id) {
                     continue;
                 }
                 let writer = part.manifest.node.as_deref();
@@ -99,7 +99,7 @@ pub async fn run_uploader(node: Arc<Replica>, bucket: Arc<Bucket>, shutdown: Can
                 let part = part;
                 let mut result = bucket.upload(&node.metrics, node.catalog.store(), &table, &part.id, None).await;
                 if result.is_ok()
-                    && let Err(e) = node.coordinator.add_holder(&table, &part.id.to_string(), OBJECT_STORE_HOLDER).await
+                    && let Err(e) = node.coordinator.add_holder(&table, &part.id, OBJECT_STORE_HOLDER).await
                 {
                     result = Err(UploadError::Record(e));
                 }
@@ -194,7 +194,7 @@ pub async fn run_gc(node: Arc<Replica>, bucket: Arc<Bucket>, shutdown: Cancellat
     // When each unreferenced object was first seen unreferenced by this leader. A new leader
     // starts with an empty map, so it waits a full grace period before deleting anything.
     let mut unreferenced_since: HashMap<(String, PartId), Instant> = HashMap::new();
-    let mut tick = tokio::time::interval(bucket.config.gc_interval);
+    let mut tick = tokio::time::interval(node.config.settings.object_store_gc_interval());
     loop {
         tokio::select! {
             _ = tick.tick() => {},
@@ -227,7 +227,7 @@ pub async fn run_gc(node: Arc<Replica>, bucket: Arc<Bucket>, shutdown: Cancellat
 
 async fn referenced(node: &Replica) -> anyhow::Result<HashSet<(String, PartId)>> {
     let snapshot = node.coordinator.snapshot().await?;
-    Ok(snapshot.parts.into_iter().filter_map(|p| Some((p.table, p.id.parse().ok()?))).collect())
+    Ok(snapshot.parts.into_iter().map(|p| (p.table, p.id)).collect())
 }
 
 async fn gc_pass(
@@ -251,7 +251,7 @@ async fn gc_pass(
             continue;
         }
         let since = *unreferenced_since.entry(key.clone()).or_insert(now);
-        if now.duration_since(since) >= bucket.config.gc_grace {
+        if now.duration_since(since) >= node.config.settings.object_store_gc_grace() {
             expired.push(key);
         }
     }

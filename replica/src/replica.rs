@@ -67,7 +67,7 @@ impl Replica {
 
     /// The interserver address peers reach this node at.
     pub fn grpc_addr(&self) -> String {
-        self.config.advertise_grpc_addr.clone().unwrap_or_else(|| self.grpc_addr.to_string())
+        self.config.settings.advertise_grpc_addr.clone().unwrap_or_else(|| self.grpc_addr.to_string())
     }
 
     /// Ready to serve: caught up with the metadata, not draining, and (in a cluster) announced,
@@ -105,7 +105,7 @@ impl Replica {
 
     /// Whether `part` is recorded as uploaded to the object store.
     pub fn in_object_store(&self, part: &PartId) -> bool {
-        self.catalog.in_object_store(&part.to_string())
+        self.catalog.in_object_store(part)
     }
 
     /// Every change up to this revision has been applied here.

@@ -56,7 +56,7 @@ pub async fn start(
     };
     let mirror = Mirror::open(&config.data_dir.join("catalog.redb"))
         .context("cannot open the local catalog (is another tandem using this data directory?)")?;
-    let grpc_addr = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?.unwrap_or(config.grpc_addr);
+    let grpc_addr = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?.unwrap_or(config.settings.grpc_addr);
     if config.is_cluster() && config.cluster_secret.is_none() {
         tracing::warn!(
             "no cluster secret is configured: any process that reaches {grpc_addr} can read this node's parts; \
@@ -64,8 +64,9 @@ pub async fn start(
         );
     }
     let bucket = match &config.object_store {
-        Some(settings) => {
-            let bucket = Bucket::new(settings.clone()).context("invalid object store configuration")?;
+        Some(s3) => {
+            let bootstrap = config.settings.bootstrap_from_object_store;
+            let bucket = Bucket::new(s3, bootstrap).context("invalid object store configuration")?;
             tracing::info!(store = %bucket.mirror.description(), "parts are mirrored to the object store");
             Some(Arc::new(bucket))
         }
@@ -86,7 +87,7 @@ pub async fn start(
         announced: Default::default(),
         lease: Default::default(),
         bucket: bucket.clone(),
-        merges: Merges::new(config.merge_concurrency),
+        merges: Merges::new(config.settings.merge_concurrency),
         draining: Default::default(),
         fetch_requests,
         config,

@@ -101,7 +101,7 @@ async fn follow(
         }
     };
     let mut stream = node.coordinator.watch(from).await?;
-    let relist_at = tokio::time::Instant::now() + node.config.relist_interval;
+    let relist_at = tokio::time::Instant::now() + node.config.settings.relist_interval();
     loop {
         let batch = tokio::select! {
             b = stream.next() => b,
@@ -175,18 +175,17 @@ async fn reject_corrupt(
     node: &Arc<Replica>,
     snapshot: &Snapshot,
     corrupt: &HashMap<PartId, String>,
-) -> HashMap<String, String> {
+) -> HashMap<PartId, String> {
     let mut out = HashMap::new();
     for part in &snapshot.parts {
-        let Ok(id) = part.id.parse::<PartId>() else { continue };
-        let Some(reason) = corrupt.get(&id) else { continue };
-        if node.catalog.store().contains(&id) {
+        let Some(reason) = corrupt.get(&part.id) else { continue };
+        if node.catalog.store().contains(&part.id) {
             continue; // a good copy arrived since
         }
         if let Err(e) = node.coordinator.remove_holder(&part.table, &part.id, &node.config.node_id).await {
-            tracing::warn!(part = %id, error = %e, "cannot withdraw this node as a holder of a corrupt part");
+            tracing::warn!(part = %part.id, error = %e, "cannot withdraw this node as a holder of a corrupt part");
         }
-        out.insert(part.id.clone(), reason.clone());
+        out.insert(part.id, reason.clone());
     }
     out
 }
@@ -194,7 +193,7 @@ async fn reject_corrupt(
 /// Forgets insert block ids beyond each table's dedup window (the time window is also
 /// checked when a block is admitted, so an old id never deduplicates even before this runs).
 pub async fn prune_blocks(node: Arc<Replica>, shutdown: CancellationToken) {
-    let mut tick = tokio::time::interval(node.config.dedup_prune_interval);
+    let mut tick = tokio::time::interval(node.config.settings.dedup_prune_interval());
     loop {
         tokio::select! {
             _ = tick.tick() => {},

@@ -246,9 +246,12 @@ fn conform(def: &TableDef, batch: RecordBatch, options: InputOptions) -> Result<
             }
             // An omitted column takes its DEFAULT (NULL or the type's zero value without one).
             Err(_) => match &column.default {
-                Some(_) => crate::column_default::fill_value(column)
-                    .and_then(|v| v.to_array_of_size(rows).map_err(|e| e.to_string()))
-                    .map_err(|e| NodeError::bad_request(format!("column `{}`: {e}", column.name)))?,
+                Some(_) => {
+                    let invalid =
+                        |e: &dyn std::fmt::Display| NodeError::bad_request(format!("column `{}`: {e}", column.name));
+                    let value = crate::column_default::fill_value(column).map_err(|e| invalid(&e))?;
+                    value.to_array_of_size(rows).map_err(|e| invalid(&e))?
+                }
                 None => new_null_array(&target, rows),
             },
         };

@@ -152,7 +152,10 @@ fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, N
 }
 
 fn parse_options(server: &Server) -> ParseOptions {
-    ParseOptions { table_defaults: server.config.table_defaults.clone(), max_columns: server.config.limits.max_columns }
+    ParseOptions {
+        table_defaults: server.config.settings.table_defaults(),
+        max_columns: server.config.limits.max_columns,
+    }
 }
 
 async fn execute(
@@ -168,7 +171,7 @@ async fn execute(
             "this node is still catching up with the cluster's metadata; retry shortly or use another node".into(),
         ));
     }
-    let body = crate::body::read(body, &headers, server.config.max_body_bytes).await?;
+    let body = crate::body::read(body, &headers, server.config.settings.max_body_bytes).await?;
     // As in ClickHouse: the statement is `?query=`, followed by the body for statements other
     // than INSERT; without `?query=`, the body starts with the statement.
     let (text, body_is_statement) = match params.get("query") {
@@ -513,13 +516,17 @@ async fn run_insert(
             skip_unknown_fields: flag(params, "input_format_skip_unknown_fields", false)?,
             budget: Budget { max_rows: limits.max_insert_rows, max_bytes: limits.max_insert_bytes },
         },
-        quorum: params.get("insert_quorum").map(|q| Quorum::parse(q)).transpose()?.unwrap_or(config.insert_quorum),
+        quorum: params
+            .get("insert_quorum")
+            .map(|q| q.parse::<Quorum>())
+            .transpose()?
+            .unwrap_or(config.settings.insert_quorum),
         options: InsertOptions {
             deduplicate: flag(params, "insert_deduplicate", true)?,
             deduplication_token,
             quorum_timeout: match number(params, "insert_quorum_timeout")? {
                 Some(ms) => capped_millis(ms),
-                None => config.insert_quorum_timeout,
+                None => config.settings.insert_quorum_timeout(),
             },
             durability: params.get("insert_durability").map(|d| Durability::parse(d)).transpose()?,
         },

@@ -36,14 +36,20 @@ pub async fn insert(
     // sees a newer schema, so it goes on while schema changes keep coming, within a time budget.
     let started = Instant::now();
     loop {
-        let state = replica.table(table).ok_or_else(|| NodeError::unknown_table(table))?;
+        // Only the definition is kept, not the table's state: a request holding the state would
+        // make the catalog copy it to apply this very insert.
+        let (def, version) = match replica.table(table) {
+            Some(state) => (state.def.clone(), state.version),
+            None => return Err(NodeError::unknown_table(table)),
+        };
         // Decoding touches every row: off the runtime.
-        let (def, data, names, input) =
-            (state.def.clone(), data.clone(), columns.map(<[String]>::to_vec), settings.input);
-        let rows = tokio::task::spawn_blocking(move || decode_insert(format, &data, &def, names.as_deref(), input))
-            .await
-            .map_err(NodeError::internal)??;
-        match replica.insert(&state, rows, &settings.options, quorum).await {
+        let (decode_def, data, names, input) =
+            (def.clone(), data.clone(), columns.map(<[String]>::to_vec), settings.input);
+        let rows =
+            tokio::task::spawn_blocking(move || decode_insert(format, &data, &decode_def, names.as_deref(), input))
+                .await
+                .map_err(NodeError::internal)??;
+        match replica.insert(&def, version, rows, &settings.options, quorum).await {
             Err(ReplicaError::SchemaChanged { .. }) if started.elapsed() < SCHEMA_RACE_BUDGET => {
                 tracing::info!(%table, "schema changed during insert; retrying under the new schema");
             }
@@ -62,11 +68,11 @@ async fn add_new_columns(
     format: Format,
     data: &Bytes,
 ) -> Result<(), NodeError> {
-    let Some(state) = replica.table(table) else { return Ok(()) };
-    if !state.def.settings.auto_add_columns || columns.is_some() {
+    let Some(def) = replica.table(table).map(|state| state.def.clone()) else { return Ok(()) };
+    if !def.settings.auto_add_columns || columns.is_some() {
         return Ok(());
     }
-    let (def, data) = (state.def.clone(), data.clone());
+    let data = data.clone();
     let new =
         tokio::task::spawn_blocking(move || new_columns(format, &data, &def)).await.map_err(NodeError::internal)??;
     if new.is_empty() {

@@ -34,7 +34,7 @@ use tandem_replica::Replica;
 
 use crate::execution::QueryRuntime;
 use crate::state::Server;
-pub use crate::state::{DEFAULT_MAX_BODY_BYTES, ServerConfig};
+pub use crate::state::{ServerConfig, ServerFile, ServerFlags, ServerSettings};
 
 /// Serves the HTTP API on `listener` until `shutdown` completes, then lets requests in flight
 /// finish. Query spill files go under `spill_dir` (emptied first).

@@ -9,81 +9,31 @@
 
 use std::time::Duration;
 
-use serde::Deserialize;
-
-/// Declares the limits: one line each, from which the flags, the file keys, the resolved
-/// values and their defaults are generated.
-macro_rules! limits {
-    ($( $(#[doc = $doc:literal])* $name:ident: $ty:ty = $default:literal, env $env:literal; )*) => {
-        /// Flags (and `TANDEM_*` variables) of the limits; unset ones come from the file or
-        /// the defaults.
-        #[derive(clap::Args, Debug, Default, Clone)]
-        pub struct LimitArgs {
-            $(
-                $(#[doc = $doc])*
-                #[arg(long, env = $env, long_help = concat!($($doc, "\n",)* "[default: ", stringify!($default), "]"))]
-                pub $name: Option<$ty>,
-            )*
-        }
-
-        /// The `[limits]` table of the config file.
-        #[derive(Deserialize, Debug, Default, Clone)]
-        #[serde(deny_unknown_fields)]
-        pub struct LimitFile {
-            $( pub $name: Option<$ty>, )*
-        }
-
-        /// The limits in force on a node.
-        #[derive(Debug, Clone, PartialEq)]
-        pub struct Limits {
-            $( $(#[doc = $doc])* pub $name: $ty, )*
-        }
-
-        impl Default for Limits {
-            fn default() -> Self {
-                Limits { $( $name: $default, )* }
-            }
-        }
-
-        impl Limits {
-            /// Flags win over the file, the file over the defaults.
-            pub fn resolve(args: &LimitArgs, file: &LimitFile) -> Limits {
-                let defaults = Limits::default();
-                Limits { $( $name: args.$name.or(file.$name).unwrap_or(defaults.$name), )* }
-            }
-        }
-
-        impl LimitFile {
-            /// Whether every limit is set (the example config documents them all).
-            pub fn is_complete(&self) -> bool {
-                true $( && self.$name.is_some() )*
-            }
-        }
-    };
-}
-
-limits! {
-    /// Rows one insert may decode; more answers 413 before anything is stored.
-    max_insert_rows: u64 = 10_000_000, env "TANDEM_MAX_INSERT_ROWS";
-    /// Bytes the rows of one insert may take once decoded (a small, highly compressed Parquet
-    /// or Arrow body can decode to far more than it weighs); more answers 413.
-    max_insert_bytes: u64 = 536_870_912, env "TANDEM_MAX_INSERT_BYTES";
-    /// Columns a table may have (CREATE TABLE, ALTER TABLE ... ADD COLUMN, auto_add_columns).
-    max_columns: usize = 1000, env "TANDEM_MAX_COLUMNS";
-    /// Memory all queries of this node may hold at once, in bytes (sorts and aggregations
-    /// spill to disk first where they can); 0 means half of the machine's memory.
-    max_server_memory_usage: u64 = 0, env "TANDEM_MAX_SERVER_MEMORY_USAGE";
-    /// Memory one query may hold, in bytes; 0 means half of the server's limit (one query
-    /// leaves room for the others).
-    max_memory_usage: u64 = 0, env "TANDEM_MAX_MEMORY_USAGE";
-    /// Seconds a query may run, results included; 0 means no limit.
-    max_execution_time: u64 = 300, env "TANDEM_MAX_EXECUTION_TIME";
-    /// Rows a query may return; 0 means no limit.
-    max_result_rows: u64 = 0, env "TANDEM_MAX_RESULT_ROWS";
-    /// Bytes a query's encoded result may take; 0 means no limit.
-    max_result_bytes: u64 = 0, env "TANDEM_MAX_RESULT_BYTES";
-    /// Queries that may run at once on this node; one more answers 429 at once.
-    max_concurrent_queries: usize = 64, env "TANDEM_MAX_CONCURRENT_QUERIES";
+tandem_settings::settings! {
+    /// The limits in force on a node.
+    pub struct Limits, flags LimitArgs, file LimitFile {
+        /// Rows one insert may decode; more answers 413 before anything is stored.
+        max_insert_rows: u64 = "10000000", env "TANDEM_MAX_INSERT_ROWS";
+        /// Bytes the rows of one insert may take once decoded (a small, highly compressed Parquet
+        /// or Arrow body can decode to far more than it weighs); more answers 413.
+        max_insert_bytes: u64 = "536870912", env "TANDEM_MAX_INSERT_BYTES";
+        /// Columns a table may have (CREATE TABLE, ALTER TABLE ... ADD COLUMN, auto_add_columns).
+        max_columns: usize = "1000", env "TANDEM_MAX_COLUMNS";
+        /// Memory all queries of this node may hold at once, in bytes (sorts and aggregations
+        /// spill to disk first where they can); 0 means half of the machine's memory.
+        max_server_memory_usage: u64 = "0", env "TANDEM_MAX_SERVER_MEMORY_USAGE";
+        /// Memory one query may hold, in bytes; 0 means half of the server's limit (one query
+        /// leaves room for the others).
+        max_memory_usage: u64 = "0", env "TANDEM_MAX_MEMORY_USAGE";
+        /// Seconds a query may run, results included; 0 means no limit.
+        max_execution_time: u64 = "300", env "TANDEM_MAX_EXECUTION_TIME";
+        /// Rows a query may return; 0 means no limit.
+        max_result_rows: u64 = "0", env "TANDEM_MAX_RESULT_ROWS";
+        /// Bytes a query's encoded result may take; 0 means no limit.
+        max_result_bytes: u64 = "0", env "TANDEM_MAX_RESULT_BYTES";
+        /// Queries that may run at once on this node; one more answers 429 at once.
+        max_concurrent_queries: usize = "64", env "TANDEM_MAX_CONCURRENT_QUERIES";
+    }
 }
 
 impl Limits {

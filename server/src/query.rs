@@ -150,7 +150,8 @@ impl PartsTable {
                     Arc::new(PhysicalColumn::new(file_name, position))
                 }
                 _ => {
-                    let value = crate::column_default::fill_value(column).map_err(DataFusionError::Plan)?;
+                    let value =
+                        crate::column_default::fill_value(column).map_err(|e| DataFusionError::Plan(e.to_string()))?;
                     Arc::new(Literal::new(value))
                 }
             };
@@ -422,7 +423,7 @@ fn system_parts(node: &Replica, tables: &BTreeMap<String, Arc<TableState>>) -> R
     }
     for part in node.broken_parts() {
         table.push(Some(part.table));
-        name.push(Some(part.id));
+        name.push(Some(part.id.to_string()));
         partition.push(None);
         active.push(Some(false));
         rows.push(None);

@@ -1,4 +1,6 @@
-//! What every request handler shares: the replica, the configuration, the query runtime.
+//! What every request handler shares: the replica, the configuration, the query runtime; and
+//! the front door's settings (declared once below, with their defaults, flags, `TANDEM_*`
+//! variables and config keys).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,35 +11,47 @@ use tandem_replica::{Quorum, Replica};
 use crate::execution::QueryRuntime;
 use crate::limits::Limits;
 
-/// What the front door is configured with.
-#[derive(Clone, Debug)]
-pub struct ServerConfig {
-    /// The largest request body accepted, in bytes (compressed bodies are also held to it
-    /// once decompressed).
-    pub max_body_bytes: usize,
-    /// `insert_quorum` of inserts that do not set it.
-    pub insert_quorum: Quorum,
-    /// `insert_quorum_timeout` of inserts that do not set it.
-    pub insert_quorum_timeout: Duration,
-    /// The settings of a table created without a `SETTINGS` clause.
-    pub table_defaults: TableSettings,
-    /// The bounds of every request.
-    pub limits: Limits,
+tandem_settings::settings! {
+    /// The front door's settings (the limits are their own group, the `[limits]` table).
+    pub struct ServerSettings, flags ServerFlags, file ServerFile {
+        /// Largest request body accepted, in bytes (a compressed body is also held to it once
+        /// decompressed).
+        max_body_bytes: usize = "268435456", env "TANDEM_MAX_BODY_BYTES";
+        /// `insert_quorum` of inserts that do not set it: 1, a number of nodes, or `auto`.
+        insert_quorum: Quorum = "1", env "TANDEM_INSERT_QUORUM";
+        /// `insert_quorum_timeout` (milliseconds) of inserts that do not set it: long enough for a
+        /// transfer between healthy nodes, short enough that a client learns of a sick replica in
+        /// seconds rather than ClickHouse's 10 minutes.
+        insert_quorum_timeout_ms: u64 = "30000", env "TANDEM_INSERT_QUORUM_TIMEOUT_MS";
+        /// `dedup_window_blocks` of tables created without it.
+        dedup_window_blocks: u64 = "1000", env "TANDEM_DEDUP_WINDOW_BLOCKS";
+        /// `dedup_window_seconds` of tables created without it (7 days).
+        dedup_window_seconds: u64 = "604800", env "TANDEM_DEDUP_WINDOW_SECONDS";
+    }
 }
 
-/// The largest request body accepted by default: 256 MiB.
-pub const DEFAULT_MAX_BODY_BYTES: usize = 256 * 1024 * 1024;
+impl ServerSettings {
+    pub fn insert_quorum_timeout(&self) -> Duration {
+        Duration::from_millis(self.insert_quorum_timeout_ms)
+    }
 
-impl Default for ServerConfig {
-    fn default() -> Self {
-        ServerConfig {
-            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
-            insert_quorum: Quorum::One,
-            insert_quorum_timeout: tandem_replica::DEFAULT_QUORUM_TIMEOUT,
-            table_defaults: TableSettings::default(),
-            limits: Limits::default(),
+    /// The settings of a table created without a `SETTINGS` clause: the dedup windows of this
+    /// server, the built-in defaults for the rest.
+    pub fn table_defaults(&self) -> TableSettings {
+        TableSettings {
+            dedup_window_blocks: self.dedup_window_blocks,
+            dedup_window_seconds: self.dedup_window_seconds,
+            ..TableSettings::default()
         }
     }
+}
+
+/// What the front door is configured with.
+#[derive(Clone, Debug, Default)]
+pub struct ServerConfig {
+    pub settings: ServerSettings,
+    /// The bounds of every request.
+    pub limits: Limits,
 }
 
 /// What every request handler shares.

@@ -31,7 +31,7 @@ async fn coordinator(cluster: &Cluster) -> Coordinator {
 
 async fn etcd_parts(cluster: &Cluster) -> BTreeSet<String> {
     let snapshot = coordinator(cluster).await.snapshot().await.expect("etcd lists");
-    snapshot.parts.into_iter().filter(|p| p.table == "t").map(|p| p.id).collect()
+    snapshot.parts.into_iter().filter(|p| p.table == "t").map(|p| p.id.to_string()).collect()
 }
 
 /// Waits until every running node serves exactly the parts etcd lists, then checks that they

@@ -70,8 +70,15 @@ async fn assert_merged_and_converged(cluster: &Cluster, nodes: &[&Tandem], ids: 
     for node in nodes {
         node.wait_for("SELECT count() FROM t", &ids.len().to_string(), CONVERGE).await;
         loop {
-            let registered: BTreeSet<String> =
-                c.snapshot().await.unwrap().parts.into_iter().filter(|p| p.table == "t").map(|p| p.id).collect();
+            let registered: BTreeSet<String> = c
+                .snapshot()
+                .await
+                .unwrap()
+                .parts
+                .into_iter()
+                .filter(|p| p.table == "t")
+                .map(|p| p.id.to_string())
+                .collect();
             let per_partition = parts_per_partition(node).await;
             let merged = per_partition.values().all(|n| *n <= MAX_PARTS_PER_PARTITION);
             let here = active_parts(node).await;

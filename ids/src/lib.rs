@@ -1,7 +1,13 @@
+//! The identities that cross tandem's boundaries (the coordinator's records, the interserver
+//! protocol, the replica's API) as types, parsed once where they enter.
+
 use std::fmt;
 use std::str::FromStr;
 
-use crate::PartError;
+/// Text that is not a part id (64 lowercase hex characters); holds at most its first 80 characters.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("`{0}` is not a part id: a part id is 64 lowercase hex characters (a blake3 hash)")]
+pub struct InvalidPartId(pub String);
 
 /// The identity of a part: the blake3 hash of its file bytes.
 ///
@@ -37,15 +43,15 @@ impl fmt::Debug for PartId {
 }
 
 impl FromStr for PartId {
-    type Err = PartError;
+    type Err = InvalidPartId;
 
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         let valid = s.len() == 64 && s.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
         if !valid {
-            return Err(PartError::InvalidId(s.chars().take(80).collect()));
+            return Err(InvalidPartId(s.chars().take(80).collect()));
         }
         let mut out = [0u8; 32];
-        hex::decode_to_slice(s, &mut out).map_err(|_| PartError::InvalidId(s.to_string()))?;
+        hex::decode_to_slice(s, &mut out).map_err(|_| InvalidPartId(s.to_string()))?;
         Ok(PartId(out))
     }
 }
