@@ -9,6 +9,8 @@ cd "$(dirname "$0")/.."
 if (($# == 0)); then set -- serve; fi
 if [[ "$1" == bench ]]; then
     shift
-    exec cargo run --release -p tandem-bench -- "$@"
+    # The benchmark runs the release `tandem` binary as separate processes.
+    cargo build --release --locked --bin tandem
+    exec cargo run --release --locked -p tandem-bench -- "$@"
 fi
 exec cargo run --release --bin tandem -- "$@"

@@ -1,15 +1,16 @@
 //! tandem-bench measures what users feel, on fresh nodes in temporary directories: insert
 //! throughput and latency over HTTP per format, query latency, merges, replication in a cluster
-//! on a real etcd, and the object-store mirror on moto. It drives the server only through its
-//! public API (`tandem_node::start`) and HTTP, and is not part of the production binary.
+//! on a real etcd, and the object-store mirror on moto. The nodes are real `tandem` processes
+//! started by the integration tests' harness (`tandem_tests`), driven over HTTP only; the
+//! benchmark is not part of the production binary.
 
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 use clap::Args;
-
-use tandem_node::NodeConfig;
+use tandem_tests::{Cluster, S3, Tandem};
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -34,6 +35,9 @@ pub struct BenchArgs {
     /// Small inserts of the merge scenario (100 rows each, 4 concurrent writers).
     #[arg(long, default_value_t = 4000)]
     pub merge_inserts: usize,
+    /// Where each node's log is copied when its scenario ends.
+    #[arg(long, default_value = "tandem-bench-logs")]
+    pub log_dir: PathBuf,
 }
 
 struct Client {
@@ -42,6 +46,10 @@ struct Client {
 }
 
 impl Client {
+    fn of(node: &Tandem) -> Self {
+        Client { http: reqwest::Client::new(), base: node.url.clone() }
+    }
+
     async fn query(&self, sql: &str, body: Vec<u8>) -> anyhow::Result<String> {
         self.query_with(sql, &[], body).await
     }
@@ -103,9 +111,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.batches == 0 || args.rows < args.batches {
         bail!("--rows must be at least --batches, and --batches at least 1");
     }
+    std::fs::create_dir_all(&args.log_dir)
+        .with_context(|| format!("cannot create the log directory {}", args.log_dir.display()))?;
+    println!("tandem-bench: the nodes' logs go to {}", args.log_dir.display());
     let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
-    let node = start_ready(NodeConfig::for_dir(dir.path())?).await?;
-    let client = Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr()) };
+    let node = Tandem::start(&dir.path().join("single"), &[]).await?;
+    let client = Client::of(&node);
     println!("tandem bench: {} rows in {} inserts per format, one node, embedded coordinator", args.rows, args.batches);
 
     for (format, table, encode) in [
@@ -167,11 +178,12 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
             runs[0].as_secs_f64() * 1e3
         );
     }
-    node.shutdown().await;
+    keep_log(&node, &args.log_dir, "single")?;
+    drop(node);
     merges(&args).await?;
 
     if args.cluster_nodes >= 2 {
-        match tandem_coordinator::etcd_process::etcd_binary() {
+        match tandem_tests::etcd_binary() {
             Some(_) => cluster(&args).await?,
             None => println!("cluster scenarios skipped: no `etcd` binary on the PATH (Debian: etcd-server)"),
         }
@@ -179,82 +191,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     object_store(&args).await
 }
 
-/// A Python that can run moto's S3 server: `TANDEM_BENCH_PYTHON`, else the tests' virtualenv
-/// (`scripts/prereqs.sh --for-tests` makes it), else `python3`.
-fn moto_python() -> Option<String> {
-    let venv = std::env::var("HOME").ok().map(|home| format!("{home}/.cache/tandem-test-venv/bin/python"));
-    let candidates = std::env::var("TANDEM_BENCH_PYTHON").ok().into_iter().chain(venv).chain(Some("python3".into()));
-    candidates.into_iter().find(|python| {
-        std::process::Command::new(python)
-            .args(["-c", "import moto.server, flask_cors"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-    })
-}
-
-/// Kills the S3 server when the scenario ends, however it ends.
-struct ServerGuard(std::process::Child);
-
-impl Drop for ServerGuard {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A node that has caught up (a request before that is answered 503).
-async fn start_ready(config: NodeConfig) -> anyhow::Result<tandem_node::RunningNode> {
-    let node = tandem_node::start(config).await?;
-    if !node.wait_ready(Duration::from_secs(30)).await {
-        bail!("the node did not become ready within 30 s");
-    }
-    Ok(node)
+/// Copies a node's log into the log directory as `<name>.log`.
+fn keep_log(node: &Tandem, log_dir: &Path, name: &str) -> anyhow::Result<()> {
+    let target = log_dir.join(format!("{name}.log"));
+    std::fs::copy(&node.log, &target)
+        .with_context(|| format!("cannot copy {} to {}", node.log.display(), target.display()))?;
+    Ok(())
 }
 
 /// Object-store scenarios against a local moto server: what `insert_durability=object_store`
 /// costs per insert, and how fast the background uploader drains. Moto is a Python server, so
 /// these figures are a floor for what a real S3 or MinIO gives, not a measure of them.
 async fn object_store(args: &BenchArgs) -> anyhow::Result<()> {
-    let Some(python) = moto_python() else {
+    if tandem_tests::moto_python().is_none() && std::env::var_os("TANDEM_TEST_S3_ENDPOINT").is_none() {
         println!("object-store scenarios skipped: no Python with moto (scripts/prereqs.sh --for-tests installs it)");
         return Ok(());
-    };
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let _server = ServerGuard(
-        std::process::Command::new(&python)
-            .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .context("cannot start moto")?,
-    );
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let http = reqwest::Client::new();
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !http.put(format!("{endpoint}/bench")).send().await.is_ok_and(|r| r.status().is_success()) {
-        if Instant::now() > deadline {
-            bail!("moto did not start on {endpoint}");
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let s3 = S3::start().await?;
     let dir = tempfile::tempdir()?;
-    let mut config = NodeConfig::for_dir(dir.path())?;
-    config.replica.object_store = Some(tandem_parts::S3Settings {
-        endpoint: Some(endpoint.clone()),
-        bucket: "bench".into(),
-        prefix: "bench".into(),
-        region: "us-east-1".into(),
-        path_style: true,
-        allow_http: true,
-        access_key_id: Some("bench".into()),
-        secret_access_key: Some("bench".into()),
-        request_timeout: Duration::from_secs(300),
-    });
-    let node = start_ready(config).await?;
-    let client = Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr()) };
-    println!("object store: one node, moto S3 server at {endpoint}");
+    let flags = s3.args(&s3.endpoint);
+    let flags: Vec<&str> = flags.iter().map(String::as_str).collect();
+    let env = s3.env();
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let node = Tandem::start_with(&dir.path().join("object-store"), &flags, &env, false).await?;
+    let client = Client::of(&node);
+    println!("object store: one node, moto S3 server at {}", s3.endpoint);
 
     client.query("CREATE TABLE durable (ts DateTime64(3), id UInt64, v Float64) ORDER BY (id, ts)", Vec::new()).await?;
     for (run, durability) in ["local", "object_store"].into_iter().enumerate() {
@@ -315,8 +276,7 @@ async fn object_store(args: &BenchArgs) -> anyhow::Result<()> {
         (total - acked).as_secs_f64() * 1e3,
         bytes / 1e6 / total.as_secs_f64()
     );
-    node.shutdown().await;
-    Ok(())
+    keep_log(&node, &args.log_dir, "object-store")
 }
 
 async fn wait_for_count(client: &Client, table: &str, expected: usize, timeout: Duration) -> anyhow::Result<Instant> {
@@ -350,8 +310,8 @@ async fn merges(args: &BenchArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let dir = tempfile::tempdir()?;
-    let node = start_ready(NodeConfig::for_dir(dir.path())?).await?;
-    let client = Arc::new(Client { http: reqwest::Client::new(), base: format!("http://{}/", node.http_addr()) });
+    let node = Tandem::start(&dir.path().join("merges"), &[]).await?;
+    let client = Arc::new(Client::of(&node));
     client.query("CREATE TABLE small (ts DateTime64(3), id UInt64, v Float64) ORDER BY (id, ts)", Vec::new()).await?;
     const WRITERS: usize = 4;
     const ROWS: usize = 100;
@@ -433,34 +393,15 @@ async fn merges(args: &BenchArgs) -> anyhow::Result<()> {
     if count.trim() != rows.to_string() {
         bail!("small holds {} rows, expected {rows}", count.trim());
     }
-    node.shutdown().await;
-    Ok(())
+    keep_log(&node, &args.log_dir, "merges")
 }
 
 /// Cluster scenarios: replication lag (ack on node 1 to visible on node 2) and part fetch
-/// throughput, with a real etcd and in-process nodes talking over loopback gRPC.
+/// throughput, with a real etcd and nodes talking over loopback gRPC.
 async fn cluster(args: &BenchArgs) -> anyhow::Result<()> {
-    let dir = tempfile::tempdir()?;
-    let etcd = tandem_coordinator::etcd_process::EtcdProcess::start(dir.path()).await?;
-    let mut nodes = Vec::new();
-    for i in 1..=args.cluster_nodes {
-        let mut config = NodeConfig::for_dir(dir.path().join(format!("n{i}")))?;
-        config.replica.node_id = format!("n{i}");
-        config.replica.coordinator =
-            tandem_replica::CoordinatorConfig::Etcd { endpoints: vec![etcd.endpoint.clone()], tls: None };
-        config.replica.cluster_prefix = "/tandem/bench/".to_string();
-        config.replica.cluster_secret = Some("bench".to_string());
-        let node = tandem_node::start(config).await?;
-        if !node.wait_ready(Duration::from_secs(30)).await {
-            bail!("cluster node n{i} did not catch up within 30 s");
-        }
-        nodes.push(node);
-    }
-    let clients: Vec<Client> = nodes
-        .iter()
-        .map(|n| Client { http: reqwest::Client::new(), base: format!("http://{}/", n.http_addr()) })
-        .collect();
-    println!("cluster: {} nodes, etcd at {}, fetches over loopback gRPC", nodes.len(), etcd.endpoint);
+    let cluster = Cluster::start(args.cluster_nodes).await?;
+    let clients: Vec<Client> = cluster.nodes.iter().map(Client::of).collect();
+    println!("cluster: {} nodes, etcd at {}, fetches over loopback gRPC", clients.len(), cluster.etcd.endpoint);
 
     clients[0].query("CREATE TABLE lag (ts DateTime64(3), id UInt64, v Float64) ORDER BY (id, ts)", Vec::new()).await?;
     wait_for_table(&clients[1], "lag").await?;
@@ -566,8 +507,8 @@ async fn cluster(args: &BenchArgs) -> anyhow::Result<()> {
             one_row_inserts(&clients[0], "quorum", ("insert_quorum", quorum), 10_000_000 + run * 1000).await?;
         println!("one-row inserts, insert_quorum={quorum}: p50 {p50:>6.1} ms  p99 {p99:>6.1} ms  (200 inserts)");
     }
-    for node in nodes {
-        node.shutdown().await;
+    for (i, node) in cluster.nodes.iter().enumerate() {
+        keep_log(node, &args.log_dir, &format!("cluster-n{}", i + 1))?;
     }
     Ok(())
 }

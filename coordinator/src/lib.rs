@@ -19,7 +19,6 @@ mod etcd;
 mod kv;
 
 pub mod conformance;
-pub mod etcd_process;
 
 pub use tandem_ids::PartId;
 

@@ -1,9 +1,10 @@
-//! The harness of tandem's integration tests: real `tandem` processes on free loopback ports
-//! and temporary data directories, driven over HTTP.
+//! The harness of tandem's integration tests and of its benchmark (`tandem-bench`): real
+//! `tandem` processes on free loopback ports and temporary data directories, driven over HTTP,
+//! with a real etcd ([`Etcd`], [`Cluster`]) and an S3-compatible server ([`S3`]).
 //!
-//! The `tandem` binary is the one built next to the test executable (`cargo build --release
-//! --bin tandem` before `cargo test --release`; `scripts/test.sh` does both), or the path in
-//! `TANDEM_BIN`.
+//! The `tandem` binary is the one built next to the test or benchmark executable (`cargo build
+//! --release --bin tandem` first; `scripts/test.sh` and `scripts/run.sh bench` do), or the path
+//! in `TANDEM_BIN`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -12,19 +13,26 @@ use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
 
+pub mod etcd_process;
 pub mod s3;
 
-pub use s3::{Proxy, S3};
+pub use etcd_process::etcd_binary;
+pub use s3::{Proxy, S3, moto_python};
 
 /// Path of the `tandem` binary under test.
 pub fn tandem_binary() -> anyhow::Result<PathBuf> {
     if let Some(path) = std::env::var_os("TANDEM_BIN") {
         return Ok(PathBuf::from(path));
     }
-    // The test executable lives in <target>/<profile>/deps/; the binary in <target>/<profile>/.
+    // A test executable lives in <target>/<profile>/deps/, the benchmark's in <target>/<profile>/;
+    // the binary in <target>/<profile>/.
     let exe = std::env::current_exe()?;
-    let profile_dir = exe.parent().and_then(Path::parent).context("unexpected test executable location")?;
-    let binary = profile_dir.join("tandem");
+    let exe_dir = exe.parent().context("unexpected executable location")?;
+    let binary = [exe_dir, exe_dir.parent().unwrap_or(exe_dir)]
+        .iter()
+        .map(|dir| dir.join("tandem"))
+        .find(|path| path.is_file())
+        .unwrap_or_else(|| exe_dir.join("tandem"));
     if !binary.exists() {
         bail!(
             "{} does not exist: run `cargo build --release --bin tandem` first (scripts/test.sh does)",
@@ -311,7 +319,7 @@ impl Drop for Tandem {
 /// A real etcd member (Debian's `etcd-server`) on free loopback ports and a temporary data
 /// directory; killed when dropped.
 pub struct Etcd {
-    process: tandem_coordinator::etcd_process::EtcdProcess,
+    process: crate::etcd_process::EtcdProcess,
     pub endpoint: String,
     _dir: tempfile::TempDir,
 }
@@ -319,7 +327,7 @@ pub struct Etcd {
 impl Etcd {
     pub async fn start() -> anyhow::Result<Self> {
         let dir = tempfile::tempdir()?;
-        let process = tandem_coordinator::etcd_process::EtcdProcess::start(dir.path())
+        let process = crate::etcd_process::EtcdProcess::start(dir.path())
             .await
             .context("cannot start etcd (install Debian's etcd-server; scripts/test.sh does)")?;
         let endpoint = process.endpoint.clone();
@@ -331,7 +339,7 @@ impl Etcd {
     pub async fn start_tls() -> anyhow::Result<(Self, TlsFiles)> {
         let dir = tempfile::tempdir()?;
         let files = TlsFiles::create(dir.path())?;
-        let member = tandem_coordinator::etcd_process::MemberTls {
+        let member = crate::etcd_process::MemberTls {
             ca: files.ca.clone(),
             cert: files.server_cert.clone(),
             key: files.server_key.clone(),
@@ -340,7 +348,7 @@ impl Etcd {
                 client_identity: Some((std::fs::read(&files.client_cert)?, std::fs::read(&files.client_key)?)),
             },
         };
-        let process = tandem_coordinator::etcd_process::EtcdProcess::start_with(dir.path(), Some(&member))
+        let process = crate::etcd_process::EtcdProcess::start_with(dir.path(), Some(&member))
             .await
             .context("cannot start etcd with TLS")?;
         let endpoint = process.endpoint.clone();

@@ -27,6 +27,27 @@ use tokio::sync::watch;
 
 use crate::free_port;
 
+/// A Python that can run moto's S3 server: `TANDEM_TEST_PYTHON`, else the tests' virtualenv
+/// (`scripts/prereqs.sh --for-tests` makes it), else `python3`; None when none of them has moto.
+/// Probed once per process.
+pub fn moto_python() -> Option<String> {
+    static FOUND: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    FOUND
+        .get_or_init(|| {
+            let venv = std::env::var("HOME").ok().map(|home| format!("{home}/.cache/tandem-test-venv/bin/python"));
+            let named = std::env::var("TANDEM_TEST_PYTHON").ok();
+            named.into_iter().chain(venv).chain(Some("python3".into())).find(|python| {
+                Command::new(python)
+                    .args(["-c", "import moto.server, flask_cors"])
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .status()
+                    .is_ok_and(|s| s.success())
+            })
+        })
+        .clone()
+}
+
 /// Where the tests' objects live.
 pub struct S3 {
     pub endpoint: String,
@@ -58,7 +79,7 @@ impl S3 {
             });
         }
         let port = free_port();
-        let python = std::env::var("TANDEM_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
+        let python = moto_python().unwrap_or_else(|| "python3".to_string());
         let server = Command::new(&python)
             .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
             .stdout(Stdio::null())

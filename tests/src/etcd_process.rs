@@ -1,12 +1,12 @@
 //! Starting a throwaway single-member etcd (Debian's `etcd-server` binary) on free loopback
-//! ports, for the integration tests and the benchmark. Not used by a running node.
+//! ports, for the integration tests and the benchmark.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{CoordError, EtcdKv, EtcdTls, KvBackend};
+use tandem_coordinator::{CoordError, EtcdKv, EtcdTls, KvBackend};
 
 /// A running etcd member; killed (SIGKILL, the fastest clean stop for a test member) on drop.
 pub struct EtcdProcess {
