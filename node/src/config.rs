@@ -14,7 +14,7 @@ use clap::Args;
 use serde::Deserialize;
 use tandem_coordinator::EtcdTls;
 use tandem_parts::S3Settings;
-use tandem_replica::{CoordinatorConfig, ReplicaConfig, ReplicaFile, ReplicaFlags, ReplicaSettings};
+use tandem_replica::{ClusterSecret, CoordinatorConfig, ReplicaConfig, ReplicaFile, ReplicaFlags, ReplicaSettings};
 use tandem_server::limits::{LimitArgs, LimitFile, Limits};
 use tandem_server::{ServerConfig, ServerFile, ServerFlags, ServerSettings};
 
@@ -42,6 +42,13 @@ tandem_settings::settings! {
         /// File holding the cluster secret that peers must present (the secret itself can also
         /// come from TANDEM_CLUSTER_SECRET or the config file, never from a flag).
         cluster_secret_file: Option<PathBuf> = "", env "TANDEM_CLUSTER_SECRET_FILE";
+        /// File holding the previous cluster secret while a rotation rolls out: it is accepted from
+        /// peers, and presented to a peer that refuses the current one (the secret itself can also
+        /// come from TANDEM_CLUSTER_SECRET_PREVIOUS or the config file's cluster_secret_previous).
+        cluster_secret_previous_file: Option<PathBuf> = "", env "TANDEM_CLUSTER_SECRET_PREVIOUS_FILE";
+        /// Run a cluster node without a cluster secret: any process that reaches its gRPC port
+        /// can then read its parts. Only for a network where every peer is trusted.
+        insecure: bool = "false", env "TANDEM_INSECURE", [num_args = 0..=1, default_missing_value = "true"];
         /// S3-compatible endpoint (`http://minio:9000`); unset for AWS S3 itself.
         s3_endpoint: Option<String> = "", env "TANDEM_S3_ENDPOINT";
         /// Bucket that mirrors every part: setting it turns the object store on.
@@ -91,11 +98,13 @@ pub struct ServeArgs {
 pub struct UngroupedFile {
     pub etcd: Option<Vec<String>>,
     pub cluster_secret: Option<String>,
+    pub cluster_secret_previous: Option<String>,
     pub s3_access_key_id: Option<String>,
     pub s3_secret_access_key: Option<String>,
 }
 
-const UNGROUPED_KEYS: &[&str] = &["etcd", "cluster_secret", "s3_access_key_id", "s3_secret_access_key", "limits"];
+const UNGROUPED_KEYS: &[&str] =
+    &["etcd", "cluster_secret", "cluster_secret_previous", "s3_access_key_id", "s3_secret_access_key", "limits"];
 
 /// The `[limits]` table of the config file.
 #[derive(Deserialize, Debug, Default)]
@@ -140,15 +149,22 @@ impl NodeConfig {
         let node = NodeSettings::resolve(&args.node, &file.node);
         let limits = Limits::resolve(&args.limits, &file.limits);
         let replica_settings = ReplicaSettings::resolve(&args.replica, &file.replica);
-        let env_secret = std::env::var("TANDEM_CLUSTER_SECRET").ok().filter(|s| !s.is_empty());
-        let cluster_secret = match (env_secret, &node.cluster_secret_file, file.ungrouped.cluster_secret.take()) {
-            (Some(secret), _, _) => Some(secret),
-            (None, Some(path), _) => {
-                let text = std::fs::read_to_string(path)
-                    .with_context(|| format!("cannot read the cluster secret file {}", path.display()))?;
-                Some(text.trim().to_string()).filter(|s| !s.is_empty())
+        let current = secret("TANDEM_CLUSTER_SECRET", &node.cluster_secret_file, file.ungrouped.cluster_secret.take())?;
+        let previous = secret(
+            "TANDEM_CLUSTER_SECRET_PREVIOUS",
+            &node.cluster_secret_previous_file,
+            file.ungrouped.cluster_secret_previous.take(),
+        )?;
+        let cluster_secret = match (current, previous) {
+            (Some(current), previous) => {
+                let previous = previous.filter(|p| *p != current);
+                Some(ClusterSecret { current, previous })
             }
-            (None, None, secret) => secret.filter(|s| !s.is_empty()),
+            (None, None) => None,
+            (None, Some(_)) => bail!(
+                "a previous cluster secret is set but no current one: set TANDEM_CLUSTER_SECRET (or \
+                 --cluster-secret-file, or cluster_secret) to the secret the cluster moves to"
+            ),
         };
         let coordinator = match args.etcd.clone().or(file.ungrouped.etcd.take()).filter(|e| !e.is_empty()) {
             Some(endpoints) => {
@@ -168,6 +184,13 @@ impl NodeConfig {
             && !tandem_coordinator::valid_node_id(id)
         {
             bail!("node id `{id}` must be 1 to 128 letters, digits, `_`, `-` and `.`");
+        }
+        if cluster_secret.is_none() && !matches!(coordinator, CoordinatorConfig::Embedded) && !node.insecure {
+            bail!(
+                "a cluster node needs a cluster secret, or any process that reaches its gRPC port can read its parts: \
+                 set TANDEM_CLUSTER_SECRET, --cluster-secret-file or cluster_secret (the same on every node), or \
+                 start with --insecure on a network where every peer is trusted"
+            );
         }
         let cluster = &node.cluster;
         if !tandem_coordinator::valid_name(&cluster.replace('-', "_")) {
@@ -213,6 +236,19 @@ impl NodeConfig {
     pub fn is_cluster(&self) -> bool {
         self.replica.is_cluster()
     }
+}
+
+/// A secret from its variable, else its file, else the config file (empty means unset).
+fn secret(variable: &str, file: &Option<PathBuf>, in_config: Option<String>) -> anyhow::Result<Option<String>> {
+    if let Some(secret) = std::env::var(variable).ok().filter(|s| !s.is_empty()) {
+        return Ok(Some(secret));
+    }
+    if let Some(path) = file {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read the cluster secret file {}", path.display()))?;
+        return Ok(Some(text.trim().to_string()).filter(|s| !s.is_empty()));
+    }
+    Ok(in_config.filter(|s| !s.is_empty()))
 }
 
 /// TLS to etcd from `--etcd-ca-file`, `--etcd-cert-file` and `--etcd-key-file` (None without them).
@@ -366,6 +402,7 @@ mod tests {
             ("limits", file.limits.is_complete()),
             ("etcd", ungrouped.etcd.is_some()),
             ("cluster_secret", ungrouped.cluster_secret.is_some()),
+            ("cluster_secret_previous", ungrouped.cluster_secret_previous.is_some()),
             ("s3_access_key_id", ungrouped.s3_access_key_id.is_some()),
             ("s3_secret_access_key", ungrouped.s3_secret_access_key.is_some()),
         ];
@@ -423,8 +460,39 @@ mod tests {
         args.node.node_id = Some("n1".into());
         args.node.cluster_secret_file = Some(secret);
         let config = NodeConfig::resolve(&args).unwrap();
-        assert_eq!(config.replica.cluster_secret.as_deref(), Some("s3cr3t"));
+        assert_eq!(config.replica.cluster_secret.as_ref().map(|s| s.current.as_str()), Some("s3cr3t"));
         assert!(!format!("{config:?}").contains("s3cr3t"), "the secret is never printed");
+    }
+
+    #[test]
+    fn a_cluster_node_without_a_secret_starts_only_when_told_it_is_insecure() {
+        let dir = tempfile::tempdir().unwrap();
+        let cluster = |set: &dyn Fn(&mut ServeArgs)| {
+            NodeConfig::resolve(&serve(|a| {
+                a.etcd = Some(vec!["http://127.0.0.1:2379".into()]);
+                a.node.node_id = Some("n1".into());
+                set(a);
+            }))
+        };
+        let refused = cluster(&|_| {}).unwrap_err().to_string();
+        assert!(refused.contains("cluster secret") && refused.contains("--insecure"), "{refused}");
+        assert!(cluster(&|a| a.node.insecure = Some(true)).unwrap().replica.cluster_secret.is_none());
+        assert!(NodeConfig::resolve(&ServeArgs::default()).unwrap().replica.cluster_secret.is_none(), "one node");
+
+        let (current, previous) = (dir.path().join("current"), dir.path().join("previous"));
+        std::fs::write(&current, "new-secret\n").unwrap();
+        std::fs::write(&previous, "old-secret\n").unwrap();
+        let only_previous = cluster(&|a| a.node.cluster_secret_previous_file = Some(previous.clone()));
+        assert!(only_previous.unwrap_err().to_string().contains("no current one"));
+        let rotating = cluster(&|a| {
+            a.node.cluster_secret_file = Some(current.clone());
+            a.node.cluster_secret_previous_file = Some(previous.clone());
+        })
+        .unwrap();
+        let secret = rotating.replica.cluster_secret.as_ref().unwrap();
+        assert_eq!((secret.current.as_str(), secret.previous.as_deref()), ("new-secret", Some("old-secret")));
+        let printed = format!("{rotating:?}");
+        assert!(!printed.contains("new-secret") && !printed.contains("old-secret"), "{printed}");
     }
 
     #[test]
@@ -521,6 +589,6 @@ mod tests {
         assert_eq!(resolved.server.settings.insert_quorum, tandem_replica::Quorum::Auto, "from the file");
         assert_eq!(resolved.replica.settings.orphan_grace_seconds, 3600, "the declared default");
         let wrong = Cli::try_parse_from(["tandem", "--insert-quorum", "most"]).err().unwrap().to_string();
-        assert!(wrong.contains("insert_quorum takes a number or `auto`"), "{wrong}");
+        assert!(wrong.contains("insert_quorum takes 1, a number of nodes, or `auto`, got `most`"), "{wrong}");
     }
 }

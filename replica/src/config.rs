@@ -72,6 +72,24 @@ impl ReplicaSettings {
     }
 }
 
+/// What peers present to each other on every interserver call: the current secret and, while a
+/// rollout replaces it, the previous one (accepted, and presented to a peer that refuses the
+/// current one, so nodes on either side of the rollout keep fetching from each other).
+#[derive(Clone)]
+pub struct ClusterSecret {
+    pub current: String,
+    pub previous: Option<String>,
+}
+
+impl std::fmt::Debug for ClusterSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClusterSecret")
+            .field("current", &"<set>")
+            .field("previous", &self.previous.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
 /// Where the metadata lives.
 #[derive(Clone, Debug)]
 pub enum CoordinatorConfig {
@@ -89,7 +107,8 @@ pub struct ReplicaConfig {
     pub coordinator: CoordinatorConfig,
     /// Key prefix of this cluster in the metadata store: `/tandem/<cluster>/`.
     pub cluster_prefix: String,
-    pub cluster_secret: Option<String>,
+    /// None only on a single node, or on a cluster node started with `--insecure`.
+    pub cluster_secret: Option<ClusterSecret>,
     /// The bucket that mirrors every part, when there is one.
     pub object_store: Option<S3Settings>,
     /// The most columns a table may have (schema changes past it are refused).
@@ -104,7 +123,7 @@ impl std::fmt::Debug for ReplicaConfig {
             .field("node_id", &self.node_id)
             .field("coordinator", &self.coordinator)
             .field("cluster_prefix", &self.cluster_prefix)
-            .field("cluster_secret", &self.cluster_secret.as_ref().map(|_| "<set>"))
+            .field("cluster_secret", &self.cluster_secret)
             .field("object_store", &self.object_store)
             .field("max_columns", &self.max_columns)
             .field("settings", &self.settings)

@@ -12,14 +12,15 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use tandem_coordinator::OBJECT_STORE_HOLDER;
 use tandem_parts::{MirrorError, PartError, PartId};
+use tandem_proto::WIRE_FORMAT_VERSION;
 use tandem_proto::v1::FetchPartRequest;
 use tandem_proto::v1::interserver_client::InterserverClient;
-use tandem_proto::{SECRET_METADATA_KEY, WIRE_FORMAT_VERSION};
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::{Channel, Endpoint};
 
 use crate::catalog::{FetchFailure, FetchRequest};
+use crate::interserver::{secrets_to_present, with_secret};
 use crate::membership::NodeInfo;
 use crate::replica::Replica;
 
@@ -269,20 +270,31 @@ impl Fetcher {
     async fn fetch_from_peer(&self, source: &NodeInfo, table: &str, id: &PartId) -> Result<u64, SourceError> {
         let channel = self.channel(&source.grpc_addr)?;
         let mut client = InterserverClient::new(channel).max_decoding_message_size(16 << 20);
-        let mut request = tonic::Request::new(FetchPartRequest {
-            format_version: WIRE_FORMAT_VERSION,
-            table: table.to_string(),
-            part_id: id.to_string(),
-        });
-        if let Some(secret) = &self.node.config.cluster_secret {
-            let value =
-                secret.parse().map_err(|_| SourceError::Failed("the cluster secret is not valid metadata".into()))?;
-            request.metadata_mut().insert(SECRET_METADATA_KEY, value);
+        let failed = |status: tonic::Status| SourceError::Failed(format!("{}: {}", status.code(), status.message()));
+        let mut answer = None;
+        // The current secret first; the previous one for a peer a rotation has not reached yet.
+        for secret in secrets_to_present(self.node.config.cluster_secret.as_ref()) {
+            let message = FetchPartRequest {
+                format_version: WIRE_FORMAT_VERSION,
+                table: table.to_string(),
+                part_id: id.to_string(),
+            };
+            let request = with_secret(message, secret).map_err(|e| SourceError::Failed(e.to_string()))?;
+            let response = tokio::time::timeout(self.chunk_timeout(), client.fetch_part(request))
+                .await
+                .map_err(|_| SourceError::Failed("no answer".into()))?;
+            match response {
+                Err(status) if status.code() == tonic::Code::Unauthenticated => answer = Some(Err(status)),
+                other => {
+                    answer = Some(other);
+                    break;
+                }
+            }
         }
-        let response = tokio::time::timeout(self.chunk_timeout(), client.fetch_part(request))
-            .await
-            .map_err(|_| SourceError::Failed("no answer".into()))?
-            .map_err(|status| SourceError::Failed(format!("{}: {}", status.code(), status.message())))?;
+        let response = match answer {
+            Some(answer) => answer.map_err(failed)?,
+            None => return Err(SourceError::Failed("no secret to present".into())),
+        };
         let chunks = response.into_inner().map(|chunk| match chunk {
             Ok(chunk) => Ok(chunk.data),
             Err(status) if status.code() == tonic::Code::DataLoss => {

@@ -60,7 +60,9 @@ impl std::str::FromStr for Quorum {
             "auto" => Ok(Quorum::Auto),
             n => match n.parse::<usize>() {
                 Ok(n) => Ok(Quorum::Nodes(n)),
-                Err(_) => Err(Error::bad_request(format!("insert_quorum takes a number or `auto`, got `{value}`"))),
+                Err(_) => Err(Error::bad_request(format!(
+                    "insert_quorum takes 1, a number of nodes, or `auto`, got `{value}`"
+                ))),
             },
         }
     }

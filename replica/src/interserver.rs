@@ -1,5 +1,6 @@
 //! The interserver gRPC service: peers fetch part files by hash. Every call must present the
-//! cluster secret when one is configured.
+//! cluster secret (the current one, or the previous one while a rotation rolls out); only a
+//! node started with `--insecure` has none.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -13,6 +14,8 @@ use tokio::io::AsyncReadExt;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::config::ClusterSecret;
+use crate::metrics::Metrics;
 use crate::replica::Replica;
 
 const CHUNK_BYTES: usize = 1 << 20;
@@ -21,25 +24,69 @@ pub struct InterserverService {
     node: Arc<Replica>,
 }
 
-/// Checks the cluster secret in constant time.
+/// Checks the cluster secret a call presents. The presented value and the accepted secrets are
+/// compared as blake3 hashes: fixed-length values compared in constant time, so timing reveals
+/// neither a secret nor its length.
 #[derive(Clone)]
 pub struct SecretCheck {
-    secret: Option<Arc<String>>,
+    /// Empty only without a secret (`--insecure`): every call is let in.
+    accepted: Arc<Vec<blake3::Hash>>,
+    metrics: Arc<Metrics>,
+}
+
+impl SecretCheck {
+    fn new(secret: Option<&ClusterSecret>, metrics: Arc<Metrics>) -> Self {
+        let accepted = secret
+            .map(|s| std::iter::once(&s.current).chain(&s.previous).map(|s| blake3::hash(s.as_bytes())).collect())
+            .unwrap_or_default();
+        SecretCheck { accepted: Arc::new(accepted), metrics }
+    }
 }
 
 impl tonic::service::Interceptor for SecretCheck {
     fn call(&mut self, request: Request<()>) -> Result<Request<()>, Status> {
-        let Some(secret) = &self.secret else { return Ok(request) };
+        if self.accepted.is_empty() {
+            return Ok(request);
+        }
         let presented = request.metadata().get(SECRET_METADATA_KEY).map(|v| v.as_bytes()).unwrap_or_default();
-        let matches = presented.len() == secret.len()
-            && presented.iter().zip(secret.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+        let presented = blake3::hash(presented);
+        // Every accepted secret is compared (no early exit).
+        let matches = self.accepted.iter().fold(false, |found, secret| found | (*secret == presented));
         if matches {
             Ok(request)
         } else {
+            // Counted, and logged only at debug: a refusal is also how a node on the other side of
+            // a rotation learns to present the previous secret, and a flood of bad calls must not
+            // flood the log.
+            self.metrics.interserver_auth_failures.inc();
+            tracing::debug!("refused an interserver call without a valid cluster secret");
             Err(Status::unauthenticated("this node requires the cluster secret (x-tandem-cluster-secret)"))
         }
     }
 }
+
+/// The secrets a call presents, in turn while the peer refuses them: none (`--insecure`), or the
+/// current secret then the previous one (a peer the rotation has not reached yet knows only that).
+pub fn secrets_to_present(secret: Option<&ClusterSecret>) -> Vec<Option<&str>> {
+    match secret {
+        None => vec![None],
+        Some(secret) => std::iter::once(&secret.current).chain(&secret.previous).map(|s| Some(s.as_str())).collect(),
+    }
+}
+
+/// A request carrying `secret` (when there is one).
+pub fn with_secret<T>(message: T, secret: Option<&str>) -> Result<Request<T>, InvalidSecret> {
+    let mut request = Request::new(message);
+    if let Some(secret) = secret {
+        request.metadata_mut().insert(SECRET_METADATA_KEY, secret.parse().map_err(|_| InvalidSecret)?);
+    }
+    Ok(request)
+}
+
+/// A cluster secret that cannot travel as gRPC metadata (it must be visible ASCII).
+#[derive(Debug, thiserror::Error)]
+#[error("the cluster secret cannot be sent as gRPC metadata: use visible ASCII characters")]
+pub struct InvalidSecret;
 
 type ChunkStream = Pin<Box<dyn Stream<Item = Result<PartChunk, Status>> + Send>>;
 
@@ -128,8 +175,8 @@ async fn quarantine_served(node: &Arc<Replica>, table: &str, id: &PartId) {
 pub enum PeerError {
     #[error("cannot connect: {0}")]
     Connect(#[from] tonic::transport::Error),
-    #[error("the cluster secret cannot be sent as gRPC metadata")]
-    InvalidSecret,
+    #[error(transparent)]
+    InvalidSecret(#[from] InvalidSecret),
     #[error("{}", .0.message())]
     Status(#[from] Status),
 }
@@ -141,11 +188,16 @@ pub async fn peer_status(node: &Replica, grpc_addr: &str) -> Result<StatusRespon
         .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(5));
     let mut client = InterserverClient::new(endpoint.connect().await?);
-    let mut request = Request::new(StatusRequest { format_version: WIRE_FORMAT_VERSION });
-    if let Some(secret) = &node.config.cluster_secret {
-        request.metadata_mut().insert(SECRET_METADATA_KEY, secret.parse().map_err(|_| PeerError::InvalidSecret)?);
+    let mut refused = None;
+    for secret in secrets_to_present(node.config.cluster_secret.as_ref()) {
+        let request = with_secret(StatusRequest { format_version: WIRE_FORMAT_VERSION }, secret)?;
+        match client.status(request).await {
+            Ok(response) => return Ok(response.into_inner()),
+            Err(status) if status.code() == tonic::Code::Unauthenticated => refused = Some(status),
+            Err(status) => return Err(status.into()),
+        }
     }
-    Ok(client.status(request).await?.into_inner())
+    Err(refused.unwrap_or_else(|| Status::unauthenticated("no secret to present")).into())
 }
 
 /// A stream fed by a task through a small channel.
@@ -161,7 +213,7 @@ where
 
 /// Serves the interserver service on `listener` until shutdown.
 pub async fn serve(node: Arc<Replica>, listener: tokio::net::TcpListener, shutdown: CancellationToken) {
-    let check = SecretCheck { secret: node.config.cluster_secret.clone().map(Arc::new) };
+    let check = SecretCheck::new(node.config.cluster_secret.as_ref(), node.metrics.clone());
     let service = InterserverServer::with_interceptor(InterserverService { node: node.clone() }, check);
     // Without TCP_NODELAY the last segment of a chunk waits for a delayed ACK (about 40 ms).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));

@@ -39,7 +39,7 @@ mod sync;
 
 pub use alter::{AlterAction, ColumnPosition, apply as apply_alter};
 pub use catalog::{ActivePart, BrokenPart, PartFile, PendingPart, TableState};
-pub use config::{CoordinatorConfig, ReplicaConfig, ReplicaFile, ReplicaFlags, ReplicaSettings};
+pub use config::{ClusterSecret, CoordinatorConfig, ReplicaConfig, ReplicaFile, ReplicaFlags, ReplicaSettings};
 pub use drain::DrainReport;
 pub use error::{Error, Result};
 pub use insert::{InsertOptions, InsertSummary, PartSummary, Quorum, QuorumSummary, QuorumTarget};

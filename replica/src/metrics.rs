@@ -45,6 +45,7 @@ pub struct Metrics {
     pub insert_bytes: Counter,
     pub insert_delayed: Counter,
     pub insert_rejected_too_many_parts: Counter,
+    pub interserver_auth_failures: Counter,
 }
 
 impl Metrics {
@@ -88,6 +89,7 @@ impl Metrics {
             insert_bytes: Counter::default(),
             insert_delayed: Counter::default(),
             insert_rejected_too_many_parts: Counter::default(),
+            interserver_auth_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -227,6 +229,11 @@ impl Metrics {
             metrics.insert_rejected_too_many_parts.clone(),
         );
         registry.register("interserver_served_bytes", "Bytes of parts sent to peers", metrics.served_bytes.clone());
+        registry.register(
+            "interserver_auth_failures",
+            "Interserver calls refused for want of a valid cluster secret",
+            metrics.interserver_auth_failures.clone(),
+        );
         Metrics { registry, ..metrics }
     }
 

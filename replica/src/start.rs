@@ -59,8 +59,8 @@ pub async fn start(
     let grpc_addr = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?.unwrap_or(config.settings.grpc_addr);
     if config.is_cluster() && config.cluster_secret.is_none() {
         tracing::warn!(
-            "no cluster secret is configured: any process that reaches {grpc_addr} can read this node's parts; \
-             set TANDEM_CLUSTER_SECRET, cluster_secret_file or cluster_secret"
+            "no cluster secret is configured (--insecure): any process that reaches {grpc_addr} can read this \
+             node's parts; set TANDEM_CLUSTER_SECRET, cluster_secret_file or cluster_secret"
         );
     }
     let bucket = match &config.object_store {

@@ -195,6 +195,17 @@ impl Tandem {
         }
     }
 
+    /// Sets an environment variable of the next start (a rollout of new settings, say).
+    pub fn set_env(&mut self, key: &str, value: &str) {
+        self.remove_env(key);
+        self.env.push((key.to_string(), value.to_string()));
+    }
+
+    /// Removes an environment variable from the next start.
+    pub fn remove_env(&mut self, key: &str) {
+        self.env.retain(|(k, _)| k != key);
+    }
+
     /// Starts the process again unless it is running.
     pub async fn ensure_running(&mut self) -> anyhow::Result<()> {
         if self.child.is_none() { self.restart().await } else { Ok(()) }

@@ -205,9 +205,73 @@ async fn a_fetch_without_the_cluster_secret_is_refused() {
     }));
     assert_eq!(bad.await.expect_err("not a hash").code(), tonic::Code::InvalidArgument);
 
+    // A cluster node with no secret does not start: it would serve every part to anyone.
     let mut open = cluster.extra_node(2, false).unwrap();
+    let refused = format!("{:#}", open.ensure_running().await.expect_err("no secret, no start"));
+    assert!(refused.contains("needs a cluster secret") && refused.contains("--insecure"), "{refused}");
+    // Unless told the network is trusted: then it starts, and says what that means.
+    let mut open = cluster.extra_node_with(2, false, &["--insecure"]).unwrap();
     open.ensure_running().await.unwrap();
-    assert!(open.log_text().contains("no cluster secret is configured"), "a node without a secret warns");
+    assert!(open.log_text().contains("no cluster secret is configured"), "an insecure node warns");
+    let refusals = cluster.nodes[0].metric("tandem_interserver_auth_failures_total").await;
+    assert!(refusals >= 2.0, "the refused calls are counted: {refusals}");
+}
+
+/// A secret rotation rolled out one node at a time while inserts go on: every node first gets the
+/// new secret with the old one as the previous, then the new one alone. No fetch fails for its
+/// secret at any step (a node presents the old secret to a peer the rollout has not reached yet)
+/// and every insert reaches every node.
+#[tokio::test]
+async fn the_cluster_secret_rotates_one_node_at_a_time_with_no_refused_fetch() {
+    let mut cluster = Cluster::start(3).await.unwrap();
+    create_table(&cluster).await;
+    let (old, new) = (cluster.secret.clone(), format!("{}-rotated", cluster.secret));
+    let mut inserted = 0u64;
+    let steps: [&[(&str, &str)]; 2] = [
+        &[("TANDEM_CLUSTER_SECRET", &new), ("TANDEM_CLUSTER_SECRET_PREVIOUS", &old)],
+        &[("TANDEM_CLUSTER_SECRET", &new)],
+    ];
+    for env in steps {
+        for restarting in 0..cluster.nodes.len() {
+            for (k, v) in env {
+                cluster.nodes[restarting].set_env(k, v);
+            }
+            if !env.iter().any(|(k, _)| *k == "TANDEM_CLUSTER_SECRET_PREVIOUS") {
+                cluster.nodes[restarting].remove_env("TANDEM_CLUSTER_SECRET_PREVIOUS");
+            }
+            cluster.nodes[restarting].restart().await.unwrap();
+            // Inserts on every node, so each one fetches from peers on both sides of the rollout.
+            for node in &cluster.nodes {
+                node.insert("t", "CSV", rows(inserted, 5)).await;
+                inserted += 5;
+            }
+            assert_converged(&cluster, inserted).await;
+        }
+    }
+    for node in &cluster.nodes {
+        let log = node.log_text();
+        let failed: Vec<_> = log.lines().filter(|l| l.contains("requires the cluster secret")).collect();
+        assert!(failed.is_empty(), "no fetch failed for its secret during the rotation: {failed:?}");
+        assert!(!log.contains(&old) && !log.contains(&new), "no secret in the log");
+    }
+    // Once the rollout is over, the old secret opens nothing.
+    for node in &cluster.nodes {
+        assert_eq!(status_call(node, &old).await, tonic::Code::Unauthenticated);
+        assert_eq!(status_call(node, &new).await, tonic::Code::Ok);
+    }
+}
+
+/// The code a raw interserver `Status` call presenting `secret` gets from `node`.
+async fn status_call(node: &Tandem, secret: &str) -> tonic::Code {
+    use tandem_proto::v1::StatusRequest;
+    use tandem_proto::v1::interserver_client::InterserverClient;
+    let mut client = InterserverClient::connect(format!("http://{}", node.grpc_addr)).await.unwrap();
+    let mut request = tonic::Request::new(StatusRequest { format_version: tandem_proto::WIRE_FORMAT_VERSION });
+    request.metadata_mut().insert(tandem_proto::SECRET_METADATA_KEY, secret.parse().unwrap());
+    match client.status(request).await {
+        Ok(_) => tonic::Code::Ok,
+        Err(status) => status.code(),
+    }
 }
 
 #[tokio::test]
@@ -254,13 +318,15 @@ async fn a_node_bound_to_all_interfaces_is_reached_at_its_advertised_address() {
     let etcd = tandem_tests::Etcd::start().await.unwrap();
     let dir = tempfile::tempdir().unwrap();
     let common = ["--etcd", etcd.endpoint.as_str(), "--cluster", "advertise"];
-    let n1 = Tandem::start_with(&dir.path().join("n1"), &[&common[..], &["--node-id", "n1"]].concat(), &[], true)
+    let secret = [("TANDEM_CLUSTER_SECRET", "advertise-secret")];
+    let n1 = Tandem::start_with(&dir.path().join("n1"), &[&common[..], &["--node-id", "n1"]].concat(), &secret, true)
         .await
         .unwrap();
     let port = tandem_tests::free_port();
     let (bind, advertised) = (format!("0.0.0.0:{port}"), format!("127.0.0.1:{port}"));
     let own = ["--node-id", "n2", "--grpc-addr", bind.as_str(), "--advertise-grpc-addr", advertised.as_str()];
-    let n2 = Tandem::start_with(&dir.path().join("n2"), &[&common[..], &own[..]].concat(), &[], false).await.unwrap();
+    let n2 =
+        Tandem::start_with(&dir.path().join("n2"), &[&common[..], &own[..]].concat(), &secret, false).await.unwrap();
     n1.sql("CREATE TABLE t (id UInt64) ORDER BY id").await;
     n2.wait_for("SELECT count() FROM system.tables WHERE name = 't'", "1", CONVERGE).await;
     n2.insert("t", "CSV", "1\n2\n3\n").await;
@@ -290,7 +356,8 @@ async fn nodes_reach_etcd_over_tls_with_client_certificates() {
             "--etcd-key-file",
             key,
         ];
-        nodes.push(Tandem::start_with(&dir.path().join(id), &args, &[], true).await.unwrap());
+        let secret = [("TANDEM_CLUSTER_SECRET", "tls-secret")];
+        nodes.push(Tandem::start_with(&dir.path().join(id), &args, &secret, true).await.unwrap());
     }
     nodes[0].sql("CREATE TABLE t (id UInt64) ORDER BY id").await;
     nodes[1].wait_for("SELECT count() FROM system.tables WHERE name = 't'", "1", CONVERGE).await;
@@ -299,13 +366,15 @@ async fn nodes_reach_etcd_over_tls_with_client_certificates() {
 
     // Without a client certificate the member refuses the connection: the node says so and exits.
     let args = ["--etcd", etcd.endpoint.as_str(), "--node-id", "n3", "--etcd-ca-file", ca];
-    let refused = Tandem::start_with(&dir.path().join("n3"), &args, &[], true).await;
+    let refused =
+        Tandem::start_with(&dir.path().join("n3"), &args, &[("TANDEM_CLUSTER_SECRET", "tls-secret")], true).await;
     let error = format!("{:#}", refused.err().expect("no client certificate, no connection"));
     assert!(error.contains("cannot use etcd at"), "{error}");
     // TLS asked for, plain endpoint given: a configuration error before any connection.
     let plain = etcd.endpoint.replace("https://", "http://");
     let args = ["--etcd", plain.as_str(), "--node-id", "n4", "--etcd-ca-file", ca];
-    let refused = Tandem::start_with(&dir.path().join("n4"), &args, &[], true).await;
+    let refused =
+        Tandem::start_with(&dir.path().join("n4"), &args, &[("TANDEM_CLUSTER_SECRET", "tls-secret")], true).await;
     let error = format!("{:#}", refused.err().expect("an http endpoint with TLS settings is refused"));
     assert!(error.contains("is not https://"), "{error}");
 }
