@@ -350,3 +350,45 @@ async fn fuzz_findings_are_answered_by_a_running_node() {
     assert_eq!(node.get("health").await.status, 200);
     assert_eq!(node.count("f").await, acknowledged, "the table holds what was acknowledged, nothing else");
 }
+
+/// The SQL surface cannot read or write the host's files: each path DataFusion offers for it
+/// (external tables, `COPY ... TO`, querying a file by its path, file-reading table functions)
+/// is refused with a status naming the problem, and leaves nothing behind. One request per path,
+/// so a DataFusion upgrade that opens one fails here.
+#[tokio::test]
+async fn the_sql_surface_cannot_reach_the_hosts_files() {
+    let (node, dir) = single_node(&[]).await;
+    node.sql("CREATE TABLE t (id UInt64) ORDER BY id").await;
+    node.insert("t", "CSV", "1\n2\n").await;
+    const CONTENT: &str = "only-the-host-may-read-this";
+    let secret_file = dir.path().join("host-file.csv");
+    std::fs::write(&secret_file, format!("a,b\n{CONTENT},1\n")).unwrap();
+    let written = dir.path().join("written.csv");
+    let (read, write) = (secret_file.display().to_string(), written.display().to_string());
+    let attempts = [
+        format!("CREATE EXTERNAL TABLE e (host VARCHAR, secret VARCHAR) STORED AS CSV LOCATION '{read}'"),
+        format!("CREATE EXTERNAL TABLE e STORED AS CSV LOCATION '{}'", dir.path().display()),
+        format!("COPY t TO '{write}' STORED AS CSV"),
+        format!("COPY (SELECT * FROM t) TO '{write}' STORED AS CSV"),
+        format!("SELECT * FROM '{read}'"),
+        format!("SELECT * FROM read_csv('{read}')"),
+        format!("SELECT * FROM read_parquet('{read}')"),
+        format!("SELECT * FROM parquet_metadata('{read}')"),
+        format!("INSERT INTO t SELECT * FROM '{read}'"),
+        format!("CREATE VIEW v AS SELECT * FROM '{read}'"),
+    ];
+    for sql in &attempts {
+        // The statement in the body, as clients send it.
+        let answer = node.post_body(sql.clone()).await;
+        assert!(
+            matches!(answer.status, 400 | 404 | 501),
+            "`{sql}` is refused (bad request, no such table, or not supported), got {}: {}",
+            answer.status,
+            answer.text()
+        );
+        assert!(!answer.text().contains(CONTENT), "`{sql}` shows nothing of the file: {}", answer.text());
+        assert!(!written.exists(), "`{sql}` wrote nothing");
+    }
+    assert_eq!(node.sql("SHOW TABLES").await.trim(), "t", "no table or view was created");
+    assert_eq!(node.count("t").await, 2, "the table is as it was");
+}
