@@ -40,18 +40,23 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
     };
     let (node_id, cluster) = (config.replica.node_id.clone(), config.is_cluster());
     let replica = tandem_replica::start(config.replica, grpc_listener, http_addr).await?;
-    let data_dir = replica.replica().data_dir().to_path_buf();
+    let spill_dir = replica.replica().data_dir().join("spill");
+    let front_door = match tandem_server::FrontDoor::prepare(replica.replica().clone(), config.server, &spill_dir) {
+        Ok(front_door) => front_door,
+        Err(e) => {
+            replica.shutdown().await;
+            return Err(e);
+        }
+    };
+    let https = front_door.is_https();
     let stop_http = CancellationToken::new();
     let stop = stop_http.clone();
-    let serving = replica.replica().clone();
     let http = tokio::spawn(async move {
-        let spill_dir = data_dir.join("spill");
-        let served = tandem_server::serve(http_listener, serving, config.server, &spill_dir, stop.cancelled_owned());
-        if let Err(e) = served.await {
+        if let Err(e) = front_door.serve(http_listener, stop.cancelled_owned()).await {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
-    tracing::info!(%http_addr, node = %node_id, cluster, data_dir = %replica.replica().data_dir().display(), "tandem is serving");
+    tracing::info!(%http_addr, https, node = %node_id, cluster, data_dir = %replica.replica().data_dir().display(), "tandem is serving");
     Ok(RunningNode { replica, http_addr, stop_http, http })
 }
 

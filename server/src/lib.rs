@@ -26,6 +26,7 @@ pub mod limits;
 pub mod query;
 pub mod state;
 pub mod statement;
+pub mod tls;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,17 +37,42 @@ use crate::execution::QueryRuntime;
 use crate::state::Server;
 pub use crate::state::{ServerConfig, ServerFile, ServerFlags, ServerSettings};
 
-/// Serves the HTTP API on `listener` until `shutdown` completes, then lets requests in flight
-/// finish. Query spill files go under `spill_dir` (emptied first).
-pub async fn serve(
-    listener: tokio::net::TcpListener,
-    replica: Arc<Replica>,
-    config: ServerConfig,
-    spill_dir: &Path,
-    shutdown: impl Future<Output = ()> + Send + 'static,
-) -> anyhow::Result<()> {
-    let queries = QueryRuntime::new(&config.limits, spill_dir)?;
-    let router = http::router(Arc::new(Server { replica, config, queries }));
-    axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
-    Ok(())
+/// The front door, checked and ready to serve: its query runtime (spill files under
+/// `spill_dir`, emptied first) and its certificate when it serves HTTPS. Everything that can be
+/// wrong with the configuration is found here, before the node starts serving.
+pub struct FrontDoor {
+    server: Server,
+    https: Option<tls::Https>,
+}
+
+impl FrontDoor {
+    pub fn prepare(replica: Arc<Replica>, config: ServerConfig, spill_dir: &Path) -> anyhow::Result<FrontDoor> {
+        let settings = &config.settings;
+        let https = tls::Https::load(settings.tls_cert_file.as_deref(), settings.tls_key_file.as_deref())?;
+        let queries = QueryRuntime::new(&config.limits, spill_dir)?;
+        Ok(FrontDoor { server: Server { replica, config, queries }, https })
+    }
+
+    /// Whether the API is served over HTTPS.
+    pub fn is_https(&self) -> bool {
+        self.https.is_some()
+    }
+
+    /// Serves the HTTP API on `listener` until `shutdown` completes, then lets requests in
+    /// flight finish.
+    pub async fn serve(
+        self,
+        listener: tokio::net::TcpListener,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let router = http::router(Arc::new(self.server));
+        match self.https {
+            Some(https) => {
+                let listener = tls::TlsListener::bind(listener, https)?;
+                axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+            }
+            None => axum::serve(listener, router).with_graceful_shutdown(shutdown).await?,
+        }
+        Ok(())
+    }
 }

@@ -27,6 +27,11 @@ tandem_settings::settings! {
         dedup_window_blocks: u64 = "1000", env "TANDEM_DEDUP_WINDOW_BLOCKS";
         /// `dedup_window_seconds` of tables created without it (7 days).
         dedup_window_seconds: u64 = "604800", env "TANDEM_DEDUP_WINDOW_SECONDS";
+        /// PEM certificate chain of the HTTP API: with --tls-key-file, the API is served over HTTPS
+        /// only. Read again when the file changes (a renewed certificate needs no restart).
+        tls_cert_file: Option<std::path::PathBuf> = "", env "TANDEM_TLS_CERT_FILE";
+        /// PEM private key of --tls-cert-file.
+        tls_key_file: Option<std::path::PathBuf> = "", env "TANDEM_TLS_KEY_FILE";
     }
 }
 

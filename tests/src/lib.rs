@@ -382,7 +382,8 @@ pub struct TlsFiles {
 }
 
 impl TlsFiles {
-    fn create(dir: &Path) -> anyhow::Result<Self> {
+    /// A new CA and its certificates, under `dir`.
+    pub fn create(dir: &Path) -> anyhow::Result<Self> {
         let openssl = |args: &[&str]| -> anyhow::Result<()> {
             let output = Command::new("openssl").args(args).current_dir(dir).output().context("cannot run openssl")?;
             if !output.status.success() {

@@ -16,6 +16,7 @@ mod object_store;
 mod operations;
 mod quorum;
 mod readme;
+mod security;
 
 /// The table most tests use: every column type family, a month partition, a sort key.
 pub const EVENTS: &str = "CREATE TABLE events (id UInt64, ts DateTime64(3), host String, v Float64, \

@@ -1,0 +1,151 @@
+//! Who can reach a node, and over what: HTTPS for the HTTP API with certificates renewed in
+//! place. (The interserver secret is tested with the cluster, in `cluster.rs`.)
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use http_body_util::{BodyExt, Full};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tandem_tests::TlsFiles;
+
+/// A `tandem serve` process, killed when dropped.
+struct Process(Child);
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Sends `sql` to the node at `addr` over HTTPS on a new connection, trusting only `ca`.
+/// The body of a 200, or what went wrong (handshake, status).
+async fn https_query(addr: SocketAddr, ca: &Path, sql: &str) -> Result<String, String> {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| e.to_string())? {
+        roots.add(cert.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let name = ServerName::IpAddress(addr.ip().into());
+    let tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("handshake: {e}"))?;
+    let (mut sender, connection) =
+        hyper::client::conn::http1::handshake(TokioIo::new(tls)).await.map_err(|e| e.to_string())?;
+    tokio::spawn(connection);
+    let request = hyper::Request::post("/")
+        .header(hyper::header::HOST, addr.to_string())
+        .body(Full::new(bytes::Bytes::from(sql.to_string())))
+        .map_err(|e| e.to_string())?;
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
+    let text = String::from_utf8_lossy(&body).into_owned();
+    if status != hyper::StatusCode::OK {
+        return Err(format!("{status}: {text}"));
+    }
+    Ok(text)
+}
+
+/// The API over HTTPS: a client that trusts the CA gets its answers, one that does not (and a
+/// plain-HTTP one) gets nothing; when the certificate files are replaced, the node serves the
+/// new certificate within seconds, without a restart.
+#[tokio::test]
+async fn https_serves_the_api_and_a_renewed_certificate_without_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    let (old, new) = (TlsFiles::create(&first).unwrap(), TlsFiles::create(&second).unwrap());
+    // The files the node reads: the first certificate now, the second one after the renewal.
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::copy(&old.server_cert, &cert).unwrap();
+    std::fs::copy(&old.server_key, &key).unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{}", tandem_tests::free_port()).parse().unwrap();
+    let log = dir.path().join("tandem.log");
+    let _node = Process(
+        Command::new(tandem_tests::tandem_binary().unwrap())
+            .arg("serve")
+            .arg("--http-addr")
+            .arg(addr.to_string())
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--tls-cert-file")
+            .arg(&cert)
+            .arg("--tls-key-file")
+            .arg(&key)
+            .env("TANDEM_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap(),
+    );
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+    while https_query(addr, &old.ca, "SELECT 1").await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the node answers over HTTPS within 60 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    https_query(addr, &old.ca, "CREATE TABLE t (id UInt64) ORDER BY id").await.unwrap();
+    https_query(addr, &old.ca, "INSERT INTO t FORMAT CSV\n1\n2\n").await.unwrap();
+    assert_eq!(https_query(addr, &old.ca, "SELECT count() FROM t").await.unwrap().trim(), "2");
+
+    let untrusted = https_query(addr, &new.ca, "SELECT 1").await;
+    assert!(untrusted.is_err_and(|e| e.contains("handshake")), "a client that does not trust the CA fails");
+    let plain = reqwest::Client::new().post(format!("http://{addr}/")).body("SELECT 1").send().await;
+    assert!(plain.is_err(), "plain HTTP gets no answer from an HTTPS port: {plain:?}");
+
+    // Renewal: the files are replaced (as the kubelet updates a mounted Secret).
+    std::fs::copy(&new.server_key, &key).unwrap();
+    std::fs::copy(&new.server_cert, &cert).unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while https_query(addr, &new.ca, "SELECT 1").await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "the renewed certificate is served within 30 s");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let stale = https_query(addr, &old.ca, "SELECT 1").await;
+    assert!(stale.is_err_and(|e| e.contains("handshake")), "the old certificate is no longer served");
+    let log = std::fs::read_to_string(&log).unwrap();
+    assert!(log.contains("serving the renewed TLS certificate"), "{log}");
+}
+
+/// A certificate without its key (or a key that does not match) stops the node at start with a
+/// message naming the files, and never prints the key.
+#[tokio::test]
+async fn a_bad_tls_configuration_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
+    std::fs::create_dir_all(&first).unwrap();
+    std::fs::create_dir_all(&second).unwrap();
+    let (one, other) = (TlsFiles::create(&first).unwrap(), TlsFiles::create(&second).unwrap());
+    let check = |args: &[&str]| {
+        let output = Command::new(tandem_tests::tandem_binary().unwrap())
+            .arg("serve")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .arg("--http-addr")
+            .arg(format!("127.0.0.1:{}", tandem_tests::free_port()))
+            .args(args)
+            .output()
+            .unwrap();
+        (output.status.success(), String::from_utf8_lossy(&output.stderr).into_owned())
+    };
+    let cert = one.server_cert.to_str().unwrap();
+    let (ok, stderr) = check(&["--tls-cert-file", cert]);
+    assert!(!ok && stderr.contains("--tls-cert-file and --tls-key-file go together"), "{stderr}");
+    let (ok, stderr) = check(&["--tls-cert-file", cert, "--tls-key-file", other.server_key.to_str().unwrap()]);
+    assert!(!ok && stderr.contains("do not go together"), "{stderr}");
+    let key = std::fs::read_to_string(&other.server_key).unwrap();
+    let key_body = key.lines().nth(1).unwrap();
+    assert!(!stderr.contains(key_body), "the key is never printed");
+}
