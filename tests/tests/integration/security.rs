@@ -23,6 +23,16 @@ impl Drop for Process {
     }
 }
 
+/// Two unrelated CAs, each with a server certificate for 127.0.0.1, under `dir`.
+fn two_cas(dir: &Path) -> (TlsFiles, TlsFiles) {
+    let make = |name: &str| {
+        let path = dir.join(name);
+        std::fs::create_dir_all(&path).unwrap();
+        TlsFiles::create(&path).unwrap()
+    };
+    (make("first"), make("second"))
+}
+
 /// Sends `sql` to the node at `addr` over HTTPS on a new connection, trusting only `ca`.
 /// The body of a 200, or what went wrong (handshake, status).
 async fn https_query(addr: SocketAddr, ca: &Path, sql: &str) -> Result<String, String> {
@@ -64,10 +74,7 @@ async fn https_query(addr: SocketAddr, ca: &Path, sql: &str) -> Result<String, S
 #[tokio::test]
 async fn https_serves_the_api_and_a_renewed_certificate_without_a_restart() {
     let dir = tempfile::tempdir().unwrap();
-    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
-    std::fs::create_dir_all(&first).unwrap();
-    std::fs::create_dir_all(&second).unwrap();
-    let (old, new) = (TlsFiles::create(&first).unwrap(), TlsFiles::create(&second).unwrap());
+    let (old, new) = two_cas(dir.path());
     // The files the node reads: the first certificate now, the second one after the renewal.
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::copy(&old.server_cert, &cert).unwrap();
@@ -124,10 +131,7 @@ async fn https_serves_the_api_and_a_renewed_certificate_without_a_restart() {
 #[tokio::test]
 async fn a_bad_tls_configuration_is_refused_at_start() {
     let dir = tempfile::tempdir().unwrap();
-    let (first, second) = (dir.path().join("first"), dir.path().join("second"));
-    std::fs::create_dir_all(&first).unwrap();
-    std::fs::create_dir_all(&second).unwrap();
-    let (one, other) = (TlsFiles::create(&first).unwrap(), TlsFiles::create(&second).unwrap());
+    let (one, other) = two_cas(dir.path());
     let check = |args: &[&str]| {
         let output = Command::new(tandem_tests::tandem_binary().unwrap())
             .arg("serve")
