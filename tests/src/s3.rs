@@ -217,9 +217,12 @@ impl Proxy {
                 let (target, mut cut_rx) = (target.clone(), cut_rx.clone());
                 tokio::spawn(async move {
                     let Ok(mut server) = TcpStream::connect(target.as_str()).await else { return };
+                    // The cut is looked at first on every wake: once it is set, not one more byte
+                    // is forwarded (an upload in flight must not slip through a cut connection).
                     tokio::select! {
-                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
+                        biased;
                         _ = cut_rx.wait_for(|cut| *cut) => {}
+                        _ = tokio::io::copy_bidirectional(&mut client, &mut server) => {}
                     }
                 });
             }
