@@ -144,7 +144,7 @@ def check_common(objects, values):
         if re.search("SECRET|KEY|PASSWORD|TOKEN", name):
             check("valueFrom" in entry and "secretKeyRef" in entry["valueFrom"], f"{name} comes from a Secret")
     check(not any(a.startswith("--cluster-secret=") for a in node["args"]), "no secret on the command line")
-    generated = {f"{RELEASE}-cluster-secret", f"{RELEASE}-minio-credentials"}
+    generated = {f"{RELEASE}-cluster-secret", f"{RELEASE}-admin-password", f"{RELEASE}-minio-credentials"}
     for secret in find(objects, "Secret"):
         check(secret["metadata"]["name"] in generated, f"unexpected Secret {secret['metadata']['name']}")
     cluster_secret = values.get("clusterSecret", {}).get("existingSecret")
@@ -152,6 +152,17 @@ def check_common(objects, values):
         bool(find(objects, "Secret", f"{RELEASE}-cluster-secret")) != bool(cluster_secret),
         "the cluster secret is generated exactly when no existingSecret is given",
     )
+    admin_secret = values.get("adminPassword", {}).get("existingSecret")
+    check(
+        bool(find(objects, "Secret", f"{RELEASE}-admin-password")) != bool(admin_secret),
+        "the admin password is generated exactly when no existingSecret is given",
+    )
+    # A node serves on 0.0.0.0: without a first user's password it would refuse to start, and
+    # the preStop drain must sign in with the same password.
+    admin_files = [a.split("=", 1)[1] for a in node["args"] if a.startswith("--admin-password-file=")]
+    check(len(admin_files) == 1, "the node gets the first user's password from a file")
+    drain = node["lifecycle"]["preStop"]["exec"]["command"]
+    check(f"--password-file={admin_files[0]}" in drain, "the preStop drain signs in with the admin password")
     return sts, node
 
 

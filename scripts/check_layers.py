@@ -19,7 +19,7 @@ import subprocess
 import sys
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
-CRATES = ["settings", "ids", "parts", "coordinator", "proto", "replica", "server", "node", "bench", "tests"]
+CRATES = ["settings", "ids", "parts", "coordinator", "access", "proto", "replica", "server", "node", "bench", "tests"]
 REFERENCE = re.compile(r"\bcrate::(?:\{([^}]*)\}|([a-z_][a-z0-9_]*))")
 
 # crate -> packages it must not depend on (normal dependencies, at any depth)
@@ -27,6 +27,8 @@ FORBIDDEN = {
     # The identities and the metadata contract know nothing of Parquet, Arrow or HTTP.
     "tandem-ids": ["arrow", "parquet", "tandem-parts"],
     "tandem-coordinator": ["arrow", "parquet", "tandem-parts"],
+    # Access control knows users and privileges, not SQL, data or the front door.
+    "tandem-access": ["arrow", "parquet", "tandem-parts", "datafusion", "tandem-replica", "tandem-server"],
     "tandem-replica": ["datafusion", "tandem-server", "tandem-node", "csv", "flate2", "lz4_flex"],
     "tandem-server": ["tandem-node", "tandem-bench", "tandem-tests"],
     "tandem-node": ["tandem-bench", "tandem-tests"],

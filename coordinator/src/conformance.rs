@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::{
-    ClusterEvent, Compare, CoordError, Coordinator, KvBackend, NewPart, PartId, PartOutcome, TxnOp, WatchEventKind,
-    WatchResponse,
+    ClusterEvent, Compare, CoordError, Coordinator, KvBackend, NewPart, PartId, PartOutcome, TxnOp, UserEvent,
+    UserWrite, WatchEventKind, WatchResponse,
 };
 
 /// Runs every check against `kv`, under keys starting with `prefix`.
@@ -34,6 +34,7 @@ pub async fn run_all(kv: Arc<dyn KvBackend>, prefix: &str) {
     old_blocks_are_pruned(kv.clone(), &format!("{prefix}prune/")).await;
     one_leader_at_a_time_and_fenced(kv.clone(), &format!("{prefix}leaders/")).await;
     merges_replace_their_sources_once(kv.clone(), &format!("{prefix}merges/")).await;
+    users_change_together_or_not_at_all(kv.clone(), &format!("{prefix}users/")).await;
 }
 
 fn put(key: &str, value: &str) -> TxnOp {
@@ -453,6 +454,63 @@ pub async fn merges_replace_their_sources_once(kv: Arc<dyn KvBackend>, p: &str) 
         .await
         .unwrap();
     assert_eq!(fenced, None, "a leader whose lease ended cannot register a merge");
+}
+
+fn user_write(name: &str, expected: Option<i64>, doc: Option<&str>) -> UserWrite {
+    UserWrite { name: name.to_string(), expected, doc: doc.map(|d| d.as_bytes().to_vec()) }
+}
+
+pub async fn users_change_together_or_not_at_all(kv: Arc<dyn KvBackend>, p: &str) {
+    let c = Coordinator::new(kv.clone(), p);
+    let (none, listed_at) = c.list_users().await.unwrap();
+    assert!(none.is_empty());
+    let mut events = c.watch_users(listed_at + 1).await.unwrap();
+    let created = c
+        .write_users(vec![user_write("a", None, Some("a1")), user_write("b", None, Some("b1"))])
+        .await
+        .unwrap()
+        .expect("creating two absent users succeeds");
+    let (users, _) = c.list_users().await.unwrap();
+    let listed: Vec<_> = users.iter().map(|u| (u.name.as_str(), u.doc.as_slice(), u.version)).collect();
+    assert_eq!(listed, [("a", &b"a1"[..], created), ("b", &b"b1"[..], created)]);
+    assert_eq!(
+        c.write_users(vec![user_write("c", None, Some("c1")), user_write("a", None, Some("a2"))]).await.unwrap(),
+        None,
+        "creating an existing user fails"
+    );
+    assert!(c.get_user("c").await.unwrap().is_none(), "and nothing of that transaction is written");
+    assert_eq!(
+        c.write_users(vec![user_write("a", Some(created - 1), Some("a2"))]).await.unwrap(),
+        None,
+        "a stale version is refused"
+    );
+    let dropped = c
+        .write_users(vec![user_write("a", Some(created), None), user_write("b", Some(created), Some("b2"))])
+        .await
+        .unwrap()
+        .expect("a drop and an update at the versions read succeed");
+    assert!(c.get_user("a").await.unwrap().is_none());
+    assert_eq!(c.get_user("b").await.unwrap().unwrap().doc, b"b2");
+
+    let mut seen = Vec::new();
+    while seen.len() < 2 {
+        let batch = tokio::time::timeout(Duration::from_secs(10), events.next())
+            .await
+            .expect("user changes are watched within 10 s")
+            .unwrap()
+            .unwrap();
+        seen.push(batch);
+    }
+    assert_eq!(seen.iter().map(|(revision, _)| *revision).collect::<Vec<_>>(), [created, dropped]);
+    let last: Vec<String> = seen[1]
+        .1
+        .iter()
+        .map(|e| match e {
+            UserEvent::Put(u) => format!("put {} {}", u.name, String::from_utf8_lossy(&u.doc)),
+            UserEvent::Dropped { name } => format!("drop {name}"),
+        })
+        .collect();
+    assert_eq!(last, ["drop a", "put b b2"]);
 }
 
 #[cfg(test)]

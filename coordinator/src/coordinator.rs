@@ -186,6 +186,11 @@ impl Coordinator {
         &self.kv
     }
 
+    /// The key prefix of this cluster's records (ends with `/`).
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
     fn table_key(&self, table: &str) -> String {
         format!("{}tables/{table}", self.prefix)
     }

@@ -7,9 +7,10 @@
 //!   [`EmbeddedKv`] (redb, for a single node) and [`EtcdKv`] (etcd, for a cluster).
 //! - [`Coordinator`]: tandem's domain operations written once on top of any backend: create
 //!   and compare-and-swap table schemas, register parts together with their block ids in one
-//!   transaction, list and watch parts from a revision, prune expired block ids.
+//!   transaction, list and watch parts from a revision, prune expired block ids; keep user
+//!   records (compare-and-swap, several users in one transaction) and watch them.
 //!
-//! Table schemas and part manifests are opaque bytes here: this crate knows nothing of
+//! Table schemas, part manifests and user records are opaque bytes here: this crate knows nothing of
 //! Parquet, Arrow or HTTP. [`conformance`] is the test suite every backend must pass.
 
 mod coordinator;
@@ -17,6 +18,7 @@ mod embedded;
 mod error;
 mod etcd;
 mod kv;
+mod users;
 
 pub mod conformance;
 
@@ -33,3 +35,4 @@ pub use kv::{
     Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, TxnResult, WatchEvent, WatchEventKind, WatchResponse,
     WatchStream,
 };
+pub use users::{UserEvent, UserRecord, UserWrite};

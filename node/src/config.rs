@@ -12,6 +12,7 @@ use std::time::Duration;
 use anyhow::{Context, bail};
 use clap::Args;
 use serde::Deserialize;
+use tandem_access::Password;
 use tandem_coordinator::EtcdTls;
 use tandem_parts::S3Settings;
 use tandem_replica::{ClusterSecret, CoordinatorConfig, ReplicaConfig, ReplicaFile, ReplicaFlags, ReplicaSettings};
@@ -46,9 +47,15 @@ tandem_settings::settings! {
         /// peers, and presented to a peer that refuses the current one (the secret itself can also
         /// come from TANDEM_CLUSTER_SECRET_PREVIOUS or the config file's cluster_secret_previous).
         cluster_secret_previous_file: Option<PathBuf> = "", env "TANDEM_CLUSTER_SECRET_PREVIOUS_FILE";
-        /// Run a cluster node without a cluster secret: any process that reaches its gRPC port
-        /// can then read its parts. Only for a network where every peer is trusted.
+        /// Serve without the authentication otherwise required: a cluster node without a cluster
+        /// secret (any process that reaches its gRPC port can then read its parts), and an HTTP
+        /// API on a non-loopback address while no users are defined (anyone who reaches it can
+        /// do anything). Only for a network where every peer and client is trusted.
         insecure: bool = "false", env "TANDEM_INSECURE", [num_args = 0..=1, default_missing_value = "true"];
+        /// File holding the password of the first user, `default` (all privileges), created when
+        /// the cluster has no users yet (the password itself can also come from
+        /// TANDEM_ADMIN_PASSWORD, never from a flag). Ignored once users exist.
+        admin_password_file: Option<PathBuf> = "", env "TANDEM_ADMIN_PASSWORD_FILE";
         /// S3-compatible endpoint (`http://minio:9000`); unset for AWS S3 itself.
         s3_endpoint: Option<String> = "", env "TANDEM_S3_ENDPOINT";
         /// Bucket that mirrors every part: setting it turns the object store on.
@@ -138,6 +145,10 @@ pub struct NodeConfig {
     pub http_addr: SocketAddr,
     pub replica: ReplicaConfig,
     pub server: ServerConfig,
+    /// The password of the first user, when the cluster has none yet.
+    pub admin_password: Option<Password>,
+    /// Whether `--insecure` was given.
+    pub insecure: bool,
 }
 
 impl NodeConfig {
@@ -149,12 +160,20 @@ impl NodeConfig {
         let node = NodeSettings::resolve(&args.node, &file.node);
         let limits = Limits::resolve(&args.limits, &file.limits);
         let replica_settings = ReplicaSettings::resolve(&args.replica, &file.replica);
-        let current = secret("TANDEM_CLUSTER_SECRET", &node.cluster_secret_file, file.ungrouped.cluster_secret.take())?;
+        let current = secret(
+            "cluster secret",
+            "TANDEM_CLUSTER_SECRET",
+            &node.cluster_secret_file,
+            file.ungrouped.cluster_secret.take(),
+        )?;
         let previous = secret(
+            "previous cluster secret",
             "TANDEM_CLUSTER_SECRET_PREVIOUS",
             &node.cluster_secret_previous_file,
             file.ungrouped.cluster_secret_previous.take(),
         )?;
+        let admin_password =
+            secret("admin password", "TANDEM_ADMIN_PASSWORD", &node.admin_password_file, None)?.map(Password::new);
         let cluster_secret = match (current, previous) {
             (Some(current), previous) => {
                 let previous = previous.filter(|p| *p != current);
@@ -185,11 +204,13 @@ impl NodeConfig {
         {
             bail!("node id `{id}` must be 1 to 128 letters, digits, `_`, `-` and `.`");
         }
-        if cluster_secret.is_none() && !matches!(coordinator, CoordinatorConfig::Embedded) && !node.insecure {
+        let peers_authenticated = cluster_secret.is_some() || replica_settings.has_interserver_tls();
+        if !peers_authenticated && !matches!(coordinator, CoordinatorConfig::Embedded) && !node.insecure {
             bail!(
-                "a cluster node needs a cluster secret, or any process that reaches its gRPC port can read its parts: \
-                 set TANDEM_CLUSTER_SECRET, --cluster-secret-file or cluster_secret (the same on every node), or \
-                 start with --insecure on a network where every peer is trusted"
+                "a cluster node needs a cluster secret or interserver TLS, or any process that reaches its gRPC port \
+                 can read its parts: set TANDEM_CLUSTER_SECRET, --cluster-secret-file or cluster_secret (the same on \
+                 every node), or --interserver-ca-file/--interserver-cert-file/--interserver-key-file, or start with \
+                 --insecure on a network where every peer is trusted"
             );
         }
         let cluster = &node.cluster;
@@ -220,6 +241,8 @@ impl NodeConfig {
                 settings: replica_settings,
             },
             server: ServerConfig { settings: ServerSettings::resolve(&args.server, &file.server), limits },
+            admin_password,
+            insecure: node.insecure,
         })
     }
 
@@ -239,13 +262,18 @@ impl NodeConfig {
 }
 
 /// A secret from its variable, else its file, else the config file (empty means unset).
-fn secret(variable: &str, file: &Option<PathBuf>, in_config: Option<String>) -> anyhow::Result<Option<String>> {
+fn secret(
+    what: &str,
+    variable: &str,
+    file: &Option<PathBuf>,
+    in_config: Option<String>,
+) -> anyhow::Result<Option<String>> {
     if let Some(secret) = std::env::var(variable).ok().filter(|s| !s.is_empty()) {
         return Ok(Some(secret));
     }
     if let Some(path) = file {
-        let text = std::fs::read_to_string(path)
-            .with_context(|| format!("cannot read the cluster secret file {}", path.display()))?;
+        let text =
+            std::fs::read_to_string(path).with_context(|| format!("cannot read the {what} file {}", path.display()))?;
         return Ok(Some(text.trim().to_string()).filter(|s| !s.is_empty()));
     }
     Ok(in_config.filter(|s| !s.is_empty()))

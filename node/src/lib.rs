@@ -1,9 +1,11 @@
 //! tandem-node is the `tandem` binary's library: layered configuration ([`config`]), starting
-//! and stopping a node (a [`tandem_replica::Replica`] and the [`tandem_server`] HTTP API in
-//! front of it), and the client side of `tandem drain` ([`drain`]).
+//! and stopping a node (a [`tandem_replica::Replica`], its users' [`tandem_access`] control and
+//! the [`tandem_server`] HTTP API in front of them, with the first user created at start), and
+//! the client side of `tandem drain` ([`drain`]).
 
 pub mod config;
 pub mod drain;
+mod users;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -20,8 +22,10 @@ pub use config::{NodeConfig, ServeArgs};
 pub struct RunningNode {
     replica: RunningReplica,
     http_addr: SocketAddr,
-    stop_http: CancellationToken,
+    /// Stops the HTTP API and the watch of users.
+    stop_front_door: CancellationToken,
     http: JoinHandle<()>,
+    users: JoinHandle<()>,
 }
 
 /// Binds the HTTP (and, in a cluster, gRPC) listeners, opens the replica and starts its loops
@@ -39,25 +43,35 @@ pub async fn start(config: NodeConfig) -> anyhow::Result<RunningNode> {
         None
     };
     let (node_id, cluster) = (config.replica.node_id.clone(), config.is_cluster());
+    let first_user = users::FirstUserPolicy::of(&config);
     let replica = tandem_replica::start(config.replica, grpc_listener, http_addr).await?;
-    let spill_dir = replica.replica().data_dir().join("spill");
-    let front_door = match tandem_server::FrontDoor::prepare(replica.replica().clone(), config.server, &spill_dir) {
-        Ok(front_door) => front_door,
+    let stop_front_door = CancellationToken::new();
+    let (access, users) = match users::start(&first_user, replica.replica(), stop_front_door.clone()).await {
+        Ok(started) => started,
         Err(e) => {
             replica.shutdown().await;
             return Err(e);
         }
     };
+    let spill_dir = replica.replica().data_dir().join("spill");
+    let front_door =
+        match tandem_server::FrontDoor::prepare(replica.replica().clone(), access, config.server, &spill_dir) {
+            Ok(front_door) => front_door,
+            Err(e) => {
+                stop_front_door.cancel();
+                replica.shutdown().await;
+                return Err(e);
+            }
+        };
     let https = front_door.is_https();
-    let stop_http = CancellationToken::new();
-    let stop = stop_http.clone();
+    let stop = stop_front_door.clone();
     let http = tokio::spawn(async move {
         if let Err(e) = front_door.serve(http_listener, stop.cancelled_owned()).await {
             tracing::error!(error = %e, "HTTP server failed");
         }
     });
     tracing::info!(%http_addr, https, node = %node_id, cluster, data_dir = %replica.replica().data_dir().display(), "tandem is serving");
-    Ok(RunningNode { replica, http_addr, stop_http, http })
+    Ok(RunningNode { replica, http_addr, stop_front_door, http, users })
 }
 
 impl RunningNode {
@@ -84,8 +98,9 @@ impl RunningNode {
     /// Stops accepting requests, lets in-flight ones finish, then stops the replica's loops
     /// (a cluster node withdraws its membership).
     pub async fn shutdown(self) {
-        self.stop_http.cancel();
+        self.stop_front_door.cancel();
         let _ = self.http.await;
+        let _ = self.users.await;
         self.replica.shutdown().await;
     }
 

@@ -43,6 +43,22 @@ tandem_settings::settings! {
         /// up, every part is read from the bucket first (peers only for parts not uploaded yet).
         bootstrap_from_object_store: bool = "false", env "TANDEM_BOOTSTRAP_FROM_OBJECT_STORE",
             [num_args = 0..=1, default_missing_value = "true"];
+        /// PEM CA that signs every node's interserver certificate: with --interserver-cert-file and
+        /// --interserver-key-file, the interserver gRPC runs over mutual TLS (a peer without a
+        /// certificate from this CA is refused at the handshake).
+        interserver_ca_file: Option<PathBuf> = "", env "TANDEM_INTERSERVER_CA_FILE";
+        /// PEM certificate this node serves and presents to its peers (valid for the address it
+        /// advertises).
+        interserver_cert_file: Option<PathBuf> = "", env "TANDEM_INTERSERVER_CERT_FILE";
+        /// PEM private key of --interserver-cert-file.
+        interserver_key_file: Option<PathBuf> = "", env "TANDEM_INTERSERVER_KEY_FILE";
+    }
+}
+
+impl ReplicaSettings {
+    /// Whether the interserver gRPC is configured for mutual TLS.
+    pub fn has_interserver_tls(&self) -> bool {
+        self.interserver_ca_file.is_some() || self.interserver_cert_file.is_some() || self.interserver_key_file.is_some()
     }
 }
 

@@ -17,7 +17,7 @@ use tandem_proto::v1::FetchPartRequest;
 use tandem_proto::v1::interserver_client::InterserverClient;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
-use tonic::transport::{Channel, Endpoint};
+use tonic::transport::Channel;
 
 use crate::catalog::{FetchFailure, FetchRequest};
 use crate::interserver::{secrets_to_present, with_secret};
@@ -258,7 +258,7 @@ impl Fetcher {
         if let Some(channel) = channels.get(addr) {
             return Ok(channel.clone());
         }
-        let endpoint = Endpoint::from_shared(format!("http://{addr}"))
+        let endpoint = crate::peer_tls::peer_endpoint(self.node.interserver_tls.as_ref(), addr)
             .map_err(|e| SourceError::Failed(format!("bad peer address {addr}: {e}")))?
             .connect_timeout(Duration::from_secs(3))
             .tcp_nodelay(true);

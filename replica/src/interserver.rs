@@ -1,6 +1,7 @@
 //! The interserver gRPC service: peers fetch part files by hash. Every call must present the
-//! cluster secret (the current one, or the previous one while a rotation rolls out); only a
-//! node started with `--insecure` has none.
+//! cluster secret (the current one, or the previous one while a rotation rolls out), and with
+//! interserver TLS every connection a certificate from the cluster's CA; only a node started
+//! with `--insecure` has neither.
 
 use std::pin::Pin;
 use std::sync::Arc;
@@ -184,7 +185,7 @@ pub enum PeerError {
 /// Asks a peer how far it has applied the cluster's changes.
 pub async fn peer_status(node: &Replica, grpc_addr: &str) -> Result<StatusResponse, PeerError> {
     use tandem_proto::v1::interserver_client::InterserverClient;
-    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{grpc_addr}"))?
+    let endpoint = crate::peer_tls::peer_endpoint(node.interserver_tls.as_ref(), grpc_addr)?
         .connect_timeout(std::time::Duration::from_secs(2))
         .timeout(std::time::Duration::from_secs(5));
     let mut client = InterserverClient::new(endpoint.connect().await?);
@@ -217,10 +218,18 @@ pub async fn serve(node: Arc<Replica>, listener: tokio::net::TcpListener, shutdo
     let service = InterserverServer::with_interceptor(InterserverService { node: node.clone() }, check);
     // Without TCP_NODELAY the last segment of a chunk waits for a delayed ACK (about 40 ms).
     let incoming = tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true));
-    let result = tonic::transport::Server::builder()
-        .add_service(service)
-        .serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned())
-        .await;
+    let mut builder = tonic::transport::Server::builder();
+    if let Some(tls) = &node.interserver_tls {
+        builder = match builder.tls_config(tls.server()) {
+            Ok(builder) => builder,
+            Err(e) => {
+                tracing::error!(error = %e, "interserver TLS failed");
+                return;
+            }
+        };
+    }
+    let result =
+        builder.add_service(service).serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await;
     if let Err(e) = result {
         tracing::error!(error = %e, "interserver service failed");
     }

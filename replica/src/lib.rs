@@ -9,8 +9,9 @@
 //! - `catalog` and `sync`: the applied view of tables and parts, fed only by the coordinator's
 //!   listing and watch, in revision order; `mirror`: its local copy, so a restart resumes
 //!   from the last applied revision.
-//! - `fetch`, `interserver`, `membership`: cluster mode: fetching parts from peers by hash,
-//!   serving them, and announcing this node under an etcd lease.
+//! - `fetch`, `interserver`, `membership`, `peer_tls`: cluster mode: fetching parts from peers
+//!   by hash, serving them (over mutual TLS when configured), and announcing this node under
+//!   an etcd lease.
 //! - `bucket` and `object_store_tasks`: the object-store mirror (uploads, bootstrap, the fenced
 //!   garbage collector).
 //! - `merges` and `running_merges`: background merges (one leader per table, fenced
@@ -31,6 +32,7 @@ mod merges;
 pub mod metrics;
 mod mirror;
 mod object_store_tasks;
+mod peer_tls;
 mod replica;
 mod running_merges;
 pub mod schema;

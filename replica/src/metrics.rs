@@ -46,6 +46,7 @@ pub struct Metrics {
     pub insert_delayed: Counter,
     pub insert_rejected_too_many_parts: Counter,
     pub interserver_auth_failures: Counter,
+    pub http_auth_failures: Counter,
 }
 
 impl Metrics {
@@ -90,6 +91,7 @@ impl Metrics {
             insert_delayed: Counter::default(),
             insert_rejected_too_many_parts: Counter::default(),
             interserver_auth_failures: Counter::default(),
+            http_auth_failures: Counter::default(),
             registry: Registry::default(),
         };
         registry.register(
@@ -233,6 +235,11 @@ impl Metrics {
             "interserver_auth_failures",
             "Interserver calls refused for want of a valid cluster secret",
             metrics.interserver_auth_failures.clone(),
+        );
+        registry.register(
+            "http_auth_failures",
+            "HTTP requests refused for want of valid credentials (401)",
+            metrics.http_auth_failures.clone(),
         );
         Metrics { registry, ..metrics }
     }

@@ -18,6 +18,7 @@ use crate::config::ReplicaConfig;
 use crate::error::Result;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
+use crate::peer_tls::InterserverTls;
 use crate::running_merges::{Merges, RunningMerge};
 
 /// One node's replica. Shared as `Arc<Replica>` by the front end and the background loops.
@@ -41,6 +42,8 @@ pub struct Replica {
     /// Set by a drain: the node is not ready, so that no new work is routed here.
     pub(crate) draining: AtomicBool,
     pub(crate) fetch_requests: mpsc::UnboundedSender<FetchRequest>,
+    /// Mutual TLS of the interserver gRPC, when configured.
+    pub(crate) interserver_tls: Option<InterserverTls>,
 }
 
 /// Whether the object store answers, and the last error when it does not.
@@ -51,6 +54,12 @@ pub struct ObjectStoreStatus {
 }
 
 impl Replica {
+    /// The cluster's metadata store, for services that keep records of their own in it
+    /// (users and grants): the replica's own records are changed only through its methods.
+    pub fn coordinator(&self) -> &tandem_coordinator::Coordinator {
+        &self.coordinator
+    }
+
     pub fn node_id(&self) -> &str {
         &self.config.node_id
     }

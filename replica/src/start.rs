@@ -57,10 +57,11 @@ pub async fn start(
     let mirror = Mirror::open(&config.data_dir.join("catalog.redb"))
         .context("cannot open the local catalog (is another tandem using this data directory?)")?;
     let grpc_addr = grpc_listener.as_ref().map(|l| l.local_addr()).transpose()?.unwrap_or(config.settings.grpc_addr);
-    if config.is_cluster() && config.cluster_secret.is_none() {
+    let interserver_tls = crate::peer_tls::InterserverTls::load(&config.settings)?;
+    if config.is_cluster() && config.cluster_secret.is_none() && interserver_tls.is_none() {
         tracing::warn!(
             "no cluster secret is configured (--insecure): any process that reaches {grpc_addr} can read this \
-             node's parts; set TANDEM_CLUSTER_SECRET, cluster_secret_file or cluster_secret"
+             node's parts; set TANDEM_CLUSTER_SECRET, cluster_secret_file or cluster_secret, or interserver TLS"
         );
     }
     let bucket = match &config.object_store {
@@ -90,6 +91,7 @@ pub async fn start(
         merges: Merges::new(config.settings.merge_concurrency),
         draining: Default::default(),
         fetch_requests,
+        interserver_tls,
         config,
     });
     let shutdown = CancellationToken::new();

@@ -2,6 +2,7 @@
 
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use tandem_access::{AccessDenied, AccessError, AuthError};
 use tandem_replica::Error as ReplicaError;
 
 /// A request error: what went wrong, in words that tell the caller what to do.
@@ -53,6 +54,12 @@ pub enum NodeError {
     /// A partition has more active parts than its table allows: merges are behind inserts.
     #[error("{0}")]
     TooManyParts(String),
+    /// No valid credentials: the same answer for an unknown user and a wrong password.
+    #[error("{0}")]
+    Unauthenticated(#[from] AuthError),
+    /// The user lacks a privilege; the message names it and the `GRANT` that gives it.
+    #[error("{0}")]
+    Forbidden(#[from] AccessDenied),
     #[error("internal error: {0}")]
     Internal(String),
 }
@@ -86,6 +93,8 @@ impl NodeError {
             NodeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             NodeError::Timeout(_) => StatusCode::GATEWAY_TIMEOUT,
             NodeError::TooManyParts(_) => StatusCode::TOO_MANY_REQUESTS,
+            NodeError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            NodeError::Forbidden(_) => StatusCode::FORBIDDEN,
             NodeError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
@@ -107,6 +116,8 @@ impl NodeError {
             NodeError::Unavailable(_) => "UNAVAILABLE",
             NodeError::Timeout(_) => "TIMEOUT",
             NodeError::TooManyParts(_) => "TOO_MANY_PARTS",
+            NodeError::Unauthenticated(_) => "AUTHENTICATION_FAILED",
+            NodeError::Forbidden(_) => "ACCESS_DENIED",
             NodeError::Internal(_) => "INTERNAL",
         }
     }
@@ -144,6 +155,17 @@ impl From<ReplicaError> for NodeError {
             ReplicaError::Timeout(message) => NodeError::Timeout(message),
             ReplicaError::TooManyParts(message) => NodeError::TooManyParts(message),
             ReplicaError::Internal(message) => NodeError::Internal(message),
+        }
+    }
+}
+
+impl From<AccessError> for NodeError {
+    fn from(e: AccessError) -> Self {
+        match e {
+            AccessError::UserExists(_) | AccessError::Contended => NodeError::Conflict(e.to_string()),
+            AccessError::NoSuchUser(_) | AccessError::Invalid(_) => NodeError::BadRequest(e.to_string()),
+            AccessError::Unavailable(_) => NodeError::Unavailable(e.to_string()),
+            AccessError::Internal(message) => NodeError::Internal(message),
         }
     }
 }
@@ -187,6 +209,12 @@ impl IntoResponse for NodeError {
             ("x-tandem-retryable", retryable),
             ("content-type", "text/plain; charset=utf-8"),
         ];
-        (status, headers, body).into_response()
+        let mut response = (status, headers, body).into_response();
+        if status == StatusCode::UNAUTHORIZED {
+            response
+                .headers_mut()
+                .insert("www-authenticate", axum::http::HeaderValue::from_static("Basic realm=\"tandem\", charset=\"UTF-8\""));
+        }
+        response
     }
 }

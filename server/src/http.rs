@@ -23,8 +23,10 @@ use crate::formats::{Budget, Encoder, Format, InputOptions, encode, text_batch};
 use crate::insert::{InsertSettings, insert};
 use crate::limits::{MAX_DEDUP_TOKEN_BYTES, MAX_WAIT, RESULT_HEAD_BYTES};
 use crate::query;
+use crate::query_log::{Moved, PendingQuery};
 use crate::state::Server;
-use crate::statement::{self, InsertSource, ParseOptions, Statement};
+use crate::statement::{self, InsertSource, InsertStatement, ParseOptions, Statement};
+use tandem_access::{Object, Principal, Privilege};
 use tandem_replica::metrics::Metrics;
 use tandem_replica::schema::Durability;
 use tandem_replica::{InsertOptions, Quorum, Replica};
@@ -90,7 +92,17 @@ const MAX_DRAIN_SECONDS: i64 = 24 * 3600;
 /// `POST /drain?timeout_seconds=N` (default 60): stop being ready, then wait until no part is
 /// only on this node. 200 when drained, 503 with the reason otherwise. `POST /drain?cancel=1`
 /// undoes it: the node is ready again and merges resume (a restart does the same).
-async fn drain(State(server): State<Arc<Server>>, Query(params): Query<HashMap<String, String>>) -> Response {
+async fn drain(
+    State(server): State<Arc<Server>>,
+    headers: HeaderMap,
+    Query(mut params): Query<HashMap<String, String>>,
+) -> Response {
+    if let Err(e) = authenticate(&server, &headers, &mut params, None)
+        .await
+        .and_then(|principal| Ok(server.access.authorize(&principal, Privilege::System, &Object::Global)?))
+    {
+        return e.into_response();
+    }
     match flag(&params, "cancel", false) {
         Ok(true) => {
             server.replica.cancel_drain();
@@ -115,21 +127,100 @@ async fn metrics(State(server): State<Arc<Server>>) -> Response {
 async fn handle(
     State(server): State<Arc<Server>>,
     method: Method,
-    Query(params): Query<HashMap<String, String>>,
+    Query(mut params): Query<HashMap<String, String>>,
     headers: HeaderMap,
     body: Body,
 ) -> Response {
+    let mut logged = Some(server.query_log.begin());
     // A panic is a bug, never the client's doing: it answers 500 and the node keeps serving.
-    let answer = std::panic::AssertUnwindSafe(execute(&server, &method, params, headers, body)).catch_unwind().await;
-    match answer {
-        Ok(Ok(response)) => response,
-        Ok(Err(e)) => e.into_response(),
+    let answer = std::panic::AssertUnwindSafe(async {
+        if let (Some(pending), Some(text)) = (logged.as_mut(), params.get("query")) {
+            pending.set_query(text);
+        }
+        let principal = authenticate(&server, &headers, &mut params, logged.as_mut()).await?;
+        execute(&server, &principal, &method, params, headers, body, &mut logged).await
+    })
+    .catch_unwind()
+    .await;
+    let failed = |e: NodeError| {
+        let error = (e.code(), e.to_string());
+        (e.into_response(), Some(error))
+    };
+    let (response, error) = match answer {
+        Ok(Ok(response)) => (response, None),
+        Ok(Err(e)) => failed(e),
         Err(panic) => {
             let what = crate::error::panic_message(panic.as_ref());
             tracing::error!(panic = %what, "a request handler panicked");
-            NodeError::internal(format!("the request hit a bug in tandem ({what}); please report it")).into_response()
+            failed(NodeError::internal(format!("the request hit a bug in tandem ({what}); please report it")))
         }
+    };
+    // A streamed result is logged when its stream ends; everything else here.
+    if let Some(pending) = logged {
+        let moved = response.extensions().get::<Moved>().copied().unwrap_or_default();
+        pending.finish(response.status().as_u16(), error, moved.rows, moved.bytes);
     }
+    response
+}
+
+/// Who the request runs as (401 without valid credentials where users are defined).
+/// The query log, when given, names the user claimed, then the one signed in.
+async fn authenticate(
+    server: &Server,
+    headers: &HeaderMap,
+    params: &mut HashMap<String, String>,
+    mut logged: Option<&mut PendingQuery>,
+) -> Result<Principal, NodeError> {
+    let credentials = crate::credentials::take(headers, params)?;
+    if let (Some(pending), Some(credentials)) = (logged.as_deref_mut(), &credentials) {
+        pending.set_user(&credentials.user);
+    }
+    let principal = server.access.authenticate(credentials.as_ref()).await.inspect_err(|_| {
+        server.replica.metrics().http_auth_failures.inc();
+    })?;
+    if let Some(pending) = logged {
+        pending.set_user(principal.name());
+    }
+    Ok(principal)
+}
+
+/// Refuses (403) a statement whose user lacks a privilege for it, before anything runs: a
+/// refused request changes nothing. A SELECT is checked on the tables it names once parsed
+/// ([`authorize_query`]).
+fn authorize(server: &Server, principal: &Principal, statement: &Statement) -> Result<(), NodeError> {
+    let need = |privilege, object: Object| Ok(server.access.authorize(principal, privilege, &object)?);
+    match statement {
+        Statement::CreateTable { def, .. } => need(Privilege::Create, Object::table(&def.name)),
+        Statement::Alter { table, .. } => need(Privilege::Alter, Object::table(table)),
+        Statement::DropTable { name, .. } => need(Privilege::Drop, Object::table(name)),
+        Statement::Describe { name, .. } => need(Privilege::Select, Object::table(name)),
+        Statement::Insert(insert) => need(Privilege::Insert, Object::table(&insert.table)),
+        Statement::Access(_) | Statement::ShowUsers { .. } => need(Privilege::AccessManagement, Object::Global),
+        Statement::ShowGrants { user: Some(user), .. } if user != principal.name() => {
+            need(Privilege::AccessManagement, Object::Global)
+        }
+        Statement::ShowGrants { .. } | Statement::ShowTables { .. } | Statement::Select { .. } => Ok(()),
+    }
+}
+
+/// SELECT on every table a query names; the `system` tables that show users, grants and
+/// queries need ACCESS MANAGEMENT.
+fn authorize_query(server: &Server, principal: &Principal, parsed: &query::ParsedQuery) -> Result<(), NodeError> {
+    for reference in parsed.tables() {
+        let (privilege, object) = match reference.schema() {
+            None => (Privilege::Select, Object::table(reference.table())),
+            Some("system") if query::ACCESS_TABLES.contains(&reference.table()) => {
+                (Privilege::AccessManagement, Object::Global)
+            }
+            Some("system") => continue,
+            Some(database) => (
+                Privilege::Select,
+                Object::Table { database: database.to_string(), table: reference.table().to_string() },
+            ),
+        };
+        server.access.authorize(principal, privilege, &object)?;
+    }
+    Ok(())
 }
 
 fn flag(params: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, NodeError> {
@@ -160,10 +251,12 @@ fn parse_options(server: &Server) -> ParseOptions {
 
 async fn execute(
     server: &Server,
+    principal: &Principal,
     method: &Method,
     params: HashMap<String, String>,
     headers: HeaderMap,
     body: Body,
+    logged: &mut Option<PendingQuery>,
 ) -> Result<Response, NodeError> {
     let node = server.replica.as_ref();
     if !node.is_caught_up() {
@@ -182,8 +275,18 @@ async fn execute(
             Err(e) => (String::from_utf8_lossy(&body[..e.valid_up_to().min(64 * 1024)]), true),
         },
     };
+    if let Some(pending) = logged.as_mut().filter(|_| body_is_statement) {
+        pending.set_query(&text);
+    }
     let options = parse_options(server);
     let statement = statement::parse_with(&text, &options)?;
+    if let Some(pending) = logged.as_mut() {
+        pending.set_kind(statement.kind());
+        // Only the statement of an insert, not the rows after it.
+        if let Statement::Insert(InsertStatement { source: InsertSource::Format { data_offset, .. }, .. }) = &statement {
+            pending.set_query(text.get(..*data_offset).unwrap_or_default());
+        }
+    }
     let started = Instant::now();
     let statement = match statement {
         Statement::Insert(_) => statement,
@@ -199,8 +302,9 @@ async fn execute(
             statement.kind()
         )));
     }
+    authorize(server, principal, &statement)?;
     let Statement::Insert(insert_statement) = statement else {
-        return execute_statement(server, &params, statement, started).await;
+        return execute_statement(server, principal, &params, statement, started, logged).await;
     };
     let InsertSource::Format { format, data_offset } = &insert_statement.source else {
         let InsertSource::Values(rows) = insert_statement.source else {
@@ -230,9 +334,11 @@ fn output_format(params: &HashMap<String, String>, clause: Option<&str>) -> Resu
 
 async fn execute_statement(
     server: &Server,
+    principal: &Principal,
     params: &HashMap<String, String>,
     statement: Statement,
     started: Instant,
+    logged: &mut Option<PendingQuery>,
 ) -> Result<Response, NodeError> {
     let node = server.replica.as_ref();
     match statement {
@@ -276,6 +382,7 @@ async fn execute_statement(
         Statement::Select { sql, format } => {
             let format = output_format(params, format.as_deref())?;
             let parsed = query::ParsedQuery::parse(&sql)?;
+            authorize_query(server, principal, &parsed)?;
             wait_for_revision(node, params).await?;
             let admitted = server.queries.admit(params)?;
             let tables = node.tables();
@@ -285,13 +392,42 @@ async fn execute_statement(
             } else {
                 parsed.reads_system_tables().then(query::ClusterView::default)
             };
-            let ctx = query::session(node, &tables, cluster.as_ref(), admitted.runtime.clone())?;
+            let system = cluster.map(|cluster| query::SystemView {
+                cluster,
+                users: server.access.users(),
+                queries: server.query_log.entries(),
+            });
+            let ctx = query::session(node, &tables, system.as_ref(), admitted.runtime.clone())?;
             let planned =
                 admitted.within_deadline(async { query::run(&ctx, parsed).await.map_err(|e| admitted.error(e)) }).await;
             let (schema, stream) = planned.inspect_err(|_| {
                 node.metrics().query_errors.inc();
             })?;
-            respond_stream(node, format, schema, stream, admitted, started).await
+            respond_stream(node, format, schema, stream, admitted, started, logged).await
+        }
+        Statement::Access(change) => match server.access.change(&change).await? {
+            Some(revision) => ddl_done(revision),
+            None => Ok(Response::new(Body::empty())),
+        },
+        Statement::ShowUsers { format } => {
+            let names = server.access.users().into_iter().map(|u| u.name).collect();
+            let batch = text_batch(&[("name", names)])?;
+            respond_rows(output_format(params, format.as_deref())?, &batch.schema(), &[batch], started, node)
+        }
+        Statement::ShowGrants { user, format } => {
+            let user = user.as_deref().unwrap_or(principal.name());
+            let grants = server
+                .access
+                .grant_statements(user)
+                .or_else(|| {
+                    // Without users, the implicit `default` user holds everything.
+                    let implicit = !server.access.has_users() && user == tandem_access::DEFAULT_USER;
+                    implicit.then(|| vec![format!("GRANT ALL ON *.* TO {user}")])
+                })
+                .ok_or_else(|| NodeError::bad_request(format!("there is no user `{user}`")))?;
+            let column = format!("GRANTS FOR {user}");
+            let batch = text_batch(&[(column.as_str(), grants)])?;
+            respond_rows(output_format(params, format.as_deref())?, &batch.schema(), &[batch], started, node)
         }
         Statement::Insert(_) => Err(NodeError::internal("an INSERT reached the statement executor")),
     }
@@ -349,6 +485,7 @@ async fn respond_stream(
     stream: SendableRecordBatchStream,
     admitted: Admitted,
     started: Instant,
+    logged: &mut Option<PendingQuery>,
 ) -> Result<Response, NodeError> {
     let mut encoder = Encoder::new(format, &schema)?;
     let mut head = encoder.head()?;
@@ -361,13 +498,17 @@ async fn respond_stream(
         started,
         done: false,
         metrics: node.metrics().clone(),
+        logged: None,
     };
     while head.len() < RESULT_HEAD_BYTES && !result.done {
         head.extend_from_slice(&result.next_chunk().await?);
     }
+    let moved = Moved { rows: result.rows, bytes: result.bytes };
     let body = if result.done {
         Body::from(head)
     } else {
+        // From here the answer's status is sent: the stream logs how it ends.
+        result.logged = logged.take();
         let tail = futures::stream::unfold(Tail::Running(Box::new(result)), |tail| async move {
             match tail {
                 Tail::Done => None,
@@ -387,6 +528,7 @@ async fn respond_stream(
         Body::from_stream(futures::stream::once(async move { Ok(Bytes::from(head)) }).chain(tail))
     };
     let mut response = Response::new(body);
+    response.extensions_mut().insert(moved);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
     headers.insert("x-tandem-revision", HeaderValue::from(node.applied_revision()));
@@ -411,6 +553,8 @@ struct ResultStream {
     started: Instant,
     done: bool,
     metrics: Arc<Metrics>,
+    /// The query's log entry, once the status is sent: kept when the stream ends.
+    logged: Option<PendingQuery>,
 }
 
 impl ResultStream {
@@ -433,10 +577,18 @@ impl ResultStream {
             Ok(Some(Err(e))) => Err(self.admitted.error(e)),
             Err(e) => Err(e),
         };
-        chunk.inspect_err(|_| {
+        if let Err(e) = &chunk {
             self.done = true;
             self.metrics.query_errors.inc();
-        })
+            if let Some(pending) = self.logged.take() {
+                pending.finish(200, Some((e.code(), e.to_string())), self.rows, self.bytes);
+            }
+        } else if self.done
+            && let Some(pending) = self.logged.take()
+        {
+            pending.finish(200, None, self.rows, self.bytes);
+        }
+        chunk
     }
 }
 
@@ -455,7 +607,9 @@ fn respond_rows(
     node: &Replica,
 ) -> Result<Response, NodeError> {
     let bytes = encode(format, schema, batches, started.elapsed().as_secs_f64())?;
+    let moved = Moved { rows: batches.iter().map(|b| b.num_rows() as u64).sum(), bytes: bytes.len() as u64 };
     let mut response = Response::new(Body::from(bytes));
+    response.extensions_mut().insert(moved);
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
     headers.insert("x-tandem-revision", HeaderValue::from(node.applied_revision()));
@@ -548,6 +702,7 @@ async fn run_insert(
     });
     let body = serde_json::to_vec(&summary).map_err(NodeError::internal)?;
     let mut response = Response::new(Body::from(body));
+    response.extensions_mut().insert(Moved { rows: summary.rows_written, bytes: bytes_in as u64 });
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     headers.insert("x-tandem-revision", HeaderValue::from(summary.revision));

@@ -1,19 +1,23 @@
 //! tandem-server is tandem's front door: the HTTP API in ClickHouse's conventions over a
-//! [`tandem_replica::Replica`], which it reaches only through that type's methods.
+//! [`tandem_replica::Replica`], which it reaches only through that type's methods, with every
+//! request authenticated and authorized by [`tandem_access::AccessControl`].
 //!
 //! - [`http`]: `/?query=` with settings as URL parameters, `/health`, `/ready`, `/drain`,
-//!   `/metrics`; [`body`]: reading and decompressing bodies.
-//! - [`statement`]: which statement a request holds; DDL and INSERT parsing.
+//!   `/metrics`; [`body`]: reading and decompressing bodies; [`credentials`]: who a request
+//!   says it is.
+//! - [`statement`]: which statement a request holds; DDL, user and grant, and INSERT parsing.
 //! - [`formats`]: input decoding and output encoding (JSONEachRow, CSV, TSV, Parquet, Arrow).
 //! - [`insert`]: decoding an insert under the table's schema and handing it to the replica.
 //! - [`query`]: DataFusion over a snapshot of the replica's tables, with part pruning and the
 //!   `system` tables; [`functions`]: the SQL functions sessions get; [`execution`]: each
-//!   query's memory pool, deadline, result limits and slot.
+//!   query's memory pool, deadline, result limits and slot; [`query_log`]: the statements
+//!   answered, for `system.query_log`.
 //! - [`state`]: what the handlers share; [`limits`]: every bound a request is held to; [`error`]: one error type and its one
 //!   mapping to an HTTP status.
 
 pub mod body;
 mod column_default;
+pub mod credentials;
 pub mod error;
 pub mod execution;
 pub mod formats;
@@ -24,6 +28,7 @@ pub mod http;
 pub mod insert;
 pub mod limits;
 pub mod query;
+pub mod query_log;
 pub mod state;
 pub mod statement;
 pub mod tls;
@@ -31,9 +36,11 @@ pub mod tls;
 use std::path::Path;
 use std::sync::Arc;
 
+use tandem_access::AccessControl;
 use tandem_replica::Replica;
 
 use crate::execution::QueryRuntime;
+use crate::query_log::QueryLog;
 use crate::state::Server;
 pub use crate::state::{ServerConfig, ServerFile, ServerFlags, ServerSettings};
 
@@ -46,11 +53,20 @@ pub struct FrontDoor {
 }
 
 impl FrontDoor {
-    pub fn prepare(replica: Arc<Replica>, config: ServerConfig, spill_dir: &Path) -> anyhow::Result<FrontDoor> {
+    pub fn prepare(
+        replica: Arc<Replica>,
+        access: Arc<AccessControl>,
+        config: ServerConfig,
+        spill_dir: &Path,
+    ) -> anyhow::Result<FrontDoor> {
         let settings = &config.settings;
         let https = tls::Https::load(settings.tls_cert_file.as_deref(), settings.tls_key_file.as_deref())?;
         let queries = QueryRuntime::new(&config.limits, spill_dir)?;
-        Ok(FrontDoor { server: Server { replica, config, queries }, https })
+        let query_log = QueryLog::new(
+            settings.query_log_max_entries,
+            std::time::Duration::from_secs(settings.query_log_retention_seconds),
+        );
+        Ok(FrontDoor { server: Server { replica, access, config, queries, query_log }, https })
     }
 
     /// Whether the API is served over HTTPS.

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use async_trait::async_trait;
 use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, UInt64Array,
+    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
 };
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{MemorySchemaProvider, Session, TableProvider};
@@ -37,6 +37,8 @@ use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::error::NodeError;
+use crate::query_log::QueryLogEntry;
+use tandem_access::UserView;
 use tandem_replica::schema::TableDef;
 use tandem_replica::{ActivePart, NodeInfo, Replica, TableState};
 
@@ -290,7 +292,11 @@ static TABLE_FUNCTIONS: std::sync::LazyLock<std::collections::HashSet<String>> =
 });
 
 /// The tables of the `system` schema.
-const SYSTEM_TABLES: [&str; 4] = ["parts", "tables", "replicas", "replication_queue"];
+const SYSTEM_TABLES: [&str; 7] = ["parts", "tables", "replicas", "replication_queue", "users", "grants", "query_log"];
+
+/// The `system` tables that show users, grants and everyone's statements: readable only with
+/// ACCESS MANAGEMENT.
+pub const ACCESS_TABLES: [&str; 3] = ["users", "grants", "query_log"];
 
 fn session_config() -> SessionConfig {
     let mut config = SessionConfig::new().with_information_schema(false);
@@ -316,6 +322,11 @@ impl ParsedQuery {
         // `generate_series(...)` and the like are named like tables but are functions.
         tables.retain(|t| t.schema().is_some() || !TABLE_FUNCTIONS.contains(t.table()));
         Ok(ParsedQuery { statement, tables })
+    }
+
+    /// The tables the query names (CTEs and table functions aside).
+    pub fn tables(&self) -> &[datafusion::common::TableReference] {
+        &self.tables
     }
 
     /// Whether the query reads a table of the `system` schema.
@@ -345,12 +356,21 @@ impl ParsedQuery {
     }
 }
 
-/// A DataFusion session over a catalog snapshot, with the `system` tables when `cluster` is
-/// given (what `system.replicas` shows of the other nodes).
+/// What the `system` tables show besides the catalog snapshot, gathered only for queries that
+/// read them.
+pub struct SystemView {
+    /// What `system.replicas` shows of the other nodes.
+    pub cluster: ClusterView,
+    pub users: Vec<UserView>,
+    pub queries: Vec<QueryLogEntry>,
+}
+
+/// A DataFusion session over a catalog snapshot, with the `system` tables when `system` is
+/// given.
 pub fn session(
     node: &Replica,
     tables: &BTreeMap<String, Arc<TableState>>,
-    cluster: Option<&ClusterView>,
+    system: Option<&SystemView>,
     runtime: Arc<RuntimeEnv>,
 ) -> Result<SessionContext, NodeError> {
     let ctx = SessionContext::new_with_config_rt(session_config(), runtime);
@@ -359,14 +379,17 @@ pub fn session(
         ctx.register_table(name.as_str(), Arc::new(PartsTable::new(state)))?;
     }
     // The system tables copy the whole catalog: built only for queries that name them.
-    if let Some(cluster) = cluster {
-        let system = Arc::new(MemorySchemaProvider::new());
+    if let Some(system) = system {
+        let schema = Arc::new(MemorySchemaProvider::new());
         let default_catalog = ctx.catalog("datafusion").ok_or_else(|| NodeError::internal("no default catalog"))?;
-        default_catalog.register_schema("system", system)?;
+        default_catalog.register_schema("system", schema)?;
         ctx.register_table("system.parts", Arc::new(system_parts(node, tables)?))?;
         ctx.register_table("system.tables", Arc::new(system_tables(tables)?))?;
-        ctx.register_table("system.replicas", Arc::new(system_replicas(node, tables, cluster)?))?;
+        ctx.register_table("system.replicas", Arc::new(system_replicas(node, tables, &system.cluster)?))?;
         ctx.register_table("system.replication_queue", Arc::new(system_replication_queue(node, tables)?))?;
+        ctx.register_table("system.users", Arc::new(system_users(&system.users)?))?;
+        ctx.register_table("system.grants", Arc::new(system_grants(&system.users)?))?;
+        ctx.register_table("system.query_log", Arc::new(system_query_log(&system.queries)?))?;
     }
     Ok(ctx)
 }
@@ -378,6 +401,59 @@ fn mem_table(columns: Vec<(&str, ArrayRef)>) -> Result<MemTable, NodeError> {
     let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect())
         .map_err(NodeError::internal)?;
     MemTable::try_new(schema, vec![vec![batch]]).map_err(NodeError::from)
+}
+
+/// Every user (the password hash is never shown, only its scheme).
+fn system_users(users: &[UserView]) -> Result<MemTable, NodeError> {
+    let strings = |values: Vec<String>| Arc::new(StringArray::from(values)) as ArrayRef;
+    mem_table(vec![
+        ("name", strings(users.iter().map(|u| u.name.clone()).collect())),
+        ("storage", strings(vec!["coordinator".to_string(); users.len()])),
+        ("auth_type", strings(users.iter().map(|u| u.auth_type.clone()).collect())),
+    ])
+}
+
+/// Every grant, one row per user, privilege and scope, with ClickHouse's columns (`NULL`
+/// database or table: every one).
+fn system_grants(users: &[UserView]) -> Result<MemTable, NodeError> {
+    let grants: Vec<(&str, &tandem_access::Grant)> =
+        users.iter().flat_map(|u| u.grants.iter().map(move |g| (u.name.as_str(), g))).collect();
+    let scopes: Vec<_> = grants.iter().map(|(_, g)| g.scope.database_and_table()).collect();
+    mem_table(vec![
+        ("user_name", Arc::new(StringArray::from(grants.iter().map(|(u, _)| *u).collect::<Vec<_>>()))),
+        ("access_type", Arc::new(StringArray::from(grants.iter().map(|(_, g)| g.privilege.name()).collect::<Vec<_>>()))),
+        ("database", Arc::new(StringArray::from(scopes.iter().map(|(d, _)| *d).collect::<Vec<_>>()))),
+        ("table", Arc::new(StringArray::from(scopes.iter().map(|(_, t)| *t).collect::<Vec<_>>()))),
+        ("grant_option", Arc::new(BooleanArray::from(vec![false; grants.len()]))),
+    ])
+}
+
+/// The statements this node answered, oldest first.
+fn system_query_log(queries: &[QueryLogEntry]) -> Result<MemTable, NodeError> {
+    let errors: Vec<Option<&(&str, String)>> = queries.iter().map(|q| q.error.as_ref()).collect();
+    mem_table(vec![
+        (
+            "event_time",
+            Arc::new(TimestampMillisecondArray::from(queries.iter().map(|q| q.event_time_ms).collect::<Vec<_>>())),
+        ),
+        ("user", Arc::new(StringArray::from(queries.iter().map(|q| q.user.as_str()).collect::<Vec<_>>()))),
+        ("query_kind", Arc::new(StringArray::from(queries.iter().map(|q| q.kind).collect::<Vec<_>>()))),
+        ("query", Arc::new(StringArray::from(queries.iter().map(|q| q.query.as_str()).collect::<Vec<_>>()))),
+        ("status", Arc::new(UInt64Array::from(queries.iter().map(|q| u64::from(q.status)).collect::<Vec<_>>()))),
+        ("exception_code", Arc::new(StringArray::from(errors.iter().map(|e| e.map(|e| e.0)).collect::<Vec<_>>()))),
+        (
+            "exception",
+            Arc::new(StringArray::from(errors.iter().map(|e| e.map(|e| e.1.as_str())).collect::<Vec<_>>())),
+        ),
+        ("rows", Arc::new(UInt64Array::from(queries.iter().map(|q| q.rows).collect::<Vec<_>>()))),
+        ("bytes", Arc::new(UInt64Array::from(queries.iter().map(|q| q.bytes).collect::<Vec<_>>()))),
+        (
+            "query_duration_ms",
+            Arc::new(Float64Array::from(
+                queries.iter().map(|q| q.duration.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
+            )),
+        ),
+    ])
 }
 
 fn system_parts(node: &Replica, tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable, NodeError> {

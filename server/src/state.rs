@@ -1,14 +1,17 @@
-//! What every request handler shares: the replica, the configuration, the query runtime; and
+//! What every request handler shares: the replica, access control, the configuration, the
+//! query runtime and log; and
 //! the front door's settings (declared once below, with their defaults, flags, `TANDEM_*`
 //! variables and config keys).
 
 use std::sync::Arc;
 use std::time::Duration;
 
+use tandem_access::AccessControl;
 use tandem_replica::schema::TableSettings;
 use tandem_replica::{Quorum, Replica};
 
 use crate::execution::QueryRuntime;
+use crate::query_log::QueryLog;
 use crate::limits::Limits;
 
 tandem_settings::settings! {
@@ -32,6 +35,10 @@ tandem_settings::settings! {
         tls_cert_file: Option<std::path::PathBuf> = "", env "TANDEM_TLS_CERT_FILE";
         /// PEM private key of --tls-cert-file.
         tls_key_file: Option<std::path::PathBuf> = "", env "TANDEM_TLS_KEY_FILE";
+        /// Statements `system.query_log` keeps, newest last (0 turns it off).
+        query_log_max_entries: usize = "10000", env "TANDEM_QUERY_LOG_MAX_ENTRIES";
+        /// Seconds `system.query_log` keeps a statement (one day).
+        query_log_retention_seconds: u64 = "86400", env "TANDEM_QUERY_LOG_RETENTION_SECONDS";
     }
 }
 
@@ -62,6 +69,9 @@ pub struct ServerConfig {
 /// What every request handler shares.
 pub(crate) struct Server {
     pub(crate) replica: Arc<Replica>,
+    /// Who may do what: every request is authenticated and authorized here.
+    pub(crate) access: Arc<AccessControl>,
+    pub(crate) query_log: Arc<QueryLog>,
     pub(crate) config: ServerConfig,
     pub(crate) queries: QueryRuntime,
 }

@@ -5,6 +5,8 @@
 // Input reaches every line here: no panicking shortcut may be taken on it.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
+mod access;
+
 use std::sync::LazyLock;
 
 use datafusion::sql::sqlparser::ast::{
@@ -15,6 +17,7 @@ use datafusion::sql::sqlparser::keywords::Keyword;
 use datafusion::sql::sqlparser::parser::{Parser, ParserError};
 use datafusion::sql::sqlparser::tokenizer::Token;
 use regex::Regex;
+use tandem_access::AccessChange;
 use tandem_parts::PartitionSpec;
 use tandem_replica::schema::{ColumnDef, ColumnType, TABLE_FORMAT_VERSION, TableDef, TableSettings, valid_name};
 use tandem_replica::{AlterAction, ColumnPosition};
@@ -30,12 +33,24 @@ pub enum Statement {
     Describe { name: String, format: Option<String> },
     Insert(InsertStatement),
     Select { sql: String, format: Option<String> },
+    /// `CREATE USER`, `ALTER USER`, `DROP USER`, `GRANT`, `REVOKE`.
+    Access(AccessChange),
+    ShowUsers { format: Option<String> },
+    /// `SHOW GRANTS [FOR user]` (without `FOR`: the user's own).
+    ShowGrants { user: Option<String>, format: Option<String> },
 }
 
 impl Statement {
     /// Whether running it changes anything (a GET may only run statements that do not).
     pub fn changes_state(&self) -> bool {
-        !matches!(self, Statement::Select { .. } | Statement::ShowTables { .. } | Statement::Describe { .. })
+        !matches!(
+            self,
+            Statement::Select { .. }
+                | Statement::ShowTables { .. }
+                | Statement::Describe { .. }
+                | Statement::ShowUsers { .. }
+                | Statement::ShowGrants { .. }
+        )
     }
 
     /// What kind of statement it is, as a user would name it.
@@ -48,6 +63,13 @@ impl Statement {
             Statement::Describe { .. } => "DESCRIBE",
             Statement::Insert(_) => "INSERT",
             Statement::Select { .. } => "SELECT",
+            Statement::Access(AccessChange::CreateUser { .. }) => "CREATE USER",
+            Statement::Access(AccessChange::SetPassword { .. }) => "ALTER USER",
+            Statement::Access(AccessChange::DropUsers { .. }) => "DROP USER",
+            Statement::Access(AccessChange::Grant { .. }) => "GRANT",
+            Statement::Access(AccessChange::Revoke { .. }) => "REVOKE",
+            Statement::ShowUsers { .. } => "SHOW USERS",
+            Statement::ShowGrants { .. } => "SHOW GRANTS",
         }
     }
 }
@@ -150,8 +172,14 @@ pub fn parse_with(text: &str, options: &ParseOptions) -> Result<Statement, NodeE
             Ok(Statement::Describe { name, format })
         }
         ["ALTER", "TABLE"] => parse_alter_table(sql),
+        ["CREATE", "USER"] => access::parse_create_user(sql),
+        ["ALTER", "USER"] => access::parse_alter_user(sql),
+        ["DROP", "USER"] => access::parse_drop_user(sql),
+        ["GRANT" | "REVOKE", ..] => access::parse_grant_or_revoke(sql),
+        ["SHOW", "USERS"] => access::parse_show_users(sql),
+        ["SHOW", "GRANTS"] => access::parse_show_grants(sql),
         ["CREATE", ..] | ["DROP", ..] => Err(NodeError::NotImplemented(format!(
-            "`{}` is not supported: tandem has CREATE TABLE and DROP TABLE",
+            "`{}` is not supported: tandem has CREATE TABLE, DROP TABLE, CREATE USER and DROP USER",
             head.join(" ")
         ))),
         _ => {

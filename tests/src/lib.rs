@@ -60,6 +60,8 @@ pub struct Tandem {
     grpc: bool,
     pub grpc_addr: String,
     http: reqwest::Client,
+    /// User and password every request of the helpers signs in with (none: anonymous).
+    credentials: Option<(String, String)>,
 }
 
 /// An HTTP answer: status, headers and body.
@@ -127,6 +129,7 @@ impl Tandem {
             grpc,
             grpc_addr: String::new(),
             http: reqwest::Client::builder().timeout(Duration::from_secs(60)).build()?,
+            credentials: None,
         })
     }
 
@@ -271,11 +274,49 @@ impl Tandem {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
+    /// Makes every later request of the helpers sign in as `user` (HTTP basic auth).
+    pub fn sign_in(&mut self, user: &str, password: &str) {
+        self.credentials = Some((user.to_string(), password.to_string()));
+    }
+
+    fn signed(&self, request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.credentials {
+            Some((user, password)) => request.basic_auth(user, Some(password)),
+            None => request,
+        }
+    }
+
     /// Sends `sql` in `?query=` with extra URL parameters and a body.
     pub async fn request(&self, sql: &str, params: &[(&str, &str)], body: impl Into<reqwest::Body>) -> Answer {
         let mut query: Vec<(&str, &str)> = vec![("query", sql)];
         query.extend_from_slice(params);
-        let response = self.http.post(&self.url).query(&query).body(body).send().await.expect("tandem answers");
+        let response =
+            self.signed(self.http.post(&self.url)).query(&query).body(body).send().await.expect("tandem answers");
+        Answer::read(response).await
+    }
+
+    /// Sends `sql` signed in as `user` with `password` (HTTP basic auth).
+    pub async fn request_as(&self, user: &str, password: &str, sql: &str) -> Answer {
+        let response = self
+            .http
+            .post(&self.url)
+            .basic_auth(user, Some(password))
+            .query(&[("query", sql)])
+            .send()
+            .await
+            .expect("tandem answers");
+        Answer::read(response).await
+    }
+
+    /// Sends `sql` with whatever `build` adds to the request (headers, parameters), and no
+    /// credentials of the helpers.
+    pub async fn request_with(
+        &self,
+        sql: &str,
+        build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
+    ) -> Answer {
+        let response =
+            build(self.http.post(&self.url).query(&[("query", sql)])).send().await.expect("tandem answers");
         Answer::read(response).await
     }
 
@@ -296,7 +337,7 @@ impl Tandem {
 
     /// Sends a raw request body with no `?query=` (the statement leads the body).
     pub async fn post_body(&self, body: impl Into<reqwest::Body>) -> Answer {
-        let response = self.http.post(&self.url).body(body).send().await.expect("tandem answers");
+        let response = self.signed(self.http.post(&self.url)).body(body).send().await.expect("tandem answers");
         Answer::read(response).await
     }
 
@@ -311,7 +352,8 @@ impl Tandem {
 
     /// `POST` to `path` with an empty body.
     pub async fn post(&self, path: &str) -> Answer {
-        let response = self.http.post(format!("{}{path}", self.url)).send().await.expect("tandem answers");
+        let response =
+            self.signed(self.http.post(format!("{}{path}", self.url))).send().await.expect("tandem answers");
         Answer::read(response).await
     }
 
@@ -493,11 +535,22 @@ impl Cluster {
         with_secret: bool,
         extra_args: &[&str],
     ) -> anyhow::Result<Tandem> {
+        let mut args: Vec<&str> = self.common_args.iter().map(String::as_str).collect();
+        args.extend_from_slice(extra_args);
+        self.node_with_flags(i, etcd_endpoint, with_secret, &args)
+    }
+
+    /// A node of this cluster (not started yet) with `args` instead of the flags every node of
+    /// the cluster gets (a node configured unlike its peers, say).
+    pub fn node_with_own_flags(&self, i: usize, with_secret: bool, args: &[&str]) -> anyhow::Result<Tandem> {
+        self.node_with_flags(i, &self.etcd.endpoint, with_secret, args)
+    }
+
+    fn node_with_flags(&self, i: usize, etcd_endpoint: &str, with_secret: bool, flags: &[&str]) -> anyhow::Result<Tandem> {
         let secret = if with_secret { self.secret.as_str() } else { "" };
         let node_id = format!("n{i}");
         let mut args = vec!["--etcd", etcd_endpoint, "--node-id", node_id.as_str(), "--cluster", &self.name];
-        args.extend(self.common_args.iter().map(String::as_str));
-        args.extend_from_slice(extra_args);
+        args.extend_from_slice(flags);
         let mut env = vec![("TANDEM_CLUSTER_SECRET", secret)];
         env.extend(self.common_env.iter().map(|(k, v)| (k.as_str(), v.as_str())));
         Tandem::new(&self._dir.path().join(&node_id), &args, &env, true)

@@ -74,6 +74,10 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-cluster-secret" (include "tandem.fullname" .)) .Values.clusterSecret.existingSecret -}}
 {{- end -}}
 
+{{- define "tandem.adminPasswordSecretName" -}}
+{{- default (printf "%s-admin-password" (include "tandem.fullname" .)) .Values.adminPassword.existingSecret -}}
+{{- end -}}
+
 {{/* The etcd endpoints tandem connects to: every member of the bundled etcd, or the external ones. */}}
 {{- define "tandem.etcdEndpoints" -}}
 {{- if .Values.etcd.enabled -}}

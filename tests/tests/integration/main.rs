@@ -17,6 +17,7 @@ mod operations;
 mod quorum;
 mod readme;
 mod security;
+mod users;
 
 /// The table most tests use: every column type family, a month partition, a sort key.
 pub const EVENTS: &str = "CREATE TABLE events (id UInt64, ts DateTime64(3), host String, v Float64, \

@@ -153,3 +153,92 @@ async fn a_bad_tls_configuration_is_refused_at_start() {
     let key_body = key.lines().nth(1).unwrap();
     assert!(!stderr.contains(key_body), "the key is never printed");
 }
+
+/// `--interserver-*` flags naming one CA's files: the CA, and a certificate and key it signed.
+fn interserver_tls_args(files: &TlsFiles) -> Vec<String> {
+    let path = |p: &Path| p.display().to_string();
+    vec![
+        "--interserver-ca-file".into(),
+        path(&files.ca),
+        "--interserver-cert-file".into(),
+        path(&files.server_cert),
+        "--interserver-key-file".into(),
+        path(&files.server_key),
+    ]
+}
+
+/// Asks the node at `addr` for a part over TLS trusting `ca`, presenting `identity` (a client
+/// certificate and key) if any, and the cluster secret. The part's bytes, or what failed.
+async fn fetch_over_tls(
+    addr: &str,
+    ca: &Path,
+    identity: Option<(&Path, &Path)>,
+    secret: &str,
+    part: &str,
+) -> Result<Vec<u8>, String> {
+    use tandem_proto::v1::FetchPartRequest;
+    use tandem_proto::v1::interserver_client::InterserverClient;
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint, Identity};
+
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(std::fs::read(ca).unwrap()));
+    if let Some((cert, key)) = identity {
+        tls = tls.identity(Identity::from_pem(std::fs::read(cert).unwrap(), std::fs::read(key).unwrap()));
+    }
+    let endpoint = Endpoint::from_shared(format!("https://{addr}")).unwrap().tls_config(tls).unwrap();
+    let channel = endpoint.connect().await.map_err(|e| format!("connect: {e:?}"))?;
+    let mut request = tonic::Request::new(FetchPartRequest {
+        format_version: tandem_proto::WIRE_FORMAT_VERSION,
+        table: "t".into(),
+        part_id: part.into(),
+    });
+    request.metadata_mut().insert(tandem_proto::SECRET_METADATA_KEY, secret.parse().unwrap());
+    let mut stream =
+        InterserverClient::new(channel).fetch_part(request).await.map_err(|e| format!("fetch: {e}"))?.into_inner();
+    let mut bytes = Vec::new();
+    while let Some(chunk) = stream.message().await.map_err(|e| format!("stream: {e}"))? {
+        bytes.extend_from_slice(&chunk.data);
+    }
+    Ok(bytes)
+}
+
+/// Interserver mutual TLS: nodes with certificates from the cluster's CA replicate to each other;
+/// a client holding the cluster secret but no certificate from that CA, and a node whose
+/// certificate another CA signed, are refused at the handshake and fetch nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn interserver_mutual_tls_refuses_peers_without_a_certificate_from_the_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let (ours, theirs) = two_cas(dir.path());
+    let cluster = tandem_tests::Cluster::start_with(2, interserver_tls_args(&ours), Vec::new()).await.unwrap();
+    let (n1, n2) = (&cluster.nodes[0], &cluster.nodes[1]);
+    n1.sql("CREATE TABLE t (id UInt64) ORDER BY id").await;
+    let summary = n1.insert("t", "CSV", "1\n2\n").await;
+    let part = summary["parts"][0]["part"].as_str().unwrap().to_string();
+    n2.wait_for("SELECT count() FROM t", "2", Duration::from_secs(30)).await;
+
+    let addr = n1.grpc_addr.as_str();
+    let with_ours = fetch_over_tls(addr, &ours.ca, Some((&ours.client_cert, &ours.client_key)), &cluster.secret, &part);
+    let bytes = with_ours.await.expect("a certificate from the cluster's CA and the secret fetch the part");
+    assert_eq!(blake3::hash(&bytes).to_hex().as_str(), part);
+    let anonymous = fetch_over_tls(addr, &ours.ca, None, &cluster.secret, &part).await;
+    assert!(anonymous.is_err(), "no client certificate, even with the secret: refused");
+    let foreign = fetch_over_tls(addr, &ours.ca, Some((&theirs.client_cert, &theirs.client_key)), &cluster.secret, &part);
+    assert!(foreign.await.is_err(), "a certificate from another CA: refused");
+    let plain = tandem_proto::v1::interserver_client::InterserverClient::connect(format!("http://{addr}")).await;
+    if let Ok(mut client) = plain {
+        let request = tandem_proto::v1::StatusRequest { format_version: tandem_proto::WIRE_FORMAT_VERSION };
+        assert!(client.status(request).await.is_err(), "plain gRPC gets no answer from a TLS port");
+    }
+
+    // A node whose certificate another CA signed joins the metadata but gets no part from a peer.
+    let stranger_args = interserver_tls_args(&theirs);
+    let stranger_args: Vec<&str> = stranger_args.iter().map(String::as_str).collect();
+    let mut stranger = cluster.node_with_own_flags(3, true, &stranger_args).unwrap();
+    stranger.ensure_running().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while stranger.metric("tandem_fetch_failures_total").await < 1.0 {
+        assert!(tokio::time::Instant::now() < deadline, "the stranger's fetch never failed: {}", stranger.log_text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let parts = std::fs::read_dir(stranger.data_dir.join("parts")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(parts, 0, "the stranger fetched nothing");
+}
