@@ -292,6 +292,23 @@ def check_value_sets(binary):
         quorum = str(defaults.get("insertQuorum", "1"))
         check(flag(node, "insert-quorum") == quorum, f"server default insert_quorum {quorum}")
         check(("insert_quorum: Auto" if quorum == "auto" else "insert_quorum:") in config, "quorum resolved")
+        interserver = values.get("interserverTls", {})
+        tls_flags = [a for a in node["args"] if a.startswith("--interserver-")]
+        check(len(tls_flags) == (3 if interserver.get("enabled") else 0), "interserver TLS flags when enabled")
+        if interserver.get("enabled"):
+            volume = next(v for v in sts["spec"]["template"]["spec"]["volumes"] if v["name"] == "interserver-tls")
+            check(volume["secret"]["secretName"] == interserver["existingSecret"], "interserver TLS from the Secret")
+        policy_wanted = values.get("networkPolicy", {}).get("enabled", True)
+        policies = find(objects, "NetworkPolicy", RELEASE)
+        check(len(policies) == (1 if policy_wanted else 0), f"NetworkPolicy present: {policy_wanted}")
+        if policies:
+            rules = policies[0]["spec"]["ingress"]
+            grpc = [r for r in rules if any(p["port"] == "grpc" for p in r["ports"])]
+            check(len(grpc) == 1 and grpc[0]["from"][0]["podSelector"]["matchLabels"] ==
+                  sts["spec"]["selector"]["matchLabels"], "the gRPC port is open to tandem pods only")
+            http = [r for r in rules if any(p["port"] == "http" for p in r["ports"])]
+            http_from = values.get("networkPolicy", {}).get("httpFrom", [])
+            check(len(http) == 1 and http[0].get("from", []) == http_from, "the HTTP port is open as httpFrom says")
         monitor = values.get("serviceMonitor", {}).get("enabled", False)
         check(bool(find(objects, "ServiceMonitor")) == monitor, "ServiceMonitor only when enabled")
         print(f"ok   {name}: lint clean, {len(objects)} objects valid for Kubernetes {KUBE_VERSION}, "
@@ -313,6 +330,7 @@ def check_refusals():
          "is not https://"),
         ({"drain": {"timeoutSeconds": 300}}, "must exceed drain.timeoutSeconds"),
         ({"minio": {"enabled": True}, "objectStore": {"endpoint": "http://s3:9000"}}, "minio.enabled"),
+        ({"interserverTls": {"enabled": True}}, "interserverTls.existingSecret"),
     ]
     for values, expected in cases:
         try:

@@ -148,6 +148,9 @@ tandem
 {{- if and .Values.minio.enabled .Values.objectStore.endpoint -}}
 {{- fail "minio.enabled runs its own endpoint: leave objectStore.endpoint empty, or turn minio off to use yours" -}}
 {{- end -}}
+{{- if and .Values.interserverTls.enabled (not .Values.interserverTls.existingSecret) -}}
+{{- fail "interserverTls.enabled needs interserverTls.existingSecret: a Secret with ca.crt, tls.crt and tls.key (cert-manager's shape)" -}}
+{{- end -}}
 {{- if and .Values.objectStore.bootstrapFromObjectStore (not (include "tandem.bucket" .)) -}}
 {{- fail "objectStore.bootstrapFromObjectStore needs an object store: set objectStore.bucket (or minio.enabled)" -}}
 {{- end -}}
