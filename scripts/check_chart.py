@@ -161,9 +161,12 @@ def check_common(objects, values):
     # the preStop drain must sign in with the same password.
     admin_files = [a.split("=", 1)[1] for a in node["args"] if a.startswith("--admin-password-file=")]
     check(len(admin_files) == 1, "the node gets the first user's password from a file")
-    drain = node["lifecycle"]["preStop"]["exec"]["command"]
-    check(f"--password-file={admin_files[0]}" in drain, "the preStop drain signs in with the admin password")
+    check(f"--password-file={admin_files[0]}" in drain_command(node), "the preStop drain signs in with the password")
     return sts, node
+
+
+def drain_command(node):
+    return node["lifecycle"]["preStop"]["exec"]["command"]
 
 
 def run_check_config(binary, sts, node, workdir):
@@ -292,6 +295,12 @@ def check_value_sets(binary):
         quorum = str(defaults.get("insertQuorum", "1"))
         check(flag(node, "insert-quorum") == quorum, f"server default insert_quorum {quorum}")
         check(("insert_quorum: Auto" if quorum == "auto" else "insert_quorum:") in config, "quorum resolved")
+        https = values.get("tls", {}).get("enabled", False)
+        container = sts["spec"]["template"]["spec"]["containers"][0]
+        schemes = {container[p]["httpGet"].get("scheme") for p in ("startupProbe", "livenessProbe", "readinessProbe")}
+        check(schemes == {"HTTPS" if https else "HTTP"}, f"probes over {'HTTPS' if https else 'HTTP'}")
+        check(("--tls-cert-file=/etc/tandem/tls/tls.crt" in node["args"]) == https, "the API serves HTTPS when asked")
+        check(https == any(a.startswith("--ca-file=") for a in drain_command(node)), "the drain trusts the API's CA")
         interserver = values.get("interserverTls", {})
         tls_flags = [a for a in node["args"] if a.startswith("--interserver-")]
         check(len(tls_flags) == (3 if interserver.get("enabled") else 0), "interserver TLS flags when enabled")
@@ -331,6 +340,7 @@ def check_refusals():
         ({"drain": {"timeoutSeconds": 300}}, "must exceed drain.timeoutSeconds"),
         ({"minio": {"enabled": True}, "objectStore": {"endpoint": "http://s3:9000"}}, "minio.enabled"),
         ({"interserverTls": {"enabled": True}}, "interserverTls.existingSecret"),
+        ({"tls": {"enabled": True}}, "tls.existingSecret"),
     ]
     for values, expected in cases:
         try:

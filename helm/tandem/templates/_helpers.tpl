@@ -78,6 +78,11 @@ app.kubernetes.io/component: {{ .component }}
 {{- default (printf "%s-admin-password" (include "tandem.fullname" .)) .Values.adminPassword.existingSecret -}}
 {{- end -}}
 
+{{/* HTTPS when the API serves a certificate. */}}
+{{- define "tandem.httpScheme" -}}
+{{- if .Values.tls.enabled -}}HTTPS{{- else -}}HTTP{{- end -}}
+{{- end -}}
+
 {{/* The etcd endpoints tandem connects to: every member of the bundled etcd, or the external ones. */}}
 {{- define "tandem.etcdEndpoints" -}}
 {{- if .Values.etcd.enabled -}}
@@ -147,6 +152,9 @@ tandem
 {{- end -}}
 {{- if and .Values.minio.enabled .Values.objectStore.endpoint -}}
 {{- fail "minio.enabled runs its own endpoint: leave objectStore.endpoint empty, or turn minio off to use yours" -}}
+{{- end -}}
+{{- if and .Values.tls.enabled (not .Values.tls.existingSecret) -}}
+{{- fail "tls.enabled needs tls.existingSecret: a Secret with tls.crt, tls.key and ca.crt (cert-manager's shape)" -}}
 {{- end -}}
 {{- if and .Values.interserverTls.enabled (not .Values.interserverTls.existingSecret) -}}
 {{- fail "interserverTls.enabled needs interserverTls.existingSecret: a Secret with ca.crt, tls.crt and tls.key (cert-manager's shape)" -}}

@@ -57,8 +57,12 @@ pub(super) fn parse_grant_or_revoke(sql: &str) -> Result<Statement, NodeError> {
         parser.expect_keyword(Keyword::REVOKE).map_err(syntax)?;
     }
     on_cluster(&mut parser)?;
-    let privileges = privileges(&mut parser)?;
+    let (mut privileges, all) = privileges(&mut parser)?;
     let scope = scope(&mut parser)?;
+    // `ALL` on a database or table means every privilege a table can have, as in ClickHouse.
+    if all && scope != Scope::Global {
+        privileges.retain(|p| !p.is_global());
+    }
     parser.expect_keyword(if grant { Keyword::TO } else { Keyword::FROM }).map_err(syntax)?;
     let users = user_names(&mut parser)?;
     if parser.parse_keyword(Keyword::WITH) {
@@ -147,9 +151,11 @@ fn identified_by(parser: &mut Parser, statement: &str) -> Result<Password, NodeE
     }
 }
 
-/// `SELECT, INSERT` / `ALL [PRIVILEGES]` / `ACCESS MANAGEMENT`, up to `ON`.
-fn privileges(parser: &mut Parser) -> Result<Vec<Privilege>, NodeError> {
+/// `SELECT, INSERT` / `ALL [PRIVILEGES]` / `ACCESS MANAGEMENT`, up to `ON`; and whether `ALL`
+/// was among them.
+fn privileges(parser: &mut Parser) -> Result<(Vec<Privilege>, bool), NodeError> {
     let mut privileges = Vec::new();
+    let mut all = false;
     loop {
         let mut words = Vec::new();
         while let Token::Word(word) = parser.peek_token().token {
@@ -160,6 +166,7 @@ fn privileges(parser: &mut Parser) -> Result<Vec<Privilege>, NodeError> {
             words.push(word.value);
         }
         let name = words.join(" ");
+        all |= matches!(name.to_ascii_uppercase().as_str(), "ALL" | "ALL PRIVILEGES");
         match Privilege::parse(&name) {
             Some(named) => privileges.extend(named),
             None => {
@@ -174,7 +181,7 @@ fn privileges(parser: &mut Parser) -> Result<Vec<Privilege>, NodeError> {
         }
     }
     parser.expect_keyword(Keyword::ON).map_err(syntax)?;
-    Ok(privileges)
+    Ok((privileges, all))
 }
 
 /// `*.*`, `*`, `default.*`, `default.table` or `table`.
@@ -256,6 +263,12 @@ mod tests {
         assert_eq!((privileges, scope), (vec![Privilege::AccessManagement], Scope::Database("default".into())));
         let AccessChange::Grant { scope, .. } = change("GRANT SELECT ON events TO a") else { panic!() };
         assert_eq!(scope, Scope::Table { database: "default".into(), table: "events".into() });
+        let AccessChange::Grant { privileges, .. } = change("GRANT ALL ON default.events TO a") else { panic!() };
+        assert_eq!(
+            privileges,
+            [Privilege::Select, Privilege::Insert, Privilege::Alter, Privilege::Create, Privilege::Drop],
+            "ALL on a table is what a table can be granted"
+        );
     }
 
     #[test]

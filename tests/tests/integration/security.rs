@@ -124,6 +124,35 @@ async fn https_serves_the_api_and_a_renewed_certificate_without_a_restart() {
     assert!(stale.is_err_and(|e| e.contains("handshake")), "the old certificate is no longer served");
     let log = std::fs::read_to_string(&log).unwrap();
     assert!(log.contains("serving the renewed TLS certificate"), "{log}");
+
+    // curl, trusting the CA; and not trusting it.
+    let curl = |extra: &[&str]| {
+        Command::new("curl")
+            .args(["--silent", "--show-error", "--data-binary", "SELECT 1"])
+            .args(extra)
+            .arg(format!("https://{addr}/"))
+            .output()
+            .expect("curl runs")
+    };
+    let trusted = curl(&["--cacert", new.ca.to_str().unwrap()]);
+    assert_eq!(String::from_utf8_lossy(&trusted.stdout).trim(), "1", "{}", String::from_utf8_lossy(&trusted.stderr));
+    assert!(!curl(&[]).status.success(), "curl without the CA refuses the certificate");
+
+    // `tandem drain` over HTTPS, trusting the CA (a lone node never drains: it answers 503 with
+    // its report, which shows the request got through).
+    let drain = |ca: &Path| {
+        Command::new(tandem_tests::tandem_binary().unwrap())
+            .args(["drain", "--http-addr", &addr.to_string(), "--timeout-seconds", "0", "--ca-file"])
+            .arg(ca)
+            .output()
+            .unwrap()
+    };
+    let reached = drain(&new.ca);
+    let report = String::from_utf8_lossy(&reached.stdout);
+    assert!(report.contains("\"drained\":false"), "{report} {}", String::from_utf8_lossy(&reached.stderr));
+    let refused = drain(&old.ca);
+    let error = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && error.contains("TLS handshake"), "{error}");
 }
 
 /// A certificate without its key (or a key that does not match) stops the node at start with a
