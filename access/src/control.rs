@@ -67,12 +67,31 @@ pub struct UserView {
 /// A change to users or grants, as the SQL statements ask for it.
 #[derive(Clone, Debug)]
 pub enum AccessChange {
-    CreateUser { name: String, password: Password, if_not_exists: bool },
-    SetPassword { name: String, password: Password, if_exists: bool },
-    DropUsers { names: Vec<String>, if_exists: bool },
-    Grant { privileges: Vec<Privilege>, scope: Scope, users: Vec<String> },
+    CreateUser {
+        name: String,
+        password: Password,
+        if_not_exists: bool,
+    },
+    SetPassword {
+        name: String,
+        password: Password,
+        if_exists: bool,
+    },
+    DropUsers {
+        names: Vec<String>,
+        if_exists: bool,
+    },
+    Grant {
+        privileges: Vec<Privilege>,
+        scope: Scope,
+        users: Vec<String>,
+    },
     /// Takes away the privileges on the scope and on everything inside it.
-    Revoke { privileges: Vec<Privilege>, scope: Scope, users: Vec<String> },
+    Revoke {
+        privileges: Vec<Privilege>,
+        scope: Scope,
+        users: Vec<String>,
+    },
 }
 
 /// A user's record in the coordinator.
@@ -169,8 +188,7 @@ impl AccessControl {
         let Some(credentials) = credentials else {
             return Err(AuthError::Required);
         };
-        let found =
-            self.read_users().get(&credentials.user).map(|u| (PasswordHash(u.doc.password.clone()), u.version));
+        let found = self.read_users().get(&credentials.user).map(|u| (PasswordHash(u.doc.password.clone()), u.version));
         if credentials.password.as_bytes().len() > MAX_PASSWORD_BYTES {
             return Err(AuthError::Failed);
         }
@@ -210,9 +228,9 @@ impl AccessControl {
             return Ok(());
         }
         let users = self.read_users();
-        let granted = users.get(&principal.name).is_some_and(|user| {
-            user.doc.grants.iter().any(|g| g.privilege == privilege && g.scope.covers(object))
-        });
+        let granted = users
+            .get(&principal.name)
+            .is_some_and(|user| user.doc.grants.iter().any(|g| g.privilege == privilege && g.scope.covers(object)));
         if granted {
             Ok(())
         } else {
@@ -444,7 +462,9 @@ fn validate_name(name: &str) -> Result<(), AccessError> {
 
 fn validate_password(password: &Password) -> Result<(), AccessError> {
     if password.is_empty() {
-        return Err(AccessError::Invalid("a password must not be empty: tandem has no users without a password".into()));
+        return Err(AccessError::Invalid(
+            "a password must not be empty: tandem has no users without a password".into(),
+        ));
     }
     if password.as_bytes().len() > MAX_PASSWORD_BYTES {
         return Err(AccessError::Invalid(format!("a password must be at most {MAX_PASSWORD_BYTES} bytes")));
@@ -478,7 +498,8 @@ fn plan(
     current: &BTreeMap<String, User>,
     new_hash: Option<&PasswordHash>,
 ) -> Result<Vec<(String, Option<UserDoc>)>, AccessError> {
-    let existing = |name: &String| current.get(name).map(|u| u.doc.clone()).ok_or_else(|| AccessError::NoSuchUser(name.clone()));
+    let existing =
+        |name: &String| current.get(name).map(|u| u.doc.clone()).ok_or_else(|| AccessError::NoSuchUser(name.clone()));
     let hashed = || new_hash.map(|h| h.0.clone()).ok_or_else(|| AccessError::Internal("no password hash".into()));
     let mut planned = Vec::new();
     match change {
@@ -561,9 +582,8 @@ mod tests {
     async fn control(dir: &std::path::Path, open: bool) -> (Arc<AccessControl>, CancellationToken) {
         let kv = EmbeddedKv::open(dir.join("meta.redb")).await.unwrap();
         let shutdown = CancellationToken::new();
-        let (control, _) = AccessControl::start(Coordinator::new(Arc::new(kv), "/t/"), open, shutdown.clone())
-            .await
-            .unwrap();
+        let (control, _) =
+            AccessControl::start(Coordinator::new(Arc::new(kv), "/t/"), open, shutdown.clone()).await.unwrap();
         (control, shutdown)
     }
 
@@ -595,11 +615,15 @@ mod tests {
         let (access, _stop) = control(dir.path(), true).await;
         assert!(access.create_first_user("default", &Password::new("root pw")).await.unwrap());
         assert!(!access.create_first_user("other", &Password::new("pw")).await.unwrap(), "only the first user");
-        let create = AccessChange::CreateUser { name: "alice".into(), password: Password::new("pw"), if_not_exists: false };
+        let create =
+            AccessChange::CreateUser { name: "alice".into(), password: Password::new("pw"), if_not_exists: false };
         assert!(access.change(&create).await.unwrap().is_some());
         assert!(matches!(access.change(&create).await, Err(AccessError::UserExists(_))));
-        let grant =
-            AccessChange::Grant { privileges: vec![Privilege::Select], scope: on_table("events"), users: vec!["alice".into()] };
+        let grant = AccessChange::Grant {
+            privileges: vec![Privilege::Select],
+            scope: on_table("events"),
+            users: vec!["alice".into()],
+        };
         access.change(&grant).await.unwrap();
         assert_eq!(access.change(&grant).await.unwrap(), None, "granting again changes nothing");
 
@@ -629,7 +653,8 @@ mod tests {
         access.change(&revoke).await.unwrap();
         assert!(access.authorize(&alice, Privilege::Select, &Object::table("events")).is_err(), "revoked at once");
 
-        let new_password = AccessChange::SetPassword { name: "alice".into(), password: Password::new("pw2"), if_exists: false };
+        let new_password =
+            AccessChange::SetPassword { name: "alice".into(), password: Password::new("pw2"), if_exists: false };
         access.change(&new_password).await.unwrap();
         assert_eq!(
             access.authenticate(Some(&credentials("alice", "pw"))).await,
@@ -655,7 +680,8 @@ mod tests {
         };
         assert!(matches!(access.change(&grant).await, Err(AccessError::Invalid(_))));
         assert_eq!(access.grant_statements("root").unwrap(), ["GRANT ALL ON *.* TO root"]);
-        let weak = AccessChange::CreateUser { name: "bad name".into(), password: Password::new("x"), if_not_exists: false };
+        let weak =
+            AccessChange::CreateUser { name: "bad name".into(), password: Password::new("x"), if_not_exists: false };
         assert!(matches!(access.change(&weak).await, Err(AccessError::Invalid(_))));
         let empty = AccessChange::CreateUser { name: "u".into(), password: Password::new(""), if_not_exists: false };
         assert!(matches!(access.change(&empty).await, Err(AccessError::Invalid(_))));
@@ -664,7 +690,8 @@ mod tests {
     #[tokio::test]
     async fn a_change_made_through_one_node_reaches_another() {
         let dir = tempfile::tempdir().unwrap();
-        let kv: Arc<dyn tandem_coordinator::KvBackend> = Arc::new(EmbeddedKv::open(dir.path().join("m.redb")).await.unwrap());
+        let kv: Arc<dyn tandem_coordinator::KvBackend> =
+            Arc::new(EmbeddedKv::open(dir.path().join("m.redb")).await.unwrap());
         let stop = CancellationToken::new();
         let (one, _) = AccessControl::start(Coordinator::new(kv.clone(), "/c/"), false, stop.clone()).await.unwrap();
         let (two, _) = AccessControl::start(Coordinator::new(kv, "/c/"), false, stop.clone()).await.unwrap();

@@ -9,19 +9,27 @@ use crate::privilege::{Object, Privilege};
 /// the same answer, so the answer does not tell which users exist.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
-    #[error("authentication required: send a user name and password (HTTP basic auth, X-ClickHouse-User/X-ClickHouse-Key, or user/password parameters)")]
+    #[error(
+        "authentication required: send a user name and password (HTTP basic auth, X-ClickHouse-User/X-ClickHouse-Key, or user/password parameters)"
+    )]
     Required,
     #[error("authentication failed: the password is incorrect, or there is no user with that name")]
     Failed,
-    #[error("no users are defined and this node does not serve without authentication: start a node with --admin-password-file to create the first user")]
+    #[error(
+        "no users are defined and this node does not serve without authentication: start a node with --admin-password-file to create the first user"
+    )]
     NoUsers,
-    #[error("no users are defined yet, so no credentials can be checked: send none (anyone on this node is the implicit `default` user), or create users first")]
+    #[error(
+        "no users are defined yet, so no credentials can be checked: send none (anyone on this node is the implicit `default` user), or create users first"
+    )]
     CredentialsWithoutUsers,
 }
 
 /// A user lacks a privilege (HTTP 403): names it, and the statement that would grant it.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("user `{user}` lacks the {privilege} privilege on {object}: an administrator can run `GRANT {privilege} ON {object} TO {user}`")]
+#[error(
+    "user `{user}` lacks the {privilege} privilege on {object}: an administrator can run `GRANT {privilege} ON {object} TO {user}`"
+)]
 pub struct AccessDenied {
     pub user: String,
     pub privilege: Privilege,

@@ -58,7 +58,9 @@ tandem_settings::settings! {
 impl ReplicaSettings {
     /// Whether the interserver gRPC is configured for mutual TLS.
     pub fn has_interserver_tls(&self) -> bool {
-        self.interserver_ca_file.is_some() || self.interserver_cert_file.is_some() || self.interserver_key_file.is_some()
+        self.interserver_ca_file.is_some()
+            || self.interserver_cert_file.is_some()
+            || self.interserver_key_file.is_some()
     }
 }
 

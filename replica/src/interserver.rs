@@ -228,8 +228,7 @@ pub async fn serve(node: Arc<Replica>, listener: tokio::net::TcpListener, shutdo
             }
         };
     }
-    let result =
-        builder.add_service(service).serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await;
+    let result = builder.add_service(service).serve_with_incoming_shutdown(incoming, shutdown.cancelled_owned()).await;
     if let Err(e) = result {
         tracing::error!(error = %e, "interserver service failed");
     }

@@ -19,18 +19,15 @@ pub(crate) struct InterserverTls {
 impl InterserverTls {
     /// The TLS configuration of `settings` (none without the files; all three or none).
     pub(crate) fn load(settings: &ReplicaSettings) -> anyhow::Result<Option<InterserverTls>> {
-        let (ca, cert, key) = match (
-            &settings.interserver_ca_file,
-            &settings.interserver_cert_file,
-            &settings.interserver_key_file,
-        ) {
-            (None, None, None) => return Ok(None),
-            (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
-            _ => anyhow::bail!(
-                "interserver TLS needs all of --interserver-ca-file, --interserver-cert-file and \
+        let (ca, cert, key) =
+            match (&settings.interserver_ca_file, &settings.interserver_cert_file, &settings.interserver_key_file) {
+                (None, None, None) => return Ok(None),
+                (Some(ca), Some(cert), Some(key)) => (ca, cert, key),
+                _ => anyhow::bail!(
+                    "interserver TLS needs all of --interserver-ca-file, --interserver-cert-file and \
                  --interserver-key-file"
-            ),
-        };
+                ),
+            };
         let read = |path: &std::path::PathBuf, what: &str| {
             std::fs::read(path).with_context(|| format!("cannot read the interserver {what} {}", path.display()))
         };
@@ -57,7 +54,10 @@ impl InterserverTls {
 }
 
 /// The endpoint of a peer's interserver service: over mutual TLS when this node has it.
-pub(crate) fn peer_endpoint(tls: Option<&InterserverTls>, grpc_addr: &str) -> Result<Endpoint, tonic::transport::Error> {
+pub(crate) fn peer_endpoint(
+    tls: Option<&InterserverTls>,
+    grpc_addr: &str,
+) -> Result<Endpoint, tonic::transport::Error> {
     match tls {
         Some(tls) => Endpoint::from_shared(format!("https://{grpc_addr}"))?.tls_config(tls.client.clone()),
         None => Endpoint::from_shared(format!("http://{grpc_addr}")),

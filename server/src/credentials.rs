@@ -76,7 +76,8 @@ mod tests {
         // "alice:pa:ss" in base64: a password may hold a colon.
         let basic = take(&headers(&[("authorization", "Basic YWxpY2U6cGE6c3M=")]), &mut none).unwrap().unwrap();
         assert_eq!((basic.user.as_str(), basic.password), ("alice", Password::new("pa:ss")));
-        let key = take(&headers(&[("x-clickhouse-user", "bob"), ("x-clickhouse-key", "k")]), &mut none).unwrap().unwrap();
+        let key =
+            take(&headers(&[("x-clickhouse-user", "bob"), ("x-clickhouse-key", "k")]), &mut none).unwrap().unwrap();
         assert_eq!((key.user.as_str(), key.password), ("bob", Password::new("k")));
         let mut params: HashMap<String, String> =
             [("user", "carol"), ("password", "p"), ("max_threads", "2")].map(|(k, v)| (k.into(), v.into())).into();

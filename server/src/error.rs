@@ -211,9 +211,10 @@ impl IntoResponse for NodeError {
         ];
         let mut response = (status, headers, body).into_response();
         if status == StatusCode::UNAUTHORIZED {
-            response
-                .headers_mut()
-                .insert("www-authenticate", axum::http::HeaderValue::from_static("Basic realm=\"tandem\", charset=\"UTF-8\""));
+            response.headers_mut().insert(
+                "www-authenticate",
+                axum::http::HeaderValue::from_static("Basic realm=\"tandem\", charset=\"UTF-8\""),
+            );
         }
         response
     }

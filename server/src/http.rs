@@ -283,7 +283,8 @@ async fn execute(
     if let Some(pending) = logged.as_mut() {
         pending.set_kind(statement.kind());
         // Only the statement of an insert, not the rows after it.
-        if let Statement::Insert(InsertStatement { source: InsertSource::Format { data_offset, .. }, .. }) = &statement {
+        if let Statement::Insert(InsertStatement { source: InsertSource::Format { data_offset, .. }, .. }) = &statement
+        {
             pending.set_query(text.get(..*data_offset).unwrap_or_default());
         }
     }

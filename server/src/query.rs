@@ -421,7 +421,10 @@ fn system_grants(users: &[UserView]) -> Result<MemTable, NodeError> {
     let scopes: Vec<_> = grants.iter().map(|(_, g)| g.scope.database_and_table()).collect();
     mem_table(vec![
         ("user_name", Arc::new(StringArray::from(grants.iter().map(|(u, _)| *u).collect::<Vec<_>>()))),
-        ("access_type", Arc::new(StringArray::from(grants.iter().map(|(_, g)| g.privilege.name()).collect::<Vec<_>>()))),
+        (
+            "access_type",
+            Arc::new(StringArray::from(grants.iter().map(|(_, g)| g.privilege.name()).collect::<Vec<_>>())),
+        ),
         ("database", Arc::new(StringArray::from(scopes.iter().map(|(d, _)| *d).collect::<Vec<_>>()))),
         ("table", Arc::new(StringArray::from(scopes.iter().map(|(_, t)| *t).collect::<Vec<_>>()))),
         ("grant_option", Arc::new(BooleanArray::from(vec![false; grants.len()]))),
@@ -441,17 +444,12 @@ fn system_query_log(queries: &[QueryLogEntry]) -> Result<MemTable, NodeError> {
         ("query", Arc::new(StringArray::from(queries.iter().map(|q| q.query.as_str()).collect::<Vec<_>>()))),
         ("status", Arc::new(UInt64Array::from(queries.iter().map(|q| u64::from(q.status)).collect::<Vec<_>>()))),
         ("exception_code", Arc::new(StringArray::from(errors.iter().map(|e| e.map(|e| e.0)).collect::<Vec<_>>()))),
-        (
-            "exception",
-            Arc::new(StringArray::from(errors.iter().map(|e| e.map(|e| e.1.as_str())).collect::<Vec<_>>())),
-        ),
+        ("exception", Arc::new(StringArray::from(errors.iter().map(|e| e.map(|e| e.1.as_str())).collect::<Vec<_>>()))),
         ("rows", Arc::new(UInt64Array::from(queries.iter().map(|q| q.rows).collect::<Vec<_>>()))),
         ("bytes", Arc::new(UInt64Array::from(queries.iter().map(|q| q.bytes).collect::<Vec<_>>()))),
         (
             "query_duration_ms",
-            Arc::new(Float64Array::from(
-                queries.iter().map(|q| q.duration.as_secs_f64() * 1000.0).collect::<Vec<_>>(),
-            )),
+            Arc::new(Float64Array::from(queries.iter().map(|q| q.duration.as_secs_f64() * 1000.0).collect::<Vec<_>>())),
         ),
     ])
 }

@@ -11,8 +11,8 @@ use tandem_replica::schema::TableSettings;
 use tandem_replica::{Quorum, Replica};
 
 use crate::execution::QueryRuntime;
-use crate::query_log::QueryLog;
 use crate::limits::Limits;
+use crate::query_log::QueryLog;
 
 tandem_settings::settings! {
     /// The front door's settings (the limits are their own group, the `[limits]` table).

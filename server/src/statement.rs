@@ -24,6 +24,8 @@ use tandem_replica::{AlterAction, ColumnPosition};
 
 use crate::error::NodeError;
 
+/// A statement, as the front door runs it. `Access` is `CREATE USER`, `ALTER USER`, `DROP USER`,
+/// `GRANT` or `REVOKE`; `ShowGrants` without a user shows the caller's own.
 #[derive(Debug)]
 pub enum Statement {
     CreateTable { def: TableDef, if_not_exists: bool },
@@ -33,10 +35,8 @@ pub enum Statement {
     Describe { name: String, format: Option<String> },
     Insert(InsertStatement),
     Select { sql: String, format: Option<String> },
-    /// `CREATE USER`, `ALTER USER`, `DROP USER`, `GRANT`, `REVOKE`.
     Access(AccessChange),
     ShowUsers { format: Option<String> },
-    /// `SHOW GRANTS [FOR user]` (without `FOR`: the user's own).
     ShowGrants { user: Option<String>, format: Option<String> },
 }
 

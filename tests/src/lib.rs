@@ -315,8 +315,7 @@ impl Tandem {
         sql: &str,
         build: impl FnOnce(reqwest::RequestBuilder) -> reqwest::RequestBuilder,
     ) -> Answer {
-        let response =
-            build(self.http.post(&self.url).query(&[("query", sql)])).send().await.expect("tandem answers");
+        let response = build(self.http.post(&self.url).query(&[("query", sql)])).send().await.expect("tandem answers");
         Answer::read(response).await
     }
 
@@ -352,8 +351,7 @@ impl Tandem {
 
     /// `POST` to `path` with an empty body.
     pub async fn post(&self, path: &str) -> Answer {
-        let response =
-            self.signed(self.http.post(format!("{}{path}", self.url))).send().await.expect("tandem answers");
+        let response = self.signed(self.http.post(format!("{}{path}", self.url))).send().await.expect("tandem answers");
         Answer::read(response).await
     }
 
@@ -546,7 +544,13 @@ impl Cluster {
         self.node_with_flags(i, &self.etcd.endpoint, with_secret, args)
     }
 
-    fn node_with_flags(&self, i: usize, etcd_endpoint: &str, with_secret: bool, flags: &[&str]) -> anyhow::Result<Tandem> {
+    fn node_with_flags(
+        &self,
+        i: usize,
+        etcd_endpoint: &str,
+        with_secret: bool,
+        flags: &[&str],
+    ) -> anyhow::Result<Tandem> {
         let secret = if with_secret { self.secret.as_str() } else { "" };
         let node_id = format!("n{i}");
         let mut args = vec!["--etcd", etcd_endpoint, "--node-id", node_id.as_str(), "--cluster", &self.name];

@@ -14,7 +14,8 @@ use super::{Statement, expect_end, parse_word, parser, split_format, syntax};
 use crate::error::NodeError;
 
 /// How ClickHouse names password authentication; tandem hashes every one with argon2id.
-const PASSWORD_METHODS: [&str; 4] = ["plaintext_password", "sha256_password", "double_sha1_password", "bcrypt_password"];
+const PASSWORD_METHODS: [&str; 4] =
+    ["plaintext_password", "sha256_password", "double_sha1_password", "bcrypt_password"];
 
 pub(super) fn parse_create_user(sql: &str) -> Result<Statement, NodeError> {
     let mut parser = parser(sql)?;
@@ -195,7 +196,11 @@ fn scope(parser: &mut Parser) -> Result<Scope, NodeError> {
             Token::Mul => text.push('*'),
             Token::Period => text.push('.'),
             Token::EOF => break,
-            other => return Err(NodeError::bad_request(format!("syntax error: unexpected `{other}` in the grant's target"))),
+            other => {
+                return Err(NodeError::bad_request(format!(
+                    "syntax error: unexpected `{other}` in the grant's target"
+                )));
+            }
         }
         parser.next_token();
     }

@@ -250,7 +250,8 @@ async fn interserver_mutual_tls_refuses_peers_without_a_certificate_from_the_ca(
     assert_eq!(blake3::hash(&bytes).to_hex().as_str(), part);
     let anonymous = fetch_over_tls(addr, &ours.ca, None, &cluster.secret, &part).await;
     assert!(anonymous.is_err(), "no client certificate, even with the secret: refused");
-    let foreign = fetch_over_tls(addr, &ours.ca, Some((&theirs.client_cert, &theirs.client_key)), &cluster.secret, &part);
+    let foreign =
+        fetch_over_tls(addr, &ours.ca, Some((&theirs.client_cert, &theirs.client_key)), &cluster.secret, &part);
     assert!(foreign.await.is_err(), "a certificate from another CA: refused");
     let plain = tandem_proto::v1::interserver_client::InterserverClient::connect(format!("http://{addr}")).await;
     if let Ok(mut client) = plain {

@@ -41,10 +41,13 @@ async fn users_and_grants_hold_across_a_three_node_cluster() {
     assert_eq!(wrong_password.text(), unknown_user.text(), "an unknown user and a wrong password answer alike");
     assert_eq!(n1.request_as("default", ADMIN_PASSWORD, "SELECT 1").await.ok().text().trim(), "1");
     let by_headers = n2
-        .request_with("SELECT 2", |r| r.header("X-ClickHouse-User", "default").header("X-ClickHouse-Key", ADMIN_PASSWORD))
+        .request_with("SELECT 2", |r| {
+            r.header("X-ClickHouse-User", "default").header("X-ClickHouse-Key", ADMIN_PASSWORD)
+        })
         .await;
     assert_eq!(by_headers.ok().text().trim(), "2");
-    let by_params = n3.request_with("SELECT 3", |r| r.query(&[("user", "default"), ("password", ADMIN_PASSWORD)])).await;
+    let by_params =
+        n3.request_with("SELECT 3", |r| r.query(&[("user", "default"), ("password", ADMIN_PASSWORD)])).await;
     assert_eq!(by_params.ok().text().trim(), "3");
     assert!(n1.metric("tandem_http_auth_failures_total").await >= 3.0);
 
@@ -71,7 +74,11 @@ async fn users_and_grants_hold_across_a_three_node_cluster() {
     ] {
         let refused = n3.request_as("reader", READER_PASSWORD, statement).await;
         assert_eq!(refused.status, 403, "{statement}: {}", refused.text());
-        assert!(refused.text().contains(&format!("lacks the {privilege} privilege")), "{statement}: {}", refused.text());
+        assert!(
+            refused.text().contains(&format!("lacks the {privilege} privilege")),
+            "{statement}: {}",
+            refused.text()
+        );
     }
     let post = n3.request_as("reader", READER_PASSWORD, "SELECT 1").await;
     assert_eq!(post.status, 200, "the refusals did not lock the reader out");
@@ -81,7 +88,8 @@ async fn users_and_grants_hold_across_a_three_node_cluster() {
     assert_eq!(n1.sql("SELECT name FROM system.users ORDER BY name").await, "default\nreader\n");
     let own = n3.request_as("reader", READER_PASSWORD, "SHOW GRANTS").await.ok().text();
     assert_eq!(own.trim(), "GRANT SELECT ON default.events TO reader");
-    let seen = n2.sql("SELECT user_name, access_type, database, table FROM system.grants WHERE user_name = 'reader'").await;
+    let seen =
+        n2.sql("SELECT user_name, access_type, database, table FROM system.grants WHERE user_name = 'reader'").await;
     assert_eq!(seen.trim(), "reader\tSELECT\tdefault\tevents");
 
     // A grant made on another node lets the insert in.
@@ -104,9 +112,8 @@ async fn users_and_grants_hold_across_a_three_node_cluster() {
     assert_eq!(last_admin.status, 400, "the last user who can manage users stays: {}", last_admin.text());
 
     // The query log names who did what, and how it ended.
-    let log = n1
-        .sql("SELECT user, query_kind, status, query FROM system.query_log WHERE query_kind = 'CREATE USER'")
-        .await;
+    let log =
+        n1.sql("SELECT user, query_kind, status, query FROM system.query_log WHERE query_kind = 'CREATE USER'").await;
     assert_eq!(log.trim(), "default\tCREATE USER\t200\tCREATE USER reader IDENTIFIED BY '[HIDDEN]'");
     let refused = n3
         .sql(
