@@ -388,15 +388,16 @@ async fn execute_statement(
             let admitted = server.queries.admit(params)?;
             let tables = node.tables();
             parsed.check_tables(&tables)?;
-            let cluster = if parsed.reads_replicas() {
+            let cluster = if parsed.reads_system_table("replicas") {
                 Some(cluster_view(node).await)
             } else {
                 parsed.reads_system_tables().then(query::ClusterView::default)
             };
+            let reads_users = parsed.reads_system_table("users") || parsed.reads_system_table("grants");
             let system = cluster.map(|cluster| query::SystemView {
                 cluster,
-                users: server.access.users(),
-                queries: server.query_log.entries(),
+                users: if reads_users { server.access.users() } else { Vec::new() },
+                queries: if parsed.reads_system_table("query_log") { server.query_log.entries() } else { Vec::new() },
             });
             let ctx = query::session(node, &tables, system.as_ref(), admitted.runtime.clone())?;
             let planned =

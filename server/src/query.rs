@@ -334,9 +334,11 @@ impl ParsedQuery {
         self.tables.iter().any(|t| t.schema() == Some("system"))
     }
 
-    /// Whether the query reads `system.replicas` (which asks the coordinator about the others).
-    pub fn reads_replicas(&self) -> bool {
-        self.tables.iter().any(|t| t.schema() == Some("system") && t.table() == "replicas")
+    /// Whether the query reads `system.<table>` (the costly ones are gathered only then:
+    /// `replicas` asks the coordinator about the others, `query_log` and `users` copy their
+    /// whole contents).
+    pub fn reads_system_table(&self, table: &str) -> bool {
+        self.tables.iter().any(|t| t.schema() == Some("system") && t.table() == table)
     }
 
     /// Refuses (404) a table that does not exist in the snapshot or the `system` schema.
