@@ -9,13 +9,21 @@
 #   moto    - an S3-compatible server (PyPI `moto[s3]`), in a virtualenv at $TANDEM_TEST_VENV
 #             (default ~/.cache/tandem-test-venv), for the object-store tests;
 #   helm-python-sdk, kubernetes-validate - the Helm library and the Kubernetes API schemas,
-#             in the same virtualenv, for the chart check (scripts/check_chart.py).
+#             in the same virtualenv, for the chart check (scripts/check_chart.py);
+#   clickhouse-connect, pandas, pyarrow - ClickHouse's Python client, in the same virtualenv,
+#             and @clickhouse/client, ClickHouse's Node.js client (npm, into
+#             $TANDEM_TEST_NODE_DIR, default ~/.cache/tandem-test-node), with Node.js itself:
+#             the client compatibility tests run them unchanged.
 # Does nothing when everything is present.
 set -euo pipefail
 
 for_tests=false
 [[ "${1:-}" == "--for-tests" ]] && for_tests=true
 venv="${TANDEM_TEST_VENV:-$HOME/.cache/tandem-test-venv}"
+node_dir="${TANDEM_TEST_NODE_DIR:-$HOME/.cache/tandem-test-node}"
+# The client versions the compatibility tests were written against.
+clickhouse_connect='clickhouse-connect==1.12.0'
+node_client='@clickhouse/client@1.23.1'
 
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
@@ -24,6 +32,7 @@ if $for_tests; then
     command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
     command -v curl >/dev/null 2>&1 || missing+=(curl)
     command -v openssl >/dev/null 2>&1 || missing+=(openssl)
+    command -v npm >/dev/null 2>&1 || missing+=(nodejs npm)
     if [[ ! -x "$venv/bin/python" ]]; then
         command -v python3 >/dev/null 2>&1 || missing+=(python3)
         python3 -c 'import ensurepip' >/dev/null 2>&1 || missing+=(python3-venv)
@@ -43,9 +52,16 @@ if ((${#missing[@]})); then
     "${sudo_cmd[@]}" env DEBIAN_FRONTEND=noninteractive apt-get install -y -q "${missing[@]}"
 fi
 
-if $for_tests && ! "$venv/bin/python" -c 'import moto.server, flask, flask_cors, helm_python, kubernetes_validate, yaml' >/dev/null 2>&1; then
-    echo "installing moto, helm-python-sdk and kubernetes-validate into $venv" >&2
+if $for_tests && ! "$venv/bin/python" -c 'import moto.server, flask, flask_cors, helm_python, kubernetes_validate, yaml, clickhouse_connect, pandas, pyarrow' >/dev/null 2>&1; then
+    echo "installing moto, helm-python-sdk, kubernetes-validate and clickhouse-connect into $venv" >&2
     [[ -x "$venv/bin/python" ]] || python3 -m venv "$venv"
     "$venv/bin/pip" install -q --disable-pip-version-check 'moto[s3]==5.2.*' flask flask-cors \
-        'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0' pyyaml
+        'helm-python-sdk==0.2.2' 'kubernetes-validate==1.37.0' pyyaml \
+        "$clickhouse_connect" 'pandas==3.*' 'pyarrow==26.*'
+fi
+
+if $for_tests && [[ ! -e "$node_dir/node_modules/@clickhouse/client/package.json" ]]; then
+    echo "installing $node_client into $node_dir" >&2
+    mkdir -p "$node_dir"
+    npm install --silent --no-audit --no-fund --prefix "$node_dir" "$node_client"
 fi

@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
 # Runs every test of the workspace: unit tests, the coordinator conformance suite (embedded
 # and a real etcd), and the integration tests that drive real `tandem` processes, a real etcd
-# and a real S3-compatible server. Installs protoc, etcd and moto first when they are missing
+# and a real S3-compatible server, and ClickHouse's Python and Node.js clients against real
+# nodes. Installs protoc, etcd, moto and the clients first when they are missing
 # (scripts/prereqs.sh).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export TANDEM_TEST_VENV="${TANDEM_TEST_VENV:-$HOME/.cache/tandem-test-venv}"
 ./scripts/prereqs.sh --for-tests
-# The object-store tests start moto with this interpreter.
+# The object-store tests start moto with this interpreter, the client tests run
+# clickhouse-connect with it and @clickhouse/client from these modules.
 export TANDEM_TEST_PYTHON="${TANDEM_TEST_PYTHON:-$TANDEM_TEST_VENV/bin/python}"
+export TANDEM_TEST_NODE_MODULES="${TANDEM_TEST_NODE_MODULES:-${TANDEM_TEST_NODE_DIR:-$HOME/.cache/tandem-test-node}/node_modules}"
 # Release builds: the tests drive the binary as it ships (its memory, its stack depth, its
 # speed), and one optimized build of the workspace takes about as long here as a debug one.
 # --locked: the Dockerfile builds with the lock file as committed.

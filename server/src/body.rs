@@ -85,7 +85,9 @@ pub fn decompress(encoding: Encoding, data: &[u8], limit: usize) -> Result<Bytes
         Encoding::Gzip => Box::new(flate2::read::MultiGzDecoder::new(data)),
         Encoding::Deflate => Box::new(flate2::read::ZlibDecoder::new(data)),
         Encoding::Zstd => Box::new(zstd::stream::read::Decoder::new(data).map_err(malformed)?),
-        Encoding::Lz4 => Box::new(lz4_flex::frame::FrameDecoder::new(data)),
+        Encoding::Lz4 => {
+            Box::new(Lz4Frames { decoder: lz4_flex::frame::FrameDecoder::new(std::io::Cursor::new(data)) })
+        }
     };
     let mut out = Vec::with_capacity(data.len().saturating_mul(4).min(limit));
     let mut chunk = vec![0u8; 64 * 1024];
@@ -98,6 +100,31 @@ pub fn decompress(encoding: Encoding, data: &[u8], limit: usize) -> Result<Bytes
             return Err(NodeError::DecompressedTooLarge { limit, compressed: data.len() });
         }
         out.extend_from_slice(chunk.get(..n).unwrap_or_default());
+    }
+}
+
+/// LZ4 frames one after another, as one stream (clickhouse-connect compresses each block of an
+/// insert as a frame of its own).
+struct Lz4Frames<'a> {
+    decoder: lz4_flex::frame::FrameDecoder<std::io::Cursor<&'a [u8]>>,
+}
+
+impl Read for Lz4Frames<'_> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        loop {
+            let n = self.decoder.read(buf)?;
+            if n > 0 || buf.is_empty() {
+                return Ok(n);
+            }
+            // A frame ended: another may follow.
+            let cursor = self.decoder.get_ref();
+            let data: &[u8] = cursor.get_ref();
+            let rest = usize::try_from(cursor.position()).ok().and_then(|at| data.get(at..)).unwrap_or_default();
+            if rest.is_empty() {
+                return Ok(0);
+            }
+            self.decoder = lz4_flex::frame::FrameDecoder::new(std::io::Cursor::new(rest));
+        }
     }
 }
 
@@ -137,6 +164,16 @@ mod tests {
         for encoding in [Encoding::Gzip, Encoding::Deflate, Encoding::Zstd, Encoding::Lz4] {
             let packed = compress(encoding, &rows);
             assert_eq!(decompress(encoding, &packed, rows.len()).unwrap().as_ref(), rows.as_slice(), "{encoding:?}");
+            // Frames one after another (as clients compress block by block) are one body.
+            if encoding != Encoding::Deflate {
+                let twice = [packed.clone(), packed].concat();
+                let whole = [rows.clone(), rows.clone()].concat();
+                assert_eq!(
+                    decompress(encoding, &twice, whole.len()).unwrap().as_ref(),
+                    whole.as_slice(),
+                    "{encoding:?}"
+                );
+            }
             let bomb = compress(encoding, &zeros);
             assert!(bomb.len() < zeros.len() / 50, "{encoding:?} compresses zeros well");
             let err = decompress(encoding, &bomb, 1 << 20).unwrap_err();

@@ -122,6 +122,30 @@ impl NodeError {
         }
     }
 
+    /// ClickHouse's number and name for the kind of error, for the clients that read them
+    /// (`X-ClickHouse-Exception-Code`, and `(NAME)` at the end of the message).
+    pub fn clickhouse_code(&self) -> (u16, &'static str) {
+        match self {
+            NodeError::BadRequest(_) => (36, "BAD_ARGUMENTS"),
+            NodeError::UnknownTable(_) => (60, "UNKNOWN_TABLE"),
+            NodeError::Conflict(_) => (36, "BAD_ARGUMENTS"),
+            NodeError::SchemaChanged { .. } => (517, "CANNOT_ASSIGN_ALTER"),
+            NodeError::BodyTooLarge { .. } | NodeError::DecompressedTooLarge { .. } | NodeError::InsertTooLarge(_) => {
+                (396, "TOO_MANY_ROWS_OR_BYTES")
+            }
+            NodeError::QueryLimit(_) => (396, "TOO_MANY_ROWS_OR_BYTES"),
+            NodeError::QueryTimeout(_) | NodeError::Timeout(_) => (159, "TIMEOUT_EXCEEDED"),
+            NodeError::Overloaded(_) => (202, "TOO_MANY_SIMULTANEOUS_QUERIES"),
+            NodeError::MethodNotAllowed(_) => (164, "READONLY"),
+            NodeError::NotImplemented(_) => (48, "NOT_IMPLEMENTED"),
+            NodeError::Unavailable(_) => (999, "KEEPER_EXCEPTION"),
+            NodeError::TooManyParts(_) => (252, "TOO_MANY_PARTS"),
+            NodeError::Unauthenticated(_) => (516, "AUTHENTICATION_FAILED"),
+            NodeError::Forbidden(_) => (497, "ACCESS_DENIED"),
+            NodeError::Internal(_) => (1001, "STD_EXCEPTION"),
+        }
+    }
+
     /// Whether sending the same request again can succeed.
     pub fn is_retryable(&self) -> bool {
         matches!(
@@ -202,7 +226,14 @@ impl IntoResponse for NodeError {
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), error = %self, "request failed");
         }
-        let body = format!("{self}\n");
+        // ClickHouse's shape, which its clients parse: `Code: N. DB::Exception: ... (NAME)`.
+        let (number, name) = self.clickhouse_code();
+        let message = self.to_string();
+        let message = message.trim_end().trim_end_matches('.');
+        let body = format!(
+            "Code: {number}. DB::Exception: {message}. ({name}) (version {})\n",
+            crate::clickhouse_http::CLICKHOUSE_VERSION
+        );
         let retryable = if self.is_retryable() { "true" } else { "false" };
         let headers = [
             ("x-tandem-error-code", self.code()),
@@ -210,6 +241,7 @@ impl IntoResponse for NodeError {
             ("content-type", "text/plain; charset=utf-8"),
         ];
         let mut response = (status, headers, body).into_response();
+        response.headers_mut().insert("x-clickhouse-exception-code", axum::http::HeaderValue::from(number));
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 "www-authenticate",

@@ -49,7 +49,9 @@ fn seed(format: Format) -> Vec<u8> {
     };
     match format {
         Format::JsonEachRow => rows.as_bytes().to_vec(),
-        other => encode(other, &batch.schema(), &[batch], 0.0).map(|b| b.to_vec()).unwrap_or_default(),
+        other => {
+            encode(other, &batch.schema(), &[batch], 0.0, Default::default()).map(|b| b.to_vec()).unwrap_or_default()
+        }
     }
 }
 

@@ -19,7 +19,8 @@ use futures::{FutureExt, StreamExt};
 
 use crate::error::NodeError;
 use crate::execution::Admitted;
-use crate::formats::{Budget, Encoder, Format, InputOptions, encode, text_batch};
+use crate::formats::values::JsonOptions;
+use crate::formats::{Budget, Encoder, Format, InputOptions, OutputOptions, encode, text_batch};
 use crate::insert::{InsertSettings, insert};
 use crate::limits::{MAX_DEDUP_TOKEN_BYTES, MAX_WAIT, RESULT_HEAD_BYTES};
 use crate::query;
@@ -132,6 +133,8 @@ async fn handle(
     body: Body,
 ) -> Response {
     let mut logged = Some(server.query_log.begin());
+    // What every answer carries whatever happens: the query id, the time zone, the encoding.
+    let exchange = crate::clickhouse_http::Exchange::of(&params, &headers);
     // A panic is a bug, never the client's doing: it answers 500 and the node keeps serving.
     let answer = std::panic::AssertUnwindSafe(async {
         if let (Some(pending), Some(text)) = (logged.as_mut(), params.get("query")) {
@@ -160,7 +163,7 @@ async fn handle(
         let moved = response.extensions().get::<Moved>().copied().unwrap_or_default();
         pending.finish(response.status().as_u16(), error, moved.rows, moved.bytes);
     }
-    response
+    crate::clickhouse_http::finish_response(response, &exchange)
 }
 
 /// Who the request runs as (401 without valid credentials where users are defined).
@@ -199,7 +202,11 @@ fn authorize(server: &Server, principal: &Principal, statement: &Statement) -> R
         Statement::ShowGrants { user: Some(user), .. } if user != principal.name() => {
             need(Privilege::AccessManagement, Object::Global)
         }
-        Statement::ShowGrants { .. } | Statement::ShowTables { .. } | Statement::Select { .. } => Ok(()),
+        Statement::ShowGrants { .. }
+        | Statement::ShowTables { .. }
+        | Statement::ShowDatabases { .. }
+        | Statement::Exists { .. }
+        | Statement::Select { .. } => Ok(()),
     }
 }
 
@@ -209,7 +216,8 @@ fn authorize_query(server: &Server, principal: &Principal, parsed: &query::Parse
     for reference in parsed.tables() {
         let (privilege, object) = match reference.schema() {
             None => (Privilege::Select, Object::table(reference.table())),
-            Some("system") if query::ACCESS_TABLES.contains(&reference.table()) => {
+            Some("default") => (Privilege::Select, Object::table(reference.table())),
+            Some("system") if crate::system_tables::ACCESS_TABLES.contains(&reference.table()) => {
                 (Privilege::AccessManagement, Object::Global)
             }
             Some("system") => continue,
@@ -263,6 +271,13 @@ async fn execute(
         return Err(NodeError::Unavailable(
             "this node is still catching up with the cluster's metadata; retry shortly or use another node".into(),
         ));
+    }
+    // One database: `default` (a client may name it, as clickhouse-connect does).
+    if let Some(database) = params.get("database").filter(|d| !d.is_empty() && *d != "default") {
+        return Err(NodeError::bad_request(format!(
+            "database `{}` does not exist: tandem has one database, `default`",
+            crate::formats::truncate(database, 60)
+        )));
     }
     let body = crate::body::read(body, &headers, server.config.settings.max_body_bytes).await?;
     // As in ClickHouse: the statement is `?query=`, followed by the body for statements other
@@ -326,6 +341,13 @@ async fn execute(
         .await
 }
 
+/// The settings that change how a result is written.
+fn output_options(params: &HashMap<String, String>) -> Result<OutputOptions, NodeError> {
+    Ok(OutputOptions {
+        json: JsonOptions { quote_64bit_integers: flag(params, "output_format_json_quote_64bit_integers", true)? },
+    })
+}
+
 fn output_format(params: &HashMap<String, String>, clause: Option<&str>) -> Result<Format, NodeError> {
     match clause.or(params.get("default_format").map(String::as_str)) {
         Some(name) => Format::parse(name),
@@ -356,7 +378,15 @@ async fn execute_statement(
         Statement::ShowTables { format } => {
             let names: Vec<String> = node.tables().into_keys().collect();
             let batch = text_batch(&[("name", names)])?;
-            respond_rows(output_format(params, format.as_deref())?, &batch.schema(), &[batch], started, node)
+            respond_batch(params, format.as_deref(), batch, started, node)
+        }
+        Statement::ShowDatabases { format } => {
+            let batch = text_batch(&[("name", vec!["default".to_string(), "system".to_string()])])?;
+            respond_batch(params, format.as_deref(), batch, started, node)
+        }
+        Statement::Exists { name, format } => {
+            let batch = crate::formats::flag_batch("result", node.table(&name).is_some())?;
+            respond_batch(params, format.as_deref(), batch, started, node)
         }
         Statement::Describe { name, format } => {
             let table = node.table(&name).ok_or_else(|| NodeError::unknown_table(&name))?;
@@ -378,10 +408,11 @@ async fn execute_statement(
                 ("codec_expression", empty.clone()),
                 ("ttl_expression", empty),
             ])?;
-            respond_rows(output_format(params, format.as_deref())?, &batch.schema(), &[batch], started, node)
+            respond_batch(params, format.as_deref(), batch, started, node)
         }
         Statement::Select { sql, format } => {
             let format = output_format(params, format.as_deref())?;
+            let sql = crate::parameters::substitute(&sql, params)?;
             let parsed = query::ParsedQuery::parse(&sql)?;
             authorize_query(server, principal, &parsed)?;
             wait_for_revision(node, params).await?;
@@ -391,10 +422,10 @@ async fn execute_statement(
             let cluster = if parsed.reads_system_table("replicas") {
                 Some(cluster_view(node).await)
             } else {
-                parsed.reads_system_tables().then(query::ClusterView::default)
+                parsed.reads_system_tables().then(crate::system_tables::ClusterView::default)
             };
             let reads_users = parsed.reads_system_table("users") || parsed.reads_system_table("grants");
-            let system = cluster.map(|cluster| query::SystemView {
+            let system = cluster.map(|cluster| crate::system_tables::SystemView {
                 cluster,
                 users: if reads_users { server.access.users() } else { Vec::new() },
                 queries: if parsed.reads_system_table("query_log") { server.query_log.entries() } else { Vec::new() },
@@ -405,7 +436,7 @@ async fn execute_statement(
             let (schema, stream) = planned.inspect_err(|_| {
                 node.metrics().query_errors.inc();
             })?;
-            respond_stream(node, format, schema, stream, admitted, started, logged).await
+            respond_stream(node, format, output_options(params)?, schema, stream, admitted, started, logged).await
         }
         Statement::Access(change) => match server.access.change(&change).await? {
             Some(revision) => ddl_done(revision),
@@ -414,7 +445,7 @@ async fn execute_statement(
         Statement::ShowUsers { format } => {
             let names = server.access.users().into_iter().map(|u| u.name).collect();
             let batch = text_batch(&[("name", names)])?;
-            respond_rows(output_format(params, format.as_deref())?, &batch.schema(), &[batch], started, node)
+            respond_batch(params, format.as_deref(), batch, started, node)
         }
         Statement::ShowGrants { user, format } => {
             let user = user.as_deref().unwrap_or(principal.name());
@@ -429,7 +460,7 @@ async fn execute_statement(
                 .ok_or_else(|| NodeError::bad_request(format!("there is no user `{user}`")))?;
             let column = format!("GRANTS FOR {user}");
             let batch = text_batch(&[(column.as_str(), grants)])?;
-            respond_rows(output_format(params, format.as_deref())?, &batch.schema(), &[batch], started, node)
+            respond_batch(params, format.as_deref(), batch, started, node)
         }
         Statement::Insert(_) => Err(NodeError::internal("an INSERT reached the statement executor")),
     }
@@ -471,25 +502,27 @@ fn capped_millis(ms: i64) -> Duration {
 
 /// The other nodes and the cluster's latest revision, best effort: a query of
 /// `system.replicas` still answers (with what this node knows) when etcd does not.
-async fn cluster_view(node: &Replica) -> query::ClusterView {
+async fn cluster_view(node: &Replica) -> crate::system_tables::ClusterView {
     let nodes = if node.is_cluster() { node.live_nodes().await.unwrap_or_default() } else { Vec::new() };
-    query::ClusterView { nodes, cluster_revision: node.current_revision().await.ok() }
+    crate::system_tables::ClusterView { nodes, cluster_revision: node.current_revision().await.ok() }
 }
 
 /// A query's result, encoded as it is produced. The first [`RESULT_HEAD_BYTES`] are held back,
 /// so a query that fails or crosses a limit early still answers with its own status and
 /// message; past them the status is sent, and a later error ends the body with its message
 /// and an aborted transfer (so no client takes a cut result for a whole one).
+#[allow(clippy::too_many_arguments)]
 async fn respond_stream(
     node: &Replica,
     format: Format,
+    options: OutputOptions,
     schema: SchemaRef,
     stream: SendableRecordBatchStream,
     admitted: Admitted,
     started: Instant,
     logged: &mut Option<PendingQuery>,
 ) -> Result<Response, NodeError> {
-    let mut encoder = Encoder::new(format, &schema)?;
+    let mut encoder = Encoder::new(format, &schema, options)?;
     let mut head = encoder.head()?;
     let mut result = ResultStream {
         encoder,
@@ -506,6 +539,7 @@ async fn respond_stream(
         head.extend_from_slice(&result.next_chunk().await?);
     }
     let moved = Moved { rows: result.rows, bytes: result.bytes };
+    let whole = result.done.then_some(moved);
     let body = if result.done {
         Body::from(head)
     } else {
@@ -521,7 +555,9 @@ async fn respond_stream(
                         Some((Ok(Bytes::from(chunk)), next))
                     }
                     Err(e) => {
-                        let text = format!("\n{}: {e}\n", e.code());
+                        // ClickHouse's shape, after the rows already sent.
+                        let (number, name) = e.clickhouse_code();
+                        let text = format!("\nCode: {number}. DB::Exception: {e} ({name}) ({})\n", e.code());
                         Some((Ok(Bytes::from(text)), Tail::Failed(e.to_string())))
                     }
                 },
@@ -531,10 +567,23 @@ async fn respond_stream(
     };
     let mut response = Response::new(body);
     response.extensions_mut().insert(moved);
+    result_headers(&mut response, format, node, whole);
+    Ok(response)
+}
+
+/// The headers of a query's result: its format, the revision it read, and, when the whole
+/// result is known before the headers go, its size in ClickHouse's summary.
+fn result_headers(response: &mut Response, format: Format, node: &Replica, whole: Option<Moved>) {
     let headers = response.headers_mut();
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
+    headers.insert("x-clickhouse-format", HeaderValue::from_static(format.name()));
     headers.insert("x-tandem-revision", HeaderValue::from(node.applied_revision()));
-    Ok(response)
+    if let Some(moved) = whole {
+        let summary = crate::clickhouse_http::summary(0, 0, moved.rows, moved.bytes);
+        if let Ok(value) = HeaderValue::from_str(&summary) {
+            headers.insert("x-clickhouse-summary", value);
+        }
+    }
 }
 
 /// The rest of a streamed result.
@@ -601,20 +650,22 @@ fn ddl_done(revision: tandem_replica::Revision) -> Result<Response, NodeError> {
     Ok(response)
 }
 
-fn respond_rows(
-    format: Format,
-    schema: &datafusion::arrow::datatypes::SchemaRef,
-    batches: &[datafusion::arrow::array::RecordBatch],
+/// A small answer made whole before it is sent (SHOW, DESCRIBE, EXISTS), in the format the
+/// statement's `FORMAT` clause or `default_format` asks for.
+fn respond_batch(
+    params: &HashMap<String, String>,
+    format_clause: Option<&str>,
+    batch: datafusion::arrow::array::RecordBatch,
     started: Instant,
     node: &Replica,
 ) -> Result<Response, NodeError> {
-    let bytes = encode(format, schema, batches, started.elapsed().as_secs_f64())?;
-    let moved = Moved { rows: batches.iter().map(|b| b.num_rows() as u64).sum(), bytes: bytes.len() as u64 };
+    let format = output_format(params, format_clause)?;
+    let elapsed = started.elapsed().as_secs_f64();
+    let bytes = encode(format, &batch.schema(), std::slice::from_ref(&batch), elapsed, output_options(params)?)?;
+    let moved = Moved { rows: batch.num_rows() as u64, bytes: bytes.len() as u64 };
     let mut response = Response::new(Body::from(bytes));
     response.extensions_mut().insert(moved);
-    let headers = response.headers_mut();
-    headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
-    headers.insert("x-tandem-revision", HeaderValue::from(node.applied_revision()));
+    result_headers(&mut response, format, node, Some(moved));
     Ok(response)
 }
 
@@ -693,15 +744,8 @@ async fn run_insert(
     let summary = result.inspect_err(|_| {
         node.metrics().insert_errors.inc();
     })?;
-    let clickhouse_summary = serde_json::json!({
-        "read_rows": "0",
-        "read_bytes": "0",
-        "written_rows": summary.rows_written.to_string(),
-        "written_bytes": if summary.rows_written > 0 { bytes_in.to_string() } else { "0".to_string() },
-        "total_rows_to_read": "0",
-        "result_rows": "0",
-        "result_bytes": "0",
-    });
+    let written_bytes = if summary.rows_written > 0 { bytes_in as u64 } else { 0 };
+    let clickhouse_summary = crate::clickhouse_http::summary(summary.rows_written, written_bytes, 0, 0);
     let body = serde_json::to_vec(&summary).map_err(NodeError::internal)?;
     let mut response = Response::new(Body::from(body));
     response.extensions_mut().insert(Moved { rows: summary.rows_written, bytes: bytes_in as u64 });
@@ -710,7 +754,7 @@ async fn run_insert(
     headers.insert("x-tandem-revision", HeaderValue::from(summary.revision));
     headers
         .insert("x-tandem-deduplicated", HeaderValue::from_static(if summary.deduplicated { "true" } else { "false" }));
-    if let Ok(v) = HeaderValue::from_str(&clickhouse_summary.to_string()) {
+    if let Ok(v) = HeaderValue::from_str(&clickhouse_summary) {
         headers.insert("x-clickhouse-summary", v);
     }
     Ok(response)

@@ -3,19 +3,22 @@
 //! request authenticated and authorized by [`tandem_access::AccessControl`].
 //!
 //! - [`http`]: `/?query=` with settings as URL parameters, `/health`, `/ready`, `/drain`,
-//!   `/metrics`; [`body`]: reading and decompressing bodies; [`credentials`]: who a request
-//!   says it is.
+//!   `/metrics`; [`clickhouse_http`]: the `X-ClickHouse-*` headers, errors and response
+//!   compression ClickHouse's clients expect; [`body`]: reading and decompressing bodies;
+//!   [`credentials`]: who a request says it is; [`parameters`]: `{name:Type}` query parameters.
 //! - [`statement`]: which statement a request holds; DDL, user and grant, and INSERT parsing.
-//! - [`formats`]: input decoding and output encoding (JSONEachRow, CSV, TSV, Parquet, Arrow).
+//! - [`formats`]: input decoding and output encoding (the JSON family, CSV, TSV, Native,
+//!   RowBinary, Pretty, Parquet, Arrow).
 //! - [`insert`]: decoding an insert under the table's schema and handing it to the replica.
 //! - [`query`]: DataFusion over a snapshot of the replica's tables, with part pruning and the
-//!   `system` tables; [`functions`]: the SQL functions sessions get; [`execution`]: each
+//!   [`system_tables`]; [`functions`]: the SQL functions sessions get; [`execution`]: each
 //!   query's memory pool, deadline, result limits and slot; [`query_log`]: the statements
 //!   answered, for `system.query_log`.
 //! - [`state`]: what the handlers share; [`limits`]: every bound a request is held to; [`error`]: one error type and its one
 //!   mapping to an HTTP status.
 
 pub mod body;
+pub mod clickhouse_http;
 mod column_default;
 pub mod credentials;
 pub mod error;
@@ -27,10 +30,12 @@ mod fuzz;
 pub mod http;
 pub mod insert;
 pub mod limits;
+pub mod parameters;
 pub mod query;
 pub mod query_log;
 pub mod state;
 pub mod statement;
+pub mod system_tables;
 pub mod tls;
 
 use std::path::Path;

@@ -6,19 +6,17 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{
-    ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
-};
+use datafusion::arrow::array::{ArrayRef, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
-use datafusion::catalog::{MemorySchemaProvider, Session, TableProvider};
+use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::DataFusionError;
 use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::{Column, DFSchema, ScalarValue};
+use datafusion::datasource::TableType;
 use datafusion::datasource::file_format::FileFormat;
 use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
-use datafusion::datasource::{MemTable, TableType};
 use datafusion::error::Result as DfResult;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
@@ -37,10 +35,8 @@ use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
 use crate::error::NodeError;
-use crate::query_log::QueryLogEntry;
-use tandem_access::UserView;
 use tandem_replica::schema::TableDef;
-use tandem_replica::{ActivePart, NodeInfo, Replica, TableState};
+use tandem_replica::{ActivePart, Replica, TableState};
 
 /// One table's parts as of the query's start. Holding the parts keeps their files alive.
 ///
@@ -79,7 +75,11 @@ impl PartsTable {
             .values()
             .map(|part| LaidOutPart { layout: layout_of(&state.def, part), part: part.clone() })
             .collect();
-        PartsTable { def: state.def.clone(), schema: state.def.arrow_schema(), parts }
+        // Columns that are not Nullable are declared so: results say `String`, not
+        // `Nullable(String)`, for them.
+        let fields: Vec<Field> =
+            state.def.columns.iter().map(|c| Field::new(&c.name, c.column_type.arrow(), c.nullable)).collect();
+        PartsTable { def: state.def.clone(), schema: Arc::new(Schema::new(fields)), parts }
     }
 
     /// Parts that the filters cannot rule out by their manifest's min/max statistics.
@@ -122,7 +122,11 @@ impl PartsTable {
         for (i, file) in layout.iter().enumerate() {
             if let Some(name) = file {
                 file_index[i] = Some(file_fields.len());
-                file_fields.push(Field::new(name, self.def.columns[i].column_type.arrow(), true));
+                file_fields.push(Field::new(
+                    name,
+                    self.def.columns[i].column_type.arrow(),
+                    self.def.columns[i].nullable,
+                ));
             }
         }
         let file_schema = Arc::new(Schema::new(file_fields));
@@ -278,28 +282,15 @@ impl PruningStatistics for ManifestStatistics<'_> {
     }
 }
 
-/// What the `system.replicas` table shows about the other nodes (read from the coordinator
-/// only when a query asks for it).
-#[derive(Clone, Debug, Default)]
-pub struct ClusterView {
-    pub nodes: Vec<NodeInfo>,
-    pub cluster_revision: Option<i64>,
-}
-
 /// The table functions every session has (`generate_series`, `range`, ...), named once.
 static TABLE_FUNCTIONS: std::sync::LazyLock<std::collections::HashSet<String>> = std::sync::LazyLock::new(|| {
     SessionStateBuilder::new().with_default_features().build().table_functions().keys().cloned().collect()
 });
 
-/// The tables of the `system` schema.
-const SYSTEM_TABLES: [&str; 7] = ["parts", "tables", "replicas", "replication_queue", "users", "grants", "query_log"];
-
-/// The `system` tables that show users, grants and everyone's statements: readable only with
-/// ACCESS MANAGEMENT.
-pub const ACCESS_TABLES: [&str; 3] = ["users", "grants", "query_log"];
-
 fn session_config() -> SessionConfig {
-    let mut config = SessionConfig::new().with_information_schema(false);
+    // Tables are in ClickHouse's one database, `default` (`default.t` names `t`).
+    let mut config =
+        SessionConfig::new().with_information_schema(false).with_default_catalog_and_schema("datafusion", "default");
     // Table and column names are case-sensitive, as in ClickHouse.
     config.options_mut().sql_parser.enable_ident_normalization = false;
     config
@@ -317,7 +308,10 @@ impl ParsedQuery {
     pub fn parse(sql: &str) -> Result<Self, NodeError> {
         let state = SessionStateBuilder::new().with_config(session_config()).build();
         let dialect = state.config().options().sql_parser.dialect;
-        let statement = state.sql_to_statement(sql, &dialect)?;
+        let mut statement = state.sql_to_statement(sql, &dialect)?;
+        if let datafusion::sql::parser::Statement::Statement(inner) = &mut statement {
+            crate::functions::rewrite_clickhouse_syntax(inner)?;
+        }
         let mut tables = state.resolve_table_references(&statement)?;
         // `generate_series(...)` and the like are named like tables but are functions.
         tables.retain(|t| t.schema().is_some() || !TABLE_FUNCTIONS.contains(t.table()));
@@ -346,7 +340,8 @@ impl ParsedQuery {
         for reference in &self.tables {
             let known = match reference.schema() {
                 None => tables.contains_key(reference.table()),
-                Some("system") => SYSTEM_TABLES.contains(&reference.table()),
+                Some("default") => tables.contains_key(reference.table()),
+                Some("system") => crate::system_tables::SYSTEM_TABLES.contains(&reference.table()),
                 // Other schemas are DataFusion's to resolve (and to refuse).
                 Some(_) => true,
             };
@@ -358,305 +353,24 @@ impl ParsedQuery {
     }
 }
 
-/// What the `system` tables show besides the catalog snapshot, gathered only for queries that
-/// read them.
-pub struct SystemView {
-    /// What `system.replicas` shows of the other nodes.
-    pub cluster: ClusterView,
-    pub users: Vec<UserView>,
-    pub queries: Vec<QueryLogEntry>,
-}
-
 /// A DataFusion session over a catalog snapshot, with the `system` tables when `system` is
 /// given.
 pub fn session(
     node: &Replica,
     tables: &BTreeMap<String, Arc<TableState>>,
-    system: Option<&SystemView>,
+    system: Option<&crate::system_tables::SystemView>,
     runtime: Arc<RuntimeEnv>,
 ) -> Result<SessionContext, NodeError> {
     let ctx = SessionContext::new_with_config_rt(session_config(), runtime);
-    crate::functions::register_bounded(&ctx);
+    crate::functions::register(&ctx);
     for (name, state) in tables {
         ctx.register_table(name.as_str(), Arc::new(PartsTable::new(state)))?;
     }
     // The system tables copy the whole catalog: built only for queries that name them.
     if let Some(system) = system {
-        let schema = Arc::new(MemorySchemaProvider::new());
-        let default_catalog = ctx.catalog("datafusion").ok_or_else(|| NodeError::internal("no default catalog"))?;
-        default_catalog.register_schema("system", schema)?;
-        ctx.register_table("system.parts", Arc::new(system_parts(node, tables)?))?;
-        ctx.register_table("system.tables", Arc::new(system_tables(tables)?))?;
-        ctx.register_table("system.replicas", Arc::new(system_replicas(node, tables, &system.cluster)?))?;
-        ctx.register_table("system.replication_queue", Arc::new(system_replication_queue(node, tables)?))?;
-        ctx.register_table("system.users", Arc::new(system_users(&system.users)?))?;
-        ctx.register_table("system.grants", Arc::new(system_grants(&system.users)?))?;
-        ctx.register_table("system.query_log", Arc::new(system_query_log(&system.queries)?))?;
+        crate::system_tables::register(&ctx, node, tables, system)?;
     }
     Ok(ctx)
-}
-
-fn mem_table(columns: Vec<(&str, ArrayRef)>) -> Result<MemTable, NodeError> {
-    let schema = Arc::new(Schema::new(
-        columns.iter().map(|(name, array)| Field::new(*name, array.data_type().clone(), true)).collect::<Vec<_>>(),
-    ));
-    let batch = RecordBatch::try_new(schema.clone(), columns.into_iter().map(|(_, a)| a).collect())
-        .map_err(NodeError::internal)?;
-    MemTable::try_new(schema, vec![vec![batch]]).map_err(NodeError::from)
-}
-
-/// Every user (the password hash is never shown, only its scheme).
-fn system_users(users: &[UserView]) -> Result<MemTable, NodeError> {
-    let strings = |values: Vec<String>| Arc::new(StringArray::from(values)) as ArrayRef;
-    mem_table(vec![
-        ("name", strings(users.iter().map(|u| u.name.clone()).collect())),
-        ("storage", strings(vec!["coordinator".to_string(); users.len()])),
-        ("auth_type", strings(users.iter().map(|u| u.auth_type.clone()).collect())),
-    ])
-}
-
-/// Every grant, one row per user, privilege and scope, with ClickHouse's columns (`NULL`
-/// database or table: every one).
-fn system_grants(users: &[UserView]) -> Result<MemTable, NodeError> {
-    let grants: Vec<(&str, &tandem_access::Grant)> =
-        users.iter().flat_map(|u| u.grants.iter().map(move |g| (u.name.as_str(), g))).collect();
-    let scopes: Vec<_> = grants.iter().map(|(_, g)| g.scope.database_and_table()).collect();
-    mem_table(vec![
-        ("user_name", Arc::new(StringArray::from(grants.iter().map(|(u, _)| *u).collect::<Vec<_>>()))),
-        (
-            "access_type",
-            Arc::new(StringArray::from(grants.iter().map(|(_, g)| g.privilege.name()).collect::<Vec<_>>())),
-        ),
-        ("database", Arc::new(StringArray::from(scopes.iter().map(|(d, _)| *d).collect::<Vec<_>>()))),
-        ("table", Arc::new(StringArray::from(scopes.iter().map(|(_, t)| *t).collect::<Vec<_>>()))),
-        ("grant_option", Arc::new(BooleanArray::from(vec![false; grants.len()]))),
-    ])
-}
-
-/// The statements this node answered, oldest first.
-fn system_query_log(queries: &[QueryLogEntry]) -> Result<MemTable, NodeError> {
-    let errors: Vec<Option<&(&str, String)>> = queries.iter().map(|q| q.error.as_ref()).collect();
-    mem_table(vec![
-        (
-            "event_time",
-            Arc::new(TimestampMillisecondArray::from(queries.iter().map(|q| q.event_time_ms).collect::<Vec<_>>())),
-        ),
-        ("user", Arc::new(StringArray::from(queries.iter().map(|q| q.user.as_str()).collect::<Vec<_>>()))),
-        ("query_kind", Arc::new(StringArray::from(queries.iter().map(|q| q.kind).collect::<Vec<_>>()))),
-        ("query", Arc::new(StringArray::from(queries.iter().map(|q| q.query.as_str()).collect::<Vec<_>>()))),
-        ("status", Arc::new(UInt64Array::from(queries.iter().map(|q| u64::from(q.status)).collect::<Vec<_>>()))),
-        ("exception_code", Arc::new(StringArray::from(errors.iter().map(|e| e.map(|e| e.0)).collect::<Vec<_>>()))),
-        ("exception", Arc::new(StringArray::from(errors.iter().map(|e| e.map(|e| e.1.as_str())).collect::<Vec<_>>()))),
-        ("rows", Arc::new(UInt64Array::from(queries.iter().map(|q| q.rows).collect::<Vec<_>>()))),
-        ("bytes", Arc::new(UInt64Array::from(queries.iter().map(|q| q.bytes).collect::<Vec<_>>()))),
-        (
-            "query_duration_ms",
-            Arc::new(Float64Array::from(queries.iter().map(|q| q.duration.as_secs_f64() * 1000.0).collect::<Vec<_>>())),
-        ),
-    ])
-}
-
-fn system_parts(node: &Replica, tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable, NodeError> {
-    let mut table = Vec::new();
-    let mut name = Vec::new();
-    let mut partition = Vec::new();
-    let mut active = Vec::new();
-    let mut rows = Vec::new();
-    let mut bytes = Vec::new();
-    let mut level = Vec::new();
-    let mut revision = Vec::new();
-    let mut block_id = Vec::new();
-    let mut written_by = Vec::new();
-    let mut in_object_store = Vec::new();
-    let mut min_revision = Vec::new();
-    let mut max_revision = Vec::new();
-    let mut replaced_by: Vec<Option<String>> = Vec::new();
-    let mut problem: Vec<Option<String>> = Vec::new();
-    for (t, state) in tables {
-        let active_parts = state.parts.values().map(|p| (p.id, &p.manifest, p.revision, true, None, p.replaced_by));
-        let pending_parts = state.pending.values().map(|p| {
-            let reason = p.last_error.clone().unwrap_or_else(|| "not on this node yet; fetching".to_string());
-            (p.id, &p.manifest, p.revision, false, Some(reason), None)
-        });
-        for (id, manifest, rev, is_active, reason, replacement) in active_parts.chain(pending_parts) {
-            let (low, high) = manifest.revision_range.unwrap_or((rev, rev));
-            min_revision.push(Some(low));
-            max_revision.push(Some(high));
-            replaced_by.push(replacement.map(|m| m.to_string()));
-            table.push(Some(t.clone()));
-            name.push(Some(id.to_string()));
-            partition.push(Some(manifest.partition.clone()));
-            active.push(Some(is_active));
-            rows.push(Some(manifest.rows));
-            bytes.push(Some(manifest.bytes));
-            level.push(Some(u64::from(manifest.level)));
-            revision.push(Some(rev));
-            block_id.push(manifest.block_id.clone());
-            written_by.push(manifest.node.clone());
-            in_object_store.push(Some(node.in_object_store(&id)));
-            problem.push(reason);
-        }
-    }
-    for part in node.broken_parts() {
-        table.push(Some(part.table));
-        name.push(Some(part.id.to_string()));
-        partition.push(None);
-        active.push(Some(false));
-        rows.push(None);
-        bytes.push(None);
-        level.push(None);
-        revision.push(None);
-        block_id.push(None);
-        written_by.push(None);
-        in_object_store.push(None);
-        min_revision.push(None);
-        max_revision.push(None);
-        replaced_by.push(None);
-        problem.push(Some(part.reason));
-    }
-    mem_table(vec![
-        ("table", Arc::new(StringArray::from(table))),
-        ("name", Arc::new(StringArray::from(name))),
-        ("partition", Arc::new(StringArray::from(partition))),
-        ("active", Arc::new(BooleanArray::from(active))),
-        ("rows", Arc::new(UInt64Array::from(rows))),
-        ("bytes", Arc::new(UInt64Array::from(bytes))),
-        ("level", Arc::new(UInt64Array::from(level))),
-        ("revision", Arc::new(Int64Array::from(revision))),
-        ("block_id", Arc::new(StringArray::from(block_id))),
-        ("written_by", Arc::new(StringArray::from(written_by))),
-        ("in_object_store", Arc::new(BooleanArray::from(in_object_store))),
-        ("min_revision", Arc::new(Int64Array::from(min_revision))),
-        ("max_revision", Arc::new(Int64Array::from(max_revision))),
-        ("replaced_by", Arc::new(StringArray::from(replaced_by))),
-        ("problem", Arc::new(StringArray::from(problem))),
-    ])
-}
-
-fn system_tables(tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable, NodeError> {
-    let states: Vec<_> = tables.values().collect();
-    mem_table(vec![
-        ("name", Arc::new(StringArray::from(states.iter().map(|s| s.def.name.clone()).collect::<Vec<_>>()))),
-        (
-            "sorting_key",
-            Arc::new(StringArray::from(states.iter().map(|s| s.def.order_by.join(", ")).collect::<Vec<_>>())),
-        ),
-        (
-            "partition_key",
-            Arc::new(StringArray::from(states.iter().map(|s| s.def.partition_by.expression()).collect::<Vec<_>>())),
-        ),
-        ("schema_version", Arc::new(Int64Array::from(states.iter().map(|s| s.version).collect::<Vec<_>>()))),
-        ("active_parts", Arc::new(UInt64Array::from(states.iter().map(|s| s.parts.len() as u64).collect::<Vec<_>>()))),
-        (
-            "pending_parts",
-            Arc::new(UInt64Array::from(states.iter().map(|s| s.pending.len() as u64).collect::<Vec<_>>())),
-        ),
-        (
-            "total_rows",
-            Arc::new(UInt64Array::from(
-                states.iter().map(|s| s.parts.values().map(|p| p.manifest.rows).sum()).collect::<Vec<u64>>(),
-            )),
-        ),
-        (
-            "settings",
-            Arc::new(StringArray::from(
-                states.iter().map(|s| serde_json::to_string(&s.def.settings).unwrap_or_default()).collect::<Vec<_>>(),
-            )),
-        ),
-    ])
-}
-
-/// Replication state of the local node, measured, and of the other live nodes, as they last
-/// reported it.
-fn system_replicas(
-    node: &Replica,
-    tables: &BTreeMap<String, Arc<TableState>>,
-    cluster: &ClusterView,
-) -> Result<MemTable, NodeError> {
-    let me = node.node_id();
-    let (pending, lag_seconds) = tandem_replica::replication_lag(tables);
-    let complete = node.complete_revision();
-    let mut node_id = vec![Some(me.to_string())];
-    let mut is_local = vec![Some(true)];
-    let mut grpc_addr = vec![Some(node.grpc_addr())];
-    let mut applied = vec![Some(node.applied_revision())];
-    let mut complete_revision = vec![Some(complete)];
-    let mut pending_parts = vec![Some(pending)];
-    let mut lag_revisions = vec![cluster.cluster_revision.map(|r| (r - complete).max(0))];
-    let mut lag_secs = vec![Some(lag_seconds)];
-    for other in cluster.nodes.iter().filter(|n| n.node_id != me) {
-        node_id.push(Some(other.node_id.clone()));
-        is_local.push(Some(false));
-        grpc_addr.push(Some(other.grpc_addr.clone()));
-        applied.push(Some(other.data_revision));
-        complete_revision.push(Some(other.complete_revision));
-        pending_parts.push(None);
-        lag_revisions.push(cluster.cluster_revision.map(|r| (r - other.complete_revision).max(0)));
-        lag_secs.push(None);
-    }
-    mem_table(vec![
-        ("node_id", Arc::new(StringArray::from(node_id))),
-        ("is_local", Arc::new(BooleanArray::from(is_local))),
-        ("grpc_addr", Arc::new(StringArray::from(grpc_addr))),
-        ("applied_revision", Arc::new(Int64Array::from(applied))),
-        ("complete_revision", Arc::new(Int64Array::from(complete_revision))),
-        ("pending_parts", Arc::new(UInt64Array::from(pending_parts))),
-        ("lag_revisions", Arc::new(Int64Array::from(lag_revisions))),
-        ("lag_seconds", Arc::new(Float64Array::from(lag_secs))),
-    ])
-}
-
-/// Parts being fetched (`kind = 'fetch'`) and merges running on this node (`kind` starts with
-/// `merge`; `part` is the merged part when known).
-fn system_replication_queue(node: &Replica, tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable, NodeError> {
-    let mut kind = Vec::new();
-    let mut table = Vec::new();
-    let mut partition = Vec::new();
-    let mut part: Vec<Option<String>> = Vec::new();
-    let mut revision: Vec<Option<i64>> = Vec::new();
-    let mut bytes = Vec::new();
-    let mut attempts = Vec::new();
-    let mut waiting = Vec::new();
-    let mut last_error: Vec<Option<String>> = Vec::new();
-    let mut lost = Vec::new();
-    for (name, state) in tables {
-        for pending in state.pending.values() {
-            lost.push(pending.lost);
-            kind.push("fetch".to_string());
-            table.push(name.clone());
-            partition.push(pending.manifest.partition.clone());
-            part.push(Some(pending.id.to_string()));
-            revision.push(Some(pending.revision));
-            bytes.push(pending.manifest.bytes);
-            attempts.push(u64::from(pending.attempts));
-            waiting.push(pending.since.elapsed().as_secs_f64());
-            last_error.push(pending.last_error.clone());
-        }
-    }
-    for merge in node.running_merges() {
-        kind.push(format!("merge ({}, {} parts)", merge.role, merge.sources));
-        table.push(merge.table);
-        partition.push(merge.partition);
-        part.push(merge.merged.map(|m| m.to_string()));
-        revision.push(None);
-        bytes.push(merge.bytes);
-        attempts.push(0);
-        waiting.push(merge.started.elapsed().as_secs_f64());
-        lost.push(false);
-        last_error.push(None);
-    }
-    mem_table(vec![
-        ("kind", Arc::new(StringArray::from(kind))),
-        ("table", Arc::new(StringArray::from(table))),
-        ("partition", Arc::new(StringArray::from(partition))),
-        ("part", Arc::new(StringArray::from(part))),
-        ("revision", Arc::new(Int64Array::from(revision))),
-        ("bytes", Arc::new(UInt64Array::from(bytes))),
-        ("attempts", Arc::new(UInt64Array::from(attempts))),
-        ("waiting_seconds", Arc::new(Float64Array::from(waiting))),
-        ("lost", Arc::new(BooleanArray::from(lost))),
-        ("last_error", Arc::new(StringArray::from(last_error))),
-    ])
 }
 
 /// Plans a query and starts it: its schema and the stream of its result batches, produced as

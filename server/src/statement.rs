@@ -28,16 +28,46 @@ use crate::error::NodeError;
 /// `GRANT` or `REVOKE`; `ShowGrants` without a user shows the caller's own.
 #[derive(Debug)]
 pub enum Statement {
-    CreateTable { def: TableDef, if_not_exists: bool },
-    Alter { table: String, actions: Vec<AlterAction> },
-    DropTable { name: String, if_exists: bool },
-    ShowTables { format: Option<String> },
-    Describe { name: String, format: Option<String> },
+    CreateTable {
+        def: TableDef,
+        if_not_exists: bool,
+    },
+    Alter {
+        table: String,
+        actions: Vec<AlterAction>,
+    },
+    DropTable {
+        name: String,
+        if_exists: bool,
+    },
+    ShowTables {
+        format: Option<String>,
+    },
+    ShowDatabases {
+        format: Option<String>,
+    },
+    /// `EXISTS [TABLE] t`: 1 when the table exists, 0 otherwise.
+    Exists {
+        name: String,
+        format: Option<String>,
+    },
+    Describe {
+        name: String,
+        format: Option<String>,
+    },
     Insert(InsertStatement),
-    Select { sql: String, format: Option<String> },
+    Select {
+        sql: String,
+        format: Option<String>,
+    },
     Access(AccessChange),
-    ShowUsers { format: Option<String> },
-    ShowGrants { user: Option<String>, format: Option<String> },
+    ShowUsers {
+        format: Option<String>,
+    },
+    ShowGrants {
+        user: Option<String>,
+        format: Option<String>,
+    },
 }
 
 impl Statement {
@@ -47,6 +77,8 @@ impl Statement {
             self,
             Statement::Select { .. }
                 | Statement::ShowTables { .. }
+                | Statement::ShowDatabases { .. }
+                | Statement::Exists { .. }
                 | Statement::Describe { .. }
                 | Statement::ShowUsers { .. }
                 | Statement::ShowGrants { .. }
@@ -60,6 +92,8 @@ impl Statement {
             Statement::Alter { .. } => "ALTER TABLE",
             Statement::DropTable { .. } => "DROP TABLE",
             Statement::ShowTables { .. } => "SHOW TABLES",
+            Statement::ShowDatabases { .. } => "SHOW DATABASES",
+            Statement::Exists { .. } => "EXISTS",
             Statement::Describe { .. } => "DESCRIBE",
             Statement::Insert(_) => "INSERT",
             Statement::Select { .. } => "SELECT",
@@ -163,6 +197,16 @@ pub fn parse_with(text: &str, options: &ParseOptions) -> Result<Statement, NodeE
         ["CREATE", "TABLE"] => parse_create_table(sql, options),
         ["DROP", "TABLE"] => parse_drop_table(sql),
         ["SHOW", "TABLES"] => Ok(Statement::ShowTables { format: split_format(sql).1 }),
+        ["SHOW", "DATABASES"] => Ok(Statement::ShowDatabases { format: split_format(sql).1 }),
+        ["EXISTS", ..] => {
+            let (body, format) = split_format(sql);
+            let mut parser = parser(body)?;
+            parser.next_token();
+            let _optional = parser.parse_keyword(Keyword::TABLE);
+            let name = table_name(&mut parser)?;
+            expect_end(&mut parser)?;
+            Ok(Statement::Exists { name, format })
+        }
         ["DESCRIBE" | "DESC", ..] => {
             let (body, format) = split_format(sql);
             let mut parser = parser(body)?;

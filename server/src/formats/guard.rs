@@ -48,6 +48,29 @@ pub fn check_json_depth(data: &[u8]) -> Result<(), NodeError> {
     Ok(())
 }
 
+/// The messages of an Arrow IPC file (`ARROW1`, padding, the stream's messages, the footer, its
+/// length, `ARROW1`), to be read as a stream: the footer only indexes them.
+pub fn arrow_file_messages(data: &[u8]) -> Result<bytes::Bytes, NodeError> {
+    const MAGIC: &[u8] = b"ARROW1";
+    let bad = |what: &str| NodeError::bad_request(format!("the body is not an Arrow IPC file: {what}"));
+    let len = data.len();
+    if len < 18 || !data.starts_with(MAGIC) || !data.ends_with(MAGIC) {
+        return Err(bad("it does not start and end with ARROW1"));
+    }
+    let footer_len: [u8; 4] =
+        data.get(len - 10..len - 6).and_then(|b| b.try_into().ok()).ok_or_else(|| bad("no footer"))?;
+    let footer_len = usize::try_from(i32::from_le_bytes(footer_len)).map_err(|_| bad("a negative footer length"))?;
+    let end = (len - 10)
+        .checked_sub(footer_len)
+        .filter(|end| *end >= 8)
+        .ok_or_else(|| bad("the footer is longer than the file"))?;
+    let messages = data.get(8..end).ok_or_else(|| bad("no messages"))?;
+    // Writers may pad the magic to a wider alignment (arrow-rs: 64 bytes) with zeros; messages
+    // start 8-byte aligned, so the padding is whole 8-byte words.
+    let padding = messages.iter().take_while(|b| **b == 0).count() / 8 * 8;
+    Ok(bytes::Bytes::copy_from_slice(messages.get(padding..).unwrap_or_default()))
+}
+
 /// Walks the messages of an Arrow IPC stream and checks every length they declare against the
 /// bytes that are really there, before the reader allocates for them; a record batch's row
 /// count and compressed buffers' decompressed sizes are held to the insert's budget.

@@ -75,7 +75,7 @@ async fn a_row_inserted_on_one_node_is_read_on_the_others() {
         .request("SELECT id, host, v FROM t FORMAT CSV", &[("after_revision", &revision)], Vec::new())
         .await
         .ok();
-    assert_eq!(answer.text(), "7,web,1.5\n");
+    assert_eq!(answer.text(), "7,\"web\",1.5\n");
     cluster.nodes[1].wait_for("SELECT host FROM t WHERE id = 7", "web", CONVERGE).await;
     assert_converged(&cluster, 1).await;
     let written_by = cluster.nodes[1].sql("SELECT written_by FROM system.parts").await;
@@ -285,8 +285,8 @@ async fn replication_state_is_visible() {
         .await;
     let lines: Vec<_> = replicas.lines().collect();
     assert_eq!(lines.len(), 2, "{replicas}");
-    assert!(lines[0].starts_with("n1,true,0,"), "{replicas}");
-    assert!(lines[1].starts_with("n2,false,"), "{replicas}");
+    assert!(lines[0].starts_with("\"n1\",true,0,"), "{replicas}");
+    assert!(lines[1].starts_with("\"n2\",false,"), "{replicas}");
     let metrics = cluster.nodes[1].get("metrics").await.text();
     for name in ["tandem_replication_lag_seconds", "tandem_replication_lag_revisions", "tandem_fetch_bytes_total"] {
         assert!(metrics.contains(name), "{name} missing:\n{metrics}");

@@ -9,7 +9,10 @@ async fn create_describe_show_drop() {
     node.sql("CREATE TABLE logs (ts DateTime64(3), line String) ORDER BY ts").await;
     assert_eq!(node.sql("SHOW TABLES").await, "logs\nmetrics\n");
     let describe = node.sql("DESCRIBE TABLE metrics FORMAT CSV").await;
-    let types: Vec<_> = describe.lines().map(|l| l.split(',').take(2).collect::<Vec<_>>().join(" ")).collect();
+    let types: Vec<_> = describe
+        .lines()
+        .map(|l| l.split(',').take(2).map(|f| f.trim_matches('"')).collect::<Vec<_>>().join(" "))
+        .collect();
     assert_eq!(types, ["ts DateTime64(6)", "name String", "value Float64", "n Int64", "flag Bool"]);
 
     node.insert("logs", "TSV", "2024-01-01 00:00:00\thello\n").await;

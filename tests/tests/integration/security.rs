@@ -138,6 +138,22 @@ async fn https_serves_the_api_and_a_renewed_certificate_without_a_restart() {
     assert_eq!(String::from_utf8_lossy(&trusted.stdout).trim(), "1", "{}", String::from_utf8_lossy(&trusted.stderr));
     assert!(!curl(&[]).status.success(), "curl without the CA refuses the certificate");
 
+    // ClickHouse's Python client with secure=True, trusting the CA; and not trusting it.
+    let python = std::env::var("TANDEM_TEST_PYTHON").unwrap_or_else(|_| "python3".to_string());
+    let connect = |ca: &Path| {
+        let script = format!(
+            "import clickhouse_connect\nclient = clickhouse_connect.get_client(host='127.0.0.1', port={}, \
+             secure=True, ca_cert='{}')\nprint(client.command('SELECT count() FROM t'))",
+            addr.port(),
+            ca.display()
+        );
+        Command::new(&python).args(["-c", &script]).output().expect("python runs")
+    };
+    let secure = connect(&new.ca);
+    let stderr = String::from_utf8_lossy(&secure.stderr);
+    assert_eq!(String::from_utf8_lossy(&secure.stdout).trim(), "2", "clickhouse-connect over HTTPS: {stderr}");
+    assert!(!connect(&old.ca).status.success(), "clickhouse-connect refuses a certificate its CA did not sign");
+
     // `tandem drain` over HTTPS, trusting the CA (a lone node never drains: it answers 503 with
     // its report, which shows the request got through).
     let drain = |ca: &Path| {

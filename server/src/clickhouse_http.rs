@@ -1,0 +1,229 @@
+//! What ClickHouse's HTTP interface adds around every answer, and clients read: the
+//! `X-ClickHouse-*` headers (query id, time zone, server name, summary, exception code), errors
+//! in `Code: N. DB::Exception: ...` form, and response bodies compressed as
+//! `enable_http_compression=1` with an `Accept-Encoding` asks (gzip, deflate, zstd, lz4).
+
+use std::collections::HashMap;
+use std::io::Write;
+
+use axum::body::Body;
+use axum::http::{HeaderMap, HeaderValue, header};
+use axum::response::Response;
+use bytes::Bytes;
+use futures::StreamExt;
+
+/// The time zone every date and time is read and shown in.
+pub const SERVER_TIMEZONE: &str = "UTC";
+
+/// The ClickHouse version whose HTTP behaviour tandem follows, as `version()` answers it:
+/// clients gate features on it.
+pub const CLICKHOUSE_VERSION: &str = "24.8.1.1";
+
+/// The parts of a request that shape its answer's envelope, read before anything can fail.
+pub struct Exchange {
+    query_id: HeaderValue,
+    compression: Option<Compression>,
+}
+
+impl Exchange {
+    pub fn of(params: &HashMap<String, String>, headers: &HeaderMap) -> Exchange {
+        let given = params.get("query_id").filter(|id| !id.is_empty() && id.len() <= 256);
+        let query_id = given.and_then(|id| HeaderValue::from_str(id).ok()).unwrap_or_else(|| {
+            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).unwrap_or(HeaderValue::from_static(""))
+        });
+        let enabled = params.get("enable_http_compression").is_some_and(|v| v == "1" || v == "true");
+        let compression = if enabled { Compression::negotiate(headers) } else { None };
+        Exchange { query_id, compression }
+    }
+}
+
+/// Adds the headers every answer carries and, for a successful one, compresses its body.
+pub fn finish_response(mut response: Response, exchange: &Exchange) -> Response {
+    let headers = response.headers_mut();
+    headers.insert("x-clickhouse-query-id", exchange.query_id.clone());
+    headers.insert("x-clickhouse-timezone", HeaderValue::from_static(SERVER_TIMEZONE));
+    match (exchange.compression, response.status().is_success()) {
+        (Some(compression), true) => compress(response, compression),
+        _ => response,
+    }
+}
+
+/// `X-ClickHouse-Summary`: what a statement read and wrote, as ClickHouse's JSON of strings.
+pub fn summary(written_rows: u64, written_bytes: u64, result_rows: u64, result_bytes: u64) -> String {
+    serde_json::json!({
+        "read_rows": "0",
+        "read_bytes": "0",
+        "written_rows": written_rows.to_string(),
+        "written_bytes": written_bytes.to_string(),
+        "total_rows_to_read": "0",
+        "result_rows": result_rows.to_string(),
+        "result_bytes": result_bytes.to_string(),
+    })
+    .to_string()
+}
+
+/// An encoding of response bodies.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compression {
+    Gzip,
+    Deflate,
+    Zstd,
+    /// The LZ4 frame format, as ClickHouse and its clients mean by `lz4`.
+    Lz4,
+}
+
+impl Compression {
+    /// The first encoding of `Accept-Encoding` tandem can write (clients list theirs in order
+    /// of preference); `q=0` excludes one.
+    fn negotiate(headers: &HeaderMap) -> Option<Compression> {
+        let accepted = headers.get(header::ACCEPT_ENCODING)?.to_str().ok()?;
+        accepted.split(',').find_map(|item| {
+            let mut parts = item.split(';');
+            let name = parts.next()?.trim().to_ascii_lowercase();
+            let refused =
+                parts.any(|p| matches!(p.trim().replace(' ', "").as_str(), "q=0" | "q=0.0" | "q=0.00" | "q=0.000"));
+            if refused {
+                return None;
+            }
+            match name.as_str() {
+                "gzip" | "x-gzip" => Some(Compression::Gzip),
+                "deflate" => Some(Compression::Deflate),
+                "zstd" => Some(Compression::Zstd),
+                "lz4" => Some(Compression::Lz4),
+                _ => None,
+            }
+        })
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Compression::Gzip => "gzip",
+            Compression::Deflate => "deflate",
+            Compression::Zstd => "zstd",
+            Compression::Lz4 => "lz4",
+        }
+    }
+}
+
+/// A compressor that hands out its output as it is produced, so a streamed result stays
+/// streamed.
+enum Compressor {
+    Gzip(flate2::write::GzEncoder<Vec<u8>>),
+    Deflate(flate2::write::ZlibEncoder<Vec<u8>>),
+    Zstd(zstd::stream::write::Encoder<'static, Vec<u8>>),
+    Lz4(lz4_flex::frame::FrameEncoder<Vec<u8>>),
+}
+
+impl Compressor {
+    fn new(compression: Compression) -> std::io::Result<Compressor> {
+        Ok(match compression {
+            Compression::Gzip => {
+                Compressor::Gzip(flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast()))
+            }
+            Compression::Deflate => {
+                Compressor::Deflate(flate2::write::ZlibEncoder::new(Vec::new(), flate2::Compression::fast()))
+            }
+            Compression::Zstd => Compressor::Zstd(zstd::stream::write::Encoder::new(Vec::new(), 1)?),
+            Compression::Lz4 => Compressor::Lz4(lz4_flex::frame::FrameEncoder::new(Vec::new())),
+        })
+    }
+
+    /// Compresses `chunk`, returning what the compressor has written so far.
+    fn write(&mut self, chunk: &[u8]) -> std::io::Result<Vec<u8>> {
+        Ok(match self {
+            Compressor::Gzip(e) => {
+                e.write_all(chunk)?;
+                std::mem::take(e.get_mut())
+            }
+            Compressor::Deflate(e) => {
+                e.write_all(chunk)?;
+                std::mem::take(e.get_mut())
+            }
+            Compressor::Zstd(e) => {
+                e.write_all(chunk)?;
+                std::mem::take(e.get_mut())
+            }
+            Compressor::Lz4(e) => {
+                e.write_all(chunk)?;
+                std::mem::take(e.get_mut())
+            }
+        })
+    }
+
+    fn finish(self) -> std::io::Result<Vec<u8>> {
+        match self {
+            Compressor::Gzip(e) => e.finish(),
+            Compressor::Deflate(e) => e.finish(),
+            Compressor::Zstd(e) => e.finish(),
+            Compressor::Lz4(e) => e.finish().map_err(std::io::Error::other),
+        }
+    }
+}
+
+fn compress(response: Response, compression: Compression) -> Response {
+    let Ok(compressor) = Compressor::new(compression) else { return response };
+    let (mut parts, body) = response.into_parts();
+    parts.headers.remove(header::CONTENT_LENGTH);
+    parts.headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static(compression.name()));
+    let stream = body.into_data_stream();
+    let compressed = futures::stream::unfold(Some((stream, compressor)), |state| async move {
+        let (mut stream, mut compressor) = state?;
+        loop {
+            match stream.next().await {
+                Some(Ok(chunk)) => match compressor.write(&chunk) {
+                    Ok(out) if out.is_empty() => continue,
+                    Ok(out) => return Some((Ok(Bytes::from(out)), Some((stream, compressor)))),
+                    Err(e) => return Some((Err(e), None)),
+                },
+                // An aborted result stays aborted: the client must not take it for a whole one.
+                Some(Err(e)) => return Some((Err(std::io::Error::other(e)), None)),
+                None => return Some((compressor.finish().map(Bytes::from), None)),
+            }
+        }
+    });
+    Response::from_parts(parts, Body::from_stream(compressed))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::io::Read;
+
+    use super::*;
+
+    fn accepting(value: &str) -> HeaderMap {
+        let mut headers = HeaderMap::new();
+        headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(value).unwrap());
+        headers
+    }
+
+    #[test]
+    fn the_first_encoding_tandem_writes_wins() {
+        assert_eq!(Compression::negotiate(&accepting("lz4,zstd,br,gzip,deflate")), Some(Compression::Lz4));
+        assert_eq!(Compression::negotiate(&accepting("br, gzip;q=0.8")), Some(Compression::Gzip));
+        assert_eq!(Compression::negotiate(&accepting("gzip;q=0, zstd")), Some(Compression::Zstd));
+        assert_eq!(Compression::negotiate(&accepting("br")), None);
+    }
+
+    #[test]
+    fn compressed_streams_decompress_to_their_input() {
+        let input: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        for compression in [Compression::Gzip, Compression::Deflate, Compression::Zstd, Compression::Lz4] {
+            let mut compressor = Compressor::new(compression).unwrap();
+            let mut out = Vec::new();
+            for chunk in input.chunks(7_000) {
+                out.extend(compressor.write(chunk).unwrap());
+            }
+            out.extend(compressor.finish().unwrap());
+            let mut back = Vec::new();
+            match compression {
+                Compression::Gzip => flate2::read::GzDecoder::new(&out[..]).read_to_end(&mut back).unwrap(),
+                Compression::Deflate => flate2::read::ZlibDecoder::new(&out[..]).read_to_end(&mut back).unwrap(),
+                Compression::Zstd => {
+                    zstd::stream::read::Decoder::new(&out[..]).unwrap().read_to_end(&mut back).unwrap()
+                }
+                Compression::Lz4 => lz4_flex::frame::FrameDecoder::new(&out[..]).read_to_end(&mut back).unwrap(),
+            };
+            assert_eq!(back, input, "{compression:?}");
+        }
+    }
+}
