@@ -3,13 +3,16 @@
 //! - parametric aggregates, `quantile(0.9)(x)`: the parameters follow the arguments, as the
 //!   `quantile` and `quantiles` functions take them; other functions refuse parameters rather
 //!   than drop them silently;
-//! - `a / b` is ClickHouse's `divide(a, b)`, which always divides as Float64 (`7 / 2` is 3.5).
+//! - `a / b` is ClickHouse's `divide(a, b)`, which always divides as Float64 (`7 / 2` is 3.5);
+//! - a result column is named by its expression as written (`avg(v)`, `quantile(0.9)(v)`), as
+//!   ClickHouse names it, where DataFusion would qualify and normalize it
+//!   (`avg(events.v)`, `quantile(events.v,Float64(0.9))`): clients read columns by those names.
 
 use std::ops::ControlFlow;
 
 use datafusion::sql::sqlparser::ast::{
     BinaryOperator, Expr, Function, FunctionArg, FunctionArgExpr, FunctionArgumentList, FunctionArguments, Ident,
-    ObjectName, Statement, visit_expressions_mut,
+    ObjectName, Query, SelectItem, SetExpr, Statement, VisitMut, VisitorMut, visit_expressions_mut,
 };
 
 use crate::error::NodeError;
@@ -19,6 +22,8 @@ const PARAMETRIC: [&str; 2] = ["quantile", "quantiles"];
 
 /// Rewrites a parsed statement's ClickHouse syntax in place.
 pub fn rewrite(statement: &mut Statement) -> Result<(), NodeError> {
+    // Named first, from the text as written, before the expressions below are rewritten.
+    let _ = statement.visit(&mut NameResultColumns);
     let flow = visit_expressions_mut(statement, |expr| {
         match expr {
             Expr::Function(function) => {
@@ -41,6 +46,27 @@ pub fn rewrite(statement: &mut Statement) -> Result<(), NodeError> {
     match flow {
         ControlFlow::Break(e) => Err(e),
         ControlFlow::Continue(()) => Ok(()),
+    }
+}
+
+/// Gives every unnamed result column other than a plain column the name of its expression.
+struct NameResultColumns;
+
+impl VisitorMut for NameResultColumns {
+    type Break = ();
+
+    fn pre_visit_query(&mut self, query: &mut Query) -> ControlFlow<()> {
+        if let SetExpr::Select(select) = query.body.as_mut() {
+            for item in &mut select.projection {
+                if let SelectItem::UnnamedExpr(expr) = item
+                    && !matches!(expr, Expr::Identifier(_) | Expr::CompoundIdentifier(_))
+                {
+                    let alias = Ident::with_quote('"', expr.to_string());
+                    *item = SelectItem::ExprWithAlias { expr: expr.clone(), alias };
+                }
+            }
+        }
+        ControlFlow::Continue(())
     }
 }
 

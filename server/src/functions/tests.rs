@@ -151,3 +151,19 @@ async fn aggregates_answer_as_clickhouse() {
     assert!(error("SELECT sum(1)(v) FROM generate_series(1, 3) AS t(v)").await.contains("takes no parameters"));
     assert!(error("SELECT quantile(2)(v) FROM generate_series(1, 3) AS t(v)").await.contains("between 0 and 1"));
 }
+
+#[tokio::test]
+async fn result_columns_are_named_as_written() {
+    let ctx = SessionContext::new();
+    register(&ctx);
+    let state = ctx.state();
+    let dialect = state.config().options().sql_parser.dialect;
+    let sql = "SELECT v, avg(v), quantile(0.9)(v), 7 / 2, count() AS n FROM generate_series(1, 3) AS t(v) GROUP BY v";
+    let mut statement = state.sql_to_statement(sql, &dialect).unwrap();
+    if let datafusion::sql::parser::Statement::Statement(inner) = &mut statement {
+        rewrite_clickhouse_syntax(inner).unwrap();
+    }
+    let plan = state.statement_to_plan(statement).await.unwrap();
+    let names: Vec<String> = plan.schema().fields().iter().map(|f| f.name().clone()).collect();
+    assert_eq!(names, ["v", "avg(v)", "quantile(0.9)(v)", "7 / 2", "n"]);
+}
