@@ -29,6 +29,7 @@ mod json;
 mod pretty;
 pub mod values;
 
+pub use delimited::unescape_tsv;
 pub use encode::{Encoder, OutputOptions, encode};
 pub use guard::Budget;
 pub use infer::new_columns;

@@ -82,32 +82,6 @@ fn placeholder(text: &str) -> Option<(usize, &str, &str)> {
     (valid_name && !type_name.is_empty()).then_some((end + 1, name, type_name))
 }
 
-/// TabSeparated unescaping of a parameter's value (`\N` is NULL).
-fn unescape(value: &str) -> Option<String> {
-    if value == "\\N" {
-        return None;
-    }
-    let mut out = String::with_capacity(value.len());
-    let mut chars = value.chars();
-    while let Some(c) = chars.next() {
-        if c != '\\' {
-            out.push(c);
-            continue;
-        }
-        match chars.next() {
-            Some('t') => out.push('\t'),
-            Some('n') => out.push('\n'),
-            Some('r') => out.push('\r'),
-            Some('0') => out.push('\0'),
-            Some('b') => out.push('\u{8}'),
-            Some('f') => out.push('\u{c}'),
-            Some(other) => out.push(other),
-            None => out.push('\\'),
-        }
-    }
-    Some(out)
-}
-
 fn quote_string(text: &str) -> String {
     format!("'{}'", text.replace('\'', "''"))
 }
@@ -125,14 +99,16 @@ fn literal(name: &str, type_name: &str, value: &str) -> Result<String, NodeError
             crate::formats::truncate(value, 60)
         ))
     };
-    let Some(text) = unescape(value) else {
+    // Values come in TabSeparated escaping, `\N` for NULL.
+    let unescaped = crate::formats::unescape_tsv(value).map_err(|e| invalid(&e))?;
+    let Some(text) = unescaped else {
         return if ty.is_nullable() { Ok("NULL".to_string()) } else { Err(invalid("is NULL; declare it Nullable")) };
     };
     let base = match &ty {
         ClickHouseType::Nullable(inner) => inner.as_ref(),
         other => other,
     };
-    let raw = text.as_str();
+    let raw: &str = &text;
     let text = raw.trim();
     Ok(match base {
         ClickHouseType::Int8 | ClickHouseType::Int16 | ClickHouseType::Int32 | ClickHouseType::Int64 => {

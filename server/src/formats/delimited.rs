@@ -162,7 +162,7 @@ fn read_tsv(data: &[u8], columns: &mut TextColumns<'_>) -> Result<(), NodeError>
 }
 
 /// ClickHouse's TabSeparated escaping: `\N` is NULL; `\t`, `\n`, `\\` and friends are escapes.
-fn unescape_tsv(field: &str) -> Result<Option<Cow<'_, str>>, String> {
+pub fn unescape_tsv(field: &str) -> Result<Option<Cow<'_, str>>, String> {
     if field == "\\N" {
         return Ok(None);
     }
