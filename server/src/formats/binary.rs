@@ -25,6 +25,11 @@ use crate::error::NodeError;
 /// Most columns a Native block or a RowBinaryWithNamesAndTypes header may declare.
 const MAX_COLUMNS: u64 = 10_000;
 
+/// Most blocks one Native body may hold: each becomes a batch until they are joined, and a
+/// body of millions of two-byte empty blocks must not become millions of batches. Clients send
+/// blocks of tens of thousands of rows.
+const MAX_BLOCKS: u64 = 100_000;
+
 /// A cursor over a body that refuses to read past its end.
 struct Reader<'a> {
     data: &'a [u8],
@@ -244,8 +249,14 @@ pub fn decode_native(data: &[u8], budget: &Budget) -> Result<RecordBatch, NodeEr
     let mut batches: Vec<RecordBatch> = Vec::new();
     let mut block = 0u64;
     let mut rows_total = 0u64;
+    let mut bytes_total = 0u64;
     while !reader.is_empty() {
         block += 1;
+        if block > MAX_BLOCKS {
+            return Err(NodeError::InsertTooLarge(format!(
+                "the Native body holds more than {MAX_BLOCKS} blocks; send fewer, larger blocks"
+            )));
+        }
         let bad = |what: String| NodeError::bad_request(format!("malformed Native body, block {block}: {what}"));
         let columns = reader.varint().map_err(bad)?;
         let rows = reader.varint().map_err(bad)?;
@@ -290,7 +301,9 @@ pub fn decode_native(data: &[u8], budget: &Budget) -> Result<RecordBatch, NodeEr
             &datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(rows)),
         )
         .map_err(|e| bad(e.to_string()))?;
-        budget.check_bytes(batch.get_array_memory_size() as u64)?;
+        // The blocks decoded so far, not only this one, are held until they are joined.
+        bytes_total = bytes_total.saturating_add(batch.get_array_memory_size() as u64);
+        budget.check_bytes(bytes_total)?;
         if let Some(first) = batches.first()
             && first.schema().fields() != batch.schema().fields()
         {
@@ -521,9 +534,19 @@ mod tests {
         write_string("x", &mut body);
         write_string("UInt64", &mut body);
         let error = decode_native(&body, &Budget { max_rows: u64::MAX, max_bytes: u64::MAX }).unwrap_err();
+        // Refused as malformed, before any column is allocated; the message says why.
+        assert!(matches!(error, NodeError::BadRequest(_)), "{error}");
         assert!(error.to_string().contains("need at least"), "{error}");
         let error = decode_native(&body, &budget()).unwrap_err();
         assert!(matches!(error, NodeError::InsertTooLarge(_)), "{error}");
+    }
+
+    #[test]
+    fn a_body_of_countless_empty_blocks_is_refused() {
+        let body = [0u8, 0].repeat(MAX_BLOCKS as usize + 1);
+        let error = decode_native(&body, &budget()).unwrap_err();
+        assert!(matches!(error, NodeError::InsertTooLarge(_)), "{error}");
+        assert!(decode_native(&[0u8, 0].repeat(10), &budget()).is_ok(), "a few empty blocks are an empty insert");
     }
 
     #[test]
@@ -531,11 +554,15 @@ mod tests {
         let batch = sample();
         let body = encode_native_block(&batch.schema(), &batch).unwrap();
         let error = decode_native(&body[..body.len() - 3], &budget()).unwrap_err();
-        assert!(error.to_string().contains("column `v`"), "{error}");
+        // The message is what the user gets to find the bad value: it must name it.
+        assert!(matches!(error, NodeError::BadRequest(_)) && error.to_string().contains("column `v`"), "{error}");
         let rows = encode_row_binary(&batch.schema(), &batch).unwrap();
         let columns = batch.schema().fields().iter().map(|f| (f.name().clone(), ClickHouseType::of_field(f))).collect();
         let error = decode_row_binary(&rows[..rows.len() - 1], columns, false, &budget()).unwrap_err();
-        assert!(error.to_string().contains("row 2, column `v`"), "{error}");
+        assert!(
+            matches!(error, NodeError::BadRequest(_)) && error.to_string().contains("row 2, column `v`"),
+            "{error}"
+        );
     }
 
     proptest! {

@@ -64,7 +64,11 @@ pub fn as_json_each_row(format: Format, data: &[u8], schema: &SchemaRef) -> Resu
         }
     } else {
         let document: serde_json::Value = serde_json::from_slice(data).map_err(malformed)?;
-        let Some(serde_json::Value::Array(rows)) = document.get("data").cloned() else {
+        let rows = match document {
+            serde_json::Value::Object(mut fields) => fields.remove("data"),
+            _ => None,
+        };
+        let Some(serde_json::Value::Array(rows)) = rows else {
             return Err(NodeError::bad_request(format!(
                 "a {} body is an object whose `data` holds the rows",
                 format.name()
