@@ -11,8 +11,8 @@ use std::time::Duration;
 use futures::StreamExt;
 
 use crate::{
-    ClusterEvent, Compare, CoordError, Coordinator, KvBackend, NewPart, PartId, PartOutcome, TxnOp, UserEvent,
-    UserWrite, WatchEventKind, WatchResponse,
+    AsyncBlockId, ClusterEvent, Compare, CoordError, Coordinator, FlushOutcome, KvBackend, NewPart, PartId,
+    PartOutcome, TxnOp, UserEvent, UserWrite, WatchEventKind, WatchResponse,
 };
 
 /// Runs every check against `kv`, under keys starting with `prefix`.
@@ -34,6 +34,7 @@ pub async fn run_all(kv: Arc<dyn KvBackend>, prefix: &str) {
     old_blocks_are_pruned(kv.clone(), &format!("{prefix}prune/")).await;
     one_leader_at_a_time_and_fenced(kv.clone(), &format!("{prefix}leaders/")).await;
     merges_replace_their_sources_once(kv.clone(), &format!("{prefix}merges/")).await;
+    flushes_register_in_sequence_with_their_block_ids(kv.clone(), &format!("{prefix}flushes/")).await;
     users_change_together_or_not_at_all(kv.clone(), &format!("{prefix}users/")).await;
 }
 
@@ -242,6 +243,68 @@ pub async fn concurrent_registrations_of_one_block_admit_one(kv: Arc<dyn KvBacke
     }
     assert_eq!(registered, 1, "exactly one of eight concurrent writers of a block wins");
     assert_eq!(c.snapshot().await.unwrap().parts.len(), 1);
+}
+
+pub async fn flushes_register_in_sequence_with_their_block_ids(kv: Arc<dyn KvBackend>, p: &str) {
+    let c = Coordinator::new(kv, p);
+    let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
+    let ids =
+        |labels: &[&str]| -> Vec<AsyncBlockId> { labels.iter().map(|l| AsyncBlockId([l.as_bytes()[0]; 16])).collect() };
+    let first = c
+        .register_flush("t", table.version, 0, &[part("f1", None)], &ids(&["a", "b"]), &["n1"], 1_000, i64::MAX)
+        .await
+        .unwrap();
+    let FlushOutcome::Registered { revision: first } = first else { panic!("a first flush registers: {first:?}") };
+
+    // A second node that has not seen the first flush: its view of the block ids is stale.
+    let stale =
+        c.register_flush("t", table.version, 0, &[part("f2", None)], &ids(&["b"]), &["n2"], 1_001, i64::MAX).await;
+    assert_eq!(stale.unwrap(), FlushOutcome::Stale { sequence: first, table_version: Some(table.version) });
+
+    let second = c
+        .register_flush("t", table.version, first, &[part("f3", None)], &ids(&["c"]), &["n2"], 1_002, i64::MAX)
+        .await
+        .unwrap();
+    assert!(matches!(second, FlushOutcome::Registered { revision } if revision > first));
+
+    let (sets, sequences, _) = c.list_async_blocks().await.unwrap();
+    assert_eq!(sets.iter().map(|s| s.ids.len()).collect::<Vec<_>>(), [2, 1], "sets listed oldest first");
+    assert_eq!(sets[0].ids, ids(&["a", "b"]));
+    assert_eq!(sets[0].revision, first);
+    assert_eq!(sequences.len(), 1);
+    let snapshot = c.snapshot().await.unwrap();
+    assert_eq!(snapshot.async_blocks, sets, "the snapshot carries the same sets");
+    let parts: BTreeSet<_> = snapshot.parts.into_iter().map(|p| p.id).collect();
+    assert_eq!(parts, BTreeSet::from(["f1", "f3"].map(id)), "the stale flush registered nothing");
+
+    c.forget_async_blocks("t", &[sets[0].key.clone()]).await.unwrap();
+    assert_eq!(c.list_async_blocks().await.unwrap().0.len(), 1, "a forgotten set is gone");
+
+    let altered = c.update_table("t", table.version, b"v2".to_vec()).await.unwrap().unwrap();
+    let changed = c
+        .register_flush(
+            "t",
+            table.version,
+            second_revision(&c).await,
+            &[part("f4", None)],
+            &ids(&["d"]),
+            &["n1"],
+            1_003,
+            i64::MAX,
+        )
+        .await
+        .unwrap();
+    assert!(
+        matches!(changed, FlushOutcome::Stale { table_version: Some(v), .. } if v == altered.version),
+        "a flush compares the table's current version: {changed:?}"
+    );
+    c.drop_table("t").await.unwrap();
+    let (sets, sequences, _) = c.list_async_blocks().await.unwrap();
+    assert!(sets.is_empty() && sequences.is_empty(), "dropping a table forgets its flushes");
+}
+
+async fn second_revision(c: &Coordinator) -> i64 {
+    c.list_async_blocks().await.unwrap().1[0].1
 }
 
 pub async fn parts_follow_their_table(kv: Arc<dyn KvBackend>, p: &str) {

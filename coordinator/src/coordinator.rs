@@ -7,6 +7,7 @@ use serde::{Deserialize, Serialize};
 use tandem_ids::PartId;
 
 use crate::CoordError;
+use crate::async_block_ids::AsyncBlockSet;
 use crate::kv::{Compare, KeyValue, KvBackend, LeaseId, Revision, TxnOp, WatchEventKind, WatchResponse};
 
 /// At most this many parts go into one transaction: each needs a compare and four puts, and
@@ -41,6 +42,10 @@ pub struct Snapshot {
     pub parts: Vec<RegisteredPart>,
     /// Every recorded holder of a part.
     pub holders: Vec<Holder>,
+    /// The asynchronous insert block ids still remembered.
+    pub async_blocks: Vec<AsyncBlockSet>,
+    /// Each table's asynchronous flush sequence (the revision of its last flush).
+    pub async_sequences: Vec<(String, Revision)>,
 }
 
 /// A node (or [`OBJECT_STORE_HOLDER`]) recorded as holding a verified copy of a part.
@@ -111,6 +116,19 @@ pub enum ClusterEvent {
     },
     HolderAdded(Holder),
     HolderRemoved(Holder),
+    /// The insert block ids an asynchronous flush admitted (see [`AsyncBlockSet`]).
+    AsyncBlocksAdded(AsyncBlockSet),
+    /// A set of asynchronous insert block ids was forgotten (its window passed).
+    AsyncBlocksRemoved {
+        table: String,
+        key: String,
+    },
+    /// An asynchronous flush of `table` was registered at `revision`: the table's flush
+    /// sequence moved, which the next flush compares.
+    AsyncSequence {
+        table: String,
+        revision: Revision,
+    },
 }
 
 impl ClusterEvent {
@@ -158,6 +176,8 @@ pub fn valid_node_id(id: &str) -> bool {
 /// - `tables/<table>`: the schema record; its mod revision is the schema version.
 /// - `parts/<table>/<part id>`: a part's manifest; its create revision orders the part.
 /// - `blocks/<table>/<block id>`: the admitted block ids, each naming its part.
+/// - `asyncblocks/<table>/<created ms>-<part id>`: the insert block ids one asynchronous flush
+///   admitted; `asyncseq/<table>`: touched by every flush, compared by the next one.
 /// - `holders/<table>/<part id>/<node id>`: the nodes that hold a verified copy of a part.
 /// - `nodes/<node id>`: live nodes, attached to their lease.
 /// - `leaders/<role>`: the node performing a one-at-a-time role, attached to its lease.
@@ -191,15 +211,15 @@ impl Coordinator {
         &self.prefix
     }
 
-    fn table_key(&self, table: &str) -> String {
+    pub(crate) fn table_key(&self, table: &str) -> String {
         format!("{}tables/{table}", self.prefix)
     }
 
-    fn part_key(&self, table: &str, id: &PartId) -> String {
+    pub(crate) fn part_key(&self, table: &str, id: &PartId) -> String {
         format!("{}parts/{table}/{id}", self.prefix)
     }
 
-    fn holder_key(&self, table: &str, id: &PartId, node: &str) -> String {
+    pub(crate) fn holder_key(&self, table: &str, id: &PartId, node: &str) -> String {
         format!("{}holders/{table}/{id}/{node}", self.prefix)
     }
 
@@ -211,7 +231,12 @@ impl Coordinator {
     /// The lease that block ids admitted at `now_ms` attach to: one per table and time bucket
     /// (a quarter of the window, between 1 s and 1 h), living the window plus one bucket, so
     /// every id outlives its window and etcd deletes it without anyone listing block ids.
-    async fn dedup_lease(&self, table: &str, now_ms: i64, window_ms: i64) -> Result<Option<LeaseId>, CoordError> {
+    pub(crate) async fn dedup_lease(
+        &self,
+        table: &str,
+        now_ms: i64,
+        window_ms: i64,
+    ) -> Result<Option<LeaseId>, CoordError> {
         if window_ms >= UNLEASED_WINDOW_MS {
             return Ok(None);
         }
@@ -258,7 +283,7 @@ impl Coordinator {
         Ok(Some(id))
     }
 
-    fn forget_dedup_lease(&self, table: &str, lease: LeaseId) {
+    pub(crate) fn forget_dedup_lease(&self, table: &str, lease: LeaseId) {
         self.dedup_leases.lock().expect("lease cache lock").retain(|(t, _), id| t != table || *id != lease);
     }
 
@@ -330,6 +355,8 @@ impl Coordinator {
                     TxnOp::DeletePrefix { prefix: format!("{}blocks/{name}/", self.prefix) },
                     TxnOp::DeletePrefix { prefix: format!("{}blockorder/{name}/", self.prefix) },
                     TxnOp::DeletePrefix { prefix: format!("{}holders/{name}/", self.prefix) },
+                    TxnOp::DeletePrefix { prefix: format!("{}asyncblocks/{name}/", self.prefix) },
+                    TxnOp::Delete { key: format!("{}asyncseq/{name}", self.prefix) },
                 ],
                 vec![],
             )
@@ -520,6 +547,10 @@ impl Coordinator {
                 Some(ClusterEvent::TablePut(table)) => snapshot.tables.push(table),
                 Some(ClusterEvent::PartAdded(part)) => snapshot.parts.push(part),
                 Some(ClusterEvent::HolderAdded(holder)) => snapshot.holders.push(holder),
+                Some(ClusterEvent::AsyncBlocksAdded(set)) => snapshot.async_blocks.push(set),
+                Some(ClusterEvent::AsyncSequence { table, revision }) => {
+                    snapshot.async_sequences.push((table, revision))
+                }
                 _ => {}
             }
         }
@@ -727,6 +758,11 @@ impl Coordinator {
             }
             "nodes" => Some(ClusterEvent::NodeUp { node: rest.to_string(), doc: kv.value }),
             "holders" => Some(ClusterEvent::HolderAdded(holder(&kv.key, rest)?)),
+            "asyncblocks" => {
+                let rest = rest.to_string();
+                Some(ClusterEvent::AsyncBlocksAdded(crate::async_block_ids::decode_set(kv, &rest)?))
+            }
+            "asyncseq" => Some(ClusterEvent::AsyncSequence { table: rest.to_string(), revision: kv.mod_revision }),
             _ => None,
         }
     }
@@ -742,6 +778,10 @@ impl Coordinator {
             }
             "nodes" => Some(ClusterEvent::NodeDown { node: rest.to_string() }),
             "holders" => Some(ClusterEvent::HolderRemoved(holder(key, rest)?)),
+            "asyncblocks" => {
+                let (table, key) = rest.split_once('/')?;
+                Some(ClusterEvent::AsyncBlocksRemoved { table: table.to_string(), key: key.to_string() })
+            }
             _ => None,
         }
     }

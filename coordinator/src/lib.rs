@@ -13,6 +13,8 @@
 //! Table schemas, part manifests and user records are opaque bytes here: this crate knows nothing of
 //! Parquet, Arrow or HTTP. [`conformance`] is the test suite every backend must pass.
 
+mod async_block_ids;
+mod async_blocks;
 mod coordinator;
 mod embedded;
 mod error;
@@ -24,6 +26,8 @@ pub mod conformance;
 
 pub use tandem_ids::PartId;
 
+pub use async_block_ids::{AsyncBlockId, AsyncBlockSet};
+pub use async_blocks::{FlushOutcome, MAX_ASYNC_BLOCKS_PER_FLUSH, MAX_PARTS_PER_FLUSH};
 pub use coordinator::{
     BlockRecord, ClusterEvent, Coordinator, EventBatch, Holder, NewPart, OBJECT_STORE_HOLDER, PartOutcome,
     RegisteredPart, Registration, Snapshot, TableRecord, valid_name, valid_node_id,

@@ -735,7 +735,7 @@ mod tests {
             revision: 3,
             tables: vec![table],
             parts: vec![registered(s1, 2, &[]), registered(s2, 3, &[])],
-            holders: vec![],
+            ..Default::default()
         };
         catalog.apply_snapshot(&snapshot, &HashMap::new());
         Fixture { catalog, _dir: dir }

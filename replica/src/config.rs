@@ -43,6 +43,16 @@ tandem_settings::settings! {
         /// up, every part is read from the bucket first (peers only for parts not uploaded yet).
         bootstrap_from_object_store: bool = "false", env "TANDEM_BOOTSTRAP_FROM_OBJECT_STORE",
             [num_args = 0..=1, default_missing_value = "true"];
+        /// Inserts that do not say otherwise (request, then table setting) are buffered: logged
+        /// on this node, then registered with others in one part per partition per flush.
+        async_insert: bool = "false", env "TANDEM_ASYNC_INSERT", [num_args = 0..=1, default_missing_value = "true"];
+        /// Milliseconds an asynchronous insert waits in the buffer for others to join its flush.
+        async_insert_busy_timeout_ms: u64 = "200", env "TANDEM_ASYNC_INSERT_BUSY_TIMEOUT_MS";
+        /// A table's buffer is flushed once it holds this many bytes of rows.
+        async_insert_max_data_size: u64 = "10485760", env "TANDEM_ASYNC_INSERT_MAX_DATA_SIZE";
+        /// Bytes the insert log may hold before asynchronous inserts are refused (503): what
+        /// accumulates while the metadata store is unreachable.
+        async_insert_max_log_bytes: u64 = "536870912", env "TANDEM_ASYNC_INSERT_MAX_LOG_BYTES";
         /// PEM CA that signs every node's interserver certificate: with --interserver-cert-file and
         /// --interserver-key-file, the interserver gRPC runs over mutual TLS (a peer without a
         /// certificate from this CA is refused at the handshake).

@@ -40,6 +40,13 @@ pub struct QuorumTarget {
     required: usize,
 }
 
+impl QuorumTarget {
+    /// How many nodes must hold the insert's parts.
+    pub fn required(&self) -> usize {
+        self.required
+    }
+}
+
 /// `insert_quorum`: how many nodes must hold the verified part before the ack.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub enum Quorum {
@@ -104,6 +111,16 @@ pub struct PartSummary {
     pub revision: Revision,
 }
 
+/// What an acknowledged insert is known to be.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Acknowledged {
+    /// Registered in the coordinator (and, with `insert_quorum`, held by enough nodes).
+    Registered,
+    /// In this node's fsynced insert log; it is registered by a later flush.
+    Logged,
+}
+
 /// What an insert answers, as JSON body and as headers.
 #[derive(Debug, Serialize)]
 pub struct InsertSummary {
@@ -117,6 +134,8 @@ pub struct InsertSummary {
     pub revision: Revision,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub quorum: Option<QuorumSummary>,
+    /// What the insert was when it was acknowledged.
+    pub acknowledged: Acknowledged,
 }
 
 /// Makes every insert attempt's parts distinct, so identical rows inserted twice (without dedup,
@@ -232,6 +251,7 @@ async fn insert_once(
         parts: Vec::new(),
         revision: node.catalog.applied_revision(),
         quorum: None,
+        acknowledged: Acknowledged::Registered,
     };
     if blocks.is_empty() {
         return Ok(summary);

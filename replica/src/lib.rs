@@ -19,6 +19,7 @@
 //! - [`schema`]: table definitions; [`metrics`]: the node's Prometheus metrics.
 
 mod alter;
+mod async_insert;
 mod bucket;
 mod catalog;
 pub mod config;
@@ -26,6 +27,8 @@ mod drain;
 mod error;
 mod fetch;
 mod insert;
+mod insert_buffer;
+mod insert_log;
 mod interserver;
 mod membership;
 mod merges;
@@ -40,11 +43,13 @@ mod start;
 mod sync;
 
 pub use alter::{AlterAction, ColumnPosition, apply as apply_alter};
+pub use async_insert::AsyncInsertOptions;
 pub use catalog::{ActivePart, BrokenPart, PartFile, PendingPart, TableState};
 pub use config::{ClusterSecret, CoordinatorConfig, ReplicaConfig, ReplicaFile, ReplicaFlags, ReplicaSettings};
 pub use drain::DrainReport;
 pub use error::{Error, Result};
-pub use insert::{InsertOptions, InsertSummary, PartSummary, Quorum, QuorumSummary, QuorumTarget};
+pub use insert::{Acknowledged, InsertOptions, InsertSummary, PartSummary, Quorum, QuorumSummary, QuorumTarget};
+pub use insert_buffer::AsyncBacklog;
 pub use membership::{LEASE_TTL, NodeInfo};
 pub use replica::{ObjectStoreStatus, Replica, replication_lag};
 pub use running_merges::RunningMerge;

@@ -44,6 +44,10 @@ pub struct Metrics {
     pub merge_mismatches: Counter,
     pub insert_bytes: Counter,
     pub insert_delayed: Counter,
+    pub async_insert_flushes: Counter,
+    pub async_insert_flush_conflicts: Counter,
+    pub async_insert_backlog_bytes: Gauge,
+    pub async_insert_log_bytes: Gauge,
     pub insert_rejected_too_many_parts: Counter,
     pub interserver_auth_failures: Counter,
     pub http_auth_failures: Counter,
@@ -89,6 +93,10 @@ impl Metrics {
             merge_mismatches: Counter::default(),
             insert_bytes: Counter::default(),
             insert_delayed: Counter::default(),
+            async_insert_flushes: Counter::default(),
+            async_insert_flush_conflicts: Counter::default(),
+            async_insert_backlog_bytes: Gauge::default(),
+            async_insert_log_bytes: Gauge::default(),
             insert_rejected_too_many_parts: Counter::default(),
             interserver_auth_failures: Counter::default(),
             http_auth_failures: Counter::default(),
@@ -220,6 +228,26 @@ impl Metrics {
             metrics.merge_mismatches.clone(),
         );
         registry.register("insert_bytes", "Bytes of parts written by inserts", metrics.insert_bytes.clone());
+        registry.register(
+            "async_insert_flushes",
+            "Flushes of the asynchronous insert buffer registered (one part per partition each)",
+            metrics.async_insert_flushes.clone(),
+        );
+        registry.register(
+            "async_insert_flush_conflicts",
+            "Flushes that lost the race to another node's flush of the same table and were retried",
+            metrics.async_insert_flush_conflicts.clone(),
+        );
+        registry.register(
+            "async_insert_backlog_bytes",
+            "Bytes of asynchronous inserts logged here and not yet registered",
+            metrics.async_insert_backlog_bytes.clone(),
+        );
+        registry.register(
+            "async_insert_log_bytes",
+            "Bytes of the insert log on disk",
+            metrics.async_insert_log_bytes.clone(),
+        );
         registry.register(
             "insert_delayed",
             "Inserts slowed down because a partition had many active parts",

@@ -210,7 +210,7 @@ mod tests {
         {
             let mirror = Mirror::open(&path).unwrap();
             let snapshot =
-                Snapshot { revision: 5, tables: vec![table.clone()], parts: vec![part("a", 4)], holders: vec![] };
+                Snapshot { revision: 5, tables: vec![table.clone()], parts: vec![part("a", 4)], ..Default::default() };
             mirror.replace("/tandem/x/", &snapshot).unwrap();
             let holder = ClusterEvent::HolderAdded(Holder { table: "t".into(), part: id("b"), node: "n2".into() });
             mirror

@@ -16,6 +16,7 @@ use crate::bucket::Bucket;
 use crate::catalog::{BrokenPart, Catalog, FetchRequest, TableState};
 use crate::config::ReplicaConfig;
 use crate::error::Result;
+use crate::insert_buffer::AsyncInserts;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
 use crate::peer_tls::InterserverTls;
@@ -42,6 +43,8 @@ pub struct Replica {
     /// Set by a drain: the node is not ready, so that no new work is routed here.
     pub(crate) draining: AtomicBool,
     pub(crate) fetch_requests: mpsc::UnboundedSender<FetchRequest>,
+    /// The asynchronous insert buffer and its log.
+    pub(crate) async_inserts: Arc<AsyncInserts>,
     /// Mutual TLS of the interserver gRPC, when configured.
     pub(crate) interserver_tls: Option<InterserverTls>,
 }

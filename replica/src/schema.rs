@@ -155,6 +155,23 @@ pub struct TableSettings {
     /// A partition with at least this many active parts refuses inserts (429).
     #[serde(default = "default_parts_to_throw_insert")]
     pub parts_to_throw_insert: u64,
+    /// How many asynchronous inserts are remembered for deduplication (ClickHouse's
+    /// `replicated_deduplication_window_for_async_inserts`), next to `dedup_window_seconds`.
+    #[serde(default = "default_async_dedup_window_blocks")]
+    pub async_dedup_window_blocks: u64,
+    /// `async_insert` for inserts into this table that do not say; None: the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_insert: Option<bool>,
+    /// `async_insert_busy_timeout_ms` for this table; None: the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_insert_busy_timeout_ms: Option<u64>,
+    /// `async_insert_max_data_size` for this table; None: the server's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub async_insert_max_data_size: Option<u64>,
+}
+
+fn default_async_dedup_window_blocks() -> u64 {
+    1_000_000
 }
 
 fn default_true() -> bool {
@@ -227,6 +244,17 @@ impl TableSettings {
                 }
             },
             "parts_to_delay_insert" => self.parts_to_delay_insert = number()?,
+            "async_dedup_window_blocks" | "replicated_deduplication_window_for_async_inserts" => {
+                self.async_dedup_window_blocks = number()?
+            }
+            "async_insert" => match number()? {
+                flag @ (0 | 1) => self.async_insert = Some(flag == 1),
+                other => {
+                    return Err(Error::bad_request(format!("table setting `async_insert` is 0 or 1, got {other}")));
+                }
+            },
+            "async_insert_busy_timeout_ms" => self.async_insert_busy_timeout_ms = Some(number()?),
+            "async_insert_max_data_size" => self.async_insert_max_data_size = Some(number()?),
             "parts_to_throw_insert" => match number()? {
                 0 => {
                     return Err(Error::bad_request(
@@ -247,7 +275,8 @@ impl TableSettings {
                 return Err(Error::bad_request(format!(
                     "unknown table setting `{key}` = {value}; known: dedup_window_blocks, dedup_window_seconds, \
                      auto_add_columns (0 or 1), insert_durability ('local' or 'object_store'), \
-                     background_merges (0 or 1), parts_to_delay_insert, parts_to_throw_insert"
+                     background_merges (0 or 1), parts_to_delay_insert, parts_to_throw_insert, async_insert (0 or 1), \
+                     async_insert_busy_timeout_ms, async_insert_max_data_size, async_dedup_window_blocks"
                 )));
             }
         }
@@ -265,6 +294,10 @@ impl Default for TableSettings {
             background_merges: true,
             parts_to_delay_insert: default_parts_to_delay_insert(),
             parts_to_throw_insert: default_parts_to_throw_insert(),
+            async_dedup_window_blocks: default_async_dedup_window_blocks(),
+            async_insert: None,
+            async_insert_busy_timeout_ms: None,
+            async_insert_max_data_size: None,
         }
     }
 }

@@ -14,6 +14,7 @@ use tokio_util::sync::CancellationToken;
 use crate::bucket::Bucket;
 use crate::catalog::Catalog;
 use crate::config::{CoordinatorConfig, ReplicaConfig};
+use crate::insert_buffer::AsyncInserts;
 use crate::metrics::Metrics;
 use crate::mirror::Mirror;
 use crate::replica::Replica;
@@ -78,7 +79,10 @@ pub async fn start(
     if config.is_cluster() {
         catalog.set_fetcher(fetch_requests.clone());
     }
+    let async_inserts =
+        Arc::new(AsyncInserts::open(&config.data_dir, &config.node_id, config.settings.async_insert_max_log_bytes)?);
     let replica = Arc::new(Replica {
+        async_inserts,
         coordinator: Coordinator::new(kv, config.cluster_prefix.clone()),
         catalog,
         metrics: Arc::new(Metrics::new()),
@@ -98,6 +102,7 @@ pub async fn start(
     let mut tasks = vec![
         tokio::spawn(crate::sync::run(replica.clone(), shutdown.clone())),
         tokio::spawn(crate::sync::prune_blocks(replica.clone(), shutdown.clone())),
+        tokio::spawn(crate::async_insert::run(replica.clone(), shutdown.clone())),
         tokio::spawn(crate::merges::run(replica.clone(), shutdown.clone())),
         tokio::spawn(crate::merges::run_orphan_sweep(replica.clone(), shutdown.clone())),
     ];

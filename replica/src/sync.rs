@@ -92,6 +92,8 @@ async fn follow(
         None => {
             let snapshot = node.coordinator.snapshot().await?;
             let rejected = reject_corrupt(node, &snapshot, corrupt).await;
+            // The block index first: a flush that waits for the catalog then sees the ids too.
+            node.async_inserts.index.apply_snapshot(&snapshot);
             node.catalog.apply_snapshot(&snapshot, &rejected);
             let (revision, tables, parts) = (snapshot.revision, snapshot.tables.len(), snapshot.parts.len());
             save_locally(node, move |mirror, prefix| mirror.replace(prefix, &snapshot)).await;
@@ -112,6 +114,7 @@ async fn follow(
         };
         let Some(batch) = batch else { return Err(CoordError::Unavailable("the watch ended".into())) };
         let batch = batch?;
+        node.async_inserts.index.apply_batch(&batch);
         node.catalog.apply_batch(&batch);
         let revision = batch.revision;
         save_locally(node, move |mirror, _| mirror.apply(&batch)).await;
@@ -206,5 +209,6 @@ pub async fn prune_blocks(node: Arc<Replica>, shutdown: CancellationToken) {
                 Err(e) => tracing::warn!(table = %name, error = %e, "cannot prune insert block ids"),
             }
         }
+        crate::async_insert::prune(&node).await;
     }
 }

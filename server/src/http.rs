@@ -30,7 +30,7 @@ use crate::statement::{self, InsertSource, InsertStatement, ParseOptions, Statem
 use tandem_access::{Object, Principal, Privilege};
 use tandem_replica::metrics::Metrics;
 use tandem_replica::schema::Durability;
-use tandem_replica::{InsertOptions, Quorum, Replica};
+use tandem_replica::{Acknowledged, AsyncInsertOptions, InsertOptions, Quorum, Replica};
 
 pub(crate) fn router(server: Arc<Server>) -> Router {
     Router::new()
@@ -60,7 +60,11 @@ async fn ready(State(server): State<Arc<Server>>, Query(params): Query<HashMap<S
     if !replica.is_ready() {
         return (
             StatusCode::SERVICE_UNAVAILABLE,
-            "catching up with the cluster's metadata, or not yet announced to the cluster\n",
+            format!(
+                "catching up with the cluster's metadata, or not announced to the cluster (is the metadata store \
+                 reachable?){}\n",
+                backlog_note(replica)
+            ),
         )
             .into_response();
     }
@@ -83,7 +87,20 @@ async fn ready(State(server): State<Arc<Server>>, Query(params): Query<HashMap<S
             ),
         )
             .into_response(),
-        _ => (StatusCode::OK, "Ok.\n").into_response(),
+        _ => (StatusCode::OK, format!("Ok.{}\n", backlog_note(replica))).into_response(),
+    }
+}
+
+/// While asynchronous flushes fail: how many inserts wait in this node's log, and why.
+fn backlog_note(replica: &Replica) -> String {
+    let backlog = replica.async_backlog();
+    let inserts: u64 = backlog.iter().map(|b| b.inserts).sum();
+    match backlog.iter().find_map(|b| b.last_error.as_ref()) {
+        Some(error) => format!(
+            " ({inserts} asynchronous inserts are logged here and not yet registered: {error}; they register once \
+             it passes, system.asynchronous_inserts shows them)"
+        ),
+        None => String::new(),
     }
 }
 
@@ -737,6 +754,24 @@ async fn run_insert(
             },
             durability: params.get("insert_durability").map(|d| Durability::parse(d)).transpose()?,
         },
+        async_insert: params.contains_key("async_insert").then(|| flag(params, "async_insert", false)).transpose()?,
+        buffering: AsyncInsertOptions {
+            wait: flag(params, "wait_for_async_insert", true)?,
+            busy_timeout: number(params, "async_insert_busy_timeout_ms")?.map(capped_millis),
+            max_data_size: match number(params, "async_insert_max_data_size")? {
+                Some(size) if size <= 0 => {
+                    return Err(NodeError::bad_request(format!(
+                        "async_insert_max_data_size takes a positive number of bytes, got {size}"
+                    )));
+                }
+                size => size.map(|s| s as u64),
+            },
+            wait_timeout: match number(params, "wait_for_async_insert_timeout")? {
+                // In seconds, as ClickHouse's.
+                Some(seconds) => capped_millis(seconds.saturating_mul(1000)),
+                None => Duration::from_secs(120).min(MAX_WAIT),
+            },
+        },
     };
     let bytes_in = data.len();
     let result = insert(node, table, columns, format, data, &settings).await;
@@ -754,6 +789,13 @@ async fn run_insert(
     headers.insert("x-tandem-revision", HeaderValue::from(summary.revision));
     headers
         .insert("x-tandem-deduplicated", HeaderValue::from_static(if summary.deduplicated { "true" } else { "false" }));
+    headers.insert(
+        "x-tandem-acknowledged",
+        HeaderValue::from_static(match summary.acknowledged {
+            Acknowledged::Registered => "registered",
+            Acknowledged::Logged => "logged",
+        }),
+    );
     if let Ok(v) = HeaderValue::from_str(&clickhouse_summary) {
         headers.insert("x-clickhouse-summary", v);
     }

@@ -5,7 +5,9 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use tandem_replica::{AlterAction, Error as ReplicaError, InsertOptions, InsertSummary, Quorum, Replica};
+use tandem_replica::{
+    AlterAction, AsyncInsertOptions, Error as ReplicaError, InsertOptions, InsertSummary, Quorum, Replica,
+};
 
 use crate::error::NodeError;
 use crate::formats::{Format, InputOptions, decode_insert, new_columns};
@@ -16,6 +18,9 @@ pub struct InsertSettings {
     pub input: InputOptions,
     pub quorum: Quorum,
     pub options: InsertOptions,
+    /// `async_insert` as the request set it (None: the table's, then the server's).
+    pub async_insert: Option<bool>,
+    pub buffering: AsyncInsertOptions,
 }
 
 /// How long an insert keeps re-decoding itself under newer schemas before giving up (409).
@@ -49,6 +54,13 @@ pub async fn insert(
             tokio::task::spawn_blocking(move || decode_insert(format, &data, &decode_def, names.as_deref(), input))
                 .await
                 .map_err(NodeError::internal)??;
+        if replica.async_insert_enabled(&def, settings.async_insert) {
+            // A buffered insert keeps the schema it was decoded under: its flush registers
+            // parts that say so, which readers map by column id like any older part.
+            return Ok(replica
+                .insert_async(&def, version, rows, &settings.options, &settings.buffering, quorum)
+                .await?);
+        }
         match replica.insert(&def, version, rows, &settings.options, quorum).await {
             Err(ReplicaError::SchemaChanged { .. }) if started.elapsed() < SCHEMA_RACE_BUDGET => {
                 tracing::info!(%table, "schema changed during insert; retrying under the new schema");

@@ -27,8 +27,9 @@ pub struct ClusterView {
 }
 
 /// The tables of the `system` schema.
-pub const SYSTEM_TABLES: [&str; 11] = [
+pub const SYSTEM_TABLES: [&str; 12] = [
     "parts",
+    "asynchronous_inserts",
     "tables",
     "columns",
     "databases",
@@ -43,7 +44,7 @@ pub const SYSTEM_TABLES: [&str; 11] = [
 
 /// The settings a request may send as URL parameters: name, default, ClickHouse type, what
 /// it does. `system.settings` lists them (clients read it to learn what they may send).
-pub const REQUEST_SETTINGS: [(&str, &str, &str, &str); 19] = [
+pub const REQUEST_SETTINGS: [(&str, &str, &str, &str); 24] = [
     (
         "insert_quorum",
         "1",
@@ -53,6 +54,21 @@ pub const REQUEST_SETTINGS: [(&str, &str, &str, &str); 19] = [
     ("insert_quorum_timeout", "30000", "Milliseconds", "How long an insert waits for its quorum"),
     ("insert_deduplicate", "1", "Bool", "Whether a repeated insert block is stored once"),
     ("insert_deduplication_token", "", "String", "Names an insert for deduplication instead of its contents"),
+    ("async_insert", "0", "Bool", "Buffer the insert: log it here, register it with others in one flush"),
+    (
+        "wait_for_async_insert",
+        "1",
+        "Bool",
+        "An async insert answers once its flush is registered (1) or once it is in the fsynced log (0)",
+    ),
+    (
+        "wait_for_async_insert_timeout",
+        "120",
+        "Seconds",
+        "How long an async insert with wait_for_async_insert=1 waits for its flush",
+    ),
+    ("async_insert_busy_timeout_ms", "200", "Milliseconds", "How long an async insert waits for others to flush with"),
+    ("async_insert_max_data_size", "10485760", "UInt64", "A table's buffer is flushed once it holds this many bytes"),
     ("insert_durability", "local", "String", "Where an insert's parts are before the ack: local or object_store"),
     ("input_format_skip_unknown_fields", "0", "Bool", "Ignore fields the table does not have"),
     ("select_sequential_consistency", "0", "UInt64", "Read every part an insert_quorum insert acknowledged"),
@@ -97,6 +113,7 @@ pub fn register(
     ctx.register_table("system.tables", Arc::new(system_tables(tables)?))?;
     ctx.register_table("system.replicas", Arc::new(system_replicas(node, tables, &system.cluster)?))?;
     ctx.register_table("system.replication_queue", Arc::new(system_replication_queue(node, tables)?))?;
+    ctx.register_table("system.asynchronous_inserts", Arc::new(system_asynchronous_inserts(node)?))?;
     ctx.register_table("system.users", Arc::new(system_users(&system.users)?))?;
     ctx.register_table("system.grants", Arc::new(system_grants(&system.users)?))?;
     ctx.register_table("system.query_log", Arc::new(system_query_log(&system.queries)?))?;
@@ -417,6 +434,21 @@ fn system_replicas(
         ("pending_parts", Arc::new(UInt64Array::from(pending_parts))),
         ("lag_revisions", Arc::new(Int64Array::from(lag_revisions))),
         ("lag_seconds", Arc::new(Float64Array::from(lag_secs))),
+    ])
+}
+
+/// The asynchronous inserts logged on this node and not yet registered, per table, with the
+/// last flush error while flushes fail (the metadata store is away).
+fn system_asynchronous_inserts(node: &Replica) -> Result<MemTable, NodeError> {
+    let backlog = node.async_backlog();
+    mem_table(vec![
+        ("table", Arc::new(StringArray::from_iter_values(backlog.iter().map(|b| b.table.clone())))),
+        ("inserts", Arc::new(UInt64Array::from_iter_values(backlog.iter().map(|b| b.inserts)))),
+        ("rows", Arc::new(UInt64Array::from_iter_values(backlog.iter().map(|b| b.rows)))),
+        ("total_bytes", Arc::new(UInt64Array::from_iter_values(backlog.iter().map(|b| b.bytes)))),
+        ("oldest_ms", Arc::new(UInt64Array::from_iter_values(backlog.iter().map(|b| b.oldest_ms)))),
+        ("last_error", Arc::new(StringArray::from(backlog.iter().map(|b| b.last_error.clone()).collect::<Vec<_>>()))),
+        ("log_bytes", Arc::new(UInt64Array::from_iter_values(backlog.iter().map(|_| node.async_log_bytes())))),
     ])
 }
 

@@ -116,6 +116,21 @@ impl EtcdProcess {
 }
 
 impl EtcdProcess {
+    /// SIGSTOP: the member freezes (answers nothing, keeps its connections) until `resume`.
+    pub fn pause(&self) {
+        self.signal("-STOP");
+    }
+
+    /// SIGCONT after `pause`.
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(signal).arg(self.child.id().to_string()).status();
+        assert!(status.is_ok_and(|s| s.success()), "kill {signal} etcd failed");
+    }
+
     /// SIGKILL: the member is gone at once, as in a crash.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

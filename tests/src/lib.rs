@@ -410,6 +410,16 @@ impl Etcd {
     pub fn kill(&mut self) {
         self.process.kill();
     }
+
+    /// Freezes the member (SIGSTOP), as a coordinator that stops answering.
+    pub fn pause(&self) {
+        self.process.pause();
+    }
+
+    /// Lets a paused member go on (SIGCONT).
+    pub fn resume(&self) {
+        self.process.resume();
+    }
 }
 
 /// A test CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files.

@@ -1,6 +1,7 @@
 //! Integration tests: each module drives real `tandem` processes over HTTP.
 
 mod alter;
+mod async_insert;
 mod bad_input;
 mod chart;
 mod clients;

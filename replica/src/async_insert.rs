@@ -1,0 +1,604 @@
+//! Asynchronous inserts: an insert is checked and decoded by the front end, split by partition
+//! with one block id per partition, appended to the node's insert log (group commit), and
+//! buffered per table; the flusher turns each table's buffer into one part per partition and
+//! registers them with the inserts' block ids in one coordinator transaction
+//! ([`tandem_coordinator::Coordinator::register_flush`]).
+//!
+//! Exactly once: every node keeps the block ids of recent flushes in memory ([`BlockIndex`],
+//! fed by the watch and a listing at start). A flush leaves out the inserts already admitted
+//! and registers only if the table's flush sequence is where this node last saw it, which
+//! proves nothing was admitted since that this node has not seen. When two nodes flush the same
+//! insert at the same moment, one registers; the other finds the sequence moved, catches up,
+//! leaves the insert out and registers the rest. Replays after a crash go through the same
+//! filter. Writes go on while the coordinator is away: the log keeps the inserts (up to
+//! `async_insert_max_log_bytes`) and flushes are retried until they register.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use tandem_coordinator::{AsyncBlockId, FlushOutcome, MAX_PARTS_PER_FLUSH, NewPart, Revision};
+use tandem_parts::arrow::array::RecordBatch;
+use tandem_parts::arrow::compute::concat_batches;
+use tandem_parts::{
+    PART_FORMAT_VERSION, PartId, PartManifest, PartMetadata, block_id, encode_part, split_by_partition,
+};
+use tokio::sync::oneshot;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+use crate::error::Error;
+use crate::insert::{Acknowledged, InsertOptions, InsertSummary, QuorumSummary, QuorumTarget};
+use crate::insert_buffer::{
+    AsyncBacklog, AsyncInserts, Entry, FlushAck, LoggedInsert, LoggedPiece, MAX_RETRY, Piece, decode_logged,
+    encode_logged,
+};
+use crate::insert_log::LogError;
+use crate::replica::Replica;
+use crate::schema::{Durability, TableDef};
+
+/// How an asynchronous insert is buffered and acknowledged (its request's settings, over the
+/// table's, over the server's).
+#[derive(Clone, Debug)]
+pub struct AsyncInsertOptions {
+    /// `wait_for_async_insert`: answer once the flush holding the insert is registered (true),
+    /// or once the insert is in the fsynced log (false).
+    pub wait: bool,
+    /// `async_insert_busy_timeout_ms`; None: the table's, then the server's.
+    pub busy_timeout: Option<Duration>,
+    /// `async_insert_max_data_size`; None: the table's, then the server's.
+    pub max_data_size: Option<u64>,
+    /// `wait_for_async_insert_timeout`: how long `wait` waits for the flush.
+    pub wait_timeout: Duration,
+}
+
+/// How long a flush waits for this node to apply its own registration.
+const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
+
+impl Replica {
+    /// Whether an insert into `def` is asynchronous: the request's `async_insert`, else the
+    /// table's, else the server's.
+    pub fn async_insert_enabled(&self, def: &TableDef, requested: Option<bool>) -> bool {
+        requested.or(def.settings.async_insert).unwrap_or(self.config.settings.async_insert)
+    }
+
+    /// The inserts buffered on this node and not yet registered, per table.
+    pub fn async_backlog(&self) -> Vec<AsyncBacklog> {
+        self.async_inserts.backlog()
+    }
+
+    /// Bytes of this node's insert log on disk.
+    pub fn async_log_bytes(&self) -> u64 {
+        self.async_inserts.log_bytes()
+    }
+
+    /// Inserts `rows` (decoded under `def` at `version`) through the buffer: logged here, then
+    /// registered by a flush. Blocks admitted before (by an earlier flush, within the window)
+    /// are answered as duplicates and not logged.
+    pub async fn insert_async(
+        &self,
+        def: &Arc<TableDef>,
+        version: Revision,
+        rows: RecordBatch,
+        options: &InsertOptions,
+        buffering: &AsyncInsertOptions,
+        quorum: QuorumTarget,
+    ) -> Result<InsertSummary, Error> {
+        let table = def.name.clone();
+        let Some(created) = self.catalog.table(&table).map(|state| state.created) else {
+            return Err(Error::UnknownTable(table));
+        };
+        if def.settings.insert_durability == Durability::ObjectStore
+            || options.durability == Some(Durability::ObjectStore)
+        {
+            return Err(Error::bad_request(
+                "insert_durability=object_store waits for the object store before the ack, which a buffered insert \
+                 cannot: send it with async_insert=0",
+            ));
+        }
+        let inserts = self.async_inserts.clone();
+        let (split_def, token, deduplicate) = (def.clone(), options.deduplication_token.clone(), options.deduplicate);
+        let split_inserts = inserts.clone();
+        let pieces = tokio::task::spawn_blocking(move || -> Result<Vec<Piece>, Error> {
+            let mut pieces = Vec::new();
+            if rows.num_rows() == 0 {
+                return Ok(pieces);
+            }
+            for (partition, block) in split_by_partition(&rows, &split_def.partition_by)? {
+                let id = if deduplicate {
+                    let hex = block_id(&split_def.name, &partition, &block, token.as_deref())?;
+                    AsyncBlockId::from_hash(&parse_hash(&hex).ok_or_else(|| Error::internal("block id is not a hash"))?)
+                } else {
+                    split_inserts.unique_id()
+                };
+                pieces.push(Piece { partition, id, rows: block });
+            }
+            Ok(pieces)
+        })
+        .await
+        .map_err(Error::internal)??;
+
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let window_ms = dedup_window_ms(def);
+        let mut summary = InsertSummary {
+            table: table.clone(),
+            rows_written: 0,
+            rows_deduplicated: 0,
+            deduplicated: false,
+            parts: Vec::new(),
+            revision: self.catalog.applied_revision(),
+            quorum: None,
+            acknowledged: Acknowledged::Logged,
+        };
+        let mut new = Vec::new();
+        for piece in pieces {
+            match inserts.index.admitted(&table, &piece.id, now_ms, window_ms) {
+                Some(revision) => {
+                    summary.rows_deduplicated += piece.rows.num_rows() as u64;
+                    summary.revision = summary.revision.max(revision);
+                }
+                None => new.push(piece),
+            }
+        }
+        if new.is_empty() {
+            summary.deduplicated = summary.rows_deduplicated > 0;
+            summary.acknowledged = Acknowledged::Registered;
+            self.metrics.insert_deduplicated_blocks.inc();
+            return Ok(summary);
+        }
+
+        let header = LoggedInsert {
+            table: table.clone(),
+            created,
+            version,
+            pieces: new.iter().map(|p| LoggedPiece { partition: p.partition.clone(), id: p.id.0 }).collect(),
+        };
+        let batches: Vec<RecordBatch> = new.iter().map(|p| p.rows.clone()).collect();
+        let (encode_inserts, encode_def) = (inserts.clone(), def.clone());
+        let payload = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, Error> {
+            encode_inserts
+                .ensure_definition(&encode_def, created, version)
+                .map_err(|e| Error::Unavailable(format!("cannot write to the insert log: {e}; nothing was logged")))?;
+            encode_logged(&header, &batches)
+        })
+        .await
+        .map_err(Error::internal)??;
+        let sequence = inserts.log.append(payload).await.map_err(|e| match e {
+            LogError::Full { .. } => Error::Unavailable(format!(
+                "{e}: inserts are coming faster than they can be registered (is the metadata store reachable?); \
+                 nothing was logged, retry later"
+            )),
+            LogError::Io(_) => Error::Unavailable(format!("{e}; nothing was logged, send the insert to another node")),
+        })?;
+        let rows: u64 = new.iter().map(|p| p.rows.num_rows() as u64).sum();
+        let bytes: u64 = new.iter().map(|p| p.rows.get_array_memory_size() as u64).sum();
+        let (waiter, answer) = if buffering.wait { Some(oneshot::channel()).unzip() } else { (None, None) };
+        let settings = &self.config.settings;
+        let busy_timeout = buffering.busy_timeout.unwrap_or_else(|| {
+            Duration::from_millis(
+                def.settings.async_insert_busy_timeout_ms.unwrap_or(settings.async_insert_busy_timeout_ms),
+            )
+        });
+        let max_bytes = buffering
+            .max_data_size
+            .or(def.settings.async_insert_max_data_size)
+            .unwrap_or(settings.async_insert_max_data_size)
+            .max(1);
+        inserts.buffer(
+            Entry {
+                sequence,
+                def: def.clone(),
+                version,
+                created,
+                pieces: new,
+                bytes,
+                logged_at: Instant::now(),
+                waiter,
+            },
+            busy_timeout,
+            max_bytes,
+        );
+        self.metrics.async_insert_backlog_bytes.set(inserts.backlog().iter().map(|b| b.bytes as i64).sum());
+
+        let Some(answer) = answer else {
+            summary.rows_written = rows;
+            return Ok(summary);
+        };
+        let ack = match tokio::time::timeout(buffering.wait_timeout, answer).await {
+            Ok(Ok(result)) => result?,
+            Ok(Err(_)) => {
+                return Err(Error::Unavailable(
+                    "the node stopped before the insert's flush was registered; the insert is in its log and will be \
+                     registered when it restarts, and retrying it is safe (it will be deduplicated)"
+                        .into(),
+                ));
+            }
+            Err(_) => {
+                return Err(Error::Timeout(format!(
+                    "the insert is in the insert log but its flush was not registered within {} ms \
+                     (wait_for_async_insert_timeout); it will be, and retrying it is safe (it will be deduplicated)",
+                    buffering.wait_timeout.as_millis()
+                )));
+            }
+        };
+        summary.acknowledged = Acknowledged::Registered;
+        summary.rows_written = ack.rows_written;
+        summary.rows_deduplicated += ack.rows_deduplicated;
+        summary.deduplicated = ack.rows_written == 0;
+        summary.revision = summary.revision.max(ack.revision);
+        if quorum.required() > 1 && !ack.parts.is_empty() {
+            let (reached, holders) =
+                self.catalog.wait_holders(&ack.parts, quorum.required(), options.quorum_timeout).await;
+            if !reached {
+                return Err(Error::Timeout(format!(
+                    "insert_quorum={} not reached within {} ms: its flush is registered at revision {} on {} node(s) \
+                     ({}) and will keep replicating; retrying it is safe (it will be deduplicated)",
+                    quorum.required(),
+                    options.quorum_timeout.as_millis(),
+                    ack.revision,
+                    holders.len(),
+                    holders.iter().cloned().collect::<Vec<_>>().join(", "),
+                )));
+            }
+            if let Err(e) = self.coordinator.raise_quorum_revision(ack.revision).await {
+                tracing::warn!(error = %e, "cannot record the quorum-acknowledged revision");
+            }
+            summary.quorum =
+                Some(QuorumSummary { required: quorum.required(), holders: holders.into_iter().collect() });
+        }
+        Ok(summary)
+    }
+}
+
+fn dedup_window_ms(def: &TableDef) -> i64 {
+    i64::try_from(def.settings.dedup_window_seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
+}
+
+fn parse_hash(hex: &str) -> Option<[u8; 32]> {
+    let mut out = [0u8; 32];
+    if hex.len() != 64 {
+        return None;
+    }
+    for (i, byte) in out.iter_mut().enumerate() {
+        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
+    }
+    Some(out)
+}
+
+/// Replays the inserts the log kept, then flushes buffers as they fall due, until shutdown.
+pub(crate) async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
+    let inserts = node.async_inserts.clone();
+    replay(&node);
+    let mut backoff = Duration::from_millis(100);
+    while !inserts.index.is_listed() {
+        match node.coordinator.list_async_blocks().await {
+            Ok((sets, sequences, _)) => inserts.index.apply_listing(&sets, &sequences),
+            Err(e) => {
+                tracing::debug!(error = %e, "cannot list asynchronous insert block ids yet; retrying");
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {},
+                    _ = shutdown.cancelled() => return,
+                }
+                backoff = (backoff * 2).min(MAX_RETRY);
+            }
+        }
+    }
+    loop {
+        if node.catalog.is_ready() {
+            for (table, entries) in inserts.take_due(Instant::now()) {
+                match flush(&node, &table, entries).await {
+                    Ok(()) => inserts.flushed_ok(&table),
+                    Err((entries, e)) => {
+                        tracing::warn!(%table, error = %e, inserts = entries.len(), "asynchronous insert flush failed; retrying");
+                        inserts.requeue(&table, entries, &e);
+                    }
+                }
+            }
+            let backlog = inserts.backlog();
+            node.metrics.async_insert_backlog_bytes.set(backlog.iter().map(|b| b.bytes as i64).sum());
+            node.metrics.async_insert_log_bytes.set(inserts.log_bytes() as i64);
+        }
+        let next = if node.catalog.is_ready() {
+            inserts.next_deadline().unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
+        } else {
+            Instant::now() + Duration::from_millis(50)
+        };
+        tokio::select! {
+            _ = tokio::time::sleep_until(next) => {},
+            _ = inserts.wake.notified() => {},
+            _ = shutdown.cancelled() => return,
+        }
+    }
+}
+
+/// Buffers the inserts found in the log at start, to be flushed at once.
+fn replay(node: &Replica) {
+    let inserts = &node.async_inserts;
+    let Some(recovery) = inserts.recovered.lock().ok().and_then(|mut r| r.take()) else { return };
+    if recovery.inserts.is_empty() {
+        return;
+    }
+    tracing::info!(inserts = recovery.inserts.len(), "replaying asynchronous inserts from the insert log");
+    let mut definitions: HashMap<(String, Revision, Revision), Arc<TableDef>> = HashMap::new();
+    for replayed in recovery.inserts {
+        let decoded = decode_logged(&replayed.payload).and_then(|(header, batches)| {
+            let key = (header.table.clone(), header.created, header.version);
+            let def = match definitions.get(&key) {
+                Some(def) => def.clone(),
+                None => {
+                    let def = Arc::new(inserts.load_definition(&header.table, header.created, header.version)?);
+                    definitions.insert(key, def.clone());
+                    def
+                }
+            };
+            Ok((header, batches, def))
+        });
+        let (header, batches, def) = match decoded {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                tracing::error!(sequence = replayed.sequence, error = %e, "cannot read a logged insert; it is dropped");
+                inserts.log.flushed(vec![replayed.sequence]);
+                continue;
+            }
+        };
+        let pieces: Vec<Piece> = header
+            .pieces
+            .into_iter()
+            .zip(batches)
+            .map(|(piece, rows)| Piece { partition: piece.partition, id: AsyncBlockId(piece.id), rows })
+            .collect();
+        let bytes = pieces.iter().map(|p| p.rows.get_array_memory_size() as u64).sum();
+        let entry = Entry {
+            sequence: replayed.sequence,
+            def,
+            version: header.version,
+            created: header.created,
+            pieces,
+            bytes,
+            logged_at: Instant::now(),
+            waiter: None,
+        };
+        inserts.buffer(entry, Duration::ZERO, node.config.settings.async_insert_max_data_size.max(1));
+    }
+}
+
+/// A part of one flush, encoded and stored, not yet registered.
+struct EncodedPart {
+    id: PartId,
+    new_part: NewPart,
+    rows: u64,
+    bytes: bytes::Bytes,
+}
+
+/// Registers one flush of `table`. On a failure that may pass (the coordinator is away), hands
+/// the entries back to be retried.
+async fn flush(node: &Arc<Replica>, table: &str, mut entries: Vec<Entry>) -> Result<(), (Vec<Entry>, Error)> {
+    let inserts = &node.async_inserts;
+    let mut expected_sequence = inserts.index.sequence(table);
+    for _attempt in 0..100 {
+        let Some(state) = node.catalog.table(table) else {
+            finish_gone(inserts, table, entries);
+            return Ok(());
+        };
+        // Inserts into a table since dropped (and perhaps re-created) have nowhere to go.
+        let (current, gone): (Vec<Entry>, Vec<Entry>) = entries.into_iter().partition(|e| e.created == state.created);
+        finish_gone(inserts, table, gone);
+        entries = current;
+        if entries.is_empty() {
+            return Ok(());
+        }
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let window_ms = dedup_window_ms(&state.def);
+        // Which pieces are new: not admitted by an earlier flush, not earlier in this one.
+        let mut seen = HashSet::new();
+        let mut fresh: Vec<Vec<bool>> = Vec::with_capacity(entries.len());
+        let mut duplicate_revision: Vec<Revision> = vec![0; entries.len()];
+        for (i, entry) in entries.iter().enumerate() {
+            let mut flags = Vec::with_capacity(entry.pieces.len());
+            for piece in &entry.pieces {
+                let admitted = inserts.index.admitted(table, &piece.id, now_ms, window_ms);
+                if let Some(revision) = admitted {
+                    duplicate_revision[i] = duplicate_revision[i].max(revision);
+                }
+                flags.push(admitted.is_none() && seen.insert(piece.id));
+            }
+            fresh.push(flags);
+        }
+        let ids: Vec<AsyncBlockId> = entries
+            .iter()
+            .zip(&fresh)
+            .flat_map(|(e, flags)| e.pieces.iter().zip(flags).filter(|(_, f)| **f).map(|(p, _)| p.id))
+            .collect();
+        if ids.is_empty() {
+            answer(inserts, entries, &fresh, &duplicate_revision, None, &HashMap::new());
+            return Ok(());
+        }
+        let encoded = match encode(node, &entries, &fresh, now_ms).await {
+            Ok(encoded) => encoded,
+            Err(e) => return Err((entries, e)),
+        };
+        let part_of: HashMap<(Revision, String), PartId> =
+            encoded.iter().map(|(key, part)| (key.clone(), part.id)).collect();
+        let parts: Vec<&EncodedPart> = encoded.values().collect();
+        let new_parts: Vec<NewPart> = parts.iter().map(|p| p.new_part.clone()).collect();
+        let part_ids: Vec<PartId> = parts.iter().map(|p| p.id).collect();
+        let holders = [node.config.node_id.as_str()];
+        let outcome = node
+            .coordinator
+            .register_flush(table, state.version, expected_sequence, &new_parts, &ids, &holders, now_ms, window_ms)
+            .await;
+        match outcome {
+            Ok(FlushOutcome::Registered { revision }) => {
+                node.metrics.async_insert_flushes.inc();
+                node.metrics.insert_parts.inc_by(parts.len() as u64);
+                node.metrics.insert_rows.inc_by(parts.iter().map(|p| p.rows).sum());
+                node.metrics.insert_bytes.inc_by(parts.iter().map(|p| p.bytes.len() as u64).sum());
+                if !node.catalog.wait_applied(revision, APPLY_TIMEOUT).await {
+                    tracing::warn!(%table, revision, "a flush is registered but not yet applied here");
+                }
+                answer(inserts, entries, &fresh, &duplicate_revision, Some(revision), &part_of);
+                return Ok(());
+            }
+            Ok(FlushOutcome::Stale { sequence, table_version }) => {
+                discard(node, &part_ids).await;
+                node.metrics.async_insert_flush_conflicts.inc();
+                let Some(table_version) = table_version else {
+                    finish_gone(inserts, table, entries);
+                    return Ok(());
+                };
+                // Catch up with the flush (or schema change) that came first, then filter again.
+                node.catalog.wait_applied(sequence.max(table_version), APPLY_TIMEOUT).await;
+                expected_sequence = sequence;
+            }
+            Err(e) => {
+                // An error here may come after the transaction took effect (a timeout while
+                // etcd was frozen, answered when it resumed): the files stay, the orphan sweep
+                // removes them if no registration names them, and the retry's filter finds
+                // the inserts admitted if it did.
+                return Err((entries, e.into()));
+            }
+        }
+    }
+    Err((entries, Error::Unavailable(format!("the flush of `{table}` kept losing races with other nodes' flushes"))))
+}
+
+/// Sorts, encodes and stores one part per (schema version, partition) of the new pieces.
+async fn encode(
+    node: &Arc<Replica>,
+    entries: &[Entry],
+    fresh: &[Vec<bool>],
+    now_ms: i64,
+) -> Result<BTreeMap<(Revision, String), EncodedPart>, Error> {
+    let mut groups: BTreeMap<(Revision, String), (Arc<TableDef>, Vec<RecordBatch>)> = BTreeMap::new();
+    for (entry, flags) in entries.iter().zip(fresh) {
+        for (piece, _) in entry.pieces.iter().zip(flags).filter(|(_, f)| **f) {
+            groups
+                .entry((entry.version, piece.partition.clone()))
+                .or_insert_with(|| (entry.def.clone(), Vec::new()))
+                .1
+                .push(piece.rows.clone());
+        }
+    }
+    if groups.len() > MAX_PARTS_PER_FLUSH {
+        // More partitions than one transaction takes: flush the first ones now, the rest next.
+        return Err(Error::Unavailable(format!(
+            "one flush touches {} partitions, more than the {MAX_PARTS_PER_FLUSH} one transaction takes",
+            groups.len()
+        )));
+    }
+    let store = node.catalog.store().clone();
+    let node_id = node.config.node_id.clone();
+    let unique = node.async_inserts.unique.fetch_add(1, Ordering::Relaxed);
+    tokio::task::spawn_blocking(move || {
+        let mut out = BTreeMap::new();
+        for (index, ((version, partition), (def, batches))) in groups.into_iter().enumerate() {
+            let schema = batches.first().map(|b| b.schema()).ok_or_else(|| Error::internal("empty group"))?;
+            let rows = concat_batches(&schema, &batches).map_err(Error::internal)?;
+            let origin = format!("async/{node_id}/{now_ms}/{unique}/{index}");
+            let metadata = PartMetadata { table: def.name.clone(), partition: partition.clone(), origin };
+            let part = encode_part(&rows, &def.order_by, &metadata)?;
+            store.write(&part.id, &part.bytes)?;
+            let manifest = PartManifest {
+                format_version: PART_FORMAT_VERSION,
+                table: def.name.clone(),
+                partition: partition.clone(),
+                rows: part.rows,
+                bytes: part.bytes.len() as u64,
+                schema_version: version,
+                block_id: None,
+                level: 0,
+                sort_key: def.order_by.clone(),
+                columns: part.columns,
+                column_ids: def.column_ids(),
+                node: Some(node_id.clone()),
+                created_at_ms: now_ms,
+                merged_from: Vec::new(),
+                revision_range: None,
+            };
+            let new_part =
+                NewPart { id: part.id, partition: partition.clone(), block_id: None, manifest: manifest.to_json() };
+            out.insert((version, partition), EncodedPart { id: part.id, new_part, rows: part.rows, bytes: part.bytes });
+        }
+        Ok(out)
+    })
+    .await
+    .map_err(Error::internal)?
+}
+
+/// Tells each entry what became of it and marks it flushed in the log.
+fn answer(
+    inserts: &AsyncInserts,
+    entries: Vec<Entry>,
+    fresh: &[Vec<bool>],
+    duplicate_revision: &[Revision],
+    registered: Option<Revision>,
+    part_of: &HashMap<(Revision, String), PartId>,
+) {
+    let mut sequences = Vec::with_capacity(entries.len());
+    for ((entry, flags), duplicate) in entries.into_iter().zip(fresh).zip(duplicate_revision) {
+        sequences.push(entry.sequence);
+        let Some(waiter) = entry.waiter else { continue };
+        let mut ack = FlushAck { revision: *duplicate, parts: Vec::new(), rows_written: 0, rows_deduplicated: 0 };
+        for (piece, fresh) in entry.pieces.iter().zip(flags) {
+            let rows = piece.rows.num_rows() as u64;
+            match (fresh, registered) {
+                (true, Some(revision)) => {
+                    ack.rows_written += rows;
+                    ack.revision = ack.revision.max(revision);
+                    if let Some(part) = part_of.get(&(entry.version, piece.partition.clone())) {
+                        ack.parts.push(*part);
+                    }
+                }
+                _ => {
+                    // Admitted before, or the same insert earlier in this very flush.
+                    ack.rows_deduplicated += rows;
+                    ack.revision = ack.revision.max(registered.unwrap_or(0));
+                }
+            }
+        }
+        let _ = waiter.send(Ok(ack));
+    }
+    inserts.log.flushed(sequences);
+}
+
+/// Answers the inserts of a table that no longer exists (as it was when they were logged).
+fn finish_gone(inserts: &AsyncInserts, table: &str, entries: Vec<Entry>) {
+    if entries.is_empty() {
+        return;
+    }
+    tracing::warn!(%table, inserts = entries.len(), "dropping buffered inserts into a table that was dropped");
+    let sequences = entries.iter().map(|e| e.sequence).collect();
+    for entry in entries {
+        if let Some(waiter) = entry.waiter {
+            let _ = waiter.send(Err(Error::UnknownTable(table.to_string())));
+        }
+    }
+    inserts.log.flushed(sequences);
+}
+
+/// Deletes the files of a flush that did not register (unless a registered part has the bytes).
+async fn discard(node: &Replica, parts: &[PartId]) {
+    for id in parts {
+        let in_use = node.catalog.snapshot().values().any(|t| t.parts.contains_key(id));
+        if !in_use && let Err(e) = node.catalog.store().remove(id) {
+            tracing::warn!(part = %id, error = %e, "cannot delete the file of an unregistered flush");
+        }
+    }
+}
+
+/// Forgets, cluster-wide, the sets of asynchronous block ids beyond each table's count window.
+pub(crate) async fn prune(node: &Replica) {
+    for (name, table) in node.catalog.snapshot() {
+        let beyond = node.async_inserts.index.sets_beyond(&name, table.def.settings.async_dedup_window_blocks);
+        if beyond.is_empty() {
+            continue;
+        }
+        match node.coordinator.forget_async_blocks(&name, &beyond).await {
+            Ok(()) => {
+                tracing::debug!(table = %name, sets = beyond.len(), "forgot asynchronous insert block ids beyond the count window")
+            }
+            Err(e) => tracing::warn!(table = %name, error = %e, "cannot prune asynchronous insert block ids"),
+        }
+    }
+}

@@ -1,0 +1,441 @@
+//! The asynchronous insert buffer of one node: inserts as they wait, per table, between the
+//! insert log (which has them on disk) and the flush that registers them; and the block index,
+//! the ids of the inserts recent flushes admitted, which every flush filters against. A
+//! component: it knows nothing of the replica that holds it (`async_insert` drives it).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tandem_coordinator::{
+    AsyncBlockId, AsyncBlockSet, ClusterEvent, EventBatch, MAX_ASYNC_BLOCKS_PER_FLUSH, Revision, Snapshot,
+};
+use tandem_parts::PartId;
+use tandem_parts::arrow::array::RecordBatch;
+use tokio::sync::{Notify, oneshot};
+use tokio::time::Instant;
+
+use crate::error::Error;
+use crate::insert_log::{InsertLog, Recovery};
+use crate::schema::TableDef;
+
+/// One table's buffered inserts, as `system.asynchronous_inserts` shows them.
+#[derive(Clone, Debug)]
+pub struct AsyncBacklog {
+    pub table: String,
+    pub inserts: u64,
+    pub rows: u64,
+    pub bytes: u64,
+    /// Milliseconds since the oldest buffered insert was logged.
+    pub oldest_ms: u64,
+    /// The last flush failure, while flushes fail (the coordinator is unreachable).
+    pub last_error: Option<String>,
+}
+
+/// An insert's rows in one partition, with its block id.
+pub(crate) struct Piece {
+    pub(crate) partition: String,
+    pub(crate) id: AsyncBlockId,
+    pub(crate) rows: RecordBatch,
+}
+
+/// What a flush tells the inserts it held.
+#[derive(Clone, Debug)]
+pub(crate) struct FlushAck {
+    pub(crate) revision: Revision,
+    pub(crate) parts: Vec<PartId>,
+    pub(crate) rows_written: u64,
+    pub(crate) rows_deduplicated: u64,
+}
+
+/// One logged insert waiting for its flush.
+pub(crate) struct Entry {
+    pub(crate) sequence: u64,
+    pub(crate) def: Arc<TableDef>,
+    /// The schema version the rows were decoded under.
+    pub(crate) version: Revision,
+    /// The revision that created the table: a re-created table is another table.
+    pub(crate) created: Revision,
+    pub(crate) pieces: Vec<Piece>,
+    pub(crate) bytes: u64,
+    pub(crate) logged_at: Instant,
+    pub(crate) waiter: Option<oneshot::Sender<Result<FlushAck, Error>>>,
+}
+
+pub(crate) struct TableBuffer {
+    pub(crate) entries: Vec<Entry>,
+    pub(crate) bytes: u64,
+    /// Flushed once this passes (the earliest of its inserts' busy timeouts).
+    pub(crate) deadline: Instant,
+    pub(crate) max_bytes: u64,
+    /// After a failed flush: not before this.
+    pub(crate) retry_at: Option<Instant>,
+    pub(crate) backoff: Duration,
+    pub(crate) last_error: Option<String>,
+}
+
+/// The header of a logged insert; its rows follow as one Arrow IPC stream, one batch per piece.
+#[derive(Serialize, Deserialize)]
+pub(crate) struct LoggedInsert {
+    pub(crate) table: String,
+    pub(crate) created: Revision,
+    pub(crate) version: Revision,
+    pub(crate) pieces: Vec<LoggedPiece>,
+}
+
+#[derive(Serialize, Deserialize)]
+pub(crate) struct LoggedPiece {
+    pub(crate) partition: String,
+    pub(crate) id: [u8; 16],
+}
+
+/// The asynchronous insert buffer of one node.
+pub(crate) struct AsyncInserts {
+    pub(crate) log: InsertLog,
+    /// Table definitions the logged inserts were decoded under, one file per version.
+    pub(crate) definitions_dir: PathBuf,
+    pub(crate) definitions_written: Mutex<HashSet<PathBuf>>,
+    pub(crate) buffers: Mutex<BTreeMap<String, TableBuffer>>,
+    pub(crate) index: BlockIndex,
+    pub(crate) wake: Notify,
+    /// Unique-id source for inserts without deduplication: a replay reuses the logged id.
+    pub(crate) nonce: [u8; 32],
+    pub(crate) unique: AtomicU64,
+    /// What opening the log found, replayed once the replica runs.
+    pub(crate) recovered: Mutex<Option<Recovery>>,
+}
+
+/// Flushes retry at most this far apart while the coordinator is away.
+pub(crate) const MAX_RETRY: Duration = Duration::from_secs(2);
+
+impl AsyncInserts {
+    pub(crate) fn open(data_dir: &Path, node_id: &str, max_log_bytes: u64) -> anyhow::Result<AsyncInserts> {
+        let dir = data_dir.join("insert_log");
+        let (log, recovery) = InsertLog::open(&dir, max_log_bytes)
+            .map_err(|e| anyhow::anyhow!("cannot open the insert log in {}: {e}", dir.display()))?;
+        if recovery.cut_bytes > 0 {
+            tracing::warn!(bytes = recovery.cut_bytes, "cut a torn tail off the insert log");
+        }
+        let definitions_dir = dir.join("tables");
+        std::fs::create_dir_all(&definitions_dir)?;
+        let mut nonce = blake3::Hasher::new();
+        nonce.update(node_id.as_bytes());
+        nonce.update(&chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default().to_le_bytes());
+        nonce.update(&std::process::id().to_le_bytes());
+        Ok(AsyncInserts {
+            log,
+            definitions_dir,
+            definitions_written: Mutex::default(),
+            buffers: Mutex::default(),
+            index: BlockIndex::default(),
+            wake: Notify::new(),
+            nonce: *nonce.finalize().as_bytes(),
+            unique: AtomicU64::new(0),
+            recovered: Mutex::new(Some(recovery)),
+        })
+    }
+
+    pub(crate) fn unique_id(&self) -> AsyncBlockId {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(&self.nonce);
+        hasher.update(&self.unique.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        AsyncBlockId::from_hash(hasher.finalize().as_bytes())
+    }
+
+    /// Writes the table definition the rows were decoded under, once per version, before any
+    /// logged insert refers to it.
+    pub(crate) fn ensure_definition(
+        &self,
+        def: &TableDef,
+        created: Revision,
+        version: Revision,
+    ) -> std::io::Result<()> {
+        let path = self.definitions_dir.join(format!("{}.{created}.{version}.json", def.name));
+        // Held while writing: concurrent inserts of a new version write its file once.
+        let mut written = self.definitions_written.lock().map_err(|e| std::io::Error::other(e.to_string()))?;
+        if written.contains(&path) {
+            return Ok(());
+        }
+        if !path.exists() {
+            let temp = path.with_extension("tmp");
+            let mut file = std::fs::File::create(&temp)?;
+            file.write_all(&def.to_json())?;
+            file.sync_all()?;
+            std::fs::rename(&temp, &path)?;
+            std::fs::File::open(&self.definitions_dir)?.sync_all()?;
+        }
+        written.insert(path);
+        Ok(())
+    }
+
+    pub(crate) fn load_definition(
+        &self,
+        table: &str,
+        created: Revision,
+        version: Revision,
+    ) -> anyhow::Result<TableDef> {
+        let path = self.definitions_dir.join(format!("{table}.{created}.{version}.json"));
+        Ok(TableDef::from_json(&std::fs::read(&path)?)?)
+    }
+
+    pub(crate) fn buffer(&self, entry: Entry, busy_timeout: Duration, max_bytes: u64) {
+        let table = entry.def.name.clone();
+        let deadline = entry.logged_at + busy_timeout;
+        let mut wake = false;
+        if let Ok(mut buffers) = self.buffers.lock() {
+            let buffer = buffers.entry(table).or_insert_with(|| TableBuffer {
+                entries: Vec::new(),
+                bytes: 0,
+                deadline,
+                max_bytes,
+                retry_at: None,
+                backoff: Duration::from_millis(100),
+                last_error: None,
+            });
+            if buffer.entries.is_empty() {
+                buffer.deadline = deadline;
+                buffer.max_bytes = max_bytes;
+                // A new deadline: the flusher may be asleep until a later one.
+                wake = true;
+            }
+            buffer.deadline = buffer.deadline.min(deadline);
+            buffer.max_bytes = buffer.max_bytes.min(max_bytes);
+            buffer.bytes += entry.bytes;
+            buffer.entries.push(entry);
+            wake |= buffer.bytes >= buffer.max_bytes;
+        }
+        if wake || busy_timeout.is_zero() {
+            self.wake.notify_one();
+        }
+    }
+
+    /// Takes the entries of every table whose buffer is due, each at most one flush's worth.
+    pub(crate) fn take_due(&self, now: Instant) -> Vec<(String, Vec<Entry>)> {
+        let Ok(mut buffers) = self.buffers.lock() else { return Vec::new() };
+        let mut due = Vec::new();
+        for (table, buffer) in buffers.iter_mut() {
+            let ready = buffer.deadline <= now || buffer.bytes >= buffer.max_bytes;
+            if buffer.entries.is_empty() || !ready || buffer.retry_at.is_some_and(|at| at > now) {
+                continue;
+            }
+            let (mut bytes, mut ids, mut take) = (0, 0, 0);
+            for entry in &buffer.entries {
+                if take > 0 && (bytes >= buffer.max_bytes || ids + entry.pieces.len() > MAX_ASYNC_BLOCKS_PER_FLUSH) {
+                    break;
+                }
+                bytes += entry.bytes;
+                ids += entry.pieces.len();
+                take += 1;
+            }
+            let entries: Vec<Entry> = buffer.entries.drain(..take).collect();
+            buffer.bytes -= bytes;
+            due.push((table.clone(), entries));
+        }
+        due
+    }
+
+    /// Puts entries whose flush failed back in front of their buffer, to be retried later.
+    pub(crate) fn requeue(&self, table: &str, mut entries: Vec<Entry>, error: &Error) {
+        let Ok(mut buffers) = self.buffers.lock() else { return };
+        let Some(buffer) = buffers.get_mut(table) else { return };
+        buffer.bytes += entries.iter().map(|e| e.bytes).sum::<u64>();
+        entries.append(&mut buffer.entries);
+        buffer.entries = entries;
+        buffer.retry_at = Some(Instant::now() + buffer.backoff);
+        buffer.backoff = (buffer.backoff * 2).min(MAX_RETRY);
+        buffer.last_error = Some(error.to_string());
+    }
+
+    pub(crate) fn flushed_ok(&self, table: &str) {
+        if let Ok(mut buffers) = self.buffers.lock()
+            && let Some(buffer) = buffers.get_mut(table)
+        {
+            buffer.retry_at = None;
+            buffer.backoff = Duration::from_millis(100);
+            buffer.last_error = None;
+        }
+    }
+
+    /// When the next buffer falls due.
+    pub(crate) fn next_deadline(&self) -> Option<Instant> {
+        let buffers = self.buffers.lock().ok()?;
+        buffers
+            .values()
+            .filter(|b| !b.entries.is_empty())
+            .map(|b| b.retry_at.map_or(b.deadline, |at| at.max(b.deadline)))
+            .min()
+    }
+
+    pub(crate) fn backlog(&self) -> Vec<AsyncBacklog> {
+        let Ok(buffers) = self.buffers.lock() else { return Vec::new() };
+        let now = Instant::now();
+        buffers
+            .iter()
+            .filter(|(_, b)| !b.entries.is_empty() || b.last_error.is_some())
+            .map(|(table, b)| AsyncBacklog {
+                table: table.clone(),
+                inserts: b.entries.len() as u64,
+                rows: b.entries.iter().flat_map(|e| &e.pieces).map(|p| p.rows.num_rows() as u64).sum(),
+                bytes: b.bytes,
+                oldest_ms: b.entries.first().map_or(0, |e| now.duration_since(e.logged_at).as_millis() as u64),
+                last_error: b.last_error.clone(),
+            })
+            .collect()
+    }
+
+    pub(crate) fn log_bytes(&self) -> u64 {
+        self.log.bytes()
+    }
+}
+
+/// The block ids of recent asynchronous flushes, per table, as this node has applied them.
+#[derive(Default)]
+pub(crate) struct BlockIndex {
+    pub(crate) tables: Mutex<HashMap<String, TableIndex>>,
+    /// Set once the first listing is in: before it, a flush cannot know what was admitted.
+    pub(crate) listed: AtomicBool,
+}
+
+#[derive(Default)]
+pub(crate) struct TableIndex {
+    /// The revision of the table's last flush seen here.
+    pub(crate) sequence: Revision,
+    /// Each id with the revision and time it was admitted.
+    pub(crate) ids: HashMap<AsyncBlockId, (Revision, i64)>,
+    /// The sets by key (oldest first), for forgetting them.
+    pub(crate) sets: BTreeMap<String, (Revision, Vec<AsyncBlockId>)>,
+}
+
+impl TableIndex {
+    pub(crate) fn add(&mut self, set: &AsyncBlockSet) {
+        if self.sets.contains_key(&set.key) {
+            return;
+        }
+        for id in &set.ids {
+            let admitted = self.ids.entry(*id).or_insert((set.revision, set.created_at_ms));
+            if admitted.0 < set.revision {
+                *admitted = (set.revision, set.created_at_ms);
+            }
+        }
+        self.sets.insert(set.key.clone(), (set.revision, set.ids.clone()));
+    }
+
+    pub(crate) fn remove(&mut self, key: &str) {
+        if let Some((revision, ids)) = self.sets.remove(key) {
+            for id in ids {
+                if self.ids.get(&id).is_some_and(|(r, _)| *r == revision) {
+                    self.ids.remove(&id);
+                }
+            }
+        }
+    }
+}
+
+impl BlockIndex {
+    pub(crate) fn apply_batch(&self, batch: &EventBatch) {
+        let Ok(mut tables) = self.tables.lock() else { return };
+        for event in &batch.events {
+            match event {
+                ClusterEvent::AsyncBlocksAdded(set) => tables.entry(set.table.clone()).or_default().add(set),
+                ClusterEvent::AsyncBlocksRemoved { table, key } => {
+                    if let Some(index) = tables.get_mut(table) {
+                        index.remove(key);
+                    }
+                }
+                ClusterEvent::AsyncSequence { table, revision } => {
+                    let index = tables.entry(table.clone()).or_default();
+                    index.sequence = index.sequence.max(*revision);
+                }
+                ClusterEvent::TableDropped { name } => {
+                    tables.remove(name);
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Adds a listing's sets (a union: a set the watch has already removed again only lives
+    /// until its window ends, which admission checks anyway).
+    pub(crate) fn apply_listing(&self, sets: &[AsyncBlockSet], sequences: &[(String, Revision)]) {
+        let Ok(mut tables) = self.tables.lock() else { return };
+        for set in sets {
+            tables.entry(set.table.clone()).or_default().add(set);
+        }
+        for (table, revision) in sequences {
+            let index = tables.entry(table.clone()).or_default();
+            index.sequence = index.sequence.max(*revision);
+        }
+        self.listed.store(true, Ordering::Release);
+    }
+
+    pub(crate) fn apply_snapshot(&self, snapshot: &Snapshot) {
+        self.apply_listing(&snapshot.async_blocks, &snapshot.async_sequences);
+    }
+
+    pub(crate) fn is_listed(&self) -> bool {
+        self.listed.load(Ordering::Acquire)
+    }
+
+    pub(crate) fn sequence(&self, table: &str) -> Revision {
+        self.tables.lock().ok().and_then(|t| t.get(table).map(|i| i.sequence)).unwrap_or(0)
+    }
+
+    /// The revision at which `id` was admitted, if within the window.
+    pub(crate) fn admitted(&self, table: &str, id: &AsyncBlockId, now_ms: i64, window_ms: i64) -> Option<Revision> {
+        let tables = self.tables.lock().ok()?;
+        let (revision, created) = tables.get(table)?.ids.get(id)?;
+        (now_ms - created <= window_ms).then_some(*revision)
+    }
+
+    /// The keys of the oldest sets of `table` past the newest `keep` ids.
+    pub(crate) fn sets_beyond(&self, table: &str, keep: u64) -> Vec<String> {
+        let Ok(tables) = self.tables.lock() else { return Vec::new() };
+        let Some(index) = tables.get(table) else { return Vec::new() };
+        let mut kept = 0u64;
+        let mut beyond = Vec::new();
+        for (key, (_, ids)) in index.sets.iter().rev() {
+            kept += ids.len() as u64;
+            if kept > keep {
+                beyond.push(key.clone());
+            }
+        }
+        beyond
+    }
+}
+
+pub(crate) fn encode_logged(header: &LoggedInsert, batches: &[RecordBatch]) -> Result<Vec<u8>, Error> {
+    let header = serde_json::to_vec(header).map_err(Error::internal)?;
+    let mut payload =
+        Vec::with_capacity(header.len() + 4 + batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>());
+    payload.extend_from_slice(&(header.len() as u32).to_le_bytes());
+    payload.extend_from_slice(&header);
+    if let Some(first) = batches.first() {
+        let mut writer = tandem_parts::arrow::ipc::writer::StreamWriter::try_new(&mut payload, &first.schema())
+            .map_err(Error::internal)?;
+        for batch in batches {
+            writer.write(batch).map_err(Error::internal)?;
+        }
+        writer.finish().map_err(Error::internal)?;
+    }
+    Ok(payload)
+}
+
+pub(crate) fn decode_logged(payload: &[u8]) -> anyhow::Result<(LoggedInsert, Vec<RecordBatch>)> {
+    let len = u32::from_le_bytes(payload.get(..4).ok_or_else(|| anyhow::anyhow!("short record"))?.try_into()?) as usize;
+    let header: LoggedInsert =
+        serde_json::from_slice(payload.get(4..4 + len).ok_or_else(|| anyhow::anyhow!("short header"))?)?;
+    let reader =
+        tandem_parts::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(&payload[4 + len..]), None)?;
+    let batches = reader.collect::<Result<Vec<_>, _>>()?;
+    anyhow::ensure!(
+        batches.len() == header.pieces.len(),
+        "{} pieces but {} batches",
+        header.pieces.len(),
+        batches.len()
+    );
+    Ok((header, batches))
+}
