@@ -12,6 +12,8 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tandem_tests::{Cluster, S3, Tandem};
 
+mod small_inserts;
+
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
     /// Rows per scenario.
@@ -35,9 +37,44 @@ pub struct BenchArgs {
     /// Small inserts of the merge scenario (100 rows each, 4 concurrent writers).
     #[arg(long, default_value_t = 4000)]
     pub merge_inserts: usize,
+    /// Seconds the small-insert scenario sends inserts in each mode.
+    #[arg(long, default_value_t = 10)]
+    pub small_insert_seconds: u64,
+    /// Concurrent connections of the small-insert scenario.
+    #[arg(long, default_value_t = 256)]
+    pub small_insert_connections: usize,
+    /// HTTP URLs of ClickHouse replicas, comma-separated (`../shared/clickhouse-anchor/` serves
+    /// two: http://127.0.0.1:8123,http://127.0.0.1:8124): the small-insert scenario runs against
+    /// the first too, from the same client, with its replicated table on all of them.
+    #[arg(long, value_delimiter = ',')]
+    pub clickhouse_url: Vec<String>,
+    /// Run only these scenarios (repeat the flag or separate with commas); all by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub only: Vec<Scenario>,
     /// Where each node's log is copied when its scenario ends.
     #[arg(long, default_value = "tandem-bench-logs")]
     pub log_dir: PathBuf,
+}
+
+/// The benchmark's scenarios, as `--only` names them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Scenario {
+    /// Bulk inserts per format and queries on one node.
+    Single,
+    /// Sustained small inserts with background merges.
+    Merges,
+    /// Replication lag and part fetch throughput in a cluster.
+    Cluster,
+    /// Many clients sending small inserts, synchronous and asynchronous, in a 2-node cluster.
+    SmallInserts,
+    /// The object-store mirror on moto.
+    ObjectStore,
+}
+
+impl BenchArgs {
+    fn wants(&self, scenario: Scenario) -> bool {
+        self.only.is_empty() || self.only.contains(&scenario)
+    }
 }
 
 struct Client {
@@ -114,6 +151,31 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&args.log_dir)
         .with_context(|| format!("cannot create the log directory {}", args.log_dir.display()))?;
     println!("tandem-bench: the nodes' logs go to {}", args.log_dir.display());
+    if args.wants(Scenario::Single) {
+        single(&args).await?;
+    }
+    if args.wants(Scenario::Merges) {
+        merges(&args).await?;
+    }
+    let clustered = args.wants(Scenario::Cluster) && args.cluster_nodes >= 2 || args.wants(Scenario::SmallInserts);
+    if clustered && tandem_tests::etcd_binary().is_none() {
+        println!("cluster scenarios skipped: no `etcd` binary on the PATH (Debian: etcd-server)");
+    } else {
+        if args.wants(Scenario::Cluster) && args.cluster_nodes >= 2 {
+            cluster(&args).await?;
+        }
+        if args.wants(Scenario::SmallInserts) {
+            small_inserts::run(&args).await?;
+        }
+    }
+    if args.wants(Scenario::ObjectStore) {
+        object_store(&args).await?;
+    }
+    Ok(())
+}
+
+/// Bulk inserts per format, then queries, on one fresh node.
+async fn single(args: &BenchArgs) -> anyhow::Result<()> {
     let dir = tempfile::tempdir().context("cannot create a temporary data directory")?;
     let node = Tandem::start(&dir.path().join("single"), &[]).await?;
     let client = Client::of(&node);
@@ -179,16 +241,7 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         );
     }
     keep_log(&node, &args.log_dir, "single")?;
-    drop(node);
-    merges(&args).await?;
-
-    if args.cluster_nodes >= 2 {
-        match tandem_tests::etcd_binary() {
-            Some(_) => cluster(&args).await?,
-            None => println!("cluster scenarios skipped: no `etcd` binary on the PATH (Debian: etcd-server)"),
-        }
-    }
-    object_store(&args).await
+    Ok(())
 }
 
 /// Copies a node's log into the log directory as `<name>.log`.

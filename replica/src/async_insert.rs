@@ -29,7 +29,9 @@ use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::error::Error;
-use crate::insert::{Acknowledged, InsertOptions, InsertSummary, QuorumSummary, QuorumTarget};
+use crate::insert::{
+    Acknowledged, InsertOptions, InsertSummary, QuorumSummary, QuorumTarget, dedup_window_ms, discard_unregistered,
+};
 use crate::insert_buffer::{
     AsyncBacklog, AsyncInserts, Entry, FlushAck, LoggedInsert, LoggedPiece, MAX_RETRY, Piece, decode_logged,
     encode_logged,
@@ -52,6 +54,10 @@ pub struct AsyncInsertOptions {
     /// `wait_for_async_insert_timeout`: how long `wait` waits for the flush.
     pub wait_timeout: Duration,
 }
+
+/// Inserts holding up to this many bytes of rows are split, hashed and encoded on the
+/// request's own task.
+const INLINE_BYTES: usize = 64 * 1024;
 
 /// How long a flush waits for this node to apply its own registration.
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -98,9 +104,10 @@ impl Replica {
             ));
         }
         let inserts = self.async_inserts.clone();
+        let rows_bytes = rows.get_array_memory_size();
         let (split_def, token, deduplicate) = (def.clone(), options.deduplication_token.clone(), options.deduplicate);
         let split_inserts = inserts.clone();
-        let pieces = tokio::task::spawn_blocking(move || -> Result<Vec<Piece>, Error> {
+        let split = move || -> Result<Vec<Piece>, Error> {
             let mut pieces = Vec::new();
             if rows.num_rows() == 0 {
                 return Ok(pieces);
@@ -115,9 +122,14 @@ impl Replica {
                 pieces.push(Piece { partition, id, rows: block });
             }
             Ok(pieces)
-        })
-        .await
-        .map_err(Error::internal)??;
+        };
+        // Splitting and hashing touch every row: off the runtime, unless the insert is so small
+        // that the hop to a blocking thread costs more than the work.
+        let pieces = if rows_bytes <= INLINE_BYTES {
+            split()?
+        } else {
+            tokio::task::spawn_blocking(split).await.map_err(Error::internal)??
+        };
 
         let now_ms = chrono::Utc::now().timestamp_millis();
         let window_ms = dedup_window_ms(def);
@@ -156,14 +168,19 @@ impl Replica {
         };
         let batches: Vec<RecordBatch> = new.iter().map(|p| p.rows.clone()).collect();
         let (encode_inserts, encode_def) = (inserts.clone(), def.clone());
-        let payload = tokio::task::spawn_blocking(move || -> Result<Vec<u8>, Error> {
+        let encode = move || -> Result<Vec<u8>, Error> {
             encode_inserts
                 .ensure_definition(&encode_def, created, version)
                 .map_err(|e| Error::Unavailable(format!("cannot write to the insert log: {e}; nothing was logged")))?;
             encode_logged(&header, &batches)
-        })
-        .await
-        .map_err(Error::internal)??;
+        };
+        // The definition's file is written once per schema version; after that, encoding a
+        // small insert is cheaper than a hop to a blocking thread.
+        let payload = if rows_bytes <= INLINE_BYTES && inserts.has_definition(&def.name, created, version) {
+            encode()?
+        } else {
+            tokio::task::spawn_blocking(encode).await.map_err(Error::internal)??
+        };
         let sequence = inserts.log.append(payload).await.map_err(|e| match e {
             LogError::Full { .. } => Error::Unavailable(format!(
                 "{e}: inserts are coming faster than they can be registered (is the metadata store reachable?); \
@@ -199,7 +216,6 @@ impl Replica {
             busy_timeout,
             max_bytes,
         );
-        self.metrics.async_insert_backlog_bytes.set(inserts.backlog().iter().map(|b| b.bytes as i64).sum());
 
         let Some(answer) = answer else {
             summary.rows_written = rows;
@@ -249,10 +265,6 @@ impl Replica {
         }
         Ok(summary)
     }
-}
-
-fn dedup_window_ms(def: &TableDef) -> i64 {
-    i64::try_from(def.settings.dedup_window_seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 fn parse_hash(hex: &str) -> Option<[u8; 32]> {
@@ -441,7 +453,7 @@ async fn flush(node: &Arc<Replica>, table: &str, mut entries: Vec<Entry>) -> Res
                 return Ok(());
             }
             Ok(FlushOutcome::Stale { sequence, table_version }) => {
-                discard(node, &part_ids).await;
+                discard_unregistered(node, &part_ids).await;
                 node.metrics.async_insert_flush_conflicts.inc();
                 let Some(table_version) = table_version else {
                     finish_gone(inserts, table, entries);
@@ -575,16 +587,6 @@ fn finish_gone(inserts: &AsyncInserts, table: &str, entries: Vec<Entry>) {
         }
     }
     inserts.log.flushed(sequences);
-}
-
-/// Deletes the files of a flush that did not register (unless a registered part has the bytes).
-async fn discard(node: &Replica, parts: &[PartId]) {
-    for id in parts {
-        let in_use = node.catalog.snapshot().values().any(|t| t.parts.contains_key(id));
-        if !in_use && let Err(e) = node.catalog.store().remove(id) {
-            tracing::warn!(part = %id, error = %e, "cannot delete the file of an unregistered flush");
-        }
-    }
 }
 
 /// Forgets, cluster-wide, the sets of asynchronous block ids beyond each table's count window.

@@ -536,13 +536,13 @@ async fn apply_back_pressure<'a>(
 }
 
 /// A table's dedup window in milliseconds (block ids older than this are forgotten).
-fn dedup_window_ms(def: &TableDef) -> i64 {
+pub(crate) fn dedup_window_ms(def: &TableDef) -> i64 {
     i64::try_from(def.settings.dedup_window_seconds.saturating_mul(1000)).unwrap_or(i64::MAX)
 }
 
 /// Deletes files written for parts that did not get registered (a lost dedup race, or a
 /// failed registration). A file that some active part uses is kept.
-async fn discard_unregistered(node: &Replica, parts: &[PartId]) {
+pub(crate) async fn discard_unregistered(node: &Replica, parts: &[PartId]) {
     for id in parts {
         let in_use = node.catalog.snapshot().values().any(|t| t.parts.contains_key(id));
         if !in_use && let Err(e) = node.catalog.store().remove(id) {

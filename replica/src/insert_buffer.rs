@@ -172,6 +172,12 @@ impl AsyncInserts {
         Ok(())
     }
 
+    /// Whether the definition of this version is already written.
+    pub(crate) fn has_definition(&self, table: &str, created: Revision, version: Revision) -> bool {
+        let path = self.definitions_dir.join(format!("{table}.{created}.{version}.json"));
+        self.definitions_written.lock().is_ok_and(|written| written.contains(&path))
+    }
+
     pub(crate) fn load_definition(
         &self,
         table: &str,

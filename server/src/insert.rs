@@ -23,6 +23,9 @@ pub struct InsertSettings {
     pub buffering: AsyncInsertOptions,
 }
 
+/// Bodies up to this size are decoded on the request's own task.
+const INLINE_DECODE_BYTES: usize = 16 * 1024;
+
 /// How long an insert keeps re-decoding itself under newer schemas before giving up (409).
 const SCHEMA_RACE_BUDGET: Duration = Duration::from_secs(30);
 
@@ -47,13 +50,17 @@ pub async fn insert(
             Some(state) => (state.def.clone(), state.version),
             None => return Err(NodeError::unknown_table(table)),
         };
-        // Decoding touches every row: off the runtime.
-        let (decode_def, data, names, input) =
-            (def.clone(), data.clone(), columns.map(<[String]>::to_vec), settings.input);
-        let rows =
+        // Decoding touches every row: off the runtime, unless the body is so small that the hop
+        // to a blocking thread would cost more than decoding it (many small inserts).
+        let rows = if data.len() <= INLINE_DECODE_BYTES {
+            decode_insert(format, &data, &def, columns, settings.input)?
+        } else {
+            let (decode_def, data, names, input) =
+                (def.clone(), data.clone(), columns.map(<[String]>::to_vec), settings.input);
             tokio::task::spawn_blocking(move || decode_insert(format, &data, &decode_def, names.as_deref(), input))
                 .await
-                .map_err(NodeError::internal)??;
+                .map_err(NodeError::internal)??
+        };
         if replica.async_insert_enabled(&def, settings.async_insert) {
             // A buffered insert keeps the schema it was decoded under: its flush registers
             // parts that say so, which readers map by column id like any older part.

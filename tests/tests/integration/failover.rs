@@ -13,7 +13,10 @@
 //! nodes that disagree and blocks present only in part.
 //!
 //! The control run sends the same workload under the same nemesis with deduplication off: it
-//! must show duplicates, or the harness would prove nothing.
+//! must show duplicates, or the harness would prove nothing. The asynchronous variant runs the
+//! same workload through the insert buffer: one writer waits for its flushes
+//! (`wait_for_async_insert=1`), one is acknowledged from the log (`=0`), one waits for its
+//! flushes with `insert_quorum=2`.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -132,11 +135,19 @@ fn block_body(block: u64) -> String {
 /// How long a writer keeps resending its last block once the nemesis has stopped.
 const FINISH_WITHIN: Duration = Duration::from_secs(60);
 
+/// How the writers insert.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Mode {
+    Synchronous,
+    Asynchronous,
+}
+
 async fn writer(
     id: u64,
     proxies: Arc<Vec<Proxy>>,
     stop: Arc<AtomicBool>,
     deduplicate: bool,
+    mode: Mode,
     blocks: Arc<Mutex<BTreeMap<u64, Block>>>,
 ) {
     let http = reqwest::Client::builder().pool_max_idle_per_host(0).timeout(Duration::from_secs(5)).build().unwrap();
@@ -158,6 +169,10 @@ async fn writer(
             if id == 2 {
                 query.push(("insert_quorum", "2".to_string()));
                 query.push(("insert_quorum_timeout", "3000".to_string()));
+            }
+            if mode == Mode::Asynchronous {
+                query.push(("async_insert", "1".to_string()));
+                query.push(("wait_for_async_insert", if id == 1 { "0" } else { "1" }.to_string()));
             }
             match http.post(proxy.url()).query(&query).body(body.clone()).send().await {
                 Ok(r) if r.status().is_success() => break Class::Ok,
@@ -214,7 +229,7 @@ impl std::fmt::Display for Summary {
     }
 }
 
-async fn run(deduplicate: bool, kills_wanted: usize, drops_wanted: usize) -> Summary {
+async fn run(deduplicate: bool, mode: Mode, kills_wanted: usize, drops_wanted: usize) -> Summary {
     let mut cluster = Cluster::start(3).await.unwrap();
     cluster.nodes[0].sql("CREATE TABLE t (id UInt64, block UInt64) ORDER BY id").await;
     for node in &cluster.nodes {
@@ -229,8 +244,9 @@ async fn run(deduplicate: bool, kills_wanted: usize, drops_wanted: usize) -> Sum
     let proxies = Arc::new(proxies);
     let stop = Arc::new(AtomicBool::new(false));
     let blocks = Arc::new(Mutex::new(BTreeMap::new()));
-    let writers: Vec<_> =
-        (0..3).map(|w| tokio::spawn(writer(w, proxies.clone(), stop.clone(), deduplicate, blocks.clone()))).collect();
+    let writers: Vec<_> = (0..3)
+        .map(|w| tokio::spawn(writer(w, proxies.clone(), stop.clone(), deduplicate, mode, blocks.clone())))
+        .collect();
 
     // The nemesis: alternately drop responses and crash a node (one down at a time).
     let mut kills = 0;
@@ -265,6 +281,10 @@ async fn run(deduplicate: bool, kills_wanted: usize, drops_wanted: usize) -> Sum
     // Heal and read every node once it holds what etcd lists.
     for node in &mut cluster.nodes {
         node.ensure_running().await.unwrap();
+    }
+    // Inserts acknowledged from a node's log register with its next flushes.
+    for node in &cluster.nodes {
+        node.wait_for("SELECT count() FROM system.asynchronous_inserts", "0", CONVERGE).await;
     }
     let revision = latest_revision(&cluster.nodes[0]).await;
     let mut per_node = Vec::new();
@@ -307,10 +327,9 @@ async fn latest_revision(node: &Tandem) -> String {
     node.sql("SELECT coalesce(max(revision), 0) FROM system.parts").await.trim().to_string()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn failover_loses_nothing_and_duplicates_nothing() {
-    let summary = run(true, 10, 20).await;
-    println!("failover: {summary}");
+/// The checker's verdict on a run with deduplication on: nothing lost, duplicated, invented,
+/// half-stored, or different between nodes, under the whole nemesis.
+fn assert_exactly_once(summary: &Summary) {
     assert!(summary.kills >= 10 && summary.dropped_acks >= 20, "{summary}");
     assert!(summary.ok > 50, "the workload made progress: {summary}");
     assert!(summary.failed > 0, "malformed blocks were refused: {summary}");
@@ -328,10 +347,9 @@ async fn failover_loses_nothing_and_duplicates_nothing() {
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn control_without_dedup_shows_duplicates() {
-    let summary = run(false, 10, 20).await;
-    println!("failover control (insert_deduplicate=0): {summary}");
+/// The checker's verdict on a control run (deduplication off): the same nemesis made
+/// duplicates, and nothing else went wrong.
+fn assert_control_duplicates(summary: &Summary) {
     assert!(summary.kills >= 10 && summary.dropped_acks >= 20, "the same nemesis: {summary}");
     assert!(summary.duplicated > 0, "dropped acknowledgements and resends must duplicate without dedup: {summary}");
     assert_eq!(
@@ -339,4 +357,32 @@ async fn control_without_dedup_shows_duplicates() {
         (0, 0, 0, 0),
         "{summary}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_loses_nothing_and_duplicates_nothing() {
+    let summary = run(true, Mode::Synchronous, 10, 20).await;
+    println!("failover: {summary}");
+    assert_exactly_once(&summary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn control_without_dedup_shows_duplicates() {
+    let summary = run(false, Mode::Synchronous, 10, 20).await;
+    println!("failover control (insert_deduplicate=0): {summary}");
+    assert_control_duplicates(&summary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_inserts_fail_over_losing_nothing_and_duplicating_nothing() {
+    let summary = run(true, Mode::Asynchronous, 10, 20).await;
+    println!("failover, asynchronous inserts: {summary}");
+    assert_exactly_once(&summary);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn async_control_without_dedup_shows_duplicates() {
+    let summary = run(false, Mode::Asynchronous, 10, 20).await;
+    println!("failover control, asynchronous inserts (insert_deduplicate=0): {summary}");
+    assert_control_duplicates(&summary);
 }

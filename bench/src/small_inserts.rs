@@ -1,0 +1,211 @@
+//! Many clients sending small inserts to one node of a 2-node etcd cluster: synchronous, and
+//! asynchronous with each acknowledgement (`wait_for_async_insert=1` and `=0`); optionally the
+//! same workload, from the same client, against ClickHouse (`--clickhouse-url`).
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use tandem_tests::Cluster;
+use tokio::sync::Mutex;
+
+use crate::{BenchArgs, Client, metric, percentile, wait_for_count};
+
+/// Rows per insert.
+const ROWS: u64 = 10;
+
+/// URL parameters of every insert of a mode.
+type Settings = &'static [(&'static str, &'static str)];
+
+/// What the clients saw over one run.
+struct Run {
+    latencies: Vec<Duration>,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed: Duration,
+}
+
+/// `connections` clients each send 10-row TSV inserts into `table` at `url`, one after the
+/// other, for `duration`. Every insert's rows are distinct (ids by client and sequence).
+async fn drive(url: &str, table: &str, settings: &[(&str, &str)], connections: usize, duration: Duration) -> Run {
+    let http = reqwest::Client::builder()
+        .pool_max_idle_per_host(connections)
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap_or_default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let outcome = Arc::new(Mutex::new((Vec::new(), 0u64, None::<String>)));
+    let sql = format!("INSERT INTO {table} FORMAT TabSeparated");
+    let started = Instant::now();
+    let clients: Vec<_> = (0..connections as u64)
+        .map(|c| {
+            let (http, stop, outcome, url, sql) =
+                (http.clone(), stop.clone(), outcome.clone(), url.to_string(), sql.clone());
+            let settings: Vec<(String, String)> =
+                settings.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+            tokio::spawn(async move {
+                let mut latencies = Vec::new();
+                let (mut errors, mut first_error) = (0u64, None);
+                let mut sequence = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    sequence += 1;
+                    let body: String = (0..ROWS)
+                        .map(|i| format!("2024-01-01 00:00:{:02}\t{}\t{i}\n", i, (c * 1_000_000 + sequence) * ROWS + i))
+                        .collect();
+                    let t = Instant::now();
+                    let answer =
+                        http.post(&url).query(&[("query", sql.as_str())]).query(&settings).body(body).send().await;
+                    match answer {
+                        Ok(r) if r.status().is_success() => {
+                            let _ = r.bytes().await;
+                            latencies.push(t.elapsed());
+                        }
+                        Ok(r) => {
+                            errors += 1;
+                            let status = r.status();
+                            first_error.get_or_insert(format!("{status}: {}", r.text().await.unwrap_or_default()));
+                        }
+                        Err(e) => {
+                            errors += 1;
+                            first_error.get_or_insert(e.to_string());
+                        }
+                    }
+                }
+                let mut outcome = outcome.lock().await;
+                outcome.0.extend(latencies);
+                outcome.1 += errors;
+                if outcome.2.is_none() {
+                    outcome.2 = first_error;
+                }
+            })
+        })
+        .collect();
+    tokio::time::sleep(duration).await;
+    stop.store(true, Ordering::Relaxed);
+    for client in clients {
+        let _ = client.await;
+    }
+    let elapsed = started.elapsed();
+    let (mut latencies, errors, first_error) = std::mem::take(&mut *outcome.lock().await);
+    latencies.sort();
+    Run { latencies, errors, first_error, elapsed }
+}
+
+fn report(system: &str, mode: &str, run: &Run, extra: &str) {
+    let inserts = run.latencies.len();
+    let (p50, p99) = if inserts == 0 {
+        (0.0, 0.0)
+    } else {
+        (percentile(&run.latencies, 0.5).as_secs_f64() * 1e3, percentile(&run.latencies, 0.99).as_secs_f64() * 1e3)
+    };
+    println!(
+        "small inserts {system:<10} {mode:<22} {:>8.0} inserts/s  p50 {p50:>7.1} ms  p99 {p99:>7.1} ms  errors {}{extra}",
+        inserts as f64 / run.elapsed.as_secs_f64(),
+        run.errors,
+    );
+    if let Some(error) = &run.first_error {
+        println!("    first error: {}", error.chars().take(300).collect::<String>());
+    }
+}
+
+pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
+    let duration = Duration::from_secs(args.small_insert_seconds.max(1));
+    let connections = args.small_insert_connections.max(1);
+    let cluster = Cluster::start(2).await?;
+    let node = Client::of(&cluster.nodes[0]);
+    println!(
+        "small inserts: {connections} connections sending {ROWS}-row TSV inserts for {}s to node 1 of 2 (etcd)",
+        duration.as_secs()
+    );
+    let modes: [(&str, &str, Settings); 3] = [
+        ("async_insert=0", "small_sync", &[("async_insert", "0")]),
+        ("async, wait=1", "small_wait", &[("async_insert", "1"), ("wait_for_async_insert", "1")]),
+        ("async, wait=0", "small_logged", &[("async_insert", "1"), ("wait_for_async_insert", "0")]),
+    ];
+    for (mode, table, settings) in modes {
+        node.query(
+            &format!(
+                "CREATE TABLE {table} (ts DateTime, id UInt64, v Float64) ORDER BY (id, ts) PARTITION BY toYYYYMM(ts)"
+            ),
+            Vec::new(),
+        )
+        .await?;
+        let parts_before = metric(&node, "tandem_insert_parts_total").await?;
+        let revision_before = metric(&node, "tandem_catalog_applied_revision").await?;
+        let run = drive(&node.base, table, settings, connections, duration).await;
+        let acked = run.latencies.len() * ROWS as usize;
+        // Every acknowledged insert is registered (at once, or by the flushes that follow).
+        let registered = wait_for_count(&node, table, acked, Duration::from_secs(120))
+            .await
+            .with_context(|| format!("{mode}: acknowledged rows are missing"))?;
+        let settled = registered.elapsed();
+        let parts = metric(&node, "tandem_insert_parts_total").await? - parts_before;
+        let revisions = metric(&node, "tandem_catalog_applied_revision").await? - revision_before;
+        let seconds = run.elapsed.as_secs_f64();
+        // The next mode should not share the machine with this table's merges.
+        node.query(&format!("DROP TABLE {table}"), Vec::new()).await?;
+        report(
+            "tandem",
+            mode,
+            &run,
+            &format!(
+                "  parts {parts:.0}  etcd txns/s {:.0}{}",
+                revisions / seconds,
+                if mode.ends_with("wait=0") {
+                    format!("  (all registered {:.2}s later)", settled.as_secs_f64())
+                } else {
+                    String::new()
+                }
+            ),
+        );
+    }
+    drop(cluster);
+    if !args.clickhouse_url.is_empty() {
+        clickhouse(&args.clickhouse_url, connections, duration).await?;
+    }
+    Ok(())
+}
+
+/// The same workload against ClickHouse's HTTP interface: a `ReplicatedMergeTree` created on
+/// every replica in `urls`, inserts sent to the first (ClickHouse 18.16 has no async_insert).
+async fn clickhouse(urls: &[String], connections: usize, duration: Duration) -> anyhow::Result<()> {
+    let clients: Vec<Client> = urls
+        .iter()
+        .map(|url| Client {
+            http: reqwest::Client::new(),
+            base: if url.ends_with('/') { url.clone() } else { format!("{url}/") },
+        })
+        .collect();
+    let create = "CREATE TABLE small_bench (ts DateTime, id UInt64, v Float64) \
+                  ENGINE = ReplicatedMergeTree('/clickhouse/tables/01/small_bench', '{replica}') \
+                  PARTITION BY toYYYYMM(ts) ORDER BY (id, ts)";
+    for client in &clients {
+        command(client, "DROP TABLE IF EXISTS small_bench").await?;
+    }
+    for client in &clients {
+        if let Err(e) = command(client, create).await {
+            bail!("cannot create the ClickHouse table at {} (is the anchor running?): {e}", client.base);
+        }
+    }
+    let first = &clients[0];
+    let run = drive(&first.base, "small_bench", &[], connections, duration).await;
+    let parts = command(first, "SELECT count() FROM system.parts WHERE table = 'small_bench' AND active").await?;
+    report("clickhouse", "sync (18.16)", &run, &format!("  active parts after {}", parts.trim()));
+    for client in &clients {
+        command(client, "DROP TABLE IF EXISTS small_bench").await?;
+    }
+    Ok(())
+}
+
+/// A statement sent as the body, as ClickHouse 18.16 wants it (it refuses a POST without a
+/// Content-Length, which an empty body does not get).
+async fn command(client: &Client, sql: &str) -> anyhow::Result<String> {
+    let response = client.http.post(&client.base).body(sql.to_string()).send().await?;
+    let status = response.status();
+    let text = response.text().await?;
+    if !status.is_success() {
+        bail!("`{sql}` failed with {status}: {text}");
+    }
+    Ok(text)
+}
