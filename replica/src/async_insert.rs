@@ -19,8 +19,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tandem_coordinator::{AsyncBlockId, FlushOutcome, MAX_PARTS_PER_FLUSH, NewPart, Revision};
-use tandem_parts::arrow::array::RecordBatch;
-use tandem_parts::arrow::compute::concat_batches;
+use tandem_parts::arrow::array::{RecordBatch, UInt32Array};
+use tandem_parts::arrow::compute::{concat_batches, take_record_batch};
 use tandem_parts::{
     PART_FORMAT_VERSION, PartId, PartManifest, PartMetadata, block_id, encode_part, split_by_partition,
 };
@@ -119,7 +119,11 @@ impl Replica {
                 } else {
                     split_inserts.unique_id()
                 };
-                pieces.push(Piece { partition, id, rows: block });
+                // A decoded batch holds its builders' spare capacity (kilobytes for a few rows):
+                // the buffer keeps a tight copy, so its memory follows the rows it holds.
+                let indices = UInt32Array::from_iter_values(0..block.num_rows() as u32);
+                let rows = take_record_batch(&block, &indices).map_err(Error::internal)?;
+                pieces.push(Piece { partition, id, rows });
             }
             Ok(pieces)
         };
@@ -153,6 +157,13 @@ impl Replica {
                 None => new.push(piece),
             }
         }
+        if new.len() > MAX_PARTS_PER_FLUSH {
+            return Err(Error::bad_request(format!(
+                "this insert touches {} partitions; a buffered insert may touch at most {MAX_PARTS_PER_FLUSH} (one flush \
+                 registers them in one transaction): send it with async_insert=0, or split it; nothing was logged",
+                new.len()
+            )));
+        }
         if new.is_empty() {
             summary.deduplicated = summary.rows_deduplicated > 0;
             summary.acknowledged = Acknowledged::Registered;
@@ -181,6 +192,15 @@ impl Replica {
         } else {
             tokio::task::spawn_blocking(encode).await.map_err(Error::internal)??
         };
+        let max_log_bytes = self.config.settings.async_insert_max_log_bytes;
+        let buffered = inserts.buffered_bytes();
+        if buffered > max_log_bytes {
+            return Err(Error::Unavailable(format!(
+                "the asynchronous insert buffer holds {buffered} bytes of rows not yet registered, over \
+                 async_insert_max_log_bytes = {max_log_bytes}: inserts are coming faster than they can be registered \
+                 (is the metadata store reachable?); nothing was logged, retry later"
+            )));
+        }
         let sequence = inserts.log.append(payload).await.map_err(|e| match e {
             LogError::Full { .. } => Error::Unavailable(format!(
                 "{e}: inserts are coming faster than they can be registered (is the metadata store reachable?); \
@@ -387,6 +407,20 @@ struct EncodedPart {
 /// the entries back to be retried.
 async fn flush(node: &Arc<Replica>, table: &str, mut entries: Vec<Entry>) -> Result<(), (Vec<Entry>, Error)> {
     let inserts = &node.async_inserts;
+    // One transaction takes the parts of at most MAX_PARTS_PER_FLUSH partitions: the inserts
+    // past that go back to the front of the buffer, for the next flush.
+    let mut partitions = HashSet::new();
+    let fits = entries
+        .iter()
+        .take_while(|e| {
+            partitions.extend(e.pieces.iter().map(|p| (e.version, p.partition.clone())));
+            partitions.len() <= MAX_PARTS_PER_FLUSH
+        })
+        .count()
+        .max(1);
+    if fits < entries.len() {
+        inserts.put_back(table, entries.split_off(fits));
+    }
     let mut expected_sequence = inserts.index.sequence(table);
     for _attempt in 0..100 {
         let Some(state) = node.catalog.table(table) else {
@@ -491,13 +525,6 @@ async fn encode(
                 .1
                 .push(piece.rows.clone());
         }
-    }
-    if groups.len() > MAX_PARTS_PER_FLUSH {
-        // More partitions than one transaction takes: flush the first ones now, the rest next.
-        return Err(Error::Unavailable(format!(
-            "one flush touches {} partitions, more than the {MAX_PARTS_PER_FLUSH} one transaction takes",
-            groups.len()
-        )));
     }
     let store = node.catalog.store().clone();
     let node_id = node.config.node_id.clone();

@@ -256,6 +256,19 @@ impl AsyncInserts {
         buffer.last_error = Some(error.to_string());
     }
 
+    /// Puts entries that did not fit in a flush back in front of their buffer, due at once.
+    pub(crate) fn put_back(&self, table: &str, mut entries: Vec<Entry>) {
+        if let Ok(mut buffers) = self.buffers.lock()
+            && let Some(buffer) = buffers.get_mut(table)
+        {
+            buffer.bytes += entries.iter().map(|e| e.bytes).sum::<u64>();
+            entries.append(&mut buffer.entries);
+            buffer.entries = entries;
+            buffer.deadline = Instant::now();
+        }
+        self.wake.notify_one();
+    }
+
     pub(crate) fn flushed_ok(&self, table: &str) {
         if let Ok(mut buffers) = self.buffers.lock()
             && let Some(buffer) = buffers.get_mut(table)
@@ -291,6 +304,11 @@ impl AsyncInserts {
                 last_error: b.last_error.clone(),
             })
             .collect()
+    }
+
+    /// Bytes of rows held in memory by every table's buffer.
+    pub(crate) fn buffered_bytes(&self) -> u64 {
+        self.buffers.lock().map_or(0, |buffers| buffers.values().map(|b| b.bytes).sum())
     }
 
     pub(crate) fn log_bytes(&self) -> u64 {
@@ -444,4 +462,64 @@ pub(crate) fn decode_logged(payload: &[u8]) -> anyhow::Result<(LoggedInsert, Vec
         batches.len()
     );
     Ok((header, batches))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn set(key: &str, revision: Revision, created_at_ms: i64, ids: &[u8]) -> AsyncBlockSet {
+        AsyncBlockSet {
+            table: "t".into(),
+            key: key.into(),
+            created_at_ms,
+            revision,
+            ids: ids.iter().map(|&i| AsyncBlockId([i; 16])).collect(),
+        }
+    }
+
+    #[test]
+    fn the_index_answers_within_the_window_and_forgets_what_is_removed() {
+        let index = BlockIndex::default();
+        index.apply_listing(&[set("0000000001000-a", 5, 1_000, &[1, 2])], &[("t".into(), 5)]);
+        let batch = EventBatch {
+            revision: 7,
+            events: vec![
+                ClusterEvent::AsyncBlocksAdded(set("0000000002000-b", 7, 2_000, &[3])),
+                ClusterEvent::AsyncSequence { table: "t".into(), revision: 7 },
+            ],
+        };
+        index.apply_batch(&batch);
+        assert_eq!(index.sequence("t"), 7);
+        assert_eq!(index.admitted("t", &AsyncBlockId([1; 16]), 1_500, 1_000), Some(5));
+        assert_eq!(index.admitted("t", &AsyncBlockId([1; 16]), 2_001, 1_000), None, "past the time window");
+        assert_eq!(index.admitted("t", &AsyncBlockId([9; 16]), 1_500, 1_000), None);
+        assert_eq!(index.sets_beyond("t", 1), ["0000000001000-a"], "the oldest set goes first");
+        assert!(index.sets_beyond("t", 3).is_empty());
+
+        let removed = EventBatch {
+            revision: 8,
+            events: vec![ClusterEvent::AsyncBlocksRemoved { table: "t".into(), key: "0000000001000-a".into() }],
+        };
+        index.apply_batch(&removed);
+        assert_eq!(index.admitted("t", &AsyncBlockId([2; 16]), 1_500, i64::MAX), None);
+        assert_eq!(index.admitted("t", &AsyncBlockId([3; 16]), 2_500, i64::MAX), Some(7));
+
+        let dropped = EventBatch { revision: 9, events: vec![ClusterEvent::TableDropped { name: "t".into() }] };
+        index.apply_batch(&dropped);
+        assert_eq!(index.sequence("t"), 0, "a dropped table's flushes are forgotten");
+        assert_eq!(index.admitted("t", &AsyncBlockId([3; 16]), 2_500, i64::MAX), None);
+    }
+
+    #[test]
+    fn a_readmitted_id_outlives_the_removal_of_its_older_set() {
+        let index = BlockIndex::default();
+        index.apply_listing(&[set("0000000001000-a", 5, 1_000, &[1]), set("0000000009000-b", 9, 9_000, &[1])], &[]);
+        let removed = EventBatch {
+            revision: 10,
+            events: vec![ClusterEvent::AsyncBlocksRemoved { table: "t".into(), key: "0000000001000-a".into() }],
+        };
+        index.apply_batch(&removed);
+        assert_eq!(index.admitted("t", &AsyncBlockId([1; 16]), 9_500, 1_000), Some(9));
+    }
 }

@@ -80,6 +80,12 @@ async fn buffered_inserts_become_few_parts_and_count_once() {
     assert_eq!(durable.status, 400, "{}", durable.text());
     let size = insert(&node, 601, &[("async_insert_max_data_size", "0")]).await;
     assert_eq!(size.status, 400, "{}", size.text());
+    // More partitions than one flush's transaction takes.
+    let wide: String =
+        (0..41u64).map(|d| format!("{},2024-{:02}-{:02} 00:00:00,1\n", 900_000 + d, 1 + d / 28, 1 + d % 28)).collect();
+    let wide = node.request("INSERT INTO t FORMAT CSV", &[("async_insert", "1")], wide).await;
+    assert_eq!(wide.status, 400, "{}", wide.text());
+    assert!(wide.text().contains("async_insert=0"), "{}", wide.text());
     tokio::time::sleep(Duration::from_millis(500)).await;
     assert_eq!(node.count("t").await, 1010, "nothing refused is stored");
     let backlog = node.sql("SELECT count() FROM system.asynchronous_inserts").await;
