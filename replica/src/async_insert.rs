@@ -157,6 +157,13 @@ impl Replica {
                 None => new.push(piece),
             }
         }
+        if quorum.required() > 1 && !buffering.wait {
+            return Err(Error::bad_request(format!(
+                "insert_quorum={} waits for other nodes to hold the insert's parts, which exist only once its flush \
+                 is registered: send it with wait_for_async_insert=1; nothing was logged",
+                quorum.required()
+            )));
+        }
         if new.len() > MAX_PARTS_PER_FLUSH {
             return Err(Error::bad_request(format!(
                 "this insert touches {} partitions; a buffered insert may touch at most {MAX_PARTS_PER_FLUSH} (one flush \

@@ -157,6 +157,10 @@ async fn async_inserts_are_accepted_while_etcd_is_paused_and_stored_once() {
     let cluster = Cluster::start(2).await.unwrap();
     cluster.nodes[0].sql(TABLE).await;
     cluster.nodes[1].wait_for("EXISTS TABLE t", "1", Duration::from_secs(10)).await;
+    // A quorum needs registered parts, which a log acknowledgement does not wait for.
+    let quorum = insert(&cluster.nodes[0], 3_000_000, &[("wait_for_async_insert", "0"), ("insert_quorum", "2")]).await;
+    assert_eq!(quorum.status, 400, "{}", quorum.text());
+    assert!(quorum.text().contains("wait_for_async_insert=1"), "{}", quorum.text());
     let urls: Vec<String> = cluster.nodes.iter().map(|n| n.url.clone()).collect();
     let outcomes: Arc<Mutex<BTreeMap<u64, (Class, Instant)>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
