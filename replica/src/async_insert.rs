@@ -95,6 +95,14 @@ impl Replica {
         let Some(created) = self.catalog.table(&table).map(|state| state.created) else {
             return Err(Error::UnknownTable(table));
         };
+        // A schema version older than the table means the rows were decoded for an earlier table
+        // of that name (dropped and created again meanwhile): their column ids mean nothing here.
+        if version < created {
+            return Err(Error::Conflict(format!(
+                "table `{table}` was dropped and created again while the insert was being decoded; nothing was \
+                 logged, retry it"
+            )));
+        }
         if def.settings.insert_durability == Durability::ObjectStore
             || options.durability == Some(Durability::ObjectStore)
         {
