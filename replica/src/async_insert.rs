@@ -15,7 +15,6 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tandem_coordinator::{AsyncBlockId, FlushOutcome, MAX_PARTS_PER_FLUSH, NewPart, Revision};
@@ -157,7 +156,7 @@ impl Replica {
         };
         let mut new = Vec::new();
         for piece in pieces {
-            match inserts.index.admitted(&table, &piece.id, now_ms, window_ms) {
+            match inserts.index().admitted(&table, &piece.id, now_ms, window_ms) {
                 Some(revision) => {
                     summary.rows_deduplicated += piece.rows.num_rows() as u64;
                     summary.revision = summary.revision.max(revision);
@@ -216,7 +215,7 @@ impl Replica {
                  (is the metadata store reachable?); nothing was logged, retry later"
             )));
         }
-        let sequence = inserts.log.append(payload).await.map_err(|e| match e {
+        let sequence = inserts.log(payload).await.map_err(|e| match e {
             LogError::Full { .. } => Error::Unavailable(format!(
                 "{e}: inserts are coming faster than they can be registered (is the metadata store reachable?); \
                  nothing was logged, retry later"
@@ -318,9 +317,9 @@ pub(crate) async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
     let inserts = node.async_inserts.clone();
     replay(&node);
     let mut backoff = Duration::from_millis(100);
-    while !inserts.index.is_listed() {
+    while !inserts.index().is_listed() {
         match node.coordinator.list_async_blocks().await {
-            Ok((sets, sequences, _)) => inserts.index.apply_listing(&sets, &sequences),
+            Ok((sets, sequences, _)) => inserts.index().apply_listing(&sets, &sequences),
             Err(e) => {
                 tracing::debug!(error = %e, "cannot list asynchronous insert block ids yet; retrying");
                 tokio::select! {
@@ -353,7 +352,7 @@ pub(crate) async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
         };
         tokio::select! {
             _ = tokio::time::sleep_until(next) => {},
-            _ = inserts.wake.notified() => {},
+            _ = inserts.woken() => {},
             _ = shutdown.cancelled() => return,
         }
     }
@@ -362,7 +361,7 @@ pub(crate) async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
 /// Buffers the inserts found in the log at start, to be flushed at once.
 fn replay(node: &Replica) {
     let inserts = &node.async_inserts;
-    let Some(recovery) = inserts.recovered.lock().ok().and_then(|mut r| r.take()) else { return };
+    let Some(recovery) = inserts.take_recovery() else { return };
     if recovery.inserts.is_empty() {
         return;
     }
@@ -385,7 +384,7 @@ fn replay(node: &Replica) {
             Ok(decoded) => decoded,
             Err(e) => {
                 tracing::error!(sequence = replayed.sequence, error = %e, "cannot read a logged insert; it is dropped");
-                inserts.log.flushed(vec![replayed.sequence]);
+                inserts.mark_flushed(vec![replayed.sequence]);
                 continue;
             }
         };
@@ -436,7 +435,7 @@ async fn flush(node: &Arc<Replica>, table: &str, mut entries: Vec<Entry>) -> Res
     if fits < entries.len() {
         inserts.put_back(table, entries.split_off(fits));
     }
-    let mut expected_sequence = inserts.index.sequence(table);
+    let mut expected_sequence = inserts.index().sequence(table);
     for _attempt in 0..100 {
         let Some(state) = node.catalog.table(table) else {
             finish_gone(inserts, table, entries);
@@ -458,7 +457,7 @@ async fn flush(node: &Arc<Replica>, table: &str, mut entries: Vec<Entry>) -> Res
         for (i, entry) in entries.iter().enumerate() {
             let mut flags = Vec::with_capacity(entry.pieces.len());
             for piece in &entry.pieces {
-                let admitted = inserts.index.admitted(table, &piece.id, now_ms, window_ms);
+                let admitted = inserts.index().admitted(table, &piece.id, now_ms, window_ms);
                 if let Some(revision) = admitted {
                     duplicate_revision[i] = duplicate_revision[i].max(revision);
                 }
@@ -543,7 +542,7 @@ async fn encode(
     }
     let store = node.catalog.store().clone();
     let node_id = node.config.node_id.clone();
-    let unique = node.async_inserts.unique.fetch_add(1, Ordering::Relaxed);
+    let unique = node.async_inserts.next_unique();
     tokio::task::spawn_blocking(move || {
         let mut out = BTreeMap::new();
         for (index, ((version, partition), (def, batches))) in groups.into_iter().enumerate() {
@@ -613,7 +612,7 @@ fn answer(
         }
         let _ = waiter.send(Ok(ack));
     }
-    inserts.log.flushed(sequences);
+    inserts.mark_flushed(sequences);
 }
 
 /// Answers the inserts of a table that no longer exists (as it was when they were logged).
@@ -628,13 +627,13 @@ fn finish_gone(inserts: &AsyncInserts, table: &str, entries: Vec<Entry>) {
             let _ = waiter.send(Err(Error::UnknownTable(table.to_string())));
         }
     }
-    inserts.log.flushed(sequences);
+    inserts.mark_flushed(sequences);
 }
 
 /// Forgets, cluster-wide, the sets of asynchronous block ids beyond each table's count window.
 pub(crate) async fn prune(node: &Replica) {
     for (name, table) in node.catalog.snapshot() {
-        let beyond = node.async_inserts.index.sets_beyond(&name, table.def.settings.async_dedup_window_blocks);
+        let beyond = node.async_inserts.index().sets_beyond(&name, table.def.settings.async_dedup_window_blocks);
         if beyond.is_empty() {
             continue;
         }

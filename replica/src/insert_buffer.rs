@@ -20,7 +20,7 @@ use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::error::Error;
-use crate::insert_log::{InsertLog, Recovery};
+use crate::insert_log::{InsertLog, LogError, Recovery};
 use crate::schema::TableDef;
 
 /// One table's buffered inserts, as `system.asynchronous_inserts` shows them.
@@ -95,18 +95,18 @@ pub(crate) struct LoggedPiece {
 
 /// The asynchronous insert buffer of one node.
 pub(crate) struct AsyncInserts {
-    pub(crate) log: InsertLog,
+    log: InsertLog,
     /// Table definitions the logged inserts were decoded under, one file per version.
-    pub(crate) definitions_dir: PathBuf,
-    pub(crate) definitions_written: Mutex<HashSet<PathBuf>>,
-    pub(crate) buffers: Mutex<BTreeMap<String, TableBuffer>>,
-    pub(crate) index: BlockIndex,
-    pub(crate) wake: Notify,
+    definitions_dir: PathBuf,
+    definitions_written: Mutex<HashSet<PathBuf>>,
+    buffers: Mutex<BTreeMap<String, TableBuffer>>,
+    index: BlockIndex,
+    wake: Notify,
     /// Unique-id source for inserts without deduplication: a replay reuses the logged id.
-    pub(crate) nonce: [u8; 32],
-    pub(crate) unique: AtomicU64,
+    nonce: [u8; 32],
+    unique: AtomicU64,
     /// What opening the log found, replayed once the replica runs.
-    pub(crate) recovered: Mutex<Option<Recovery>>,
+    recovered: Mutex<Option<Recovery>>,
 }
 
 /// Flushes retry at most this far apart while the coordinator is away.
@@ -139,10 +139,40 @@ impl AsyncInserts {
         })
     }
 
+    /// The block index this node's flushes filter against.
+    pub(crate) fn index(&self) -> &BlockIndex {
+        &self.index
+    }
+
+    /// Appends one insert to the log; its sequence number once it is fsynced.
+    pub(crate) async fn log(&self, payload: Vec<u8>) -> Result<u64, LogError> {
+        self.log.append(payload).await
+    }
+
+    /// Marks logged inserts as registered (or given up on): a restart does not replay them.
+    pub(crate) fn mark_flushed(&self, sequences: Vec<u64>) {
+        self.log.flushed(sequences);
+    }
+
+    /// What opening the log found, once.
+    pub(crate) fn take_recovery(&self) -> Option<Recovery> {
+        self.recovered.lock().ok().and_then(|mut recovered| recovered.take())
+    }
+
+    /// Resolves when an insert made a buffer due earlier than the flusher planned.
+    pub(crate) async fn woken(&self) {
+        self.wake.notified().await
+    }
+
+    /// A number no other call on this node returns, for part origins.
+    pub(crate) fn next_unique(&self) -> u64 {
+        self.unique.fetch_add(1, Ordering::Relaxed)
+    }
+
     pub(crate) fn unique_id(&self) -> AsyncBlockId {
         let mut hasher = blake3::Hasher::new();
         hasher.update(&self.nonce);
-        hasher.update(&self.unique.fetch_add(1, Ordering::Relaxed).to_le_bytes());
+        hasher.update(&self.next_unique().to_le_bytes());
         AsyncBlockId::from_hash(hasher.finalize().as_bytes())
     }
 

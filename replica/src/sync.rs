@@ -93,7 +93,7 @@ async fn follow(
             let snapshot = node.coordinator.snapshot().await?;
             let rejected = reject_corrupt(node, &snapshot, corrupt).await;
             // The block index first: a flush that waits for the catalog then sees the ids too.
-            node.async_inserts.index.apply_snapshot(&snapshot);
+            node.async_inserts.index().apply_snapshot(&snapshot);
             node.catalog.apply_snapshot(&snapshot, &rejected);
             let (revision, tables, parts) = (snapshot.revision, snapshot.tables.len(), snapshot.parts.len());
             save_locally(node, move |mirror, prefix| mirror.replace(prefix, &snapshot)).await;
@@ -114,7 +114,7 @@ async fn follow(
         };
         let Some(batch) = batch else { return Err(CoordError::Unavailable("the watch ended".into())) };
         let batch = batch?;
-        node.async_inserts.index.apply_batch(&batch);
+        node.async_inserts.index().apply_batch(&batch);
         node.catalog.apply_batch(&batch);
         let revision = batch.revision;
         save_locally(node, move |mirror, _| mirror.apply(&batch)).await;
