@@ -12,7 +12,9 @@ use anyhow::{Context, bail};
 use clap::Args;
 use tandem_tests::{Cluster, S3, Tandem};
 
+mod clickhouse;
 mod small_inserts;
+mod versus;
 
 #[derive(Args, Debug, Clone)]
 pub struct BenchArgs {
@@ -48,6 +50,12 @@ pub struct BenchArgs {
     /// the first too, from the same client, with its replicated table on all of them.
     #[arg(long, value_delimiter = ',')]
     pub clickhouse_url: Vec<String>,
+    /// Rounds of the ingest workloads in the ClickHouse comparison (ratios per round).
+    #[arg(long, default_value_t = 3)]
+    pub versus_rounds: usize,
+    /// Rows of the table the ClickHouse comparison's dashboard queries run over.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub versus_rows: usize,
     /// Run only these scenarios (repeat the flag or separate with commas); all by default.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Scenario>,
@@ -69,6 +77,9 @@ pub enum Scenario {
     SmallInserts,
     /// The object-store mirror on moto.
     ObjectStore,
+    /// tandem against ClickHouse 18.16 (installed with apt if missing), 2 replicas each:
+    /// ingest, replication lag, one-row inserts and dashboard queries, as ratios.
+    Clickhouse,
 }
 
 impl BenchArgs {
@@ -157,7 +168,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     if args.wants(Scenario::Merges) {
         merges(&args).await?;
     }
-    let clustered = args.wants(Scenario::Cluster) && args.cluster_nodes >= 2 || args.wants(Scenario::SmallInserts);
+    let clustered = args.wants(Scenario::Cluster) && args.cluster_nodes >= 2
+        || args.wants(Scenario::SmallInserts)
+        || args.wants(Scenario::Clickhouse);
     if clustered && tandem_tests::etcd_binary().is_none() {
         println!("cluster scenarios skipped: no `etcd` binary on the PATH (Debian: etcd-server)");
     } else {
@@ -166,6 +179,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
         }
         if args.wants(Scenario::SmallInserts) {
             small_inserts::run(&args).await?;
+        }
+        if args.wants(Scenario::Clickhouse) {
+            versus::run(&args).await?;
         }
     }
     if args.wants(Scenario::ObjectStore) {

@@ -6,7 +6,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use serde::Serialize;
@@ -18,6 +18,7 @@ use tandem_parts::{
 
 use crate::bucket::Bucket;
 use crate::error::Error;
+use crate::metrics::InsertStage;
 use crate::replica::Replica;
 use crate::schema::{Durability, TableDef};
 
@@ -152,14 +153,15 @@ impl Replica {
             return Ok(QuorumTarget { required: 1 });
         }
         let live: Vec<String> = if self.config.is_cluster() {
-            self.live_nodes()
-                .await
-                .map_err(|e| {
-                    Error::Unavailable(format!("cannot count live nodes for insert_quorum: {e}; nothing was written"))
-                })?
-                .into_iter()
-                .map(|n| n.node_id)
-                .collect()
+            let started = Instant::now();
+            let live = self.live_nodes().await;
+            self.metrics.insert_stage(InsertStage::LiveNodes, started);
+            live.map_err(|e| {
+                Error::Unavailable(format!("cannot count live nodes for insert_quorum: {e}; nothing was written"))
+            })?
+            .into_iter()
+            .map(|n| n.node_id)
+            .collect()
         } else {
             vec![self.config.node_id.clone()]
         };
@@ -198,7 +200,9 @@ impl Replica {
         let required = quorum.required;
         if required > 1 && !summary.parts.is_empty() {
             let parts: Vec<PartId> = summary.parts.iter().map(|p| p.part).collect();
+            let started = Instant::now();
             let (reached, holders) = self.catalog.wait_holders(&parts, required, options.quorum_timeout).await;
+            self.metrics.insert_stage(InsertStage::Quorum, started);
             if !reached {
                 return Err(Error::Timeout(format!(
                     "insert_quorum={required} not reached within {} ms: committed on {} of {required} nodes ({}); the \
@@ -229,6 +233,7 @@ async fn insert_once(
     let table = def.name.as_str();
     // The partition split and the block hashes touch every row: off the runtime.
     let (split_def, token, deduplicate) = (def.clone(), options.deduplication_token.clone(), options.deduplicate);
+    let started = Instant::now();
     let blocks = tokio::task::spawn_blocking(move || -> Result<Vec<_>, Error> {
         if rows.num_rows() == 0 {
             return Ok(Vec::new());
@@ -243,6 +248,7 @@ async fn insert_once(
     })
     .await
     .map_err(Error::internal)??;
+    node.metrics.insert_stage(InsertStage::Split, started);
     let mut summary = InsertSummary {
         table: table.to_string(),
         rows_written: 0,
@@ -258,40 +264,66 @@ async fn insert_once(
     }
 
     apply_back_pressure(node, table, def, blocks.iter().map(|(partition, _, _)| partition.as_str())).await?;
+    let durability = options.durability.unwrap_or(def.settings.insert_durability);
+    if durability == Durability::ObjectStore && node.bucket.is_none() {
+        return Err(Error::bad_request(
+            "insert_durability=object_store needs an object store, and this node has none configured \
+             (start it with --s3-bucket); nothing was written",
+        ));
+    }
     let window_ms = dedup_window_ms(def);
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let mut pending = Vec::new();
-    for (partition, block, id) in blocks {
-        let block_id = if let Some(id) = id {
-            // Cheap early answer for a retried block: skip encoding what is already admitted.
-            let admitted = node.coordinator.get_block(table, &id).await?;
-            if let Some((record, revision)) = admitted.filter(|(r, _)| now_ms - r.created_at_ms <= window_ms) {
-                summary.rows_deduplicated += block.num_rows() as u64;
+    let ids: Vec<Option<String>> = blocks.iter().map(|(_, _, id)| id.clone()).collect();
+    // Whether a block was admitted already (a retry) is asked while the blocks are encoded: a
+    // new block, the common case, then waits for no extra coordinator round trip, and a
+    // retried one costs an encode whose file is deleted, but no registration.
+    let admitted = async {
+        let started = Instant::now();
+        let mut admitted = Vec::with_capacity(ids.len());
+        for id in &ids {
+            admitted.push(match id {
+                Some(id) => node
+                    .coordinator
+                    .get_block(table, id)
+                    .await?
+                    .filter(|(record, _)| now_ms - record.created_at_ms <= window_ms),
+                None => None,
+            });
+        }
+        node.metrics.insert_stage(InsertStage::DedupCheck, started);
+        Ok::<_, Error>(admitted)
+    };
+    let (admitted, encoded) = tokio::join!(admitted, encode_blocks(node, def, version, blocks));
+    let encoded = encoded?;
+    let admitted = match admitted {
+        Ok(admitted) => admitted,
+        Err(e) => {
+            discard_unregistered(node, &encoded.iter().map(|block| block.id).collect::<Vec<_>>()).await;
+            return Err(e);
+        }
+    };
+    let mut pending = Vec::with_capacity(encoded.len());
+    let mut retried = Vec::new();
+    for (block, admitted) in encoded.into_iter().zip(admitted) {
+        match admitted {
+            Some((record, revision)) => {
+                summary.rows_deduplicated += block.rows;
                 summary.revision = summary.revision.max(revision);
                 summary.parts.push(PartSummary {
                     part: record.part,
-                    partition,
-                    rows: block.num_rows() as u64,
+                    partition: block.part.partition,
+                    rows: block.rows,
                     deduplicated: true,
                     revision,
                 });
-                continue;
+                retried.push(block.id);
             }
-            Some(id)
-        } else {
-            None
-        };
-        pending.push((partition, block, block_id));
+            None => pending.push(block),
+        }
     }
+    discard_unregistered(node, &retried).await;
 
-    let durability = options.durability.unwrap_or(def.settings.insert_durability);
-    if durability == Durability::ObjectStore {
-        let Some(bucket) = &node.bucket else {
-            return Err(Error::bad_request(
-                "insert_durability=object_store needs an object store, and this node has none configured \
-                 (start it with --s3-bucket); nothing was written",
-            ));
-        };
+    if let (Durability::ObjectStore, Some(bucket)) = (durability, &node.bucket) {
         // A deduplicated block's part may not be uploaded yet: make sure it is before the ack.
         for part in summary.parts.iter().filter(|p| p.deduplicated) {
             ensure_uploaded(node, bucket, table, &part.part).await?;
@@ -304,7 +336,10 @@ async fn insert_once(
     node.metrics.insert_rows.inc_by(summary.rows_written);
     node.metrics.insert_deduplicated_blocks.inc_by(summary.parts.iter().filter(|p| p.deduplicated).count() as u64);
 
-    if !node.catalog.wait_applied(summary.revision, APPLY_TIMEOUT).await {
+    let started = Instant::now();
+    let applied = node.catalog.wait_applied(summary.revision, APPLY_TIMEOUT).await;
+    node.metrics.insert_stage(InsertStage::Apply, started);
+    if !applied {
         return Err(Error::Timeout(format!(
             "the insert is registered at revision {} but this node has not applied it within {}s; it will appear shortly, and retrying the insert is safe",
             summary.revision,
@@ -314,14 +349,21 @@ async fn insert_once(
     Ok(summary)
 }
 
-async fn register(
+/// A block encoded and written to the local store, not yet registered.
+struct EncodedBlock {
+    id: PartId,
+    part: NewPart,
+    rows: u64,
+    bytes: Bytes,
+}
+
+/// Sorts, encodes and writes (with fsync) each block as a part, on a blocking thread.
+async fn encode_blocks(
     node: &Replica,
     def: &TableDef,
     version: Revision,
-    pending: Vec<(String, RecordBatch, Option<String>)>,
-    durability: Durability,
-    summary: &mut InsertSummary,
-) -> Result<(), Error> {
+    blocks: Vec<(String, RecordBatch, Option<String>)>,
+) -> Result<Vec<EncodedBlock>, Error> {
     let table = def.name.clone();
     let sort_key = def.order_by.clone();
     let store = node.catalog.store().clone();
@@ -330,9 +372,10 @@ async fn register(
     let node_id = node.config.node_id.clone();
     let column_ids = def.column_ids();
     // Encoding and fsync block: off the async runtime.
-    let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<(PartId, NewPart, u64, Bytes)>, Error> {
+    let started = Instant::now();
+    let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<EncodedBlock>, Error> {
         let mut out = Vec::new();
-        for (index, (partition, block, block_id)) in pending.into_iter().enumerate() {
+        for (index, (partition, block, block_id)) in blocks.into_iter().enumerate() {
             // Unique per insert attempt: a block admitted again after its dedup window expired
             // must become a new part, not the old part's id registered a second time.
             let unique = format!("{node_id}/{now_ms}/{sequence}/{index}");
@@ -360,22 +403,36 @@ async fn register(
                 merged_from: Vec::new(),
                 revision_range: None,
             };
-            out.push((
-                part.id,
-                NewPart { id: part.id, partition, block_id, manifest: manifest.to_json() },
-                part.rows,
-                part.bytes,
-            ));
+            out.push(EncodedBlock {
+                id: part.id,
+                part: NewPart { id: part.id, partition, block_id, manifest: manifest.to_json() },
+                rows: part.rows,
+                bytes: part.bytes,
+            });
         }
         Ok(out)
     })
     .await
     .map_err(Error::internal)??;
+    node.metrics.insert_stage(InsertStage::Encode, started);
+    Ok(encoded)
+}
 
+/// Registers encoded blocks in one coordinator transaction and records the outcome of each in
+/// `summary` (a block admitted meanwhile by another insert: its file is deleted).
+async fn register(
+    node: &Replica,
+    def: &TableDef,
+    version: Revision,
+    encoded: Vec<EncodedBlock>,
+    durability: Durability,
+    summary: &mut InsertSummary,
+) -> Result<(), Error> {
+    let now_ms = chrono::Utc::now().timestamp_millis();
     let mut holders = vec![node.config.node_id.as_str()];
     if let (Durability::ObjectStore, Some(bucket)) = (durability, &node.bucket) {
         // Uploaded before registering: once the part is visible anywhere, its object exists.
-        let uploads = encoded.iter().map(|(id, _, _, bytes)| async move {
+        let uploads = encoded.iter().map(|EncodedBlock { id, bytes, .. }| async move {
             let store = node.catalog.store();
             bucket.upload(&node.metrics, store, &def.name, id, Some(bytes.clone())).await.map_err(|e| {
                 Error::Unavailable(format!(
@@ -387,20 +444,21 @@ async fn register(
         });
         let results = futures::future::join_all(uploads).await;
         if let Some(Err(e)) = results.into_iter().find(Result::is_err) {
-            let parts: Vec<PartId> = encoded.iter().map(|(id, _, _, _)| *id).collect();
+            let parts: Vec<PartId> = encoded.iter().map(|block| block.id).collect();
             discard_unregistered(node, &parts).await;
             return Err(e);
         }
         holders.push(OBJECT_STORE_HOLDER);
     }
-    let sizes: HashMap<PartId, u64> = encoded.iter().map(|(id, _, _, bytes)| (*id, bytes.len() as u64)).collect();
-    let ids: Vec<PartId> = encoded.iter().map(|(id, _, _, _)| *id).collect();
-    let (new_parts, rows): (Vec<NewPart>, Vec<u64>) =
-        encoded.into_iter().map(|(_, part, rows, _)| (part, rows)).unzip();
+    let sizes: HashMap<PartId, u64> = encoded.iter().map(|block| (block.id, block.bytes.len() as u64)).collect();
+    let ids: Vec<PartId> = encoded.iter().map(|block| block.id).collect();
+    let (new_parts, rows): (Vec<NewPart>, Vec<u64>) = encoded.into_iter().map(|block| (block.part, block.rows)).unzip();
+    let started = Instant::now();
     let registration = node
         .coordinator
         .register_parts(&def.name, version, new_parts.clone(), &holders, now_ms, dedup_window_ms(def))
         .await;
+    node.metrics.insert_stage(InsertStage::Register, started);
     let registration = match registration {
         Ok(r) => r,
         Err(e) => {

@@ -1,13 +1,63 @@
 //! Prometheus metrics of the node, named `tandem_<subsystem>_<name>_<unit>`, served on `/metrics`.
 
+use std::time::Instant;
+
 use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
+/// A stage of a synchronous insert, from the decoded rows to the ack: what
+/// `tandem_insert_stage_seconds` times, to show where an insert's latency goes.
+#[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
+pub enum InsertStage {
+    /// Counting the live nodes an `insert_quorum` needs (a coordinator read).
+    LiveNodes,
+    /// Splitting the rows per partition and hashing each block.
+    Split,
+    /// Asking the coordinator whether each block was admitted already.
+    DedupCheck,
+    /// Sorting, encoding and writing (with fsync) the parts.
+    Encode,
+    /// The coordinator transaction registering the parts.
+    Register,
+    /// Until this node has applied the registration (read-your-writes).
+    Apply,
+    /// Until `insert_quorum` nodes hold the parts.
+    Quorum,
+}
+
+impl InsertStage {
+    fn name(self) -> &'static str {
+        match self {
+            InsertStage::LiveNodes => "live_nodes",
+            InsertStage::Split => "split",
+            InsertStage::DedupCheck => "dedup_check",
+            InsertStage::Encode => "encode",
+            InsertStage::Register => "register",
+            InsertStage::Apply => "apply",
+            InsertStage::Quorum => "quorum",
+        }
+    }
+}
+
+impl EncodeLabelValue for InsertStage {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        std::fmt::Write::write_str(encoder, self.name())
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct InsertStageLabels {
+    stage: InsertStage,
+}
+
 pub struct Metrics {
     registry: Registry,
+    pub insert_stage_seconds: Family<InsertStageLabels, Histogram>,
     pub insert_rows: Counter,
     pub insert_parts: Counter,
     pub insert_deduplicated_blocks: Counter,
@@ -54,9 +104,15 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Records that an insert spent the time since `started` in `stage`.
+    pub fn insert_stage(&self, stage: InsertStage, started: Instant) {
+        self.insert_stage_seconds.get_or_create(&InsertStageLabels { stage }).observe(started.elapsed().as_secs_f64());
+    }
+
     pub fn new() -> Self {
         let mut registry = Registry::with_prefix("tandem");
         let metrics = Metrics {
+            insert_stage_seconds: Family::new_with_constructor(|| Histogram::new(exponential_buckets(0.0001, 2.0, 18))),
             insert_rows: Counter::default(),
             insert_parts: Counter::default(),
             insert_deduplicated_blocks: Counter::default(),
@@ -115,6 +171,11 @@ impl Metrics {
         );
         registry.register("insert_errors", "Inserts that failed", metrics.insert_errors.clone());
         registry.register("insert_seconds", "Insert latency, from request to ack", metrics.insert_seconds.clone());
+        registry.register(
+            "insert_stage_seconds",
+            "Time synchronous inserts spend in each stage between the decoded rows and the ack",
+            metrics.insert_stage_seconds.clone(),
+        );
         registry.register("query_seconds", "Query latency", metrics.query_seconds.clone());
         registry.register("query_errors", "Queries that failed", metrics.query_errors.clone());
         registry.register("parts_corrupt", "Part files that failed hash verification", metrics.corrupt_parts.clone());
