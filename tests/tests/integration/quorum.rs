@@ -58,6 +58,11 @@ async fn a_quorum_ack_means_the_peers_hold_the_part() {
     for node in &cluster.nodes {
         assert_eq!(node.sql("SELECT count() FROM t").await.trim(), "50", "{}", node.url);
     }
+    // The writer timed every stage of that insert once (what the benchmark reads latency from).
+    for stage in ["live_nodes", "split", "dedup_check", "encode", "register", "apply", "quorum"] {
+        let count = cluster.nodes[0].metric(&format!("tandem_insert_stage_seconds_count{{stage=\"{stage}\"}}")).await;
+        assert_eq!(count, 1.0, "stage {stage} was timed once");
+    }
     let auto =
         cluster.nodes[1].request("INSERT INTO t FORMAT CSV", &[("insert_quorum", "auto")], rows(100, 50)).await.ok();
     assert_eq!(auto.json()["quorum"]["required"], 2, "auto is a majority of 3 live nodes");
