@@ -102,6 +102,18 @@ impl Client {
         self.query_with(sql, &[], body).await
     }
 
+    /// A statement sent as the request body, the way both tandem and ClickHouse 18.16 take it
+    /// (18.16 refuses a POST without a Content-Length, which an empty body does not get).
+    async fn statement(&self, sql: &str) -> anyhow::Result<String> {
+        let response = self.http.post(&self.base).body(sql.to_string()).send().await?;
+        let status = response.status();
+        let text = response.text().await?;
+        if !status.is_success() {
+            bail!("`{sql}` at {} failed with {status}: {}", self.base, text.trim());
+        }
+        Ok(text)
+    }
+
     async fn query_with(&self, sql: &str, settings: &[(&str, &str)], body: Vec<u8>) -> anyhow::Result<String> {
         let response = self.http.post(&self.base).query(&[("query", sql)]).query(settings).body(body).send().await?;
         let status = response.status();

@@ -247,31 +247,19 @@ async fn clickhouse(urls: &[String], connections: usize, duration: Duration) -> 
                   ENGINE = ReplicatedMergeTree('/clickhouse/tables/01/small_bench', '{replica}') \
                   PARTITION BY toYYYYMM(ts) ORDER BY (id, ts)";
     for client in &clients {
-        command(client, "DROP TABLE IF EXISTS small_bench").await?;
+        client.statement("DROP TABLE IF EXISTS small_bench").await?;
     }
     for client in &clients {
-        if let Err(e) = command(client, create).await {
+        if let Err(e) = client.statement(create).await {
             bail!("cannot create the ClickHouse table at {} (is the anchor running?): {e}", client.base);
         }
     }
     let first = &clients[0];
     let run = drive(&first.base, "small_bench", &[], connections, duration).await;
-    let parts = command(first, "SELECT count() FROM system.parts WHERE table = 'small_bench' AND active").await?;
+    let parts = first.statement("SELECT count() FROM system.parts WHERE table = 'small_bench' AND active").await?;
     report("clickhouse", "sync (18.16)", &run, &format!("  active parts after {}", parts.trim()));
     for client in &clients {
-        command(client, "DROP TABLE IF EXISTS small_bench").await?;
+        client.statement("DROP TABLE IF EXISTS small_bench").await?;
     }
     Ok(())
-}
-
-/// A statement sent as the body, as ClickHouse 18.16 wants it (it refuses a POST without a
-/// Content-Length, which an empty body does not get).
-async fn command(client: &Client, sql: &str) -> anyhow::Result<String> {
-    let response = client.http.post(&client.base).body(sql.to_string()).send().await?;
-    let status = response.status();
-    let text = response.text().await?;
-    if !status.is_success() {
-        bail!("`{sql}` failed with {status}: {text}");
-    }
-    Ok(text)
 }

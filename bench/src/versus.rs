@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
-use tandem_tests::Cluster;
+use tandem_tests::{Cluster, rss_bytes};
 
 use crate::clickhouse::ClickHouse;
 use crate::{BenchArgs, Client, percentile};
@@ -56,16 +56,16 @@ impl System {
                      '{{replica}}') PARTITION BY toYYYYMM(ts) ORDER BY ({order_by})"
                 );
                 for client in [&self.writer, &self.reader] {
-                    sql_in_body(client, &format!("DROP TABLE IF EXISTS {table}")).await?;
-                    sql_in_body(client, &sql).await?;
+                    client.statement(&format!("DROP TABLE IF EXISTS {table}")).await?;
+                    client.statement(&sql).await?;
                 }
             }
             Engine::Tandem => {
                 let sql = format!("CREATE TABLE {table} ({columns}) ORDER BY ({order_by}) PARTITION BY toYYYYMM(ts)");
-                sql_in_body(&self.writer, &sql).await?;
+                self.writer.statement(&sql).await?;
                 let deadline = Instant::now() + Duration::from_secs(30);
                 let exists = format!("SELECT count() FROM system.tables WHERE name = '{table}'");
-                while sql_in_body(&self.reader, &exists).await?.trim() != "1" {
+                while self.reader.statement(&exists).await?.trim() != "1" {
                     if Instant::now() > deadline {
                         bail!("table {table} did not reach the second node within 30 s");
                     }
@@ -82,7 +82,7 @@ impl System {
             Engine::Tandem => &[&self.writer],
         };
         for client in clients {
-            sql_in_body(client, &format!("DROP TABLE IF EXISTS {table}")).await?;
+            client.statement(&format!("DROP TABLE IF EXISTS {table}")).await?;
         }
         Ok(())
     }
@@ -97,7 +97,7 @@ impl System {
         let deadline = Instant::now() + Duration::from_secs(300);
         let sql = format!("SELECT count() FROM {table}");
         loop {
-            let count = sql_in_body(client, &sql).await?;
+            let count = client.statement(&sql).await?;
             if count.trim() == expected.to_string() {
                 return Ok(());
             }
@@ -119,7 +119,7 @@ impl System {
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut last = (String::new(), Instant::now());
         loop {
-            let parts = sql_in_body(&self.writer, &sql).await?.trim().to_string();
+            let parts = self.writer.statement(&sql).await?.trim().to_string();
             if parts != last.0 {
                 last = (parts, Instant::now());
             } else if last.1.elapsed() > Duration::from_secs(5) || Instant::now() > deadline {
@@ -128,17 +128,6 @@ impl System {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
-}
-
-/// A statement sent as the request body (ClickHouse 18.16 refuses a POST without a body).
-async fn sql_in_body(client: &Client, sql: &str) -> anyhow::Result<String> {
-    let response = client.http.post(&client.base).body(sql.to_string()).send().await?;
-    let status = response.status();
-    let text = response.text().await?;
-    if !status.is_success() {
-        bail!("`{sql}` at {} failed with {status}: {}", client.base, text.trim());
-    }
-    Ok(text)
 }
 
 /// `(ts DateTime, id UInt64, v Float64)` rows `start..end` as TSV, one second apart.
@@ -203,12 +192,6 @@ impl RssPeak {
         self.stop.store(true, Ordering::Relaxed);
         self.task.await.unwrap_or_default().into_iter().map(|b| b as f64 / (1 << 20) as f64).collect()
     }
-}
-
-fn rss_bytes(pid: u32) -> Option<u64> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let kib: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib * 1024)
 }
 
 /// How a figure compares: what "better" is, and the issue's target for tandem ÷ ClickHouse.
@@ -525,6 +508,9 @@ async fn insert_stages(writer: &Client) -> anyhow::Result<String> {
             _ => {}
         }
     }
+    // In the order an insert goes through them (dedup_check runs alongside encode).
+    const ORDER: [&str; 7] = ["live_nodes", "split", "dedup_check", "encode", "register", "apply", "quorum"];
+    stages.sort_by_key(|(stage, _, _)| ORDER.iter().position(|s| s == stage).unwrap_or(ORDER.len()));
     let means: Vec<String> = stages
         .iter()
         .filter(|(_, _, count)| *count > 0.0)
@@ -564,12 +550,12 @@ async fn run_queries(args: &BenchArgs, systems: &[System; 2], table: &mut Table)
         let mut answers = HashMap::new();
         // One untimed run each (caches), then the timed runs alternate between the systems.
         for system in systems {
-            answers.insert(system.name(), sql_in_body(&system.writer, sql).await?);
+            answers.insert(system.name(), system.writer.statement(sql).await?);
         }
         for _ in 0..args.query_runs.max(1) {
             for system in systems {
                 let t = Instant::now();
-                sql_in_body(&system.writer, sql).await?;
+                system.writer.statement(sql).await?;
                 table.record(
                     &format!("query {name}"),
                     "ms",

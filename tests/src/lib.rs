@@ -48,6 +48,13 @@ pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("a free loopback port")
 }
 
+/// Resident memory of a process in bytes (Linux), None when it is not running.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kib: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib * 1024)
+}
+
 /// One `tandem serve` process.
 pub struct Tandem {
     child: Option<Child>,
@@ -265,9 +272,7 @@ impl Tandem {
 
     /// Resident memory of the running node in bytes (Linux), None when it is not running.
     pub fn rss_bytes(&self) -> Option<u64> {
-        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid()?)).ok()?;
-        let kib: u64 = status.lines().find(|l| l.starts_with("VmRSS:"))?.split_whitespace().nth(1)?.parse().ok()?;
-        Some(kib * 1024)
+        rss_bytes(self.pid()?)
     }
 
     pub fn log_text(&self) -> String {
