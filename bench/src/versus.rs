@@ -92,6 +92,23 @@ impl System {
         Ok(())
     }
 
+    /// Sends `bodies` one after the other; their latencies, sorted.
+    async fn timed_inserts(
+        &self,
+        table: &str,
+        settings: &[(&str, &str)],
+        bodies: Vec<Vec<u8>>,
+    ) -> anyhow::Result<Vec<Duration>> {
+        let mut latencies = Vec::with_capacity(bodies.len());
+        for body in bodies {
+            let t = Instant::now();
+            self.insert(table, settings, body).await?;
+            latencies.push(t.elapsed());
+        }
+        latencies.sort();
+        Ok(latencies)
+    }
+
     /// Waits until `client` sees `expected` rows in `table` (a query at a time, no pause).
     async fn wait_for_rows(&self, client: &Client, table: &str, expected: usize) -> anyhow::Result<()> {
         let deadline = Instant::now() + Duration::from_secs(300);
@@ -128,6 +145,11 @@ impl System {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
+}
+
+/// The median of sorted latencies, in ms.
+fn p50_ms(sorted: &[Duration]) -> f64 {
+    percentile(sorted, 0.5).as_secs_f64() * 1e3
 }
 
 /// `(ts DateTime, id UInt64, v Float64)` rows `start..end` as TSV, one second apart.
@@ -390,16 +412,10 @@ async fn ingest_round(
         let bodies: Vec<Vec<u8>> =
             (0..batches).map(|b| ingest_rows(first + b * BATCH_ROWS, first + (b + 1) * BATCH_ROWS)).collect();
         let memory = RssPeak::start(&system.pids[..1]);
-        let mut latencies = Vec::with_capacity(batches);
         let started = Instant::now();
-        for body in bodies {
-            let t = Instant::now();
-            system.insert(&name, settings, body).await?;
-            latencies.push(t.elapsed());
-        }
+        let latencies = system.timed_inserts(&name, settings, bodies).await?;
         let elapsed = started.elapsed();
         let peak = memory.finish().await;
-        latencies.sort();
         let rows = (batches * BATCH_ROWS) as f64;
         table.record(
             &format!("ingest rows/s, {mode}"),
@@ -408,33 +424,15 @@ async fn ingest_round(
             engine,
             rows / elapsed.as_secs_f64() / 1e3,
         );
-        table.record(
-            &format!("10k-row insert p50, {mode}"),
-            "ms",
-            Goal::AtMost(0.5),
-            engine,
-            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        );
+        table.record(&format!("10k-row insert p50, {mode}"), "ms", Goal::AtMost(0.5), engine, p50_ms(&latencies));
         *rss_peak = rss_peak.max(peak[0]);
         system.wait_for_rows(&system.reader, &name, batches * BATCH_ROWS).await?;
 
         // One-row inserts into the same table, after the bulk ones have replicated.
-        let mut latencies = Vec::with_capacity(ONE_ROW_INSERTS);
-        for i in 0..ONE_ROW_INSERTS {
-            let start = first + 50_000_000 + i;
-            let body = ingest_rows(start, start + 1);
-            let t = Instant::now();
-            system.insert(&name, settings, body).await?;
-            latencies.push(t.elapsed());
-        }
-        latencies.sort();
-        table.record(
-            &format!("1-row insert p50, {mode}"),
-            "ms",
-            Goal::AtMost(0.5),
-            engine,
-            percentile(&latencies, 0.5).as_secs_f64() * 1e3,
-        );
+        let one_row =
+            (0..ONE_ROW_INSERTS).map(|i| ingest_rows(first + 50_000_000 + i, first + 50_000_001 + i)).collect();
+        let latencies = system.timed_inserts(&name, settings, one_row).await?;
+        table.record(&format!("1-row insert p50, {mode}"), "ms", Goal::AtMost(0.5), engine, p50_ms(&latencies));
         system.drop_table(&name).await?;
     }
 
@@ -449,13 +447,7 @@ async fn ingest_round(
         lags.push(acked.elapsed());
     }
     lags.sort();
-    table.record(
-        "replication lag p50 (10k rows)",
-        "ms",
-        Goal::AtMost(0.25),
-        engine,
-        percentile(&lags, 0.5).as_secs_f64() * 1e3,
-    );
+    table.record("replication lag p50 (10k rows)", "ms", Goal::AtMost(0.25), engine, p50_ms(&lags));
     system.drop_table("lag").await
 }
 

@@ -110,6 +110,13 @@ impl Replica {
                  cannot: send it with async_insert=0",
             ));
         }
+        if quorum.required() > 1 && !buffering.wait {
+            return Err(Error::bad_request(format!(
+                "insert_quorum={} waits for other nodes to hold the insert's parts, which exist only once its flush \
+                 is registered: send it with wait_for_async_insert=1; nothing was logged",
+                quorum.required()
+            )));
+        }
         let inserts = self.async_inserts.clone();
         let rows_bytes = rows.get_array_memory_size();
         let (split_def, token, deduplicate) = (def.clone(), options.deduplication_token.clone(), options.deduplicate);
@@ -164,13 +171,6 @@ impl Replica {
                 None => new.push(piece),
             }
         }
-        if quorum.required() > 1 && !buffering.wait {
-            return Err(Error::bad_request(format!(
-                "insert_quorum={} waits for other nodes to hold the insert's parts, which exist only once its flush \
-                 is registered: send it with wait_for_async_insert=1; nothing was logged",
-                quorum.required()
-            )));
-        }
         if new.len() > MAX_PARTS_PER_FLUSH {
             return Err(Error::bad_request(format!(
                 "this insert touches {} partitions; a buffered insert may touch at most {MAX_PARTS_PER_FLUSH} (one flush \
@@ -185,6 +185,16 @@ impl Replica {
             return Ok(summary);
         }
 
+        // Refused before encoding anything for the log.
+        let max_log_bytes = self.config.settings.async_insert_max_log_bytes;
+        let buffered = inserts.buffered_bytes();
+        if buffered > max_log_bytes {
+            return Err(Error::Unavailable(format!(
+                "the asynchronous insert buffer holds {buffered} bytes of rows not yet registered, over \
+                 async_insert_max_log_bytes = {max_log_bytes}: inserts are coming faster than they can be registered \
+                 (is the metadata store reachable?); nothing was logged, retry later"
+            )));
+        }
         let header = LoggedInsert {
             table: table.clone(),
             created,
@@ -206,15 +216,6 @@ impl Replica {
         } else {
             tokio::task::spawn_blocking(encode).await.map_err(Error::internal)??
         };
-        let max_log_bytes = self.config.settings.async_insert_max_log_bytes;
-        let buffered = inserts.buffered_bytes();
-        if buffered > max_log_bytes {
-            return Err(Error::Unavailable(format!(
-                "the asynchronous insert buffer holds {buffered} bytes of rows not yet registered, over \
-                 async_insert_max_log_bytes = {max_log_bytes}: inserts are coming faster than they can be registered \
-                 (is the metadata store reachable?); nothing was logged, retry later"
-            )));
-        }
         let sequence = inserts.log(payload).await.map_err(|e| match e {
             LogError::Full { .. } => Error::Unavailable(format!(
                 "{e}: inserts are coming faster than they can be registered (is the metadata store reachable?); \
