@@ -511,7 +511,16 @@ pub async fn merges_replace_their_sources_once(kv: Arc<dyn KvBackend>, p: &str) 
     let again = c.replace_parts("t", &sources, &part("m2", None), "n1", Some(("merge/t", fence))).await.unwrap();
     assert_eq!(again, None, "sources already merged away are not merged twice");
     let more = c.register_parts("t", table.version, vec![part("p3", None)], &["n1"], 0, i64::MAX).await.unwrap();
+    let stale = c.drop_expired_parts("t", &[(id("p3"), more.revision - 1)], Some(("merge/t", fence))).await.unwrap();
+    assert_eq!(stale, None, "a part is dropped only as it was read");
+    let dropped = c.drop_expired_parts("t", &[(id("m1"), replaced)], Some(("merge/t", fence))).await.unwrap();
+    assert!(dropped.is_some(), "the leader drops an expired part");
+    let snapshot = c.snapshot().await.unwrap();
+    assert_eq!(snapshot.parts.iter().map(|p| p.id).collect::<Vec<_>>(), [id("p3")]);
+    assert!(snapshot.holders.iter().all(|h| h.part != id("m1")), "the dropped part's holders went with it");
     kv.revoke_lease(lease).await.unwrap();
+    let fenced = c.drop_expired_parts("t", &[(id("p3"), more.revision)], Some(("merge/t", fence))).await.unwrap();
+    assert_eq!(fenced, None, "a leader whose lease ended cannot drop parts");
     let fenced = c
         .replace_parts("t", &[(id("p3"), more.revision)], &part("m3", None), "n1", Some(("merge/t", fence)))
         .await

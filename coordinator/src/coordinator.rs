@@ -598,20 +598,48 @@ impl Coordinator {
         holder: &str,
         fence: Option<(&str, Revision)>,
     ) -> Result<Option<Revision>, CoordError> {
-        let mut compares = Vec::new();
-        if let Some((role, revision)) = fence {
-            compares.push(Compare::ModRevision(self.leader_key(role), revision));
-        }
-        let mut success = Vec::new();
-        for (id, revision) in sources {
-            compares.push(Compare::ModRevision(self.part_key(table, id), *revision));
-            success.push(TxnOp::Delete { key: self.part_key(table, id) });
-            success.push(TxnOp::DeletePrefix { prefix: format!("{}holders/{table}/{id}/", self.prefix) });
-        }
+        let (compares, mut success) = self.removal(table, sources, fence);
         success.push(TxnOp::Put { key: self.part_key(table, &merged.id), value: merged.manifest.clone(), lease: None });
         success.push(TxnOp::Put { key: self.holder_key(table, &merged.id, holder), value: Vec::new(), lease: None });
         let result = self.kv.txn(compares, success, vec![]).await?;
         Ok(result.succeeded.then_some(result.revision))
+    }
+
+    /// Removes parts whose rows have all passed the table's TTL, with their holder records, in
+    /// one transaction under the same compares as [`Coordinator::replace_parts`]: each part is
+    /// still registered as it was read, and the leader's key still holds `fence`. Returns the
+    /// revision, or None when a compare failed (nothing changed). Their block ids stay until
+    /// their own window ends, so a late retry of an expired insert is still a duplicate.
+    pub async fn drop_expired_parts(
+        &self,
+        table: &str,
+        parts: &[(PartId, Revision)],
+        fence: Option<(&str, Revision)>,
+    ) -> Result<Option<Revision>, CoordError> {
+        let (compares, success) = self.removal(table, parts, fence);
+        let result = self.kv.txn(compares, success, vec![]).await?;
+        Ok(result.succeeded.then_some(result.revision))
+    }
+
+    /// The compares and deletes that take `parts` (as registered at their revisions) out of
+    /// the table, fenced by a leadership.
+    fn removal(
+        &self,
+        table: &str,
+        parts: &[(PartId, Revision)],
+        fence: Option<(&str, Revision)>,
+    ) -> (Vec<Compare>, Vec<TxnOp>) {
+        let mut compares = Vec::new();
+        if let Some((role, revision)) = fence {
+            compares.push(Compare::ModRevision(self.leader_key(role), revision));
+        }
+        let mut deletes = Vec::new();
+        for (id, revision) in parts {
+            compares.push(Compare::ModRevision(self.part_key(table, id), *revision));
+            deletes.push(TxnOp::Delete { key: self.part_key(table, id) });
+            deletes.push(TxnOp::DeletePrefix { prefix: format!("{}holders/{table}/{id}/", self.prefix) });
+        }
+        (compares, deletes)
     }
 
     /// Records that `node` holds a verified copy of a part. Idempotent. Refused (Ok(false))

@@ -14,8 +14,8 @@
 //!   verification on open, quarantine of corrupt files).
 //! - [`ObjectMirror`]: the copy of parts in an S3-compatible bucket, one object per part named
 //!   by its hash, written with create-only puts and verified on every read.
-//! - [`select_merge`] and [`merge_parts`]: size-tiered merge selection and the merged part
-//!   (not wired into the node yet).
+//! - [`select_merge`] and [`merge_parts`]: size-tiered merge selection and the merged part,
+//!   without the rows a [`TtlFilter`] expires.
 //!
 //! This crate knows nothing of etcd, HTTP or gRPC: it turns Arrow batches into verified files
 //! and keeps them, locally and in an object store.
@@ -36,7 +36,7 @@ pub use block::block_id;
 pub use encode::{EncodedPart, PartMetadata, encode_part, read_part_batches};
 pub use error::PartError;
 pub use manifest::{ColumnStats, PART_FORMAT_VERSION, PartManifest};
-pub use merge::{MergeCandidate, MergePolicy, merge_parts, select_merge};
+pub use merge::{MergeCandidate, MergePolicy, TtlFilter, merge_parts, select_merge};
 pub use object_mirror::{MirrorError, MirroredObject, ObjectMirror, S3Settings, UploadOutcome};
 pub use partition::{PartitionSpec, split_by_partition};
 pub use store::{LocalPartStore, PartWriter, VerifyOutcome};

@@ -58,6 +58,9 @@ pub struct PartManifest {
     /// (a part written by an insert covers only its own revision).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub revision_range: Option<(i64, i64)>,
+    /// For a merged part: the rows its merge left out because the table's TTL had passed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl_filter: Option<crate::TtlFilter>,
 }
 
 impl PartManifest {

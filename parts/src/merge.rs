@@ -5,10 +5,37 @@
 //! set chooses the same merge; the merged bytes are a pure function of the sources, so a replica
 //! can merge locally and compare the hash instead of fetching.
 
-use arrow::array::RecordBatch;
-use arrow::compute::concat_batches;
+use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::{cast, concat_batches, filter_record_batch};
+use arrow::datatypes::{DataType, Int64Type};
+use serde::{Deserialize, Serialize};
 
 use crate::{EncodedPart, PartError, PartId, PartMetadata, encode_part};
+
+/// Rows a merge leaves out because a table's TTL has passed for them: those whose `column`
+/// (a Date, DateTime or DateTime64 column of the part, by its Parquet name) holds a value
+/// below `before`, in the column's own unit (days for Date, its time unit otherwise). NULL
+/// never expires. Recorded in the merged part's manifest, so a replica rebuilding the merge
+/// drops the same rows and gets the same bytes.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TtlFilter {
+    pub column: String,
+    pub before: i64,
+}
+
+impl TtlFilter {
+    /// The rows of `batch` the TTL keeps.
+    fn keep(&self, batch: &RecordBatch) -> Result<RecordBatch, PartError> {
+        let Some(values) = batch.column_by_name(&self.column) else {
+            return Err(PartError::MissingColumn { column: self.column.clone() });
+        };
+        let values = cast(values, &DataType::Int64)?;
+        let values = values.as_primitive::<Int64Type>();
+        let keep: BooleanArray =
+            (0..values.len()).map(|i| Some(values.is_null(i) || values.value(i) >= self.before)).collect();
+        Ok(filter_record_batch(batch, &keep)?)
+    }
+}
 
 /// What the selector needs to know of an active part.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -85,34 +112,44 @@ pub fn select_merge(parts: &[MergeCandidate], policy: &MergePolicy) -> Option<Ve
 }
 
 /// The merged part of `sources` (their rows, in any order: they are sorted again by
-/// `sort_key`). The origin names the sources, so the same merge gives the same bytes anywhere.
+/// `sort_key`), without the rows `ttl` expires. The origin names the sources and the TTL
+/// filter, so the same merge gives the same bytes anywhere. None when the TTL expires every row.
 pub fn merge_parts(
     sources: &[(PartId, Vec<RecordBatch>)],
     sort_key: &[String],
     table: &str,
     partition: &str,
-) -> Result<EncodedPart, PartError> {
+    ttl: Option<&TtlFilter>,
+) -> Result<Option<EncodedPart>, PartError> {
     let mut ordered: Vec<&(PartId, Vec<RecordBatch>)> = sources.iter().collect();
     ordered.sort_by_key(|(id, _)| *id);
     let batches: Vec<RecordBatch> = ordered.iter().flat_map(|(_, batches)| batches.iter().cloned()).collect();
     let Some(first) = batches.first() else {
         return Err(PartError::MissingColumn { column: "<no rows to merge>".into() });
     };
-    let merged = concat_batches(&first.schema(), &batches)?;
-    let origin = ordered.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join("+");
+    let mut merged = concat_batches(&first.schema(), &batches)?;
+    let mut origin = ordered.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join("+");
+    if let Some(ttl) = ttl {
+        merged = ttl.keep(&merged)?;
+        origin.push_str(&format!(" ttl:{}<{}", ttl.column, ttl.before));
+    }
+    if merged.num_rows() == 0 {
+        return Ok(None);
+    }
     encode_part(
         &merged,
         sort_key,
         &PartMetadata { table: table.into(), partition: partition.into(), origin: format!("merge:{origin}") },
     )
+    .map(Some)
 }
 
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{AsArray, Int64Array};
-    use arrow::datatypes::{DataType, Field, Int64Type, Schema};
+    use arrow::array::{AsArray, Int64Array, TimestampSecondArray};
+    use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
 
     use super::*;
     use crate::read_part_batches;
@@ -182,10 +219,37 @@ mod tests {
             |values: Vec<i64>| RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))]).unwrap();
         let a = (PartId::of_bytes(b"a"), vec![batch(vec![5, 1])]);
         let b = (PartId::of_bytes(b"b"), vec![batch(vec![3, 2, 4])]);
-        let one = merge_parts(&[a.clone(), b.clone()], &["k".into()], "t", "all").unwrap();
-        let other = merge_parts(&[b, a], &["k".into()], "t", "all").unwrap();
+        let one = merge_parts(&[a.clone(), b.clone()], &["k".into()], "t", "all", None).unwrap().unwrap();
+        let other = merge_parts(&[b, a], &["k".into()], "t", "all", None).unwrap().unwrap();
         assert_eq!(one.id, other.id, "the same sources give the same bytes, whatever their order");
         let rows = read_part_batches(one.bytes).unwrap();
         assert_eq!(rows[0].column(0).as_primitive::<Int64Type>().values().to_vec(), [1, 2, 3, 4, 5]);
+    }
+
+    #[test]
+    fn a_ttl_merge_leaves_out_expired_rows_and_keeps_nulls() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Timestamp(TimeUnit::Second, None), true),
+            Field::new("k", DataType::Int64, false),
+        ]));
+        let batch = |ts: Vec<Option<i64>>, k: Vec<i64>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(TimestampSecondArray::from(ts)), Arc::new(Int64Array::from(k))],
+            )
+            .unwrap()
+        };
+        let source = (PartId::of_bytes(b"a"), vec![batch(vec![Some(10), None, Some(30), Some(20)], vec![1, 2, 3, 4])]);
+        let ttl = TtlFilter { column: "ts".into(), before: 20 };
+        let kept = merge_parts(std::slice::from_ref(&source), &["k".into()], "t", "all", Some(&ttl)).unwrap().unwrap();
+        let rows = read_part_batches(kept.bytes).unwrap();
+        assert_eq!(rows[0].column(1).as_primitive::<Int64Type>().values().to_vec(), [2, 3, 4], "ts 10 < 20 expired");
+        let plain = merge_parts(std::slice::from_ref(&source), &["k".into()], "t", "all", None).unwrap().unwrap();
+        assert_ne!(plain.id, kept.id);
+        let everything = TtlFilter { column: "ts".into(), before: i64::MAX };
+        let only_nulls = merge_parts(&[source], &["k".into()], "t", "all", Some(&everything)).unwrap().unwrap();
+        assert_eq!(only_nulls.rows, 1, "a NULL time never expires");
+        let expired = (PartId::of_bytes(b"b"), vec![batch(vec![Some(1)], vec![1])]);
+        assert!(merge_parts(&[expired], &["k".into()], "t", "all", Some(&ttl)).unwrap().is_none());
     }
 }

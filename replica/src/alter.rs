@@ -9,16 +9,41 @@ use tandem_coordinator::{CoordError, Revision};
 
 use crate::error::Error;
 use crate::replica::Replica;
-use crate::schema::{ColumnDef, TableDef};
+use crate::schema::{ColumnDef, IntervalUnit, TableDef};
 
 /// One change of an `ALTER TABLE`.
 #[derive(Clone, Debug, PartialEq)]
 pub enum AlterAction {
-    AddColumn { column: ColumnDef, if_not_exists: bool, position: Option<ColumnPosition> },
-    DropColumn { name: String, if_exists: bool },
-    RenameColumn { from: String, to: String, if_exists: bool },
-    CommentColumn { name: String, comment: String, if_exists: bool },
+    AddColumn {
+        column: ColumnDef,
+        if_not_exists: bool,
+        position: Option<ColumnPosition>,
+    },
+    DropColumn {
+        name: String,
+        if_exists: bool,
+    },
+    RenameColumn {
+        from: String,
+        to: String,
+        if_exists: bool,
+    },
+    CommentColumn {
+        name: String,
+        comment: String,
+        if_exists: bool,
+    },
     ModifySettings(Vec<(String, serde_json::Value)>),
+    /// `MODIFY TTL <column> + INTERVAL n <unit>`, or `REMOVE TTL` (None).
+    ModifyTtl(Option<TtlSpec>),
+}
+
+/// A TTL as a statement names it: `<column> + INTERVAL <count> <unit>`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TtlSpec {
+    pub column: String,
+    pub count: u32,
+    pub unit: IntervalUnit,
 }
 
 #[derive(Clone, Debug, PartialEq)]
@@ -90,6 +115,11 @@ fn apply_one(def: &mut TableDef, action: &AlterAction) -> Result<bool, Error> {
                     "column `{name}` is in the sort or partition key of `{table}` and cannot be dropped"
                 )));
             }
+            if def.ttl.is_some_and(|ttl| def.columns.get(index).is_some_and(|c| c.id == ttl.column_id)) {
+                return Err(Error::bad_request(format!(
+                    "column `{name}` is the TTL column of `{table}` and cannot be dropped (REMOVE TTL first)"
+                )));
+            }
             if def.columns.len() == 1 {
                 return Err(Error::bad_request(format!(
                     "`{name}` is the last column of `{table}`; drop the table instead"
@@ -129,6 +159,11 @@ fn apply_one(def: &mut TableDef, action: &AlterAction) -> Result<bool, Error> {
                 def.settings.set(key, value)?;
             }
             Ok(def.settings != before)
+        }
+        AlterAction::ModifyTtl(ttl) => {
+            let before = def.ttl;
+            def.set_ttl(ttl.as_ref().map(|t| (t.column.as_str(), t.count, t.unit)))?;
+            Ok(def.ttl != before)
         }
     }
 }

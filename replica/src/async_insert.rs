@@ -569,6 +569,7 @@ async fn encode(
                 created_at_ms: now_ms,
                 merged_from: Vec::new(),
                 revision_range: None,
+                ttl_filter: None,
             };
             let new_part =
                 NewPart { id: part.id, partition: partition.clone(), block_id: None, manifest: manifest.to_json() };

@@ -697,6 +697,7 @@ mod tests {
             created_at_ms: 0,
             merged_from: merged_from.iter().map(|id| **id).collect(),
             revision_range: None,
+            ttl_filter: None,
         }
         .to_json()
     }
@@ -726,6 +727,7 @@ mod tests {
             partition_by: tandem_parts::PartitionSpec::None,
             settings: TableSettings::default(),
             next_column_id: 2,
+            ttl: None,
         };
         let table = TableRecord { name: "t".into(), doc: def.to_json(), version: 1, created: 1 };
         for id in [s1, s2] {

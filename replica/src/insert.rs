@@ -402,6 +402,7 @@ async fn encode_blocks(
                 created_at_ms: now_ms,
                 merged_from: Vec::new(),
                 revision_range: None,
+                ttl_filter: None,
             };
             out.push(EncodedBlock {
                 id: part.id,

@@ -42,7 +42,7 @@ pub mod schema;
 mod start;
 mod sync;
 
-pub use alter::{AlterAction, ColumnPosition, apply as apply_alter};
+pub use alter::{AlterAction, ColumnPosition, TtlSpec, apply as apply_alter};
 pub use async_insert::AsyncInsertOptions;
 pub use catalog::{ActivePart, BrokenPart, PartFile, PendingPart, TableState};
 pub use config::{ClusterSecret, CoordinatorConfig, ReplicaConfig, ReplicaFile, ReplicaFlags, ReplicaSettings};

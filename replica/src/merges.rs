@@ -15,14 +15,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tandem_coordinator::{NewPart, Revision};
 use tandem_parts::{
-    EncodedPart, LocalPartStore, MergeCandidate, MergePolicy, PART_FORMAT_VERSION, PartId, PartManifest, merge_parts,
-    read_part_batches, select_merge,
+    EncodedPart, LocalPartStore, MergeCandidate, MergePolicy, PART_FORMAT_VERSION, PartId, PartManifest, TtlFilter,
+    merge_parts, read_part_batches, select_merge,
 };
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::ActivePart;
 use crate::replica::Replica;
 use crate::running_merges::RunningMerge;
+use crate::schema::TtlCutoff;
 
 /// How long a part waits to be on every live node before it is merged anyway.
 const REPLICATION_WAIT: Duration = Duration::from_secs(60);
@@ -40,8 +41,116 @@ fn merge_group(manifest: &PartManifest) -> String {
     format!("{}\u{0}{layout}", manifest.partition)
 }
 
-/// The leader loop: for each table this node leads, starts the merges the selector picks
-/// among the parts no running merge is reading, while merge permits are free. It runs every
+/// Etcd allows 128 operations per transaction; dropping a part takes a compare and two deletes.
+const MAX_DROPS_PER_TRANSACTION: usize = 40;
+
+/// How a part stands against its table's TTL.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Expiry {
+    /// No row has expired (or the part does not hold the TTL column).
+    None,
+    /// Some rows have: a merge leaves them out.
+    Some,
+    /// Every row has: the part is dropped without rewriting anything.
+    All,
+}
+
+/// The TTL filter of a part: the cutoff on the Parquet column holding the TTL column (by its
+/// id; by name for parts written before column ids). None when the part predates the column.
+fn ttl_filter(manifest: &PartManifest, cutoff: &TtlCutoff) -> Option<TtlFilter> {
+    let column = match manifest.column_ids.iter().find(|(_, id)| **id == cutoff.column.id) {
+        Some((name, _)) => name.clone(),
+        None if manifest.column_ids.is_empty() && manifest.columns.contains_key(&cutoff.column.name) => {
+            cutoff.column.name.clone()
+        }
+        None => return None,
+    };
+    Some(TtlFilter { column, before: cutoff.before })
+}
+
+/// Where a part stands against a TTL filter, from its manifest's statistics.
+fn expiry(manifest: &PartManifest, filter: &TtlFilter) -> Expiry {
+    let Some(stats) = manifest.columns.get(&filter.column) else { return Expiry::None };
+    let bound = |value: &Option<serde_json::Value>| value.as_ref().and_then(serde_json::Value::as_i64);
+    match (bound(&stats.min), bound(&stats.max)) {
+        (_, Some(max)) if max < filter.before && stats.null_count == 0 => Expiry::All,
+        (Some(min), _) if min < filter.before => Expiry::Some,
+        _ => Expiry::None,
+    }
+}
+
+/// The TTL filter a merge of `sources` applies: the table's cutoff, when some source holds
+/// expired rows and every source holds the column (a merge group shares one column layout).
+fn merge_ttl(sources: &[ActivePart], cutoff: Option<&TtlCutoff>) -> Option<TtlFilter> {
+    let cutoff = cutoff?;
+    let filters: Option<Vec<TtlFilter>> = sources.iter().map(|p| ttl_filter(&p.manifest, cutoff)).collect();
+    let filters = filters?;
+    let first = filters.first()?.clone();
+    let consistent = filters.iter().all(|f| *f == first);
+    let expiring = sources.iter().zip(&filters).any(|(p, f)| expiry(&p.manifest, f) != Expiry::None);
+    (consistent && expiring).then_some(first)
+}
+
+/// This node's standing as the merge leader of a table.
+#[derive(Clone, Copy, Debug)]
+enum Leadership {
+    /// Another node leads, or this one cannot tell.
+    Follower,
+    /// This node leads; its registrations carry the fence (none on one node, where there is
+    /// nobody to fence off).
+    Leader { fence: Option<Revision> },
+}
+
+async fn leadership(node: &Replica, table: &str) -> Leadership {
+    if !node.config.is_cluster() {
+        return Leadership::Leader { fence: None };
+    }
+    let lease = node.lease.load(Ordering::Acquire);
+    if lease == 0 {
+        return Leadership::Follower;
+    }
+    match node.coordinator.acquire_leadership(&role(table), &node.config.node_id, lease).await {
+        Ok(Some(revision)) => Leadership::Leader { fence: Some(revision) },
+        Ok(None) => Leadership::Follower,
+        Err(e) => {
+            tracing::warn!(%table, error = %e, "cannot campaign for merge leadership");
+            Leadership::Follower
+        }
+    }
+}
+
+/// Drops parts whose every row has passed the TTL, in fenced transactions; returns the
+/// revision of the last one, or None when nothing was dropped.
+async fn drop_expired(node: &Replica, table: &str, parts: &[&ActivePart], fence: Option<Revision>) -> Option<Revision> {
+    let role = role(table);
+    let mut last = None;
+    for chunk in parts.chunks(MAX_DROPS_PER_TRANSACTION) {
+        let registered: Vec<(PartId, Revision)> = chunk.iter().map(|p| (p.id, p.revision)).collect();
+        match node.coordinator.drop_expired_parts(table, &registered, fence.map(|f| (role.as_str(), f))).await {
+            Ok(Some(revision)) => {
+                let rows: u64 = chunk.iter().map(|p| p.manifest.rows).sum();
+                node.metrics.ttl_dropped_parts.inc_by(chunk.len() as u64);
+                node.metrics.ttl_deleted_rows.inc_by(rows);
+                tracing::info!(%table, parts = chunk.len(), rows, revision, "dropped parts whose rows have all passed the TTL");
+                last = Some(revision);
+            }
+            Ok(None) => {
+                tracing::info!(%table, "expired parts not dropped: one changed, or this node no longer leads the table's merges");
+                break;
+            }
+            Err(e) => {
+                tracing::warn!(%table, error = %e, "cannot drop expired parts; trying again on the next pass");
+                break;
+            }
+        }
+    }
+    last
+}
+
+/// The leader loop: for each table this node leads, drops the parts its TTL has wholly
+/// expired, then starts the merges the selector picks among the parts no running merge is
+/// reading (leaving out expired rows), and rewrites parts holding expired rows at most once per
+/// `merge_with_ttl_timeout` per partition, while merge permits are free. It runs every
 /// `merge_interval`, when new parts arrive, and as soon as a merge finishes.
 pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
     let mut tick = tokio::time::interval(node.config.settings.merge_interval());
@@ -51,6 +160,8 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
     // Merges in flight stop with the node: a merged part written but not registered is an
     // orphan file, swept later.
     let mut tasks = tokio::task::JoinSet::new();
+    // When this leader last rewrote a (table, merge group) for its TTL alone.
+    let mut ttl_merged: std::collections::HashMap<(String, String), Instant> = Default::default();
     loop {
         tokio::select! {
             _ = tick.tick() => {},
@@ -96,39 +207,82 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
             if !state.def.settings.background_merges {
                 continue;
             }
-            let mut fence = None;
-            loop {
-                let candidates: Vec<MergeCandidate> = {
-                    let busy = node.merges.busy.lock().expect("merges lock");
-                    state
-                        .parts
-                        .values()
-                        .filter(|p| p.replaced_by.is_none() && !busy.contains(&p.id) && everywhere(p))
-                        .map(|p| MergeCandidate {
-                            id: p.id,
-                            partition: merge_group(&p.manifest),
-                            bytes: p.manifest.bytes,
-                            level: p.manifest.level,
-                        })
-                        .collect()
-                };
-                let Some(chosen) = select_merge(&candidates, &policy) else { break };
-                if node.config.is_cluster() && fence.is_none() {
-                    let lease = node.lease.load(Ordering::Acquire);
-                    if lease == 0 {
-                        break;
+            let cutoff = state.def.ttl_cutoff(chrono::Utc::now());
+            // Asked once per table and pass, when there is something to do.
+            let mut leader: Option<Leadership> = None;
+            let idle = |p: &&ActivePart| {
+                p.replaced_by.is_none()
+                    && !node.merges.busy.lock().expect("merges lock").contains(&p.id)
+                    && everywhere(p)
+            };
+            if let Some(cutoff) = &cutoff {
+                let expired: Vec<&ActivePart> = state
+                    .parts
+                    .values()
+                    .filter(idle)
+                    .filter(|p| ttl_filter(&p.manifest, cutoff).is_some_and(|f| expiry(&p.manifest, &f) == Expiry::All))
+                    .collect();
+                if !expired.is_empty() {
+                    let Leadership::Leader { fence } = leadership(&node, &name).await else { continue };
+                    if let Some(revision) = drop_expired(&node, &name, &expired, fence).await
+                        && !node.catalog.wait_applied(revision, Duration::from_secs(30)).await
+                    {
+                        tracing::warn!(table = %name, revision, "dropped expired parts are not applied here after 30 s");
                     }
-                    match node.coordinator.acquire_leadership(&role(&name), &node.config.node_id, lease).await {
-                        Ok(Some(revision)) => fence = Some(revision),
-                        Ok(None) => break,
-                        Err(e) => {
-                            tracing::warn!(table = %name, error = %e, "cannot campaign for merge leadership");
-                            break;
-                        }
-                    }
+                    // The next pass selects merges among what is left.
+                    continue;
                 }
+            }
+            loop {
+                let mut ttl_only = false;
+                let candidates: Vec<MergeCandidate> = state
+                    .parts
+                    .values()
+                    .filter(idle)
+                    .map(|p| MergeCandidate {
+                        id: p.id,
+                        partition: merge_group(&p.manifest),
+                        bytes: p.manifest.bytes,
+                        level: p.manifest.level,
+                    })
+                    .collect();
+                let chosen = match select_merge(&candidates, &policy) {
+                    Some(chosen) => chosen,
+                    None => {
+                        // No size-tiered merge: rewrite the parts of one group that hold
+                        // expired rows, if that group's last TTL merge is old enough.
+                        let Some(cutoff) = &cutoff else { break };
+                        let timeout = Duration::from_secs(state.def.settings.merge_with_ttl_timeout);
+                        let mut by_group: std::collections::BTreeMap<String, Vec<PartId>> = Default::default();
+                        for part in state.parts.values().filter(idle) {
+                            let group = merge_group(&part.manifest);
+                            let due = ttl_merged
+                                .get(&(name.clone(), group.clone()))
+                                .is_none_or(|at: &Instant| at.elapsed() >= timeout);
+                            if due
+                                && ttl_filter(&part.manifest, cutoff)
+                                    .is_some_and(|f| expiry(&part.manifest, &f) == Expiry::Some)
+                            {
+                                by_group.entry(group).or_default().push(part.id);
+                            }
+                        }
+                        let Some((group, mut ids)) = by_group.into_iter().next() else { break };
+                        ids.truncate(policy.max_parts);
+                        ttl_merged.insert((name.clone(), group), Instant::now());
+                        ttl_only = true;
+                        ids
+                    }
+                };
+                if leader.is_none() {
+                    leader = Some(leadership(&node, &name).await);
+                }
+                let Some(Leadership::Leader { fence }) = leader else { break };
                 let Ok(permit) = node.merges.permits.clone().try_acquire_owned() else { break };
                 let sources: Vec<ActivePart> = chosen.iter().filter_map(|id| state.parts.get(id).cloned()).collect();
+                let ttl = merge_ttl(&sources, cutoff.as_ref());
+                if ttl_only && ttl.is_none() {
+                    break;
+                }
                 node.merges.busy.lock().expect("merges lock").extend(chosen.iter().copied());
                 let (node, name, sort_key) = (node.clone(), name.clone(), state.def.order_by.clone());
                 tasks.spawn(async move {
@@ -139,9 +293,9 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
                         sources: sources.len(),
                         bytes: sources.iter().map(|p| p.manifest.bytes).sum(),
                         started: Instant::now(),
-                        role: "leader",
+                        role: if ttl_only { "ttl" } else { "leader" },
                     });
-                    if let Err(e) = merge_and_register(&node, &name, &sort_key, &sources, fence).await {
+                    if let Err(e) = merge_and_register(&node, &name, &sort_key, &sources, ttl, fence).await {
                         tracing::warn!(table = %name, error = %e, "merge failed; the sources stay as they are");
                     }
                     node.merges.finish(key);
@@ -166,13 +320,14 @@ fn merge_files(
     sort_key: &[String],
     table: &str,
     partition: &str,
-) -> anyhow::Result<EncodedPart> {
+    ttl: Option<&TtlFilter>,
+) -> anyhow::Result<Option<EncodedPart>> {
     let mut inputs = Vec::with_capacity(sources.len());
     for id in sources {
         let bytes = std::fs::read(store.path(id))?;
         inputs.push((*id, read_part_batches(Bytes::from(bytes))?));
     }
-    Ok(merge_parts(&inputs, sort_key, table, partition)?)
+    Ok(merge_parts(&inputs, sort_key, table, partition, ttl)?)
 }
 
 /// The manifest of the merged part of `sources`.
@@ -181,6 +336,7 @@ fn merged_manifest(
     encoded: &EncodedPart,
     sources: &[(PartId, Arc<PartManifest>, Revision)],
     sort_key: &[String],
+    ttl_filter: Option<TtlFilter>,
 ) -> PartManifest {
     let first = &sources[0].1;
     let mut merged_from: Vec<PartId> = sources.iter().map(|(id, _, _)| *id).collect();
@@ -203,6 +359,7 @@ fn merged_manifest(
         created_at_ms: chrono::Utc::now().timestamp_millis(),
         merged_from,
         revision_range: Some((low, high)),
+        ttl_filter,
     }
 }
 
@@ -211,21 +368,33 @@ async fn merge_and_register(
     table: &str,
     sort_key: &[String],
     sources: &[ActivePart],
+    ttl: Option<TtlFilter>,
     fence: Option<Revision>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let store = node.catalog.store().clone();
     let ids: Vec<PartId> = sources.iter().map(|p| p.id).collect();
     let (key, name, partition) = (sort_key.to_vec(), table.to_string(), sources[0].manifest.partition.clone());
+    let filter = ttl.clone();
     // `sources` hold the files open against deletion while they are read.
-    let encoded = tokio::task::spawn_blocking(move || -> anyhow::Result<EncodedPart> {
-        let encoded = merge_files(&store, &ids, &key, &name, &partition)?;
+    let encoded = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<EncodedPart>> {
+        let Some(encoded) = merge_files(&store, &ids, &key, &name, &partition, filter.as_ref())? else {
+            return Ok(None);
+        };
         store.write(&encoded.id, &encoded.bytes)?;
-        Ok(encoded)
+        Ok(Some(encoded))
     })
     .await??;
+    let Some(encoded) = encoded else {
+        // Every row has expired since the sources were chosen: drop them instead.
+        let sources: Vec<&ActivePart> = sources.iter().collect();
+        if let Some(revision) = drop_expired(node, table, &sources, fence).await {
+            node.catalog.wait_applied(revision, Duration::from_secs(30)).await;
+        }
+        return Ok(());
+    };
     let described: Vec<_> = sources.iter().map(|p| (p.id, p.manifest.clone(), p.revision)).collect();
-    let manifest = merged_manifest(&node.config.node_id, &encoded, &described, sort_key);
+    let manifest = merged_manifest(&node.config.node_id, &encoded, &described, sort_key, ttl);
     let merged =
         NewPart { id: encoded.id, partition: manifest.partition.clone(), block_id: None, manifest: manifest.to_json() };
     let source_revisions: Vec<(PartId, Revision)> = sources.iter().map(|p| (p.id, p.revision)).collect();
@@ -238,6 +407,8 @@ async fn merge_and_register(
                 tracing::warn!(%table, revision, "a registered merge is not applied here after 30 s");
             }
             let source_bytes: u64 = sources.iter().map(|p| p.manifest.bytes).sum();
+            let source_rows: u64 = sources.iter().map(|p| p.manifest.rows).sum();
+            node.metrics.ttl_deleted_rows.inc_by(source_rows.saturating_sub(manifest.rows));
             node.metrics.merges.inc();
             node.metrics.merge_source_bytes.inc_by(source_bytes);
             node.metrics.merge_written_bytes.inc_by(manifest.bytes);
@@ -309,12 +480,13 @@ pub async fn rebuild_locally(node: &Replica, table: &str, id: &PartId, manifest:
         started: Instant::now(),
         role: "replica",
     });
-    let (sort_key, name, partition, expected) =
-        (manifest.sort_key.clone(), table.to_string(), manifest.partition.clone(), *id);
+    let (sort_key, name, partition, expected, ttl) =
+        (manifest.sort_key.clone(), table.to_string(), manifest.partition.clone(), *id, manifest.ttl_filter.clone());
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<PartId>> {
         // `held` keeps the files of sources still visible here open while they are read.
         let ids: Vec<PartId> = held.iter().map(|(source, _)| *source).collect();
-        let encoded = merge_files(&store, &ids, &sort_key, &name, &partition)?;
+        let encoded = merge_files(&store, &ids, &sort_key, &name, &partition, ttl.as_ref())?
+            .ok_or_else(|| anyhow::anyhow!("the registered merge's TTL filter leaves no rows of these sources"))?;
         drop(held);
         if encoded.id != expected {
             return Ok(Some(encoded.id));

@@ -92,6 +92,8 @@ pub struct Metrics {
     pub merge_written_bytes: Counter,
     pub local_merges: Counter,
     pub merge_mismatches: Counter,
+    pub ttl_dropped_parts: Counter,
+    pub ttl_deleted_rows: Counter,
     pub insert_bytes: Counter,
     pub insert_delayed: Counter,
     pub async_insert_flushes: Counter,
@@ -147,6 +149,8 @@ impl Metrics {
             merge_written_bytes: Counter::default(),
             local_merges: Counter::default(),
             merge_mismatches: Counter::default(),
+            ttl_dropped_parts: Counter::default(),
+            ttl_deleted_rows: Counter::default(),
             insert_bytes: Counter::default(),
             insert_delayed: Counter::default(),
             async_insert_flushes: Counter::default(),
@@ -287,6 +291,16 @@ impl Metrics {
             "merge_mismatches",
             "Local rebuilds of a merged part that did not match its hash (fetched instead)",
             metrics.merge_mismatches.clone(),
+        );
+        registry.register(
+            "ttl_dropped_parts",
+            "Parts this node dropped as merge leader because every row had passed the table's TTL",
+            metrics.ttl_dropped_parts.clone(),
+        );
+        registry.register(
+            "ttl_deleted_rows",
+            "Rows past the table's TTL that this node's merges and part drops deleted",
+            metrics.ttl_deleted_rows.clone(),
         );
         registry.register("insert_bytes", "Bytes of parts written by inserts", metrics.insert_bytes.clone());
         registry.register(

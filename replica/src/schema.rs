@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use chrono::{DateTime, Months, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
 use tandem_parts::PartitionSpec;
 use tandem_parts::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
@@ -168,6 +169,15 @@ pub struct TableSettings {
     /// `async_insert_max_data_size` for this table; None: the server's.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub async_insert_max_data_size: Option<u64>,
+    /// How long a partition waits between merges that only rewrite parts to leave out rows
+    /// past the TTL (ClickHouse's name and default: 4 hours). Parts wholly past it are dropped
+    /// at any time: that costs no rewrite.
+    #[serde(default = "default_merge_with_ttl_timeout")]
+    pub merge_with_ttl_timeout: u64,
+}
+
+fn default_merge_with_ttl_timeout() -> u64 {
+    4 * 3600
 }
 
 fn default_async_dedup_window_blocks() -> u64 {
@@ -255,6 +265,7 @@ impl TableSettings {
             },
             "async_insert_busy_timeout_ms" => self.async_insert_busy_timeout_ms = Some(number()?),
             "async_insert_max_data_size" => self.async_insert_max_data_size = Some(number()?),
+            "merge_with_ttl_timeout" => self.merge_with_ttl_timeout = number()?,
             "parts_to_throw_insert" => match number()? {
                 0 => {
                     return Err(Error::bad_request(
@@ -276,7 +287,8 @@ impl TableSettings {
                     "unknown table setting `{key}` = {value}; known: dedup_window_blocks, dedup_window_seconds, \
                      auto_add_columns (0 or 1), insert_durability ('local' or 'object_store'), \
                      background_merges (0 or 1), parts_to_delay_insert, parts_to_throw_insert, async_insert (0 or 1), \
-                     async_insert_busy_timeout_ms, async_insert_max_data_size, async_dedup_window_blocks"
+                     async_insert_busy_timeout_ms, async_insert_max_data_size, async_dedup_window_blocks, \
+                     merge_with_ttl_timeout"
                 )));
             }
         }
@@ -298,8 +310,75 @@ impl Default for TableSettings {
             async_insert: None,
             async_insert_busy_timeout_ms: None,
             async_insert_max_data_size: None,
+            merge_with_ttl_timeout: default_merge_with_ttl_timeout(),
         }
     }
+}
+
+/// The unit of a TTL's interval, as ClickHouse's `INTERVAL n <unit>` names it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IntervalUnit {
+    Second,
+    Minute,
+    Hour,
+    Day,
+    Week,
+    Month,
+    Quarter,
+    Year,
+}
+
+impl IntervalUnit {
+    pub fn name(self) -> &'static str {
+        match self {
+            IntervalUnit::Second => "SECOND",
+            IntervalUnit::Minute => "MINUTE",
+            IntervalUnit::Hour => "HOUR",
+            IntervalUnit::Day => "DAY",
+            IntervalUnit::Week => "WEEK",
+            IntervalUnit::Month => "MONTH",
+            IntervalUnit::Quarter => "QUARTER",
+            IntervalUnit::Year => "YEAR",
+        }
+    }
+
+    /// `now` moved back by `count` of this unit (months and years by the calendar); None
+    /// when that lies before year 0.
+    fn before(self, now: DateTime<Utc>, count: u32) -> Option<DateTime<Utc>> {
+        let seconds = |unit: i64| now.checked_sub_signed(TimeDelta::try_seconds(unit.checked_mul(i64::from(count))?)?);
+        let months = |unit: u32| now.checked_sub_months(Months::new(unit.checked_mul(count)?));
+        match self {
+            IntervalUnit::Second => seconds(1),
+            IntervalUnit::Minute => seconds(60),
+            IntervalUnit::Hour => seconds(3600),
+            IntervalUnit::Day => seconds(86_400),
+            IntervalUnit::Week => seconds(7 * 86_400),
+            IntervalUnit::Month => months(1),
+            IntervalUnit::Quarter => months(3),
+            IntervalUnit::Year => months(12),
+        }
+    }
+}
+
+/// `TTL <column> + INTERVAL <count> <unit>`: a row expires once its time column lies further
+/// in the past than the interval; merges leave it out, and parts whose rows have all expired
+/// are dropped.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TableTtl {
+    /// The Date, DateTime or DateTime64 column, by its stable id (a rename keeps the TTL).
+    pub column_id: u32,
+    pub count: u32,
+    pub unit: IntervalUnit,
+}
+
+/// Where a TTL stands at one moment: rows whose column (`column`, by its current name) holds
+/// a value below `before` (in the column's unit: days for Date, its time unit otherwise)
+/// have expired.
+#[derive(Clone, Debug, PartialEq)]
+pub struct TtlCutoff {
+    pub column: ColumnDef,
+    pub before: i64,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -314,6 +393,8 @@ pub struct TableDef {
     /// The id the next added column gets.
     #[serde(default)]
     pub next_column_id: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ttl: Option<TableTtl>,
 }
 
 impl TableDef {
@@ -350,8 +431,100 @@ impl TableDef {
         self.next_column_id = self.next_column_id.max(max + 1);
     }
 
+    /// Sets (or with None removes) the table's TTL on the time column `column`.
+    pub fn set_ttl(&mut self, ttl: Option<(&str, u32, IntervalUnit)>) -> Result<(), Error> {
+        let Some((column, count, unit)) = ttl else {
+            self.ttl = None;
+            return Ok(());
+        };
+        let Some(def) = self.column(column) else {
+            return Err(Error::bad_request(format!(
+                "TTL names column `{column}`, which table `{}` does not have",
+                self.name
+            )));
+        };
+        if !def.column_type.is_temporal() {
+            return Err(Error::bad_request(format!(
+                "TTL needs a Date, DateTime or DateTime64 column; `{column}` is {}",
+                def.type_name()
+            )));
+        }
+        self.ttl = Some(TableTtl { column_id: def.id, count, unit });
+        Ok(())
+    }
+
+    /// The TTL as ClickHouse writes it: `ts + INTERVAL 30 DAY`.
+    pub fn ttl_expression(&self) -> Option<String> {
+        let ttl = self.ttl?;
+        let column = self.columns.iter().find(|c| c.id == ttl.column_id)?;
+        Some(format!("{} + INTERVAL {} {}", column.name, ttl.count, ttl.unit.name()))
+    }
+
+    /// Which rows the TTL has expired at `now`; None without a TTL.
+    pub fn ttl_cutoff(&self, now: DateTime<Utc>) -> Option<TtlCutoff> {
+        let ttl = self.ttl?;
+        let column = self.columns.iter().find(|c| c.id == ttl.column_id)?.clone();
+        let Some(at) = ttl.unit.before(now, ttl.count) else {
+            return Some(TtlCutoff { column, before: i64::MIN });
+        };
+        let before = match column.column_type.arrow() {
+            // A day expires once its midnight lies before the cutoff.
+            DataType::Date32 => at.timestamp().div_euclid(86_400) + i64::from(at.timestamp().rem_euclid(86_400) > 0),
+            DataType::Timestamp(TimeUnit::Millisecond, _) => at.timestamp_millis(),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => at.timestamp_micros(),
+            DataType::Timestamp(TimeUnit::Nanosecond, _) => at.timestamp_nanos_opt().unwrap_or(i64::MAX),
+            _ => at.timestamp(),
+        };
+        Some(TtlCutoff { column, before })
+    }
+
     /// Part column name -> column id, recorded in each part's manifest.
     pub fn column_ids(&self) -> std::collections::BTreeMap<String, u32> {
         self.columns.iter().map(|c| (c.name.clone(), c.id)).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn table(column_type: ColumnType, count: u32, unit: IntervalUnit) -> TableDef {
+        let mut def = TableDef {
+            format_version: TABLE_FORMAT_VERSION,
+            name: "t".into(),
+            columns: vec![ColumnDef {
+                id: 1,
+                name: "ts".into(),
+                column_type,
+                nullable: false,
+                default: None,
+                comment: None,
+            }],
+            order_by: vec![],
+            partition_by: PartitionSpec::None,
+            settings: TableSettings::default(),
+            next_column_id: 2,
+            ttl: None,
+        };
+        def.set_ttl(Some(("ts", count, unit))).unwrap();
+        def
+    }
+
+    #[test]
+    fn a_ttl_cutoff_is_in_the_columns_own_unit() {
+        let now = DateTime::parse_from_rfc3339("2026-03-31T12:00:00Z").unwrap().with_timezone(&Utc);
+        let before = |t, count, unit| table(t, count, unit).ttl_cutoff(now).unwrap().before;
+        let day = 86_400;
+        let noon = now.timestamp();
+        assert_eq!(before(ColumnType::DateTime, 1, IntervalUnit::Day), noon - day);
+        assert_eq!(before(ColumnType::DateTime64(3), 2, IntervalUnit::Hour), (noon - 7200) * 1000);
+        assert_eq!(before(ColumnType::DateTime64(9), 1, IntervalUnit::Second), (noon - 1) * 1_000_000_000);
+        // 2026-02-28 (no 31st): calendar months, as ClickHouse subtracts them.
+        let feb = DateTime::parse_from_rfc3339("2026-02-28T12:00:00Z").unwrap().timestamp();
+        assert_eq!(before(ColumnType::DateTime, 1, IntervalUnit::Month), feb);
+        // Noon of the 30th minus a day: the 30th's midnight lies before it, the 31st's does not.
+        let march_30 = noon.div_euclid(day) - 1;
+        assert_eq!(before(ColumnType::Date, 1, IntervalUnit::Day), march_30 + 1, "days below the 31st expire");
+        assert_eq!(before(ColumnType::DateTime, u32::MAX, IntervalUnit::Year), i64::MIN, "nothing is that old");
     }
 }

@@ -10,7 +10,8 @@ mod access;
 use std::sync::LazyLock;
 
 use datafusion::sql::sqlparser::ast::{
-    DataType as SqlType, Expr, FunctionArg, FunctionArgExpr, FunctionArguments, UnaryOperator, Value,
+    BinaryOperator, DataType as SqlType, DateTimeField, Expr, FunctionArg, FunctionArgExpr, FunctionArguments,
+    Interval, UnaryOperator, Value,
 };
 use datafusion::sql::sqlparser::dialect::ClickHouseDialect;
 use datafusion::sql::sqlparser::keywords::Keyword;
@@ -19,8 +20,10 @@ use datafusion::sql::sqlparser::tokenizer::Token;
 use regex::Regex;
 use tandem_access::AccessChange;
 use tandem_parts::PartitionSpec;
-use tandem_replica::schema::{ColumnDef, ColumnType, TABLE_FORMAT_VERSION, TableDef, TableSettings, valid_name};
-use tandem_replica::{AlterAction, ColumnPosition};
+use tandem_replica::schema::{
+    ColumnDef, ColumnType, IntervalUnit, TABLE_FORMAT_VERSION, TableDef, TableSettings, valid_name,
+};
+use tandem_replica::{AlterAction, ColumnPosition, TtlSpec};
 
 use crate::error::NodeError;
 
@@ -324,6 +327,7 @@ fn parse_create_table(sql: &str, options: &ParseOptions) -> Result<Statement, No
 
     let mut order_by = Vec::new();
     let mut partition_by = PartitionSpec::None;
+    let mut ttl = None;
     let mut settings = options.table_defaults.clone();
     loop {
         if parser.parse_keyword(Keyword::ENGINE) {
@@ -343,6 +347,8 @@ fn parse_create_table(sql: &str, options: &ParseOptions) -> Result<Statement, No
             order_by = key_columns(parser.parse_expr().map_err(syntax)?)?;
         } else if parser.parse_keywords(&[Keyword::PARTITION, Keyword::BY]) {
             partition_by = partition_spec(parser.parse_expr().map_err(syntax)?, &columns)?;
+        } else if parse_word(&mut parser, "TTL") {
+            ttl = Some(ttl_spec(&mut parser)?);
         } else if parser.parse_keyword(Keyword::SETTINGS) {
             for (key, value) in parse_settings(&mut parser)? {
                 settings.set(&key, &value)?;
@@ -368,8 +374,10 @@ fn parse_create_table(sql: &str, options: &ParseOptions) -> Result<Statement, No
         partition_by,
         settings,
         next_column_id: 0,
+        ttl: None,
     };
     def.assign_column_ids();
+    def.set_ttl(ttl.as_ref().map(|t| (t.column.as_str(), t.count, t.unit)))?;
     Ok(Statement::CreateTable { def, if_not_exists })
 }
 
@@ -456,13 +464,22 @@ fn parse_alter_table(sql: &str) -> Result<Statement, NodeError> {
                 AlterAction::CommentColumn { name, comment: parser.parse_literal_string().map_err(syntax)?, if_exists }
             } else if parse_word(&mut parser, "SETTING") || parser.parse_keyword(Keyword::SETTINGS) {
                 AlterAction::ModifySettings(parse_settings(&mut parser)?)
+            } else if parse_word(&mut parser, "TTL") {
+                AlterAction::ModifyTtl(Some(ttl_spec(&mut parser)?))
             } else {
-                return Err(NodeError::bad_request("syntax error: expected MODIFY COLUMN or MODIFY SETTING"));
+                return Err(NodeError::bad_request(
+                    "syntax error: expected MODIFY COLUMN, MODIFY SETTING or MODIFY TTL",
+                ));
             }
+        } else if parser.parse_keyword(Keyword::REMOVE) {
+            if !parse_word(&mut parser, "TTL") {
+                return Err(NodeError::bad_request("syntax error: expected REMOVE TTL"));
+            }
+            AlterAction::ModifyTtl(None)
         } else {
             return Err(NodeError::bad_request(
                 "syntax error: ALTER TABLE takes ADD COLUMN, DROP COLUMN, RENAME COLUMN, COMMENT COLUMN, \
-                 MODIFY COLUMN ... COMMENT or MODIFY SETTING",
+                 MODIFY COLUMN ... COMMENT, MODIFY SETTING, MODIFY TTL or REMOVE TTL",
             ));
         };
         actions.push(action);
@@ -627,6 +644,110 @@ fn partition_spec(expr: Expr, columns: &[ColumnDef]) -> Result<PartitionSpec, No
     }
 }
 
+/// `<column> + INTERVAL <n> <unit> [DELETE]`, `<column> + toInterval<Unit>(<n>)` or `<column>`
+/// (expire at the column's time). Moving rows to disks or volumes, `WHERE` and `GROUP BY` TTLs
+/// are ClickHouse features tandem does not have: refused by name rather than ignored.
+fn ttl_spec(parser: &mut Parser) -> Result<TtlSpec, NodeError> {
+    // Looked for before parsing: `INTERVAL 1 DAY TO DISK` would otherwise read as an interval
+    // range (`DAY TO SECOND`) and fail with a confusing message.
+    let mut depth = 0usize;
+    for ahead in 0.. {
+        match &parser.peek_nth_token(ahead).token {
+            Token::EOF | Token::SemiColon => break,
+            Token::LParen => depth += 1,
+            Token::RParen => depth = depth.saturating_sub(1),
+            // The clauses that may follow a TTL in CREATE TABLE.
+            Token::Word(w)
+                if depth == 0
+                    && [Keyword::SETTINGS, Keyword::ORDER, Keyword::PARTITION, Keyword::PRIMARY, Keyword::ENGINE]
+                        .contains(&w.keyword) =>
+            {
+                break;
+            }
+            Token::Comma if depth == 0 => return Err(unsupported_ttl()),
+            Token::Word(w)
+                if depth == 0
+                    && ["TO", "WHERE", "GROUP", "RECOMPRESS"].iter().any(|k| w.value.eq_ignore_ascii_case(k)) =>
+            {
+                return Err(unsupported_ttl());
+            }
+            _ => {}
+        }
+    }
+    let expr = parser.parse_expr().map_err(syntax)?;
+    // DELETE is the default action, and the only one.
+    let _delete = parser.parse_keyword(Keyword::DELETE);
+    let unsupported = || {
+        NodeError::bad_request(format!(
+            "TTL `{expr}` is not supported; write `<Date or DateTime column> + INTERVAL <n> <unit>` (SECOND, MINUTE, \
+             HOUR, DAY, WEEK, MONTH, QUARTER or YEAR)"
+        ))
+    };
+    let (column, interval) = match &expr {
+        Expr::Identifier(column) => {
+            return Ok(TtlSpec { column: column.value.clone(), count: 0, unit: IntervalUnit::Second });
+        }
+        Expr::BinaryOp { left, op: BinaryOperator::Plus, right } => match left.as_ref() {
+            Expr::Identifier(column) => (column.value.clone(), right.as_ref()),
+            _ => return Err(unsupported()),
+        },
+        _ => return Err(unsupported()),
+    };
+    let (count, unit) = match interval {
+        Expr::Interval(Interval { value, leading_field: Some(field), last_field: None, .. }) => {
+            let unit = match field {
+                DateTimeField::Second | DateTimeField::Seconds => IntervalUnit::Second,
+                DateTimeField::Minute | DateTimeField::Minutes => IntervalUnit::Minute,
+                DateTimeField::Hour | DateTimeField::Hours => IntervalUnit::Hour,
+                DateTimeField::Day | DateTimeField::Days => IntervalUnit::Day,
+                DateTimeField::Week(None) | DateTimeField::Weeks => IntervalUnit::Week,
+                DateTimeField::Month | DateTimeField::Months => IntervalUnit::Month,
+                DateTimeField::Quarter => IntervalUnit::Quarter,
+                DateTimeField::Year | DateTimeField::Years => IntervalUnit::Year,
+                _ => return Err(unsupported()),
+            };
+            (value.as_ref(), unit)
+        }
+        Expr::Function(f) => {
+            let unit = match f.name.to_string().to_ascii_lowercase().as_str() {
+                "tointervalsecond" => IntervalUnit::Second,
+                "tointervalminute" => IntervalUnit::Minute,
+                "tointervalhour" => IntervalUnit::Hour,
+                "tointervalday" => IntervalUnit::Day,
+                "tointervalweek" => IntervalUnit::Week,
+                "tointervalmonth" => IntervalUnit::Month,
+                "tointervalquarter" => IntervalUnit::Quarter,
+                "tointervalyear" => IntervalUnit::Year,
+                _ => return Err(unsupported()),
+            };
+            let args = function_args(&f.args);
+            let [count] = args.as_slice() else { return Err(unsupported()) };
+            // `function_args` clones; the count is matched below by reference.
+            return interval_count(count).map(|count| TtlSpec { column, count, unit }).ok_or_else(unsupported);
+        }
+        _ => return Err(unsupported()),
+    };
+    let count = interval_count(count).ok_or_else(unsupported)?;
+    Ok(TtlSpec { column, count, unit })
+}
+
+fn unsupported_ttl() -> NodeError {
+    NodeError::NotImplemented(
+        "TTL supports one `<time column> + INTERVAL n <unit>` that deletes rows; several TTLs, TO DISK/VOLUME, \
+         WHERE, GROUP BY and RECOMPRESS are not supported"
+            .into(),
+    )
+}
+
+/// The whole number of an interval: `30` or `'30'`.
+fn interval_count(expr: &Expr) -> Option<u32> {
+    match literal(expr).ok()? {
+        serde_json::Value::Number(n) => u32::try_from(n.as_u64()?).ok(),
+        serde_json::Value::String(s) => s.trim().parse().ok(),
+        _ => None,
+    }
+}
+
 fn parse_insert(sql: &str) -> Result<InsertStatement, NodeError> {
     let captures = INSERT.captures(sql).ok_or_else(|| {
         NodeError::bad_request(
@@ -755,6 +876,46 @@ mod tests {
         let wide =
             format!("CREATE TABLE w ({})", (0..1001).map(|i| format!("c{i} Int8")).collect::<Vec<_>>().join(", "));
         assert!(err(&wide).contains("max_columns = 1000"));
+    }
+
+    #[test]
+    fn ttl_in_clickhouse_syntax() {
+        let ttl = |clause: &str| {
+            let sql = format!("CREATE TABLE t (ts DateTime, d Date, n Int64) ORDER BY ts {clause}");
+            let Statement::CreateTable { def, .. } = parse(&sql).unwrap() else { panic!("not a create") };
+            def.ttl_expression()
+        };
+        assert_eq!(ttl("TTL ts + INTERVAL 30 DAY").as_deref(), Some("ts + INTERVAL 30 DAY"));
+        assert_eq!(ttl("TTL ts + INTERVAL 1 MONTH DELETE").as_deref(), Some("ts + INTERVAL 1 MONTH"));
+        assert_eq!(
+            ttl("TTL d + toIntervalWeek(2) SETTINGS dedup_window_blocks = 1").as_deref(),
+            Some("d + INTERVAL 2 WEEK")
+        );
+        assert_eq!(ttl("TTL ts").as_deref(), Some("ts + INTERVAL 0 SECOND"));
+        assert_eq!(ttl("").as_deref(), None);
+        let err = |clause: &str| {
+            parse(&format!("CREATE TABLE t (ts DateTime, n Int64) ORDER BY ts {clause}")).unwrap_err().to_string()
+        };
+        assert!(err("TTL n + INTERVAL 1 DAY").contains("`n` is Int64"));
+        assert!(err("TTL x + INTERVAL 1 DAY").contains("`x`"));
+        let to_disk = err("TTL ts + INTERVAL 1 DAY TO DISK 'cold'");
+        assert!(to_disk.contains("TO DISK"), "{to_disk}");
+        assert!(err("TTL ts + INTERVAL 1 DAY, ts + INTERVAL 2 DAY").contains("several TTLs"));
+        assert!(err("TTL ts + INTERVAL -1 DAY").contains("not supported"));
+        assert!(err("TTL ts * 2").contains("not supported"));
+    }
+
+    #[test]
+    fn ttl_follows_renames_and_pins_its_column() {
+        let mut def = altered_table();
+        assert!(alter(&mut def, "ALTER TABLE t ADD COLUMN seen DateTime, MODIFY TTL seen + INTERVAL 3 HOUR").unwrap());
+        assert!(!alter(&mut def, "ALTER TABLE t MODIFY TTL seen + INTERVAL 3 HOUR").unwrap(), "unchanged");
+        assert!(alter(&mut def, "ALTER TABLE t RENAME COLUMN seen TO last_seen").unwrap());
+        assert_eq!(def.ttl_expression().as_deref(), Some("last_seen + INTERVAL 3 HOUR"));
+        let refused = alter(&mut def, "ALTER TABLE t DROP COLUMN last_seen").unwrap_err().to_string();
+        assert!(refused.contains("TTL column"), "{refused}");
+        assert!(alter(&mut def, "ALTER TABLE t REMOVE TTL").unwrap());
+        assert_eq!(def.ttl, None);
     }
 
     #[test]

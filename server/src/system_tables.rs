@@ -281,6 +281,7 @@ fn system_tables(tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable,
             "partition_key",
             Arc::new(StringArray::from(states.iter().map(|s| s.def.partition_by.expression()).collect::<Vec<_>>())),
         ),
+        ("ttl", Arc::new(StringArray::from(states.iter().map(|s| s.def.ttl_expression()).collect::<Vec<_>>()))),
         ("schema_version", Arc::new(Int64Array::from(states.iter().map(|s| s.version).collect::<Vec<_>>()))),
         ("active_parts", Arc::new(UInt64Array::from(states.iter().map(|s| s.parts.len() as u64).collect::<Vec<_>>()))),
         (

@@ -3,7 +3,8 @@
 //! under their hashes; `insert_durability=object_store` acks only once the object exists; a
 //! part whose only holder died comes from the bucket, and one that is nowhere is reported lost;
 //! a new node fills its disk from the bucket; a corrupt object is refused; an outage queues
-//! uploads; unreferenced objects are collected by one node after the grace period.
+//! uploads; unreferenced objects are collected by one node after the grace period, those of
+//! parts a TTL expired included.
 
 use std::collections::BTreeSet;
 use std::time::Duration;
@@ -285,4 +286,77 @@ async fn unreferenced_objects_are_collected_by_one_node_after_the_grace_period()
     let deleted = "tandem_object_store_gc_deleted_objects_total";
     let total = cluster.nodes[0].metric(deleted).await + cluster.nodes[1].metric(deleted).await;
     assert_eq!(total, 8.0, "one collector deleted each of the 4 + 4 objects once");
+}
+
+#[tokio::test]
+async fn rows_past_the_ttl_leave_every_node_and_their_objects_are_collected() {
+    let s3 = S3::start().await.expect("an S3 server");
+    let gc = ["--object-store-gc-grace-seconds", "2", "--object-store-gc-interval-seconds", "1"];
+    let cluster = start_cluster(2, &s3, &s3.endpoint, &gc).await;
+    // Three parts (a merge needs four): no size-tiered merge happens, only what the TTL asks.
+    create_table(
+        &cluster,
+        "CREATE TABLE events (ts DateTime, id UInt64) ORDER BY id SETTINGS merge_with_ttl_timeout = 0",
+        "events",
+    )
+    .await;
+    let now = chrono::Utc::now();
+    let at = |age: chrono::TimeDelta| (now - age).format("%Y-%m-%d %H:%M:%S").to_string();
+    let rows = |ids: std::ops::Range<u64>, age: &dyn Fn(u64) -> chrono::TimeDelta| -> String {
+        ids.map(|i| format!("{},{i}\n", at(age(i)))).collect()
+    };
+    // All expired; half expired (ids 100..150); none expired.
+    let all = cluster.nodes[0].insert("events", "CSV", rows(0..100, &|_| chrono::TimeDelta::days(10))).await;
+    let half = cluster.nodes[1]
+        .insert(
+            "events",
+            "CSV",
+            rows(100..200, &|i| if i < 150 { chrono::TimeDelta::days(2) } else { chrono::TimeDelta::hours(1) }),
+        )
+        .await;
+    let fresh = cluster.nodes[0].insert("events", "CSV", rows(200..300, &|_| chrono::TimeDelta::minutes(1))).await;
+    let (all, half, fresh) = (part_of(&all), part_of(&half), part_of(&fresh));
+    for node in &cluster.nodes {
+        node.wait_for("SELECT count() FROM events", "300", CONVERGE).await;
+        wait_uploaded(node, "events", 3).await;
+    }
+    assert_eq!(s3.objects("events").await.unwrap().len(), 3);
+
+    cluster.nodes[1].sql("ALTER TABLE events MODIFY TTL ts + INTERVAL 1 DAY").await;
+    assert_eq!(
+        cluster.nodes[0].sql("SELECT ttl FROM system.tables WHERE name = 'events'").await.trim(),
+        "ts + INTERVAL 1 DAY"
+    );
+    for node in &cluster.nodes {
+        node.wait_for(
+            "SELECT count(), min(id), max(id), count(DISTINCT id) FROM events",
+            "150\t150\t299\t150",
+            CONVERGE,
+        )
+        .await;
+        let parts = active_parts(node, "events").await;
+        assert!(parts.contains(&fresh), "the part with no expired row is untouched: {parts:?}");
+        assert!(!parts.contains(&all) && !parts.contains(&half), "{parts:?}");
+        assert_eq!(parts.len(), 2, "the half-expired part was rewritten as one part: {parts:?}");
+    }
+    let dropped: f64 = cluster.nodes[0].metric("tandem_ttl_dropped_parts_total").await
+        + cluster.nodes[1].metric("tandem_ttl_dropped_parts_total").await;
+    let deleted: f64 = cluster.nodes[0].metric("tandem_ttl_deleted_rows_total").await
+        + cluster.nodes[1].metric("tandem_ttl_deleted_rows_total").await;
+    assert_eq!((dropped, deleted), (1.0, 150.0), "one part dropped whole; 100 + 50 rows deleted once");
+
+    let kept = active_parts(&cluster.nodes[0], "events").await;
+    wait_uploaded(&cluster.nodes[0], "events", 2).await;
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        let objects: BTreeSet<String> = s3.objects("events").await.unwrap().into_keys().collect();
+        if objects == kept {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the expired parts' objects are collected and the others kept: {objects:?}, want {kept:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
