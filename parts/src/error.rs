@@ -21,6 +21,10 @@ pub enum PartError {
     Arrow(#[from] arrow::error::ArrowError),
     #[error("parquet error: {0}")]
     Parquet(#[from] parquet::errors::ParquetError),
+    #[error("the outboard of part {part} is unusable: {reason}")]
+    BadOutboard { part: crate::PartId, reason: String },
+    #[error("bytes {range:?} of part {part} do not verify against its id ({reason}); they are not used")]
+    Unverified { part: crate::PartId, range: std::ops::Range<u64>, reason: String },
 }
 
 impl PartError {

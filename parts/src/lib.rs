@@ -14,6 +14,8 @@
 //!   verification on open, quarantine of corrupt files).
 //! - [`ObjectMirror`]: the copy of parts in an S3-compatible bucket, one object per part named
 //!   by its hash, written with create-only puts and verified on every read.
+//! - [`PartOutboard`]: the blake3 tree of a part down to 16 KiB groups, which checks any byte
+//!   range read from the bucket against the part id.
 //! - [`select_merge`] and [`merge_parts`]: size-tiered merge selection and the merged part,
 //!   without the rows a [`TtlFilter`] expires.
 //!
@@ -26,6 +28,7 @@ mod error;
 mod manifest;
 mod merge;
 mod object_mirror;
+mod outboard;
 mod partition;
 mod store;
 
@@ -38,6 +41,7 @@ pub use error::PartError;
 pub use manifest::{ColumnStats, PART_FORMAT_VERSION, PartManifest};
 pub use merge::{MergeCandidate, MergePolicy, TtlFilter, merge_parts, select_merge};
 pub use object_mirror::{MirrorError, MirroredObject, ObjectMirror, S3Settings, UploadOutcome};
+pub use outboard::{PartOutboard, VERIFIED_BLOCK_BYTES};
 pub use partition::{PartitionSpec, split_by_partition};
 pub use store::{LocalPartStore, PartWriter, VerifyOutcome};
 pub use tandem_ids::PartId;

@@ -61,6 +61,11 @@ pub struct PartManifest {
     /// For a merged part: the rows its merge left out because the table's TTL had passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_filter: Option<crate::TtlFilter>,
+    /// Until when (milliseconds since the epoch) an `insert_quorum` may be waiting for nodes
+    /// to hold this part: no node evicts its copy before then. For a merged part, the latest
+    /// of its sources'.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub quorum_until_ms: Option<i64>,
 }
 
 impl PartManifest {

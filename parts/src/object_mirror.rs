@@ -10,7 +10,7 @@ use object_store::{
     BackoffConfig, ClientOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
 };
 
-use crate::PartId;
+use crate::{PartError, PartId, PartOutboard};
 
 /// Where the mirror lives in an S3-compatible store. Credentials left `None` come from the
 /// standard AWS environment (`AWS_ACCESS_KEY_ID`, web identity tokens, instance metadata).
@@ -60,6 +60,8 @@ pub enum MirrorError {
     Config(String),
     #[error("the work on object {path} was interrupted (the node is stopping)")]
     Interrupted { path: String },
+    #[error("object {path}: {source}")]
+    Unverified { path: String, source: PartError },
 }
 
 /// Whether an upload created the object or found it already there (same name, so same bytes).
@@ -79,7 +81,10 @@ pub struct MirroredObject {
 }
 
 /// The object-store copy of parts: `<prefix>/<table>/<part id>.parquet`, written once with a
-/// create-only put and checked against its name on every read.
+/// create-only put and checked against its name on every read; next to it
+/// `<part id>.obao`, the part's outboard (its size, then the inner hashes of its blake3 tree:
+/// see [`PartOutboard`]), uploaded first, so a ranged read of any part uploaded since can be
+/// verified without reading the whole object.
 ///
 /// Objects are never overwritten: the name is the hash of the bytes, so an object that exists
 /// already holds exactly what an upload would write. Deleting is the garbage collector's job.
@@ -158,6 +163,14 @@ impl ObjectMirror {
         }
     }
 
+    pub fn outboard_path(&self, table: &str, id: &PartId) -> Path {
+        let name = format!("{id}.obao");
+        match &self.prefix {
+            Some(prefix) => prefix.clone().join(table).join(name),
+            None => Path::from(table).join(name),
+        }
+    }
+
     fn store_error(path: &Path, source: object_store::Error) -> MirrorError {
         match source {
             object_store::Error::NotFound { .. } => MirrorError::NotFound { path: path.to_string() },
@@ -165,25 +178,85 @@ impl ObjectMirror {
         }
     }
 
-    /// Uploads a part's bytes with a create-only put. Refuses bytes that do not hash to `id`.
+    /// Uploads a part's outboard, then its bytes, each with a create-only put. Refuses bytes
+    /// that do not hash to `id`.
     pub async fn upload(&self, table: &str, id: &PartId, bytes: Bytes) -> Result<UploadOutcome, MirrorError> {
         let path = self.object_path(table, id);
         // Hashing a whole part takes tens of milliseconds: off the async runtime.
         let hashed = bytes.clone();
-        let actual = tokio::task::spawn_blocking(move || PartId::of_bytes(&hashed))
+        let (actual, hashes) = tokio::task::spawn_blocking(move || PartOutboard::compute(&hashed))
             .await
             .map_err(|_| MirrorError::Interrupted { path: path.to_string() })?;
         if actual != *id {
             return Err(MirrorError::Corrupt { path: path.to_string(), actual });
         }
+        let mut outboard = Vec::with_capacity(8 + hashes.len());
+        outboard.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        outboard.extend_from_slice(&hashes);
+        self.put_once(&self.outboard_path(table, id), Bytes::from(outboard)).await?;
+        self.put_once(&path, bytes).await
+    }
+
+    async fn put_once(&self, path: &Path, bytes: Bytes) -> Result<UploadOutcome, MirrorError> {
         let options = PutOptions { mode: PutMode::Create, ..Default::default() };
-        match self.store.put_opts(&path, PutPayload::from_bytes(bytes), options).await {
+        match self.store.put_opts(path, PutPayload::from_bytes(bytes), options).await {
             Ok(_) => Ok(UploadOutcome::Created),
             Err(object_store::Error::AlreadyExists { .. } | object_store::Error::Precondition { .. }) => {
                 Ok(UploadOutcome::AlreadyThere)
             }
-            Err(e) => Err(Self::store_error(&path, e)),
+            Err(e) => Err(Self::store_error(path, e)),
         }
+    }
+
+    /// The outboard of a part's object, as stored next to it. `NotFound` for objects uploaded
+    /// before outboards existed; a wrong length is refused here, wrong hashes by every read.
+    pub async fn outboard(&self, table: &str, id: &PartId) -> Result<PartOutboard, MirrorError> {
+        let path = self.outboard_path(table, id);
+        let result = self.store.get(&path).await.map_err(|e| Self::store_error(&path, e))?;
+        let bytes = result.bytes().await.map_err(|e| Self::store_error(&path, e))?;
+        let unusable = |reason: String| MirrorError::Unverified {
+            path: path.to_string(),
+            source: PartError::BadOutboard { part: *id, reason },
+        };
+        let size: [u8; 8] = bytes
+            .get(..8)
+            .and_then(|b| b.try_into().ok())
+            .ok_or_else(|| unusable(format!("{} bytes, too short to hold a size", bytes.len())))?;
+        PartOutboard::new(id, u64::from_le_bytes(size), bytes.slice(8..))
+            .map_err(|source| MirrorError::Unverified { path: path.to_string(), source })
+    }
+
+    /// Bytes `range` of a part's object, read with one ranged request rounded out to whole
+    /// verification groups and checked against the part id through `outboard` before any of
+    /// them is returned.
+    pub async fn read_range(
+        &self,
+        table: &str,
+        outboard: &PartOutboard,
+        range: std::ops::Range<u64>,
+    ) -> Result<Bytes, MirrorError> {
+        let id = outboard.id();
+        let path = self.object_path(table, &id);
+        let aligned = outboard.aligned(range.clone());
+        if range.start > range.end || range.end > aligned.end || aligned.start == aligned.end {
+            return Err(MirrorError::Unverified {
+                path: path.to_string(),
+                source: PartError::Unverified {
+                    part: id,
+                    range: range.clone(),
+                    reason: format!("the part has {} bytes", outboard.size()),
+                },
+            });
+        }
+        let bytes = self.store.get_range(&path, aligned.clone()).await.map_err(|e| Self::store_error(&path, e))?;
+        let verify = bytes.clone();
+        let checked = outboard.clone();
+        tokio::task::spawn_blocking(move || checked.verify(aligned.start, &verify))
+            .await
+            .map_err(|_| MirrorError::Interrupted { path: path.to_string() })?
+            .map_err(|source| MirrorError::Unverified { path: path.to_string(), source })?;
+        let from = (range.start - aligned.start) as usize;
+        Ok(bytes.slice(from..from + (range.end - range.start) as usize))
     }
 
     /// Whether the object exists.
@@ -221,8 +294,9 @@ impl ObjectMirror {
         Ok(bytes)
     }
 
-    /// Every part object under the prefix. Keys that are not `<table>/<part id>.parquet` are
-    /// not tandem's and are left out (so never deleted).
+    /// Every part object under the prefix, one per part (its outboard alone counts too, so
+    /// one left behind by an interrupted upload is collected). Keys that are not
+    /// `<table>/<part id>.parquet` or `.obao` are not tandem's and are left out (so never deleted).
     pub async fn list(&self) -> Result<Vec<MirroredObject>, MirrorError> {
         let shown = self.prefix.as_ref().map(|p| p.to_string()).unwrap_or_default();
         let metas: Vec<_> = self
@@ -232,29 +306,40 @@ impl ObjectMirror {
             .await
             .map_err(|e| MirrorError::Store { path: format!("{shown}/"), source: e })?;
         let depth = self.prefix.as_ref().map_or(0, |p| p.parts().count());
-        Ok(metas
-            .into_iter()
-            .filter_map(|meta| {
-                let parts: Vec<String> = meta.location.parts().skip(depth).map(|p| p.as_ref().to_string()).collect();
-                let [table, name] = parts.as_slice() else { return None };
-                let id = name.strip_suffix(".parquet")?.parse().ok()?;
-                Some(MirroredObject {
-                    table: table.clone(),
-                    id,
-                    size: meta.size,
-                    last_modified_ms: meta.last_modified.timestamp_millis(),
-                })
-            })
-            .collect())
+        let mut objects: std::collections::BTreeMap<(String, PartId), MirroredObject> = Default::default();
+        for meta in metas {
+            let parts: Vec<String> = meta.location.parts().skip(depth).map(|p| p.as_ref().to_string()).collect();
+            let [table, name] = parts.as_slice() else { continue };
+            let (id, is_part) = match (name.strip_suffix(".parquet"), name.strip_suffix(".obao")) {
+                (Some(id), _) => (id, true),
+                (None, Some(id)) => (id, false),
+                (None, None) => continue,
+            };
+            let Ok(id) = id.parse::<PartId>() else { continue };
+            let last_modified_ms = meta.last_modified.timestamp_millis();
+            let object = objects.entry((table.clone(), id)).or_insert_with(|| MirroredObject {
+                table: table.clone(),
+                id,
+                size: 0,
+                last_modified_ms,
+            });
+            object.last_modified_ms = object.last_modified_ms.max(last_modified_ms);
+            if is_part {
+                object.size = meta.size;
+            }
+        }
+        Ok(objects.into_values().collect())
     }
 
-    /// Deletes an object. Deleting an absent object is not an error.
+    /// Deletes a part's object, then its outboard. Deleting an absent object is not an error.
     pub async fn delete(&self, table: &str, id: &PartId) -> Result<(), MirrorError> {
-        let path = self.object_path(table, id);
-        match self.store.delete(&path).await {
-            Ok(()) | Err(object_store::Error::NotFound { .. }) => Ok(()),
-            Err(e) => Err(Self::store_error(&path, e)),
+        for path in [self.object_path(table, id), self.outboard_path(table, id)] {
+            match self.store.delete(&path).await {
+                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                Err(e) => return Err(Self::store_error(&path, e)),
+            }
         }
+        Ok(())
     }
 
     /// One cheap request that succeeds only when the store answers and the bucket exists.
@@ -289,6 +374,9 @@ mod tests {
         assert!(store.head(&mirror.object_path("events", &id)).await.is_ok());
         assert_eq!(mirror.download("events", &id).await.unwrap(), bytes);
         assert!(mirror.exists("events", &id).await.unwrap());
+        let outboard = mirror.outboard("events", &id).await.unwrap();
+        assert_eq!((outboard.id(), outboard.size()), (id, bytes.len() as u64));
+        assert_eq!(mirror.read_range("events", &outboard, 5..8).await.unwrap(), &bytes[5..8]);
         let listed = mirror.list().await.unwrap();
         assert_eq!(listed.len(), 1);
         assert_eq!((listed[0].table.as_str(), listed[0].id, listed[0].size), ("events", id, bytes.len() as u64));
@@ -319,10 +407,38 @@ mod tests {
         {
             store.put(&Path::from(foreign), PutPayload::from_static(b"x")).await.unwrap();
         }
-        let listed: Vec<_> = mirror.list().await.unwrap().into_iter().map(|o| (o.table, o.id)).collect();
-        assert_eq!(listed, vec![("t".to_string(), id)]);
+        let listed: Vec<_> = mirror.list().await.unwrap().into_iter().map(|o| (o.table, o.id, o.size)).collect();
+        assert_eq!(listed, vec![("t".to_string(), id, 6)], "a part and its outboard are one object");
         mirror.delete("t", &id).await.unwrap();
         mirror.delete("t", &id).await.unwrap();
         assert!(mirror.list().await.unwrap().is_empty());
+        assert!(store.head(&mirror.outboard_path("t", &id)).await.is_err(), "the outboard went with the part");
+    }
+
+    #[tokio::test]
+    async fn ranged_reads_return_only_verified_bytes() {
+        let (mirror, store) = mirror();
+        let bytes: Bytes = (0..200_000u32).map(|i| (i % 253) as u8).collect::<Vec<u8>>().into();
+        let id = PartId::of_bytes(&bytes);
+        mirror.upload("t", &id, bytes.clone()).await.unwrap();
+        let outboard = mirror.outboard("t", &id).await.unwrap();
+        assert_eq!(mirror.read_range("t", &outboard, 70_000..90_000).await.unwrap(), &bytes[70_000..90_000]);
+        assert_eq!(mirror.read_range("t", &outboard, 199_990..200_000).await.unwrap(), &bytes[199_990..]);
+        assert!(mirror.read_range("t", &outboard, 199_990..200_001).await.is_err(), "past the end");
+
+        let mut flipped = bytes.to_vec();
+        flipped[80_000] ^= 0x20;
+        store.put(&mirror.object_path("t", &id), PutPayload::from(flipped)).await.unwrap();
+        let err = mirror.read_range("t", &outboard, 79_000..81_000).await.unwrap_err();
+        assert!(matches!(err, MirrorError::Unverified { .. }), "{err}");
+        assert!(err.to_string().contains(&id.to_string()), "{err}");
+        assert_eq!(
+            mirror.read_range("t", &outboard, 0..1000).await.unwrap(),
+            &bytes[..1000],
+            "groups the flip is not in still verify"
+        );
+        let old = PartId::of_bytes(b"uploaded before outboards");
+        store.put(&mirror.object_path("t", &old), PutPayload::from_static(b"uploaded before outboards")).await.unwrap();
+        assert!(matches!(mirror.outboard("t", &old).await.unwrap_err(), MirrorError::NotFound { .. }));
     }
 }

@@ -570,6 +570,7 @@ async fn encode(
                 merged_from: Vec::new(),
                 revision_range: None,
                 ttl_filter: None,
+                quorum_until_ms: None,
             };
             let new_part =
                 NewPart { id: part.id, partition: partition.clone(), block_id: None, manifest: manifest.to_json() };

@@ -1,5 +1,6 @@
-//! The node's applied view of the cluster: tables, their active parts (on this node's disk,
-//! verified, visible to queries) and their pending parts (registered, not here yet). It changes
+//! The node's applied view of the cluster: tables, their active parts (visible to queries: on
+//! this node's disk, verified, or on a node with a local storage budget, in the bucket) and
+//! their pending parts (registered, not here yet). It changes
 //! only by applying the coordinator's listings and watch events in revision order, and by the
 //! fetcher activating a pending part once its file has arrived and been verified.
 
@@ -45,7 +46,9 @@ pub struct ActivePart {
     pub id: PartId,
     pub manifest: Arc<PartManifest>,
     pub revision: Revision,
-    pub file: Arc<PartFile>,
+    /// The local file; None when the part is read from the bucket (evicted, or never fetched,
+    /// on a node with a local storage budget).
+    pub file: Option<Arc<PartFile>>,
     /// Set when the part has been merged away in the coordinator but the merged part is not
     /// on this node yet: the part stays visible until the merged one replaces it, so a query
     /// sees either the sources or the merged part, never both and never neither.
@@ -140,6 +143,11 @@ pub struct Catalog {
     /// part that was merged before the quorum was reached waits for the merged part instead.
     merged_into: Mutex<HashMap<PartId, PartId>>,
     ready: AtomicBool,
+    /// Parts may be served from the bucket (the node has a local storage budget): a listed part
+    /// whose file is not here but whose object is becomes active without a fetch.
+    bucket_reads: AtomicBool,
+    /// When each part was last read by a query (or became active here), for eviction.
+    last_read: Mutex<HashMap<PartId, Instant>>,
 }
 
 /// Why a pending part cannot be fetched without peers.
@@ -160,7 +168,49 @@ impl Catalog {
             holders_changed: watch::channel(0).0,
             merged_into: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
+            bucket_reads: AtomicBool::new(false),
+            last_read: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// Lets listed parts be served from the bucket (see `bucket_reads`).
+    pub fn serve_from_bucket(&self) {
+        self.bucket_reads.store(true, Ordering::Release);
+    }
+
+    /// Records that a query read these parts.
+    pub fn touch(&self, parts: impl IntoIterator<Item = PartId>) {
+        let now = Instant::now();
+        let mut last_read = self.last_read.lock().expect("last read lock");
+        for part in parts {
+            last_read.insert(part, now);
+        }
+    }
+
+    /// Forgets when parts that are no longer active were read (the map would otherwise keep
+    /// every part ever read).
+    pub fn forget_reads_except(&self, active: &std::collections::HashSet<PartId>) {
+        let mut last_read = self.last_read.lock().expect("last read lock");
+        if last_read.len() > 2 * active.len() + 1024 {
+            last_read.retain(|id, _| active.contains(id));
+        }
+    }
+
+    /// When a part was last read here (or became active, if never read).
+    pub fn last_read(&self, part: &PartId) -> Option<Instant> {
+        self.last_read.lock().expect("last read lock").get(part).copied()
+    }
+
+    /// Takes the local file of an active part out of service: the part stays active and is
+    /// read from the bucket from now on; the file is deleted once no query reads it. Returns
+    /// the bytes freed, or None when the part is not active here with a local file.
+    pub fn evict(&self, table: &str, id: &PartId) -> Option<u64> {
+        let mut tables = self.tables.write().expect("catalog lock");
+        let state = Arc::make_mut(tables.get_mut(table)?);
+        let part = state.parts.get_mut(id)?;
+        let file = part.file.take()?;
+        file.retired.store(true, Ordering::Release);
+        Some(file.size)
     }
 
     /// The nodes known to hold a verified copy of `part` (the object store is not a node).
@@ -312,7 +362,9 @@ impl Catalog {
     }
 
     fn retire(part: &ActivePart) {
-        part.file.retired.store(true, Ordering::Release);
+        if let Some(file) = &part.file {
+            file.retired.store(true, Ordering::Release);
+        }
     }
 
     fn mark_broken(&self, part: &RegisteredPart, reason: String) {
@@ -337,10 +389,19 @@ impl Catalog {
         let id = part.id;
         self.record_merge(&manifest, &id);
         let file = if rejected.is_some() { None } else { self.acquire_file(id) };
+        let from_bucket = rejected.is_none() && self.bucket_reads.load(Ordering::Acquire) && self.in_object_store(&id);
         match file {
             Some(file) => {
                 table.pending.remove(&id);
+                self.touch([id]);
+                let file = Some(file);
                 table.parts.insert(id, ActivePart { id, manifest, revision: part.revision, file, replaced_by: None });
+            }
+            None if from_bucket => {
+                table.pending.remove(&id);
+                table
+                    .parts
+                    .insert(id, ActivePart { id, manifest, revision: part.revision, file: None, replaced_by: None });
             }
             None => {
                 let has_fetcher = self.fetches.lock().expect("fetch queue lock").is_some();
@@ -395,6 +456,13 @@ impl Catalog {
             }
         }
         self.broken.lock().expect("broken parts lock").clear();
+        // Holders first: whether a part is in the bucket decides how it is added.
+        self.set_holders(|holders| {
+            holders.clear();
+            for holder in &snapshot.holders {
+                holders.entry(holder.part).or_default().insert(holder.node.clone());
+            }
+        });
         let mut requests = Vec::new();
         for part in &snapshot.parts {
             let Some(table) = tables.get_mut(&part.table) else { continue };
@@ -434,12 +502,6 @@ impl Catalog {
             }
         }
         *self.tables.write().expect("catalog lock") = tables.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
-        self.set_holders(|holders| {
-            holders.clear();
-            for holder in &snapshot.holders {
-                holders.entry(holder.part).or_default().insert(holder.node.clone());
-            }
-        });
         self.applied.send_replace(snapshot.revision);
         self.data_revision.send_replace(snapshot.revision);
         self.ready.store(true, Ordering::Release);
@@ -537,6 +599,28 @@ impl Catalog {
                                 }
                             }
                         });
+                        // The object was found corrupt and deleted: a part read from it is
+                        // fetched from a node that has it instead.
+                        if holder.node == OBJECT_STORE_HOLDER
+                            && let Some(state) = tables.get_mut(&holder.table)
+                            && state.parts.get(&holder.part).is_some_and(|p| p.file.is_none())
+                        {
+                            let state = Arc::make_mut(state);
+                            let part = state.parts.remove(&holder.part).expect("checked above");
+                            state.pending.insert(
+                                part.id,
+                                PendingPart {
+                                    id: part.id,
+                                    manifest: part.manifest,
+                                    revision: part.revision,
+                                    since: Instant::now(),
+                                    attempts: 0,
+                                    last_error: Some("its object in the bucket is gone".into()),
+                                    lost: false,
+                                },
+                            );
+                            requests.push(FetchRequest { table: holder.table.clone(), id: part.id });
+                        }
                     }
                     _ => {}
                 }
@@ -580,6 +664,8 @@ impl Catalog {
             let Some(file) = self.acquire_file(*id) else { return false };
             let state = Arc::make_mut(state);
             let pending = state.pending.remove(id).expect("checked above");
+            self.touch([*id]);
+            let file = Some(file);
             state.parts.insert(
                 *id,
                 ActivePart { id: *id, manifest: pending.manifest, revision: pending.revision, file, replaced_by: None },
@@ -698,6 +784,7 @@ mod tests {
             merged_from: merged_from.iter().map(|id| **id).collect(),
             revision_range: None,
             ttl_filter: None,
+            quorum_until_ms: None,
         }
         .to_json()
     }

@@ -43,6 +43,14 @@ tandem_settings::settings! {
         /// up, every part is read from the bucket first (peers only for parts not uploaded yet).
         bootstrap_from_object_store: bool = "false", env "TANDEM_BOOTSTRAP_FROM_OBJECT_STORE",
             [num_args = 0..=1, default_missing_value = "true"];
+        /// Bytes of part files this node keeps on its disk. Beyond it, parts already in the
+        /// object store are evicted, least recently queried first, and read from the bucket with
+        /// verified ranged reads; parts listed at start that are not here but in the bucket are
+        /// not fetched. Unset: every part is kept on every node. Needs an object store.
+        local_storage_bytes: Option<u64> = "", env "TANDEM_LOCAL_STORAGE_BYTES";
+        /// Memory for verified byte ranges (and part outboards) read from the bucket, so a
+        /// repeated query over evicted parts does not read them again.
+        bucket_cache_bytes: u64 = "268435456", env "TANDEM_BUCKET_CACHE_BYTES";
         /// Inserts that do not say otherwise (request, then table setting) are buffered: logged
         /// on this node, then registered with others in one part per partition per flush.
         async_insert: bool = "false", env "TANDEM_ASYNC_INSERT", [num_args = 0..=1, default_missing_value = "true"];

@@ -196,8 +196,10 @@ impl Replica {
         options: &InsertOptions,
         quorum: QuorumTarget,
     ) -> Result<InsertSummary, Error> {
-        let mut summary = insert_once(self, def, schema_version, rows, options).await?;
         let required = quorum.required;
+        let quorum_until_ms = (required > 1)
+            .then(|| chrono::Utc::now().timestamp_millis().saturating_add(options.quorum_timeout.as_millis() as i64));
+        let mut summary = insert_once(self, def, schema_version, rows, options, quorum_until_ms).await?;
         if required > 1 && !summary.parts.is_empty() {
             let parts: Vec<PartId> = summary.parts.iter().map(|p| p.part).collect();
             let started = Instant::now();
@@ -229,6 +231,7 @@ async fn insert_once(
     version: Revision,
     rows: RecordBatch,
     options: &InsertOptions,
+    quorum_until_ms: Option<i64>,
 ) -> Result<InsertSummary, Error> {
     let table = def.name.as_str();
     // The partition split and the block hashes touch every row: off the runtime.
@@ -293,7 +296,7 @@ async fn insert_once(
         node.metrics.insert_stage(InsertStage::DedupCheck, started);
         Ok::<_, Error>(admitted)
     };
-    let (admitted, encoded) = tokio::join!(admitted, encode_blocks(node, def, version, blocks));
+    let (admitted, encoded) = tokio::join!(admitted, encode_blocks(node, def, version, blocks, quorum_until_ms));
     let encoded = encoded?;
     let admitted = match admitted {
         Ok(admitted) => admitted,
@@ -363,6 +366,7 @@ async fn encode_blocks(
     def: &TableDef,
     version: Revision,
     blocks: Vec<(String, RecordBatch, Option<String>)>,
+    quorum_until_ms: Option<i64>,
 ) -> Result<Vec<EncodedBlock>, Error> {
     let table = def.name.clone();
     let sort_key = def.order_by.clone();
@@ -403,6 +407,7 @@ async fn encode_blocks(
                 merged_from: Vec::new(),
                 revision_range: None,
                 ttl_filter: None,
+                quorum_until_ms,
             };
             out.push(EncodedBlock {
                 id: part.id,

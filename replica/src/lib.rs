@@ -13,7 +13,8 @@
 //!   by hash, serving them (over mutual TLS when configured), and announcing this node under
 //!   an etcd lease.
 //! - `bucket` and `object_store_tasks`: the object-store mirror (uploads, bootstrap, the fenced
-//!   garbage collector).
+//!   garbage collector); `bucket_reads` and `eviction`: a local storage budget, parts evicted
+//!   beyond it and read from the bucket with verified ranged reads.
 //! - `merges` and `running_merges`: background merges (one leader per table, fenced
 //!   registration, local rebuilds on replicas) and the sweep of orphaned part files.
 //! - [`schema`]: table definitions; [`metrics`]: the node's Prometheus metrics.
@@ -21,10 +22,12 @@
 mod alter;
 mod async_insert;
 mod bucket;
+mod bucket_reads;
 mod catalog;
 pub mod config;
 mod drain;
 mod error;
+mod eviction;
 mod fetch;
 mod insert;
 mod insert_buffer;
@@ -44,6 +47,7 @@ mod sync;
 
 pub use alter::{AlterAction, ColumnPosition, TtlSpec, apply as apply_alter};
 pub use async_insert::AsyncInsertOptions;
+pub use bucket_reads::BucketReadError;
 pub use catalog::{ActivePart, BrokenPart, PartFile, PendingPart, TableState};
 pub use config::{ClusterSecret, CoordinatorConfig, ReplicaConfig, ReplicaFile, ReplicaFlags, ReplicaSettings};
 pub use drain::DrainReport;

@@ -235,10 +235,12 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
             }
             loop {
                 let mut ttl_only = false;
+                // Merges read their sources here: parts read from the bucket are not merged.
                 let candidates: Vec<MergeCandidate> = state
                     .parts
                     .values()
                     .filter(idle)
+                    .filter(|p| p.file.is_some())
                     .map(|p| MergeCandidate {
                         id: p.id,
                         partition: merge_group(&p.manifest),
@@ -254,7 +256,7 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
                         let Some(cutoff) = &cutoff else { break };
                         let timeout = Duration::from_secs(state.def.settings.merge_with_ttl_timeout);
                         let mut by_group: std::collections::BTreeMap<String, Vec<PartId>> = Default::default();
-                        for part in state.parts.values().filter(idle) {
+                        for part in state.parts.values().filter(idle).filter(|p| p.file.is_some()) {
                             let group = merge_group(&part.manifest);
                             let due = ttl_merged
                                 .get(&(name.clone(), group.clone()))
@@ -360,6 +362,7 @@ fn merged_manifest(
         merged_from,
         revision_range: Some((low, high)),
         ttl_filter,
+        quorum_until_ms: sources.iter().filter_map(|(_, m, _)| m.quorum_until_ms).max(),
     }
 }
 

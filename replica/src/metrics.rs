@@ -94,6 +94,13 @@ pub struct Metrics {
     pub merge_mismatches: Counter,
     pub ttl_dropped_parts: Counter,
     pub ttl_deleted_rows: Counter,
+    pub bucket_read_requests: Counter,
+    pub bucket_read_bytes: Counter,
+    pub bucket_cache_hits: Counter,
+    pub bucket_cache_misses: Counter,
+    pub evicted_parts: Counter,
+    pub evicted_bytes: Counter,
+    pub local_part_bytes: Gauge,
     pub insert_bytes: Counter,
     pub insert_delayed: Counter,
     pub async_insert_flushes: Counter,
@@ -151,6 +158,13 @@ impl Metrics {
             merge_mismatches: Counter::default(),
             ttl_dropped_parts: Counter::default(),
             ttl_deleted_rows: Counter::default(),
+            bucket_read_requests: Counter::default(),
+            bucket_read_bytes: Counter::default(),
+            bucket_cache_hits: Counter::default(),
+            bucket_cache_misses: Counter::default(),
+            evicted_parts: Counter::default(),
+            evicted_bytes: Counter::default(),
+            local_part_bytes: Gauge::default(),
             insert_bytes: Counter::default(),
             insert_delayed: Counter::default(),
             async_insert_flushes: Counter::default(),
@@ -301,6 +315,37 @@ impl Metrics {
             "ttl_deleted_rows",
             "Rows past the table's TTL that this node's merges and part drops deleted",
             metrics.ttl_deleted_rows.clone(),
+        );
+        registry.register(
+            "bucket_read_requests",
+            "Requests to the object store that read parts (ranged reads and outboards) for queries",
+            metrics.bucket_read_requests.clone(),
+        );
+        registry.register(
+            "bucket_read_bytes",
+            "Bytes of parts read from the object store for queries (rounded out to verification groups)",
+            metrics.bucket_read_bytes.clone(),
+        );
+        registry.register(
+            "bucket_cache_hits",
+            "Byte ranges of parts in the bucket a query found in this node's cache",
+            metrics.bucket_cache_hits.clone(),
+        );
+        registry.register(
+            "bucket_cache_misses",
+            "Byte ranges of parts in the bucket a query had to read from the object store",
+            metrics.bucket_cache_misses.clone(),
+        );
+        registry.register(
+            "evicted_parts",
+            "Part files this node deleted to keep its local storage budget (the parts stay readable from the bucket)",
+            metrics.evicted_parts.clone(),
+        );
+        registry.register("evicted_bytes", "Bytes of the part files evicted", metrics.evicted_bytes.clone());
+        registry.register(
+            "local_part_bytes",
+            "Bytes of the part files active on this node's disk",
+            metrics.local_part_bytes.clone(),
         );
         registry.register("insert_bytes", "Bytes of parts written by inserts", metrics.insert_bytes.clone());
         registry.register(

@@ -13,6 +13,7 @@ use tandem_parts::PartId;
 use tokio::sync::mpsc;
 
 use crate::bucket::Bucket;
+use crate::bucket_reads::{BucketReadError, BucketReads};
 use crate::catalog::{BrokenPart, Catalog, FetchRequest, TableState};
 use crate::config::ReplicaConfig;
 use crate::error::Result;
@@ -47,6 +48,8 @@ pub struct Replica {
     pub(crate) async_inserts: Arc<AsyncInserts>,
     /// Mutual TLS of the interserver gRPC, when configured.
     pub(crate) interserver_tls: Option<InterserverTls>,
+    /// Reads of parts served from the bucket, and their caches.
+    pub(crate) bucket_reads: BucketReads,
 }
 
 /// Whether the object store answers, and the last error when it does not.
@@ -113,6 +116,28 @@ impl Replica {
     /// Registered parts that cannot even be described (unreadable manifest or id).
     pub fn broken_parts(&self) -> Vec<BrokenPart> {
         self.catalog.broken_parts()
+    }
+
+    /// Bytes `range` of part `id` of `table` from the bucket, verified against the part id
+    /// (for queries over parts that are not on this node's disk).
+    pub async fn read_from_bucket(
+        &self,
+        table: &str,
+        id: &PartId,
+        range: std::ops::Range<u64>,
+    ) -> Result<bytes::Bytes, BucketReadError> {
+        let bucket = self.bucket.as_ref().ok_or(BucketReadError::NoBucket(*id))?;
+        self.bucket_reads.read(bucket, &self.metrics, table, id, range).await
+    }
+
+    /// Records that a query read these parts (the least recently read are evicted first).
+    pub fn parts_read(&self, parts: impl IntoIterator<Item = PartId>) {
+        self.catalog.touch(parts);
+    }
+
+    /// This node's local storage budget for part files, if it has one.
+    pub fn local_storage_budget(&self) -> Option<u64> {
+        self.config.settings.local_storage_bytes
     }
 
     /// Whether `part` is recorded as uploaded to the object store.

@@ -12,6 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::bucket::Bucket;
+use crate::bucket_reads::BucketReads;
 use crate::catalog::Catalog;
 use crate::config::{CoordinatorConfig, ReplicaConfig};
 use crate::insert_buffer::AsyncInserts;
@@ -74,8 +75,15 @@ pub async fn start(
         }
         None => None,
     };
+    anyhow::ensure!(
+        config.settings.local_storage_bytes.is_none() || bucket.is_some(),
+        "--local-storage-bytes needs an object store (--s3-bucket): parts are evicted only once they are in the bucket"
+    );
     let (fetch_requests, fetch_queue) = mpsc::unbounded_channel();
     let catalog = Arc::new(Catalog::new(store));
+    if config.settings.local_storage_bytes.is_some() {
+        catalog.serve_from_bucket();
+    }
     if config.is_cluster() {
         catalog.set_fetcher(fetch_requests.clone());
     }
@@ -96,6 +104,7 @@ pub async fn start(
         draining: Default::default(),
         fetch_requests,
         interserver_tls,
+        bucket_reads: BucketReads::new(config.settings.bucket_cache_bytes),
         config,
     });
     let shutdown = CancellationToken::new();
@@ -114,6 +123,7 @@ pub async fn start(
         )));
         tasks.push(tokio::spawn(crate::object_store_tasks::run_gc(replica.clone(), bucket.clone(), shutdown.clone())));
         tasks.push(tokio::spawn(crate::object_store_tasks::run_bootstrap(replica.clone(), bucket, shutdown.clone())));
+        tasks.push(tokio::spawn(crate::eviction::run(replica.clone(), shutdown.clone())));
     }
     if let Some(listener) = grpc_listener {
         tasks.push(tokio::spawn(crate::fetch::run(replica.clone(), fetch_queue, shutdown.clone())));

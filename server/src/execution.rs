@@ -31,8 +31,13 @@ pub struct QueryRuntime {
 
 impl QueryRuntime {
     /// Spill files go under `spill_dir`: emptied here (what a crash left behind), and by
-    /// DataFusion as queries end.
-    pub fn new(limits: &Limits, spill_dir: &Path) -> Result<Self, NodeError> {
+    /// DataFusion as queries end. Parts that are not on this node's disk are read from `bucket`,
+    /// registered at [`crate::bucket_store::BUCKET_URL`].
+    pub fn new(
+        limits: &Limits,
+        spill_dir: &Path,
+        bucket: Arc<dyn datafusion::object_store::ObjectStore>,
+    ) -> Result<Self, NodeError> {
         if let Err(e) = std::fs::remove_dir_all(spill_dir)
             && e.kind() != std::io::ErrorKind::NotFound
         {
@@ -49,6 +54,8 @@ impl QueryRuntime {
                 DiskManagerBuilder::default().with_mode(DiskManagerMode::Directories(vec![spill_dir.to_path_buf()])),
             )
             .build_arc()?;
+        let url = datafusion::execution::object_store::ObjectStoreUrl::parse(crate::bucket_store::BUCKET_URL)?;
+        base.register_object_store(url.as_ref(), bucket);
         Ok(QueryRuntime {
             base,
             server_pool,

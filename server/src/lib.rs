@@ -18,6 +18,7 @@
 //!   mapping to an HTTP status.
 
 pub mod body;
+mod bucket_store;
 pub mod clickhouse_http;
 mod column_default;
 pub mod credentials;
@@ -66,7 +67,8 @@ impl FrontDoor {
     ) -> anyhow::Result<FrontDoor> {
         let settings = &config.settings;
         let https = tls::Https::load(settings.tls_cert_file.as_deref(), settings.tls_key_file.as_deref())?;
-        let queries = QueryRuntime::new(&config.limits, spill_dir)?;
+        let bucket = Arc::new(bucket_store::BucketStore::new(replica.clone()));
+        let queries = QueryRuntime::new(&config.limits, spill_dir, bucket)?;
         let query_log = QueryLog::new(
             settings.query_log_max_entries,
             std::time::Duration::from_secs(settings.query_log_retention_seconds),

@@ -34,6 +34,7 @@ use datafusion::physical_plan::projection::ProjectionExec;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
 
+use crate::bucket_store::{BUCKET_URL, BucketStore};
 use crate::error::NodeError;
 use tandem_replica::schema::TableDef;
 use tandem_replica::{ActivePart, Replica, TableState};
@@ -44,11 +45,18 @@ use tandem_replica::{ActivePart, Replica, TableState};
 /// column ids their manifests record: a renamed column is read from its old Parquet name, a
 /// dropped one is not read, and a column added after the part was written reads as its
 /// DEFAULT (or NULL / the type's zero value).
-#[derive(Debug)]
 pub struct PartsTable {
     def: Arc<TableDef>,
     schema: SchemaRef,
     parts: Vec<LaidOutPart>,
+    /// Told which parts each scan reads (the least recently read are evicted first).
+    replica: Arc<Replica>,
+}
+
+impl std::fmt::Debug for PartsTable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PartsTable").field("table", &self.def.name).field("parts", &self.parts.len()).finish()
+    }
 }
 
 /// A part and, per table column (in table order), the Parquet column that holds it.
@@ -69,7 +77,7 @@ fn layout_of(def: &TableDef, part: &ActivePart) -> Vec<Option<String>> {
 }
 
 impl PartsTable {
-    pub fn new(state: &TableState) -> Self {
+    pub fn new(state: &TableState, replica: Arc<Replica>) -> Self {
         let parts = state
             .parts
             .values()
@@ -79,7 +87,7 @@ impl PartsTable {
         // `Nullable(String)`, for them.
         let fields: Vec<Field> =
             state.def.columns.iter().map(|c| Field::new(&c.name, c.column_type.arrow(), c.nullable)).collect();
-        PartsTable { def: state.def.clone(), schema: Arc::new(Schema::new(fields)), parts }
+        PartsTable { def: state.def.clone(), schema: Arc::new(Schema::new(fields)), parts, replica }
     }
 
     /// Parts that the filters cannot rule out by their manifest's min/max statistics.
@@ -107,7 +115,8 @@ impl PartsTable {
         }
     }
 
-    /// One scan of parts that share a layout, producing the projected table columns.
+    /// One scan of parts that share a layout and a place (this node's disk, or the bucket),
+    /// producing the projected table columns.
     async fn scan_group(
         &self,
         state: &dyn Session,
@@ -134,16 +143,28 @@ impl PartsTable {
         read.dedup();
         let groups_wanted = state.config().target_partitions().max(1).min(parts.len());
         let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); groups_wanted];
+        let mut store = ObjectStoreUrl::local_filesystem();
         for (i, part) in parts.iter().enumerate() {
-            let path = part.part.file.path.to_string_lossy();
-            groups[i % groups_wanted].push(PartitionedFile::new(path.trim_start_matches('/'), part.part.file.size));
+            let file = match &part.part.file {
+                Some(file) => PartitionedFile::new(file.path.to_string_lossy().trim_start_matches('/'), file.size),
+                None => {
+                    store = ObjectStoreUrl::parse(BUCKET_URL)?;
+                    PartitionedFile::new(BucketStore::path(&self.def.name, &part.part.id), part.part.manifest.bytes)
+                }
+            };
+            groups[i % groups_wanted].push(file);
         }
         let source = Arc::new(ParquetSource::new(file_schema.clone()));
-        let config = FileScanConfigBuilder::new(ObjectStoreUrl::local_filesystem(), source)
+        let config = FileScanConfigBuilder::new(store, source)
             .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
             .with_projection_indices(Some(if identity { projection.to_vec() } else { read.clone() }))?
             .build();
-        let scan = ParquetFormat::default().create_physical_plan(state, config).await?;
+        // A part's footer is a few KiB: its first read takes the last verification group of a
+        // part in the bucket, rather than the default 512 KiB (all of a small part, and bytes
+        // no query asked for of a large one).
+        let format =
+            ParquetFormat::default().with_metadata_size_hint(Some(tandem_parts::VERIFIED_BLOCK_BYTES as usize));
+        let scan = format.create_physical_plan(state, config).await?;
         if identity || projection.is_empty() {
             return Ok(scan);
         }
@@ -197,12 +218,14 @@ impl TableProvider for PartsTable {
         if parts.is_empty() {
             return Ok(Arc::new(EmptyExec::new(Arc::new(self.schema.project(&projection)?))));
         }
-        let mut by_layout: BTreeMap<&[Option<String>], Vec<&LaidOutPart>> = BTreeMap::new();
+        self.replica.parts_read(parts.iter().map(|p| p.part.id));
+        // One scan per layout and place: a scan reads files of one object store.
+        let mut by_layout: BTreeMap<(&[Option<String>], bool), Vec<&LaidOutPart>> = BTreeMap::new();
         for part in parts {
-            by_layout.entry(part.layout.as_slice()).or_default().push(part);
+            by_layout.entry((part.layout.as_slice(), part.part.file.is_some())).or_default().push(part);
         }
         let mut plans = Vec::with_capacity(by_layout.len());
-        for (layout, group) in by_layout {
+        for ((layout, _), group) in by_layout {
             plans.push(self.scan_group(state, layout, &group, &projection).await?);
         }
         UnionExec::try_new(plans)
@@ -356,7 +379,7 @@ impl ParsedQuery {
 /// A DataFusion session over a catalog snapshot, with the `system` tables when `system` is
 /// given.
 pub fn session(
-    node: &Replica,
+    node: &Arc<Replica>,
     tables: &BTreeMap<String, Arc<TableState>>,
     system: Option<&crate::system_tables::SystemView>,
     runtime: Arc<RuntimeEnv>,
@@ -364,7 +387,7 @@ pub fn session(
     let ctx = SessionContext::new_with_config_rt(session_config(), runtime);
     crate::functions::register(&ctx);
     for (name, state) in tables {
-        ctx.register_table(name.as_str(), Arc::new(PartsTable::new(state)))?;
+        ctx.register_table(name.as_str(), Arc::new(PartsTable::new(state, node.clone())))?;
     }
     // The system tables copy the whole catalog: built only for queries that name them.
     if let Some(system) = system {

@@ -196,17 +196,23 @@ fn system_parts(node: &Replica, tables: &BTreeMap<String, Arc<TableState>>) -> R
     let mut block_id = Vec::new();
     let mut written_by = Vec::new();
     let mut in_object_store = Vec::new();
+    let mut location: Vec<Option<&str>> = Vec::new();
     let mut min_revision = Vec::new();
     let mut max_revision = Vec::new();
     let mut replaced_by: Vec<Option<String>> = Vec::new();
     let mut problem: Vec<Option<String>> = Vec::new();
     for (t, state) in tables {
-        let active_parts = state.parts.values().map(|p| (p.id, &p.manifest, p.revision, true, None, p.replaced_by));
+        // Where a query on this node reads the part: its disk, or the bucket.
+        let active_parts = state.parts.values().map(|p| {
+            let place = if p.file.is_some() { "local" } else { "bucket" };
+            (p.id, &p.manifest, p.revision, true, None, p.replaced_by, Some(place))
+        });
         let pending_parts = state.pending.values().map(|p| {
             let reason = p.last_error.clone().unwrap_or_else(|| "not on this node yet; fetching".to_string());
-            (p.id, &p.manifest, p.revision, false, Some(reason), None)
+            (p.id, &p.manifest, p.revision, false, Some(reason), None, None)
         });
-        for (id, manifest, rev, is_active, reason, replacement) in active_parts.chain(pending_parts) {
+        for (id, manifest, rev, is_active, reason, replacement, place) in active_parts.chain(pending_parts) {
+            location.push(place);
             let (low, high) = manifest.revision_range.unwrap_or((rev, rev));
             min_revision.push(Some(low));
             max_revision.push(Some(high));
@@ -237,6 +243,7 @@ fn system_parts(node: &Replica, tables: &BTreeMap<String, Arc<TableState>>) -> R
         block_id.push(None);
         written_by.push(None);
         in_object_store.push(None);
+        location.push(None);
         min_revision.push(None);
         max_revision.push(None);
         replaced_by.push(None);
@@ -254,6 +261,7 @@ fn system_parts(node: &Replica, tables: &BTreeMap<String, Arc<TableState>>) -> R
         ("block_id", Arc::new(StringArray::from(block_id))),
         ("written_by", Arc::new(StringArray::from(written_by))),
         ("in_object_store", Arc::new(BooleanArray::from(in_object_store))),
+        ("location", Arc::new(StringArray::from(location))),
         ("min_revision", Arc::new(Int64Array::from(min_revision))),
         ("max_revision", Arc::new(Int64Array::from(max_revision))),
         ("replaced_by", Arc::new(StringArray::from(replaced_by))),
@@ -297,7 +305,7 @@ fn system_tables(tables: &BTreeMap<String, Arc<TableState>>) -> Result<MemTable,
         (
             "total_bytes",
             Arc::new(UInt64Array::from(
-                states.iter().map(|s| s.parts.values().map(|p| p.file.size).sum()).collect::<Vec<u64>>(),
+                states.iter().map(|s| s.parts.values().map(|p| p.manifest.bytes).sum()).collect::<Vec<u64>>(),
             )),
         ),
         ("comment", each("")),

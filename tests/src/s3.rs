@@ -9,12 +9,11 @@
 //! `TANDEM_TEST_S3_SECRET_ACCESS_KEY` and optionally `TANDEM_TEST_S3_REGION`; each test then
 //! works under its own key prefix of that bucket.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-use std::collections::BTreeMap;
 
 use anyhow::{Context, bail};
 use bytes::Bytes;
@@ -171,6 +170,9 @@ impl S3 {
         let mut out = BTreeMap::new();
         for meta in metas {
             let name = meta.location.filename().unwrap_or_default();
+            if name.ends_with(".obao") {
+                continue;
+            }
             let id = name.strip_suffix(".parquet").with_context(|| format!("unexpected object {}", meta.location))?;
             // Deleted since the listing (the collector runs concurrently): not there any more.
             match client.get(&meta.location).await {
@@ -180,6 +182,17 @@ impl S3 {
             };
         }
         Ok(out)
+    }
+
+    /// The part ids of `table` whose outboard (`<id>.obao`, for verified ranged reads) is in the bucket.
+    pub async fn outboards(&self, table: &str) -> anyhow::Result<BTreeSet<String>> {
+        let client = self.client()?;
+        let prefix = ObjectPath::from(format!("{}/{table}", self.prefix));
+        let metas: Vec<_> = client.list(Some(&prefix)).try_collect().await?;
+        Ok(metas
+            .iter()
+            .filter_map(|meta| meta.location.filename()?.strip_suffix(".obao").map(str::to_string))
+            .collect())
     }
 }
 

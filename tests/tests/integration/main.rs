@@ -21,6 +21,7 @@ mod operations;
 mod quorum;
 mod readme;
 mod security;
+mod tiered;
 mod users;
 
 /// The table most tests use: every column type family, a month partition, a sort key.

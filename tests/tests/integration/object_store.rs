@@ -283,6 +283,8 @@ async fn unreferenced_objects_are_collected_by_one_node_after_the_grace_period()
     }
     let remaining: BTreeSet<String> = s3.objects("keep").await.unwrap().into_keys().collect();
     assert_eq!(remaining, kept, "every referenced object is still there");
+    assert_eq!(s3.outboards("keep").await.unwrap(), kept, "with its outboard");
+    assert!(s3.outboards("gone").await.unwrap().is_empty(), "outboards are collected with their parts");
     let deleted = "tandem_object_store_gc_deleted_objects_total";
     let total = cluster.nodes[0].metric(deleted).await + cluster.nodes[1].metric(deleted).await;
     assert_eq!(total, 8.0, "one collector deleted each of the 4 + 4 objects once");
