@@ -66,7 +66,9 @@ impl PartOutboard {
     /// Ok only if every group it covers hashes up to the part id through the outboard.
     pub fn verify(&self, start: u64, data: &[u8]) -> Result<(), PartError> {
         let end = start + data.len() as u64;
-        if !start.is_multiple_of(VERIFIED_BLOCK_BYTES) || (!end.is_multiple_of(VERIFIED_BLOCK_BYTES) && end != self.size()) {
+        if !start.is_multiple_of(VERIFIED_BLOCK_BYTES)
+            || (!end.is_multiple_of(VERIFIED_BLOCK_BYTES) && end != self.size())
+        {
             return Err(PartError::Unverified {
                 part: self.id(),
                 range: start..end,

@@ -146,12 +146,17 @@ pub struct Catalog {
     /// Parts may be served from the bucket (the node has a local storage budget): a listed part
     /// whose file is not here but whose object is becomes active without a fetch.
     bucket_reads: AtomicBool,
+    /// Parts are never fetched (a query node): a part is pending until its object is in the
+    /// bucket, then active from there.
+    bucket_only: AtomicBool,
     /// When each part was last read by a query (or became active here), for eviction.
     last_read: Mutex<HashMap<PartId, Instant>>,
 }
 
 /// Why a pending part cannot be fetched without peers.
 const NO_FETCHER: &str = "the part file is not on this node and no peer can send it (single node)";
+/// Why a query node does not show a part yet.
+const WAITING_FOR_BUCKET: &str = "not in the object store yet (a query node reads parts only from there)";
 
 impl Catalog {
     pub fn new(store: Arc<LocalPartStore>) -> Self {
@@ -169,6 +174,7 @@ impl Catalog {
             merged_into: Mutex::new(HashMap::new()),
             ready: AtomicBool::new(false),
             bucket_reads: AtomicBool::new(false),
+            bucket_only: AtomicBool::new(false),
             last_read: Mutex::new(HashMap::new()),
         }
     }
@@ -176,6 +182,12 @@ impl Catalog {
     /// Lets listed parts be served from the bucket (see `bucket_reads`).
     pub fn serve_from_bucket(&self) {
         self.bucket_reads.store(true, Ordering::Release);
+    }
+
+    /// Serves every part from the bucket and fetches none (see `bucket_only`).
+    pub fn serve_only_from_bucket(&self) {
+        self.serve_from_bucket();
+        self.bucket_only.store(true, Ordering::Release);
     }
 
     /// Records that a query read these parts.
@@ -405,7 +417,11 @@ impl Catalog {
             }
             None => {
                 let has_fetcher = self.fetches.lock().expect("fetch queue lock").is_some();
-                let last_error = rejected.cloned().or_else(|| (!has_fetcher).then(|| NO_FETCHER.to_string()));
+                let last_error = if self.bucket_only.load(Ordering::Acquire) {
+                    Some(WAITING_FOR_BUCKET.to_string())
+                } else {
+                    rejected.cloned().or_else(|| (!has_fetcher).then(|| NO_FETCHER.to_string()))
+                };
                 let pending = PendingPart {
                     id,
                     manifest,
@@ -438,6 +454,9 @@ impl Catalog {
     }
 
     fn send_requests(&self, requests: Vec<FetchRequest>) {
+        if self.bucket_only.load(Ordering::Acquire) {
+            return;
+        }
         if let Some(fetches) = self.fetches.lock().expect("fetch queue lock").as_ref() {
             for request in requests {
                 let _ = fetches.send(request);
@@ -583,11 +602,22 @@ impl Catalog {
                         self.set_holders(|holders| {
                             holders.entry(holder.part).or_default().insert(holder.node.clone());
                         });
-                        // A new copy may be the one a failing (or lost) fetch was waiting for.
-                        if let Some(state) = tables.get(&holder.table)
+                        // A new copy may be the one a failing (or lost) fetch was waiting for; on a
+                        // query node, the object is what the part was waiting for.
+                        if let Some(state) = tables.get_mut(&holder.table)
                             && state.pending.contains_key(&holder.part)
                         {
-                            requests.push(FetchRequest { table: holder.table.clone(), id: holder.part });
+                            if holder.node == OBJECT_STORE_HOLDER && self.bucket_only.load(Ordering::Acquire) {
+                                let state = Arc::make_mut(state);
+                                let part = state.pending.remove(&holder.part).expect("checked above");
+                                let (id, manifest, revision) = (part.id, part.manifest, part.revision);
+                                state
+                                    .parts
+                                    .insert(id, ActivePart { id, manifest, revision, file: None, replaced_by: None });
+                                Self::drop_replaced(state);
+                            } else {
+                                requests.push(FetchRequest { table: holder.table.clone(), id: holder.part });
+                            }
                         }
                     }
                     ClusterEvent::HolderRemoved(holder) => {

@@ -43,6 +43,11 @@ tandem_settings::settings! {
         /// up, every part is read from the bucket first (peers only for parts not uploaded yet).
         bootstrap_from_object_store: bool = "false", env "TANDEM_BOOTSTRAP_FROM_OBJECT_STORE",
             [num_args = 0..=1, default_missing_value = "true"];
+        /// `storage` (takes inserts, holds parts, runs merges) or `query`: a node that joins the
+        /// cluster to answer queries only, reading every part from the object store (verified
+        /// ranged reads, cached in memory), holding none on its disk, taking no inserts and no
+        /// merge leadership. Add query nodes to scale reads. Needs a cluster and an object store.
+        role: NodeRole = "storage", env "TANDEM_ROLE";
         /// Bytes of part files this node keeps on its disk. Beyond it, parts already in the
         /// object store are evicted, least recently queried first, and read from the bucket with
         /// verified ranged reads; parts listed at start that are not here but in the bucket are
@@ -70,6 +75,50 @@ tandem_settings::settings! {
         interserver_cert_file: Option<PathBuf> = "", env "TANDEM_INTERSERVER_CERT_FILE";
         /// PEM private key of --interserver-cert-file.
         interserver_key_file: Option<PathBuf> = "", env "TANDEM_INTERSERVER_KEY_FILE";
+    }
+}
+
+/// What a node does in its cluster.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum NodeRole {
+    /// Takes inserts, holds parts on its disk, may lead merges.
+    #[default]
+    Storage,
+    /// Answers queries from the object store; holds no parts.
+    Query,
+}
+
+impl std::str::FromStr for NodeRole {
+    type Err = String;
+
+    fn from_str(text: &str) -> Result<Self, String> {
+        match text {
+            "storage" => Ok(NodeRole::Storage),
+            "query" => Ok(NodeRole::Query),
+            other => Err(format!("a node's role is `storage` or `query`, not `{other}`")),
+        }
+    }
+}
+
+impl std::fmt::Display for NodeRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            NodeRole::Storage => "storage",
+            NodeRole::Query => "query",
+        })
+    }
+}
+
+impl tandem_settings::Setting for NodeRole {
+    type Flag = NodeRole;
+
+    fn from_flag(flag: NodeRole) -> NodeRole {
+        flag
+    }
+
+    fn from_default(text: &str) -> NodeRole {
+        text.parse().unwrap_or_else(|e| panic!("the declared default: {e}"))
     }
 }
 

@@ -104,7 +104,7 @@ async fn can_hand_over(node: &Replica) -> bool {
         return false;
     }
     match node.live_nodes().await {
-        Ok(live) => live.iter().any(|n| n.node_id != node.config.node_id),
+        Ok(live) => live.iter().any(|n| n.node_id != node.config.node_id && n.holds_parts()),
         // etcd unreachable: keep waiting until the deadline, it may come back.
         Err(_) => true,
     }

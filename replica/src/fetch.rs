@@ -379,6 +379,7 @@ mod tests {
             data_revision: 0,
             complete_revision: 0,
             updated_at_ms: 0,
+            role: Default::default(),
         }
     }
 

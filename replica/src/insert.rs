@@ -17,7 +17,9 @@ use tandem_parts::{
 };
 
 use crate::bucket::Bucket;
+use crate::config::NodeRole;
 use crate::error::Error;
+use crate::membership::NodeInfo;
 use crate::metrics::InsertStage;
 use crate::replica::Replica;
 use crate::schema::{Durability, TableDef};
@@ -146,6 +148,17 @@ static INSERT_SEQUENCE: AtomicU64 = AtomicU64::new(0);
 const APPLY_TIMEOUT: Duration = Duration::from_secs(30);
 
 impl Replica {
+    /// Refuses an insert on a query node (`--role query`), before anything is read or written.
+    pub fn accepts_inserts(&self) -> Result<(), Error> {
+        match self.config.settings.role {
+            NodeRole::Storage => Ok(()),
+            NodeRole::Query => Err(Error::Unavailable(format!(
+                "node {} is a query node (--role query): it takes no inserts; send them to a storage node",
+                self.config.node_id
+            ))),
+        }
+    }
+
     /// How many holders an insert with `quorum` needs; refuses at once (before anything is
     /// written) when fewer nodes are live than the quorum asks for.
     pub async fn quorum_target(&self, quorum: Quorum) -> Result<QuorumTarget, Error> {
@@ -160,6 +173,7 @@ impl Replica {
                 Error::Unavailable(format!("cannot count live nodes for insert_quorum: {e}; nothing was written"))
             })?
             .into_iter()
+            .filter(NodeInfo::holds_parts)
             .map(|n| n.node_id)
             .collect()
         } else {

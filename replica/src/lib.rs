@@ -49,7 +49,9 @@ pub use alter::{AlterAction, ColumnPosition, TtlSpec, apply as apply_alter};
 pub use async_insert::AsyncInsertOptions;
 pub use bucket_reads::BucketReadError;
 pub use catalog::{ActivePart, BrokenPart, PartFile, PendingPart, TableState};
-pub use config::{ClusterSecret, CoordinatorConfig, ReplicaConfig, ReplicaFile, ReplicaFlags, ReplicaSettings};
+pub use config::{
+    ClusterSecret, CoordinatorConfig, NodeRole, ReplicaConfig, ReplicaFile, ReplicaFlags, ReplicaSettings,
+};
 pub use drain::DrainReport;
 pub use error::{Error, Result};
 pub use insert::{Acknowledged, InsertOptions, InsertSummary, PartSummary, Quorum, QuorumSummary, QuorumTarget};

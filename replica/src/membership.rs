@@ -22,6 +22,16 @@ pub struct NodeInfo {
     /// Every part registered up to this revision is on this node.
     pub complete_revision: Revision,
     pub updated_at_ms: i64,
+    /// Query nodes hold no parts: quorums, merges and drains do not count them.
+    #[serde(default)]
+    pub role: crate::config::NodeRole,
+}
+
+impl NodeInfo {
+    /// Whether the node holds parts (and so counts for quorums and merges).
+    pub fn holds_parts(&self) -> bool {
+        self.role == crate::config::NodeRole::Storage
+    }
 }
 
 /// Lease time-to-live: a node that stops renewing for this long is considered gone.
@@ -37,6 +47,7 @@ fn info(node: &Replica) -> NodeInfo {
         data_revision: node.catalog.data_revision(),
         complete_revision: node.catalog.complete_revision(),
         updated_at_ms: chrono::Utc::now().timestamp_millis(),
+        role: node.config.settings.role,
     }
 }
 

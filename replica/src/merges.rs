@@ -153,6 +153,10 @@ async fn drop_expired(node: &Replica, table: &str, parts: &[&ActivePart], fence:
 /// `merge_with_ttl_timeout` per partition, while merge permits are free. It runs every
 /// `merge_interval`, when new parts arrive, and as soon as a merge finishes.
 pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
+    // A query node holds no parts: it never leads merges.
+    if node.config.settings.role == crate::config::NodeRole::Query {
+        return;
+    }
     let mut tick = tokio::time::interval(node.config.settings.merge_interval());
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut data = node.catalog.subscribe_data_revision();
@@ -187,7 +191,7 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
         // that cannot keep up must not stop merges); replicas then fetch the merged part.
         let live: Option<Vec<String>> = if node.config.is_cluster() {
             match node.live_nodes().await {
-                Ok(nodes) => Some(nodes.into_iter().map(|n| n.node_id).collect()),
+                Ok(nodes) => Some(nodes.into_iter().filter(|n| n.holds_parts()).map(|n| n.node_id).collect()),
                 Err(e) => {
                     tracing::debug!(error = %e, "cannot list live nodes; no merges this pass");
                     continue;

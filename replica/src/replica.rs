@@ -135,6 +135,11 @@ impl Replica {
         self.catalog.touch(parts);
     }
 
+    /// Whether this node stores parts or only answers queries.
+    pub fn role(&self) -> crate::config::NodeRole {
+        self.config.settings.role
+    }
+
     /// This node's local storage budget for part files, if it has one.
     pub fn local_storage_budget(&self) -> Option<u64> {
         self.config.settings.local_storage_bytes

@@ -81,7 +81,14 @@ pub async fn start(
     );
     let (fetch_requests, fetch_queue) = mpsc::unbounded_channel();
     let catalog = Arc::new(Catalog::new(store));
-    if config.settings.local_storage_bytes.is_some() {
+    if config.settings.role == crate::config::NodeRole::Query {
+        anyhow::ensure!(
+            config.is_cluster() && bucket.is_some(),
+            "--role query needs a cluster (--etcd) and an object store (--s3-bucket): a query node reads every part \
+             from the bucket"
+        );
+        catalog.serve_only_from_bucket();
+    } else if config.settings.local_storage_bytes.is_some() {
         catalog.serve_from_bucket();
     }
     if config.is_cluster() {

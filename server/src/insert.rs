@@ -37,6 +37,7 @@ pub async fn insert(
     data: Bytes,
     settings: &InsertSettings,
 ) -> Result<InsertSummary, NodeError> {
+    replica.accepts_inserts()?;
     let quorum = replica.quorum_target(settings.quorum).await?;
     add_new_columns(replica, table, columns, format, &data).await?;
     // A schema change between reading the schema and registering the parts makes the

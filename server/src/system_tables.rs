@@ -418,6 +418,7 @@ fn system_replicas(
     let complete = node.complete_revision();
     let mut node_id = vec![Some(me.to_string())];
     let mut is_local = vec![Some(true)];
+    let mut role = vec![Some(node.role().to_string())];
     let mut grpc_addr = vec![Some(node.grpc_addr())];
     let mut applied = vec![Some(node.applied_revision())];
     let mut complete_revision = vec![Some(complete)];
@@ -427,6 +428,7 @@ fn system_replicas(
     for other in cluster.nodes.iter().filter(|n| n.node_id != me) {
         node_id.push(Some(other.node_id.clone()));
         is_local.push(Some(false));
+        role.push(Some(other.role.to_string()));
         grpc_addr.push(Some(other.grpc_addr.clone()));
         applied.push(Some(other.data_revision));
         complete_revision.push(Some(other.complete_revision));
@@ -437,6 +439,7 @@ fn system_replicas(
     mem_table(vec![
         ("node_id", Arc::new(StringArray::from(node_id))),
         ("is_local", Arc::new(BooleanArray::from(is_local))),
+        ("role", Arc::new(StringArray::from(role))),
         ("grpc_addr", Arc::new(StringArray::from(grpc_addr))),
         ("applied_revision", Arc::new(Int64Array::from(applied))),
         ("complete_revision", Arc::new(Int64Array::from(complete_revision))),

@@ -197,3 +197,44 @@ async fn a_flipped_byte_in_an_object_fails_the_query_by_name_and_never_changes_a
     assert!(node.metric("tandem_object_store_corrupt_objects_total").await > 0.0);
     cluster.nodes.push(node);
 }
+
+#[tokio::test]
+async fn a_query_node_started_empty_answers_from_the_bucket_and_holds_nothing() {
+    let s3 = S3::start().await.expect("an S3 server");
+    let mut cluster = start(&s3).await;
+    let mut storage = cluster.extra_node(2, true).unwrap();
+    storage.restart().await.expect("a second storage node starts");
+    cluster.nodes.push(storage);
+    for batch in 0..6 {
+        cluster.nodes[batch as usize % 2].insert("m", "CSV", rows(batch, 10_000)).await;
+    }
+    wait_uploaded(&cluster.nodes[0], 6).await;
+    let mut query = cluster.extra_node_with(3, true, &["--role", "query"]).unwrap();
+    query.restart().await.expect("a query node starts");
+    cluster.nodes.push(query);
+    let query = &cluster.nodes[2];
+    let from_bucket = "SELECT count() FROM system.parts WHERE \"table\" = 'm' AND active AND location = 'bucket'";
+    query.wait_for(from_bucket, "6", CONVERGE).await;
+    assert_eq!(answers(query).await, answers(&cluster.nodes[0]).await, "the same answers as a storage node");
+
+    // A new insert shows on the query node once its object is in the bucket; it never holds it.
+    cluster.nodes[1].insert("m", "CSV", rows(6, 10_000)).await;
+    query.wait_for(from_bucket, "7", CONVERGE).await;
+    assert_eq!(answers(query).await, answers(&cluster.nodes[0]).await);
+    let held = "SELECT count() FROM system.parts WHERE \"table\" = 'm' AND location = 'local'";
+    assert_eq!(query.sql(held).await.trim(), "0", "a query node holds nothing but cache");
+    assert_eq!(query.metric("tandem_local_part_bytes").await, 0.0);
+    let parts_dir = std::fs::read_dir(query.data_dir.join("parts")).map(|d| d.count()).unwrap_or(0);
+    assert_eq!(parts_dir, 0, "no part file on its disk");
+
+    let refused = query.request("INSERT INTO m FORMAT CSV", &[], rows(7, 10)).await;
+    assert_eq!(refused.status, 503, "{}", refused.text());
+    assert!(refused.text().contains("query node"), "{}", refused.text());
+    assert_eq!(cluster.nodes[0].count("m").await, 70_000, "nothing refused is stored");
+    // Quorums count the nodes that hold parts: two here, not three.
+    let roles = cluster.nodes[0].sql("SELECT node_id, role FROM system.replicas ORDER BY node_id").await;
+    assert_eq!(roles, "n1\tstorage\nn2\tstorage\nn3\tquery\n");
+    let two = cluster.nodes[0].request("INSERT INTO m FORMAT CSV", &[("insert_quorum", "3")], rows(8, 10)).await;
+    assert_eq!(two.status, 503, "insert_quorum=3 with two storage nodes: {}", two.text());
+    cluster.nodes[0].request("INSERT INTO m FORMAT CSV", &[("insert_quorum", "2")], rows(9, 10)).await.ok();
+}
