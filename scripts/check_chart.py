@@ -318,6 +318,32 @@ def check_value_sets(binary):
             http = [r for r in rules if any(p["port"] == "http" for p in r["ports"])]
             http_from = values.get("networkPolicy", {}).get("httpFrom", [])
             check(len(http) == 1 and http[0].get("from", []) == http_from, "the HTTP port is open as httpFrom says")
+        budget = values.get("localStorageBytes")
+        check(flag(node, "local-storage-bytes") == (str(budget) if budget else None), "the local storage budget")
+        if budget:
+            check(re.search(rf"local_storage_bytes: Some\(\s*{budget},?\s*\)", config), "tandem resolved the budget")
+        query_nodes = values.get("queryNodes", {}).get("replicaCount", 0)
+        if query_nodes:
+            query_sts = one(objects, "StatefulSet", f"{RELEASE}-query")
+            check(query_sts["spec"]["replicas"] == query_nodes, f"{query_nodes} query nodes")
+            check("volumeClaimTemplates" not in query_sts["spec"], "query nodes hold no parts: no volume claims")
+            check(query_sts["spec"]["serviceName"] == f"{RELEASE}-query-peers", "query nodes' DNS names")
+            one(objects, "Service", f"{RELEASE}-query-peers")
+            query_client = one(objects, "Service", f"{RELEASE}-query")
+            labels = query_sts["spec"]["template"]["metadata"]["labels"]
+            check(all(labels.get(k) == v for k, v in query_client["spec"]["selector"].items()),
+                  "the query Service selects the query nodes")
+            check(all(sts["spec"]["template"]["metadata"]["labels"].get(k) != v or k != "app.kubernetes.io/component"
+                      for k, v in query_client["spec"]["selector"].items()), "and not the storage nodes")
+            query = next(c for c in query_sts["spec"]["template"]["spec"]["containers"] if c["name"] == "tandem")
+            check(flag(query, "role") == "query" and flag(query, "local-storage-bytes") is None, "--role=query")
+            with tempfile.TemporaryDirectory() as tmp:
+                query_config = run_check_config(binary, query_sts, query, Path(tmp))
+            check("role: Query" in query_config, "tandem resolved the query role")
+            check(quoted(f"{RELEASE}-query-0.{RELEASE}-query-peers.{NAMESPACE}.svc.cluster.local:9100") in query_config,
+                  "a query node announces its own DNS name")
+        else:
+            check(not find(objects, "StatefulSet", f"{RELEASE}-query"), "no query nodes unless asked")
         monitor = values.get("serviceMonitor", {}).get("enabled", False)
         check(bool(find(objects, "ServiceMonitor")) == monitor, "ServiceMonitor only when enabled")
         print(f"ok   {name}: lint clean, {len(objects)} objects valid for Kubernetes {KUBE_VERSION}, "
@@ -341,6 +367,9 @@ def check_refusals():
         ({"minio": {"enabled": True}, "objectStore": {"endpoint": "http://s3:9000"}}, "minio.enabled"),
         ({"interserverTls": {"enabled": True}}, "interserverTls.existingSecret"),
         ({"tls": {"enabled": True}}, "tls.existingSecret"),
+        ({"localStorageBytes": 1000}, "localStorageBytes needs an object store"),
+        ({"queryNodes": {"replicaCount": 2}}, "queryNodes read every part from the bucket"),
+        ({"localStorageBytes": "50G"}, "localStorageBytes"),
     ]
     for values, expected in cases:
         try:

@@ -162,4 +162,10 @@ tandem
 {{- if and .Values.objectStore.bootstrapFromObjectStore (not (include "tandem.bucket" .)) -}}
 {{- fail "objectStore.bootstrapFromObjectStore needs an object store: set objectStore.bucket (or minio.enabled)" -}}
 {{- end -}}
+{{- if and (not (kindIs "invalid" .Values.localStorageBytes)) (not (include "tandem.bucket" .)) -}}
+{{- fail "localStorageBytes needs an object store (parts are evicted only once they are in the bucket): set objectStore.bucket (or minio.enabled)" -}}
+{{- end -}}
+{{- if and (gt (int .Values.queryNodes.replicaCount) 0) (not (include "tandem.bucket" .)) -}}
+{{- fail "queryNodes read every part from the bucket: set objectStore.bucket (or minio.enabled), or queryNodes.replicaCount=0" -}}
+{{- end -}}
 {{- end -}}
