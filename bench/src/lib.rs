@@ -14,6 +14,7 @@ use tandem_tests::{Cluster, S3, Tandem};
 
 mod clickhouse;
 mod small_inserts;
+mod tiered;
 mod versus;
 
 #[derive(Args, Debug, Clone)]
@@ -56,6 +57,9 @@ pub struct BenchArgs {
     /// Rows of the table the ClickHouse comparison's dashboard queries run over.
     #[arg(long, default_value_t = 10_000_000)]
     pub versus_rows: usize,
+    /// Rows of the table the tiered-storage scenario queries (local, evicted cold, warm).
+    #[arg(long, default_value_t = 2_000_000)]
+    pub tiered_rows: usize,
     /// Run only these scenarios (repeat the flag or separate with commas); all by default.
     #[arg(long, value_enum, value_delimiter = ',')]
     pub only: Vec<Scenario>,
@@ -80,6 +84,9 @@ pub enum Scenario {
     /// tandem against ClickHouse 18.16 (installed with apt if missing), 2 replicas each:
     /// ingest, replication lag, one-row inserts and dashboard queries, as ratios.
     Clickhouse,
+    /// The dashboard queries with every part local, evicted (read from the bucket, cold) and
+    /// warm, with the bytes each reads from the bucket.
+    Tiered,
 }
 
 impl BenchArgs {
@@ -198,6 +205,9 @@ pub async fn run(args: BenchArgs) -> anyhow::Result<()> {
     }
     if args.wants(Scenario::ObjectStore) {
         object_store(&args).await?;
+    }
+    if args.wants(Scenario::Tiered) {
+        tiered::run(&args).await?;
     }
     Ok(())
 }

@@ -19,9 +19,9 @@ const BATCH_ROWS: usize = 10_000;
 /// One-row inserts per mode and round.
 const ONE_ROW_INSERTS: usize = 100;
 /// Distinct values of the query table's String key.
-const HOSTS: usize = 200;
+pub(crate) const HOSTS: usize = 200;
 /// Rows per insert when loading the query table.
-const LOAD_ROWS: usize = 250_000;
+pub(crate) const LOAD_ROWS: usize = 250_000;
 
 /// Which of the two systems a [`System`] is: they differ only in DDL.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -167,7 +167,7 @@ fn ingest_rows(start: usize, end: usize) -> Vec<u8> {
 
 /// `(ts DateTime, host String, id UInt64, v Float64)` rows `start..end` as TSV: `HOSTS` hosts
 /// reporting every 10 s from 2024-01-01.
-fn query_rows(start: usize, end: usize) -> Vec<u8> {
+pub(crate) fn query_rows(start: usize, end: usize) -> Vec<u8> {
     use std::fmt::Write;
     let base = chrono::DateTime::from_timestamp(1_704_067_200, 0).unwrap_or_default();
     let mut out = String::with_capacity((end - start) * 48);
@@ -513,7 +513,7 @@ async fn insert_stages(writer: &Client) -> anyhow::Result<String> {
 
 /// The dashboard query set: standard SQL and the ClickHouse functions both systems know.
 /// `compare` is false where ClickHouse's function is approximate (its `quantile` samples).
-const QUERIES: [(&str, &str, bool); 9] = [
+pub(crate) const QUERIES: [(&str, &str, bool); 9] = [
     ("count", "SELECT count() FROM q", true),
     ("avg by host", "SELECT host, avg(v) FROM q GROUP BY host ORDER BY host", true),
     ("minute buckets", "SELECT toStartOfMinute(ts) AS m, count(), avg(v) FROM q GROUP BY m ORDER BY m", true),
