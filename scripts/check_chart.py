@@ -318,6 +318,10 @@ def check_value_sets(binary):
             http = [r for r in rules if any(p["port"] == "http" for p in r["ports"])]
             http_from = values.get("networkPolicy", {}).get("httpFrom", [])
             check(len(http) == 1 and http[0].get("from", []) == http_from, "the HTTP port is open as httpFrom says")
+        replicas = defaults.get("localReplicas")
+        check(flag(node, "local-replicas") == (str(replicas) if replicas else None), "the local_replicas default")
+        if replicas:
+            check(re.search(rf"local_replicas: Some\(\s*{replicas},?\s*\)", config), "tandem resolved local_replicas")
         budget = values.get("localStorageBytes")
         check(flag(node, "local-storage-bytes") == (str(budget) if budget else None), "the local storage budget")
         if budget:
@@ -370,6 +374,7 @@ def check_refusals():
         ({"localStorageBytes": 1000}, "localStorageBytes needs an object store"),
         ({"queryNodes": {"replicaCount": 2}}, "queryNodes read every part from the bucket"),
         ({"localStorageBytes": "50G"}, "localStorageBytes"),
+        ({"defaults": {"localReplicas": 2}}, "defaults.localReplicas"),
     ]
     for values, expected in cases:
         try:

@@ -169,9 +169,23 @@ fn apply_one(def: &mut TableDef, action: &AlterAction) -> Result<bool, Error> {
 }
 
 impl Replica {
+    /// `local_replicas` leaves parts on fewer nodes than all: the others read them from the
+    /// bucket, so a node without one cannot set it.
+    fn check_local_replicas(&self, def: &TableDef) -> Result<(), Error> {
+        if def.settings.local_replicas.is_some() && self.bucket.is_none() {
+            return Err(Error::bad_request(format!(
+                "table `{}`: local_replicas needs an object store (the nodes that do not keep a part read it from \
+                 the bucket); start the nodes with --s3-bucket, or leave local_replicas unset (every node keeps every part)",
+                def.name
+            )));
+        }
+        Ok(())
+    }
+
     /// Creates a table. Returns the revision of its creation (with `if_not_exists` and the
     /// table already there: the revision this node has applied) once this node has applied it.
     pub async fn create_table(&self, def: &TableDef, if_not_exists: bool) -> Result<Revision, Error> {
+        self.check_local_replicas(def)?;
         let revision = match self.coordinator.create_table(&def.name, def.to_json()).await {
             Ok(record) => record.version,
             Err(CoordError::TableExists(_)) if if_not_exists => self.catalog.applied_revision(),
@@ -204,6 +218,7 @@ impl Replica {
                 version = Some(record.version);
                 break;
             }
+            self.check_local_replicas(&def)?;
             let max_columns = self.config.max_columns;
             if def.columns.len() > max_columns {
                 return Err(Error::bad_request(format!(

@@ -110,6 +110,7 @@ impl Replica {
                  cannot: send it with async_insert=0",
             ));
         }
+        crate::insert::quorum_fits_local_replicas(def, quorum.required())?;
         if quorum.required() > 1 && !buffering.wait {
             return Err(Error::bad_request(format!(
                 "insert_quorum={} waits for other nodes to hold the insert's parts, which exist only once its flush \

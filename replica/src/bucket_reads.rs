@@ -61,6 +61,11 @@ impl BucketReads {
         }
     }
 
+    /// Bytes held by the caches.
+    pub(crate) fn cached_bytes(&self) -> u64 {
+        self.groups.weight() + self.outboards.weight() + self.whole.weight()
+    }
+
     /// Bytes `range` of part `id` of `table`: the verification groups it covers, from the cache,
     /// and those missing read from the bucket in one ranged request and verified.
     pub(crate) async fn read(

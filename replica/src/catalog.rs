@@ -151,12 +151,16 @@ pub struct Catalog {
     bucket_only: AtomicBool,
     /// When each part was last read by a query (or became active here), for eviction.
     last_read: Mutex<HashMap<PartId, Instant>>,
+    /// Pending parts this node reads from the bucket instead of fetching (`local_replicas`
+    /// chose other nodes to keep them): active from the bucket once their object is there.
+    from_bucket: Mutex<std::collections::HashSet<PartId>>,
 }
 
 /// Why a pending part cannot be fetched without peers.
 const NO_FETCHER: &str = "the part file is not on this node and no peer can send it (single node)";
 /// Why a query node does not show a part yet.
-const WAITING_FOR_BUCKET: &str = "not in the object store yet (a query node reads parts only from there)";
+const WAITING_FOR_BUCKET: &str =
+    "not in the object store yet (this node reads the part from there: a query node, or local_replicas chose others)";
 
 impl Catalog {
     pub fn new(store: Arc<LocalPartStore>) -> Self {
@@ -176,7 +180,38 @@ impl Catalog {
             bucket_reads: AtomicBool::new(false),
             bucket_only: AtomicBool::new(false),
             last_read: Mutex::new(HashMap::new()),
+            from_bucket: Mutex::new(std::collections::HashSet::new()),
         }
+    }
+
+    /// Reads a pending part from the bucket rather than fetching it: active from there at
+    /// once when its object is recorded, or as soon as it is. Returns whether it is active now.
+    pub fn read_from_bucket(&self, table: &str, id: &PartId) -> bool {
+        let activated = {
+            let mut tables = self.tables.write().expect("catalog lock");
+            let Some(state) = tables.get_mut(table) else { return false };
+            let Some(pending) = state.pending.get(id) else { return false };
+            if !self.in_object_store(id) {
+                let state = Arc::make_mut(state);
+                if let Some(pending) = state.pending.get_mut(id) {
+                    pending.last_error = Some(WAITING_FOR_BUCKET.to_string());
+                }
+                let mut waiting = self.from_bucket.lock().expect("bucket parts lock");
+                if waiting.len() >= 1 << 16 {
+                    waiting.retain(|p| state.pending.contains_key(p));
+                }
+                waiting.insert(*id);
+                return false;
+            }
+            let (id, manifest, revision) = (pending.id, pending.manifest.clone(), pending.revision);
+            let state = Arc::make_mut(state);
+            state.pending.remove(&id);
+            state.parts.insert(id, ActivePart { id, manifest, revision, file: None, replaced_by: None });
+            Self::drop_replaced(state);
+            true
+        };
+        self.update_complete();
+        activated
     }
 
     /// Lets listed parts be served from the bucket (see `bucket_reads`).
@@ -607,7 +642,9 @@ impl Catalog {
                         if let Some(state) = tables.get_mut(&holder.table)
                             && state.pending.contains_key(&holder.part)
                         {
-                            if holder.node == OBJECT_STORE_HOLDER && self.bucket_only.load(Ordering::Acquire) {
+                            let waiting = self.bucket_only.load(Ordering::Acquire)
+                                || self.from_bucket.lock().expect("bucket parts lock").remove(&holder.part);
+                            if holder.node == OBJECT_STORE_HOLDER && waiting {
                                 let state = Arc::make_mut(state);
                                 let part = state.pending.remove(&holder.part).expect("checked above");
                                 let (id, manifest, revision) = (part.id, part.manifest, part.revision);

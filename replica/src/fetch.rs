@@ -136,6 +136,17 @@ impl Fetcher {
         let node = &self.node;
         let Some(pending) = node.catalog.pending(&request.table, &request.id) else { return Ok(()) };
         let id = request.id;
+        // `local_replicas`: a part that other nodes keep is read from the bucket here.
+        let local_replicas = node.catalog.table(&request.table).and_then(|t| t.def.settings.local_replicas);
+        if let (Some(n), Some(_)) = (local_replicas, &node.bucket) {
+            let live: Vec<String> =
+                node.live_nodes().await?.into_iter().filter(|n| n.holds_parts()).map(|n| n.node_id).collect();
+            let writer = pending.manifest.node.as_deref();
+            if !crate::schema::keeps_locally(&id, writer, &node.config.node_id, &live, n) {
+                node.catalog.read_from_bucket(&request.table, &id);
+                return Ok(());
+            }
+        }
         // A merged part whose sources are all here is rebuilt locally: no bytes cross the network.
         if crate::merges::rebuild_locally(node, &request.table, &request.id, &pending.manifest).await {
             if node.catalog.activate(&request.table, &request.id) {

@@ -211,6 +211,7 @@ impl Replica {
         quorum: QuorumTarget,
     ) -> Result<InsertSummary, Error> {
         let required = quorum.required;
+        quorum_fits_local_replicas(def, required)?;
         let quorum_until_ms = (required > 1)
             .then(|| chrono::Utc::now().timestamp_millis().saturating_add(options.quorum_timeout.as_millis() as i64));
         let mut summary = insert_once(self, def, schema_version, rows, options, quorum_until_ms).await?;
@@ -236,6 +237,19 @@ impl Replica {
             summary.quorum = Some(QuorumSummary { required, holders: holders.into_iter().collect() });
         }
         Ok(summary)
+    }
+}
+
+/// `insert_quorum` counts nodes that keep the part on their disk: a table's `local_replicas`
+/// is the most it can reach. Refused before anything is written.
+pub(crate) fn quorum_fits_local_replicas(def: &TableDef, required: usize) -> Result<(), Error> {
+    match def.settings.local_replicas {
+        Some(keep) if required as u64 > keep => Err(Error::bad_request(format!(
+            "insert_quorum={required} can never be reached: table `{}` keeps each part on local_replicas = {keep} \
+             node(s) (the others read it from the bucket); nothing was written",
+            def.name
+        ))),
+        _ => Ok(()),
     }
 }
 

@@ -212,12 +212,17 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
                 continue;
             }
             let cutoff = state.def.ttl_cutoff(chrono::Utc::now());
+            // With `local_replicas`, no part is on every node: one in the bucket can be merged
+            // (the leader reads the sources it does not hold from there).
+            let spread = state.def.settings.local_replicas.is_some();
+            let ready = |p: &ActivePart| everywhere(p) || (spread && node.catalog.in_object_store(&p.id));
+            // Merges read their sources here, or from the bucket.
+            let readable =
+                |p: &&ActivePart| p.file.is_some() || (node.bucket.is_some() && node.catalog.in_object_store(&p.id));
             // Asked once per table and pass, when there is something to do.
             let mut leader: Option<Leadership> = None;
             let idle = |p: &&ActivePart| {
-                p.replaced_by.is_none()
-                    && !node.merges.busy.lock().expect("merges lock").contains(&p.id)
-                    && everywhere(p)
+                p.replaced_by.is_none() && !node.merges.busy.lock().expect("merges lock").contains(&p.id) && ready(p)
             };
             if let Some(cutoff) = &cutoff {
                 let expired: Vec<&ActivePart> = state
@@ -239,12 +244,11 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
             }
             loop {
                 let mut ttl_only = false;
-                // Merges read their sources here: parts read from the bucket are not merged.
                 let candidates: Vec<MergeCandidate> = state
                     .parts
                     .values()
                     .filter(idle)
-                    .filter(|p| p.file.is_some())
+                    .filter(readable)
                     .map(|p| MergeCandidate {
                         id: p.id,
                         partition: merge_group(&p.manifest),
@@ -260,7 +264,7 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
                         let Some(cutoff) = &cutoff else { break };
                         let timeout = Duration::from_secs(state.def.settings.merge_with_ttl_timeout);
                         let mut by_group: std::collections::BTreeMap<String, Vec<PartId>> = Default::default();
-                        for part in state.parts.values().filter(idle).filter(|p| p.file.is_some()) {
+                        for part in state.parts.values().filter(idle).filter(readable) {
                             let group = merge_group(&part.manifest);
                             let due = ttl_merged
                                 .get(&(name.clone(), group.clone()))
@@ -319,19 +323,23 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
     }
 }
 
-/// Reads the sources' files and writes the merged part (blocking).
+/// Reads the sources (their files, or the bytes already read from the bucket) and writes the
+/// merged part (blocking).
 fn merge_files(
     store: &LocalPartStore,
-    sources: &[PartId],
+    sources: &[(PartId, Option<Bytes>)],
     sort_key: &[String],
     table: &str,
     partition: &str,
     ttl: Option<&TtlFilter>,
 ) -> anyhow::Result<Option<EncodedPart>> {
     let mut inputs = Vec::with_capacity(sources.len());
-    for id in sources {
-        let bytes = std::fs::read(store.path(id))?;
-        inputs.push((*id, read_part_batches(Bytes::from(bytes))?));
+    for (id, read) in sources {
+        let bytes = match read {
+            Some(bytes) => bytes.clone(),
+            None => Bytes::from(std::fs::read(store.path(id))?),
+        };
+        inputs.push((*id, read_part_batches(bytes)?));
     }
     Ok(merge_parts(&inputs, sort_key, table, partition, ttl)?)
 }
@@ -380,7 +388,23 @@ async fn merge_and_register(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let store = node.catalog.store().clone();
-    let ids: Vec<PartId> = sources.iter().map(|p| p.id).collect();
+    // Sources this node does not hold are read whole from the bucket, checked against their ids.
+    let mut ids: Vec<(PartId, Option<Bytes>)> = Vec::with_capacity(sources.len());
+    for source in sources {
+        let read = match (&source.file, &node.bucket) {
+            (Some(_), _) => None,
+            (None, Some(bucket)) => {
+                let result = bucket.mirror.download(table, &source.id).await;
+                bucket.record(&node.metrics, &result);
+                let bytes = result?;
+                node.metrics.bucket_read_bytes.inc_by(bytes.len() as u64);
+                node.metrics.bucket_read_requests.inc();
+                Some(bytes)
+            }
+            (None, None) => anyhow::bail!("part {} is not on this node and there is no object store", source.id),
+        };
+        ids.push((source.id, read));
+    }
     let (key, name, partition) = (sort_key.to_vec(), table.to_string(), sources[0].manifest.partition.clone());
     let filter = ttl.clone();
     // `sources` hold the files open against deletion while they are read.
@@ -491,7 +515,7 @@ pub async fn rebuild_locally(node: &Replica, table: &str, id: &PartId, manifest:
         (manifest.sort_key.clone(), table.to_string(), manifest.partition.clone(), *id, manifest.ttl_filter.clone());
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<PartId>> {
         // `held` keeps the files of sources still visible here open while they are read.
-        let ids: Vec<PartId> = held.iter().map(|(source, _)| *source).collect();
+        let ids: Vec<(PartId, Option<Bytes>)> = held.iter().map(|(source, _)| (*source, None)).collect();
         let encoded = merge_files(&store, &ids, &sort_key, &name, &partition, ttl.as_ref())?
             .ok_or_else(|| anyhow::anyhow!("the registered merge's TTL filter leaves no rows of these sources"))?;
         drop(held);

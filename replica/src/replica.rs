@@ -130,6 +130,13 @@ impl Replica {
         self.bucket_reads.read(bucket, &self.metrics, table, id, range).await
     }
 
+    /// What the bucket reads' caches hold, and the share of reads they answered.
+    pub fn bucket_cache(&self) -> (u64, Option<f64>) {
+        let (hits, misses) = (self.metrics.bucket_cache_hits.get(), self.metrics.bucket_cache_misses.get());
+        let rate = (hits + misses > 0).then(|| hits as f64 / (hits + misses) as f64);
+        (self.bucket_reads.cached_bytes(), rate)
+    }
+
     /// Records that a query read these parts (the least recently read are evicted first).
     pub fn parts_read(&self, parts: impl IntoIterator<Item = PartId>) {
         self.catalog.touch(parts);

@@ -174,6 +174,12 @@ pub struct TableSettings {
     /// at any time: that costs no rewrite.
     #[serde(default = "default_merge_with_ttl_timeout")]
     pub merge_with_ttl_timeout: u64,
+    /// How many storage nodes keep each part on their disk besides the bucket: the node that
+    /// wrote it and `local_replicas - 1` others chosen by the part's hash among the live storage
+    /// nodes; the others read it from the bucket once it is there. None: every node (needs no
+    /// object store).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub local_replicas: Option<u64>,
 }
 
 fn default_merge_with_ttl_timeout() -> u64 {
@@ -266,6 +272,15 @@ impl TableSettings {
             "async_insert_busy_timeout_ms" => self.async_insert_busy_timeout_ms = Some(number()?),
             "async_insert_max_data_size" => self.async_insert_max_data_size = Some(number()?),
             "merge_with_ttl_timeout" => self.merge_with_ttl_timeout = number()?,
+            "local_replicas" => match number()? {
+                0 => {
+                    return Err(Error::bad_request(
+                        "table setting `local_replicas` is at least 1 (the node that writes a part keeps it until it is \
+                         in the bucket)",
+                    ));
+                }
+                n => self.local_replicas = Some(n),
+            },
             "parts_to_throw_insert" => match number()? {
                 0 => {
                     return Err(Error::bad_request(
@@ -288,7 +303,7 @@ impl TableSettings {
                      auto_add_columns (0 or 1), insert_durability ('local' or 'object_store'), \
                      background_merges (0 or 1), parts_to_delay_insert, parts_to_throw_insert, async_insert (0 or 1), \
                      async_insert_busy_timeout_ms, async_insert_max_data_size, async_dedup_window_blocks, \
-                     merge_with_ttl_timeout"
+                     merge_with_ttl_timeout, local_replicas"
                 )));
             }
         }
@@ -311,6 +326,7 @@ impl Default for TableSettings {
             async_insert_busy_timeout_ms: None,
             async_insert_max_data_size: None,
             merge_with_ttl_timeout: default_merge_with_ttl_timeout(),
+            local_replicas: None,
         }
     }
 }
@@ -484,9 +500,61 @@ impl TableDef {
     }
 }
 
+/// Whether node `me` keeps part `id` on its disk under `local_replicas`: the writer does; of
+/// the other live storage nodes, the `local_replicas - 1` that rank highest by blake3 of (part,
+/// node) do (rendezvous hashing: every node computes the same choice from the same list, and a
+/// node joining or leaving moves only the parts it ranks for).
+pub fn keeps_locally(
+    id: &tandem_parts::PartId,
+    writer: Option<&str>,
+    me: &str,
+    live: &[String],
+    local_replicas: u64,
+) -> bool {
+    if writer == Some(me) {
+        return true;
+    }
+    let mut ranked: Vec<(blake3::Hash, &str)> = live
+        .iter()
+        .map(String::as_str)
+        .filter(|n| Some(*n) != writer)
+        .map(|n| {
+            let mut hasher = blake3::Hasher::new();
+            hasher.update(id.as_bytes());
+            hasher.update(n.as_bytes());
+            (hasher.finalize(), n)
+        })
+        .collect();
+    ranked.sort_by(|a, b| b.0.as_bytes().cmp(a.0.as_bytes()));
+    let others = usize::try_from(local_replicas.saturating_sub(1)).unwrap_or(usize::MAX);
+    ranked.iter().take(others).any(|(_, n)| *n == me)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn local_replicas_choose_the_writer_and_the_same_others_everywhere() {
+        let live: Vec<String> = (1..=5).map(|i| format!("n{i}")).collect();
+        let mut per_node = std::collections::BTreeMap::<&str, usize>::new();
+        for part in 0..300u32 {
+            let id = tandem_parts::PartId::of_bytes(&part.to_le_bytes());
+            let keepers: Vec<&str> =
+                live.iter().map(String::as_str).filter(|me| keeps_locally(&id, Some("n1"), me, &live, 2)).collect();
+            assert_eq!(keepers.len(), 2, "the writer and one other");
+            assert_eq!(keepers[0], "n1");
+            for keeper in keepers {
+                *per_node.entry(keeper).or_default() += 1;
+            }
+            let without_writer = live.iter().filter(|me| keeps_locally(&id, Some("gone"), me, &live, 3)).count();
+            assert_eq!(without_writer, 2, "a writer that is gone leaves local_replicas - 1 others");
+        }
+        for node in ["n2", "n3", "n4", "n5"] {
+            let share = per_node[node];
+            assert!((40..=110).contains(&share), "{node} keeps {share} of 300: spread by hash");
+        }
+    }
 
     fn table(column_type: ColumnType, count: u32, unit: IntervalUnit) -> TableDef {
         let mut def = TableDef {

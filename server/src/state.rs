@@ -30,6 +30,9 @@ tandem_settings::settings! {
         dedup_window_blocks: u64 = "1000", env "TANDEM_DEDUP_WINDOW_BLOCKS";
         /// `dedup_window_seconds` of tables created without it (7 days).
         dedup_window_seconds: u64 = "604800", env "TANDEM_DEDUP_WINDOW_SECONDS";
+        /// `local_replicas` of tables created without it: how many storage nodes keep each part
+        /// on their disk besides the bucket. Unset (or 0): every node keeps every part.
+        local_replicas: Option<u64> = "", env "TANDEM_LOCAL_REPLICAS";
         /// PEM certificate chain of the HTTP API: with --tls-key-file, the API is served over HTTPS
         /// only. Read again when the file changes (a renewed certificate needs no restart).
         tls_cert_file: Option<std::path::PathBuf> = "", env "TANDEM_TLS_CERT_FILE";
@@ -47,12 +50,13 @@ impl ServerSettings {
         Duration::from_millis(self.insert_quorum_timeout_ms)
     }
 
-    /// The settings of a table created without a `SETTINGS` clause: the dedup windows of this
-    /// server, the built-in defaults for the rest.
+    /// The settings of a table created without a `SETTINGS` clause: the dedup windows and
+    /// `local_replicas` of this server, the built-in defaults for the rest.
     pub fn table_defaults(&self) -> TableSettings {
         TableSettings {
             dedup_window_blocks: self.dedup_window_blocks,
             dedup_window_seconds: self.dedup_window_seconds,
+            local_replicas: self.local_replicas.filter(|n| *n > 0),
             ..TableSettings::default()
         }
     }

@@ -425,6 +425,16 @@ fn system_replicas(
     let mut pending_parts = vec![Some(pending)];
     let mut lag_revisions = vec![cluster.cluster_revision.map(|r| (r - complete).max(0))];
     let mut lag_secs = vec![Some(lag_seconds)];
+    // Storage, measured on this node only.
+    let local: u64 =
+        tables.values().flat_map(|t| t.parts.values()).filter_map(|p| p.file.as_ref()).map(|f| f.size).sum();
+    let (cached, hit_rate) = node.bucket_cache();
+    let local_bytes = vec![Some(local)];
+    let budget = vec![node.local_storage_budget()];
+    let cache_bytes = vec![Some(cached)];
+    let cache_hit_rate = vec![hit_rate];
+    let others = cluster.nodes.iter().filter(|n| n.node_id != me).count();
+    let unknown = |v: Vec<Option<u64>>| v.into_iter().chain(std::iter::repeat_n(None, others)).collect::<Vec<_>>();
     for other in cluster.nodes.iter().filter(|n| n.node_id != me) {
         node_id.push(Some(other.node_id.clone()));
         is_local.push(Some(false));
@@ -446,6 +456,15 @@ fn system_replicas(
         ("pending_parts", Arc::new(UInt64Array::from(pending_parts))),
         ("lag_revisions", Arc::new(Int64Array::from(lag_revisions))),
         ("lag_seconds", Arc::new(Float64Array::from(lag_secs))),
+        ("local_part_bytes", Arc::new(UInt64Array::from(unknown(local_bytes)))),
+        ("local_storage_budget", Arc::new(UInt64Array::from(unknown(budget)))),
+        ("bucket_cache_bytes", Arc::new(UInt64Array::from(unknown(cache_bytes)))),
+        (
+            "bucket_cache_hit_rate",
+            Arc::new(Float64Array::from(
+                cache_hit_rate.into_iter().chain(std::iter::repeat_n(None, others)).collect::<Vec<_>>(),
+            )),
+        ),
     ])
 }
 

@@ -165,6 +165,9 @@ tandem
 {{- if and (not (kindIs "invalid" .Values.localStorageBytes)) (not (include "tandem.bucket" .)) -}}
 {{- fail "localStorageBytes needs an object store (parts are evicted only once they are in the bucket): set objectStore.bucket (or minio.enabled)" -}}
 {{- end -}}
+{{- if and (not (kindIs "invalid" .Values.defaults.localReplicas)) (not (include "tandem.bucket" .)) -}}
+{{- fail "defaults.localReplicas leaves parts on fewer nodes than all, the others reading them from the bucket: set objectStore.bucket (or minio.enabled)" -}}
+{{- end -}}
 {{- if and (gt (int .Values.queryNodes.replicaCount) 0) (not (include "tandem.bucket" .)) -}}
 {{- fail "queryNodes read every part from the bucket: set objectStore.bucket (or minio.enabled), or queryNodes.replicaCount=0" -}}
 {{- end -}}

@@ -150,6 +150,12 @@ async fn nodes_with_a_fifth_of_the_table_on_disk_answer_like_a_node_with_all_of_
         assert_eq!(answers(node).await, expected);
         assert_eq!(node.metric("tandem_bucket_read_bytes_total").await, before, "a warm cache reads nothing again");
         assert!(node.metric("tandem_bucket_cache_hits_total").await > 0.0);
+        let storage = node
+            .sql("SELECT local_part_bytes, local_storage_budget, bucket_cache_bytes, bucket_cache_hit_rate FROM system.replicas WHERE is_local")
+            .await;
+        let fields: Vec<f64> = storage.split_whitespace().map(|f| f.parse().unwrap()).collect();
+        assert!(fields[0] <= (budget + slack) as f64 && fields[1] == budget as f64, "{storage}");
+        assert!(fields[2] > 0.0 && fields[3] > 0.0 && fields[3] <= 1.0, "the cache's size and hit rate: {storage}");
     }
 }
 
@@ -237,4 +243,58 @@ async fn a_query_node_started_empty_answers_from_the_bucket_and_holds_nothing() 
     let two = cluster.nodes[0].request("INSERT INTO m FORMAT CSV", &[("insert_quorum", "3")], rows(8, 10)).await;
     assert_eq!(two.status, 503, "insert_quorum=3 with two storage nodes: {}", two.text());
     cluster.nodes[0].request("INSERT INTO m FORMAT CSV", &[("insert_quorum", "2")], rows(9, 10)).await.ok();
+}
+
+#[tokio::test]
+async fn with_local_replicas_each_part_is_on_that_many_disks_and_every_node_answers() {
+    let s3 = S3::start().await.expect("an S3 server");
+    let cluster = Cluster::start_with(3, s3.args(&s3.endpoint), s3.env()).await.expect("the cluster starts");
+    cluster.nodes[0]
+        .sql(
+            "CREATE TABLE m (ts DateTime, host String, id UInt64, v Float64) ORDER BY (host, ts) \
+             SETTINGS local_replicas = 2, background_merges = 0",
+        )
+        .await;
+    for node in &cluster.nodes {
+        node.wait_for("SELECT count() FROM system.tables WHERE name = 'm'", "1", CONVERGE).await;
+    }
+    for batch in 0..9 {
+        cluster.nodes[batch as usize % 3].insert("m", "CSV", rows(batch, 2_000)).await;
+    }
+    let visible = "SELECT count() FROM system.parts WHERE \"table\" = 'm' AND active";
+    let mut local_copies = std::collections::BTreeMap::<String, usize>::new();
+    for node in &cluster.nodes {
+        node.wait_for(visible, "9", CONVERGE).await;
+        let local = node.sql("SELECT name FROM system.parts WHERE \"table\" = 'm' AND location = 'local'").await;
+        for part in local.lines() {
+            *local_copies.entry(part.to_string()).or_default() += 1;
+        }
+    }
+    assert_eq!(local_copies.len(), 9, "every part is on some disk: {local_copies:?}");
+    assert!(local_copies.values().all(|n| *n == 2), "each part on exactly local_replicas = 2 disks: {local_copies:?}");
+    let expected = answers(&cluster.nodes[0]).await;
+    assert!(expected[0].starts_with("18000\t"), "{}", expected[0]);
+    for node in &cluster.nodes[1..] {
+        assert_eq!(answers(node).await, expected, "every node answers the same");
+    }
+    let refused = cluster.nodes[0].request("INSERT INTO m FORMAT CSV", &[("insert_quorum", "3")], rows(20, 5)).await;
+    assert_eq!(refused.status, 400, "{}", refused.text());
+    assert!(refused.text().contains("local_replicas = 2"), "{}", refused.text());
+    assert_eq!(cluster.nodes[0].count("m").await, 18_000, "nothing refused is stored");
+
+    // Merges read the sources the leader does not hold from the bucket.
+    cluster.nodes[0]
+        .sql("CREATE TABLE g (ts DateTime, host String, id UInt64, v Float64) ORDER BY (host, ts) SETTINGS local_replicas = 1")
+        .await;
+    for node in &cluster.nodes {
+        node.wait_for("SELECT count() FROM system.tables WHERE name = 'g'", "1", CONVERGE).await;
+    }
+    for batch in 0..8 {
+        cluster.nodes[batch as usize % 3].insert("g", "CSV", rows(batch, 500)).await;
+    }
+    let merged = "SELECT count() > 0 FROM system.parts WHERE \"table\" = 'g' AND active AND level > 0";
+    cluster.nodes[0].wait_for(merged, "true", CONVERGE).await;
+    for node in &cluster.nodes {
+        node.wait_for("SELECT count(), count(DISTINCT id) FROM g", "4000\t4000", CONVERGE).await;
+    }
 }
