@@ -248,6 +248,12 @@ impl Replica {
                 bytes,
                 logged_at: Instant::now(),
                 waiter,
+                // The quorum wait starts once the flush is registered, at most the wait
+                // timeout from now.
+                quorum_until_ms: (quorum.required() > 1).then(|| {
+                    let wait = buffering.wait_timeout.saturating_add(options.quorum_timeout);
+                    chrono::Utc::now().timestamp_millis().saturating_add(wait.as_millis() as i64)
+                }),
             },
             busy_timeout,
             max_bytes,
@@ -406,6 +412,7 @@ fn replay(node: &Replica) {
             bytes,
             logged_at: Instant::now(),
             waiter: None,
+            quorum_until_ms: None,
         };
         inserts.buffer(entry, Duration::ZERO, node.config.settings.async_insert_max_data_size.max(1));
     }
@@ -532,14 +539,14 @@ async fn encode(
     fresh: &[Vec<bool>],
     now_ms: i64,
 ) -> Result<BTreeMap<(Revision, String), EncodedPart>, Error> {
-    let mut groups: BTreeMap<(Revision, String), (Arc<TableDef>, Vec<RecordBatch>)> = BTreeMap::new();
+    let mut groups: BTreeMap<(Revision, String), (Arc<TableDef>, Vec<RecordBatch>, Option<i64>)> = BTreeMap::new();
     for (entry, flags) in entries.iter().zip(fresh) {
         for (piece, _) in entry.pieces.iter().zip(flags).filter(|(_, f)| **f) {
-            groups
+            let group = groups
                 .entry((entry.version, piece.partition.clone()))
-                .or_insert_with(|| (entry.def.clone(), Vec::new()))
-                .1
-                .push(piece.rows.clone());
+                .or_insert_with(|| (entry.def.clone(), Vec::new(), None));
+            group.1.push(piece.rows.clone());
+            group.2 = group.2.max(entry.quorum_until_ms);
         }
     }
     let store = node.catalog.store().clone();
@@ -547,7 +554,7 @@ async fn encode(
     let unique = node.async_inserts.next_unique();
     tokio::task::spawn_blocking(move || {
         let mut out = BTreeMap::new();
-        for (index, ((version, partition), (def, batches))) in groups.into_iter().enumerate() {
+        for (index, ((version, partition), (def, batches, quorum_until_ms))) in groups.into_iter().enumerate() {
             let schema = batches.first().map(|b| b.schema()).ok_or_else(|| Error::internal("empty group"))?;
             let rows = concat_batches(&schema, &batches).map_err(Error::internal)?;
             let origin = format!("async/{node_id}/{now_ms}/{unique}/{index}");
@@ -571,7 +578,7 @@ async fn encode(
                 merged_from: Vec::new(),
                 revision_range: None,
                 ttl_filter: None,
-                quorum_until_ms: None,
+                quorum_until_ms,
             };
             let new_part =
                 NewPart { id: part.id, partition: partition.clone(), block_id: None, manifest: manifest.to_json() };

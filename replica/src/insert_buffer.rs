@@ -64,6 +64,9 @@ pub(crate) struct Entry {
     pub(crate) bytes: u64,
     pub(crate) logged_at: Instant,
     pub(crate) waiter: Option<oneshot::Sender<Result<FlushAck, Error>>>,
+    /// Until when the request may wait for an `insert_quorum` on its flush's parts (no node
+    /// evicts them before then); None without a quorum, or after a replay (nobody waits).
+    pub(crate) quorum_until_ms: Option<i64>,
 }
 
 pub(crate) struct TableBuffer {
