@@ -532,6 +532,14 @@ async fn flush(node: &Arc<Replica>, table: &str, mut entries: Vec<Entry>) -> Res
     Err((entries, Error::Unavailable(format!("the flush of `{table}` kept losing races with other nodes' flushes"))))
 }
 
+/// The new rows of one flush for one (schema version, partition): one part.
+struct FlushGroup {
+    def: Arc<TableDef>,
+    rows: Vec<RecordBatch>,
+    /// The latest quorum deadline of the inserts whose rows it holds.
+    quorum_until_ms: Option<i64>,
+}
+
 /// Sorts, encodes and stores one part per (schema version, partition) of the new pieces.
 async fn encode(
     node: &Arc<Replica>,
@@ -539,14 +547,16 @@ async fn encode(
     fresh: &[Vec<bool>],
     now_ms: i64,
 ) -> Result<BTreeMap<(Revision, String), EncodedPart>, Error> {
-    let mut groups: BTreeMap<(Revision, String), (Arc<TableDef>, Vec<RecordBatch>, Option<i64>)> = BTreeMap::new();
+    let mut groups: BTreeMap<(Revision, String), FlushGroup> = BTreeMap::new();
     for (entry, flags) in entries.iter().zip(fresh) {
         for (piece, _) in entry.pieces.iter().zip(flags).filter(|(_, f)| **f) {
-            let group = groups
-                .entry((entry.version, piece.partition.clone()))
-                .or_insert_with(|| (entry.def.clone(), Vec::new(), None));
-            group.1.push(piece.rows.clone());
-            group.2 = group.2.max(entry.quorum_until_ms);
+            let group = groups.entry((entry.version, piece.partition.clone())).or_insert_with(|| FlushGroup {
+                def: entry.def.clone(),
+                rows: Vec::new(),
+                quorum_until_ms: None,
+            });
+            group.rows.push(piece.rows.clone());
+            group.quorum_until_ms = group.quorum_until_ms.max(entry.quorum_until_ms);
         }
     }
     let store = node.catalog.store().clone();
@@ -554,7 +564,9 @@ async fn encode(
     let unique = node.async_inserts.next_unique();
     tokio::task::spawn_blocking(move || {
         let mut out = BTreeMap::new();
-        for (index, ((version, partition), (def, batches, quorum_until_ms))) in groups.into_iter().enumerate() {
+        for (index, ((version, partition), FlushGroup { def, rows: batches, quorum_until_ms })) in
+            groups.into_iter().enumerate()
+        {
             let schema = batches.first().map(|b| b.schema()).ok_or_else(|| Error::internal("empty group"))?;
             let rows = concat_batches(&schema, &batches).map_err(Error::internal)?;
             let origin = format!("async/{node_id}/{now_ms}/{unique}/{index}");

@@ -100,10 +100,11 @@ async fn nodes_with_a_fifth_of_the_table_on_disk_answer_like_a_node_with_all_of_
         budget * 5 <= total * 11 / 10 && budget * 5 >= total * 9 / 10,
         "the budget is about a fifth: {budget} of {total}"
     );
-    // Give the last evictions a pass, then check every node once more.
+    // Every part is in the bucket now: each node settles within its budget (no further
+    // eviction changes what the queries below read).
     for node in &cluster.nodes[1..] {
         let deadline = tokio::time::Instant::now() + CONVERGE;
-        while node.metric("tandem_local_part_bytes").await > (budget + slack) as f64 {
+        while node.metric("tandem_local_part_bytes").await > budget as f64 {
             assert!(tokio::time::Instant::now() < deadline, "a node stays over its budget");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
@@ -144,11 +145,14 @@ async fn nodes_with_a_fifth_of_the_table_on_disk_answer_like_a_node_with_all_of_
         let evicted = "SELECT count() FROM system.parts WHERE \"table\" = 'm' AND active AND location = 'bucket'";
         let from_bucket: usize = node.sql(evicted).await.trim().parse().unwrap();
         assert!(from_bucket >= 12, "most parts are read from the bucket: {from_bucket} of 24");
-        assert_eq!(answers(node).await, expected, "the same answers as a node holding everything");
-        // Warm: the same answers again, from the cache.
         let before = node.metric("tandem_bucket_read_bytes_total").await;
+        assert_eq!(answers(node).await, expected, "the same answers as a node holding everything");
+        let cold = node.metric("tandem_bucket_read_bytes_total").await - before;
+        // Warm: the same answers again, from the cache. (Not nothing: a top-10 prunes pages by
+        // the rows it has seen so far, and the parallel scans deliver them in another order.)
         assert_eq!(answers(node).await, expected);
-        assert_eq!(node.metric("tandem_bucket_read_bytes_total").await, before, "a warm cache reads nothing again");
+        let warm = node.metric("tandem_bucket_read_bytes_total").await - before - cold;
+        assert!(warm <= cold / 10.0, "a warm cache reads little again: {warm} after {cold}");
         assert!(node.metric("tandem_bucket_cache_hits_total").await > 0.0);
         let storage = node
             .sql("SELECT local_part_bytes, local_storage_budget, bucket_cache_bytes, bucket_cache_hit_rate FROM system.replicas WHERE is_local")
