@@ -249,6 +249,16 @@ impl ObjectMirror {
             });
         }
         let bytes = self.store.get_range(&path, aligned.clone()).await.map_err(|e| Self::store_error(&path, e))?;
+        if bytes.len() as u64 != aligned.end - aligned.start {
+            return Err(MirrorError::Unverified {
+                path: path.to_string(),
+                source: PartError::Unverified {
+                    part: id,
+                    range: aligned.clone(),
+                    reason: format!("the store returned {} bytes", bytes.len()),
+                },
+            });
+        }
         let verify = bytes.clone();
         let checked = outboard.clone();
         tokio::task::spawn_blocking(move || checked.verify(aligned.start, &verify))
@@ -437,6 +447,11 @@ mod tests {
             &bytes[..1000],
             "groups the flip is not in still verify"
         );
+        // A store that answers a short range (an object cut at a group boundary): every group it
+        // returns verifies, and the read still fails rather than handing out fewer bytes.
+        store.put(&mirror.object_path("t", &id), PutPayload::from(bytes.slice(..98_304))).await.unwrap();
+        let err = mirror.read_range("t", &outboard, 90_000..100_000).await.unwrap_err();
+        assert!(err.to_string().contains("returned 16384 bytes"), "{err}");
         let old = PartId::of_bytes(b"uploaded before outboards");
         store.put(&mirror.object_path("t", &old), PutPayload::from_static(b"uploaded before outboards")).await.unwrap();
         assert!(matches!(mirror.outboard("t", &old).await.unwrap_err(), MirrorError::NotFound { .. }));

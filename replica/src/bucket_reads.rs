@@ -33,6 +33,23 @@ impl Weighter<PartId, Arc<PartOutboard>> for ByBytes {
     }
 }
 
+/// Accounts for one read of part bytes from the bucket (for a query or a merge): whether the
+/// store answered, a corrupt object, the request and its bytes.
+pub(crate) fn account(
+    bucket: &Bucket,
+    metrics: &Metrics,
+    result: Result<Bytes, MirrorError>,
+) -> Result<Bytes, MirrorError> {
+    bucket.record(metrics, &result);
+    if let Err(MirrorError::Unverified { .. } | MirrorError::Corrupt { .. }) = &result {
+        metrics.object_store_corrupt_objects.inc();
+    }
+    let bytes = result?;
+    metrics.bucket_read_requests.inc();
+    metrics.bucket_read_bytes.inc_by(bytes.len() as u64);
+    Ok(bytes)
+}
+
 /// Why bytes of a part could not be read from the bucket.
 #[derive(Debug, thiserror::Error)]
 pub enum BucketReadError {
@@ -90,14 +107,7 @@ impl BucketReads {
         if let (Some(&low), Some(&high)) = (missing.first(), missing.last()) {
             metrics.bucket_cache_misses.inc();
             let span = low * VERIFIED_BLOCK_BYTES..((high + 1) * VERIFIED_BLOCK_BYTES).min(outboard.size());
-            let result = bucket.mirror.read_range(table, &outboard, span.clone()).await;
-            bucket.record(metrics, &result);
-            if let Err(MirrorError::Unverified { .. }) = &result {
-                metrics.object_store_corrupt_objects.inc();
-            }
-            let bytes = result?;
-            metrics.bucket_read_requests.inc();
-            metrics.bucket_read_bytes.inc_by(bytes.len() as u64);
+            let bytes = account(bucket, metrics, bucket.mirror.read_range(table, &outboard, span).await)?;
             for n in low..=high {
                 let start = ((n - low) * VERIFIED_BLOCK_BYTES) as usize;
                 let group = bytes.slice(start..(start + VERIFIED_BLOCK_BYTES as usize).min(bytes.len()));
@@ -148,14 +158,7 @@ impl BucketReads {
         let bytes = match self.whole.get(&key) {
             Some(bytes) => bytes,
             None => {
-                let result = bucket.mirror.download(table, id).await;
-                bucket.record(metrics, &result);
-                if let Err(MirrorError::Corrupt { .. }) = &result {
-                    metrics.object_store_corrupt_objects.inc();
-                }
-                let bytes = result?;
-                metrics.bucket_read_requests.inc();
-                metrics.bucket_read_bytes.inc_by(bytes.len() as u64);
+                let bytes = account(bucket, metrics, bucket.mirror.download(table, id).await)?;
                 self.whole.insert(key, bytes.clone());
                 bytes
             }

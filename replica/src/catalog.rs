@@ -225,8 +225,12 @@ impl Catalog {
         self.bucket_only.store(true, Ordering::Release);
     }
 
-    /// Records that a query read these parts.
+    /// Records that a query read these parts (only where parts can be evicted: elsewhere
+    /// nobody asks).
     pub fn touch(&self, parts: impl IntoIterator<Item = PartId>) {
+        if !self.bucket_reads.load(Ordering::Acquire) {
+            return;
+        }
         let now = Instant::now();
         let mut last_read = self.last_read.lock().expect("last read lock");
         for part in parts {

@@ -393,14 +393,11 @@ async fn merge_and_register(
     for source in sources {
         let read = match (&source.file, &node.bucket) {
             (Some(_), _) => None,
-            (None, Some(bucket)) => {
-                let result = bucket.mirror.download(table, &source.id).await;
-                bucket.record(&node.metrics, &result);
-                let bytes = result?;
-                node.metrics.bucket_read_bytes.inc_by(bytes.len() as u64);
-                node.metrics.bucket_read_requests.inc();
-                Some(bytes)
-            }
+            (None, Some(bucket)) => Some(crate::bucket_reads::account(
+                bucket,
+                &node.metrics,
+                bucket.mirror.download(table, &source.id).await,
+            )?),
             (None, None) => anyhow::bail!("part {} is not on this node and there is no object store", source.id),
         };
         ids.push((source.id, read));

@@ -318,12 +318,12 @@ impl Metrics {
         );
         registry.register(
             "bucket_read_requests",
-            "Requests to the object store that read parts (ranged reads and outboards) for queries",
+            "Requests to the object store that read parts (ranged reads, outboards, whole parts) for queries and merges",
             metrics.bucket_read_requests.clone(),
         );
         registry.register(
             "bucket_read_bytes",
-            "Bytes of parts read from the object store for queries (rounded out to verification groups)",
+            "Bytes of parts read from the object store for queries (rounded out to verification groups) and merges",
             metrics.bucket_read_bytes.clone(),
         );
         registry.register(
