@@ -703,6 +703,14 @@ impl Coordinator {
         self.kv.current_revision().await
     }
 
+    /// Writes `node_id`'s sync marker (`sync/<node>`, read by nobody) and returns its revision.
+    /// A watch of the prefix delivers every change made before it first, so a node whose
+    /// watch has delivered that revision has seen everything written before the call.
+    pub async fn write_sync_marker(&self, node_id: &str) -> Result<Revision, CoordError> {
+        let key = format!("{}sync/{node_id}", self.prefix);
+        Ok(self.kv.txn(vec![], vec![TxnOp::Put { key, value: Vec::new(), lease: None }], vec![]).await?.revision)
+    }
+
     /// Announces a live node under a lease; the entry disappears when the lease ends.
     pub async fn announce_node(&self, node_id: &str, doc: Vec<u8>, lease: LeaseId) -> Result<(), CoordError> {
         let key = format!("{}nodes/{node_id}", self.prefix);

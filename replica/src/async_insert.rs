@@ -339,7 +339,7 @@ pub(crate) async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
         }
     }
     loop {
-        if node.catalog.is_ready() {
+        if node.catalog.is_caught_up() {
             for (table, entries) in inserts.take_due(Instant::now()) {
                 match flush(&node, &table, entries).await {
                     Ok(()) => inserts.flushed_ok(&table),
@@ -353,7 +353,7 @@ pub(crate) async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
             node.metrics.async_insert_backlog_bytes.set(backlog.iter().map(|b| b.bytes as i64).sum());
             node.metrics.async_insert_log_bytes.set(inserts.log_bytes() as i64);
         }
-        let next = if node.catalog.is_ready() {
+        let next = if node.catalog.is_caught_up() {
             inserts.next_deadline().unwrap_or_else(|| Instant::now() + Duration::from_secs(1))
         } else {
             Instant::now() + Duration::from_millis(50)

@@ -142,7 +142,12 @@ pub struct Catalog {
     /// Which merged part each recently merged-away part went into, so a quorum wait for a
     /// part that was merged before the quorum was reached waits for the merged part instead.
     merged_into: Mutex<HashMap<PartId, PartId>>,
-    ready: AtomicBool,
+    /// A view of the tables has been applied (the local copy or a listing): queries can be served.
+    has_view: AtomicBool,
+    /// The view has caught up with the coordinator since start (a listing was applied, or the
+    /// watch delivered this node's sync marker): every change made before the node started is
+    /// in it. The local copy alone can lack the changes it had not saved before a stop.
+    caught_up: AtomicBool,
     /// Parts may be served from the bucket (the node has a local storage budget): a listed part
     /// whose file is not here but whose object is becomes active without a fetch.
     bucket_reads: AtomicBool,
@@ -176,7 +181,8 @@ impl Catalog {
             holders: Mutex::new(HashMap::new()),
             holders_changed: watch::channel(0).0,
             merged_into: Mutex::new(HashMap::new()),
-            ready: AtomicBool::new(false),
+            has_view: AtomicBool::new(false),
+            caught_up: AtomicBool::new(false),
             bucket_reads: AtomicBool::new(false),
             bucket_only: AtomicBool::new(false),
             last_read: Mutex::new(HashMap::new()),
@@ -340,8 +346,18 @@ impl Catalog {
     }
 
     /// True once a first full state (listing or local copy) has been applied.
-    pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire)
+    pub fn has_view(&self) -> bool {
+        self.has_view.load(Ordering::Acquire)
+    }
+
+    /// True once the view has caught up with the coordinator since start (see `caught_up`).
+    pub fn is_caught_up(&self) -> bool {
+        self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Records that the view has caught up with the coordinator (see `caught_up`).
+    pub fn mark_caught_up(&self) {
+        self.caught_up.store(true, Ordering::Release);
     }
 
     pub fn applied_revision(&self) -> Revision {
@@ -562,7 +578,7 @@ impl Catalog {
         *self.tables.write().expect("catalog lock") = tables.into_iter().map(|(k, v)| (k, Arc::new(v))).collect();
         self.applied.send_replace(snapshot.revision);
         self.data_revision.send_replace(snapshot.revision);
-        self.ready.store(true, Ordering::Release);
+        self.has_view.store(true, Ordering::Release);
         self.update_complete();
         self.send_requests(requests);
     }

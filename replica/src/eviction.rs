@@ -31,7 +31,7 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
             _ = data.changed() => {},
             _ = shutdown.cancelled() => return,
         }
-        if node.catalog.is_ready() {
+        if node.catalog.is_caught_up() {
             keep_budget(&node, budget).await;
         }
     }

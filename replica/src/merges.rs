@@ -556,7 +556,7 @@ pub async fn run_orphan_sweep(node: Arc<Replica>, shutdown: CancellationToken) {
             _ = tick.tick() => {},
             _ = shutdown.cancelled() => return,
         }
-        if !node.catalog.is_ready() {
+        if !node.catalog.is_caught_up() {
             continue;
         }
         let node = node.clone();

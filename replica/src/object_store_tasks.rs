@@ -162,7 +162,7 @@ pub async fn run_bootstrap(node: Arc<Replica>, bucket: Arc<Bucket>, shutdown: Ca
     if !bucket.is_bootstrapping() {
         return;
     }
-    while !node.catalog.is_ready() {
+    while !node.catalog.is_caught_up() {
         tokio::select! {
             _ = tokio::time::sleep(Duration::from_millis(50)) => {},
             _ = shutdown.cancelled() => return,

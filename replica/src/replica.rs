@@ -93,10 +93,17 @@ impl Replica {
             && (!self.config.is_cluster() || self.announced.load(Ordering::Acquire))
     }
 
-    /// Caught up with the cluster's metadata at least once since start: reads and writes can
-    /// be served.
+    /// Caught up with the coordinator at least once since start: a listing of it has been
+    /// applied, so every write acknowledged before this node started is in its view.
     pub fn is_caught_up(&self) -> bool {
-        self.catalog.is_ready()
+        self.catalog.is_caught_up()
+    }
+
+    /// Has a view of the tables to serve requests from: the local copy of the catalog (which
+    /// can lack the last writes before a restart, as any replica can lag) or a listing. Reads
+    /// go on from the local copy while the coordinator is unreachable.
+    pub fn can_serve(&self) -> bool {
+        self.catalog.has_view()
     }
 
     pub fn is_draining(&self) -> bool {

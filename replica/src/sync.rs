@@ -17,7 +17,7 @@ use crate::replica::Replica;
 /// Follows the coordinator until `shutdown` is cancelled.
 pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
     let corrupt = Arc::new(verify_local_files(&node).await);
-    let mut next = resume_from_mirror(&node, &corrupt).await;
+    let mut next = resume_from_local_copy(&node, &corrupt).await;
     let mut backoff = Duration::from_millis(100);
     while !shutdown.is_cancelled() {
         let result = tokio::select! {
@@ -48,8 +48,11 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
 }
 
 /// Applies the local copy of the catalog, if it is usable, and returns the revision to
-/// resume the watch from.
-async fn resume_from_mirror(node: &Arc<Replica>, corrupt: &HashMap<PartId, String>) -> Option<Revision> {
+/// resume the watch from. Queries are answered from it at once, and go on while the
+/// coordinator is unreachable; but the copy can lack the last changes before a stop (it is
+/// made durable every few seconds), so the node is caught up (and `/ready`) only once the
+/// watch has delivered the sync marker it writes (see `follow`).
+async fn resume_from_local_copy(node: &Arc<Replica>, corrupt: &HashMap<PartId, String>) -> Option<Revision> {
     let snapshot = match node.mirror.load(&node.config.cluster_prefix) {
         Ok(Some(snapshot)) => snapshot,
         Ok(None) => return None,
@@ -95,6 +98,7 @@ async fn follow(
             // The block index first: a flush that waits for the catalog then sees the ids too.
             node.async_inserts.index().apply_snapshot(&snapshot);
             node.catalog.apply_snapshot(&snapshot, &rejected);
+            node.catalog.mark_caught_up();
             let (revision, tables, parts) = (snapshot.revision, snapshot.tables.len(), snapshot.parts.len());
             save_locally(node, move |mirror, prefix| mirror.replace(prefix, &snapshot)).await;
             tracing::info!(revision, tables, parts, "applied cluster state listing");
@@ -103,6 +107,13 @@ async fn follow(
         }
     };
     let mut stream = node.coordinator.watch(from).await?;
+    // Resumed from the local copy, the node cannot know how far behind it is from its watch
+    // alone (etcd's revision is global, and may have moved on other keys): it writes a marker,
+    // which the watch delivers after every change made before it.
+    let mut sync_marker = match node.catalog.is_caught_up() {
+        true => None,
+        false => Some(node.coordinator.write_sync_marker(&node.config.node_id).await?),
+    };
     let relist_at = tokio::time::Instant::now() + node.config.settings.relist_interval();
     loop {
         let batch = tokio::select! {
@@ -119,6 +130,11 @@ async fn follow(
         let revision = batch.revision;
         save_locally(node, move |mirror, _| mirror.apply(&batch)).await;
         *next = Some(revision + 1);
+        if sync_marker.is_some_and(|marker| revision >= marker) {
+            node.catalog.mark_caught_up();
+            sync_marker = None;
+            tracing::info!(revision, "caught up with the cluster state");
+        }
     }
 }
 

@@ -284,7 +284,7 @@ async fn execute(
     logged: &mut Option<PendingQuery>,
 ) -> Result<Response, NodeError> {
     let node = server.replica.as_ref();
-    if !node.is_caught_up() {
+    if !node.can_serve() {
         return Err(NodeError::Unavailable(
             "this node is still catching up with the cluster's metadata; retry shortly or use another node".into(),
         ));

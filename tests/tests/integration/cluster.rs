@@ -102,11 +102,18 @@ async fn a_killed_node_catches_up_from_where_it_was() {
     cluster.nodes[0].insert("t", "CSV", rows(0, 20)).await;
     assert_converged(&cluster, 20).await;
     cluster.n(2).kill();
+    let mut last_revision = 0;
     for i in 1..=5 {
-        cluster.nodes[0].insert("t", "CSV", rows(i * 1000, 20)).await;
-        cluster.nodes[2].insert("t", "CSV", rows(i * 1000 + 500, 20)).await;
+        for (node, first) in [(0, i * 1000), (2, i * 1000 + 500)] {
+            let summary = cluster.nodes[node].insert("t", "CSV", rows(first, 20)).await;
+            last_revision = last_revision.max(summary["revision"].as_i64().unwrap());
+        }
     }
     cluster.n(2).restart().await.unwrap();
+    // Ready means caught up: every registration acknowledged before the start is applied,
+    // though the local copy it resumed from predates them.
+    let applied = cluster.nodes[1].sql("SELECT applied_revision FROM system.replicas WHERE node_id = 'n2'").await;
+    assert!(applied.trim().parse::<i64>().unwrap() >= last_revision, "n2 is ready at revision {applied}");
     assert_converged(&cluster, 20 + 10 * 20).await;
     assert!(cluster.nodes[1].log_text().contains("resumed from the local catalog"), "n2 resumed from its revision");
 }
