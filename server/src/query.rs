@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use async_trait::async_trait;
-use datafusion::arrow::array::{ArrayRef, UInt64Array};
+use datafusion::arrow::array::{ArrayRef, RecordBatch, UInt64Array};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::catalog::{Session, TableProvider};
 use datafusion::common::DataFusionError;
@@ -31,12 +31,14 @@ use datafusion::physical_optimizer::pruning::PruningPredicateBuilder;
 use datafusion::physical_plan::ExecutionPlan;
 use datafusion::physical_plan::empty::EmptyExec;
 use datafusion::physical_plan::projection::ProjectionExec;
+use datafusion::physical_plan::stream::RecordBatchStreamAdapter;
 use datafusion::physical_plan::union::UnionExec;
 use datafusion::prelude::{SessionConfig, SessionContext};
+use futures::StreamExt;
 
 use crate::bucket_store::{BUCKET_URL, BucketStore};
 use crate::error::NodeError;
-use tandem_replica::schema::TableDef;
+use tandem_replica::schema::{ColumnType, TableDef};
 use tandem_replica::{ActivePart, Replica, TableState};
 
 /// One table's parts as of the query's start. Holding the parts keeps their files alive.
@@ -56,6 +58,17 @@ pub struct PartsTable {
 impl std::fmt::Debug for PartsTable {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PartsTable").field("table", &self.def.name).field("parts", &self.parts.len()).finish()
+    }
+}
+
+/// The Arrow type a column is scanned as: its own, but strings as views. Parquet's dictionary
+/// pages then decode to views into one buffer instead of a copy of every string, and grouping
+/// or comparing short strings works on their inline bytes. Results leave as plain strings
+/// (see [`run`]).
+fn scan_type(column_type: ColumnType) -> DataType {
+    match column_type.arrow() {
+        DataType::Utf8 => DataType::Utf8View,
+        other => other,
     }
 }
 
@@ -86,7 +99,7 @@ impl PartsTable {
         // Columns that are not Nullable are declared so: results say `String`, not
         // `Nullable(String)`, for them.
         let fields: Vec<Field> =
-            state.def.columns.iter().map(|c| Field::new(&c.name, c.column_type.arrow(), c.nullable)).collect();
+            state.def.columns.iter().map(|c| Field::new(&c.name, scan_type(c.column_type), c.nullable)).collect();
         PartsTable { def: state.def.clone(), schema: Arc::new(Schema::new(fields)), parts, replica }
     }
 
@@ -133,7 +146,7 @@ impl PartsTable {
                 file_index[i] = Some(file_fields.len());
                 file_fields.push(Field::new(
                     name,
-                    self.def.columns[i].column_type.arrow(),
+                    scan_type(self.def.columns[i].column_type),
                     self.def.columns[i].nullable,
                 ));
             }
@@ -179,7 +192,7 @@ impl PartsTable {
                 _ => {
                     let value =
                         crate::column_default::fill_value(column).map_err(|e| DataFusionError::Plan(e.to_string()))?;
-                    Arc::new(Literal::new(value))
+                    Arc::new(Literal::new(value.cast_to(&scan_type(column.column_type))?))
                 }
             };
             exprs.push((expr, column.name.clone()));
@@ -264,6 +277,7 @@ impl ManifestStatistics<'_> {
 fn json_scalar(value: &serde_json::Value, data_type: &DataType) -> Option<ScalarValue> {
     let scalar = match data_type {
         DataType::Utf8 => ScalarValue::Utf8(Some(value.as_str()?.to_string())),
+        DataType::Utf8View => ScalarValue::Utf8View(Some(value.as_str()?.to_string())),
         DataType::Boolean => ScalarValue::Boolean(Some(value.as_bool()?)),
         DataType::UInt64 => ScalarValue::UInt64(Some(value.as_u64()?)),
         DataType::Float32 | DataType::Float64 => ScalarValue::Float64(Some(value.as_f64()?)).cast_to(data_type).ok()?,
@@ -316,6 +330,8 @@ fn session_config() -> SessionConfig {
         SessionConfig::new().with_information_schema(false).with_default_catalog_and_schema("datafusion", "default");
     // Table and column names are case-sensitive, as in ClickHouse.
     config.options_mut().sql_parser.enable_ident_normalization = false;
+    // Parts have no bloom filters: looking for them costs a point query a few hundred µs.
+    config.options_mut().execution.parquet.bloom_filter_on_read = false;
     config
 }
 
@@ -409,5 +425,42 @@ pub async fn run(
     let frame = ctx.execute_logical_plan(plan).await?;
     let schema: SchemaRef = Arc::new(frame.schema().as_arrow().clone());
     let stream = frame.execute_stream().await?;
-    Ok((schema, stream))
+    Ok(without_views(schema, stream))
+}
+
+/// The result with string and binary views as plain strings and binaries: what the output
+/// formats write (the views are how tables are scanned, see [`scan_type`]).
+fn without_views(schema: SchemaRef, stream: SendableRecordBatchStream) -> (SchemaRef, SendableRecordBatchStream) {
+    let plain = |data_type: &DataType| match data_type {
+        DataType::Utf8View => Some(DataType::Utf8),
+        DataType::BinaryView => Some(DataType::Binary),
+        _ => None,
+    };
+    if !schema.fields().iter().any(|f| plain(f.data_type()).is_some()) {
+        return (schema, stream);
+    }
+    let fields: Vec<Field> = schema
+        .fields()
+        .iter()
+        .map(|f| match plain(f.data_type()) {
+            Some(data_type) => f.as_ref().clone().with_data_type(data_type),
+            None => f.as_ref().clone(),
+        })
+        .collect();
+    let converted = Arc::new(Schema::new_with_metadata(fields, schema.metadata().clone()));
+    let target = converted.clone();
+    let batches = stream.map(move |batch| {
+        let batch = batch?;
+        let columns = batch
+            .columns()
+            .iter()
+            .zip(target.fields())
+            .map(|(column, field)| match column.data_type() == field.data_type() {
+                true => Ok(column.clone()),
+                false => datafusion::arrow::compute::cast(column, field.data_type()),
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(RecordBatch::try_new(target.clone(), columns)?)
+    });
+    (converted.clone(), Box::pin(RecordBatchStreamAdapter::new(converted, batches)))
 }
