@@ -43,5 +43,5 @@ pub use merge::{MergeCandidate, MergePolicy, TtlFilter, merge_parts, select_merg
 pub use object_mirror::{MirrorError, MirroredObject, ObjectMirror, S3Settings, UploadOutcome};
 pub use outboard::{PartOutboard, VERIFIED_BLOCK_BYTES};
 pub use partition::{PartitionSpec, split_by_partition};
-pub use store::{LocalPartStore, PartWriter, VerifyOutcome};
+pub use store::{LocalPartStore, PartWriter, UnsyncedPart, VerifyOutcome};
 pub use tandem_ids::PartId;

@@ -203,7 +203,15 @@ impl PartWriter<'_> {
 
     /// Verifies the hash, then fsyncs, renames into place and fsyncs the directory. On a
     /// mismatch nothing becomes visible and the error says what the bytes hashed to.
-    pub fn finish(mut self) -> Result<PathBuf, PartError> {
+    pub fn finish(self) -> Result<PathBuf, PartError> {
+        self.finish_unsynced()?.sync()
+    }
+
+    /// Verifies the hash and renames into place, without waiting for the disk: the part can be
+    /// read at once and is durable after [`UnsyncedPart::sync`]. Only for a copy the cluster
+    /// does not depend on until then (a fetched replica, recorded as a holder after the
+    /// sync): a crash before it can leave a torn file, which start-up verification quarantines.
+    pub fn finish_unsynced(mut self) -> Result<UnsyncedPart, PartError> {
         let actual = PartId::from_hash(self.hasher.finalize());
         if actual != self.id {
             return Err(PartError::Corrupt {
@@ -213,12 +221,25 @@ impl PartWriter<'_> {
             });
         }
         let file = self.file.take().expect("file open until finish");
-        file.sync_all().map_err(|e| PartError::io(&self.tmp, e))?;
-        drop(file);
         let target = self.store.path(&self.id);
         fs::rename(&self.tmp, &target).map_err(|e| PartError::io(&target, e))?;
-        sync_dir(&self.store.parts)?;
-        Ok(target)
+        Ok(UnsyncedPart { file, path: target, dir: self.store.parts.clone() })
+    }
+}
+
+/// A part file in place but perhaps not on disk yet (see [`PartWriter::finish_unsynced`]).
+pub struct UnsyncedPart {
+    file: File,
+    path: PathBuf,
+    dir: PathBuf,
+}
+
+impl UnsyncedPart {
+    /// Fsyncs the file and the directory that names it.
+    pub fn sync(self) -> Result<PathBuf, PartError> {
+        self.file.sync_all().map_err(|e| PartError::io(&self.path, e))?;
+        sync_dir(&self.dir)?;
+        Ok(self.path)
     }
 }
 

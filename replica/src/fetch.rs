@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 use futures::StreamExt;
 use tandem_coordinator::OBJECT_STORE_HOLDER;
-use tandem_parts::{MirrorError, PartError, PartId};
+use tandem_parts::{MirrorError, PartError, PartId, UnsyncedPart};
 use tandem_proto::WIRE_FORMAT_VERSION;
 use tandem_proto::v1::FetchPartRequest;
 use tandem_proto::v1::interserver_client::InterserverClient;
@@ -157,8 +157,13 @@ impl Fetcher {
             }
             return Ok(());
         }
-        let holders = node.coordinator.part_holders(&request.table, &id).await?;
+        // The holders the watch delivered (the writer's key comes with the registration); the
+        // store is asked when they name no live peer.
         let live = node.live_nodes().await?;
+        let mut holders: Vec<String> = node.catalog.holders(&id).into_iter().collect();
+        if !live.iter().any(|n| n.node_id != node.config.node_id && holders.contains(&n.node_id)) {
+            holders = node.coordinator.part_holders(&request.table, &id).await?;
+        }
         let peers = order_sources(&holders, &live, pending.manifest.node.as_deref(), &node.config.node_id);
         let mut sources: Vec<Source> = peers.into_iter().map(Source::Peer).collect();
         if let Some(bucket) = &node.bucket {
@@ -183,7 +188,7 @@ impl Fetcher {
                 Source::ObjectStore => self.fetch_from_object_store(&request.table, &request.id).await,
             };
             match result {
-                Ok(bytes) => {
+                Ok(Received { bytes, file }) => {
                     match source {
                         Source::Peer(_) => {
                             node.metrics.fetch_bytes.inc_by(bytes);
@@ -194,9 +199,22 @@ impl Fetcher {
                             node.metrics.object_store_fetched_parts.inc();
                         }
                     }
+                    // Queries read the copy at once; the cluster counts on it (a holder, for
+                    // quorums, drains and eviction) once it is on disk.
                     if node.catalog.activate(&request.table, &request.id) {
                         tracing::info!(table = %request.table, part = %id, from = %source.name(), bytes,
                             ms = started.elapsed().as_millis() as u64, "part fetched");
+                        let synced = tokio::task::spawn_blocking(move || file.sync()).await;
+                        if let Err(error) = synced.map_err(|e| e.to_string()).and_then(|r| r.map_err(|e| e.to_string()))
+                        {
+                            tracing::error!(part = %id, %error, "a fetched part could not be synced to disk; fetching it again");
+                            node.catalog.demote(
+                                &request.table,
+                                &id,
+                                format!("the fetched copy could not be synced: {error}"),
+                            );
+                            return Ok(());
+                        }
                         match node.coordinator.add_holder(&request.table, &id, &node.config.node_id).await {
                             Ok(_) => {}
                             Err(e) => tracing::warn!(part = %id, error = %e, "cannot record this node as a holder"),
@@ -251,7 +269,7 @@ impl Fetcher {
         }
     }
 
-    async fn fetch_from_object_store(&self, table: &str, id: &PartId) -> Result<u64, SourceError> {
+    async fn fetch_from_object_store(&self, table: &str, id: &PartId) -> Result<Received, SourceError> {
         let bucket = self.node.bucket.as_ref().ok_or(SourceError::Missing)?;
         let opened = bucket.mirror.open(table, id).await;
         bucket.record(&self.node.metrics, &opened);
@@ -278,7 +296,7 @@ impl Fetcher {
         Ok(channel)
     }
 
-    async fn fetch_from_peer(&self, source: &NodeInfo, table: &str, id: &PartId) -> Result<u64, SourceError> {
+    async fn fetch_from_peer(&self, source: &NodeInfo, table: &str, id: &PartId) -> Result<Received, SourceError> {
         let channel = self.channel(&source.grpc_addr)?;
         let mut client = InterserverClient::new(channel).max_decoding_message_size(16 << 20);
         let failed = |status: tonic::Status| SourceError::Failed(format!("{}: {}", status.code(), status.message()));
@@ -318,25 +336,24 @@ impl Fetcher {
     }
 
     /// Writes a stream of chunks into the local store as part `id`; the store's writer hashes
-    /// them and keeps the file only if it matches.
+    /// them and keeps the file only if it matches. The file is in place, not yet synced.
     async fn receive(
         &self,
         id: &PartId,
         chunks: impl futures::Stream<Item = Result<bytes::Bytes, SourceError>> + Unpin,
-    ) -> Result<u64, SourceError> {
+    ) -> Result<Received, SourceError> {
         let mut chunks = chunks;
         let store = self.node.catalog.store().clone();
         let id = *id;
-        // File writes and the final fsync block: they run on a blocking thread fed by a channel.
+        // File writes block: they run on a blocking thread fed by a channel.
         let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(4);
-        let writer = tokio::task::spawn_blocking(move || -> Result<u64, PartError> {
+        let writer = tokio::task::spawn_blocking(move || -> Result<Received, PartError> {
             let mut writer = store.begin_write(&id)?;
             while let Some(chunk) = rx.blocking_recv() {
                 writer.write(&chunk)?;
             }
             let bytes = writer.bytes_written();
-            writer.finish()?;
-            Ok(bytes)
+            Ok(Received { bytes, file: writer.finish_unsynced()? })
         });
         let mut failure = None;
         loop {
@@ -364,9 +381,15 @@ impl Fetcher {
             (_, Err(PartError::Corrupt { reason, .. })) => Err(SourceError::Corrupt(reason)),
             (Some(failure), _) => Err(failure),
             (None, Err(e)) => Err(SourceError::Failed(e.to_string())),
-            (None, Ok(bytes)) => Ok(bytes),
+            (None, Ok(received)) => Ok(received),
         }
     }
+}
+
+/// A part received from a source: its size, and its file, in place but not yet synced.
+struct Received {
+    bytes: u64,
+    file: UnsyncedPart,
 }
 
 /// Sources in the order they are tried: the writer first (if it is a live holder), then the

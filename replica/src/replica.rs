@@ -50,6 +50,8 @@ pub struct Replica {
     pub(crate) interserver_tls: Option<InterserverTls>,
     /// Reads of parts served from the bucket, and their caches.
     pub(crate) bucket_reads: BucketReads,
+    /// The last listing of the live nodes, reused until membership changes.
+    pub(crate) live_nodes_listing: crate::membership::LiveNodes,
 }
 
 /// Whether the object store answers, and the last error when it does not.

@@ -112,6 +112,7 @@ pub async fn start(
         fetch_requests,
         interserver_tls,
         bucket_reads: BucketReads::new(config.settings.bucket_cache_bytes),
+        live_nodes_listing: Default::default(),
         config,
     });
     let shutdown = CancellationToken::new();

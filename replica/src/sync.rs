@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use tandem_coordinator::{CoordError, Revision, Snapshot};
+use tandem_coordinator::{ClusterEvent, CoordError, Revision, Snapshot};
 use tandem_parts::{PartId, VerifyOutcome};
 use tokio_util::sync::CancellationToken;
 
@@ -99,6 +99,7 @@ async fn follow(
             node.async_inserts.index().apply_snapshot(&snapshot);
             node.catalog.apply_snapshot(&snapshot, &rejected);
             node.catalog.mark_caught_up();
+            node.live_nodes_listing.changed();
             let (revision, tables, parts) = (snapshot.revision, snapshot.tables.len(), snapshot.parts.len());
             save_locally(node, move |mirror, prefix| mirror.replace(prefix, &snapshot)).await;
             tracing::info!(revision, tables, parts, "applied cluster state listing");
@@ -125,6 +126,9 @@ async fn follow(
         };
         let Some(batch) = batch else { return Err(CoordError::Unavailable("the watch ended".into())) };
         let batch = batch?;
+        if batch.events.iter().any(|e| matches!(e, ClusterEvent::NodeUp { .. } | ClusterEvent::NodeDown { .. })) {
+            node.live_nodes_listing.changed();
+        }
         node.async_inserts.index().apply_batch(&batch);
         node.catalog.apply_batch(&batch);
         let revision = batch.revision;
