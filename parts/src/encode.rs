@@ -1,8 +1,9 @@
 use std::collections::BTreeMap;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch};
-use arrow::compute::{SortColumn, cast, lexsort_to_indices, take_record_batch};
+use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
+use arrow::compute::{SortOptions, cast, take_record_batch};
 use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type};
+use arrow::row::{Row, RowConverter, SortField};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -49,14 +50,13 @@ pub fn encode_part(
     for name in sort_key {
         let (index, _) =
             schema.column_with_name(name).ok_or_else(|| PartError::MissingColumn { column: name.clone() })?;
-        sort_columns.push(SortColumn { values: batch.column(index).clone(), options: None });
+        sort_columns.push(batch.column(index).clone());
         sorting.push(SortingColumn { column_idx: index as i32, descending: false, nulls_first: true });
     }
     let sorted = if sort_columns.is_empty() || batch.num_rows() < 2 {
         batch.clone()
     } else {
-        let indices = lexsort_to_indices(&sort_columns, None)?;
-        take_record_batch(batch, &indices)?
+        take_record_batch(batch, &sort_permutation(&sort_columns)?)?
     };
 
     let footer = serde_json::json!({
@@ -95,6 +95,22 @@ pub fn encode_part(
         .map(|(field, array)| (field.name().clone(), column_stats(array)))
         .collect();
     Ok(EncodedPart { id: PartId::of_bytes(&bytes), bytes: Bytes::from(bytes), rows: sorted.num_rows() as u64, columns })
+}
+
+/// The permutation that sorts the rows by `columns` (ascending, nulls first), equal keys in
+/// their original order. The key columns are converted once to arrow's row format, whose bytes
+/// compare as the rows do: one `memcmp` per comparison instead of a comparison dispatched per
+/// key column. The sort is the standard library's stable one, which finds runs already in
+/// order: a merge's rows are its sources' sorted runs one after another, merged rather than
+/// sorted again. (`lexsort` was about 40% of the CPU of 10,000-row inserts and their merges,
+/// ordered by a string and a time.)
+fn sort_permutation(columns: &[ArrayRef]) -> Result<UInt32Array, arrow::error::ArrowError> {
+    let options = SortOptions { descending: false, nulls_first: true };
+    let fields = columns.iter().map(|c| SortField::new_with_options(c.data_type().clone(), options)).collect();
+    let rows = RowConverter::new(fields)?.convert_columns(columns)?;
+    let mut keyed: Vec<(Row<'_>, u32)> = rows.iter().zip(0..).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    Ok(keyed.into_iter().map(|(_, index)| index).collect())
 }
 
 /// How a column is encoded when not with a dictionary (None: a dictionary, parquet's default).
@@ -192,6 +208,44 @@ mod tests {
     use arrow::datatypes::{Field, Schema};
 
     use super::*;
+
+    #[test]
+    fn the_sort_orders_as_lexsort_does_with_ties_in_input_order() {
+        use arrow::array::Float64Array;
+        use arrow::compute::{SortColumn, lexsort_to_indices, take};
+        let host: ArrayRef = Arc::new(StringArray::from(vec![
+            Some("b"),
+            None,
+            Some("a"),
+            Some("b"),
+            Some(""),
+            None,
+            Some("a"),
+            Some("ab"),
+        ]));
+        let v: ArrayRef = Arc::new(Float64Array::from(vec![
+            Some(1.0),
+            Some(-0.0),
+            None,
+            Some(1.0),
+            Some(f64::NAN),
+            Some(0.0),
+            Some(-2.5),
+            Some(1.0),
+        ]));
+        let ours = sort_permutation(&[host.clone(), v.clone()]).unwrap();
+        let theirs = lexsort_to_indices(
+            &[SortColumn { values: host.clone(), options: None }, SortColumn { values: v.clone(), options: None }],
+            None,
+        )
+        .unwrap();
+        for column in [&host, &v] {
+            let (ours, theirs) = (take(column, &ours, None).unwrap(), take(column, &theirs, None).unwrap());
+            assert_eq!(format!("{ours:?}"), format!("{theirs:?}"), "the same key order");
+        }
+        let ties: Vec<u32> = ours.values().iter().copied().filter(|&i| i == 0 || i == 3).collect();
+        assert_eq!(ties, [0, 3], "equal keys keep their input order");
+    }
 
     fn batch() -> RecordBatch {
         let schema = Arc::new(Schema::new(vec![

@@ -21,7 +21,7 @@ use tonic::transport::Channel;
 
 use crate::catalog::{FetchFailure, FetchRequest};
 use crate::interserver::{secrets_to_present, with_secret};
-use crate::membership::NodeInfo;
+use crate::live_nodes::NodeInfo;
 use crate::replica::Replica;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(10);

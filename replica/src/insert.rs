@@ -19,7 +19,7 @@ use tandem_parts::{
 use crate::bucket::Bucket;
 use crate::config::NodeRole;
 use crate::error::Error;
-use crate::membership::NodeInfo;
+use crate::live_nodes::NodeInfo;
 use crate::metrics::InsertStage;
 use crate::replica::Replica;
 use crate::schema::{Durability, TableDef};

@@ -1,38 +1,15 @@
 //! Cluster membership: a node announces itself under an etcd lease (its addresses and how far
 //! it has applied the cluster's changes); the entry disappears when the node dies.
 
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tandem_coordinator::{CoordError, Revision};
 use tokio_util::sync::CancellationToken;
 
+use crate::live_nodes::NodeInfo;
 use crate::replica::Replica;
-
-/// What a node says about itself under `nodes/<node id>`.
-#[derive(Clone, Debug, Serialize, Deserialize, PartialEq)]
-pub struct NodeInfo {
-    pub node_id: String,
-    pub grpc_addr: String,
-    pub http_addr: String,
-    /// Last revision that changed tables or parts and that this node applied.
-    pub data_revision: Revision,
-    /// Every part registered up to this revision is on this node.
-    pub complete_revision: Revision,
-    pub updated_at_ms: i64,
-    /// Query nodes hold no parts: quorums, merges and drains do not count them.
-    #[serde(default)]
-    pub role: crate::config::NodeRole,
-}
-
-impl NodeInfo {
-    /// Whether the node holds parts (and so counts for quorums and merges).
-    pub fn holds_parts(&self) -> bool {
-        self.role == crate::config::NodeRole::Storage
-    }
-}
 
 /// Lease time-to-live: a node that stops renewing for this long is considered gone.
 pub const LEASE_TTL: Duration = Duration::from_secs(10);
@@ -132,10 +109,9 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
 
 impl Replica {
     /// The live nodes, as they announced themselves (this one included once it is announced).
-    /// A listing is reused until the watch delivers a change of membership, for at most
-    /// [`LIVE_NODES_REUSE`].
+    /// A listing is reused until the watch delivers a change of membership (see [`crate::live_nodes::LiveNodes`]).
     pub async fn live_nodes(&self) -> crate::error::Result<Vec<NodeInfo>> {
-        let generation = self.live_nodes_listing.generation.load(Ordering::Acquire);
+        let generation = self.live_nodes_listing.generation();
         if let Some(nodes) = self.live_nodes_listing.fresh(generation) {
             return Ok(nodes);
         }
@@ -148,38 +124,5 @@ impl Replica {
         }
         self.live_nodes_listing.keep(generation, &out);
         Ok(out)
-    }
-}
-
-/// How long a listing of the live nodes is reused at most: a safety net for a watch that has
-/// stopped delivering (membership itself lags by up to a lease TTL, 10 s).
-const LIVE_NODES_REUSE: Duration = Duration::from_secs(1);
-
-/// The last listing of the live nodes. Inserts with a quorum and fetches ask for the live
-/// nodes on every request, and a listing is a round trip to the store (about 0.5 ms of each
-/// quorum insert); the watch says when membership changes.
-#[derive(Default)]
-pub(crate) struct LiveNodes {
-    /// Bumped on every membership change the watch delivers.
-    generation: AtomicU64,
-    listed: Mutex<Option<(Instant, u64, Vec<NodeInfo>)>>,
-}
-
-impl LiveNodes {
-    /// Forgets the listing: a node record changed, appeared or went away.
-    pub(crate) fn changed(&self) {
-        self.generation.fetch_add(1, Ordering::AcqRel);
-    }
-
-    fn fresh(&self, generation: u64) -> Option<Vec<NodeInfo>> {
-        let listed = self.listed.lock().expect("live nodes lock");
-        let (at, listed_in, nodes) = listed.as_ref()?;
-        (*listed_in == generation && at.elapsed() < LIVE_NODES_REUSE).then(|| nodes.clone())
-    }
-
-    /// Keeps a listing made while `generation` was current (a change during the listing
-    /// makes it stale at once).
-    fn keep(&self, generation: u64, nodes: &[NodeInfo]) {
-        *self.listed.lock().expect("live nodes lock") = Some((Instant::now(), generation, nodes.to_vec()));
     }
 }

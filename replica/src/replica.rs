@@ -51,7 +51,7 @@ pub struct Replica {
     /// Reads of parts served from the bucket, and their caches.
     pub(crate) bucket_reads: BucketReads,
     /// The last listing of the live nodes, reused until membership changes.
-    pub(crate) live_nodes_listing: crate::membership::LiveNodes,
+    pub(crate) live_nodes_listing: crate::live_nodes::LiveNodes,
 }
 
 /// Whether the object store answers, and the last error when it does not.

@@ -111,9 +111,10 @@ async fn follow(
     // Resumed from the local copy, the node cannot know how far behind it is from its watch
     // alone (etcd's revision is global, and may have moved on other keys): it writes a marker,
     // which the watch delivers after every change made before it.
-    let mut sync_marker = match node.catalog.is_caught_up() {
-        true => None,
-        false => Some(node.coordinator.write_sync_marker(&node.config.node_id).await?),
+    let mut sync_marker = if node.catalog.is_caught_up() {
+        None
+    } else {
+        Some(node.coordinator.write_sync_marker(&node.config.node_id).await?)
     };
     let relist_at = tokio::time::Instant::now() + node.config.settings.relist_interval();
     loop {

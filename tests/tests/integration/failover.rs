@@ -36,7 +36,9 @@ const CONVERGE: Duration = Duration::from_secs(60);
 /// the client's connection without passing the answer on.
 struct Proxy {
     addr: String,
-    upstream: Arc<std::sync::Mutex<String>>,
+    /// None while the node is down: its old port may be bound by another test's node by
+    /// the time it restarts, and a request forwarded there would land in another cluster.
+    upstream: Arc<std::sync::Mutex<Option<String>>>,
     drops_pending: Arc<AtomicUsize>,
     drops_done: Arc<AtomicUsize>,
 }
@@ -45,7 +47,7 @@ impl Proxy {
     async fn start(upstream: &str) -> Proxy {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap().to_string();
-        let upstream = Arc::new(std::sync::Mutex::new(upstream.to_string()));
+        let upstream = Arc::new(std::sync::Mutex::new(Some(hostport(upstream))));
         let (drops_pending, drops_done) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
         let proxy = Proxy {
             addr,
@@ -55,7 +57,8 @@ impl Proxy {
         };
         tokio::spawn(async move {
             while let Ok((client, _)) = listener.accept().await {
-                let target = upstream.lock().unwrap().clone();
+                // No node: the client's connection is closed, as a refused one would be.
+                let Some(target) = upstream.lock().unwrap().clone() else { continue };
                 let drop_this =
                     drops_pending.fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1)).is_ok();
                 let done = drops_done.clone();
@@ -76,13 +79,21 @@ impl Proxy {
     }
 
     fn set_upstream(&self, url: &str) {
-        let hostport = url.trim_start_matches("http://").trim_end_matches('/');
-        *self.upstream.lock().unwrap() = hostport.to_string();
+        *self.upstream.lock().unwrap() = Some(hostport(url));
+    }
+
+    /// Forwards nothing until `set_upstream` names the node again.
+    fn cut(&self) {
+        *self.upstream.lock().unwrap() = None;
     }
 
     fn url(&self) -> String {
         format!("http://{}/", self.addr)
     }
+}
+
+fn hostport(url: &str) -> String {
+    url.trim_start_matches("http://").trim_end_matches('/').to_string()
 }
 
 /// Forwards the request, reads the node's status line (so the request was fully processed),
@@ -262,6 +273,7 @@ async fn run(deduplicate: bool, mode: Mode, kills_wanted: usize, drops_wanted: u
         tokio::time::sleep(Duration::from_millis(300)).await;
         if kills < kills_wanted {
             let victim = round % cluster.nodes.len();
+            proxies[victim].cut();
             cluster.nodes[victim].kill();
             kills += 1;
             tokio::time::sleep(Duration::from_millis(400)).await;
