@@ -126,28 +126,8 @@ fn sort_permutation(columns: &[ArrayRef]) -> Result<UInt32Array, arrow::error::A
 fn column_encoding(data_type: &DataType, in_sort_key: bool) -> Option<Encoding> {
     match data_type {
         DataType::Date32 | DataType::Date64 | DataType::Timestamp(_, _) => Some(Encoding::DELTA_BINARY_PACKED),
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64
-            if in_sort_key =>
-        {
-            Some(Encoding::DELTA_BINARY_PACKED)
-        }
-        DataType::Int8
-        | DataType::Int16
-        | DataType::Int32
-        | DataType::Int64
-        | DataType::UInt8
-        | DataType::UInt16
-        | DataType::UInt32
-        | DataType::UInt64
-        | DataType::Float32
-        | DataType::Float64 => Some(Encoding::PLAIN),
+        _ if data_type.is_integer() && in_sort_key => Some(Encoding::DELTA_BINARY_PACKED),
+        _ if data_type.is_integer() || data_type.is_floating() => Some(Encoding::PLAIN),
         _ => None,
     }
 }
