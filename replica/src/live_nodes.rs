@@ -56,6 +56,7 @@ impl LiveNodes {
         self.generation.fetch_add(1, Ordering::AcqRel);
     }
 
+    /// The kept listing, if it was made in `generation` less than [`LIVE_NODES_REUSE`] ago.
     pub(crate) fn fresh(&self, generation: u64) -> Option<Vec<NodeInfo>> {
         let listed = self.listed.lock().expect("live nodes lock");
         let (at, listed_in, nodes) = listed.as_ref()?;
@@ -66,5 +67,39 @@ impl LiveNodes {
     /// makes it stale at once).
     pub(crate) fn keep(&self, generation: u64, nodes: &[NodeInfo]) {
         *self.listed.lock().expect("live nodes lock") = Some((Instant::now(), generation, nodes.to_vec()));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(id: &str) -> NodeInfo {
+        NodeInfo {
+            node_id: id.into(),
+            grpc_addr: String::new(),
+            http_addr: String::new(),
+            data_revision: 0,
+            complete_revision: 0,
+            updated_at_ms: 0,
+            role: Default::default(),
+        }
+    }
+
+    #[test]
+    fn a_listing_is_reused_until_membership_changes() {
+        let live = LiveNodes::default();
+        assert!(live.fresh(live.generation()).is_none(), "nothing listed yet");
+        let listed_in = live.generation();
+        live.keep(listed_in, &[node("n1")]);
+        assert_eq!(live.fresh(live.generation()).map(|n| n.len()), Some(1));
+        live.changed();
+        assert!(live.fresh(live.generation()).is_none(), "a change the watch delivered forgets it");
+
+        // A change while a listing was in flight makes that listing stale at once.
+        let listed_in = live.generation();
+        live.changed();
+        live.keep(listed_in, &[node("n1"), node("n2")]);
+        assert!(live.fresh(live.generation()).is_none());
     }
 }
