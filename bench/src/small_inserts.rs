@@ -10,9 +10,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, bail};
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
-use hyper::Request;
 use hyper::client::conn::http1;
 use hyper::header::HOST;
+use hyper::{Method, Request};
 use hyper_util::rt::TokioIo;
 use tandem_tests::Cluster;
 use tokio::net::TcpStream;
@@ -42,7 +42,23 @@ struct Run {
 /// server, and reqwest's per-request work (URL building, pool lookups) took about a fifth of
 /// the machine at 10,000 inserts/s, CPU the server then did not have.
 async fn drive(url: &str, table: &str, settings: &[(&str, &str)], connections: usize, duration: Duration) -> Run {
-    let target = match request_target(url, table, settings) {
+    drive_target(request_target(url, table, settings), connections, duration).await
+}
+
+/// `connections` clients each send `GET /ping` on the same kind of connection, for `duration`:
+/// the request rate the machine allows when the server does nothing (the client, hyper and
+/// the kernel's TCP path), the ceiling of every insert mode.
+async fn drive_ping(url: &str, connections: usize, duration: Duration) -> Run {
+    let target = reqwest::Url::parse(url).with_context(|| format!("bad URL {url}")).and_then(|url| {
+        let host = url.host_str().context("the URL has no host")?;
+        let port = url.port_or_known_default().context("the URL has no port")?;
+        Ok(Arc::new(Target { address: format!("{host}:{port}"), path_and_query: "/ping".into(), method: Method::GET }))
+    });
+    drive_target(target, connections, duration).await
+}
+
+async fn drive_target(target: anyhow::Result<Arc<Target>>, connections: usize, duration: Duration) -> Run {
+    let target = match target {
         Ok(target) => target,
         Err(e) => {
             return Run {
@@ -106,6 +122,7 @@ async fn drive(url: &str, table: &str, settings: &[(&str, &str)], connections: u
 struct Target {
     address: String,
     path_and_query: String,
+    method: Method,
 }
 
 fn request_target(url: &str, table: &str, settings: &[(&str, &str)]) -> anyhow::Result<Arc<Target>> {
@@ -118,6 +135,7 @@ fn request_target(url: &str, table: &str, settings: &[(&str, &str)]) -> anyhow::
     Ok(Arc::new(Target {
         address: format!("{host}:{port}"),
         path_and_query: format!("{}?{}", url.path(), url.query().unwrap_or_default()),
+        method: Method::POST,
     }))
 }
 
@@ -138,8 +156,11 @@ async fn post(
             connection.insert(sender)
         }
     };
-    let request =
-        Request::post(&target.path_and_query).header(HOST, &target.address).body(Full::new(Bytes::from(body)))?;
+    let request = Request::builder()
+        .method(target.method.clone())
+        .uri(&target.path_and_query)
+        .header(HOST, &target.address)
+        .body(Full::new(if target.method == Method::GET { Bytes::new() } else { Bytes::from(body) }))?;
     let answer = async {
         sender.ready().await?;
         let response = sender.send_request(request).await?;
@@ -189,6 +210,8 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ("async, wait=1", "small_wait", &[("async_insert", "1"), ("wait_for_async_insert", "1")]),
         ("async, wait=0", "small_logged", &[("async_insert", "1"), ("wait_for_async_insert", "0")]),
     ];
+    let floor = drive_ping(&node.base, connections, duration).await;
+    report("tandem", "GET /ping (ceiling)", &floor, "");
     for (mode, table, settings) in modes {
         node.query(
             &format!(

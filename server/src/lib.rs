@@ -32,6 +32,7 @@ pub mod http;
 pub mod insert;
 pub mod limits;
 pub mod parameters;
+mod part_reader;
 pub mod query;
 pub mod query_log;
 pub mod state;

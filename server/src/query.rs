@@ -13,10 +13,9 @@ use datafusion::common::DataFusionError;
 use datafusion::common::pruning::PruningStatistics;
 use datafusion::common::{Column, DFSchema, ScalarValue};
 use datafusion::datasource::TableType;
-use datafusion::datasource::file_format::FileFormat;
-use datafusion::datasource::file_format::parquet::ParquetFormat;
 use datafusion::datasource::listing::PartitionedFile;
 use datafusion::datasource::physical_plan::{FileGroup, FileScanConfigBuilder, ParquetSource};
+use datafusion::datasource::source::DataSourceExec;
 use datafusion::error::Result as DfResult;
 use datafusion::execution::SendableRecordBatchStream;
 use datafusion::execution::context::SQLOptions;
@@ -38,6 +37,7 @@ use futures::StreamExt;
 
 use crate::bucket_store::{BUCKET_URL, BucketStore};
 use crate::error::NodeError;
+use crate::part_reader::{PartReaderFactory, Place};
 use tandem_replica::schema::{ColumnType, TableDef};
 use tandem_replica::{ActivePart, Replica, TableState};
 
@@ -156,28 +156,35 @@ impl PartsTable {
         read.dedup();
         let groups_wanted = state.config().target_partitions().max(1).min(parts.len());
         let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); groups_wanted];
-        let mut store = ObjectStoreUrl::local_filesystem();
+        let (mut store, mut place) = (ObjectStoreUrl::local_filesystem(), Place::Local);
         for (i, part) in parts.iter().enumerate() {
             let file = match &part.part.file {
                 Some(file) => PartitionedFile::new(file.path.to_string_lossy().trim_start_matches('/'), file.size),
                 None => {
-                    store = ObjectStoreUrl::parse(BUCKET_URL)?;
+                    (store, place) = (ObjectStoreUrl::parse(BUCKET_URL)?, Place::Bucket);
                     PartitionedFile::new(BucketStore::path(&self.def.name, &part.part.id), part.part.manifest.bytes)
                 }
             };
             groups[i % groups_wanted].push(file);
         }
-        let source = Arc::new(ParquetSource::new(file_schema.clone()));
-        let config = FileScanConfigBuilder::new(store, source)
-            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
-            .with_projection_indices(Some(if identity { projection.to_vec() } else { read.clone() }))?
-            .build();
+        let runtime = state.runtime_env();
+        let reader = PartReaderFactory::new(
+            place,
+            runtime.object_store(&store)?,
+            runtime.cache_manager.get_file_metadata_cache(),
+        );
         // A part's footer is a few KiB: its first read takes the last verification group of a
         // part in the bucket, rather than the default 512 KiB (all of a small part, and bytes
         // no query asked for of a large one).
-        let format =
-            ParquetFormat::default().with_metadata_size_hint(Some(tandem_parts::VERIFIED_BLOCK_BYTES as usize));
-        let scan = format.create_physical_plan(state, config).await?;
+        let source = ParquetSource::new(file_schema.clone())
+            .with_table_parquet_options(state.default_table_options().parquet)
+            .with_parquet_file_reader_factory(Arc::new(reader))
+            .with_metadata_size_hint(tandem_parts::VERIFIED_BLOCK_BYTES as usize);
+        let config = FileScanConfigBuilder::new(store, Arc::new(source))
+            .with_file_groups(groups.into_iter().map(FileGroup::new).collect())
+            .with_projection_indices(Some(if identity { projection.to_vec() } else { read.clone() }))?
+            .build();
+        let scan: Arc<dyn ExecutionPlan> = DataSourceExec::from_data_source(config);
         if identity || projection.is_empty() {
             return Ok(scan);
         }
