@@ -31,6 +31,7 @@ mod fuzz;
 pub mod http;
 pub mod insert;
 pub mod limits;
+mod optimizer;
 pub mod parameters;
 mod part_reader;
 pub mod query;

@@ -407,7 +407,13 @@ pub fn session(
     system: Option<&crate::system_tables::SystemView>,
     runtime: Arc<RuntimeEnv>,
 ) -> Result<SessionContext, NodeError> {
-    let ctx = SessionContext::new_with_config_rt(session_config(), runtime);
+    let state = SessionStateBuilder::new()
+        .with_config(session_config())
+        .with_runtime_env(runtime)
+        .with_default_features()
+        .with_optimizer_rules(crate::optimizer::logical_rules())
+        .build();
+    let ctx = SessionContext::new_with_state(state);
     crate::functions::register(&ctx);
     for (name, state) in tables {
         ctx.register_table(name.as_str(), Arc::new(PartsTable::new(state, node.clone())))?;
