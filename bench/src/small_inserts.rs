@@ -179,16 +179,17 @@ async fn post(
     }
 }
 
-fn report(system: &str, mode: &str, run: &Run, extra: &str) {
-    let inserts = run.latencies.len();
-    let (p50, p99) = if inserts == 0 {
+/// One line of the report: `what` names the unit of `run`'s requests (`inserts`, `requests`).
+fn report(system: &str, mode: &str, what: &str, run: &Run, extra: &str) {
+    let answered = run.latencies.len();
+    let (p50, p99) = if answered == 0 {
         (0.0, 0.0)
     } else {
         (percentile(&run.latencies, 0.5).as_secs_f64() * 1e3, percentile(&run.latencies, 0.99).as_secs_f64() * 1e3)
     };
     println!(
-        "small inserts {system:<10} {mode:<22} {:>8.0} inserts/s  p50 {p50:>7.1} ms  p99 {p99:>7.1} ms  errors {}{extra}",
-        inserts as f64 / run.elapsed.as_secs_f64(),
+        "small inserts {system:<10} {mode:<22} {:>8.0} {what}/s  p50 {p50:>7.1} ms  p99 {p99:>7.1} ms  errors {}{extra}",
+        answered as f64 / run.elapsed.as_secs_f64(),
         run.errors,
     );
     if let Some(error) = &run.first_error {
@@ -211,7 +212,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         ("async, wait=0", "small_logged", &[("async_insert", "1"), ("wait_for_async_insert", "0")]),
     ];
     let floor = drive_ping(&node.base, connections, duration).await;
-    report("tandem", "GET /ping (ceiling)", &floor, "");
+    report("tandem", "GET /ping (ceiling)", "requests", &floor, "");
     for (mode, table, settings) in modes {
         node.query(
             &format!(
@@ -237,6 +238,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         report(
             "tandem",
             mode,
+            "inserts",
             &run,
             &format!(
                 "  parts {parts:.0}  etcd txns/s {:.0}{}",
@@ -280,7 +282,7 @@ async fn clickhouse(urls: &[String], connections: usize, duration: Duration) -> 
     let first = &clients[0];
     let run = drive(&first.base, "small_bench", &[], connections, duration).await;
     let parts = first.statement("SELECT count() FROM system.parts WHERE table = 'small_bench' AND active").await?;
-    report("clickhouse", "sync (18.16)", &run, &format!("  active parts after {}", parts.trim()));
+    report("clickhouse", "sync (18.16)", "inserts", &run, &format!("  active parts after {}", parts.trim()));
     for client in &clients {
         client.statement("DROP TABLE IF EXISTS small_bench").await?;
     }
