@@ -405,22 +405,10 @@ fn order_sources(holders: &[String], live: &[NodeInfo], writer: Option<&str>, me
 mod tests {
     use super::*;
 
-    fn info(id: &str) -> NodeInfo {
-        NodeInfo {
-            node_id: id.into(),
-            grpc_addr: String::new(),
-            http_addr: String::new(),
-            data_revision: 0,
-            complete_revision: 0,
-            updated_at_ms: 0,
-            role: Default::default(),
-        }
-    }
-
     #[test]
     fn writer_first_then_other_live_holders_never_self() {
         let holders = ["n1".to_string(), "n2".to_string(), "n3".to_string(), "n4".to_string()];
-        let live = [info("n4"), info("n3"), info("n2"), info("n5")];
+        let live = [NodeInfo::named("n4"), NodeInfo::named("n3"), NodeInfo::named("n2"), NodeInfo::named("n5")];
         let order: Vec<_> = order_sources(&holders, &live, Some("n3"), "n2").into_iter().map(|n| n.node_id).collect();
         assert_eq!(order, ["n3", "n4"], "n1 is dead, n2 is this node, n5 holds nothing");
     }

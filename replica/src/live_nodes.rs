@@ -28,6 +28,20 @@ impl NodeInfo {
     pub fn holds_parts(&self) -> bool {
         self.role == crate::config::NodeRole::Storage
     }
+
+    /// A storage node known by its id alone: what tests of listings and fetch order need.
+    #[cfg(test)]
+    pub(crate) fn named(id: &str) -> Self {
+        NodeInfo {
+            node_id: id.into(),
+            grpc_addr: String::new(),
+            http_addr: String::new(),
+            data_revision: 0,
+            complete_revision: 0,
+            updated_at_ms: 0,
+            role: Default::default(),
+        }
+    }
 }
 
 /// How long a listing of the live nodes is reused at most: a safety net for a watch that has
@@ -74,24 +88,12 @@ impl LiveNodes {
 mod tests {
     use super::*;
 
-    fn node(id: &str) -> NodeInfo {
-        NodeInfo {
-            node_id: id.into(),
-            grpc_addr: String::new(),
-            http_addr: String::new(),
-            data_revision: 0,
-            complete_revision: 0,
-            updated_at_ms: 0,
-            role: Default::default(),
-        }
-    }
-
     #[test]
     fn a_listing_is_reused_until_membership_changes() {
         let live = LiveNodes::default();
         assert!(live.fresh(live.generation()).is_none(), "nothing listed yet");
         let listed_in = live.generation();
-        live.keep(listed_in, &[node("n1")]);
+        live.keep(listed_in, &[NodeInfo::named("n1")]);
         assert_eq!(live.fresh(live.generation()).map(|n| n.len()), Some(1));
         live.changed();
         assert!(live.fresh(live.generation()).is_none(), "a change the watch delivered forgets it");
@@ -99,7 +101,7 @@ mod tests {
         // A change while a listing was in flight makes that listing stale at once.
         let listed_in = live.generation();
         live.changed();
-        live.keep(listed_in, &[node("n1"), node("n2")]);
+        live.keep(listed_in, &[NodeInfo::named("n1"), NodeInfo::named("n2")]);
         assert!(live.fresh(live.generation()).is_none());
     }
 }
