@@ -89,8 +89,16 @@ pub struct PartReader {
 }
 
 impl PartReader {
-    /// Reads `range` of a local part on this thread.
+    /// Reads `range` of a local part on this thread. A range past the part's end is refused
+    /// before anything is allocated for it.
     fn read_local(&mut self, range: Range<u64>) -> Result<Bytes, ParquetError> {
+        let size = self.file.object_meta.size;
+        if range.start > range.end || range.end > size {
+            return Err(ParquetError::General(format!(
+                "range {range:?} is outside part {} of {size} bytes",
+                self.file.path()
+            )));
+        }
         let file = match &mut self.opened {
             Some(file) => file,
             None => {
@@ -99,7 +107,7 @@ impl PartReader {
                 self.opened.insert(file)
             }
         };
-        let length = usize::try_from(range.end.saturating_sub(range.start))
+        let length = usize::try_from(range.end - range.start)
             .map_err(|_| ParquetError::General(format!("range {range:?} does not fit in memory")))?;
         let mut bytes = vec![0; length];
         file.read_exact_at(&mut bytes, range.start).map_err(|e| ParquetError::External(Box::new(e)))?;

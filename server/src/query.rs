@@ -130,7 +130,7 @@ impl PartsTable {
 
     /// One scan of parts that share a layout and a place (this node's disk, or the bucket),
     /// producing the projected table columns.
-    async fn scan_group(
+    fn scan_group(
         &self,
         state: &dyn Session,
         layout: &[Option<String>],
@@ -246,7 +246,7 @@ impl TableProvider for PartsTable {
         }
         let mut plans = Vec::with_capacity(by_layout.len());
         for ((layout, _), group) in by_layout {
-            plans.push(self.scan_group(state, layout, &group, &projection).await?);
+            plans.push(self.scan_group(state, layout, &group, &projection)?);
         }
         UnionExec::try_new(plans)
     }
