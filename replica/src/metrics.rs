@@ -14,6 +14,8 @@ use prometheus_client::registry::Registry;
 /// `tandem_insert_stage_seconds` times, to show where an insert's latency goes.
 #[derive(Clone, Copy, Debug, Hash, PartialEq, Eq)]
 pub enum InsertStage {
+    /// Reading the body into columns (the front end's formats).
+    Decode,
     /// Counting the live nodes an `insert_quorum` needs (a coordinator read).
     LiveNodes,
     /// Splitting the rows per partition and hashing each block.
@@ -33,6 +35,7 @@ pub enum InsertStage {
 impl InsertStage {
     fn name(self) -> &'static str {
         match self {
+            InsertStage::Decode => "decode",
             InsertStage::LiveNodes => "live_nodes",
             InsertStage::Split => "split",
             InsertStage::DedupCheck => "dedup_check",

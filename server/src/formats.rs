@@ -27,6 +27,7 @@ mod guard;
 mod infer;
 mod json;
 mod pretty;
+mod timestamp_text;
 pub mod values;
 
 pub use delimited::unescape_tsv;

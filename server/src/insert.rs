@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use tandem_replica::metrics::InsertStage;
 use tandem_replica::{
     AlterAction, AsyncInsertOptions, Error as ReplicaError, InsertOptions, InsertSummary, Quorum, Replica,
 };
@@ -53,6 +54,7 @@ pub async fn insert(
         };
         // Decoding touches every row: off the runtime, unless the body is so small that the hop
         // to a blocking thread would cost more than decoding it (many small inserts).
+        let decoding = Instant::now();
         let rows = if data.len() <= INLINE_DECODE_BYTES {
             decode_insert(format, &data, &def, columns, settings.input)?
         } else {
@@ -62,6 +64,7 @@ pub async fn insert(
                 .await
                 .map_err(NodeError::internal)??
         };
+        replica.metrics().insert_stage(InsertStage::Decode, decoding);
         if replica.async_insert_enabled(&def, settings.async_insert) {
             // A buffered insert keeps the schema it was decoded under: its flush registers
             // parts that say so, which readers map by column id like any older part.

@@ -146,19 +146,53 @@ fn read_tsv(data: &[u8], columns: &mut TextColumns<'_>) -> Result<(), NodeError>
         let line = data.get(..e.valid_up_to()).unwrap_or_default().iter().filter(|&&b| b == b'\n').count() + 1;
         NodeError::bad_request(format!("line {line}: not valid UTF-8"))
     })?;
-    let mut fields = Vec::new();
-    for (index, line) in text.split('\n').enumerate() {
-        let line = line.strip_suffix('\r').unwrap_or(line);
-        if line.is_empty() {
+    tsv_rows(text, |line, fields| columns.row(line, fields))
+}
+
+/// Calls `row` with each non-empty line of `text` and its fields, unescaped.
+fn tsv_rows<'t>(
+    text: &'t str,
+    mut row: impl FnMut(u64, &[Option<Cow<'t, str>>]) -> Result<(), NodeError>,
+) -> Result<(), NodeError> {
+    // One pass over the body finds every separator and every backslash, rather than a search
+    // per line, per field and per escape. All three are ASCII, so every position is a char
+    // boundary of `text`.
+    let mut fields: Vec<Option<Cow<'t, str>>> = Vec::new();
+    let mut line: u64 = 1;
+    let (mut field_start, mut escaped) = (0, false);
+    let separators = memchr::memchr3_iter(b'\t', b'\n', b'\\', text.as_bytes()).chain([text.len()]);
+    for end in separators {
+        let separator = text.as_bytes().get(end).copied();
+        if separator == Some(b'\\') {
+            escaped = true;
             continue;
         }
-        fields.clear();
-        for field in line.split('\t') {
-            fields.push(unescape_tsv(field).map_err(|e| NodeError::bad_request(format!("line {}: {e}", index + 1)))?);
+        let mut field = text.get(field_start..end).unwrap_or_default();
+        field_start = end + 1;
+        if separator == Some(b'\t') {
+            fields.push(tsv_field(field, escaped, line)?);
+            escaped = false;
+            continue;
         }
-        columns.row(index as u64 + 1, &fields)?;
+        // The end of a line (or of the body): its last field, without a Windows line ending.
+        field = field.strip_suffix('\r').unwrap_or(field);
+        if !fields.is_empty() || !field.is_empty() {
+            fields.push(tsv_field(field, escaped, line)?);
+            row(line, &fields)?;
+            fields.clear();
+        }
+        escaped = false;
+        line += 1;
     }
     Ok(())
+}
+
+/// One field of line `line`; `escaped`: it holds a backslash.
+fn tsv_field(field: &str, escaped: bool, line: u64) -> Result<Option<Cow<'_, str>>, NodeError> {
+    if !escaped {
+        return Ok(Some(Cow::Borrowed(field)));
+    }
+    unescape_tsv(field).map_err(|e| NodeError::bad_request(format!("line {line}: {e}")))
 }
 
 /// ClickHouse's TabSeparated escaping: `\N` is NULL; `\t`, `\n`, `\\` and friends are escapes.
@@ -199,6 +233,55 @@ pub fn escape_tsv(value: &str, out: &mut String) {
             '\r' => out.push_str("\\r"),
             '\0' => out.push_str("\\0"),
             c => out.push(c),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use proptest::prelude::*;
+
+    use super::*;
+
+    /// Each row's line number and fields.
+    type Rows = Vec<(u64, Vec<Option<String>>)>;
+
+    /// The plain reading: line by line, then field by field.
+    fn line_by_line(text: &str) -> Result<Rows, String> {
+        let mut rows = Vec::new();
+        for (index, line) in text.split('\n').enumerate() {
+            let line = line.strip_suffix('\r').unwrap_or(line);
+            if line.is_empty() {
+                continue;
+            }
+            let fields: Result<Vec<_>, String> =
+                line.split('\t').map(|f| unescape_tsv(f).map(|f| f.map(Cow::into_owned))).collect();
+            rows.push((index as u64 + 1, fields.map_err(|e| format!("line {}: {e}", index + 1))?));
+        }
+        Ok(rows)
+    }
+
+    fn one_pass(text: &str) -> Result<Rows, String> {
+        let mut rows = Vec::new();
+        tsv_rows(text, |line, fields| {
+            rows.push((line, fields.iter().map(|f| f.as_ref().map(|f| f.to_string())).collect()));
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+        Ok(rows)
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        #[test]
+        fn one_pass_reads_what_line_by_line_reads(text in "([a-c\\\\\t\r\nNt0é]){0,40}") {
+            let (expected, actual) = (line_by_line(&text), one_pass(&text));
+            match (&expected, &actual) {
+                (Ok(expected), Ok(actual)) => prop_assert_eq!(expected, actual),
+                (Err(expected), Err(actual)) => prop_assert!(actual.contains(expected.as_str()), "{actual} vs {expected}"),
+                _ => prop_assert!(false, "{expected:?} vs {actual:?}"),
+            }
         }
     }
 }

@@ -13,6 +13,7 @@ use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray};
 use datafusion::arrow::compute::{CastOptions, cast_with_options, concat_batches};
 use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 
+use super::timestamp_text::parse_common_timestamps;
 use super::{Format, InputOptions, guard, truncate};
 use crate::error::NodeError;
 use tandem_replica::schema::ColumnType;
@@ -171,6 +172,12 @@ pub fn decode_json(
 /// Converts a text column into `field`'s type; a value that does not convert is an error
 /// naming its line, the column and its type.
 pub fn convert_text(text: &ArrayRef, field: &Field, line_of_row: impl Fn(usize) -> u64) -> Result<ArrayRef, NodeError> {
+    if let (DataType::Timestamp(unit, None), Some(strings)) =
+        (field.data_type(), text.as_any().downcast_ref::<StringArray>())
+        && let Some(timestamps) = parse_common_timestamps(strings, *unit)
+    {
+        return Ok(timestamps);
+    }
     let mut converted =
         cast_with_options(text, field.data_type(), &CastOptions::default()).map_err(NodeError::internal)?;
     if field.data_type().is_temporal() && converted.null_count() != text.null_count() {
