@@ -36,6 +36,7 @@ pub mod parameters;
 mod part_reader;
 pub mod query;
 pub mod query_log;
+mod run_aggregate;
 pub mod state;
 pub mod statement;
 pub mod system_tables;

@@ -424,6 +424,7 @@ pub fn session(
         .with_runtime_env(runtime)
         .with_default_features()
         .with_optimizer_rules(crate::optimizer::logical_rules())
+        .with_physical_optimizer_rule(Arc::new(crate::run_aggregate::RunAggregateRule))
         .build();
     let ctx = SessionContext::new_with_state(state);
     crate::functions::register(&ctx);
