@@ -264,14 +264,31 @@ impl ScalarUDFImpl for StartOf {
     }
 }
 
-/// Every tick rounded down to a multiple of `size` (at least 1). The same division millions
-/// of times is strength-reduced to a multiply and a shift: a hardware division per row was 14%
-/// of a minute-bucket query over 10 M rows. Ticks before 1970 take the plain division; a floor
-/// below the smallest tick is the smallest tick.
+/// Every tick rounded down to a multiple of `size` (at least 1); a floor below the smallest
+/// tick is the smallest tick. Parts are sorted, so times mostly come in order (within each
+/// host, say): a tick inside the previous tick's bucket takes that bucket without dividing
+/// (the division per row was a fifth of a minute-bucket query's CPU over 10 M rows). Other
+/// ticks are divided, strength-reduced to a multiply and a shift from 1970 on.
 fn floor_to_multiple(ticks: &Int64Array, size: i64) -> Int64Array {
     let size = size.max(1);
     let divisor = StrengthReducedU64::new(size as u64);
-    ticks.unary(|t| if t >= 0 { t - (t as u64 % divisor) as i64 } else { t.saturating_sub(t.rem_euclid(size)) })
+    let floor = |t: i64| if t >= 0 { Some(t - (t as u64 % divisor) as i64) } else { t.checked_sub(t.rem_euclid(size)) };
+    // The bucket [start, end) of the previous tick; empty after a floor that had to be clamped.
+    let (mut start, mut end) = (0_i64, 0_i64);
+    let floors: Vec<i64> = ticks
+        .values()
+        .iter()
+        .map(|&t| {
+            if !(start..end).contains(&t) {
+                (start, end) = match floor(t) {
+                    Some(floor) => (floor, floor.saturating_add(size)),
+                    None => (i64::MIN, i64::MIN),
+                };
+            }
+            start
+        })
+        .collect();
+    Int64Array::new(floors.into(), ticks.nulls().cloned())
 }
 
 fn dates(ticks: &Int64Array, day: impl Fn(i64) -> i64) -> ArrayRef {
@@ -548,6 +565,17 @@ impl ScalarUDFImpl for FormatDateTime {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn floor_to_multiple_of_ticks_in_order_is_each_ticks_floor() {
+        let ticks: Vec<i64> = (-200..200).map(|i| i * 7).chain((0..100).map(|i| 1_704_067_200 + i * 13)).collect();
+        for size in [1, 7, 60, 3_600] {
+            let floored = floor_to_multiple(&Int64Array::from(ticks.clone()), size);
+            for (tick, floor) in ticks.iter().zip(floored.values()) {
+                assert_eq!(*floor, tick - tick.rem_euclid(size), "{tick} to a multiple of {size}");
+            }
+        }
+    }
 
     #[test]
     fn floor_to_multiple_is_the_euclidean_floor_on_both_sides_of_1970() {
