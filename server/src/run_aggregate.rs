@@ -5,8 +5,8 @@
 //! rows per host in a part of the benchmark's `ORDER BY (host, ts)` table, six per minute
 //! bucket. DataFusion's hash aggregation looks every row's key up in its hash table; for minute
 //! buckets over 10 M rows that lookup was 37% of the query's CPU. [`RunAggregateExec`] takes the
-//! place of a partial `AggregateExec` whose aggregates it knows (`count`, and `sum` and `avg` of
-//! a Float64): it finds the runs of each batch (a vectorized comparison of neighbouring keys),
+//! place of a partial `AggregateExec` whose aggregates it knows (`count`, and `sum`, `avg` and
+//! `quantile` of a Float64): it finds the runs of each batch (a vectorized comparison of neighbouring keys),
 //! looks each run's key up once, and adds the run's values to its group in row order. It
 //! emits the same partial states DataFusion would, with the same sums, so the final aggregation
 //! is DataFusion's, unchanged. Input without runs (a first batch whose runs average fewer than
@@ -36,6 +36,8 @@ use datafusion::physical_plan::{
     DisplayAs, DisplayFormatType, ExecutionPlan, InputOrderMode, Partitioning, PlanProperties,
 };
 use futures::{StreamExt, TryStreamExt};
+
+use crate::functions::quantile::{QUANTILE_NAMES, Reservoir};
 
 /// Group numbers by key, hashed with foldhash: SipHash's resistance to chosen keys is not needed
 /// for a query's own groups, and it costs several times more per lookup.
@@ -86,12 +88,26 @@ enum RunFunction {
     Sum(Arc<dyn PhysicalExpr>),
     /// `avg(x)` of a Float64: states `count` and `sum` (both null while no value was seen).
     Avg(Arc<dyn PhysicalExpr>),
+    /// `quantile(level)(x)` or `quantiles(...)(x)` of a Float64: states `sample` and `seen`
+    /// (the levels only matter to the final aggregation).
+    Quantile(Arc<dyn PhysicalExpr>),
 }
 
 impl RunFunction {
     /// The function of `name` over `args`, if it is one of these with the state types
     /// DataFusion gives it (`states`: the partial output's fields for it).
     fn of(name: &str, args: &[Arc<dyn PhysicalExpr>], input: &SchemaRef, states: &[DataType]) -> Option<Self> {
+        if QUANTILE_NAMES.contains(&name) {
+            let arg = args.first()?;
+            return match states {
+                [DataType::List(item), DataType::UInt64]
+                    if item.data_type() == &DataType::Float64 && arg.data_type(input).ok()? == DataType::Float64 =>
+                {
+                    Some(RunFunction::Quantile(arg.clone()))
+                }
+                _ => None,
+            };
+        }
         let [arg] = args else { return None };
         let arg_type = arg.data_type(input).ok()?;
         match (name, states) {
@@ -113,7 +129,9 @@ impl RunFunction {
     fn argument(&self) -> Option<&Arc<dyn PhysicalExpr>> {
         match self {
             RunFunction::CountRows => None,
-            RunFunction::Count(arg) | RunFunction::Sum(arg) | RunFunction::Avg(arg) => Some(arg),
+            RunFunction::Count(arg) | RunFunction::Sum(arg) | RunFunction::Avg(arg) | RunFunction::Quantile(arg) => {
+                Some(arg)
+            }
         }
     }
 }
@@ -492,6 +510,7 @@ enum State {
     Count(Vec<i64>),
     Sum { sums: Vec<f64>, seen: Vec<bool> },
     Avg { counts: Vec<u64>, sums: Vec<f64> },
+    Quantile(Vec<Reservoir>),
 }
 
 impl State {
@@ -500,6 +519,7 @@ impl State {
             RunFunction::CountRows | RunFunction::Count(_) => State::Count(Vec::new()),
             RunFunction::Sum(_) => State::Sum { sums: Vec::new(), seen: Vec::new() },
             RunFunction::Avg(_) => State::Avg { counts: Vec::new(), sums: Vec::new() },
+            RunFunction::Quantile(_) => State::Quantile(Vec::new()),
         }
     }
 
@@ -514,6 +534,7 @@ impl State {
                 counts.resize(groups, 0);
                 sums.resize(groups, 0.0);
             }
+            State::Quantile(samples) => samples.resize_with(groups, Reservoir::new),
         }
     }
 
@@ -543,11 +564,21 @@ impl State {
             .as_primitive_opt::<Float64Type>()
             .ok_or_else(|| DataFusionError::Internal(format!("a Float64 argument, not {}", argument.data_type())))?;
         let numbers = values.values();
+        if let State::Quantile(samples) = self {
+            for (run, &group) in runs.iter().zip(groups) {
+                match values.nulls() {
+                    None => samples[group].extend(&numbers[run.clone()]),
+                    Some(nulls) => samples[group]
+                        .extend(&run.clone().filter(|&i| nulls.is_valid(i)).map(|i| numbers[i]).collect::<Vec<_>>()),
+                }
+            }
+            return Ok(());
+        }
         for (run, &group) in runs.iter().zip(groups) {
             // A group's sum starts at 0.0 and takes each value in turn, as DataFusion's does.
             let mut sum = match self {
                 State::Sum { sums, .. } | State::Avg { sums, .. } => sums[group],
-                State::Count(_) => 0.0,
+                State::Count(_) | State::Quantile(_) => 0.0,
             };
             let mut count = 0_u64;
             match values.nulls() {
@@ -578,7 +609,7 @@ impl State {
                     sums[group] = sum;
                     counts[group] += count;
                 }
-                State::Count(_) => {}
+                State::Count(_) | State::Quantile(_) => {}
             }
         }
         Ok(())
@@ -606,6 +637,7 @@ impl State {
                 let counts: UInt64Array = counts.into_iter().map(|count| (count > 0).then_some(count)).collect();
                 vec![Arc::new(counts), Arc::new(sums)]
             }
+            State::Quantile(samples) => Reservoir::states(std::mem::take(samples)),
         }
     }
 }
@@ -773,9 +805,11 @@ mod tests {
     use datafusion::execution::memory_pool::GreedyMemoryPool;
     use datafusion::execution::runtime_env::RuntimeEnvBuilder;
     use datafusion::execution::session_state::SessionStateBuilder;
+    use datafusion::logical_expr::AggregateUDF;
     use datafusion::prelude::{SessionConfig, SessionContext};
 
     use super::*;
+    use crate::functions::quantile::Quantile;
 
     /// `rows` rows in batches of 1,000 over two partitions: a host and a time that change
     /// every `run` rows (sorted, as a part is), and some NULLs among keys and values.
@@ -831,6 +865,9 @@ mod tests {
         }
         let ctx = SessionContext::new_with_state(builder.build());
         ctx.register_table("t", Arc::new(table)).unwrap();
+        for (name, many) in [("quantile", false), ("quantiles", true)] {
+            ctx.register_udaf(AggregateUDF::new_from_impl(Quantile::new(name, many)));
+        }
         ctx
     }
 
@@ -859,8 +896,11 @@ mod tests {
             })
     }
 
-    const QUERIES: [&str; 7] = [
+    /// Every group holds fewer values than a quantile's sample, so its quantiles are exact,
+    /// whatever order the partial samples merge in.
+    const QUERIES: [&str; 8] = [
         "SELECT host, count(*), count(v), sum(v), avg(v) FROM t GROUP BY host ORDER BY host",
+        "SELECT host, quantile(v, 0.9), quantiles(v, 0.1, 0.5), count(*) FROM t GROUP BY host ORDER BY host",
         "SELECT date_trunc('minute', ts) AS m, count(*), avg(v) FROM t GROUP BY m ORDER BY m",
         "SELECT host, id, avg(v), count(id) FROM t GROUP BY host, id ORDER BY host, id",
         "SELECT id, sum(v) FROM t GROUP BY id ORDER BY id",
