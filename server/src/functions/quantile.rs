@@ -138,6 +138,11 @@ impl Reservoir {
         Reservoir { sample: Vec::new(), seen: 0, next_taken: 0, w: 1.0, random: 0x9E37_79B9_7F4A_7C15 }
     }
 
+    /// The memory the sample takes.
+    pub fn bytes(&self) -> usize {
+        self.sample.capacity() * std::mem::size_of::<f64>()
+    }
+
     fn next_random(&mut self) -> u64 {
         self.random ^= self.random << 13;
         self.random ^= self.random >> 7;
@@ -377,7 +382,7 @@ impl Accumulator for QuantileAccumulator {
     }
 
     fn size(&self) -> usize {
-        std::mem::size_of_val(self) + self.sample.sample.capacity() * 8 + self.levels.capacity() * 8
+        std::mem::size_of_val(self) + self.sample.bytes() + self.levels.capacity() * 8
     }
 }
 
@@ -465,7 +470,7 @@ impl GroupsAccumulator for QuantileGroups {
     }
 
     fn size(&self) -> usize {
-        self.samples.iter().map(|s| s.sample.capacity() * 8).sum::<usize>()
+        self.samples.iter().map(Reservoir::bytes).sum::<usize>()
             + self.samples.capacity() * std::mem::size_of::<Reservoir>()
     }
 }
