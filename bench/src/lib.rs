@@ -14,6 +14,7 @@ use tandem_tests::{Cluster, S3, Tandem};
 
 mod clickhouse;
 mod small_inserts;
+pub use small_inserts::Mode as SmallInsertMode;
 mod tiered;
 mod versus;
 
@@ -46,6 +47,10 @@ pub struct BenchArgs {
     /// Concurrent connections of the small-insert scenario.
     #[arg(long, default_value_t = 256)]
     pub small_insert_connections: usize,
+    /// Modes of the small-insert scenario to run (repeat the flag or separate with commas); all
+    /// by default.
+    #[arg(long, value_enum, value_delimiter = ',')]
+    pub small_insert_modes: Vec<SmallInsertMode>,
     /// HTTP URLs of ClickHouse replicas, comma-separated (`../shared/clickhouse-anchor/` serves
     /// two: http://127.0.0.1:8123,http://127.0.0.1:8124): the small-insert scenario runs against
     /// the first too, from the same client, with its replicated table on all of them.

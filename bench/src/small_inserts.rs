@@ -26,6 +26,19 @@ const ROWS: u64 = 10;
 /// URL parameters of every insert of a mode.
 type Settings = &'static [(&'static str, &'static str)];
 
+/// How the small inserts are sent, as `--small-insert-modes` names them.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Mode {
+    /// The request rate of `GET /ping`: the ceiling of every insert mode.
+    Ping,
+    /// `async_insert=0`: one part per insert.
+    Sync,
+    /// `async_insert=1, wait_for_async_insert=1`: answered once the flush is registered.
+    Wait,
+    /// `async_insert=1, wait_for_async_insert=0`: answered once the insert is in the log.
+    Logged,
+}
+
 /// What the clients saw over one run.
 struct Run {
     latencies: Vec<Duration>,
@@ -206,14 +219,17 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         "small inserts: {connections} connections sending {ROWS}-row TSV inserts for {}s to node 1 of 2 (etcd)",
         duration.as_secs()
     );
-    let modes: [(&str, &str, Settings); 3] = [
-        ("async_insert=0", "small_sync", &[("async_insert", "0")]),
-        ("async, wait=1", "small_wait", &[("async_insert", "1"), ("wait_for_async_insert", "1")]),
-        ("async, wait=0", "small_logged", &[("async_insert", "1"), ("wait_for_async_insert", "0")]),
+    let wanted = |mode| args.small_insert_modes.is_empty() || args.small_insert_modes.contains(&mode);
+    let modes: [(Mode, &str, &str, Settings); 3] = [
+        (Mode::Sync, "async_insert=0", "small_sync", &[("async_insert", "0")]),
+        (Mode::Wait, "async, wait=1", "small_wait", &[("async_insert", "1"), ("wait_for_async_insert", "1")]),
+        (Mode::Logged, "async, wait=0", "small_logged", &[("async_insert", "1"), ("wait_for_async_insert", "0")]),
     ];
-    let floor = drive_ping(&node.base, connections, duration).await;
-    report("tandem", "GET /ping (ceiling)", "requests", &floor, "");
-    for (mode, table, settings) in modes {
+    if wanted(Mode::Ping) {
+        let floor = drive_ping(&node.base, connections, duration).await;
+        report("tandem", "GET /ping (ceiling)", "requests", &floor, "");
+    }
+    for (_, mode, table, settings) in modes.into_iter().filter(|(mode, ..)| wanted(*mode)) {
         node.query(
             &format!(
                 "CREATE TABLE {table} (ts DateTime, id UInt64, v Float64) ORDER BY (id, ts) PARTITION BY toYYYYMM(ts)"

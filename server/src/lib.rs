@@ -41,6 +41,7 @@ pub mod state;
 pub mod statement;
 pub mod system_tables;
 pub mod tls;
+mod top_k;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -425,6 +425,7 @@ pub fn session(
         .with_default_features()
         .with_optimizer_rules(crate::optimizer::logical_rules())
         .with_physical_optimizer_rule(Arc::new(crate::run_aggregate::RunAggregateRule))
+        .with_physical_optimizer_rule(Arc::new(crate::top_k::TopKPrefilterRule))
         .build();
     let ctx = SessionContext::new_with_state(state);
     crate::functions::register(&ctx);
