@@ -4,6 +4,7 @@
 
 mod aggregate;
 mod bounded;
+pub mod distinct;
 pub mod quantile;
 mod scalar;
 mod syntax;
