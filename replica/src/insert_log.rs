@@ -16,6 +16,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -27,6 +28,9 @@ const DRAINED_SEGMENT_BYTES: u64 = 1024 * 1024;
 
 /// Appends waiting together are written and fsynced together, up to this many bytes at a time.
 const GROUP_BYTES: usize = 16 * 1024 * 1024;
+
+/// How long a group waits for more appends when the last group held several.
+const GROUP_LINGER: Duration = Duration::from_micros(500);
 
 const HEADER_BYTES: usize = 4 + 8 + 1;
 const KIND_INSERT: u8 = 1;
@@ -199,20 +203,27 @@ struct Writer {
 
 impl Writer {
     fn run(mut self, commands: mpsc::Receiver<Command>) {
+        let mut concurrent = false;
         while let Ok(first) = commands.recv() {
+            // While appends come from many requests at once, the group waits a little for more:
+            // each fsync costs the kernel a journal commit, and without the wait a group held
+            // about 6 inserts at 16,000 inserts/s (2,400 fsyncs a second). A lone writer, whose
+            // groups hold one append, never waits.
+            let linger_until = concurrent.then(|| Instant::now() + GROUP_LINGER);
             let mut group = vec![first];
             let mut group_bytes = 0;
             while group_bytes < GROUP_BYTES {
-                match commands.try_recv() {
-                    Ok(command) => {
-                        if let Command::Append { payload, .. } = &command {
-                            group_bytes += payload.len();
-                        }
-                        group.push(command);
-                    }
-                    Err(_) => break,
+                let next = match linger_until {
+                    Some(until) => commands.recv_timeout(until.saturating_duration_since(Instant::now())).ok(),
+                    None => commands.try_recv().ok(),
+                };
+                let Some(command) = next else { break };
+                if let Command::Append { payload, .. } = &command {
+                    group_bytes += payload.len();
                 }
+                group.push(command);
             }
+            concurrent = group.iter().filter(|c| matches!(c, Command::Append { .. })).count() > 1;
             self.write_group(group);
         }
     }
