@@ -50,16 +50,12 @@ pub fn finish_response(mut response: Response, exchange: &Exchange) -> Response 
 
 /// `X-ClickHouse-Summary`: what a statement read and wrote, as ClickHouse's JSON of strings.
 pub fn summary(written_rows: u64, written_bytes: u64, result_rows: u64, result_bytes: u64) -> String {
-    serde_json::json!({
-        "read_rows": "0",
-        "read_bytes": "0",
-        "written_rows": written_rows.to_string(),
-        "written_bytes": written_bytes.to_string(),
-        "total_rows_to_read": "0",
-        "result_rows": result_rows.to_string(),
-        "result_bytes": result_bytes.to_string(),
-    })
-    .to_string()
+    // Formatted directly, in ClickHouse's key order: every insert answers with it, and a JSON
+    // map built and serialized for seven numbers was 2% of a 10-row insert's CPU.
+    format!(
+        "{{\"read_rows\":\"0\",\"read_bytes\":\"0\",\"written_rows\":\"{written_rows}\",\"written_bytes\":\"{written_bytes}\",\
+         \"total_rows_to_read\":\"0\",\"result_rows\":\"{result_rows}\",\"result_bytes\":\"{result_bytes}\"}}"
+    )
 }
 
 /// An encoding of response bodies.
@@ -194,6 +190,18 @@ mod tests {
         let mut headers = HeaderMap::new();
         headers.insert(header::ACCEPT_ENCODING, HeaderValue::from_str(value).unwrap());
         headers
+    }
+
+    #[test]
+    fn the_summary_is_json_with_clickhouse_keys() {
+        let summary: serde_json::Value = serde_json::from_str(&summary(10, 250, 3, 40)).unwrap();
+        assert_eq!(
+            summary,
+            serde_json::json!({
+                "read_rows": "0", "read_bytes": "0", "written_rows": "10", "written_bytes": "250",
+                "total_rows_to_read": "0", "result_rows": "3", "result_bytes": "40",
+            })
+        );
     }
 
     #[test]
