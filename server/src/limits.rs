@@ -7,6 +7,7 @@
 //! Fixed bounds that are not settings (nesting depth, timeouts' caps, token lengths) are the
 //! constants at the end.
 
+use std::sync::LazyLock;
 use std::time::Duration;
 
 tandem_settings::settings! {
@@ -54,16 +55,20 @@ impl Limits {
     }
 }
 
-/// The machine's memory (`/proc/meminfo`), or 4 GiB where it cannot be read.
+/// The machine's memory (`/proc/meminfo`), or 4 GiB where it cannot be read; read once (every
+/// query asks, and reading the file was 1% of a point query's CPU).
 fn physical_memory_bytes() -> u64 {
-    std::fs::read_to_string("/proc/meminfo")
-        .ok()
-        .and_then(|text| {
-            let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
-            let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
-            Some(kib * 1024)
-        })
-        .unwrap_or(4 << 30)
+    static BYTES: LazyLock<u64> = LazyLock::new(|| {
+        std::fs::read_to_string("/proc/meminfo")
+            .ok()
+            .and_then(|text| {
+                let line = text.lines().find(|l| l.starts_with("MemTotal:"))?;
+                let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+                Some(kib * 1024)
+            })
+            .unwrap_or(4 << 30)
+    });
+    *BYTES
 }
 
 /// JSON nesting a row may have. Every tandem column holds a scalar, so a row is one object of
