@@ -19,7 +19,7 @@
 use std::fmt;
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrowPrimitiveType, AsArray, BooleanArray, PrimitiveArray, RecordBatch};
+use datafusion::arrow::array::{Array, ArrowPrimitiveType, AsArray, BooleanArray, RecordBatch};
 use datafusion::arrow::buffer::{BooleanBuffer, Buffer};
 use datafusion::arrow::compute::{SortOptions, filter_record_batch};
 use datafusion::arrow::datatypes::{
@@ -221,7 +221,14 @@ struct Best<T: ArrowPrimitiveType> {
 impl<T: ArrowPrimitiveType> Best<T> {
     /// `batch` without the rows that cannot be among the best; None when none can.
     fn keep(&mut self, batch: RecordBatch) -> DfResult<Option<RecordBatch>> {
-        let array: &PrimitiveArray<T> = batch.column(self.column).as_primitive();
+        let column = batch.column(self.column);
+        let Some(array) = column.as_primitive_opt::<T>() else {
+            return Err(datafusion::error::DataFusionError::Internal(format!(
+                "TopKPrefilterExec expected {} keys, got {}",
+                T::DATA_TYPE,
+                column.data_type()
+            )));
+        };
         let values = array.values();
         let threshold = self.keys.get(self.fetch - 1).copied();
         // Kept unless strictly behind the threshold. One loop per direction, each without a

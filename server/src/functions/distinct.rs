@@ -13,7 +13,7 @@
 
 use std::sync::Arc;
 
-use datafusion::arrow::array::{Array, ArrayRef, AsArray, ListArray, UInt64Array};
+use datafusion::arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, ListArray, UInt64Array};
 use datafusion::arrow::buffer::OffsetBuffer;
 use datafusion::arrow::datatypes::{
     DataType, Date32Type, Date64Type, Field, FieldRef, Int8Type, Int16Type, Int32Type, Int64Type, TimeUnit,
@@ -233,26 +233,25 @@ impl DistinctKeys {
 /// Puts the non-NULL keys of `array` into `out`: integers, dates and times as `u64`, signed
 /// ones shifted so that their order (and so their ranges) carry over.
 fn keys_of(array: &ArrayRef, out: &mut Vec<u64>) -> DfResult<()> {
-    fn signed<T: datafusion::arrow::array::ArrowPrimitiveType>(array: &ArrayRef, out: &mut Vec<u64>)
-    where
-        T::Native: Into<i64>,
-    {
+    /// The keys of `array` (of the type just matched), each made by `key`.
+    fn extend<T: ArrowPrimitiveType>(array: &ArrayRef, out: &mut Vec<u64>, key: impl Fn(T::Native) -> u64) {
         let array = array.as_primitive::<T>();
-        let key = |v: T::Native| (v.into() as u64) ^ SIGN;
         match array.nulls() {
             None => out.extend(array.values().iter().map(|&v| key(v))),
             Some(_) => out.extend(array.iter().flatten().map(key)),
         }
     }
-    fn unsigned<T: datafusion::arrow::array::ArrowPrimitiveType>(array: &ArrayRef, out: &mut Vec<u64>)
+    fn signed<T: ArrowPrimitiveType>(array: &ArrayRef, out: &mut Vec<u64>)
+    where
+        T::Native: Into<i64>,
+    {
+        extend::<T>(array, out, |v| (v.into() as u64) ^ SIGN);
+    }
+    fn unsigned<T: ArrowPrimitiveType>(array: &ArrayRef, out: &mut Vec<u64>)
     where
         T::Native: Into<u64>,
     {
-        let array = array.as_primitive::<T>();
-        match array.nulls() {
-            None => out.extend(array.values().iter().map(|&v| v.into())),
-            Some(_) => out.extend(array.iter().flatten().map(Into::into)),
-        }
+        extend::<T>(array, out, Into::into);
     }
     match array.data_type() {
         DataType::Int8 => signed::<Int8Type>(array, out),
