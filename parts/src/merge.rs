@@ -5,11 +5,12 @@
 //! set chooses the same merge; the merged bytes are a pure function of the sources, so a replica
 //! can merge locally and compare the hash instead of fetching.
 
-use arrow::array::{Array, AsArray, BooleanArray, RecordBatch};
-use arrow::compute::{cast, concat_batches, filter_record_batch};
+use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
+use arrow::compute::{cast, concat, concat_batches, filter_record_batch};
 use arrow::datatypes::{DataType, Int64Type};
 use serde::{Deserialize, Serialize};
 
+use crate::encode::{encode_sorted_part, key_rows};
 use crate::{EncodedPart, PartError, PartId, PartMetadata, encode_part};
 
 /// Rows a merge leaves out because a table's TTL has passed for them: those whose `column`
@@ -114,6 +115,11 @@ pub fn select_merge(parts: &[MergeCandidate], policy: &MergePolicy) -> Option<Ve
 /// The merged part of `sources` (their rows, in any order: they are sorted again by
 /// `sort_key`), without the rows `ttl` expires. The origin names the sources and the TTL
 /// filter, so the same merge gives the same bytes anywhere. None when the TTL expires every row.
+///
+/// Each source is sorted by `sort_key`. When the sources do not overlap (time-ordered inserts
+/// into a table ordered by time or by an increasing id: every merge of such a table), their
+/// rows are concatenated in key order and not sorted again; the bytes are the same as the sort
+/// gives, since no key is equal across sources.
 pub fn merge_parts(
     sources: &[(PartId, Vec<RecordBatch>)],
     sort_key: &[String],
@@ -123,12 +129,14 @@ pub fn merge_parts(
 ) -> Result<Option<EncodedPart>, PartError> {
     let mut ordered: Vec<&(PartId, Vec<RecordBatch>)> = sources.iter().collect();
     ordered.sort_by_key(|(id, _)| *id);
-    let batches: Vec<RecordBatch> = ordered.iter().flat_map(|(_, batches)| batches.iter().cloned()).collect();
+    let mut origin = ordered.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join("+");
+    let in_key_order = in_key_order(&ordered, sort_key)?;
+    let concatenated = in_key_order.as_ref().unwrap_or(&ordered);
+    let batches: Vec<RecordBatch> = concatenated.iter().flat_map(|(_, batches)| batches.iter().cloned()).collect();
     let Some(first) = batches.first() else {
         return Err(PartError::MissingColumn { column: "<no rows to merge>".into() });
     };
     let mut merged = concat_batches(&first.schema(), &batches)?;
-    let mut origin = ordered.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join("+");
     if let Some(ttl) = ttl {
         merged = ttl.keep(&merged)?;
         origin.push_str(&format!(" ttl:{}<{}", ttl.column, ttl.before));
@@ -136,12 +144,54 @@ pub fn merge_parts(
     if merged.num_rows() == 0 {
         return Ok(None);
     }
-    encode_part(
-        &merged,
-        sort_key,
-        &PartMetadata { table: table.into(), partition: partition.into(), origin: format!("merge:{origin}") },
-    )
+    let metadata = PartMetadata { table: table.into(), partition: partition.into(), origin: format!("merge:{origin}") };
+    match in_key_order {
+        Some(_) => encode_sorted_part(&merged, sort_key, &metadata),
+        None => encode_part(&merged, sort_key, &metadata),
+    }
     .map(Some)
+}
+
+/// The sources with rows, ordered by their first key, when each one's last key is strictly
+/// below the next one's first: then their concatenation is sorted. Only the first and last row
+/// of each source are compared. None when two sources overlap or share a key (the stable sort
+/// orders equal keys by source, which a concatenation in key order would not), or without a
+/// sort key.
+fn in_key_order<'s>(
+    sources: &[&'s (PartId, Vec<RecordBatch>)],
+    sort_key: &[String],
+) -> Result<Option<Vec<&'s (PartId, Vec<RecordBatch>)>>, PartError> {
+    if sort_key.is_empty() {
+        return Ok(None);
+    }
+    // Each source with rows, and its first and last non-empty batch.
+    let bounded: Vec<_> = sources
+        .iter()
+        .filter_map(|source| {
+            let first = source.1.iter().find(|b| b.num_rows() > 0)?;
+            let last = source.1.iter().rev().find(|b| b.num_rows() > 0)?;
+            Some((*source, first, last))
+        })
+        .collect();
+    // The key of each source's first and last row, in that order: rows 2i and 2i + 1.
+    let mut key_columns = Vec::with_capacity(sort_key.len());
+    for name in sort_key {
+        let mut ends: Vec<ArrayRef> = Vec::with_capacity(bounded.len() * 2);
+        for (_, first, last) in &bounded {
+            let column = |batch: &RecordBatch| {
+                batch.column_by_name(name).cloned().ok_or_else(|| PartError::MissingColumn { column: name.clone() })
+            };
+            ends.push(column(first)?.slice(0, 1));
+            ends.push(column(last)?.slice(last.num_rows() - 1, 1));
+        }
+        let ends: Vec<&dyn Array> = ends.iter().map(|a| a.as_ref()).collect();
+        key_columns.push(concat(&ends)?);
+    }
+    let rows = key_rows(&key_columns)?;
+    let mut order: Vec<usize> = (0..bounded.len()).collect();
+    order.sort_by(|&a, &b| rows.row(2 * a).cmp(&rows.row(2 * b)));
+    let disjoint = order.windows(2).all(|pair| rows.row(2 * pair[0] + 1) < rows.row(2 * pair[1]));
+    Ok(disjoint.then(|| order.into_iter().map(|i| bounded[i].0).collect()))
 }
 
 #[cfg(test)]
@@ -217,13 +267,63 @@ mod tests {
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
         let batch =
             |values: Vec<i64>| RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))]).unwrap();
-        let a = (PartId::of_bytes(b"a"), vec![batch(vec![5, 1])]);
-        let b = (PartId::of_bytes(b"b"), vec![batch(vec![3, 2, 4])]);
+        let a = (PartId::of_bytes(b"a"), vec![batch(vec![1, 5])]);
+        let b = (PartId::of_bytes(b"b"), vec![batch(vec![2, 3]), batch(vec![4])]);
         let one = merge_parts(&[a.clone(), b.clone()], &["k".into()], "t", "all", None).unwrap().unwrap();
         let other = merge_parts(&[b, a], &["k".into()], "t", "all", None).unwrap().unwrap();
         assert_eq!(one.id, other.id, "the same sources give the same bytes, whatever their order");
         let rows = read_part_batches(one.bytes).unwrap();
         assert_eq!(rows[0].column(0).as_primitive::<Int64Type>().values().to_vec(), [1, 2, 3, 4, 5]);
+    }
+
+    /// Sources that do not overlap are concatenated in key order rather than sorted: the same
+    /// bytes as sorting gives. Sources that share a key at their ends are sorted.
+    #[test]
+    fn sources_without_overlap_merge_to_the_bytes_sorting_gives() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("k", DataType::Int64, true),
+            Field::new("ts", DataType::Timestamp(TimeUnit::Second, None), false),
+        ]));
+        let batch = |k: Vec<Option<i64>>, ts: Vec<i64>| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from(k)), Arc::new(TimestampSecondArray::from(ts))],
+            )
+            .unwrap()
+        };
+        let key: Vec<String> = vec!["k".into(), "ts".into()];
+        let sorted_merge = |sources: &[(PartId, Vec<RecordBatch>)]| {
+            let mut ordered: Vec<_> = sources.iter().collect();
+            ordered.sort_by_key(|(id, _)| *id);
+            let batches: Vec<RecordBatch> = ordered.iter().flat_map(|(_, b)| b.iter().cloned()).collect();
+            let origin = ordered.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join("+");
+            let metadata =
+                PartMetadata { table: "t".into(), partition: "all".into(), origin: format!("merge:{origin}") };
+            encode_part(&concat_batches(&schema, &batches).unwrap(), &key, &metadata).unwrap()
+        };
+        let disjoint = [
+            (PartId::of_bytes(b"x"), vec![batch(vec![Some(7), Some(7)], vec![1, 2])]),
+            (PartId::of_bytes(b"y"), vec![batch(vec![None, Some(1)], vec![5, 1]), batch(vec![], vec![])]),
+            (PartId::of_bytes(b"z"), vec![batch(vec![Some(7)], vec![3]), batch(vec![Some(9)], vec![0])]),
+            (PartId::of_bytes(b"empty"), vec![batch(vec![], vec![])]),
+        ];
+        let ordered = in_key_order(&disjoint.iter().collect::<Vec<_>>(), &key).unwrap().expect("no two overlap");
+        let ids: Vec<PartId> = ordered.iter().map(|(id, _)| *id).collect();
+        assert_eq!(ids, [b"y", b"x", b"z"].map(|n| PartId::of_bytes(n)), "by first key, nulls first");
+        let merged = merge_parts(&disjoint, &key, "t", "all", None).unwrap().unwrap();
+        assert_eq!(merged.id, sorted_merge(&disjoint).id);
+        let rows = concat_batches(&schema, &read_part_batches(merged.bytes).unwrap()).unwrap();
+        let k: Vec<Option<i64>> = rows.column(0).as_primitive::<Int64Type>().iter().collect();
+        assert_eq!(k, [None, Some(1), Some(7), Some(7), Some(7), Some(9)]);
+
+        // x ends where z starts: equal keys keep the sort's order (by source id).
+        let touching = [
+            (PartId::of_bytes(b"x"), vec![batch(vec![Some(1), Some(2)], vec![0, 0])]),
+            (PartId::of_bytes(b"z"), vec![batch(vec![Some(2), Some(3)], vec![0, 0])]),
+        ];
+        assert!(in_key_order(&touching.iter().collect::<Vec<_>>(), &key).unwrap().is_none());
+        let merged = merge_parts(&touching, &key, "t", "all", None).unwrap().unwrap();
+        assert_eq!(merged.id, sorted_merge(&touching).id);
     }
 
     #[test]
