@@ -9,6 +9,7 @@
 use std::sync::Arc;
 
 use datafusion::arrow::array::{Array, ArrayRef, PrimitiveArray, StringArray};
+use datafusion::arrow::buffer::NullBuffer;
 use datafusion::arrow::datatypes::{
     TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
 };
@@ -21,23 +22,33 @@ const YEARS: std::ops::RangeInclusive<i64> = 1900..=2199;
 /// them is spelled any other way: the caller then parses the whole column the general way, so
 /// what is accepted and how it is read never depends on this shortcut.
 pub fn parse_common_timestamps(strings: &StringArray, unit: TimeUnit) -> Option<ArrayRef> {
+    let mut values = Vec::with_capacity(strings.len());
+    for i in 0..strings.len() {
+        values.push(if strings.is_valid(i) { parse_common_timestamp(strings.value(i), unit)? } else { 0 });
+    }
+    Some(timestamp_array(values, strings.nulls().cloned(), unit))
+}
+
+/// One value in the common spelling as a timestamp in `unit`, or `None` when it is spelled any
+/// other way.
+pub fn parse_common_timestamp(text: &str, unit: TimeUnit) -> Option<i64> {
     let digits = match unit {
         TimeUnit::Second => 0,
         TimeUnit::Millisecond => 3,
         TimeUnit::Microsecond => 6,
         TimeUnit::Nanosecond => 9,
     };
-    let mut values = Vec::with_capacity(strings.len());
-    for i in 0..strings.len() {
-        values.push(if strings.is_valid(i) { parse_common(strings.value(i).as_bytes(), digits)? } else { 0 });
-    }
-    let nulls = strings.nulls().cloned();
-    Some(match unit {
+    parse_common(text.as_bytes(), digits)
+}
+
+/// Timestamps in `unit` (no time zone) from their values and validity.
+pub fn timestamp_array(values: Vec<i64>, nulls: Option<NullBuffer>, unit: TimeUnit) -> ArrayRef {
+    match unit {
         TimeUnit::Second => Arc::new(PrimitiveArray::<TimestampSecondType>::new(values.into(), nulls)) as ArrayRef,
         TimeUnit::Millisecond => Arc::new(PrimitiveArray::<TimestampMillisecondType>::new(values.into(), nulls)),
         TimeUnit::Microsecond => Arc::new(PrimitiveArray::<TimestampMicrosecondType>::new(values.into(), nulls)),
         TimeUnit::Nanosecond => Arc::new(PrimitiveArray::<TimestampNanosecondType>::new(values.into(), nulls)),
-    })
+    }
 }
 
 /// `YYYY-MM-DD hh:mm:ss` (or with `T` between date and time), then optionally `.` and at most
