@@ -112,6 +112,9 @@ pub fn select_merge(parts: &[MergeCandidate], policy: &MergePolicy) -> Option<Ve
     best.map(|(_, _, ids)| ids)
 }
 
+/// A part to merge: its id and its rows, in its sort-key order.
+pub type MergeSource = (PartId, Vec<RecordBatch>);
+
 /// The merged part of `sources` (their rows, in any order: they are sorted again by
 /// `sort_key`), without the rows `ttl` expires. The origin names the sources and the TTL
 /// filter, so the same merge gives the same bytes anywhere. None when the TTL expires every row.
@@ -121,13 +124,13 @@ pub fn select_merge(parts: &[MergeCandidate], policy: &MergePolicy) -> Option<Ve
 /// rows are concatenated in key order and not sorted again; the bytes are the same as the sort
 /// gives, since no key is equal across sources.
 pub fn merge_parts(
-    sources: &[(PartId, Vec<RecordBatch>)],
+    sources: &[MergeSource],
     sort_key: &[String],
     table: &str,
     partition: &str,
     ttl: Option<&TtlFilter>,
 ) -> Result<Option<EncodedPart>, PartError> {
-    let mut ordered: Vec<&(PartId, Vec<RecordBatch>)> = sources.iter().collect();
+    let mut ordered: Vec<&MergeSource> = sources.iter().collect();
     ordered.sort_by_key(|(id, _)| *id);
     let mut origin = ordered.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join("+");
     let in_key_order = in_key_order(&ordered, sort_key)?;
@@ -158,9 +161,9 @@ pub fn merge_parts(
 /// orders equal keys by source, which a concatenation in key order would not), or without a
 /// sort key.
 fn in_key_order<'s>(
-    sources: &[&'s (PartId, Vec<RecordBatch>)],
+    sources: &[&'s MergeSource],
     sort_key: &[String],
-) -> Result<Option<Vec<&'s (PartId, Vec<RecordBatch>)>>, PartError> {
+) -> Result<Option<Vec<&'s MergeSource>>, PartError> {
     if sort_key.is_empty() {
         return Ok(None);
     }

@@ -369,6 +369,7 @@ pub fn escape_tsv(value: &str, out: &mut String) {
 }
 
 #[cfg(test)]
+#[allow(clippy::expect_used, clippy::panic)]
 mod tests {
     use proptest::prelude::*;
 
