@@ -115,11 +115,11 @@ pub fn select_merge(parts: &[MergeCandidate], policy: &MergePolicy) -> Option<Ve
 /// A part to merge: its id and its rows, in its sort-key order.
 pub type MergeSource = (PartId, Vec<RecordBatch>);
 
-/// The merged part of `sources` (their rows, in any order: they are sorted again by
-/// `sort_key`), without the rows `ttl` expires. The origin names the sources and the TTL
+/// The merged part of `sources` (each sorted by `sort_key`, as every part is; their rows
+/// sorted together), without the rows `ttl` expires. The origin names the sources and the TTL
 /// filter, so the same merge gives the same bytes anywhere. None when the TTL expires every row.
 ///
-/// Each source is sorted by `sort_key`. When the sources do not overlap (time-ordered inserts
+/// When the sources do not overlap (time-ordered inserts
 /// into a table ordered by time or by an increasing id: every merge of such a table), their
 /// rows are concatenated in key order and not sorted again; the bytes are the same as the sort
 /// gives, since no key is equal across sources.
@@ -158,8 +158,8 @@ pub fn merge_parts(
 /// The sources with rows, ordered by their first key, when each one's last key is strictly
 /// below the next one's first: then their concatenation is sorted. Only the first and last row
 /// of each source are compared. None when two sources overlap or share a key (the stable sort
-/// orders equal keys by source, which a concatenation in key order would not), or without a
-/// sort key.
+/// orders equal keys by source, which a concatenation in key order would not), without a sort
+/// key, or without rows.
 fn in_key_order<'s>(
     sources: &[&'s MergeSource],
     sort_key: &[String],
@@ -176,6 +176,9 @@ fn in_key_order<'s>(
             Some((*source, first, last))
         })
         .collect();
+    if bounded.is_empty() {
+        return Ok(None);
+    }
     // The key of each source's first and last row, in that order: rows 2i and 2i + 1.
     let mut key_columns = Vec::with_capacity(sort_key.len());
     for name in sort_key {
