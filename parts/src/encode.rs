@@ -45,13 +45,8 @@ pub fn encode_part(
     sort_key: &[String],
     metadata: &PartMetadata,
 ) -> Result<EncodedPart, PartError> {
-    let schema = batch.schema();
-    let mut sort_columns = Vec::with_capacity(sort_key.len());
-    for name in sort_key {
-        let (index, _) =
-            schema.column_with_name(name).ok_or_else(|| PartError::MissingColumn { column: name.clone() })?;
-        sort_columns.push(batch.column(index).clone());
-    }
+    let sort_columns: Vec<ArrayRef> =
+        sort_key_indices(batch, sort_key)?.into_iter().map(|index| batch.column(index).clone()).collect();
     let permutation = if batch.num_rows() < 2 { None } else { sort_permutation(&sort_columns)? };
     match permutation {
         Some(permutation) => encode_sorted_part(&take_record_batch(batch, &permutation)?, sort_key, metadata),
@@ -66,12 +61,10 @@ pub(crate) fn encode_sorted_part(
     metadata: &PartMetadata,
 ) -> Result<EncodedPart, PartError> {
     let schema = sorted.schema();
-    let mut sorting = Vec::with_capacity(sort_key.len());
-    for name in sort_key {
-        let (index, _) =
-            schema.column_with_name(name).ok_or_else(|| PartError::MissingColumn { column: name.clone() })?;
-        sorting.push(SortingColumn { column_idx: index as i32, descending: false, nulls_first: true });
-    }
+    let sorting = sort_key_indices(sorted, sort_key)?
+        .into_iter()
+        .map(|index| SortingColumn { column_idx: index as i32, descending: false, nulls_first: true })
+        .collect();
 
     let footer = serde_json::json!({
         "table": metadata.table,
@@ -119,6 +112,15 @@ pub(crate) fn encode_sorted_part(
         .map(|(field, array)| (field.name().clone(), column_stats(array)))
         .collect();
     Ok(EncodedPart { id: PartId::of_bytes(&bytes), bytes: Bytes::from(bytes), rows: sorted.num_rows() as u64, columns })
+}
+
+/// The positions of the sort key's columns in `batch`.
+fn sort_key_indices(batch: &RecordBatch, sort_key: &[String]) -> Result<Vec<usize>, PartError> {
+    let schema = batch.schema_ref();
+    sort_key
+        .iter()
+        .map(|name| schema.index_of(name).map_err(|_| PartError::MissingColumn { column: name.clone() }))
+        .collect()
 }
 
 /// The permutation that sorts the rows by `columns` (ascending, nulls first), equal keys in
