@@ -55,6 +55,8 @@ struct TextColumns<'a> {
     options: InputOptions,
     /// Numbers and timestamps are parsed as they are read.
     parse_as_read: bool,
+    /// A value parsed as read was not taken: the rest is skipped, the body is read again as text.
+    reread: bool,
     /// Per field position: the column it fills (None: skipped unknown column). Unset until the
     /// header is read, with names.
     targets: Option<Vec<Option<TextColumn>>>,
@@ -71,8 +73,8 @@ struct TextColumn {
 enum Values {
     /// Text, converted to the column's type once the body is read.
     Text(StringBuilder),
-    /// Parsed as read; `unread` once a value was not (the body is then read again as text).
-    Parsed { values: Box<dyn ParsedValues>, unread: bool },
+    /// Parsed as read.
+    Parsed(Box<dyn ParsedValues>),
 }
 
 impl TextColumn {
@@ -82,25 +84,26 @@ impl TextColumn {
             field: field.clone(),
             is_string: field.data_type() == &DataType::Utf8,
             values: match parsed {
-                Some(values) => Values::Parsed { values, unread: false },
+                Some(values) => Values::Parsed(values),
                 None => Values::Text(StringBuilder::new()),
             },
         }
     }
 
-    /// One field's value (None: NULL).
-    fn push(&mut self, value: Option<&str>) {
+    /// One field's value (None: NULL); false when a value parsed as read was not taken.
+    fn push(&mut self, value: Option<&str>) -> bool {
         match &mut self.values {
             // An empty field is NULL for every type but String, as in ClickHouse's CSV.
             Values::Text(text) => match value {
                 Some(v) if self.is_string || !v.is_empty() => text.append_value(v),
                 _ => text.append_null(),
             },
-            Values::Parsed { values, unread } => match value {
-                Some(v) if !v.is_empty() => *unread |= !values.push(v),
+            Values::Parsed(values) => match value {
+                Some(v) if !v.is_empty() => return values.push(v),
                 _ => values.push_null(),
             },
         }
+        true
     }
 }
 
@@ -187,10 +190,13 @@ impl<'a> TextColumns<'a> {
     ) -> Self {
         let targets = (!with_names)
             .then(|| input_schema.fields().iter().map(|f| Some(TextColumn::new(f, parse_as_read))).collect::<Vec<_>>());
-        TextColumns { input_schema, def, options, parse_as_read, targets, lines: Vec::new() }
+        TextColumns { input_schema, def, options, parse_as_read, reread: false, targets, lines: Vec::new() }
     }
 
     fn row(&mut self, line: u64, fields: &[Option<Cow<'_, str>>]) -> Result<(), NodeError> {
+        if self.reread {
+            return Ok(());
+        }
         let Some(targets) = &mut self.targets else {
             // With names, the header says which column each field is, in any order.
             let mut targets = Vec::with_capacity(fields.len());
@@ -214,7 +220,7 @@ impl<'a> TextColumns<'a> {
         }
         for (target, value) in targets.iter_mut().zip(fields) {
             if let Some(column) = target {
-                column.push(value.as_deref());
+                self.reread |= !column.push(value.as_deref());
             }
         }
         self.lines.push(line);
@@ -224,14 +230,16 @@ impl<'a> TextColumns<'a> {
     /// The rows read; None when a value parsed as read was not taken (read the body again, as
     /// text).
     fn finish(self) -> Result<Option<RecordBatch>, NodeError> {
+        if self.reread {
+            return Ok(None);
+        }
         let Some(targets) = self.targets else { return Ok(Some(RecordBatch::new_empty(self.input_schema.clone()))) };
         let lines = self.lines;
         let mut fields = Vec::new();
         let mut arrays = Vec::new();
         for column in targets.into_iter().flatten() {
             let array = match column.values {
-                Values::Parsed { unread: true, .. } => return Ok(None),
-                Values::Parsed { mut values, unread: false } => values.finish(),
+                Values::Parsed(mut values) => values.finish(),
                 Values::Text(mut text) => {
                     let text: ArrayRef = Arc::new(text.finish());
                     if column.is_string {
