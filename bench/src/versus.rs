@@ -500,8 +500,8 @@ async fn insert_stages(writer: &Client) -> anyhow::Result<String> {
             _ => {}
         }
     }
-    // In the order an insert goes through them (dedup_check runs alongside encode).
-    const ORDER: [&str; 8] = ["decode", "live_nodes", "split", "dedup_check", "encode", "register", "apply", "quorum"];
+    // In the order an insert goes through them.
+    const ORDER: [&str; 7] = ["decode", "live_nodes", "split", "encode", "register", "apply", "quorum"];
     stages.sort_by_key(|(stage, _, _)| ORDER.iter().position(|s| s == stage).unwrap_or(ORDER.len()));
     let means: Vec<String> = stages
         .iter()

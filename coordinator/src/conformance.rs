@@ -354,11 +354,20 @@ pub async fn snapshot_and_watch_agree(kv: Arc<dyn KvBackend>, p: &str) {
 pub async fn holders_follow_their_parts(kv: Arc<dyn KvBackend>, p: &str) {
     let c = Coordinator::new(kv, p);
     let table = c.create_table("t", b"v1".to_vec()).await.unwrap();
-    c.register_parts("t", table.version, vec![part("p1", Some("b1"))], &["n1"], 0, i64::MAX).await.unwrap();
+    let registered =
+        c.register_parts("t", table.version, vec![part("p1", Some("b1"))], &["n1"], 0, i64::MAX).await.unwrap();
     assert_eq!(c.part_holders("t", &id("p1")).await.unwrap(), ["n1"], "the writer is the first holder");
     assert!(c.add_holder("t", &id("p1"), "n2").await.unwrap());
     assert!(c.add_holder("t", &id("p1"), "n2").await.unwrap(), "adding a holder twice is harmless");
     assert_eq!(c.part_holders("t", &id("p1")).await.unwrap(), ["n1", "n2"]);
+    assert!(c.add_holder_at("t", &id("p1"), registered.revision, "n3").await.unwrap());
+    assert!(
+        !c.add_holder_at("t", &id("p1"), registered.revision + 1, "n4").await.unwrap(),
+        "no holder for a registration that is not the one the caller saw"
+    );
+    assert!(!c.add_holder_at("t", &id("nope"), registered.revision, "n4").await.unwrap());
+    assert_eq!(c.part_holders("t", &id("p1")).await.unwrap(), ["n1", "n2", "n3"]);
+    c.remove_holder("t", &id("p1"), "n3").await.unwrap();
     assert!(!c.add_holder("t", &id("nope"), "n2").await.unwrap(), "no holder for an unregistered part");
     c.remove_holder("t", &id("p1"), "n1").await.unwrap();
     c.remove_holder("t", &id("p1"), "n1").await.unwrap();

@@ -645,12 +645,24 @@ impl Coordinator {
     /// Records that `node` holds a verified copy of a part. Idempotent. Refused (Ok(false))
     /// when the part is no longer registered, so no holder outlives its part.
     pub async fn add_holder(&self, table: &str, id: &PartId, node: &str) -> Result<bool, CoordError> {
-        let part_key = self.part_key(table, id);
-        let Some(part) = self.kv.get(&part_key).await? else { return Ok(false) };
+        let Some(part) = self.kv.get(&self.part_key(table, id)).await? else { return Ok(false) };
+        self.add_holder_at(table, id, part.mod_revision, node).await
+    }
+
+    /// [`Coordinator::add_holder`] for a caller that knows the revision the part was
+    /// registered at (from the watch): one transaction, no read first. False when the part is
+    /// no longer registered at that revision (merged away, dropped, registered again).
+    pub async fn add_holder_at(
+        &self,
+        table: &str,
+        id: &PartId,
+        registered_at: Revision,
+        node: &str,
+    ) -> Result<bool, CoordError> {
         let result = self
             .kv
             .txn(
-                vec![Compare::ModRevision(part_key, part.mod_revision)],
+                vec![Compare::ModRevision(self.part_key(table, id), registered_at)],
                 vec![TxnOp::Put { key: self.holder_key(table, id, node), value: Vec::new(), lease: None }],
                 vec![],
             )

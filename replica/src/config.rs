@@ -29,6 +29,12 @@ tandem_settings::settings! {
         dedup_prune_interval_ms: u64 = "60000", env "TANDEM_DEDUP_PRUNE_INTERVAL_MS";
         /// Merges this node runs at the same time (as a leader or rebuilding replica).
         merge_concurrency: usize = "1", env "TANDEM_MERGE_CONCURRENCY";
+        /// A replica obtains a part another node merged by fetching it from that node (`true`)
+        /// or by merging its own copies of the sources again (`false`: no merged bytes cross the
+        /// network, each replica spends the merge's CPU again). Either way the other path is the
+        /// fallback, and the bytes are checked against the registered hash.
+        always_fetch_merged_part: bool = "true", env "TANDEM_ALWAYS_FETCH_MERGED_PART",
+            [num_args = 0..=1, default_missing_value = "true"];
         /// Milliseconds between merge selection passes.
         merge_interval_ms: u64 = "1000", env "TANDEM_MERGE_INTERVAL_MS";
         /// Part files that no registered part uses are deleted once this old (seconds).

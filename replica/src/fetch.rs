@@ -19,7 +19,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tonic::transport::Channel;
 
-use crate::catalog::{FetchFailure, FetchRequest};
+use crate::catalog::{FetchFailure, FetchRequest, PendingPart};
 use crate::interserver::{secrets_to_present, with_secret};
 use crate::live_nodes::NodeInfo;
 use crate::replica::Replica;
@@ -147,16 +147,44 @@ impl Fetcher {
                 return Ok(());
             }
         }
-        // A merged part whose sources are all here is rebuilt locally: no bytes cross the network.
-        if crate::merges::rebuild_locally(node, &request.table, &request.id, &pending.manifest).await {
-            if node.catalog.activate(&request.table, &request.id) {
-                tracing::info!(table = %request.table, part = %id, "merged part rebuilt from local sources");
-                if let Err(e) = node.coordinator.add_holder(&request.table, &id, &node.config.node_id).await {
-                    tracing::warn!(part = %id, error = %e, "cannot record this node as a holder");
-                }
-            }
+        // A merged part whose sources are all here may be rebuilt locally: no bytes cross the
+        // network, at the price of the merge's CPU again. Fetching it is the default; rebuilding is
+        // then the fallback when no source has it (its leader died right after registering).
+        let always_fetch = node.config.settings.always_fetch_merged_part;
+        if !always_fetch && self.rebuild(request, &pending).await {
             return Ok(());
         }
+        let fetched = self.fetch_from_sources(request, &pending).await;
+        if always_fetch && fetched.is_err() && self.rebuild(request, &pending).await {
+            return Ok(());
+        }
+        fetched
+    }
+
+    /// Rebuilds a merged part from this node's copies of its sources; false when that cannot be
+    /// done (not a merged part, a source missing, different bytes).
+    async fn rebuild(&self, request: &FetchRequest, pending: &PendingPart) -> bool {
+        let node = &self.node;
+        if !crate::merges::rebuild_locally(node, &request.table, &request.id, &pending.manifest).await {
+            return false;
+        }
+        if node.catalog.activate(&request.table, &request.id) {
+            tracing::info!(table = %request.table, part = %request.id, "merged part rebuilt from local sources");
+            if let Err(e) = node
+                .coordinator
+                .add_holder_at(&request.table, &request.id, pending.revision, &node.config.node_id)
+                .await
+            {
+                tracing::warn!(part = %request.id, error = %e, "cannot record this node as a holder");
+            }
+        }
+        true
+    }
+
+    /// Fetches a part from the peers that hold it, then the object store.
+    async fn fetch_from_sources(&self, request: &FetchRequest, pending: &PendingPart) -> Result<(), FetchFailure> {
+        let node = &self.node;
+        let id = request.id;
         // The holders the watch delivered (the writer's key comes with the registration); the
         // store is asked when they name no live peer.
         let live = node.live_nodes().await?;
@@ -189,6 +217,9 @@ impl Fetcher {
             };
             match result {
                 Ok(Received { bytes, file }) => {
+                    if !pending.manifest.merged_from.is_empty() {
+                        node.metrics.merged_parts_fetched.inc();
+                    }
                     match source {
                         Source::Peer(_) => {
                             node.metrics.fetch_bytes.inc_by(bytes);
@@ -215,7 +246,11 @@ impl Fetcher {
                             );
                             return Ok(());
                         }
-                        match node.coordinator.add_holder(&request.table, &id, &node.config.node_id).await {
+                        match node
+                            .coordinator
+                            .add_holder_at(&request.table, &id, pending.revision, &node.config.node_id)
+                            .await
+                        {
                             Ok(_) => {}
                             Err(e) => tracing::warn!(part = %id, error = %e, "cannot record this node as a holder"),
                         }

@@ -302,14 +302,15 @@ async fn insert_once(
              (start it with --s3-bucket); nothing was written",
         ));
     }
+    // With `insert_durability=object_store`, whether a block was admitted already is asked
+    // while the blocks are encoded, so a retried block is not uploaded for nothing. Otherwise
+    // the registration's compare on each block id is the only check: a new block (the common
+    // case) costs no extra read, and a retried one an encode whose file is deleted.
+    let check_first = durability == Durability::ObjectStore;
     let window_ms = dedup_window_ms(def);
     let now_ms = chrono::Utc::now().timestamp_millis();
-    let ids: Vec<Option<String>> = blocks.iter().map(|(_, _, id)| id.clone()).collect();
-    // Whether a block was admitted already (a retry) is asked while the blocks are encoded: a
-    // new block, the common case, then waits for no extra coordinator round trip, and a
-    // retried one costs an encode whose file is deleted, but no registration.
+    let ids: Vec<Option<String>> = blocks.iter().map(|(_, _, id)| id.clone().filter(|_| check_first)).collect();
     let admitted = async {
-        let started = Instant::now();
         let mut admitted = Vec::with_capacity(ids.len());
         for id in &ids {
             admitted.push(match id {
@@ -321,7 +322,6 @@ async fn insert_once(
                 None => None,
             });
         }
-        node.metrics.insert_stage(InsertStage::DedupCheck, started);
         Ok::<_, Error>(admitted)
     };
     let (admitted, encoded) = tokio::join!(admitted, encode_blocks(node, def, version, blocks, quorum_until_ms));

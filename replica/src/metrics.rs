@@ -20,8 +20,6 @@ pub enum InsertStage {
     LiveNodes,
     /// Splitting the rows per partition and hashing each block.
     Split,
-    /// Asking the coordinator whether each block was admitted already.
-    DedupCheck,
     /// Sorting, encoding and writing (with fsync) the parts.
     Encode,
     /// The coordinator transaction registering the parts.
@@ -38,7 +36,6 @@ impl InsertStage {
             InsertStage::Decode => "decode",
             InsertStage::LiveNodes => "live_nodes",
             InsertStage::Split => "split",
-            InsertStage::DedupCheck => "dedup_check",
             InsertStage::Encode => "encode",
             InsertStage::Register => "register",
             InsertStage::Apply => "apply",
@@ -94,6 +91,7 @@ pub struct Metrics {
     pub merge_source_bytes: Counter,
     pub merge_written_bytes: Counter,
     pub local_merges: Counter,
+    pub merged_parts_fetched: Counter,
     pub merge_mismatches: Counter,
     pub ttl_dropped_parts: Counter,
     pub ttl_deleted_rows: Counter,
@@ -158,6 +156,7 @@ impl Metrics {
             merge_source_bytes: Counter::default(),
             merge_written_bytes: Counter::default(),
             local_merges: Counter::default(),
+            merged_parts_fetched: Counter::default(),
             merge_mismatches: Counter::default(),
             ttl_dropped_parts: Counter::default(),
             ttl_deleted_rows: Counter::default(),
@@ -303,6 +302,11 @@ impl Metrics {
             "merge_local_rebuilds",
             "Merged parts this node rebuilt from its own copies of the sources instead of fetching",
             metrics.local_merges.clone(),
+        );
+        registry.register(
+            "merge_fetched_parts",
+            "Merged parts this node fetched from the node that merged them (or the bucket) instead of rebuilding",
+            metrics.merged_parts_fetched.clone(),
         );
         registry.register(
             "merge_mismatches",

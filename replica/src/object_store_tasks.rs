@@ -99,7 +99,7 @@ pub async fn run_uploader(node: Arc<Replica>, bucket: Arc<Bucket>, shutdown: Can
                 let part = part;
                 let mut result = bucket.upload(&node.metrics, node.catalog.store(), &table, &part.id, None).await;
                 if result.is_ok()
-                    && let Err(e) = node.coordinator.add_holder(&table, &part.id, OBJECT_STORE_HOLDER).await
+                    && let Err(e) = node.coordinator.add_holder_at(&table, &part.id, part.revision, OBJECT_STORE_HOLDER).await
                 {
                     result = Err(UploadError::Record(e));
                 }
