@@ -19,7 +19,10 @@ use std::sync::{Arc, Mutex};
 
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Float64Array, Int64Array, RecordBatch, UInt64Array};
 use datafusion::arrow::compute::{cast, partition, take_arrays};
-use datafusion::arrow::datatypes::{DataType, Float64Type, Int64Type, SchemaRef};
+use datafusion::arrow::datatypes::{
+    DataType, Float64Type, Int64Type, SchemaRef, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType,
+    TimestampNanosecondType, TimestampSecondType,
+};
 use datafusion::arrow::row::{OwnedRow, RowConverter, SortField};
 use datafusion::common::config::ConfigOptions;
 use datafusion::common::tree_node::{Transformed, TransformedResult, TreeNode, TreeNodeRecursion};
@@ -329,7 +332,7 @@ async fn run(
         return Ok(Box::pin(RecordBatchStreamAdapter::new(output, futures::stream::empty())));
     };
     let keys = plan.keys(&first)?;
-    let runs = partition(&keys)?.ranges();
+    let runs = runs_of(&keys)?;
     if runs.len() * MIN_RUN_ROWS > first.num_rows() {
         let replay = futures::stream::once(async move { Ok(first) }).chain(input);
         let replay = Box::pin(RecordBatchStreamAdapter::new(plan.input_schema.clone(), replay));
@@ -354,7 +357,7 @@ async fn run(
                         continue;
                     }
                     let keys = plan.keys(&batch)?;
-                    let runs = partition(&keys)?.ranges();
+                    let runs = runs_of(&keys)?;
                     groups.add_or_emit(&plan, &batch, &keys, &runs, &mut ready)?;
                 }
                 None => {
@@ -365,6 +368,49 @@ async fn run(
         }
     });
     Ok(Box::pin(RecordBatchStreamAdapter::new(output, stream)))
+}
+
+/// The runs of equal keys in a batch, in row order. One 64-bit key without nulls (a time bucket,
+/// an id) is read straight from its values; other keys go through Arrow's `partition`, which
+/// compares neighbours into a bitmap and then walks it: for minute buckets over 10 M rows that
+/// was 14% of the query's CPU.
+fn runs_of(keys: &[ArrayRef]) -> DfResult<Vec<Range<usize>>> {
+    if let [key] = keys
+        && key.null_count() == 0
+        && let Some(values) = int64_values(key)
+    {
+        return Ok(runs_of_values(values));
+    }
+    Ok(partition(keys)?.ranges())
+}
+
+/// The values of an array stored as `i64`s (Int64, and timestamps in any unit).
+fn int64_values(array: &ArrayRef) -> Option<&[i64]> {
+    Some(match array.data_type() {
+        DataType::Int64 => array.as_primitive::<Int64Type>().values(),
+        DataType::Timestamp(TimeUnit::Second, _) => array.as_primitive::<TimestampSecondType>().values(),
+        DataType::Timestamp(TimeUnit::Millisecond, _) => array.as_primitive::<TimestampMillisecondType>().values(),
+        DataType::Timestamp(TimeUnit::Microsecond, _) => array.as_primitive::<TimestampMicrosecondType>().values(),
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => array.as_primitive::<TimestampNanosecondType>().values(),
+        _ => return None,
+    })
+}
+
+/// The runs of equal values. Every row writes its index as the next run's start and moves on
+/// only where the value changed, so a new run costs no branch the processor has to guess
+/// (runs of six rows, as minute buckets of 10 s samples make, mispredicted every sixth row).
+fn runs_of_values(values: &[i64]) -> Vec<Range<usize>> {
+    let Some(first) = values.first() else { return Vec::new() };
+    let mut starts = vec![0_usize; values.len() + 1];
+    let mut found = 1;
+    let mut previous = *first;
+    for (i, &value) in values.iter().enumerate().skip(1) {
+        starts[found] = i;
+        found += usize::from(value != previous);
+        previous = value;
+    }
+    starts[found] = values.len();
+    starts[..=found].windows(2).map(|pair| pair[0]..pair[1]).collect()
 }
 
 /// What became of a batch offered to [`Groups::add`].
@@ -830,6 +876,17 @@ impl ExecutionPlan for Replay {
 
 #[cfg(test)]
 mod tests {
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn runs_of_integer_keys_are_the_runs_arrow_finds(values in proptest::collection::vec(0_i64..4, 0..200)) {
+            let key: ArrayRef = Arc::new(Int64Array::from(values.clone()));
+            let expected = if values.is_empty() { Vec::new() } else { partition(&[key.clone()]).unwrap().ranges() };
+            prop_assert_eq!(runs_of(&[key]).unwrap(), expected);
+        }
+    }
+
     use datafusion::arrow::array::{BooleanArray, Date32Array, StringViewArray, TimestampSecondArray, UInt32Array};
     use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
     use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
