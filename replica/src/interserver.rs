@@ -114,15 +114,14 @@ impl Interserver for InterserverService {
         let table = request.table;
         let stream = async_stream(move |tx| async move {
             let sender = tx.clone();
-            let sent = tokio::task::spawn_blocking(move || send_chunks(file, total_size, &sender)).await;
+            let sent = tokio::task::spawn_blocking(move || send_chunks(file, total_size, &sender))
+                .await
+                .map_err(|e| e.to_string())
+                .and_then(|sent| sent.map_err(|e| e.to_string()));
             let (offset, actual) = match sent {
-                Ok(Ok(Some(sent))) => sent,
+                Ok(Some(sent)) => sent,
                 // The receiver went away.
-                Ok(Ok(None)) => return,
-                Ok(Err(e)) => {
-                    let _ = tx.send(Err(Status::internal(format!("cannot read part {id}: {e}")))).await;
-                    return;
-                }
+                Ok(None) => return,
                 Err(e) => {
                     let _ = tx.send(Err(Status::internal(format!("cannot read part {id}: {e}")))).await;
                     return;

@@ -107,8 +107,8 @@ enum Leadership {
 /// do, that is on nearly every part that arrived: under 10,000-row inserts on 2 nodes, a
 /// quarter of etcd's requests. An answer is reused for one `merge_interval` while this node's
 /// lease is the same. A stale answer costs nothing but time: a leader's fence is checked again
-/// by the transaction that registers its merge, and a leader's key outlives it by its lease's
-/// TTL anyway, so a follower asking a second later takes over no later than it could.
+/// by the transaction that registers its merge, and a dead leader's key stays for its lease's
+/// TTL (10 s) anyway, so a follower takes over at most one interval later than it could.
 struct Leaderships {
     reuse: Duration,
     known: HashMap<String, (i64, Leadership, Instant)>,
@@ -235,7 +235,9 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
             live.iter().all(|n| holders.contains(n))
                 || now_ms - p.manifest.created_at_ms >= REPLICATION_WAIT.as_millis() as i64
         };
-        for (name, state) in node.catalog.snapshot() {
+        let tables = node.catalog.snapshot();
+        leaderships.known.retain(|table, _| tables.contains_key(table));
+        for (name, state) in tables {
             if !state.def.settings.background_merges {
                 continue;
             }

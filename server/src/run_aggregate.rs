@@ -882,8 +882,9 @@ mod tests {
         #[test]
         fn runs_of_integer_keys_are_the_runs_arrow_finds(values in proptest::collection::vec(0_i64..4, 0..200)) {
             let key: ArrayRef = Arc::new(Int64Array::from(values.clone()));
-            let expected = if values.is_empty() { Vec::new() } else { partition(&[key.clone()]).unwrap().ranges() };
-            prop_assert_eq!(runs_of(&[key]).unwrap(), expected);
+            let keys = [key];
+            let expected = if values.is_empty() { Vec::new() } else { partition(&keys).unwrap().ranges() };
+            prop_assert_eq!(runs_of(&keys).unwrap(), expected);
         }
     }
 
