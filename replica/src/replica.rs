@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use tandem_coordinator::{Coordinator, Revision};
 use tandem_parts::PartId;
@@ -36,6 +36,8 @@ pub struct Replica {
     pub(crate) grpc_addr: SocketAddr,
     /// In a cluster: this node holds a lease and is listed among the live nodes.
     pub(crate) announced: AtomicBool,
+    /// In a cluster: when this node's membership lease was last granted or renewed.
+    pub(crate) lease_renewed: Mutex<Option<Instant>>,
     /// In a cluster: this node's membership lease (0 while it has none).
     pub(crate) lease: AtomicI64,
     /// The object-store mirror of parts, when configured.
@@ -92,7 +94,18 @@ impl Replica {
     pub fn is_ready(&self) -> bool {
         self.is_caught_up()
             && !self.is_draining()
-            && (!self.config.is_cluster() || self.announced.load(Ordering::Acquire))
+            && (!self.config.is_cluster() || (self.announced.load(Ordering::Acquire) && self.lease_is_fresh()))
+    }
+
+    /// Whether the membership lease was renewed recently enough that it cannot expire before
+    /// this node notices. Read at every readiness check rather than set when a renewal fails:
+    /// a renewal against a frozen etcd hangs for its whole timeout, and a node waiting on it
+    /// would stay ready past its lease.
+    fn lease_is_fresh(&self) -> bool {
+        self.lease_renewed
+            .lock()
+            .expect("lease renewal lock")
+            .is_some_and(|at| at.elapsed() < crate::membership::STEP_DOWN_AFTER)
     }
 
     /// Caught up with the coordinator at least once since start: a listing of it has been
