@@ -38,7 +38,7 @@ async fn announce(node: &Replica) -> Result<i64, CoordError> {
 /// A node that has not renewed its lease for this long steps down (not ready) before the lease
 /// can expire under it: its peers stop counting it once etcd expires the lease, and it must not
 /// go on claiming to be a member meanwhile.
-pub(crate) const STEP_DOWN_AFTER: Duration = Duration::from_secs(LEASE_TTL.as_secs() / 2);
+const STEP_DOWN_AFTER: Duration = Duration::from_secs(LEASE_TTL.as_secs() / 2);
 
 /// Keeps the node's lease alive and its record current until shutdown, then revokes the lease
 /// so peers stop fetching from this node at once. When renewals fail for [`STEP_DOWN_AFTER`],
@@ -86,7 +86,7 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
             continue;
         }
         renewed = tokio::time::Instant::now();
-        *node.lease_renewed.lock().expect("lease renewal lock") = Some(std::time::Instant::now());
+        *node.member_until.lock().expect("membership lock") = Some(std::time::Instant::now() + STEP_DOWN_AFTER);
         if lease.is_some() && !node.announced.swap(true, Ordering::AcqRel) {
             tracing::info!("membership lease renewed: ready again");
         }

@@ -36,8 +36,9 @@ pub struct Replica {
     pub(crate) grpc_addr: SocketAddr,
     /// In a cluster: this node holds a lease and is listed among the live nodes.
     pub(crate) announced: AtomicBool,
-    /// In a cluster: when this node's membership lease was last granted or renewed.
-    pub(crate) lease_renewed: Mutex<Option<Instant>>,
+    /// In a cluster: until when this node counts as a member without renewing its lease again
+    /// (set by each renewal: the lease cannot expire before then).
+    pub(crate) member_until: Mutex<Option<Instant>>,
     /// In a cluster: this node's membership lease (0 while it has none).
     pub(crate) lease: AtomicI64,
     /// The object-store mirror of parts, when configured.
@@ -102,10 +103,7 @@ impl Replica {
     /// a renewal against a frozen etcd hangs for its whole timeout, and a node waiting on it
     /// would stay ready past its lease.
     fn lease_is_fresh(&self) -> bool {
-        self.lease_renewed
-            .lock()
-            .expect("lease renewal lock")
-            .is_some_and(|at| at.elapsed() < crate::membership::STEP_DOWN_AFTER)
+        self.member_until.lock().expect("membership lock").is_some_and(|until| Instant::now() < until)
     }
 
     /// Caught up with the coordinator at least once since start: a listing of it has been

@@ -105,7 +105,7 @@ pub async fn start(
         http_addr,
         grpc_addr,
         announced: Default::default(),
-        lease_renewed: Default::default(),
+        member_until: Default::default(),
         lease: Default::default(),
         bucket: bucket.clone(),
         merges: Merges::new(config.settings.merge_concurrency),
