@@ -876,18 +876,6 @@ impl ExecutionPlan for Replay {
 
 #[cfg(test)]
 mod tests {
-    use proptest::prelude::*;
-
-    proptest! {
-        #[test]
-        fn runs_of_integer_keys_are_the_runs_arrow_finds(values in proptest::collection::vec(0_i64..4, 0..200)) {
-            let key: ArrayRef = Arc::new(Int64Array::from(values.clone()));
-            let keys = [key];
-            let expected = if values.is_empty() { Vec::new() } else { partition(&keys).unwrap().ranges() };
-            prop_assert_eq!(runs_of(&keys).unwrap(), expected);
-        }
-    }
-
     use datafusion::arrow::array::{BooleanArray, Date32Array, StringViewArray, TimestampSecondArray, UInt32Array};
     use datafusion::arrow::datatypes::{Field, Schema, TimeUnit};
     use datafusion::arrow::util::display::{ArrayFormatter, FormatOptions};
@@ -900,6 +888,19 @@ mod tests {
 
     use super::*;
     use crate::functions::quantile::Quantile;
+    use proptest::prelude::*;
+
+    proptest! {
+        #[test]
+        fn runs_of_integer_keys_are_the_runs_arrow_finds(values in proptest::collection::vec(0_i64..4, 0..200)) {
+            let integers: ArrayRef = Arc::new(Int64Array::from(values.clone()));
+            let times: ArrayRef = Arc::new(TimestampSecondArray::from(values.clone()));
+            for keys in [[integers], [times]] {
+                let expected = if values.is_empty() { Vec::new() } else { partition(&keys).unwrap().ranges() };
+                prop_assert_eq!(runs_of(&keys).unwrap(), expected);
+            }
+        }
+    }
 
     /// `rows` rows in batches of 1,000 over two partitions: a host and a time that change
     /// every `run` rows (sorted, as a part is), and some NULLs among keys and values.
