@@ -466,13 +466,25 @@ async fn load_query_table(args: &BenchArgs, system: &System) -> anyhow::Result<(
     system.wait_for_rows(&system.reader, "q", rows).await?;
     let peak = memory.finish().await;
     let parts = system.settle("q").await?;
+    // Both systems name the columns so: the layout the queries read (left out if not).
+    let sizes = system
+        .writer
+        .statement("SELECT rows, bytes FROM system.parts WHERE table = 'q' AND active ORDER BY rows DESC")
+        .await
+        .unwrap_or_default();
+    let sizes: Vec<String> = sizes
+        .lines()
+        .filter_map(|line| line.split_once('\t'))
+        .map(|(rows, bytes)| format!("{rows} rows/{:.1} MB", bytes.parse::<f64>().unwrap_or(0.0) / 1e6))
+        .collect();
     println!(
         "{:<10} loaded {rows} rows in {:.1} s ({:.0} k rows/s, {LOAD_ROWS}-row inserts), writer RSS peak {:.0} MiB, \
-         {parts} active parts after merges settled",
+         {parts} active parts after merges settled ({})",
         system.name(),
         loaded.as_secs_f64(),
         rows as f64 / loaded.as_secs_f64() / 1e3,
-        peak[0]
+        peak[0],
+        sizes.join(", ")
     );
     Ok(())
 }

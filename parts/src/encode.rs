@@ -7,12 +7,12 @@ use arrow::row::{Row, RowConverter, Rows, SortField};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use parquet::basic::{Compression, Encoding, ZstdLevel};
+use parquet::basic::{Compression, Encoding};
 use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
-use crate::{ColumnStats, PartError, PartId};
+use crate::{Codec, ColumnStats, PartError, PartId};
 
 /// What makes a part unique beyond its rows: written into the Parquet footer, so two inserts
 /// of identical rows that are both meant to be kept (deduplication off, or different tokens)
@@ -23,6 +23,9 @@ pub struct PartMetadata {
     pub partition: String,
     /// The block id, or for an insert without deduplication a unique insert id.
     pub origin: String,
+    /// How the columns are compressed (not written into the footer: Parquet records each
+    /// column's codec itself).
+    pub codec: Codec,
 }
 
 /// Rows per data page at most.
@@ -37,8 +40,8 @@ pub struct EncodedPart {
     pub columns: BTreeMap<String, ColumnStats>,
 }
 
-/// Sorts the block by `sort_key` and writes it as one Parquet file, zstd-compressed but for the
-/// leading sort-key column.
+/// Sorts the block by `sort_key` and writes it as one Parquet file, compressed with the
+/// metadata's codec but for the leading sort-key column.
 /// Deterministic: the same rows, key and metadata always give the same bytes.
 pub fn encode_part(
     batch: &RecordBatch,
@@ -73,7 +76,7 @@ pub(crate) fn encode_sorted_part(
     });
     let properties = WriterProperties::builder()
         .set_created_by("tandem-parts 1".to_string())
-        .set_compression(Compression::ZSTD(ZstdLevel::try_new(1)?))
+        .set_compression(metadata.codec.compression())
         .set_statistics_enabled(EnabledStatistics::Page)
         // Pages are what a filter on the sort key prunes to (through the page index): rows in
         // ClickHouse's granules of 8,192 rather than parquet's default 20,000.
@@ -86,7 +89,7 @@ pub(crate) fn encode_sorted_part(
         // compressing it saves next to nothing, and reading it compressed costs every query that
         // filters or groups on it a decompression context per row group (Parquet's reader makes
         // one per column chunk). Uncompressed, a filter on one host of 10 M rows took 8-13% less
-        // CPU, a 6-hour range by host 8% less; the other columns stay zstd.
+        // CPU, a 6-hour range by host 8% less (with zstd); the other columns keep the codec.
         let properties = if sort_key.first() == Some(field.name()) {
             properties.set_column_compression(column.clone(), Compression::UNCOMPRESSED)
         } else {
@@ -223,6 +226,7 @@ mod tests {
 
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
+    use parquet::basic::ZstdLevel;
 
     use super::*;
 
@@ -279,7 +283,7 @@ mod tests {
     }
 
     fn meta(origin: &str) -> PartMetadata {
-        PartMetadata { table: "t".into(), partition: "all".into(), origin: origin.into() }
+        PartMetadata { table: "t".into(), partition: "all".into(), origin: origin.into(), codec: Codec::default() }
     }
 
     #[test]
@@ -296,18 +300,31 @@ mod tests {
     }
 
     #[test]
-    fn the_leading_sort_key_column_alone_is_stored_uncompressed() {
-        let codecs = |sort_key: &[&str]| {
+    fn the_columns_take_the_codec_but_the_leading_sort_key_column_is_stored_uncompressed() {
+        let codecs = |sort_key: &[&str], codec: Codec| {
             let sort_key: Vec<String> = sort_key.iter().map(|c| c.to_string()).collect();
-            let part = encode_part(&batch(), &sort_key, &meta("x")).unwrap();
+            let part = encode_part(&batch(), &sort_key, &PartMetadata { codec, ..meta("x") }).unwrap();
             let reader = ParquetRecordBatchReaderBuilder::try_new(part.bytes).unwrap();
             let row_group = reader.metadata().row_group(0);
             (0..row_group.num_columns()).map(|i| row_group.column(i).compression()).collect::<Vec<_>>()
         };
-        let zstd = Compression::ZSTD(ZstdLevel::try_new(1).unwrap());
-        assert_eq!(codecs(&["host", "v"]), [Compression::UNCOMPRESSED, zstd]);
-        assert_eq!(codecs(&["v"]), [zstd, Compression::UNCOMPRESSED]);
-        assert_eq!(codecs(&[]), [zstd, zstd]);
+        let lz4 = Compression::LZ4_RAW;
+        assert_eq!(codecs(&["host", "v"], Codec::default()), [Compression::UNCOMPRESSED, lz4]);
+        assert_eq!(codecs(&["v"], Codec::default()), [lz4, Compression::UNCOMPRESSED]);
+        assert_eq!(codecs(&[], Codec::default()), [lz4, lz4]);
+        // The footer names the codec, not the zstd level it was written at.
+        let zstd = Compression::ZSTD(ZstdLevel::default());
+        assert_eq!(codecs(&["host"], Codec::Zstd(5)), [Compression::UNCOMPRESSED, zstd]);
+        assert_eq!(codecs(&[], Codec::None), [Compression::UNCOMPRESSED, Compression::UNCOMPRESSED]);
+    }
+
+    #[test]
+    fn the_codec_changes_the_bytes_but_not_the_rows() {
+        let lz4 = encode_part(&batch(), &["host".into()], &meta("x")).unwrap();
+        let zstd =
+            encode_part(&batch(), &["host".into()], &PartMetadata { codec: Codec::Zstd(1), ..meta("x") }).unwrap();
+        assert_ne!(lz4.id, zstd.id);
+        assert_eq!(read_part_batches(lz4.bytes).unwrap(), read_part_batches(zstd.bytes).unwrap());
     }
 
     #[test]

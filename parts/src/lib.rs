@@ -23,6 +23,7 @@
 //! and keeps them, locally and in an object store.
 
 mod block;
+mod codec;
 mod encode;
 mod error;
 mod manifest;
@@ -36,6 +37,7 @@ pub use arrow;
 pub use parquet;
 
 pub use block::block_id;
+pub use codec::Codec;
 pub use encode::{EncodedPart, PartMetadata, encode_part, read_part_batches};
 pub use error::PartError;
 pub use manifest::{ColumnStats, PART_FORMAT_VERSION, PartManifest};

@@ -61,11 +61,19 @@ pub struct PartManifest {
     /// For a merged part: the rows its merge left out because the table's TTL had passed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ttl_filter: Option<crate::TtlFilter>,
+    /// How the part's columns are compressed: what a replica rebuilding a merge writes with.
+    /// Manifests from before codecs were chosen mean zstd level 1.
+    #[serde(default = "codec_before_codecs")]
+    pub codec: crate::Codec,
     /// Until when (milliseconds since the epoch) an `insert_quorum` may be waiting for nodes
     /// to hold this part: no node evicts its copy before then. For a merged part, the latest
     /// of its sources'.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub quorum_until_ms: Option<i64>,
+}
+
+fn codec_before_codecs() -> crate::Codec {
+    crate::Codec::BEFORE_CODECS
 }
 
 impl PartManifest {
@@ -75,5 +83,20 @@ impl PartManifest {
 
     pub fn from_json(bytes: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(bytes)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Codec;
+
+    #[test]
+    fn a_manifest_from_before_codecs_means_zstd_and_new_ones_keep_theirs() {
+        let old = br#"{"format_version":1,"table":"t","partition":"all","rows":1,"bytes":10,"schema_version":3}"#;
+        let mut manifest = PartManifest::from_json(old).unwrap();
+        assert_eq!(manifest.codec, Codec::Zstd(1));
+        manifest.codec = Codec::Lz4;
+        assert_eq!(PartManifest::from_json(&manifest.to_json()).unwrap().codec, Codec::Lz4);
     }
 }

@@ -11,7 +11,7 @@ use arrow::datatypes::{DataType, Int64Type};
 use serde::{Deserialize, Serialize};
 
 use crate::encode::{encode_sorted_part, key_rows};
-use crate::{EncodedPart, PartError, PartId, PartMetadata, encode_part};
+use crate::{Codec, EncodedPart, PartError, PartId, PartMetadata, encode_part};
 
 /// Rows a merge leaves out because a table's TTL has passed for them: those whose `column`
 /// (a Date, DateTime or DateTime64 column of the part, by its Parquet name) holds a value
@@ -116,8 +116,9 @@ pub fn select_merge(parts: &[MergeCandidate], policy: &MergePolicy) -> Option<Ve
 pub type MergeSource = (PartId, Vec<RecordBatch>);
 
 /// The merged part of `sources` (each sorted by `sort_key`, as every part is; their rows
-/// sorted together), without the rows `ttl` expires. The origin names the sources and the TTL
-/// filter, so the same merge gives the same bytes anywhere. None when the TTL expires every row.
+/// sorted together), without the rows `ttl` expires, written with `codec`. The origin names the
+/// sources and the TTL filter, so the same merge with the same codec gives the same bytes
+/// anywhere. None when the TTL expires every row.
 ///
 /// When the sources do not overlap (time-ordered inserts
 /// into a table ordered by time or by an increasing id: every merge of such a table), their
@@ -129,6 +130,7 @@ pub fn merge_parts(
     table: &str,
     partition: &str,
     ttl: Option<&TtlFilter>,
+    codec: Codec,
 ) -> Result<Option<EncodedPart>, PartError> {
     let mut ordered: Vec<&MergeSource> = sources.iter().collect();
     ordered.sort_by_key(|(id, _)| *id);
@@ -147,7 +149,8 @@ pub fn merge_parts(
     if merged.num_rows() == 0 {
         return Ok(None);
     }
-    let metadata = PartMetadata { table: table.into(), partition: partition.into(), origin: format!("merge:{origin}") };
+    let metadata =
+        PartMetadata { table: table.into(), partition: partition.into(), origin: format!("merge:{origin}"), codec };
     match in_key_order {
         Some(_) => encode_sorted_part(&merged, sort_key, &metadata),
         None => encode_part(&merged, sort_key, &metadata),
@@ -275,8 +278,9 @@ mod tests {
             |values: Vec<i64>| RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))]).unwrap();
         let a = (PartId::of_bytes(b"a"), vec![batch(vec![1, 5])]);
         let b = (PartId::of_bytes(b"b"), vec![batch(vec![2, 3]), batch(vec![4])]);
-        let one = merge_parts(&[a.clone(), b.clone()], &["k".into()], "t", "all", None).unwrap().unwrap();
-        let other = merge_parts(&[b, a], &["k".into()], "t", "all", None).unwrap().unwrap();
+        let one =
+            merge_parts(&[a.clone(), b.clone()], &["k".into()], "t", "all", None, Codec::default()).unwrap().unwrap();
+        let other = merge_parts(&[b, a], &["k".into()], "t", "all", None, Codec::default()).unwrap().unwrap();
         assert_eq!(one.id, other.id, "the same sources give the same bytes, whatever their order");
         let rows = read_part_batches(one.bytes).unwrap();
         assert_eq!(rows[0].column(0).as_primitive::<Int64Type>().values().to_vec(), [1, 2, 3, 4, 5]);
@@ -303,8 +307,12 @@ mod tests {
             ordered.sort_by_key(|(id, _)| *id);
             let batches: Vec<RecordBatch> = ordered.iter().flat_map(|(_, b)| b.iter().cloned()).collect();
             let origin = ordered.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join("+");
-            let metadata =
-                PartMetadata { table: "t".into(), partition: "all".into(), origin: format!("merge:{origin}") };
+            let metadata = PartMetadata {
+                table: "t".into(),
+                partition: "all".into(),
+                origin: format!("merge:{origin}"),
+                codec: Codec::default(),
+            };
             encode_part(&concat_batches(&schema, &batches).unwrap(), &key, &metadata).unwrap()
         };
         let disjoint = [
@@ -316,7 +324,7 @@ mod tests {
         let ordered = in_key_order(&disjoint.iter().collect::<Vec<_>>(), &key).unwrap().expect("no two overlap");
         let ids: Vec<PartId> = ordered.iter().map(|(id, _)| *id).collect();
         assert_eq!(ids, [b"y", b"x", b"z"].map(|n| PartId::of_bytes(n)), "by first key, nulls first");
-        let merged = merge_parts(&disjoint, &key, "t", "all", None).unwrap().unwrap();
+        let merged = merge_parts(&disjoint, &key, "t", "all", None, Codec::default()).unwrap().unwrap();
         assert_eq!(merged.id, sorted_merge(&disjoint).id);
         let rows = concat_batches(&schema, &read_part_batches(merged.bytes).unwrap()).unwrap();
         let k: Vec<Option<i64>> = rows.column(0).as_primitive::<Int64Type>().iter().collect();
@@ -328,7 +336,7 @@ mod tests {
             (PartId::of_bytes(b"z"), vec![batch(vec![Some(2), Some(3)], vec![0, 0])]),
         ];
         assert!(in_key_order(&touching.iter().collect::<Vec<_>>(), &key).unwrap().is_none());
-        let merged = merge_parts(&touching, &key, "t", "all", None).unwrap().unwrap();
+        let merged = merge_parts(&touching, &key, "t", "all", None, Codec::default()).unwrap().unwrap();
         assert_eq!(merged.id, sorted_merge(&touching).id);
     }
 
@@ -347,15 +355,20 @@ mod tests {
         };
         let source = (PartId::of_bytes(b"a"), vec![batch(vec![Some(10), None, Some(30), Some(20)], vec![1, 2, 3, 4])]);
         let ttl = TtlFilter { column: "ts".into(), before: 20 };
-        let kept = merge_parts(std::slice::from_ref(&source), &["k".into()], "t", "all", Some(&ttl)).unwrap().unwrap();
+        let kept = merge_parts(std::slice::from_ref(&source), &["k".into()], "t", "all", Some(&ttl), Codec::default())
+            .unwrap()
+            .unwrap();
         let rows = read_part_batches(kept.bytes).unwrap();
         assert_eq!(rows[0].column(1).as_primitive::<Int64Type>().values().to_vec(), [2, 3, 4], "ts 10 < 20 expired");
-        let plain = merge_parts(std::slice::from_ref(&source), &["k".into()], "t", "all", None).unwrap().unwrap();
+        let plain = merge_parts(std::slice::from_ref(&source), &["k".into()], "t", "all", None, Codec::default())
+            .unwrap()
+            .unwrap();
         assert_ne!(plain.id, kept.id);
         let everything = TtlFilter { column: "ts".into(), before: i64::MAX };
-        let only_nulls = merge_parts(&[source], &["k".into()], "t", "all", Some(&everything)).unwrap().unwrap();
+        let only_nulls =
+            merge_parts(&[source], &["k".into()], "t", "all", Some(&everything), Codec::default()).unwrap().unwrap();
         assert_eq!(only_nulls.rows, 1, "a NULL time never expires");
         let expired = (PartId::of_bytes(b"b"), vec![batch(vec![Some(1)], vec![1])]);
-        assert!(merge_parts(&[expired], &["k".into()], "t", "all", Some(&ttl)).unwrap().is_none());
+        assert!(merge_parts(&[expired], &["k".into()], "t", "all", Some(&ttl), Codec::default()).unwrap().is_none());
     }
 }

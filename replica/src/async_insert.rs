@@ -570,7 +570,8 @@ async fn encode(
             let schema = batches.first().map(|b| b.schema()).ok_or_else(|| Error::internal("empty group"))?;
             let rows = concat_batches(&schema, &batches).map_err(Error::internal)?;
             let origin = format!("async/{node_id}/{now_ms}/{unique}/{index}");
-            let metadata = PartMetadata { table: def.name.clone(), partition: partition.clone(), origin };
+            let codec = def.settings.default_compression_codec;
+            let metadata = PartMetadata { table: def.name.clone(), partition: partition.clone(), origin, codec };
             let part = encode_part(&rows, &def.order_by, &metadata)?;
             store.write(&part.id, &part.bytes)?;
             let manifest = PartManifest {
@@ -590,6 +591,7 @@ async fn encode(
                 merged_from: Vec::new(),
                 revision_range: None,
                 ttl_filter: None,
+                codec,
                 quorum_until_ms,
             };
             let new_part =

@@ -871,6 +871,7 @@ mod tests {
             merged_from: merged_from.iter().map(|id| **id).collect(),
             revision_range: None,
             ttl_filter: None,
+            codec: tandem_parts::Codec::default(),
             quorum_until_ms: None,
         }
         .to_json()

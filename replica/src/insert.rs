@@ -403,6 +403,7 @@ async fn encode_blocks(
     let sequence = INSERT_SEQUENCE.fetch_add(1, Ordering::Relaxed);
     let node_id = node.config.node_id.clone();
     let column_ids = def.column_ids();
+    let codec = def.settings.default_compression_codec;
     // Encoding and fsync block: off the async runtime.
     let started = Instant::now();
     let encoded = tokio::task::spawn_blocking(move || -> Result<Vec<EncodedBlock>, Error> {
@@ -415,7 +416,7 @@ async fn encode_blocks(
                 Some(block) => format!("{block}/{unique}"),
                 None => unique,
             };
-            let metadata = PartMetadata { table: table.clone(), partition: partition.clone(), origin };
+            let metadata = PartMetadata { table: table.clone(), partition: partition.clone(), origin, codec };
             let part = encode_part(&block, &sort_key, &metadata)?;
             store.write(&part.id, &part.bytes)?;
             let manifest = PartManifest {
@@ -435,6 +436,7 @@ async fn encode_blocks(
                 merged_from: Vec::new(),
                 revision_range: None,
                 ttl_filter: None,
+                codec,
                 quorum_until_ms,
             };
             out.push(EncodedBlock {

@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tandem_coordinator::{NewPart, Revision};
 use tandem_parts::{
-    EncodedPart, LocalPartStore, MergeCandidate, MergePolicy, PART_FORMAT_VERSION, PartId, PartManifest, TtlFilter,
-    merge_parts, read_part_batches, select_merge,
+    Codec, EncodedPart, LocalPartStore, MergeCandidate, MergePolicy, PART_FORMAT_VERSION, PartId, PartManifest,
+    TtlFilter, merge_parts, read_part_batches, select_merge,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -325,6 +325,7 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
                 }
                 node.merges.busy.lock().expect("merges lock").extend(chosen.iter().copied());
                 let (node, name, sort_key) = (node.clone(), name.clone(), state.def.order_by.clone());
+                let codec = state.def.settings.default_compression_codec;
                 tasks.spawn(async move {
                     let key = node.merges.start(RunningMerge {
                         table: name.clone(),
@@ -335,7 +336,7 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
                         started: Instant::now(),
                         role: if ttl_only { "ttl" } else { "leader" },
                     });
-                    if let Err(e) = merge_and_register(&node, &name, &sort_key, &sources, ttl, fence).await {
+                    if let Err(e) = merge_and_register(&node, &name, &sort_key, &sources, ttl, codec, fence).await {
                         tracing::warn!(table = %name, error = %e, "merge failed; the sources stay as they are");
                     }
                     node.merges.finish(key);
@@ -362,6 +363,7 @@ fn merge_files(
     table: &str,
     partition: &str,
     ttl: Option<&TtlFilter>,
+    codec: Codec,
 ) -> anyhow::Result<Option<EncodedPart>> {
     let mut inputs = Vec::with_capacity(sources.len());
     for (id, read) in sources {
@@ -371,7 +373,7 @@ fn merge_files(
         };
         inputs.push((*id, read_part_batches(bytes)?));
     }
-    Ok(merge_parts(&inputs, sort_key, table, partition, ttl)?)
+    Ok(merge_parts(&inputs, sort_key, table, partition, ttl, codec)?)
 }
 
 /// The manifest of the merged part of `sources`.
@@ -381,6 +383,7 @@ fn merged_manifest(
     sources: &[(PartId, Arc<PartManifest>, Revision)],
     sort_key: &[String],
     ttl_filter: Option<TtlFilter>,
+    codec: Codec,
 ) -> PartManifest {
     let first = &sources[0].1;
     let mut merged_from: Vec<PartId> = sources.iter().map(|(id, _, _)| *id).collect();
@@ -404,6 +407,7 @@ fn merged_manifest(
         merged_from,
         revision_range: Some((low, high)),
         ttl_filter,
+        codec,
         quorum_until_ms: sources.iter().filter_map(|(_, m, _)| m.quorum_until_ms).max(),
     }
 }
@@ -414,6 +418,7 @@ async fn merge_and_register(
     sort_key: &[String],
     sources: &[ActivePart],
     ttl: Option<TtlFilter>,
+    codec: Codec,
     fence: Option<Revision>,
 ) -> anyhow::Result<()> {
     let started = Instant::now();
@@ -436,7 +441,7 @@ async fn merge_and_register(
     let filter = ttl.clone();
     // `sources` hold the files open against deletion while they are read.
     let encoded = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<EncodedPart>> {
-        let Some(encoded) = merge_files(&store, &ids, &key, &name, &partition, filter.as_ref())? else {
+        let Some(encoded) = merge_files(&store, &ids, &key, &name, &partition, filter.as_ref(), codec)? else {
             return Ok(None);
         };
         store.write(&encoded.id, &encoded.bytes)?;
@@ -452,7 +457,7 @@ async fn merge_and_register(
         return Ok(());
     };
     let described: Vec<_> = sources.iter().map(|p| (p.id, p.manifest.clone(), p.revision)).collect();
-    let manifest = merged_manifest(&node.config.node_id, &encoded, &described, sort_key, ttl);
+    let manifest = merged_manifest(&node.config.node_id, &encoded, &described, sort_key, ttl, codec);
     let merged =
         NewPart { id: encoded.id, partition: manifest.partition.clone(), block_id: None, manifest: manifest.to_json() };
     let source_revisions: Vec<(PartId, Revision)> = sources.iter().map(|p| (p.id, p.revision)).collect();
@@ -538,12 +543,18 @@ pub async fn rebuild_locally(node: &Replica, table: &str, id: &PartId, manifest:
         started: Instant::now(),
         role: "replica",
     });
-    let (sort_key, name, partition, expected, ttl) =
-        (manifest.sort_key.clone(), table.to_string(), manifest.partition.clone(), *id, manifest.ttl_filter.clone());
+    let (sort_key, name, partition, expected, ttl, codec) = (
+        manifest.sort_key.clone(),
+        table.to_string(),
+        manifest.partition.clone(),
+        *id,
+        manifest.ttl_filter.clone(),
+        manifest.codec,
+    );
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<PartId>> {
         // `held` keeps the files of sources still visible here open while they are read.
         let ids: Vec<(PartId, Option<Bytes>)> = held.iter().map(|(source, _)| (*source, None)).collect();
-        let encoded = merge_files(&store, &ids, &sort_key, &name, &partition, ttl.as_ref())?
+        let encoded = merge_files(&store, &ids, &sort_key, &name, &partition, ttl.as_ref(), codec)?
             .ok_or_else(|| anyhow::anyhow!("the registered merge's TTL filter leaves no rows of these sources"))?;
         drop(held);
         if encoded.id != expected {

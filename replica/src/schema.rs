@@ -5,8 +5,8 @@ use std::sync::Arc;
 
 use chrono::{DateTime, Months, TimeDelta, Utc};
 use serde::{Deserialize, Serialize};
-use tandem_parts::PartitionSpec;
 use tandem_parts::arrow::datatypes::{DataType, Field, Schema, SchemaRef, TimeUnit};
+use tandem_parts::{Codec, PartitionSpec};
 
 use crate::error::Error;
 
@@ -180,6 +180,10 @@ pub struct TableSettings {
     /// object store).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub local_replicas: Option<u64>,
+    /// How new parts and merges compress their columns (ClickHouse's MergeTree setting of
+    /// that name): LZ4 unless the table says otherwise; existing parts keep theirs until merged.
+    #[serde(default)]
+    pub default_compression_codec: Codec,
 }
 
 fn default_merge_with_ttl_timeout() -> u64 {
@@ -289,6 +293,15 @@ impl TableSettings {
                 }
                 n => self.parts_to_throw_insert = n,
             },
+            "default_compression_codec" => {
+                let text = value.as_str().ok_or_else(|| {
+                    Error::bad_request(format!(
+                        "table setting `default_compression_codec` is a codec such as 'LZ4' or 'ZSTD(3)', got {value}"
+                    ))
+                })?;
+                self.default_compression_codec =
+                    Codec::parse(text).map_err(|e| Error::bad_request(format!("table setting `{key}`: {e}")))?;
+            }
             "insert_durability" => {
                 let text = value.as_str().ok_or_else(|| {
                     Error::bad_request(format!(
@@ -303,7 +316,7 @@ impl TableSettings {
                      auto_add_columns (0 or 1), insert_durability ('local' or 'object_store'), \
                      background_merges (0 or 1), parts_to_delay_insert, parts_to_throw_insert, async_insert (0 or 1), \
                      async_insert_busy_timeout_ms, async_insert_max_data_size, async_dedup_window_blocks, \
-                     merge_with_ttl_timeout, local_replicas"
+                     merge_with_ttl_timeout, local_replicas, default_compression_codec ('LZ4', 'ZSTD(level)' or 'NONE')"
                 )));
             }
         }
@@ -327,6 +340,7 @@ impl Default for TableSettings {
             async_insert_max_data_size: None,
             merge_with_ttl_timeout: default_merge_with_ttl_timeout(),
             local_replicas: None,
+            default_compression_codec: Codec::default(),
         }
     }
 }

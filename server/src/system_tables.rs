@@ -192,6 +192,7 @@ fn system_parts(node: &Replica, tables: &BTreeMap<String, Arc<TableState>>) -> R
     let mut rows = Vec::new();
     let mut bytes = Vec::new();
     let mut level = Vec::new();
+    let mut codec = Vec::new();
     let mut revision = Vec::new();
     let mut block_id = Vec::new();
     let mut written_by = Vec::new();
@@ -224,6 +225,7 @@ fn system_parts(node: &Replica, tables: &BTreeMap<String, Arc<TableState>>) -> R
             rows.push(Some(manifest.rows));
             bytes.push(Some(manifest.bytes));
             level.push(Some(u64::from(manifest.level)));
+            codec.push(Some(manifest.codec.to_string()));
             revision.push(Some(rev));
             block_id.push(manifest.block_id.clone());
             written_by.push(manifest.node.clone());
@@ -239,6 +241,7 @@ fn system_parts(node: &Replica, tables: &BTreeMap<String, Arc<TableState>>) -> R
         rows.push(None);
         bytes.push(None);
         level.push(None);
+        codec.push(None);
         revision.push(None);
         block_id.push(None);
         written_by.push(None);
@@ -257,6 +260,8 @@ fn system_parts(node: &Replica, tables: &BTreeMap<String, Arc<TableState>>) -> R
         ("rows", Arc::new(UInt64Array::from(rows))),
         ("bytes", Arc::new(UInt64Array::from(bytes))),
         ("level", Arc::new(UInt64Array::from(level))),
+        // ClickHouse's name for the codec a part's columns are compressed with.
+        ("default_compression_codec", Arc::new(StringArray::from(codec))),
         ("revision", Arc::new(Int64Array::from(revision))),
         ("block_id", Arc::new(StringArray::from(block_id))),
         ("written_by", Arc::new(StringArray::from(written_by))),

@@ -215,8 +215,11 @@ async fn a_merge_leader_killed_while_merging_is_replaced_and_nothing_is_lost_or_
 async fn queries_running_across_merges_see_every_row_once() {
     // Replicas rebuild merged parts from their own sources here (the other tests fetch them).
     let cluster = Cluster::start_with(3, vec!["--always-fetch-merged-part=false".into()], Vec::new()).await.unwrap();
-    // Merges start only once the queries run, so the queries certainly run across them.
-    cluster.nodes[0].sql(&format!("{TABLE} SETTINGS background_merges = 0")).await;
+    // Merges start only once the queries run, so the queries certainly run across them. A
+    // codec other than the default: replicas must rebuild with the codec the leader merged with.
+    cluster.nodes[0]
+        .sql(&format!("{TABLE} SETTINGS background_merges = 0, default_compression_codec = 'ZSTD(3)'"))
+        .await;
     for node in &cluster.nodes {
         node.wait_for("SELECT count() FROM system.tables WHERE name = 't'", "1", CONVERGE).await;
     }
@@ -263,6 +266,44 @@ async fn queries_running_across_merges_see_every_row_once() {
         assert_eq!(node.metric("tandem_merge_mismatches_total").await, 0.0, "local merges match the leader's bytes");
     }
     assert!(rebuilt > 0.0, "replicas rebuilt merged parts from their own sources");
+    for node in &cluster.nodes {
+        let codecs =
+            node.sql("SELECT DISTINCT default_compression_codec FROM system.parts WHERE \"table\" = 't'").await;
+        assert_eq!(codecs, "ZSTD(3)\n", "{}", node.url);
+    }
+}
+
+#[tokio::test]
+async fn a_table_chooses_how_its_parts_and_merges_are_compressed() {
+    let cluster = Cluster::start(1).await.unwrap();
+    let node = &cluster.nodes[0];
+    node.sql(&format!("{TABLE} SETTINGS background_merges = 0")).await;
+    // Each insert of rows alternating between two months is one part per month.
+    node.insert("t", "CSV", rows(0, 10)).await;
+    let codecs = "SELECT default_compression_codec, count() FROM system.parts WHERE \"table\" = 't' AND active \
+                  GROUP BY 1 ORDER BY 1";
+    assert_eq!(node.sql(codecs).await, "LZ4\t2\n", "LZ4 unless the table says otherwise");
+
+    for codec in ["'ZSTD(23)'", "'LZ4HC'", "3"] {
+        let refused =
+            node.request(&format!("ALTER TABLE t MODIFY SETTING default_compression_codec = {codec}"), &[], "").await;
+        assert_eq!(refused.status, 400, "{codec}: {}", refused.text());
+        assert!(refused.text().contains("default_compression_codec"), "{codec}: {}", refused.text());
+    }
+    node.sql("ALTER TABLE t MODIFY SETTING default_compression_codec = 'zstd(3)'").await;
+    let settings = node.sql("SELECT settings FROM system.tables WHERE name = 't'").await;
+    assert!(settings.contains(r#""default_compression_codec":"ZSTD(3)""#), "{settings}");
+    for i in 1..4 {
+        node.insert("t", "CSV", rows(i * 10, 10)).await;
+    }
+    assert_eq!(node.sql(codecs).await, "LZ4\t2\nZSTD(3)\t6\n", "new parts take the table's codec");
+
+    // A merge of parts written with either codec writes the table's.
+    node.sql("ALTER TABLE t MODIFY SETTING background_merges = 1").await;
+    node.wait_for(codecs, "ZSTD(3)\t2", CONVERGE).await;
+    let ids: BTreeSet<u64> = (0..40).collect();
+    let dump = node.request("SELECT id, ts, host, v FROM t ORDER BY id FORMAT CSV", &[], Vec::new()).await.ok();
+    assert_eq!(dump.text(), expected_dump(&ids));
 }
 
 #[tokio::test]
