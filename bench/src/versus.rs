@@ -129,18 +129,33 @@ impl System {
         }
     }
 
-    /// Waits until the writer's active part count of `table` has not changed for 5 s (merges
-    /// settled), at most two minutes; answers the count.
+    /// Waits until the writer's active part count of `table` has not changed for 5 s and
+    /// neither replica is merging or fetching (merges settled: a long merge still running
+    /// would take CPU from the queries), at most two minutes; answers the count.
     async fn settle(&self, table: &str) -> anyhow::Result<String> {
         let sql = format!("SELECT count() FROM system.parts WHERE table = '{table}' AND active");
+        let busy = match self.engine {
+            Engine::ClickHouse => {
+                "SELECT (SELECT count() FROM system.merges) + (SELECT count() FROM system.replication_queue)"
+            }
+            Engine::Tandem => "SELECT count() FROM system.replication_queue",
+        };
         let deadline = Instant::now() + Duration::from_secs(120);
         let mut last = (String::new(), Instant::now());
         loop {
             let parts = self.writer.statement(&sql).await?.trim().to_string();
             if parts != last.0 {
                 last = (parts, Instant::now());
-            } else if last.1.elapsed() > Duration::from_secs(5) || Instant::now() > deadline {
+            } else if Instant::now() > deadline {
                 return Ok(last.0);
+            } else if last.1.elapsed() > Duration::from_secs(5) {
+                let mut idle = true;
+                for client in [&self.writer, &self.reader] {
+                    idle &= client.statement(busy).await?.trim() == "0";
+                }
+                if idle {
+                    return Ok(last.0);
+                }
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -64,6 +64,12 @@ impl QueryRuntime {
         })
     }
 
+    /// The runtime queries are planned in: the node's object stores and metadata cache, and
+    /// its memory pool as a whole.
+    pub fn base(&self) -> Arc<RuntimeEnv> {
+        self.base.clone()
+    }
+
     /// Admits a query with the limits its request asks for (URL parameters named as the
     /// limits; each can only tighten the server's), or refuses it at once (429) when every
     /// slot is taken.

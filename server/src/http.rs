@@ -447,9 +447,11 @@ async fn execute_statement(
                 users: if reads_users { server.access.users() } else { Vec::new() },
                 queries: if parsed.reads_system_table("query_log") { server.query_log.entries() } else { Vec::new() },
             });
-            let ctx = query::session(&server.replica, &tables, system.as_ref(), admitted.runtime.clone())?;
-            let planned =
-                admitted.within_deadline(async { query::run(&ctx, parsed).await.map_err(|e| admitted.error(e)) }).await;
+            let session = server.sessions.session(&server.replica, &tables, system.as_ref())?;
+            let runtime = admitted.runtime.clone();
+            let planned = admitted
+                .within_deadline(async { query::run(&session, parsed, runtime).await.map_err(|e| admitted.error(e)) })
+                .await;
             let (schema, stream) = planned.inspect_err(|_| {
                 node.metrics().query_errors.inc();
             })?;

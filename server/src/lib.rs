@@ -77,7 +77,8 @@ impl FrontDoor {
             settings.query_log_max_entries,
             std::time::Duration::from_secs(settings.query_log_retention_seconds),
         );
-        Ok(FrontDoor { server: Server { replica, access, config, queries, query_log }, https })
+        let sessions = query::Sessions::new(queries.base());
+        Ok(FrontDoor { server: Server { replica, access, config, queries, sessions, query_log }, https })
     }
 
     /// Whether the API is served over HTTPS.

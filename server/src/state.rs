@@ -12,6 +12,7 @@ use tandem_replica::{Quorum, Replica};
 
 use crate::execution::QueryRuntime;
 use crate::limits::Limits;
+use crate::query::Sessions;
 use crate::query_log::QueryLog;
 
 tandem_settings::settings! {
@@ -78,4 +79,6 @@ pub(crate) struct Server {
     pub(crate) query_log: Arc<QueryLog>,
     pub(crate) config: ServerConfig,
     pub(crate) queries: QueryRuntime,
+    /// What every query's session starts from.
+    pub(crate) sessions: Sessions,
 }

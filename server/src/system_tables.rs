@@ -9,9 +9,9 @@ use datafusion::arrow::array::{
     ArrayRef, BooleanArray, Float64Array, Int64Array, RecordBatch, StringArray, TimestampMillisecondArray, UInt64Array,
 };
 use datafusion::arrow::datatypes::{Field, Schema};
-use datafusion::catalog::MemorySchemaProvider;
+use datafusion::catalog::{MemorySchemaProvider, SchemaProvider};
 use datafusion::datasource::MemTable;
-use datafusion::prelude::SessionContext;
+use datafusion::execution::session_state::SessionState;
 
 use crate::error::NodeError;
 use crate::query_log::QueryLogEntry;
@@ -99,29 +99,31 @@ pub struct SystemView {
     pub queries: Vec<QueryLogEntry>,
 }
 
-/// Registers the `system` schema's tables in a session.
-pub fn register(
-    ctx: &SessionContext,
+/// The `system` schema's tables, as of now; `functions` lists the session's functions.
+pub fn schema(
+    functions: &SessionState,
     node: &Replica,
     tables: &BTreeMap<String, Arc<TableState>>,
     system: &SystemView,
-) -> Result<(), NodeError> {
+) -> Result<Arc<MemorySchemaProvider>, NodeError> {
     let schema = Arc::new(MemorySchemaProvider::new());
-    let default_catalog = ctx.catalog("datafusion").ok_or_else(|| NodeError::internal("no default catalog"))?;
-    default_catalog.register_schema("system", schema)?;
-    ctx.register_table("system.parts", Arc::new(system_parts(node, tables)?))?;
-    ctx.register_table("system.tables", Arc::new(system_tables(tables)?))?;
-    ctx.register_table("system.replicas", Arc::new(system_replicas(node, tables, &system.cluster)?))?;
-    ctx.register_table("system.replication_queue", Arc::new(system_replication_queue(node, tables)?))?;
-    ctx.register_table("system.asynchronous_inserts", Arc::new(system_asynchronous_inserts(node)?))?;
-    ctx.register_table("system.users", Arc::new(system_users(&system.users)?))?;
-    ctx.register_table("system.grants", Arc::new(system_grants(&system.users)?))?;
-    ctx.register_table("system.query_log", Arc::new(system_query_log(&system.queries)?))?;
-    ctx.register_table("system.databases", Arc::new(system_databases()?))?;
-    ctx.register_table("system.columns", Arc::new(system_columns(tables)?))?;
-    ctx.register_table("system.settings", Arc::new(system_settings()?))?;
-    ctx.register_table("system.functions", Arc::new(system_functions(ctx)?))?;
-    Ok(())
+    let register = |name: &str, table: MemTable| -> Result<(), NodeError> {
+        schema.register_table(name.to_string(), Arc::new(table))?;
+        Ok(())
+    };
+    register("parts", system_parts(node, tables)?)?;
+    register("tables", system_tables(tables)?)?;
+    register("replicas", system_replicas(node, tables, &system.cluster)?)?;
+    register("replication_queue", system_replication_queue(node, tables)?)?;
+    register("asynchronous_inserts", system_asynchronous_inserts(node)?)?;
+    register("users", system_users(&system.users)?)?;
+    register("grants", system_grants(&system.users)?)?;
+    register("query_log", system_query_log(&system.queries)?)?;
+    register("databases", system_databases()?)?;
+    register("columns", system_columns(tables)?)?;
+    register("settings", system_settings()?)?;
+    register("functions", system_functions(functions)?)?;
+    Ok(schema)
 }
 
 fn mem_table(columns: Vec<(&str, ArrayRef)>) -> Result<MemTable, NodeError> {
@@ -395,8 +397,7 @@ fn system_settings() -> Result<MemTable, NodeError> {
 }
 
 /// The functions a query may call.
-fn system_functions(ctx: &SessionContext) -> Result<MemTable, NodeError> {
-    let state = ctx.state();
+fn system_functions(state: &SessionState) -> Result<MemTable, NodeError> {
     // By name, not by every alias a function is registered under.
     let mut functions: Vec<(String, bool)> =
         state.scalar_functions().values().map(|f| (f.name().to_string(), false)).collect();
