@@ -440,8 +440,8 @@ impl ParsedQuery {
 /// The session every query starts from: DataFusion's functions and tandem's, the optimizer
 /// rules, the configuration, and the node's shared runtime (object stores, metadata cache),
 /// built once. Building them for every query, registering some 400 functions, and dropping
-/// them again was a fifth of the CPU of `SELECT 1` and 4% of a filter on one host; a clone of
-/// the built state copies its maps of functions, about a tenth of that.
+/// them again was a fifth of the CPU of `SELECT 1` and 4% of a filter on one host; with a clone
+/// of the built state (its maps of functions copied) `SELECT 1` took 0.41 ms of CPU, not 0.58.
 pub struct Sessions {
     template: SessionState,
 }
