@@ -37,7 +37,7 @@ pub use arrow;
 pub use parquet;
 
 pub use block::block_id;
-pub use codec::Codec;
+pub use codec::{Codec, UnknownCodec};
 pub use encode::{EncodedPart, PartMetadata, encode_part, read_part_batches};
 pub use error::PartError;
 pub use manifest::{ColumnStats, PART_FORMAT_VERSION, PartManifest};
