@@ -10,6 +10,8 @@ mod scalar;
 mod syntax;
 mod time;
 
+pub use time::{TickBuckets, fixed_time_bucket};
+
 use std::sync::LazyLock;
 
 use datafusion::logical_expr::{AggregateUDF, ScalarUDF};
@@ -19,12 +21,13 @@ pub use syntax::rewrite as rewrite_clickhouse_syntax;
 
 /// tandem's functions, built once: DataFusion looks functions up by their name in lower case,
 /// so each ClickHouse name (`toStartOfHour`) also answers to that (leaked once per process: the
-/// aliases must be `'static`).
+/// aliases must be `'static`). The time buckets carry that alias themselves: a wrapper adding
+/// it would hide them from the grouping that recognizes them ([`fixed_time_bucket`]).
 static FUNCTIONS: LazyLock<(Vec<ScalarUDF>, Vec<AggregateUDF>)> = LazyLock::new(|| {
     let lower = |name: &str| -> &'static str { Box::leak(name.to_lowercase().into_boxed_str()) };
     let scalars = time::functions().into_iter().chain(scalar::functions()).map(|f| {
         let alias = lower(f.name());
-        f.with_aliases([alias])
+        if f.aliases().iter().any(|a| a == alias) { f } else { f.with_aliases([alias]) }
     });
     let aggregates = aggregate::functions().into_iter().map(|f| {
         let alias = lower(f.name());

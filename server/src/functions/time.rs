@@ -7,13 +7,15 @@ use std::sync::Arc;
 use chrono::{Datelike, NaiveDate};
 use datafusion::arrow::array::{Array, ArrayRef, AsArray, Date32Array, Int64Array, StringBuilder, UInt32Array};
 use datafusion::arrow::compute::{CastOptions, cast_with_options};
-use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, TimeUnit};
+use datafusion::arrow::datatypes::{DataType, Field, FieldRef, Int64Type, Schema, TimeUnit};
 use datafusion::common::{Result as DfResult, ScalarValue, exec_err, plan_err};
 use datafusion::logical_expr::simplify::{ExprSimplifyResult, SimplifyContext};
 use datafusion::logical_expr::{
     ColumnarValue, Expr, ReturnFieldArgs, ScalarFunctionArgs, ScalarUDF, ScalarUDFImpl, Signature, TypeSignature,
     Volatility,
 };
+use datafusion::physical_expr::expressions::{Column, Literal};
+use datafusion::physical_expr::{PhysicalExpr, ScalarFunctionExpr};
 use strength_reduce::StrengthReducedU64;
 
 const SECONDS_PER_DAY: i64 = 86_400;
@@ -161,6 +163,8 @@ fn interval_of(value: Option<&ScalarValue>, per_second: i64) -> DfResult<Interva
 #[derive(Debug, PartialEq, Eq, Hash)]
 struct StartOf {
     name: &'static str,
+    /// The name in lower case, which DataFusion looks functions up by.
+    aliases: [String; 1],
     bucket: Bucket,
     signature: Signature,
 }
@@ -172,7 +176,12 @@ impl StartOf {
             Bucket::Interval => vec![TypeSignature::Any(2)],
             _ => vec![TypeSignature::Any(1)],
         };
-        StartOf { name, bucket, signature: Signature::one_of(arities, Volatility::Immutable) }
+        StartOf {
+            name,
+            aliases: [name.to_lowercase()],
+            bucket,
+            signature: Signature::one_of(arities, Volatility::Immutable),
+        }
     }
 
     /// Whether the bucket is a day or longer, given as a Date.
@@ -190,6 +199,10 @@ impl StartOf {
 impl ScalarUDFImpl for StartOf {
     fn name(&self) -> &str {
         self.name
+    }
+
+    fn aliases(&self) -> &[String] {
+        &self.aliases
     }
 
     fn signature(&self) -> &Signature {
@@ -270,9 +283,7 @@ impl ScalarUDFImpl for StartOf {
 /// (the division per row was a fifth of a minute-bucket query's CPU over 10 M rows). Other
 /// ticks are divided, strength-reduced to a multiply and a shift from 1970 on.
 fn floor_to_multiple(ticks: &Int64Array, size: i64) -> Int64Array {
-    let size = size.max(1);
-    let divisor = StrengthReducedU64::new(size as u64);
-    let floor = |t: i64| if t >= 0 { Some(t - (t as u64 % divisor) as i64) } else { t.checked_sub(t.rem_euclid(size)) };
+    let buckets = TickBuckets::new(size);
     // The bucket [start, end) of the previous tick; empty after a floor that had to be clamped.
     let (mut start, mut end) = (0_i64, 0_i64);
     let floors: Vec<i64> = ticks
@@ -280,15 +291,68 @@ fn floor_to_multiple(ticks: &Int64Array, size: i64) -> Int64Array {
         .iter()
         .map(|&t| {
             if !(start..end).contains(&t) {
-                (start, end) = match floor(t) {
-                    Some(floor) => (floor, floor.saturating_add(size)),
-                    None => (i64::MIN, i64::MIN),
-                };
+                (start, end) = buckets.bounds(t);
             }
             start
         })
         .collect();
     Int64Array::new(floors.into(), ticks.nulls().cloned())
+}
+
+/// Buckets of a fixed number of ticks, aligned on 1970: what `toStartOfMinute` and the other
+/// fixed-size buckets round a time down to.
+#[derive(Clone, Copy, Debug)]
+pub struct TickBuckets {
+    size: i64,
+    divisor: StrengthReducedU64,
+}
+
+impl TickBuckets {
+    /// Buckets of `size` ticks (at least 1).
+    pub fn new(size: i64) -> Self {
+        let size = size.max(1);
+        TickBuckets { size, divisor: StrengthReducedU64::new(size as u64) }
+    }
+
+    /// The bucket `[start, end)` holding tick `t`: `start` is what the function answers for it.
+    /// A floor below the smallest tick is the smallest tick, with an empty range.
+    pub fn bounds(&self, t: i64) -> (i64, i64) {
+        let floor =
+            if t >= 0 { Some(t - (t as u64 % self.divisor) as i64) } else { t.checked_sub(t.rem_euclid(self.size)) };
+        match floor {
+            Some(floor) => (floor, floor.saturating_add(self.size)),
+            None => (i64::MIN, i64::MIN),
+        }
+    }
+}
+
+/// The column and the buckets of a group key that is a fixed-size time bucket of a time
+/// column (`toStartOfMinute(ts)`, `toStartOfInterval(ts, INTERVAL 5 MINUTE)`, ...), so that
+/// grouping can find the runs of equal buckets straight from the times; None for any other
+/// expression. The buckets are in the column's ticks, and the key's values are those ticks.
+pub fn fixed_time_bucket(key: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option<(usize, TickBuckets)> {
+    let function = key.downcast_ref::<ScalarFunctionExpr>()?;
+    let start_of = function.fun().inner().downcast_ref::<StartOf>()?;
+    let column = function.args().first()?.downcast_ref::<Column>()?;
+    let DataType::Timestamp(unit, _) = schema.fields().get(column.index())?.data_type() else { return None };
+    let per_second = match unit {
+        TimeUnit::Second => 1,
+        TimeUnit::Millisecond => 1_000,
+        TimeUnit::Microsecond => 1_000_000,
+        TimeUnit::Nanosecond => 1_000_000_000,
+    };
+    let size = match start_of.bucket {
+        Bucket::Fixed { seconds } => seconds.saturating_mul(per_second),
+        Bucket::Interval => {
+            let interval = function.args().get(1)?.downcast_ref::<Literal>()?;
+            match interval_of(Some(interval.value()), per_second).ok()? {
+                IntervalBucket::Ticks(size) => size,
+                IntervalBucket::Weeks(_) | IntervalBucket::Months(_) => return None,
+            }
+        }
+        Bucket::Week { .. } | Bucket::Months(_) | Bucket::Date => return None,
+    };
+    Some((column.index(), TickBuckets::new(size)))
 }
 
 fn dates(ticks: &Int64Array, day: impl Fn(i64) -> i64) -> ArrayRef {
