@@ -436,8 +436,7 @@ fn write_datetime(ticks: i64, precision: u8, out: &mut String) {
 }
 
 /// `YYYY-MM-DD`, digit by digit for the years of four digits: chrono's `format` interprets its
-/// pattern again for every value, which was a tenth of a query's CPU when it answered
-/// thousands of rows of minute buckets.
+/// pattern again for every value, 3% of the CPU of a query answering 8,334 minute buckets.
 fn write_calendar_date(date: chrono::NaiveDate, out: &mut String) {
     let Ok(year) = u32::try_from(date.year()) else {
         let _ = write!(out, "{}", date.format("%Y-%m-%d"));
