@@ -31,6 +31,11 @@ pub struct PartMetadata {
 /// Rows per data page at most.
 const PAGE_ROWS: usize = 8192;
 
+/// Rows per row group at most (Parquet's default, set here so readers can rely on it): every
+/// row group of a part holds this many rows but the last. A query's scan hands out a large
+/// part one row group at a time.
+pub const ROW_GROUP_ROWS: usize = 1024 * 1024;
+
 /// A part ready to be stored: its Parquet bytes, their hash, and statistics for the manifest.
 #[derive(Debug)]
 pub struct EncodedPart {
@@ -81,6 +86,7 @@ pub(crate) fn encode_sorted_part(
         // Pages are what a filter on the sort key prunes to (through the page index): rows in
         // ClickHouse's granules of 8,192 rather than parquet's default 20,000.
         .set_data_page_row_count_limit(PAGE_ROWS)
+        .set_max_row_group_row_count(Some(ROW_GROUP_ROWS))
         .set_sorting_columns(Some(sorting))
         .set_key_value_metadata(Some(vec![KeyValue::new("tandem.part".to_string(), footer.to_string())]));
     let properties = schema.fields().iter().fold(properties, |properties, field| {

@@ -137,13 +137,16 @@ impl PartsTable {
     }
 
     /// One scan of parts that share a layout and a place (this node's disk, or the bucket),
-    /// producing the projected table columns.
+    /// producing the projected table columns. A scan of `whole_parts` (no filter) hands large
+    /// parts out a row group at a time; a filtered one reads few of their row groups and would
+    /// pay for every range opened (a point query over 10 M rows: 2.8 -> 3.5 ms of CPU).
     fn scan_group(
         &self,
         state: &dyn Session,
         layout: &[Option<String>],
         parts: &[&LaidOutPart],
         projection: &[usize],
+        whole_parts: bool,
     ) -> DfResult<Arc<dyn ExecutionPlan>> {
         let identity = layout.iter().zip(&self.def.columns).all(|(file, column)| file.as_deref() == Some(&column.name));
         // The Parquet columns the parts hold, and which of them this query reads.
@@ -162,10 +165,9 @@ impl PartsTable {
         let file_schema = Arc::new(Schema::new(file_fields));
         let mut read: Vec<usize> = projection.iter().filter_map(|&i| file_index[i]).collect();
         read.dedup();
-        let groups_wanted = state.config().target_partitions().max(1).min(parts.len());
-        let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new(); groups_wanted];
         let (mut store, mut place) = (ObjectStoreUrl::local_filesystem(), Place::Local);
-        for (i, part) in parts.iter().enumerate() {
+        let mut files = Vec::with_capacity(parts.len());
+        for part in parts {
             let file = match &part.part.file {
                 Some(file) => PartitionedFile::new(file.path.to_string_lossy().trim_start_matches('/'), file.size),
                 None => {
@@ -173,8 +175,13 @@ impl PartsTable {
                     PartitionedFile::new(BucketStore::path(&self.def.name, &part.part.id), part.part.manifest.bytes)
                 }
             };
-            groups[i % groups_wanted].push(file);
+            if whole_parts {
+                files.extend(row_group_ranges(file, part.part.manifest.rows));
+            } else {
+                files.push(file);
+            }
         }
+        let groups = largest_first_groups(files, state.config().target_partitions());
         let runtime = state.runtime_env();
         let reader = PartReaderFactory::new(
             place,
@@ -227,6 +234,57 @@ impl PartsTable {
     }
 }
 
+/// A part of `rows` rows as byte ranges of about one row group each, so the scan can hand it out
+/// a row group at a time (a scan reads the row groups whose first page starts in its range).
+/// Row groups hold [`tandem_parts::ROW_GROUP_ROWS`] rows but the last, so they start about
+/// evenly apart; the cuts are put halfway between where they should start, which leaves each
+/// range one row group while their sizes vary by up to half of one. (DataFusion cuts a file
+/// into as many ranges as the scan has partitions only: all six row groups of a part of 6.25
+/// M rows started in the first of two, and one core scanned the part alone.)
+fn row_group_ranges(file: PartitionedFile, rows: u64) -> Vec<PartitionedFile> {
+    let size = file.effective_size();
+    let groups = rows.div_ceil(tandem_parts::ROW_GROUP_ROWS as u64).min(size);
+    if groups < 2 {
+        return vec![file];
+    }
+    let cut = |k: u64| (u128::from(size) * u128::from(2 * k + 1) / u128::from(2 * groups)) as i64;
+    let mut start = 0;
+    let mut ranges = Vec::with_capacity(groups as usize);
+    for k in 0..groups {
+        let end = if k + 1 == groups { size as i64 } else { cut(k) };
+        if end > start {
+            ranges.push(file.clone().with_range(start, end));
+            start = end;
+        }
+    }
+    ranges
+}
+
+/// The files, largest first, cut into at most `wanted` groups of about equal bytes. The scan's
+/// partitions take files from one queue in this order as each becomes idle (DataFusion's work
+/// stealing, after it has cut large files into byte ranges), so the largest start first and
+/// the small ones even out the end. In catalog order, a part holding 62% of a table's rows
+/// came last and one core scanned it alone: minute buckets over 10 M rows took 55 ms on a
+/// node where they took 39 ms with another order of the same parts.
+fn largest_first_groups(mut files: Vec<PartitionedFile>, wanted: usize) -> Vec<Vec<PartitionedFile>> {
+    files.sort_by_key(|file| std::cmp::Reverse(file.effective_size()));
+    let wanted = wanted.clamp(1, files.len().max(1));
+    let share = files.iter().map(PartitionedFile::effective_size).sum::<u64>().div_ceil(wanted as u64);
+    let mut groups: Vec<Vec<PartitionedFile>> = vec![Vec::new()];
+    let mut filled = 0;
+    for file in files {
+        if filled >= share && groups.len() < wanted {
+            groups.push(Vec::new());
+            filled = 0;
+        }
+        filled += file.effective_size();
+        if let Some(group) = groups.last_mut() {
+            group.push(file);
+        }
+    }
+    groups
+}
+
 #[async_trait]
 impl TableProvider for PartsTable {
     fn schema(&self) -> SchemaRef {
@@ -265,7 +323,7 @@ impl TableProvider for PartsTable {
         }
         let mut plans = Vec::with_capacity(by_layout.len());
         for ((layout, _), group) in by_layout {
-            plans.push(self.scan_group(state, layout, &group, &projection)?);
+            plans.push(self.scan_group(state, layout, &group, &projection, filters.is_empty())?);
         }
         UnionExec::try_new(plans)
     }
@@ -542,4 +600,39 @@ fn without_views(schema: SchemaRef, stream: SendableRecordBatchStream) -> (Schem
         Ok(RecordBatch::try_new(target.clone(), columns)?)
     });
     (converted.clone(), Box::pin(RecordBatchStreamAdapter::new(converted, batches)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sizes(groups: &[Vec<PartitionedFile>]) -> Vec<Vec<u64>> {
+        groups.iter().map(|group| group.iter().map(PartitionedFile::effective_size).collect()).collect()
+    }
+
+    #[test]
+    fn files_are_queued_largest_first_in_groups_of_about_equal_bytes() {
+        let files = |sizes: &[u64]| -> Vec<PartitionedFile> {
+            sizes.iter().enumerate().map(|(i, &size)| PartitionedFile::new(format!("p{i}"), size)).collect()
+        };
+        assert_eq!(sizes(&largest_first_groups(files(&[1, 30, 8, 8, 2]), 2)), [vec![30], vec![8, 8, 2, 1]]);
+        assert_eq!(sizes(&largest_first_groups(files(&[5, 5, 5, 5]), 3)), [vec![5, 5], vec![5, 5]]);
+        assert_eq!(sizes(&largest_first_groups(files(&[4, 9]), 8)), [vec![9], vec![4]]);
+        assert_eq!(sizes(&largest_first_groups(files(&[7]), 0)), [vec![7]]);
+    }
+
+    #[test]
+    fn a_part_of_several_row_groups_is_cut_between_where_they_start() {
+        let rows = tandem_parts::ROW_GROUP_ROWS as u64;
+        let ranges = |size: u64, rows: u64| -> Vec<(i64, i64)> {
+            row_group_ranges(PartitionedFile::new("p", size), rows)
+                .iter()
+                .map(|file| file.range.as_ref().map_or((0, size as i64), |r| (r.start, r.end)))
+                .collect()
+        };
+        assert_eq!(ranges(4_000, rows), [(0, 4_000)]);
+        assert_eq!(ranges(4_000, 4 * rows), [(0, 500), (500, 1_500), (1_500, 2_500), (2_500, 4_000)]);
+        assert_eq!(ranges(3_000, 2 * rows + 1), [(0, 500), (500, 1_500), (1_500, 3_000)]);
+        assert_eq!(ranges(2, 9 * rows), [(0, 2)]);
+    }
 }
