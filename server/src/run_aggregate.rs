@@ -4,14 +4,15 @@
 //! time bucket of the column that follows it, sees one key on runs of consecutive rows: 50,000
 //! rows per host in a part of the benchmark's `ORDER BY (host, ts)` table, six per minute
 //! bucket. DataFusion's hash aggregation looks every row's key up in its hash table; for minute
-//! buckets over 10 M rows that lookup was 37% of the query's CPU. [`RunAggregateExec`] takes the
-//! place of a partial `AggregateExec` whose aggregates it knows (`count`, and `sum`, `avg` and
-//! `quantile` of a Float64): it finds the runs of each batch (a vectorized comparison of neighbouring keys),
-//! looks each run's key up once, and adds the run's values to its group (a time bucket's runs
-//! are found from the times themselves, strings' from their views). It emits the partial
-//! states DataFusion would (sums of long runs added in lanes, as Arrow's `sum` kernel adds),
-//! so the final aggregation is DataFusion's, unchanged. Input without runs (a first batch whose runs average fewer than
-//! [`MIN_RUN_ROWS`] rows) goes to DataFusion's own partial aggregation instead.
+//! buckets over 10 M rows that lookup was 37% of the query's CPU. [`RunAggregateExec`] takes
+//! the place of a partial `AggregateExec` whose aggregates it knows (`count`, and `sum`, `avg`
+//! and `quantile` of a Float64): it finds the runs of each batch (by comparing neighbouring
+//! keys), looks each run's key up once, and adds the run's values to its group (a time bucket's
+//! runs are found from the times themselves, strings' from their views). It emits the partial
+//! states DataFusion would (sums of long runs added in lanes, as Arrow's `sum` kernel adds), so
+//! the final aggregation is DataFusion's, unchanged. Input without runs (a first batch whose
+//! runs average fewer than [`MIN_RUN_ROWS`] rows) goes to DataFusion's own partial aggregation
+//! instead.
 
 use std::collections::VecDeque;
 use std::fmt;
@@ -989,7 +990,9 @@ mod tests {
 
     proptest! {
         #[test]
-        fn runs_of_integer_and_string_keys_are_the_runs_arrow_finds(values in proptest::collection::vec(0_i64..4, 0..200)) {
+        fn runs_of_integer_and_string_keys_are_the_runs_arrow_finds(
+            values in proptest::collection::vec(0_i64..4, 0..200),
+        ) {
             let integers: ArrayRef = Arc::new(Int64Array::from(values.clone()));
             let times: ArrayRef = Arc::new(TimestampSecondArray::from(values.clone()));
             // Short strings live in their views, long ones in buffers: the same long string is
