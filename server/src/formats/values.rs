@@ -438,14 +438,13 @@ fn write_datetime(ticks: i64, precision: u8, out: &mut String) {
 /// `YYYY-MM-DD`, digit by digit for the years of four digits: chrono's `format` interprets its
 /// pattern again for every value, 3% of the CPU of a query answering 8,334 minute buckets.
 fn write_calendar_date(date: chrono::NaiveDate, out: &mut String) {
-    let Ok(year) = u32::try_from(date.year()) else {
-        let _ = write!(out, "{}", date.format("%Y-%m-%d"));
-        return;
+    let year = match u32::try_from(date.year()) {
+        Ok(year) if year <= 9999 => year,
+        _ => {
+            let _ = write!(out, "{}", date.format("%Y-%m-%d"));
+            return;
+        }
     };
-    if year > 9999 {
-        let _ = write!(out, "{}", date.format("%Y-%m-%d"));
-        return;
-    }
     write_two_digits(year / 100, out);
     write_two_digits(year % 100, out);
     out.push('-');

@@ -80,14 +80,19 @@ fn as_ticks(array: &ArrayRef) -> DfResult<(Int64Array, i64, DataType)> {
         ),
         other => return exec_err!("expected a date or a date and time, got {other}"),
     };
-    let per_second = match unit {
+    let per_second = ticks_per_second(unit);
+    let ticks = cast_with_options(&array, &DataType::Int64, &strict)?;
+    Ok((ticks.as_primitive::<Int64Type>().clone(), per_second, DataType::Timestamp(unit, tz)))
+}
+
+/// Ticks of a time unit in a second.
+fn ticks_per_second(unit: TimeUnit) -> i64 {
+    match unit {
         TimeUnit::Second => 1,
         TimeUnit::Millisecond => 1_000,
         TimeUnit::Microsecond => 1_000_000,
         TimeUnit::Nanosecond => 1_000_000_000,
-    };
-    let ticks = cast_with_options(&array, &DataType::Int64, &strict)?;
-    Ok((ticks.as_primitive::<Int64Type>().clone(), per_second, DataType::Timestamp(unit, tz)))
+    }
 }
 
 /// The timestamp type a time bucket of an argument of `input` type has.
@@ -335,12 +340,7 @@ pub fn fixed_time_bucket(key: &Arc<dyn PhysicalExpr>, schema: &Schema) -> Option
     let start_of = function.fun().inner().downcast_ref::<StartOf>()?;
     let column = function.args().first()?.downcast_ref::<Column>()?;
     let DataType::Timestamp(unit, _) = schema.fields().get(column.index())?.data_type() else { return None };
-    let per_second = match unit {
-        TimeUnit::Second => 1,
-        TimeUnit::Millisecond => 1_000,
-        TimeUnit::Microsecond => 1_000_000,
-        TimeUnit::Nanosecond => 1_000_000_000,
-    };
+    let per_second = ticks_per_second(*unit);
     let size = match start_of.bucket {
         Bucket::Fixed { seconds } => seconds.saturating_mul(per_second),
         Bucket::Interval => {
