@@ -1,8 +1,12 @@
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
-use arrow::array::{Array, ArrayRef, AsArray, RecordBatch, UInt32Array};
-use arrow::compute::{SortOptions, cast, take_record_batch};
-use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type};
+use arrow::array::{
+    Array, ArrayRef, AsArray, BooleanArray, Float32Array, Float64Array, Int64Array, RecordBatch, StringArray,
+    UInt32Array, UInt64Array,
+};
+use arrow::compute::{SortOptions, cast, concat, take_record_batch};
+use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type, Schema, SchemaRef, UInt64Type};
 use arrow::row::{Row, RowConverter, Rows, SortField};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
@@ -63,17 +67,77 @@ pub fn encode_part(
 }
 
 /// Writes a block already in `sort_key` order as one Parquet file (see [`encode_part`]).
-pub(crate) fn encode_sorted_part(
+fn encode_sorted_part(
     sorted: &RecordBatch,
     sort_key: &[String],
     metadata: &PartMetadata,
 ) -> Result<EncodedPart, PartError> {
-    let schema = sorted.schema();
-    let sorting = sort_key_indices(sorted, sort_key)?
-        .into_iter()
-        .map(|index| SortingColumn { column_idx: index as i32, descending: false, nulls_first: true })
-        .collect();
+    let mut encoder = PartEncoder::new(sorted.schema(), sort_key, metadata, sorted.get_array_memory_size() / 4)?;
+    encoder.write(sorted)?;
+    encoder.finish()
+}
 
+/// Writes a part from rows already in `sort_key` order, handed over in chunks, so a part of
+/// any size can be written (by a merge) while holding one chunk of decoded rows at a time.
+/// The bytes do not depend on where the chunks are cut as long as every chunk but the last is
+/// a multiple of [`PAGE_ROWS`]: the Parquet writer decides page and row-group boundaries at
+/// those multiples only.
+pub(crate) struct PartEncoder {
+    writer: ArrowWriter<Vec<u8>>,
+    columns: Vec<(String, ColumnStatsBuilder)>,
+    rows: u64,
+}
+
+impl PartEncoder {
+    /// An encoder of rows of `schema` into a part ordered by `sort_key`; `capacity` is a guess
+    /// of the part's bytes.
+    pub(crate) fn new(
+        schema: SchemaRef,
+        sort_key: &[String],
+        metadata: &PartMetadata,
+        capacity: usize,
+    ) -> Result<Self, PartError> {
+        let properties = writer_properties(&schema, sort_key, metadata)?;
+        let columns =
+            schema.fields().iter().map(|field| (field.name().clone(), ColumnStatsBuilder::default())).collect();
+        let writer = ArrowWriter::try_new(Vec::with_capacity(capacity + 1024), schema, Some(properties))?;
+        Ok(PartEncoder { writer, columns, rows: 0 })
+    }
+
+    /// Appends `sorted`, whose rows follow those written before in key order.
+    pub(crate) fn write(&mut self, sorted: &RecordBatch) -> Result<(), PartError> {
+        self.writer.write(sorted)?;
+        for ((_, stats), array) in self.columns.iter_mut().zip(sorted.columns()) {
+            stats.add(array)?;
+        }
+        self.rows += sorted.num_rows() as u64;
+        Ok(())
+    }
+
+    pub(crate) fn rows(&self) -> u64 {
+        self.rows
+    }
+
+    pub(crate) fn finish(self) -> Result<EncodedPart, PartError> {
+        let bytes = self.writer.into_inner()?;
+        let columns = self.columns.into_iter().map(|(name, stats)| (name, stats.finish())).collect();
+        Ok(EncodedPart { id: PartId::of_bytes(&bytes), bytes: Bytes::from(bytes), rows: self.rows, columns })
+    }
+}
+
+/// How a part of `schema` sorted by `sort_key` is written.
+fn writer_properties(
+    schema: &Schema,
+    sort_key: &[String],
+    metadata: &PartMetadata,
+) -> Result<WriterProperties, PartError> {
+    let sorting = sort_key
+        .iter()
+        .map(|name| {
+            let index = schema.index_of(name).map_err(|_| PartError::MissingColumn { column: name.clone() })?;
+            Ok(SortingColumn { column_idx: index as i32, descending: false, nulls_first: true })
+        })
+        .collect::<Result<_, PartError>>()?;
     let footer = serde_json::json!({
         "table": metadata.table,
         "partition": metadata.partition,
@@ -108,19 +172,7 @@ pub(crate) fn encode_sorted_part(
             None => properties,
         }
     });
-    let properties = properties.build();
-    let mut bytes = Vec::with_capacity(sorted.get_array_memory_size() / 4 + 1024);
-    let mut writer = ArrowWriter::try_new(&mut bytes, schema.clone(), Some(properties))?;
-    writer.write(sorted)?;
-    writer.close()?;
-
-    let columns = schema
-        .fields()
-        .iter()
-        .zip(sorted.columns())
-        .map(|(field, array)| (field.name().clone(), column_stats(array)))
-        .collect();
-    Ok(EncodedPart { id: PartId::of_bytes(&bytes), bytes: Bytes::from(bytes), rows: sorted.num_rows() as u64, columns })
+    Ok(properties.build())
 }
 
 /// The positions of the sort key's columns in `batch`.
@@ -152,11 +204,18 @@ fn sort_permutation(columns: &[ArrayRef]) -> Result<Option<UInt32Array>, arrow::
     Ok(Some(keyed.into_iter().map(|(_, index)| index).collect()))
 }
 
-/// The key columns in arrow's row format, ordered as parts are sorted (ascending, nulls first).
-pub(crate) fn key_rows(columns: &[ArrayRef]) -> Result<Rows, arrow::error::ArrowError> {
+/// The key columns in arrow's row format, ordered as parts are sorted.
+fn key_rows(columns: &[ArrayRef]) -> Result<Rows, arrow::error::ArrowError> {
+    key_converter(columns.iter().map(|c| c.data_type().clone()))?.convert_columns(columns)
+}
+
+/// The converter of key columns of these types to arrow's row format, whose bytes compare as
+/// parts are sorted (ascending, nulls first).
+pub(crate) fn key_converter(
+    types: impl IntoIterator<Item = DataType>,
+) -> Result<RowConverter, arrow::error::ArrowError> {
     let options = SortOptions { descending: false, nulls_first: true };
-    let fields = columns.iter().map(|c| SortField::new_with_options(c.data_type().clone(), options)).collect();
-    RowConverter::new(fields)?.convert_columns(columns)
+    RowConverter::new(types.into_iter().map(|t| SortField::new_with_options(t, options)).collect())
 }
 
 /// How a column is encoded when not with a dictionary (None: a dictionary, parquet's default).
@@ -184,46 +243,84 @@ pub fn read_part_batches(bytes: Bytes) -> Result<Vec<RecordBatch>, PartError> {
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
-fn column_stats(array: &ArrayRef) -> ColumnStats {
-    let null_count = array.null_count() as u64;
-    let (min, max) = min_max(array).unwrap_or((None, None));
-    ColumnStats { min, max, null_count }
+/// A column's statistics gathered chunk by chunk: its least and greatest value so far (as a
+/// two-row array, see [`extremes`]) and its count of NULLs.
+#[derive(Default)]
+struct ColumnStatsBuilder {
+    extremes: Option<ArrayRef>,
+    null_count: u64,
 }
 
-type MinMax = (Option<serde_json::Value>, Option<serde_json::Value>);
+impl ColumnStatsBuilder {
+    fn add(&mut self, array: &ArrayRef) -> Result<(), PartError> {
+        self.null_count += array.null_count() as u64;
+        let Some(extremes_here) = extremes(array) else { return Ok(()) };
+        self.extremes = match self.extremes.take() {
+            None => Some(extremes_here),
+            // The least of the least values and the greatest of the greatest.
+            Some(seen) => extremes(&concat(&[seen.as_ref(), extremes_here.as_ref()])?),
+        };
+        Ok(())
+    }
 
-fn min_max(array: &ArrayRef) -> Option<MinMax> {
+    fn finish(self) -> ColumnStats {
+        let value = |row| self.extremes.as_ref().and_then(|extremes| json_value(extremes, row));
+        ColumnStats { min: value(0), max: value(1), null_count: self.null_count }
+    }
+}
+
+/// The least and the greatest value of `array` as a two-row array (NULLs when every row is
+/// NULL), for the types whose statistics are kept: strings, booleans, floats (NaN above every
+/// number, as arrow's kernels order it) and integers, dates and timestamps, which but for
+/// UInt64 are kept as Int64 (timestamps in their unit).
+fn extremes(array: &ArrayRef) -> Option<ArrayRef> {
     use arrow::compute::{max, max_boolean, max_string, min, min_boolean, min_string};
-    let json_f64 = |v: Option<f64>| v.and_then(serde_json::Number::from_f64).map(serde_json::Value::Number);
     Some(match array.data_type() {
         DataType::Utf8 => {
             let a = array.as_string::<i32>();
-            (min_string(a).map(Into::into), max_string(a).map(Into::into))
+            Arc::new(StringArray::from(vec![min_string(a), max_string(a)]))
         }
         DataType::Boolean => {
             let a = array.as_boolean();
-            (min_boolean(a).map(Into::into), max_boolean(a).map(Into::into))
+            Arc::new(BooleanArray::from(vec![min_boolean(a), max_boolean(a)]))
         }
         DataType::Float64 => {
             let a = array.as_primitive::<Float64Type>();
-            (json_f64(min(a)), json_f64(max(a)))
+            Arc::new(Float64Array::from(vec![min(a), max(a)]))
         }
         DataType::Float32 => {
             let a = array.as_primitive::<Float32Type>();
-            (json_f64(min(a).map(f64::from)), json_f64(max(a).map(f64::from)))
+            Arc::new(Float32Array::from(vec![min(a), max(a)]))
         }
         DataType::UInt64 => {
-            let a = array.as_primitive::<arrow::datatypes::UInt64Type>();
-            (min(a).map(Into::into), max(a).map(Into::into))
+            let a = array.as_primitive::<UInt64Type>();
+            Arc::new(UInt64Array::from(vec![min(a), max(a)]))
         }
-        // Every other integer, date and timestamp type fits in an i64 (timestamps in their unit).
         t if t.is_integer() || t.is_temporal() => {
             let as_i64 = cast(array, &DataType::Int64).ok()?;
             let a = as_i64.as_primitive::<Int64Type>();
-            (min(a).map(Into::into), max(a).map(Into::into))
+            Arc::new(Int64Array::from(vec![min(a), max(a)]))
         }
         _ => return None,
     })
+}
+
+/// Row `row` of an array of [`extremes`] as the manifest records it (floats that JSON cannot
+/// hold, NaN and the infinities, as none).
+fn json_value(extremes: &ArrayRef, row: usize) -> Option<serde_json::Value> {
+    let json_f64 = |v: f64| serde_json::Number::from_f64(v).map(serde_json::Value::Number);
+    if extremes.is_null(row) {
+        return None;
+    }
+    match extremes.data_type() {
+        DataType::Utf8 => Some(extremes.as_string::<i32>().value(row).into()),
+        DataType::Boolean => Some(extremes.as_boolean().value(row).into()),
+        DataType::Float64 => json_f64(extremes.as_primitive::<Float64Type>().value(row)),
+        DataType::Float32 => json_f64(f64::from(extremes.as_primitive::<Float32Type>().value(row))),
+        DataType::UInt64 => Some(extremes.as_primitive::<UInt64Type>().value(row).into()),
+        DataType::Int64 => Some(extremes.as_primitive::<Int64Type>().value(row).into()),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

@@ -13,6 +13,8 @@ pub enum PartError {
     NullPartitionValue { column: String, row: usize },
     #[error("part {id} at {path} is corrupt: {reason}; it was moved aside and is not served")]
     Corrupt { id: String, path: PathBuf, reason: String },
+    #[error("part {part} is not sorted by its table's sort key, which every part is: it cannot be merged")]
+    Unsorted { part: crate::PartId },
     #[error("part {id} is not in the local store")]
     NotFound { id: String },
     #[error("I/O error on {path}: {source}")]

@@ -5,13 +5,18 @@
 //! set chooses the same merge; the merged bytes are a pure function of the sources, so a replica
 //! can merge locally and compare the hash instead of fetching.
 
+use std::sync::Arc;
+
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
-use arrow::compute::{cast, concat, concat_batches, filter_record_batch};
-use arrow::datatypes::{DataType, Int64Type};
+use arrow::compute::{cast, filter_record_batch, interleave_record_batch};
+use arrow::datatypes::{DataType, Int64Type, Schema};
+use arrow::row::{Row, RowConverter, Rows};
+use bytes::Bytes;
+use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
 use serde::{Deserialize, Serialize};
 
-use crate::encode::{encode_sorted_part, key_rows};
-use crate::{Codec, EncodedPart, PartError, PartId, PartMetadata, encode_part};
+use crate::encode::{PartEncoder, key_converter};
+use crate::{Codec, EncodedPart, PartError, PartId, PartMetadata};
 
 /// Rows a merge leaves out because a table's TTL has passed for them: those whose `column`
 /// (a Date, DateTime or DateTime64 column of the part, by its Parquet name) holds a value
@@ -112,18 +117,30 @@ pub fn select_merge(parts: &[MergeCandidate], policy: &MergePolicy) -> Option<Ve
     best.map(|(_, _, ids)| ids)
 }
 
-/// A part to merge: its id and its rows, in its sort-key order.
-pub type MergeSource = (PartId, Vec<RecordBatch>);
+/// A part to merge: its id and its file's bytes.
+#[derive(Clone, Debug)]
+pub struct MergeSource {
+    pub id: PartId,
+    pub bytes: Bytes,
+}
+
+/// Rows a merge decodes from a source at a time.
+const SOURCE_BATCH_ROWS: usize = 64 * 1024;
+
+/// Rows a merge hands the Parquet writer at a time: a multiple of the rows per page, so the
+/// bytes are those of the part written in one piece (see [`PartEncoder`]).
+const MERGED_CHUNK_ROWS: usize = 64 * 1024;
 
 /// The merged part of `sources` (each sorted by `sort_key`, as every part is; their rows
-/// sorted together), without the rows `ttl` expires, written with `codec`. The origin names the
-/// sources and the TTL filter, so the same merge with the same codec gives the same bytes
-/// anywhere. None when the TTL expires every row.
+/// sorted together, equal keys in the order of the sources' ids), without the rows `ttl`
+/// expires, written with `codec`. The origin names the sources and the TTL filter, so the
+/// same merge with the same codec gives the same bytes anywhere. None when no row is left.
 ///
-/// When the sources do not overlap (time-ordered inserts
-/// into a table ordered by time or by an increasing id: every merge of such a table), their
-/// rows are concatenated in key order and not sorted again; the bytes are the same as the sort
-/// gives, since no key is equal across sources.
+/// The sources are merged as sorted runs, never sorted again, and streamed: a merge holds
+/// the sources' compressed bytes, a batch of decoded rows per source and one chunk of merged
+/// rows, whatever the size of the parts. When the sources do not overlap (time-ordered
+/// inserts into a table ordered by time or by an increasing id) each merged chunk is a slice
+/// of one source's batch, and no row is copied before it is encoded.
 pub fn merge_parts(
     sources: &[MergeSource],
     sort_key: &[String],
@@ -133,85 +150,263 @@ pub fn merge_parts(
     codec: Codec,
 ) -> Result<Option<EncodedPart>, PartError> {
     let mut ordered: Vec<&MergeSource> = sources.iter().collect();
-    ordered.sort_by_key(|(id, _)| *id);
-    let mut origin = ordered.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join("+");
-    let in_key_order = in_key_order(&ordered, sort_key)?;
-    let concatenated = in_key_order.as_ref().unwrap_or(&ordered);
-    let batches: Vec<RecordBatch> = concatenated.iter().flat_map(|(_, batches)| batches.iter().cloned()).collect();
-    let Some(first) = batches.first() else {
-        return Err(PartError::MissingColumn { column: "<no rows to merge>".into() });
-    };
-    let mut merged = concat_batches(&first.schema(), &batches)?;
+    ordered.sort_by_key(|source| source.id);
+    let mut origin = ordered.iter().map(|source| source.id.to_string()).collect::<Vec<_>>().join("+");
     if let Some(ttl) = ttl {
-        merged = ttl.keep(&merged)?;
         origin.push_str(&format!(" ttl:{}<{}", ttl.column, ttl.before));
     }
-    if merged.num_rows() == 0 {
-        return Ok(None);
+    let Some(first) = ordered.first() else { return Ok(None) };
+    // The columns of the sources, without the schema metadata a reader derives from the first
+    // one's footer.
+    let schema = ParquetRecordBatchReaderBuilder::try_new(first.bytes.clone())?.schema().fields().clone();
+    let schema = Arc::new(Schema::new(schema));
+    let keys = SortKey::new(&schema, sort_key)?;
+    let mut cursors = Vec::with_capacity(ordered.len());
+    let mut chunk = MergedChunk::default();
+    for source in ordered {
+        if let Some(cursor) = SourceCursor::open(source, ttl, &keys, &mut chunk)? {
+            cursors.push(cursor);
+        }
     }
     let metadata =
         PartMetadata { table: table.into(), partition: partition.into(), origin: format!("merge:{origin}"), codec };
-    match in_key_order {
-        Some(_) => encode_sorted_part(&merged, sort_key, &metadata),
-        None => encode_part(&merged, sort_key, &metadata),
+    let capacity = sources.iter().map(|source| source.bytes.len()).sum();
+    let mut encoder = PartEncoder::new(schema, sort_key, &metadata, capacity)?;
+
+    // Repeatedly: the source whose next row comes first (the least key; on equal keys, the
+    // first source in id order) gives every row up to the next row of any other source.
+    while !cursors.is_empty() {
+        let (winner, bound) = next_run(&cursors);
+        let cursor = &cursors[winner];
+        let end = match bound {
+            None => cursor.batch.num_rows(),
+            Some(other) => {
+                let bound = cursors[other].head();
+                // Rows equal to the bound go first when the winner comes first in id order.
+                if winner < other { cursor.run_end(|row| row <= bound) } else { cursor.run_end(|row| row < bound) }
+            }
+        };
+        let mut start = cursor.next_row;
+        while start < end {
+            // The slot of the winner's batch, renumbered whenever a chunk is taken.
+            start += chunk.push(cursors[winner].slot, start, end - start);
+            if chunk.is_full() {
+                encoder.write(&chunk.take(&mut cursors)?)?;
+            }
+        }
+        let cursor = &mut cursors[winner];
+        cursor.next_row = end;
+        if end == cursor.batch.num_rows() && !cursor.advance(ttl, &keys, &mut chunk)? {
+            cursors.remove(winner);
+        }
     }
-    .map(Some)
+    if chunk.rows > 0 {
+        encoder.write(&chunk.take(&mut cursors)?)?;
+    }
+    if encoder.rows() == 0 {
+        return Ok(None);
+    }
+    encoder.finish().map(Some)
 }
 
-/// The sources with rows, ordered by their first key, when each one's last key is strictly
-/// below the next one's first: then their concatenation is sorted. Only the first and last row
-/// of each source are compared. None when two sources overlap or share a key (the stable sort
-/// orders equal keys by source, which a concatenation in key order would not), without a sort
-/// key, or without rows.
-fn in_key_order<'s>(
-    sources: &[&'s MergeSource],
-    sort_key: &[String],
-) -> Result<Option<Vec<&'s MergeSource>>, PartError> {
-    if sort_key.is_empty() {
-        return Ok(None);
-    }
-    // Each source with rows, and its first and last non-empty batch.
-    let bounded: Vec<_> = sources
-        .iter()
-        .filter_map(|source| {
-            let first = source.1.iter().find(|b| b.num_rows() > 0)?;
-            let last = source.1.iter().rev().find(|b| b.num_rows() > 0)?;
-            Some((*source, first, last))
-        })
-        .collect();
-    if bounded.is_empty() {
-        return Ok(None);
-    }
-    // The key of each source's first and last row, in that order: rows 2i and 2i + 1.
-    let mut key_columns = Vec::with_capacity(sort_key.len());
-    for name in sort_key {
-        let mut ends: Vec<ArrayRef> = Vec::with_capacity(bounded.len() * 2);
-        for (_, first, last) in &bounded {
-            let column = |batch: &RecordBatch| {
-                batch.column_by_name(name).cloned().ok_or_else(|| PartError::MissingColumn { column: name.clone() })
-            };
-            ends.push(column(first)?.slice(0, 1));
-            ends.push(column(last)?.slice(last.num_rows() - 1, 1));
+/// The cursor whose next row comes first, and the one whose next row comes after it (None
+/// when only one is left). Cursors are in the order of their sources' ids, which breaks ties.
+fn next_run(cursors: &[SourceCursor]) -> (usize, Option<usize>) {
+    let mut winner = 0;
+    let mut runner_up: Option<usize> = None;
+    for index in 1..cursors.len() {
+        let head = cursors[index].head();
+        if head < cursors[winner].head() {
+            runner_up = Some(winner);
+            winner = index;
+        } else if runner_up.is_none_or(|r| head < cursors[r].head()) {
+            runner_up = Some(index);
         }
-        let ends: Vec<&dyn Array> = ends.iter().map(|a| a.as_ref()).collect();
-        key_columns.push(concat(&ends)?);
     }
-    let rows = key_rows(&key_columns)?;
-    let mut order: Vec<usize> = (0..bounded.len()).collect();
-    order.sort_by(|&a, &b| rows.row(2 * a).cmp(&rows.row(2 * b)));
-    let disjoint = order.windows(2).all(|pair| rows.row(2 * pair[0] + 1) < rows.row(2 * pair[1]));
-    Ok(disjoint.then(|| order.into_iter().map(|i| bounded[i].0).collect()))
+    (winner, runner_up)
+}
+
+/// The sort key of the merged rows: its columns' positions and the converter of their values
+/// to arrow's row format, whose bytes compare as the rows do (ascending, nulls first, as
+/// parts are sorted). Without a sort key every row compares equal, and sources are
+/// concatenated in id order.
+struct SortKey {
+    columns: Vec<usize>,
+    converter: Option<RowConverter>,
+}
+
+impl SortKey {
+    fn new(schema: &Schema, sort_key: &[String]) -> Result<Self, PartError> {
+        let columns = sort_key
+            .iter()
+            .map(|name| schema.index_of(name).map_err(|_| PartError::MissingColumn { column: name.clone() }))
+            .collect::<Result<Vec<_>, _>>()?;
+        let types = || columns.iter().map(|&index| schema.field(index).data_type().clone());
+        let converter = (!columns.is_empty()).then(|| key_converter(types())).transpose()?;
+        Ok(SortKey { columns, converter })
+    }
+
+    fn rows(&self, batch: &RecordBatch) -> Result<Option<Rows>, PartError> {
+        let Some(converter) = &self.converter else { return Ok(None) };
+        let columns: Vec<ArrayRef> = self.columns.iter().map(|&index| batch.column(index).clone()).collect();
+        Ok(Some(converter.convert_columns(&columns)?))
+    }
+}
+
+/// Where a merge stands in one source: its current batch of rows (none of them expired), the
+/// batch's keys, and the next row to merge.
+struct SourceCursor {
+    id: PartId,
+    reader: ParquetRecordBatchReader,
+    batch: RecordBatch,
+    keys: Option<Rows>,
+    /// The batch's place in the chunk being assembled.
+    slot: usize,
+    next_row: usize,
+}
+
+impl SourceCursor {
+    /// A cursor on the first row of `source` the TTL keeps; None when it keeps none.
+    fn open(
+        source: &MergeSource,
+        ttl: Option<&TtlFilter>,
+        keys: &SortKey,
+        chunk: &mut MergedChunk,
+    ) -> Result<Option<Self>, PartError> {
+        let reader = ParquetRecordBatchReaderBuilder::try_new(source.bytes.clone())?
+            .with_batch_size(SOURCE_BATCH_ROWS)
+            .build()?;
+        let empty = RecordBatch::new_empty(arrow::array::RecordBatchReader::schema(&reader));
+        let mut cursor = SourceCursor { id: source.id, reader, batch: empty, keys: None, slot: 0, next_row: 0 };
+        Ok(cursor.advance(ttl, keys, chunk)?.then_some(cursor))
+    }
+
+    /// Moves to the source's next batch with rows; false at the end of the source.
+    fn advance(&mut self, ttl: Option<&TtlFilter>, keys: &SortKey, chunk: &mut MergedChunk) -> Result<bool, PartError> {
+        for batch in self.reader.by_ref() {
+            let batch = match ttl {
+                Some(ttl) => ttl.keep(&batch?)?,
+                None => batch?,
+            };
+            if batch.num_rows() == 0 {
+                continue;
+            }
+            let rows = keys.rows(&batch)?;
+            if let Some(rows) = &rows {
+                let follows = match &self.keys {
+                    Some(previous) if previous.num_rows() > 0 => previous.row(previous.num_rows() - 1) <= rows.row(0),
+                    _ => true,
+                };
+                if !follows || !rows.iter().is_sorted() {
+                    return Err(PartError::Unsorted { part: self.id });
+                }
+            }
+            self.keys = rows;
+            self.slot = chunk.add_batch(batch.clone());
+            self.batch = batch;
+            self.next_row = 0;
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// The key of the next row (None without a sort key: every row compares equal).
+    fn head(&self) -> Option<Row<'_>> {
+        self.keys.as_ref().map(|keys| keys.row(self.next_row))
+    }
+
+    /// The end of the run of rows from the next one on that satisfy `before` (which holds for
+    /// the next row and, the batch being sorted, for a prefix of it): found by galloping, so a
+    /// short run costs a few comparisons and a whole batch a binary search.
+    fn run_end(&self, before: impl Fn(Option<Row<'_>>) -> bool) -> usize {
+        let key = |index: usize| self.keys.as_ref().map(|keys| keys.row(index));
+        let rows = self.batch.num_rows();
+        let (mut low, mut step) = (self.next_row + 1, 1);
+        // Gallop: `low` rows satisfy `before`; find a bound that does not.
+        let mut high = loop {
+            let probe = self.next_row + step;
+            if probe >= rows {
+                break rows;
+            }
+            if !before(key(probe)) {
+                break probe;
+            }
+            low = probe + 1;
+            step *= 2;
+        };
+        while low < high {
+            let middle = low + (high - low) / 2;
+            if before(key(middle)) {
+                low = middle + 1;
+            } else {
+                high = middle;
+            }
+        }
+        high
+    }
+}
+
+/// The merged rows being assembled into the next chunk for the writer: runs of rows of the
+/// sources' batches, by their batch's slot.
+#[derive(Default)]
+struct MergedChunk {
+    batches: Vec<RecordBatch>,
+    runs: Vec<(usize, usize, usize)>,
+    rows: usize,
+}
+
+impl MergedChunk {
+    /// Keeps `batch` until the chunk is taken; its slot.
+    fn add_batch(&mut self, batch: RecordBatch) -> usize {
+        self.batches.push(batch);
+        self.batches.len() - 1
+    }
+
+    /// Adds up to `len` rows from `start` of the batch in `slot`, as many as the chunk has
+    /// room for; how many.
+    fn push(&mut self, slot: usize, start: usize, len: usize) -> usize {
+        let taken = len.min(MERGED_CHUNK_ROWS - self.rows);
+        self.runs.push((slot, start, taken));
+        self.rows += taken;
+        taken
+    }
+
+    fn is_full(&self) -> bool {
+        self.rows == MERGED_CHUNK_ROWS
+    }
+
+    /// The chunk's rows as one batch, leaving the chunk empty but for the batches `cursors`
+    /// still read from (whose slots are renumbered).
+    fn take(&mut self, cursors: &mut [SourceCursor]) -> Result<RecordBatch, PartError> {
+        let merged = match self.runs.as_slice() {
+            [(slot, start, len)] => self.batches[*slot].slice(*start, *len),
+            runs => {
+                let indices: Vec<(usize, usize)> = runs
+                    .iter()
+                    .flat_map(|&(slot, start, len)| (start..start + len).map(move |row| (slot, row)))
+                    .collect();
+                let batches: Vec<&RecordBatch> = self.batches.iter().collect();
+                interleave_record_batch(&batches, &indices)?
+            }
+        };
+        self.runs.clear();
+        self.rows = 0;
+        self.batches.clear();
+        for cursor in cursors {
+            cursor.slot = self.add_batch(cursor.batch.clone());
+        }
+        Ok(merged)
+    }
 }
 
 #[cfg(test)]
 mod tests {
-    use std::sync::Arc;
-
-    use arrow::array::{AsArray, Int64Array, TimestampSecondArray};
-    use arrow::datatypes::{DataType, Field, Int64Type, Schema, TimeUnit};
+    use arrow::array::{Float64Array, Int64Array, StringArray, TimestampSecondArray};
+    use arrow::compute::concat_batches;
+    use arrow::datatypes::{Field, TimeUnit};
 
     use super::*;
-    use crate::read_part_batches;
+    use crate::{encode_part, read_part_batches};
 
     fn candidate(n: u8, partition: &str, bytes: u64) -> MergeCandidate {
         MergeCandidate { id: PartId::of_bytes(&[n]), partition: partition.into(), bytes, level: 0 }
@@ -271,73 +466,157 @@ mod tests {
         assert!(amplification <= 5.0, "each byte merged at most ~log4(1000) times: {amplification:.2}");
     }
 
+    /// A source of `rows` (sorted by `key` first, as every part is).
+    fn source(name: &str, rows: &RecordBatch, key: &[String]) -> MergeSource {
+        let metadata =
+            PartMetadata { table: "t".into(), partition: "all".into(), origin: name.into(), codec: Codec::default() };
+        let part = encode_part(rows, key, &metadata).unwrap();
+        MergeSource { id: part.id, bytes: part.bytes }
+    }
+
+    /// The merge as it was first written, and as its contract states it: every source's rows
+    /// concatenated in the order of the sources' ids, expired rows left out, then sorted by
+    /// the (stable) sort every new part takes.
+    fn merged_by_sorting(sources: &[MergeSource], key: &[String], ttl: Option<&TtlFilter>) -> Option<EncodedPart> {
+        let mut ordered: Vec<_> = sources.iter().collect();
+        ordered.sort_by_key(|source| source.id);
+        let batches: Vec<RecordBatch> =
+            ordered.iter().flat_map(|source| read_part_batches(source.bytes.clone()).unwrap()).collect();
+        let schema =
+            ParquetRecordBatchReaderBuilder::try_new(sources[0].bytes.clone()).unwrap().schema().fields().clone();
+        let mut rows = concat_batches(&Arc::new(Schema::new(schema)), &batches).unwrap();
+        let mut origin = ordered.iter().map(|source| source.id.to_string()).collect::<Vec<_>>().join("+");
+        if let Some(ttl) = ttl {
+            rows = ttl.keep(&rows).unwrap();
+            origin.push_str(&format!(" ttl:{}<{}", ttl.column, ttl.before));
+        }
+        let metadata = PartMetadata {
+            table: "t".into(),
+            partition: "all".into(),
+            origin: format!("merge:{origin}"),
+            codec: Codec::default(),
+        };
+        (rows.num_rows() > 0).then(|| encode_part(&rows, key, &metadata).unwrap())
+    }
+
+    fn all_rows(part: &EncodedPart) -> RecordBatch {
+        let batches = read_part_batches(part.bytes.clone()).unwrap();
+        concat_batches(&batches[0].schema(), &batches).unwrap()
+    }
+
     #[test]
     fn merged_parts_are_sorted_and_the_same_wherever_they_are_made() {
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
         let batch =
             |values: Vec<i64>| RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))]).unwrap();
-        let a = (PartId::of_bytes(b"a"), vec![batch(vec![1, 5])]);
-        let b = (PartId::of_bytes(b"b"), vec![batch(vec![2, 3]), batch(vec![4])]);
-        let one =
-            merge_parts(&[a.clone(), b.clone()], &["k".into()], "t", "all", None, Codec::default()).unwrap().unwrap();
-        let other = merge_parts(&[b, a], &["k".into()], "t", "all", None, Codec::default()).unwrap().unwrap();
+        let key = ["k".to_string()];
+        let a = source("a", &batch(vec![1, 5]), &key);
+        let b = source("b", &batch(vec![2, 3, 4]), &key);
+        let one = merge_parts(&[a.clone(), b.clone()], &key, "t", "all", None, Codec::default()).unwrap().unwrap();
+        let other = merge_parts(&[b, a], &key, "t", "all", None, Codec::default()).unwrap().unwrap();
         assert_eq!(one.id, other.id, "the same sources give the same bytes, whatever their order");
-        let rows = read_part_batches(one.bytes).unwrap();
-        assert_eq!(rows[0].column(0).as_primitive::<Int64Type>().values().to_vec(), [1, 2, 3, 4, 5]);
+        assert_eq!(all_rows(&one).column(0).as_primitive::<Int64Type>().values().to_vec(), [1, 2, 3, 4, 5]);
     }
 
-    /// Sources that do not overlap are concatenated in key order rather than sorted: the same
-    /// bytes as sorting gives. Sources that share a key at their ends are sorted.
+    /// Sources of a nullable string and a time key, with many equal keys across and within
+    /// sources, some sources disjoint and some empty after the TTL: the streamed merge writes
+    /// the very bytes that sorting the concatenation writes, statistics included.
     #[test]
-    fn sources_without_overlap_merge_to_the_bytes_sorting_gives() {
+    fn the_streamed_merge_writes_the_bytes_sorting_gives() {
+        use proptest::prelude::*;
         let schema = Arc::new(Schema::new(vec![
-            Field::new("k", DataType::Int64, true),
+            Field::new("host", DataType::Utf8, true),
             Field::new("ts", DataType::Timestamp(TimeUnit::Second, None), false),
+            Field::new("origin", DataType::Int64, false),
         ]));
-        let batch = |k: Vec<Option<i64>>, ts: Vec<i64>| {
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![Arc::new(Int64Array::from(k)), Arc::new(TimestampSecondArray::from(ts))],
-            )
-            .unwrap()
-        };
-        let key: Vec<String> = vec!["k".into(), "ts".into()];
-        let sorted_merge = |sources: &[(PartId, Vec<RecordBatch>)]| {
-            let mut ordered: Vec<_> = sources.iter().collect();
-            ordered.sort_by_key(|(id, _)| *id);
-            let batches: Vec<RecordBatch> = ordered.iter().flat_map(|(_, b)| b.iter().cloned()).collect();
-            let origin = ordered.iter().map(|(id, _)| id.to_string()).collect::<Vec<_>>().join("+");
-            let metadata = PartMetadata {
-                table: "t".into(),
-                partition: "all".into(),
-                origin: format!("merge:{origin}"),
-                codec: Codec::default(),
-            };
-            encode_part(&concat_batches(&schema, &batches).unwrap(), &key, &metadata).unwrap()
-        };
-        let disjoint = [
-            (PartId::of_bytes(b"x"), vec![batch(vec![Some(7), Some(7)], vec![1, 2])]),
-            (PartId::of_bytes(b"y"), vec![batch(vec![None, Some(1)], vec![5, 1]), batch(vec![], vec![])]),
-            (PartId::of_bytes(b"z"), vec![batch(vec![Some(7)], vec![3]), batch(vec![Some(9)], vec![0])]),
-            (PartId::of_bytes(b"empty"), vec![batch(vec![], vec![])]),
-        ];
-        let ordered = in_key_order(&disjoint.iter().collect::<Vec<_>>(), &key).unwrap().expect("no two overlap");
-        let ids: Vec<PartId> = ordered.iter().map(|(id, _)| *id).collect();
-        assert_eq!(ids, [b"y", b"x", b"z"].map(|n| PartId::of_bytes(n)), "by first key, nulls first");
-        let merged = merge_parts(&disjoint, &key, "t", "all", None, Codec::default()).unwrap().unwrap();
-        assert_eq!(merged.id, sorted_merge(&disjoint).id);
-        let rows = concat_batches(&schema, &read_part_batches(merged.bytes).unwrap()).unwrap();
-        let k: Vec<Option<i64>> = rows.column(0).as_primitive::<Int64Type>().iter().collect();
-        assert_eq!(k, [None, Some(1), Some(7), Some(7), Some(7), Some(9)]);
+        let key: Vec<String> = vec!["host".into(), "ts".into()];
+        let row = (proptest::option::weighted(0.9, 0u8..4), 0i64..6);
+        let sources = proptest::collection::vec(proptest::collection::vec(row, 0..40), 1..6);
+        let ttl = proptest::option::of(0i64..4);
+        proptest!(ProptestConfig::with_cases(256), |(sources in sources, ttl in ttl)| {
+            let sources: Vec<MergeSource> = sources
+                .iter()
+                .enumerate()
+                .map(|(n, rows)| {
+                    let hosts: Vec<Option<String>> = rows.iter().map(|(h, _)| h.map(|h| format!("host-{h}"))).collect();
+                    let times: Vec<i64> = rows.iter().map(|(_, t)| *t).collect();
+                    // Which source and row each row came from, so a wrong order of equal keys shows.
+                    let origins: Vec<i64> = (0..rows.len() as i64).map(|i| n as i64 * 1000 + i).collect();
+                    let batch = RecordBatch::try_new(
+                        schema.clone(),
+                        vec![
+                            Arc::new(StringArray::from(hosts)),
+                            Arc::new(TimestampSecondArray::from(times)),
+                            Arc::new(Int64Array::from(origins)),
+                        ],
+                    )
+                    .unwrap();
+                    source(&format!("source-{n}"), &batch, &key)
+                })
+                .collect();
+            let ttl = ttl.map(|before| TtlFilter { column: "ts".into(), before });
+            let streamed = merge_parts(&sources, &key, "t", "all", ttl.as_ref(), Codec::default()).unwrap();
+            let sorted = merged_by_sorting(&sources, &key, ttl.as_ref());
+            match (streamed, sorted) {
+                (Some(streamed), Some(sorted)) => {
+                    prop_assert_eq!(all_rows(&streamed), all_rows(&sorted));
+                    prop_assert_eq!(streamed.id, sorted.id);
+                    prop_assert_eq!(streamed.rows, sorted.rows);
+                    prop_assert_eq!(streamed.columns, sorted.columns);
+                }
+                (None, None) => {}
+                (streamed, sorted) => prop_assert!(false, "streamed {:?}, sorted {:?}", streamed.map(|p| p.rows), sorted.map(|p| p.rows)),
+            }
+        });
+    }
 
-        // x ends where z starts: equal keys keep the sort's order (by source id).
-        let touching = [
-            (PartId::of_bytes(b"x"), vec![batch(vec![Some(1), Some(2)], vec![0, 0])]),
-            (PartId::of_bytes(b"z"), vec![batch(vec![Some(2), Some(3)], vec![0, 0])]),
+    /// Sources larger than a decoded batch and a merged chunk, interleaved row by row in one
+    /// part of their key range and disjoint in the rest, and a part written without a sort
+    /// key: the bytes sorting the concatenation gives, whatever the order of the sources.
+    #[test]
+    fn a_merge_larger_than_its_chunks_writes_the_bytes_sorting_gives() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, false),
+            Field::new("v", DataType::Float64, false),
+        ]));
+        let part = |name: &str, ids: Vec<i64>, key: &[String]| {
+            let values: Vec<f64> = ids.iter().map(|id| (*id as f64).sin()).collect();
+            let batch = RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from(ids)), Arc::new(Float64Array::from(values))],
+            )
+            .unwrap();
+            source(name, &batch, key)
+        };
+        let key = vec!["id".to_string()];
+        let sources = [
+            part("evens", (0..150_000).map(|i| i * 2).collect(), &key),
+            part("odds", (0..100_000).map(|i| i * 2 + 1).collect(), &key),
+            part("later", (400_000..520_000).collect(), &key),
         ];
-        assert!(in_key_order(&touching.iter().collect::<Vec<_>>(), &key).unwrap().is_none());
-        let merged = merge_parts(&touching, &key, "t", "all", None, Codec::default()).unwrap().unwrap();
-        assert_eq!(merged.id, sorted_merge(&touching).id);
+        let merged = merge_parts(&sources, &key, "t", "all", None, Codec::default()).unwrap().unwrap();
+        let sorted = merged_by_sorting(&sources, &key, None).unwrap();
+        assert_eq!(merged.rows, 370_000);
+        assert_eq!(merged.id, sorted.id);
+        assert_eq!(merged.columns, sorted.columns);
+        let reversed = [sources[2].clone(), sources[0].clone(), sources[1].clone()];
+        assert_eq!(merge_parts(&reversed, &key, "t", "all", None, Codec::default()).unwrap().unwrap().id, merged.id);
+
+        let unsorted = [part("a", (0..70_000).rev().collect(), &[]), part("b", (0..70_000).collect(), &[])];
+        let concatenated = merge_parts(&unsorted, &[], "t", "all", None, Codec::default()).unwrap().unwrap();
+        assert_eq!(concatenated.id, merged_by_sorting(&unsorted, &[], None).unwrap().id, "in id order, unsorted");
+    }
+
+    /// A file out of its key's order (no part is, but a merge must not trust it blindly) is
+    /// refused rather than merged into a part out of order.
+    #[test]
+    fn a_source_out_of_key_order_is_refused() {
+        let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
+        let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![3, 1, 2]))]).unwrap();
+        let unsorted = source("unsorted", &batch, &[]);
+        let error = merge_parts(std::slice::from_ref(&unsorted), &["k".into()], "t", "all", None, Codec::default())
+            .unwrap_err();
+        assert!(matches!(error, PartError::Unsorted { part } if part == unsorted.id), "{error}");
     }
 
     #[test]
@@ -353,22 +632,26 @@ mod tests {
             )
             .unwrap()
         };
-        let source = (PartId::of_bytes(b"a"), vec![batch(vec![Some(10), None, Some(30), Some(20)], vec![1, 2, 3, 4])]);
+        let key = ["k".to_string()];
+        let part = source("a", &batch(vec![Some(10), None, Some(30), Some(20)], vec![1, 2, 3, 4]), &key);
         let ttl = TtlFilter { column: "ts".into(), before: 20 };
-        let kept = merge_parts(std::slice::from_ref(&source), &["k".into()], "t", "all", Some(&ttl), Codec::default())
-            .unwrap()
-            .unwrap();
-        let rows = read_part_batches(kept.bytes).unwrap();
-        assert_eq!(rows[0].column(1).as_primitive::<Int64Type>().values().to_vec(), [2, 3, 4], "ts 10 < 20 expired");
-        let plain = merge_parts(std::slice::from_ref(&source), &["k".into()], "t", "all", None, Codec::default())
-            .unwrap()
-            .unwrap();
+        let kept =
+            merge_parts(std::slice::from_ref(&part), &key, "t", "all", Some(&ttl), Codec::default()).unwrap().unwrap();
+        assert_eq!(
+            all_rows(&kept).column(1).as_primitive::<Int64Type>().values().to_vec(),
+            [2, 3, 4],
+            "ts 10 < 20 expired"
+        );
+        let plain =
+            merge_parts(std::slice::from_ref(&part), &key, "t", "all", None, Codec::default()).unwrap().unwrap();
         assert_ne!(plain.id, kept.id);
         let everything = TtlFilter { column: "ts".into(), before: i64::MAX };
         let only_nulls =
-            merge_parts(&[source], &["k".into()], "t", "all", Some(&everything), Codec::default()).unwrap().unwrap();
+            merge_parts(std::slice::from_ref(&part), &key, "t", "all", Some(&everything), Codec::default())
+                .unwrap()
+                .unwrap();
         assert_eq!(only_nulls.rows, 1, "a NULL time never expires");
-        let expired = (PartId::of_bytes(b"b"), vec![batch(vec![Some(1)], vec![1])]);
-        assert!(merge_parts(&[expired], &["k".into()], "t", "all", Some(&ttl), Codec::default()).unwrap().is_none());
+        let expired = source("b", &batch(vec![Some(1)], vec![1]), &key);
+        assert!(merge_parts(&[expired], &key, "t", "all", Some(&ttl), Codec::default()).unwrap().is_none());
     }
 }

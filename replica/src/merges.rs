@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tandem_coordinator::{NewPart, Revision};
 use tandem_parts::{
-    Codec, EncodedPart, LocalPartStore, MergeCandidate, MergePolicy, PART_FORMAT_VERSION, PartId, PartManifest,
-    TtlFilter, merge_parts, read_part_batches, select_merge,
+    Codec, EncodedPart, LocalPartStore, MergeCandidate, MergePolicy, MergeSource, PART_FORMAT_VERSION, PartId,
+    PartManifest, TtlFilter, merge_parts, select_merge,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -371,7 +371,7 @@ fn merge_files(
             Some(bytes) => bytes.clone(),
             None => Bytes::from(std::fs::read(store.path(id))?),
         };
-        inputs.push((*id, read_part_batches(bytes)?));
+        inputs.push(MergeSource { id: *id, bytes });
     }
     Ok(merge_parts(&inputs, sort_key, table, partition, ttl, codec)?)
 }
