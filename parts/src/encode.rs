@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::io::Write;
 use std::sync::Arc;
 
 use arrow::array::{
@@ -72,35 +73,49 @@ fn encode_sorted_part(
     sort_key: &[String],
     metadata: &PartMetadata,
 ) -> Result<EncodedPart, PartError> {
-    let mut encoder = PartEncoder::new(sorted.schema(), sort_key, metadata, sorted.get_array_memory_size() / 4)?;
+    let output = Vec::with_capacity(sorted.get_array_memory_size() / 4 + 1024);
+    let mut encoder = PartEncoder::new(sorted.schema(), sort_key, metadata, output)?;
     encoder.write(sorted)?;
-    encoder.finish()
+    let encoded = encoder.finish()?;
+    Ok(EncodedPart {
+        id: PartId::of_bytes(&encoded.output),
+        bytes: Bytes::from(encoded.output),
+        rows: encoded.rows,
+        columns: encoded.columns,
+    })
 }
 
-/// Writes a part from rows already in `sort_key` order, handed over in chunks, so a part of
-/// any size can be written (by a merge) while holding one chunk of decoded rows at a time.
-/// The bytes do not depend on where the chunks are cut as long as every chunk but the last is
-/// a multiple of [`PAGE_ROWS`]: the Parquet writer decides page and row-group boundaries at
-/// those multiples only.
-pub(crate) struct PartEncoder {
-    writer: ArrowWriter<Vec<u8>>,
+/// Writes a part into `W` from rows already in `sort_key` order, handed over in chunks, so a
+/// part of any size can be written (by a merge) while holding one chunk of decoded rows at a
+/// time. The bytes do not depend on where the chunks are cut as long as every chunk but the
+/// last is a multiple of [`PAGE_ROWS`]: the Parquet writer decides page and row-group
+/// boundaries at those multiples only.
+pub(crate) struct PartEncoder<W: Write + Send> {
+    writer: ArrowWriter<W>,
     columns: Vec<(String, ColumnStatsBuilder)>,
     rows: u64,
 }
 
-impl PartEncoder {
-    /// An encoder of rows of `schema` into a part ordered by `sort_key`; `capacity` is a guess
-    /// of the part's bytes.
+/// What a [`PartEncoder`] wrote: the output holding the part's bytes, and what the manifest
+/// says of them.
+pub struct WrittenPart<W> {
+    pub output: W,
+    pub rows: u64,
+    pub columns: BTreeMap<String, ColumnStats>,
+}
+
+impl<W: Write + Send> PartEncoder<W> {
+    /// An encoder of rows of `schema` into a part ordered by `sort_key`, written to `output`.
     pub(crate) fn new(
         schema: SchemaRef,
         sort_key: &[String],
         metadata: &PartMetadata,
-        capacity: usize,
+        output: W,
     ) -> Result<Self, PartError> {
         let properties = writer_properties(&schema, sort_key, metadata)?;
         let columns =
             schema.fields().iter().map(|field| (field.name().clone(), ColumnStatsBuilder::default())).collect();
-        let writer = ArrowWriter::try_new(Vec::with_capacity(capacity + 1024), schema, Some(properties))?;
+        let writer = ArrowWriter::try_new(output, schema, Some(properties))?;
         Ok(PartEncoder { writer, columns, rows: 0 })
     }
 
@@ -118,10 +133,11 @@ impl PartEncoder {
         self.rows
     }
 
-    pub(crate) fn finish(self) -> Result<EncodedPart, PartError> {
-        let bytes = self.writer.into_inner()?;
+    /// Writes the footer.
+    pub(crate) fn finish(self) -> Result<WrittenPart<W>, PartError> {
+        let output = self.writer.into_inner()?;
         let columns = self.columns.into_iter().map(|(name, stats)| (name, stats.finish())).collect();
-        Ok(EncodedPart { id: PartId::of_bytes(&bytes), bytes: Bytes::from(bytes), rows: self.rows, columns })
+        Ok(WrittenPart { output, rows: self.rows, columns })
     }
 }
 

@@ -38,10 +38,10 @@ pub use parquet;
 
 pub use block::block_id;
 pub use codec::{Codec, UnknownCodec};
-pub use encode::{EncodedPart, PartMetadata, ROW_GROUP_ROWS, encode_part, read_part_batches};
+pub use encode::{EncodedPart, PartMetadata, ROW_GROUP_ROWS, WrittenPart, encode_part, read_part_batches};
 pub use error::PartError;
 pub use manifest::{ColumnStats, PART_FORMAT_VERSION, PartManifest};
-pub use merge::{MergeCandidate, MergePolicy, MergeSource, TtlFilter, merge_parts, select_merge};
+pub use merge::{MergeCandidate, MergePlan, MergePolicy, MergeSource, TtlFilter, merge_parts, select_merge};
 pub use object_mirror::{MirrorError, MirroredObject, ObjectMirror, S3Settings, UploadOutcome};
 pub use outboard::{PartOutboard, VERIFIED_BLOCK_BYTES};
 pub use partition::{PartitionSpec, split_by_partition};

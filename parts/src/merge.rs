@@ -5,18 +5,22 @@
 //! set chooses the same merge; the merged bytes are a pure function of the sources, so a replica
 //! can merge locally and compare the hash instead of fetching.
 
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
-use arrow::compute::{cast, filter_record_batch, interleave_record_batch};
-use arrow::datatypes::{DataType, Int64Type, Schema};
+use arrow::compute::{cast, concat_batches, filter_record_batch, interleave_record_batch};
+use arrow::datatypes::{DataType, Fields, Int64Type, Schema};
 use arrow::row::{Row, RowConverter, Rows};
 use bytes::Bytes;
 use parquet::arrow::arrow_reader::{ParquetRecordBatchReader, ParquetRecordBatchReaderBuilder};
+use parquet::file::reader::ChunkReader;
 use serde::{Deserialize, Serialize};
 
 use crate::encode::{PartEncoder, key_converter};
-use crate::{Codec, EncodedPart, PartError, PartId, PartMetadata};
+use crate::{Codec, PartError, PartId, PartMetadata, WrittenPart};
 
 /// Rows a merge leaves out because a table's TTL has passed for them: those whose `column`
 /// (a Date, DateTime or DateTime64 column of the part, by its Parquet name) holds a value
@@ -117,61 +121,112 @@ pub fn select_merge(parts: &[MergeCandidate], policy: &MergePolicy) -> Option<Ve
     best.map(|(_, _, ids)| ids)
 }
 
-/// A part to merge: its id and its file's bytes.
-#[derive(Clone, Debug)]
+/// A part to merge: its id and its file, on disk or in memory (read from the bucket).
+#[derive(Debug)]
 pub struct MergeSource {
-    pub id: PartId,
-    pub bytes: Bytes,
+    id: PartId,
+    data: SourceData,
+}
+
+#[derive(Debug)]
+enum SourceData {
+    File { file: File, path: PathBuf },
+    Bytes(Bytes),
+}
+
+impl MergeSource {
+    /// The part `id` in the file at `path`, opened now: a merge reads it page by page, and a
+    /// deletion of the file meanwhile does not disturb it.
+    pub fn file(id: PartId, path: PathBuf) -> Result<Self, PartError> {
+        let file = File::open(&path).map_err(|e| PartError::io(&path, e))?;
+        Ok(MergeSource { id, data: SourceData::File { file, path } })
+    }
+
+    /// The part `id`, whose bytes are in memory.
+    pub fn bytes(id: PartId, bytes: Bytes) -> Self {
+        MergeSource { id, data: SourceData::Bytes(bytes) }
+    }
+
+    /// The part's columns and a reader of its rows, `batch_rows` at a time.
+    fn open(&self, batch_rows: usize) -> Result<(Fields, ParquetRecordBatchReader), PartError> {
+        fn open(
+            input: impl ChunkReader + 'static,
+            batch_rows: usize,
+        ) -> Result<(Fields, ParquetRecordBatchReader), PartError> {
+            let builder = ParquetRecordBatchReaderBuilder::try_new(input)?;
+            let columns = builder.schema().fields().clone();
+            Ok((columns, builder.with_batch_size(batch_rows).build()?))
+        }
+        match &self.data {
+            SourceData::File { file, path } => open(file.try_clone().map_err(|e| PartError::io(path, e))?, batch_rows),
+            SourceData::Bytes(bytes) => open(bytes.clone(), batch_rows),
+        }
+    }
+}
+
+/// What a merge writes: a part of `table` and `partition` sorted by `sort_key`, compressed with
+/// `codec`, without the rows `ttl` expires.
+#[derive(Clone, Copy, Debug)]
+pub struct MergePlan<'a> {
+    pub sort_key: &'a [String],
+    pub table: &'a str,
+    pub partition: &'a str,
+    pub ttl: Option<&'a TtlFilter>,
+    pub codec: Codec,
 }
 
 /// Rows a merge decodes from a source at a time.
-const SOURCE_BATCH_ROWS: usize = 64 * 1024;
+const SOURCE_BATCH_ROWS: usize = 8 * 1024;
 
 /// Rows a merge hands the Parquet writer at a time: a multiple of the rows per page, so the
 /// bytes are those of the part written in one piece (see [`PartEncoder`]).
 const MERGED_CHUNK_ROWS: usize = 64 * 1024;
 
-/// The merged part of `sources` (each sorted by `sort_key`, as every part is; their rows
-/// sorted together, equal keys in the order of the sources' ids), without the rows `ttl`
-/// expires, written with `codec`. The origin names the sources and the TTL filter, so the
-/// same merge with the same codec gives the same bytes anywhere. None when no row is left.
+/// Runs at least this long on average are copied run by run, shorter ones row by row.
+const LONG_RUN_ROWS: usize = 256;
+
+/// The merged part of `sources` as `plan` says, written to `output`: the sources' rows (each
+/// sorted by the sort key, as every part is) sorted together, equal keys in the order of the
+/// sources' ids. The origin names the sources and the TTL
+/// filter, so the same merge with the same codec gives the same bytes anywhere. None when no
+/// row is left (what `output` holds then is no part).
 ///
-/// The sources are merged as sorted runs, never sorted again, and streamed: a merge holds
-/// the sources' compressed bytes, a batch of decoded rows per source and one chunk of merged
-/// rows, whatever the size of the parts. When the sources do not overlap (time-ordered
-/// inserts into a table ordered by time or by an increasing id) each merged chunk is a slice
-/// of one source's batch, and no row is copied before it is encoded.
-pub fn merge_parts(
+/// The sources are merged as sorted runs, never sorted again, and streamed: a merge holds a
+/// batch of decoded rows per source and one chunk of merged rows, whatever the size of the
+/// parts, and reads files page by page. When the sources do not overlap (time-ordered inserts
+/// into a table ordered by time or by an increasing id) each merged chunk is a slice of one
+/// source's batch, and no row is copied before it is encoded.
+pub fn merge_parts<W: Write + Send>(
     sources: &[MergeSource],
-    sort_key: &[String],
-    table: &str,
-    partition: &str,
-    ttl: Option<&TtlFilter>,
-    codec: Codec,
-) -> Result<Option<EncodedPart>, PartError> {
+    plan: &MergePlan<'_>,
+    output: W,
+) -> Result<Option<WrittenPart<W>>, PartError> {
+    let MergePlan { sort_key, table, partition, ttl, codec } = *plan;
     let mut ordered: Vec<&MergeSource> = sources.iter().collect();
     ordered.sort_by_key(|source| source.id);
     let mut origin = ordered.iter().map(|source| source.id.to_string()).collect::<Vec<_>>().join("+");
     if let Some(ttl) = ttl {
         origin.push_str(&format!(" ttl:{}<{}", ttl.column, ttl.before));
     }
-    let Some(first) = ordered.first() else { return Ok(None) };
-    // The columns of the sources, without the schema metadata a reader derives from the first
-    // one's footer.
-    let schema = ParquetRecordBatchReaderBuilder::try_new(first.bytes.clone())?.schema().fields().clone();
-    let schema = Arc::new(Schema::new(schema));
+    let mut readers = Vec::with_capacity(ordered.len());
+    for source in &ordered {
+        readers.push((source.id, source.open(SOURCE_BATCH_ROWS)?));
+    }
+    // The columns of the first source, without the schema metadata a reader derives from its
+    // footer.
+    let Some((_, (columns, _))) = readers.first() else { return Ok(None) };
+    let schema = Arc::new(Schema::new(columns.clone()));
     let keys = SortKey::new(&schema, sort_key)?;
-    let mut cursors = Vec::with_capacity(ordered.len());
+    let mut cursors = Vec::with_capacity(readers.len());
     let mut chunk = MergedChunk::default();
-    for source in ordered {
-        if let Some(cursor) = SourceCursor::open(source, ttl, &keys, &mut chunk)? {
+    for (id, (_, reader)) in readers {
+        if let Some(cursor) = SourceCursor::open(id, reader, ttl, &keys, &mut chunk)? {
             cursors.push(cursor);
         }
     }
     let metadata =
         PartMetadata { table: table.into(), partition: partition.into(), origin: format!("merge:{origin}"), codec };
-    let capacity = sources.iter().map(|source| source.bytes.len()).sum();
-    let mut encoder = PartEncoder::new(schema, sort_key, &metadata, capacity)?;
+    let mut encoder = PartEncoder::new(schema, sort_key, &metadata, output)?;
 
     // Repeatedly: the source whose next row comes first (the least key; on equal keys, the
     // first source in id order) gives every row up to the next row of any other source.
@@ -266,18 +321,16 @@ struct SourceCursor {
 }
 
 impl SourceCursor {
-    /// A cursor on the first row of `source` the TTL keeps; None when it keeps none.
+    /// A cursor on the first row of part `id` the TTL keeps; None when it keeps none.
     fn open(
-        source: &MergeSource,
+        id: PartId,
+        reader: ParquetRecordBatchReader,
         ttl: Option<&TtlFilter>,
         keys: &SortKey,
         chunk: &mut MergedChunk,
     ) -> Result<Option<Self>, PartError> {
-        let reader = ParquetRecordBatchReaderBuilder::try_new(source.bytes.clone())?
-            .with_batch_size(SOURCE_BATCH_ROWS)
-            .build()?;
         let empty = RecordBatch::new_empty(arrow::array::RecordBatchReader::schema(&reader));
-        let mut cursor = SourceCursor { id: source.id, reader, batch: empty, keys: None, slot: 0, next_row: 0 };
+        let mut cursor = SourceCursor { id, reader, batch: empty, keys: None, slot: 0, next_row: 0 };
         Ok(cursor.advance(ttl, keys, chunk)?.then_some(cursor))
     }
 
@@ -380,6 +433,12 @@ impl MergedChunk {
     fn take(&mut self, cursors: &mut [SourceCursor]) -> Result<RecordBatch, PartError> {
         let merged = match self.runs.as_slice() {
             [(slot, start, len)] => self.batches[*slot].slice(*start, *len),
+            // Long runs (sources that barely overlap): copied a run at a time.
+            runs if runs.len() <= MERGED_CHUNK_ROWS / LONG_RUN_ROWS => {
+                let slices: Vec<RecordBatch> =
+                    runs.iter().map(|&(slot, start, len)| self.batches[slot].slice(start, len)).collect();
+                concat_batches(&self.batches[runs[0].0].schema(), &slices)?
+            }
             runs => {
                 let indices: Vec<(usize, usize)> = runs
                     .iter()
@@ -402,11 +461,10 @@ impl MergedChunk {
 #[cfg(test)]
 mod tests {
     use arrow::array::{Float64Array, Int64Array, StringArray, TimestampSecondArray};
-    use arrow::compute::concat_batches;
     use arrow::datatypes::{Field, TimeUnit};
 
     use super::*;
-    use crate::{encode_part, read_part_batches};
+    use crate::{EncodedPart, encode_part, read_part_batches};
 
     fn candidate(n: u8, partition: &str, bytes: u64) -> MergeCandidate {
         MergeCandidate { id: PartId::of_bytes(&[n]), partition: partition.into(), bytes, level: 0 }
@@ -466,26 +524,45 @@ mod tests {
         assert!(amplification <= 5.0, "each byte merged at most ~log4(1000) times: {amplification:.2}");
     }
 
-    /// A source of `rows` (sorted by `key` first, as every part is).
-    fn source(name: &str, rows: &RecordBatch, key: &[String]) -> MergeSource {
+    /// A part of `rows` (sorted by `key` first, as every part is).
+    fn part(name: &str, rows: &RecordBatch, key: &[String]) -> EncodedPart {
         let metadata =
             PartMetadata { table: "t".into(), partition: "all".into(), origin: name.into(), codec: Codec::default() };
-        let part = encode_part(rows, key, &metadata).unwrap();
-        MergeSource { id: part.id, bytes: part.bytes }
+        encode_part(rows, key, &metadata).unwrap()
+    }
+
+    fn plan<'a>(sort_key: &'a [String], ttl: Option<&'a TtlFilter>) -> MergePlan<'a> {
+        MergePlan { sort_key, table: "t", partition: "all", ttl, codec: Codec::default() }
+    }
+
+    /// The merge of `parts` (from memory), as a part.
+    fn merge(
+        parts: &[&EncodedPart],
+        key: &[String],
+        ttl: Option<&TtlFilter>,
+    ) -> Result<Option<EncodedPart>, PartError> {
+        let sources: Vec<MergeSource> = parts.iter().map(|p| MergeSource::bytes(p.id, p.bytes.clone())).collect();
+        let merged = merge_parts(&sources, &plan(key, ttl), Vec::new())?;
+        Ok(merged.map(|merged| EncodedPart {
+            id: PartId::of_bytes(&merged.output),
+            bytes: Bytes::from(merged.output),
+            rows: merged.rows,
+            columns: merged.columns,
+        }))
     }
 
     /// The merge as it was first written, and as its contract states it: every source's rows
     /// concatenated in the order of the sources' ids, expired rows left out, then sorted by
     /// the (stable) sort every new part takes.
-    fn merged_by_sorting(sources: &[MergeSource], key: &[String], ttl: Option<&TtlFilter>) -> Option<EncodedPart> {
-        let mut ordered: Vec<_> = sources.iter().collect();
-        ordered.sort_by_key(|source| source.id);
+    fn merged_by_sorting(parts: &[&EncodedPart], key: &[String], ttl: Option<&TtlFilter>) -> Option<EncodedPart> {
+        let mut ordered = parts.to_vec();
+        ordered.sort_by_key(|part| part.id);
         let batches: Vec<RecordBatch> =
-            ordered.iter().flat_map(|source| read_part_batches(source.bytes.clone()).unwrap()).collect();
-        let schema =
-            ParquetRecordBatchReaderBuilder::try_new(sources[0].bytes.clone()).unwrap().schema().fields().clone();
-        let mut rows = concat_batches(&Arc::new(Schema::new(schema)), &batches).unwrap();
-        let mut origin = ordered.iter().map(|source| source.id.to_string()).collect::<Vec<_>>().join("+");
+            ordered.iter().flat_map(|part| read_part_batches(part.bytes.clone()).unwrap()).collect();
+        let columns =
+            ParquetRecordBatchReaderBuilder::try_new(parts[0].bytes.clone()).unwrap().schema().fields().clone();
+        let mut rows = concat_batches(&Arc::new(Schema::new(columns)), &batches).unwrap();
+        let mut origin = ordered.iter().map(|part| part.id.to_string()).collect::<Vec<_>>().join("+");
         if let Some(ttl) = ttl {
             rows = ttl.keep(&rows).unwrap();
             origin.push_str(&format!(" ttl:{}<{}", ttl.column, ttl.before));
@@ -510,10 +587,10 @@ mod tests {
         let batch =
             |values: Vec<i64>| RecordBatch::try_new(schema.clone(), vec![Arc::new(Int64Array::from(values))]).unwrap();
         let key = ["k".to_string()];
-        let a = source("a", &batch(vec![1, 5]), &key);
-        let b = source("b", &batch(vec![2, 3, 4]), &key);
-        let one = merge_parts(&[a.clone(), b.clone()], &key, "t", "all", None, Codec::default()).unwrap().unwrap();
-        let other = merge_parts(&[b, a], &key, "t", "all", None, Codec::default()).unwrap().unwrap();
+        let a = part("a", &batch(vec![1, 5]), &key);
+        let b = part("b", &batch(vec![2, 3, 4]), &key);
+        let one = merge(&[&a, &b], &key, None).unwrap().unwrap();
+        let other = merge(&[&b, &a], &key, None).unwrap().unwrap();
         assert_eq!(one.id, other.id, "the same sources give the same bytes, whatever their order");
         assert_eq!(all_rows(&one).column(0).as_primitive::<Int64Type>().values().to_vec(), [1, 2, 3, 4, 5]);
     }
@@ -534,7 +611,7 @@ mod tests {
         let sources = proptest::collection::vec(proptest::collection::vec(row, 0..40), 1..6);
         let ttl = proptest::option::of(0i64..4);
         proptest!(ProptestConfig::with_cases(256), |(sources in sources, ttl in ttl)| {
-            let sources: Vec<MergeSource> = sources
+            let parts: Vec<EncodedPart> = sources
                 .iter()
                 .enumerate()
                 .map(|(n, rows)| {
@@ -551,12 +628,13 @@ mod tests {
                         ],
                     )
                     .unwrap();
-                    source(&format!("source-{n}"), &batch, &key)
+                    part(&format!("source-{n}"), &batch, &key)
                 })
                 .collect();
+            let parts: Vec<&EncodedPart> = parts.iter().collect();
             let ttl = ttl.map(|before| TtlFilter { column: "ts".into(), before });
-            let streamed = merge_parts(&sources, &key, "t", "all", ttl.as_ref(), Codec::default()).unwrap();
-            let sorted = merged_by_sorting(&sources, &key, ttl.as_ref());
+            let streamed = merge(&parts, &key, ttl.as_ref()).unwrap();
+            let sorted = merged_by_sorting(&parts, &key, ttl.as_ref());
             match (streamed, sorted) {
                 (Some(streamed), Some(sorted)) => {
                     prop_assert_eq!(all_rows(&streamed), all_rows(&sorted));
@@ -565,45 +643,56 @@ mod tests {
                     prop_assert_eq!(streamed.columns, sorted.columns);
                 }
                 (None, None) => {}
-                (streamed, sorted) => prop_assert!(false, "streamed {:?}, sorted {:?}", streamed.map(|p| p.rows), sorted.map(|p| p.rows)),
+                (streamed, sorted) => {
+                    let rows = |part: Option<EncodedPart>| part.map(|p| p.rows);
+                    prop_assert!(false, "streamed {:?} rows, sorted {:?}", rows(streamed), rows(sorted));
+                }
             }
         });
     }
 
     /// Sources larger than a decoded batch and a merged chunk, interleaved row by row in one
-    /// part of their key range and disjoint in the rest, and a part written without a sort
-    /// key: the bytes sorting the concatenation gives, whatever the order of the sources.
+    /// part of their key range and disjoint in the rest, read from files and from memory, and
+    /// parts written without a sort key: the bytes sorting the concatenation gives, whatever the
+    /// order of the sources.
     #[test]
     fn a_merge_larger_than_its_chunks_writes_the_bytes_sorting_gives() {
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, false),
             Field::new("v", DataType::Float64, false),
         ]));
-        let part = |name: &str, ids: Vec<i64>, key: &[String]| {
+        let numbered = |name: &str, ids: Vec<i64>, key: &[String]| {
             let values: Vec<f64> = ids.iter().map(|id| (*id as f64).sin()).collect();
-            let batch = RecordBatch::try_new(
-                schema.clone(),
-                vec![Arc::new(Int64Array::from(ids)), Arc::new(Float64Array::from(values))],
-            )
-            .unwrap();
-            source(name, &batch, key)
+            let columns: Vec<ArrayRef> = vec![Arc::new(Int64Array::from(ids)), Arc::new(Float64Array::from(values))];
+            part(name, &RecordBatch::try_new(schema.clone(), columns).unwrap(), key)
         };
         let key = vec!["id".to_string()];
-        let sources = [
-            part("evens", (0..150_000).map(|i| i * 2).collect(), &key),
-            part("odds", (0..100_000).map(|i| i * 2 + 1).collect(), &key),
-            part("later", (400_000..520_000).collect(), &key),
-        ];
-        let merged = merge_parts(&sources, &key, "t", "all", None, Codec::default()).unwrap().unwrap();
-        let sorted = merged_by_sorting(&sources, &key, None).unwrap();
+        let evens = numbered("evens", (0..150_000).map(|i| i * 2).collect(), &key);
+        let odds = numbered("odds", (0..100_000).map(|i| i * 2 + 1).collect(), &key);
+        let later = numbered("later", (400_000..520_000).collect(), &key);
+        let merged = merge(&[&evens, &odds, &later], &key, None).unwrap().unwrap();
+        let sorted = merged_by_sorting(&[&evens, &odds, &later], &key, None).unwrap();
         assert_eq!(merged.rows, 370_000);
         assert_eq!(merged.id, sorted.id);
         assert_eq!(merged.columns, sorted.columns);
-        let reversed = [sources[2].clone(), sources[0].clone(), sources[1].clone()];
-        assert_eq!(merge_parts(&reversed, &key, "t", "all", None, Codec::default()).unwrap().unwrap().id, merged.id);
+        assert_eq!(merge(&[&later, &evens, &odds], &key, None).unwrap().unwrap().id, merged.id);
 
-        let unsorted = [part("a", (0..70_000).rev().collect(), &[]), part("b", (0..70_000).collect(), &[])];
-        let concatenated = merge_parts(&unsorted, &[], "t", "all", None, Codec::default()).unwrap().unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let on_disk: Vec<MergeSource> = [&evens, &odds]
+            .iter()
+            .map(|part| {
+                let path = dir.path().join(part.id.to_string());
+                std::fs::write(&path, &part.bytes).unwrap();
+                MergeSource::file(part.id, path).unwrap()
+            })
+            .chain([MergeSource::bytes(later.id, later.bytes.clone())])
+            .collect();
+        let from_files = merge_parts(&on_disk, &plan(&key, None), Vec::new()).unwrap().unwrap();
+        assert_eq!(PartId::of_bytes(&from_files.output), merged.id, "files and memory merge alike");
+
+        let unsorted = [numbered("a", (0..70_000).rev().collect(), &[]), numbered("b", (0..70_000).collect(), &[])];
+        let unsorted: Vec<&EncodedPart> = unsorted.iter().collect();
+        let concatenated = merge(&unsorted, &[], None).unwrap().unwrap();
         assert_eq!(concatenated.id, merged_by_sorting(&unsorted, &[], None).unwrap().id, "in id order, unsorted");
     }
 
@@ -613,9 +702,8 @@ mod tests {
     fn a_source_out_of_key_order_is_refused() {
         let schema = Arc::new(Schema::new(vec![Field::new("k", DataType::Int64, false)]));
         let batch = RecordBatch::try_new(schema, vec![Arc::new(Int64Array::from(vec![3, 1, 2]))]).unwrap();
-        let unsorted = source("unsorted", &batch, &[]);
-        let error = merge_parts(std::slice::from_ref(&unsorted), &["k".into()], "t", "all", None, Codec::default())
-            .unwrap_err();
+        let unsorted = part("unsorted", &batch, &[]);
+        let error = merge(&[&unsorted], &["k".into()], None).unwrap_err();
         assert!(matches!(error, PartError::Unsorted { part } if part == unsorted.id), "{error}");
     }
 
@@ -633,25 +721,17 @@ mod tests {
             .unwrap()
         };
         let key = ["k".to_string()];
-        let part = source("a", &batch(vec![Some(10), None, Some(30), Some(20)], vec![1, 2, 3, 4]), &key);
+        let source = part("a", &batch(vec![Some(10), None, Some(30), Some(20)], vec![1, 2, 3, 4]), &key);
         let ttl = TtlFilter { column: "ts".into(), before: 20 };
-        let kept =
-            merge_parts(std::slice::from_ref(&part), &key, "t", "all", Some(&ttl), Codec::default()).unwrap().unwrap();
-        assert_eq!(
-            all_rows(&kept).column(1).as_primitive::<Int64Type>().values().to_vec(),
-            [2, 3, 4],
-            "ts 10 < 20 expired"
-        );
-        let plain =
-            merge_parts(std::slice::from_ref(&part), &key, "t", "all", None, Codec::default()).unwrap().unwrap();
+        let kept = merge(&[&source], &key, Some(&ttl)).unwrap().unwrap();
+        let k = all_rows(&kept).column(1).as_primitive::<Int64Type>().values().to_vec();
+        assert_eq!(k, [2, 3, 4], "ts 10 < 20 expired");
+        let plain = merge(&[&source], &key, None).unwrap().unwrap();
         assert_ne!(plain.id, kept.id);
         let everything = TtlFilter { column: "ts".into(), before: i64::MAX };
-        let only_nulls =
-            merge_parts(std::slice::from_ref(&part), &key, "t", "all", Some(&everything), Codec::default())
-                .unwrap()
-                .unwrap();
+        let only_nulls = merge(&[&source], &key, Some(&everything)).unwrap().unwrap();
         assert_eq!(only_nulls.rows, 1, "a NULL time never expires");
-        let expired = source("b", &batch(vec![Some(1)], vec![1]), &key);
-        assert!(merge_parts(&[expired], &key, "t", "all", Some(&ttl), Codec::default()).unwrap().is_none());
+        let expired = part("b", &batch(vec![Some(1)], vec![1]), &key);
+        assert!(merge(&[&expired], &key, Some(&ttl)).unwrap().is_none());
     }
 }

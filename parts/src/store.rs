@@ -91,10 +91,21 @@ impl LocalPartStore {
     /// hashed as they arrive; [`PartWriter::finish`] makes the part visible only if they hash
     /// to `id`.
     pub fn begin_write(&self, id: &PartId) -> Result<PartWriter<'_>, PartError> {
+        self.begin(Some(*id))
+    }
+
+    /// Starts writing a new part whose id is not known until its last byte (a merge writing
+    /// its result): [`PartWriter::finish`] names it by its hash.
+    pub fn begin_new_part(&self) -> Result<PartWriter<'_>, PartError> {
+        self.begin(None)
+    }
+
+    fn begin(&self, expected: Option<PartId>) -> Result<PartWriter<'_>, PartError> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
-        let tmp = self.tmp.join(format!("{id}.{}.{n}.tmp", std::process::id()));
+        let name = expected.map_or_else(|| "new".to_string(), |id| id.to_string());
+        let tmp = self.tmp.join(format!("{name}.{}.{n}.tmp", std::process::id()));
         let file = File::create(&tmp).map_err(|e| PartError::io(&tmp, e))?;
-        Ok(PartWriter { store: self, id: *id, tmp, file: Some(file), hasher: blake3::Hasher::new(), bytes: 0 })
+        Ok(PartWriter { store: self, expected, tmp, file: Some(file), hasher: blake3::Hasher::new(), bytes: 0 })
     }
 
     /// Reads a part and checks its hash. A corrupt file is quarantined and reported.
@@ -179,10 +190,12 @@ impl LocalPartStore {
     }
 }
 
-/// A part being received. Dropping it without [`finish`](Self::finish) discards the bytes.
+/// A part being received or written. Dropping it without [`finish`](Self::finish) discards the
+/// bytes. As an [`std::io::Write`] it takes a Parquet writer's output.
 pub struct PartWriter<'a> {
     store: &'a LocalPartStore,
-    id: PartId,
+    /// The id the bytes must hash to; None for a new part, named by its hash.
+    expected: Option<PartId>,
     tmp: PathBuf,
     file: Option<File>,
     hasher: blake3::Hasher,
@@ -190,7 +203,7 @@ pub struct PartWriter<'a> {
 }
 
 impl PartWriter<'_> {
-    pub fn write(&mut self, chunk: &[u8]) -> Result<(), PartError> {
+    pub fn append(&mut self, chunk: &[u8]) -> Result<(), PartError> {
         self.hasher.update(chunk);
         self.bytes += chunk.len() as u64;
         let file = self.file.as_mut().expect("file open until finish");
@@ -199,6 +212,11 @@ impl PartWriter<'_> {
 
     pub fn bytes_written(&self) -> u64 {
         self.bytes
+    }
+
+    /// The id of the bytes written so far.
+    pub fn id_so_far(&self) -> PartId {
+        PartId::from_hash(self.hasher.finalize())
     }
 
     /// Verifies the hash, then fsyncs, renames into place and fsyncs the directory. On a
@@ -212,18 +230,32 @@ impl PartWriter<'_> {
     /// does not depend on until then (a fetched replica, recorded as a holder after the
     /// sync): a crash before it can leave a torn file, which start-up verification quarantines.
     pub fn finish_unsynced(mut self) -> Result<UnsyncedPart, PartError> {
-        let actual = PartId::from_hash(self.hasher.finalize());
-        if actual != self.id {
+        let actual = self.id_so_far();
+        if let Some(expected) = self.expected
+            && actual != expected
+        {
             return Err(PartError::Corrupt {
-                id: self.id.to_string(),
+                id: expected.to_string(),
                 path: self.tmp.clone(),
                 reason: format!("the {} bytes received hash to {actual}", self.bytes),
             });
         }
         let file = self.file.take().expect("file open until finish");
-        let target = self.store.path(&self.id);
+        let target = self.store.path(&actual);
         fs::rename(&self.tmp, &target).map_err(|e| PartError::io(&target, e))?;
         Ok(UnsyncedPart { file, path: target, dir: self.store.parts.clone() })
+    }
+}
+
+impl Write for PartWriter<'_> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.append(buf).map_err(std::io::Error::other)?;
+        Ok(buf.len())
+    }
+
+    /// Every write reaches the file at once; making it durable is [`PartWriter::finish`]'s.
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -291,16 +323,35 @@ mod tests {
         let store = LocalPartStore::open(dir.path()).unwrap();
         let id = PartId::of_bytes(b"part bytes");
         let mut bad = store.begin_write(&id).unwrap();
-        bad.write(b"part ").unwrap();
-        bad.write(b"bytez").unwrap();
+        bad.append(b"part ").unwrap();
+        bad.append(b"bytez").unwrap();
         assert!(matches!(bad.finish(), Err(PartError::Corrupt { .. })));
         assert!(!store.contains(&id));
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "refused bytes leave nothing behind");
         let mut good = store.begin_write(&id).unwrap();
-        good.write(b"part ").unwrap();
-        good.write(b"bytes").unwrap();
+        good.append(b"part ").unwrap();
+        good.append(b"bytes").unwrap();
         good.finish().unwrap();
         assert_eq!(&store.read(&id).unwrap()[..], b"part bytes");
+    }
+
+    #[test]
+    fn a_new_part_is_named_by_its_hash_when_it_is_finished() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalPartStore::open(dir.path()).unwrap();
+        let mut new = store.begin_new_part().unwrap();
+        new.write_all(b"merged ").unwrap();
+        new.write_all(b"bytes").unwrap();
+        let id = new.id_so_far();
+        assert_eq!(id, PartId::of_bytes(b"merged bytes"));
+        assert!(!store.contains(&id), "not visible before it is finished");
+        assert_eq!(new.finish().unwrap(), store.path(&id));
+        assert_eq!(&store.read(&id).unwrap()[..], b"merged bytes");
+        let mut abandoned = store.begin_new_part().unwrap();
+        abandoned.write_all(b"half a part").unwrap();
+        drop(abandoned);
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "an abandoned part leaves nothing");
+        assert_eq!(store.list().unwrap(), vec![id]);
     }
 
     #[test]

@@ -385,7 +385,7 @@ impl Fetcher {
         let writer = tokio::task::spawn_blocking(move || -> Result<Received, PartError> {
             let mut writer = store.begin_write(&id)?;
             while let Some(chunk) = rx.blocking_recv() {
-                writer.write(&chunk)?;
+                writer.append(&chunk)?;
             }
             let bytes = writer.bytes_written();
             Ok(Received { bytes, file: writer.finish_unsynced()? })

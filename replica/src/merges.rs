@@ -8,7 +8,7 @@
 //! Merges run on blocking threads, at most `merge_concurrency` at once per node, so they never
 //! starve inserts or replication.
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
@@ -16,8 +16,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use tandem_coordinator::{NewPart, Revision};
 use tandem_parts::{
-    Codec, EncodedPart, LocalPartStore, MergeCandidate, MergePolicy, MergeSource, PART_FORMAT_VERSION, PartId,
-    PartManifest, TtlFilter, merge_parts, select_merge,
+    Codec, ColumnStats, LocalPartStore, MergeCandidate, MergePlan, MergePolicy, MergeSource, PART_FORMAT_VERSION,
+    PartId, PartManifest, TtlFilter, merge_parts, select_merge,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -354,32 +354,46 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
     }
 }
 
-/// Reads the sources (their files, or the bytes already read from the bucket) and writes the
-/// merged part (blocking).
+/// A merged part written into the local store.
+struct MergedFile {
+    id: PartId,
+    bytes: u64,
+    rows: u64,
+    columns: BTreeMap<String, ColumnStats>,
+}
+
+/// Merges the sources (their files, or the bytes already read from the bucket) into a new
+/// file of the store, named by its hash once `keep` accepts it (blocking). None when no row is
+/// left; Err(the id) when `keep` refuses it, and nothing is kept.
 fn merge_files(
     store: &LocalPartStore,
     sources: &[(PartId, Option<Bytes>)],
-    sort_key: &[String],
-    table: &str,
-    partition: &str,
-    ttl: Option<&TtlFilter>,
-    codec: Codec,
-) -> anyhow::Result<Option<EncodedPart>> {
+    plan: &MergePlan<'_>,
+    keep: impl FnOnce(&PartId) -> bool,
+) -> anyhow::Result<Option<Result<MergedFile, PartId>>> {
     let mut inputs = Vec::with_capacity(sources.len());
     for (id, read) in sources {
-        let bytes = match read {
-            Some(bytes) => bytes.clone(),
-            None => Bytes::from(std::fs::read(store.path(id))?),
-        };
-        inputs.push(MergeSource { id: *id, bytes });
+        inputs.push(match read {
+            Some(bytes) => MergeSource::bytes(*id, bytes.clone()),
+            None => MergeSource::file(*id, store.path(id))?,
+        });
     }
-    Ok(merge_parts(&inputs, sort_key, table, partition, ttl, codec)?)
+    let output = store.begin_new_part()?;
+    let Some(merged) = merge_parts(&inputs, plan, output)? else {
+        return Ok(None);
+    };
+    let (id, bytes) = (merged.output.id_so_far(), merged.output.bytes_written());
+    if !keep(&id) {
+        return Ok(Some(Err(id)));
+    }
+    merged.output.finish()?;
+    Ok(Some(Ok(MergedFile { id, bytes, rows: merged.rows, columns: merged.columns })))
 }
 
 /// The manifest of the merged part of `sources`.
 fn merged_manifest(
     node_id: &str,
-    encoded: &EncodedPart,
+    merged: &MergedFile,
     sources: &[(PartId, Arc<PartManifest>, Revision)],
     sort_key: &[String],
     ttl_filter: Option<TtlFilter>,
@@ -394,13 +408,13 @@ fn merged_manifest(
         format_version: PART_FORMAT_VERSION,
         table: first.table.clone(),
         partition: first.partition.clone(),
-        rows: encoded.rows,
-        bytes: encoded.bytes.len() as u64,
+        rows: merged.rows,
+        bytes: merged.bytes,
         schema_version: sources.iter().map(|(_, m, _)| m.schema_version).max().unwrap_or(0),
         block_id: None,
         level: sources.iter().map(|(_, m, _)| m.level).max().unwrap_or(0) + 1,
         sort_key: sort_key.to_vec(),
-        columns: encoded.columns.clone(),
+        columns: merged.columns.clone(),
         column_ids: first.column_ids.clone(),
         node: Some(node_id.to_string()),
         created_at_ms: chrono::Utc::now().timestamp_millis(),
@@ -440,15 +454,13 @@ async fn merge_and_register(
     let (key, name, partition) = (sort_key.to_vec(), table.to_string(), sources[0].manifest.partition.clone());
     let filter = ttl.clone();
     // `sources` hold the files open against deletion while they are read.
-    let encoded = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<EncodedPart>> {
-        let Some(encoded) = merge_files(&store, &ids, &key, &name, &partition, filter.as_ref(), codec)? else {
-            return Ok(None);
-        };
-        store.write(&encoded.id, &encoded.bytes)?;
-        Ok(Some(encoded))
+    let written = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<MergedFile>> {
+        let plan = MergePlan { sort_key: &key, table: &name, partition: &partition, ttl: filter.as_ref(), codec };
+        let written = merge_files(&store, &ids, &plan, |_| true)?;
+        Ok(written.and_then(Result::ok))
     })
     .await??;
-    let Some(encoded) = encoded else {
+    let Some(written) = written else {
         // Every row has expired since the sources were chosen: drop them instead.
         let sources: Vec<&ActivePart> = sources.iter().collect();
         if let Some(revision) = drop_expired(node, table, &sources, fence).await {
@@ -457,9 +469,9 @@ async fn merge_and_register(
         return Ok(());
     };
     let described: Vec<_> = sources.iter().map(|p| (p.id, p.manifest.clone(), p.revision)).collect();
-    let manifest = merged_manifest(&node.config.node_id, &encoded, &described, sort_key, ttl, codec);
+    let manifest = merged_manifest(&node.config.node_id, &written, &described, sort_key, ttl, codec);
     let merged =
-        NewPart { id: encoded.id, partition: manifest.partition.clone(), block_id: None, manifest: manifest.to_json() };
+        NewPart { id: written.id, partition: manifest.partition.clone(), block_id: None, manifest: manifest.to_json() };
     let source_revisions: Vec<(PartId, Revision)> = sources.iter().map(|p| (p.id, p.revision)).collect();
     let role = role(table);
     let fence = fence.map(|f| (role.as_str(), f));
@@ -475,7 +487,7 @@ async fn merge_and_register(
             node.metrics.merges.inc();
             node.metrics.merge_source_bytes.inc_by(source_bytes);
             node.metrics.merge_written_bytes.inc_by(manifest.bytes);
-            tracing::info!(%table, partition = %manifest.partition, part = %encoded.id, sources = sources.len(),
+            tracing::info!(%table, partition = %manifest.partition, part = %merged.id, sources = sources.len(),
                 level = manifest.level, rows = manifest.rows, bytes = manifest.bytes, revision,
                 ms = started.elapsed().as_millis() as u64, "merged parts");
             if let Some(bucket) = &node.bucket {
@@ -484,8 +496,8 @@ async fn merge_and_register(
             Ok(())
         }
         Ok(None) => {
-            tracing::info!(%table, part = %encoded.id, "merge not registered: a source changed or this node no longer leads the table's merges");
-            discard(node, &encoded.id).await;
+            tracing::info!(%table, part = %merged.id, "merge not registered: a source changed or this node no longer leads the table's merges");
+            discard(node, &merged.id).await;
             Ok(())
         }
         // The outcome is unknown (a timeout may still have committed): the file stays, and
@@ -554,14 +566,11 @@ pub async fn rebuild_locally(node: &Replica, table: &str, id: &PartId, manifest:
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<PartId>> {
         // `held` keeps the files of sources still visible here open while they are read.
         let ids: Vec<(PartId, Option<Bytes>)> = held.iter().map(|(source, _)| (*source, None)).collect();
-        let encoded = merge_files(&store, &ids, &sort_key, &name, &partition, ttl.as_ref(), codec)?
+        let plan = MergePlan { sort_key: &sort_key, table: &name, partition: &partition, ttl: ttl.as_ref(), codec };
+        let merged = merge_files(&store, &ids, &plan, |id| *id == expected)?
             .ok_or_else(|| anyhow::anyhow!("the registered merge's TTL filter leaves no rows of these sources"))?;
         drop(held);
-        if encoded.id != expected {
-            return Ok(Some(encoded.id));
-        }
-        store.write(&encoded.id, &encoded.bytes)?;
-        Ok(None)
+        Ok(merged.err())
     })
     .await;
     node.merges.finish(key);
