@@ -11,7 +11,6 @@ use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type, Schema, Sc
 use arrow::row::{Row, RowConverter, Rows, SortField};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::basic::{Compression, Encoding};
 use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
@@ -254,8 +253,9 @@ fn column_encoding(data_type: &DataType, in_sort_key: bool) -> Option<Encoding> 
 }
 
 /// Reads every row of a part file back as Arrow batches.
-pub fn read_part_batches(bytes: Bytes) -> Result<Vec<RecordBatch>, PartError> {
-    let reader = ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
+#[cfg(test)]
+pub(crate) fn read_part_batches(bytes: Bytes) -> Result<Vec<RecordBatch>, PartError> {
+    let reader = parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder::try_new(bytes)?.build()?;
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
@@ -345,6 +345,7 @@ mod tests {
 
     use arrow::array::{Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
+    use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::basic::ZstdLevel;
 
     use super::*;

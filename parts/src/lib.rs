@@ -38,7 +38,7 @@ pub use parquet;
 
 pub use block::block_id;
 pub use codec::{Codec, UnknownCodec};
-pub use encode::{EncodedPart, PartMetadata, ROW_GROUP_ROWS, WrittenPart, encode_part, read_part_batches};
+pub use encode::{EncodedPart, PartMetadata, ROW_GROUP_ROWS, WrittenPart, encode_part};
 pub use error::PartError;
 pub use manifest::{ColumnStats, PART_FORMAT_VERSION, PartManifest};
 pub use merge::{MergeCandidate, MergePlan, MergePolicy, MergeSource, TtlFilter, merge_parts, select_merge};

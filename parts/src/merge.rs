@@ -464,7 +464,8 @@ mod tests {
     use arrow::datatypes::{Field, TimeUnit};
 
     use super::*;
-    use crate::{EncodedPart, encode_part, read_part_batches};
+    use crate::encode::read_part_batches;
+    use crate::{EncodedPart, encode_part};
 
     fn candidate(n: u8, partition: &str, bytes: u64) -> MergeCandidate {
         MergeCandidate { id: PartId::of_bytes(&[n]), partition: partition.into(), bytes, level: 0 }
