@@ -7,7 +7,7 @@
 
 use std::fs::File;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::Path;
 use std::sync::Arc;
 
 use arrow::array::{Array, ArrayRef, AsArray, BooleanArray, RecordBatch};
@@ -121,7 +121,7 @@ pub fn select_merge(parts: &[MergeCandidate], policy: &MergePolicy) -> Option<Ve
     best.map(|(_, _, ids)| ids)
 }
 
-/// A part to merge: its id and its file, on disk or in memory (read from the bucket).
+/// A part to merge: its id and its file, or its bytes in memory.
 #[derive(Debug)]
 pub struct MergeSource {
     id: PartId,
@@ -130,16 +130,21 @@ pub struct MergeSource {
 
 #[derive(Debug)]
 enum SourceData {
-    File { file: File, path: PathBuf },
+    File(File),
     Bytes(Bytes),
 }
 
 impl MergeSource {
     /// The part `id` in the file at `path`, opened now: a merge reads it page by page, and a
     /// deletion of the file meanwhile does not disturb it.
-    pub fn file(id: PartId, path: PathBuf) -> Result<Self, PartError> {
-        let file = File::open(&path).map_err(|e| PartError::io(&path, e))?;
-        Ok(MergeSource { id, data: SourceData::File { file, path } })
+    pub fn file(id: PartId, path: &Path) -> Result<Self, PartError> {
+        let file = File::open(path).map_err(|e| PartError::io(path, e))?;
+        Ok(MergeSource::opened(id, file))
+    }
+
+    /// The part `id` in a file already open.
+    pub fn opened(id: PartId, file: File) -> Self {
+        MergeSource { id, data: SourceData::File(file) }
     }
 
     /// The part `id`, whose bytes are in memory.
@@ -158,7 +163,10 @@ impl MergeSource {
             Ok((columns, builder.with_batch_size(batch_rows).build()?))
         }
         match &self.data {
-            SourceData::File { file, path } => open(file.try_clone().map_err(|e| PartError::io(path, e))?, batch_rows),
+            SourceData::File(file) => {
+                let file = file.try_clone().map_err(|e| PartError::io(format!("the file of part {}", self.id), e))?;
+                open(file, batch_rows)
+            }
             SourceData::Bytes(bytes) => open(bytes.clone(), batch_rows),
         }
     }
@@ -684,7 +692,7 @@ mod tests {
             .map(|part| {
                 let path = dir.path().join(part.id.to_string());
                 std::fs::write(&path, &part.bytes).unwrap();
-                MergeSource::file(part.id, path).unwrap()
+                MergeSource::file(part.id, &path).unwrap()
             })
             .chain([MergeSource::bytes(later.id, later.bytes.clone())])
             .collect();

@@ -100,11 +100,25 @@ impl LocalPartStore {
         self.begin(None)
     }
 
+    /// Starts receiving part `id` for this node's own use and no one else's (a merge's source
+    /// read from the bucket): [`PartWriter::finish_scratch`] checks it and hands over the file,
+    /// which never becomes a part of the store and is gone once closed.
+    pub fn begin_scratch(&self, id: &PartId) -> Result<PartWriter<'_>, PartError> {
+        self.begin(Some(*id))
+    }
+
     fn begin(&self, expected: Option<PartId>) -> Result<PartWriter<'_>, PartError> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let name = expected.map_or_else(|| "new".to_string(), |id| id.to_string());
         let tmp = self.tmp.join(format!("{name}.{}.{n}.tmp", std::process::id()));
-        let file = File::create(&tmp).map_err(|e| PartError::io(&tmp, e))?;
+        // Readable too: a scratch copy is read through this handle once its name is gone.
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&tmp)
+            .map_err(|e| PartError::io(&tmp, e))?;
         Ok(PartWriter { store: self, expected, tmp, file: Some(file), hasher: blake3::Hasher::new(), bytes: 0 })
     }
 
@@ -230,20 +244,33 @@ impl PartWriter<'_> {
     /// does not depend on until then (a fetched replica, recorded as a holder after the
     /// sync): a crash before it can leave a torn file, which start-up verification quarantines.
     pub fn finish_unsynced(mut self) -> Result<UnsyncedPart, PartError> {
-        let actual = self.id_so_far();
-        if let Some(expected) = self.expected
-            && actual != expected
-        {
-            return Err(PartError::Corrupt {
-                id: expected.to_string(),
-                path: self.tmp.clone(),
-                reason: format!("the {} bytes received hash to {actual}", self.bytes),
-            });
-        }
+        let actual = self.check()?;
         let file = self.file.take().expect("file open until finish");
         let target = self.store.path(&actual);
         fs::rename(&self.tmp, &target).map_err(|e| PartError::io(&target, e))?;
         Ok(UnsyncedPart { file, path: target, dir: self.store.parts.clone() })
+    }
+
+    /// Verifies the hash and hands over the file, open and already unlinked: its bytes last
+    /// while it is open (and a crash meanwhile leaves nothing: `tmp/` is cleared on start).
+    pub fn finish_scratch(mut self) -> Result<File, PartError> {
+        self.check()?;
+        let file = self.file.take().expect("file open until finish");
+        fs::remove_file(&self.tmp).map_err(|e| PartError::io(&self.tmp, e))?;
+        Ok(file)
+    }
+
+    /// The id of the bytes written, if they hash to the id expected.
+    fn check(&self) -> Result<PartId, PartError> {
+        let actual = self.id_so_far();
+        match self.expected {
+            Some(expected) if actual != expected => Err(PartError::Corrupt {
+                id: expected.to_string(),
+                path: self.tmp.clone(),
+                reason: format!("the {} bytes received hash to {actual}", self.bytes),
+            }),
+            _ => Ok(actual),
+        }
     }
 }
 
@@ -289,6 +316,8 @@ fn sync_dir(dir: &Path) -> Result<(), PartError> {
 
 #[cfg(test)]
 mod tests {
+    use std::io::Seek;
+
     use super::*;
 
     #[test]
@@ -352,6 +381,25 @@ mod tests {
         drop(abandoned);
         assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "an abandoned part leaves nothing");
         assert_eq!(store.list().unwrap(), vec![id]);
+    }
+
+    #[test]
+    fn a_scratch_copy_is_checked_and_never_becomes_a_part() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalPartStore::open(dir.path()).unwrap();
+        let id = PartId::of_bytes(b"part bytes");
+        let mut bad = store.begin_scratch(&id).unwrap();
+        bad.append(b"part bytez").unwrap();
+        assert!(matches!(bad.finish_scratch(), Err(PartError::Corrupt { .. })));
+        let mut good = store.begin_scratch(&id).unwrap();
+        good.append(b"part bytes").unwrap();
+        let mut file = good.finish_scratch().unwrap();
+        file.seek(std::io::SeekFrom::Start(0)).unwrap();
+        let mut read = String::new();
+        file.read_to_string(&mut read).unwrap();
+        assert_eq!(read, "part bytes", "the handle reads what was written");
+        assert!(!store.contains(&id) && store.list().unwrap().is_empty());
+        assert_eq!(fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "nothing is left on disk");
     }
 
     #[test]

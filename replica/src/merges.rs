@@ -14,6 +14,7 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use futures::StreamExt;
 use tandem_coordinator::{NewPart, Revision};
 use tandem_parts::{
     Codec, ColumnStats, LocalPartStore, MergeCandidate, MergePlan, MergePolicy, MergeSource, PART_FORMAT_VERSION,
@@ -362,20 +363,70 @@ struct MergedFile {
     columns: BTreeMap<String, ColumnStats>,
 }
 
-/// Merges the sources (their files, or the bytes already read from the bucket) into a new
+/// Copies part `id` of `table` from the bucket into a scratch file, checked against its id as it
+/// arrives: a merge reads it from there page by page, as it reads the parts on disk, rather than
+/// holding it in memory. The file is gone once closed.
+async fn scratch_copy(
+    node: &Replica,
+    bucket: &crate::bucket::Bucket,
+    table: &str,
+    id: &PartId,
+) -> anyhow::Result<std::fs::File> {
+    let opened = bucket.mirror.open(table, id).await;
+    bucket.record(&node.metrics, &opened);
+    let mut chunks = opened?;
+    let store = node.catalog.store().clone();
+    let id = *id;
+    // File writes block: they run on a blocking thread fed by a channel.
+    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+    let writer = tokio::task::spawn_blocking(move || -> Result<std::fs::File, tandem_parts::PartError> {
+        let mut writer = store.begin_scratch(&id)?;
+        while let Some(chunk) = rx.blocking_recv() {
+            writer.append(&chunk)?;
+        }
+        writer.finish_scratch()
+    });
+    let mut failure = None;
+    while let Some(chunk) = chunks.next().await {
+        match chunk {
+            Ok(chunk) => {
+                node.metrics.bucket_read_bytes.inc_by(chunk.len() as u64);
+                if tx.send(chunk).await.is_err() {
+                    break;
+                }
+            }
+            Err(e) => {
+                failure = Some(e);
+                break;
+            }
+        }
+    }
+    drop(tx);
+    node.metrics.bucket_read_requests.inc();
+    let written = writer.await?;
+    if let Some(e) = failure {
+        return Err(e.into());
+    }
+    if let Err(tandem_parts::PartError::Corrupt { .. }) = &written {
+        node.metrics.object_store_corrupt_objects.inc();
+    }
+    Ok(written?)
+}
+
+/// Merges the sources (their files here, or scratch copies of them from the bucket) into a new
 /// file of the store, named by its hash once `keep` accepts it (blocking). None when no row is
 /// left; Err(the id) when `keep` refuses it, and nothing is kept.
 fn merge_files(
     store: &LocalPartStore,
-    sources: &[(PartId, Option<Bytes>)],
+    sources: Vec<(PartId, Option<std::fs::File>)>,
     plan: &MergePlan<'_>,
     keep: impl FnOnce(&PartId) -> bool,
 ) -> anyhow::Result<Option<Result<MergedFile, PartId>>> {
     let mut inputs = Vec::with_capacity(sources.len());
-    for (id, read) in sources {
-        inputs.push(match read {
-            Some(bytes) => MergeSource::bytes(*id, bytes.clone()),
-            None => MergeSource::file(*id, store.path(id))?,
+    for (id, copy) in sources {
+        inputs.push(match copy {
+            Some(file) => MergeSource::opened(id, file),
+            None => MergeSource::file(id, &store.path(&id))?,
         });
     }
     let output = store.begin_new_part()?;
@@ -437,26 +488,23 @@ async fn merge_and_register(
 ) -> anyhow::Result<()> {
     let started = Instant::now();
     let store = node.catalog.store().clone();
-    // Sources this node does not hold are read whole from the bucket, checked against their ids.
-    let mut ids: Vec<(PartId, Option<Bytes>)> = Vec::with_capacity(sources.len());
+    // Sources this node does not hold are copied from the bucket into scratch files, checked
+    // against their ids.
+    let mut ids: Vec<(PartId, Option<std::fs::File>)> = Vec::with_capacity(sources.len());
     for source in sources {
-        let read = match (&source.file, &node.bucket) {
+        let copy = match (&source.file, &node.bucket) {
             (Some(_), _) => None,
-            (None, Some(bucket)) => Some(crate::bucket_reads::account(
-                bucket,
-                &node.metrics,
-                bucket.mirror.download(table, &source.id).await,
-            )?),
+            (None, Some(bucket)) => Some(scratch_copy(node, bucket, table, &source.id).await?),
             (None, None) => anyhow::bail!("part {} is not on this node and there is no object store", source.id),
         };
-        ids.push((source.id, read));
+        ids.push((source.id, copy));
     }
     let (key, name, partition) = (sort_key.to_vec(), table.to_string(), sources[0].manifest.partition.clone());
     let filter = ttl.clone();
     // `sources` hold the files open against deletion while they are read.
     let written = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<MergedFile>> {
         let plan = MergePlan { sort_key: &key, table: &name, partition: &partition, ttl: filter.as_ref(), codec };
-        let written = merge_files(&store, &ids, &plan, |_| true)?;
+        let written = merge_files(&store, ids, &plan, |_| true)?;
         Ok(written.and_then(Result::ok))
     })
     .await??;
@@ -565,9 +613,9 @@ pub async fn rebuild_locally(node: &Replica, table: &str, id: &PartId, manifest:
     );
     let result = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<PartId>> {
         // `held` keeps the files of sources still visible here open while they are read.
-        let ids: Vec<(PartId, Option<Bytes>)> = held.iter().map(|(source, _)| (*source, None)).collect();
+        let ids: Vec<(PartId, Option<std::fs::File>)> = held.iter().map(|(source, _)| (*source, None)).collect();
         let plan = MergePlan { sort_key: &sort_key, table: &name, partition: &partition, ttl: ttl.as_ref(), codec };
-        let merged = merge_files(&store, &ids, &plan, |id| *id == expected)?
+        let merged = merge_files(&store, ids, &plan, |id| *id == expected)?
             .ok_or_else(|| anyhow::anyhow!("the registered merge's TTL filter leaves no rows of these sources"))?;
         drop(held);
         Ok(merged.err())
