@@ -386,17 +386,24 @@ async fn scratch_copy(
         }
         writer.finish_scratch()
     });
+    // A stalled stream fails the merge as a stalled fetch fails: after the same wait per chunk.
+    let chunk_timeout = Duration::from_secs(node.config.settings.fetch_chunk_timeout_seconds.max(1));
     let mut failure = None;
-    while let Some(chunk) = chunks.next().await {
-        match chunk {
-            Ok(chunk) => {
+    loop {
+        match tokio::time::timeout(chunk_timeout, chunks.next()).await {
+            Ok(None) => break,
+            Ok(Some(Ok(chunk))) => {
                 node.metrics.bucket_read_bytes.inc_by(chunk.len() as u64);
                 if tx.send(chunk).await.is_err() {
                     break;
                 }
             }
-            Err(e) => {
-                failure = Some(e);
+            Ok(Some(Err(e))) => {
+                failure = Some(anyhow::Error::from(e));
+                break;
+            }
+            Err(_) => {
+                failure = Some(anyhow::anyhow!("no data from the bucket for {chunk_timeout:?}"));
                 break;
             }
         }
@@ -405,7 +412,7 @@ async fn scratch_copy(
     node.metrics.bucket_read_requests.inc();
     let written = writer.await?;
     if let Some(e) = failure {
-        return Err(e.into());
+        return Err(e.context(format!("copying part {id} of {table} from the bucket")));
     }
     if let Err(tandem_parts::PartError::Corrupt { .. }) = &written {
         node.metrics.object_store_corrupt_objects.inc();
