@@ -1,5 +1,5 @@
 //! Merges: which parts to combine (size-tiered selection within one partition), and the merged
-//! part itself (the sources' rows, sorted again, written as one new part).
+//! part itself (the sources' sorted rows merged in key order, written as one new part).
 //!
 //! Selection is a pure function of the active parts, so every node that runs it on the same
 //! set chooses the same merge; the merged bytes are a pure function of the sources, so a replica
@@ -195,15 +195,15 @@ const LONG_RUN_ROWS: usize = 256;
 
 /// The merged part of `sources` as `plan` says, written to `output`: the sources' rows (each
 /// sorted by the sort key, as every part is) sorted together, equal keys in the order of the
-/// sources' ids. The origin names the sources and the TTL
-/// filter, so the same merge with the same codec gives the same bytes anywhere. None when no
-/// row is left (what `output` holds then is no part).
+/// sources' ids. The origin names the sources and the TTL filter, so the same merge with the
+/// same codec gives the same bytes anywhere. None when no row is left (what `output` holds then
+/// is no part).
 ///
 /// The sources are merged as sorted runs, never sorted again, and streamed: a merge holds a
 /// batch of decoded rows per source and one chunk of merged rows, whatever the size of the
-/// parts, and reads files page by page. When the sources do not overlap (time-ordered inserts
-/// into a table ordered by time or by an increasing id) each merged chunk is a slice of one
-/// source's batch, and no row is copied before it is encoded.
+/// parts, and reads files page by page. When the sources barely overlap (time-ordered inserts
+/// into a table ordered by time or by an increasing id) the runs are whole batches, copied a
+/// run at a time.
 pub fn merge_parts<W: Write + Send>(
     sources: &[MergeSource],
     plan: &MergePlan<'_>,

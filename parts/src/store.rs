@@ -100,13 +100,6 @@ impl LocalPartStore {
         self.begin(None)
     }
 
-    /// Starts receiving part `id` for this node's own use and no one else's (a merge's source
-    /// read from the bucket): [`PartWriter::finish_scratch`] checks it and hands over the file,
-    /// which never becomes a part of the store and is gone once closed.
-    pub fn begin_scratch(&self, id: &PartId) -> Result<PartWriter<'_>, PartError> {
-        self.begin(Some(*id))
-    }
-
     fn begin(&self, expected: Option<PartId>) -> Result<PartWriter<'_>, PartError> {
         let n = self.next_tmp.fetch_add(1, Ordering::Relaxed);
         let name = expected.map_or_else(|| "new".to_string(), |id| id.to_string());
@@ -251,8 +244,10 @@ impl PartWriter<'_> {
         Ok(UnsyncedPart { file, path: target, dir: self.store.parts.clone() })
     }
 
-    /// Verifies the hash and hands over the file, open and already unlinked: its bytes last
-    /// while it is open (and a crash meanwhile leaves nothing: `tmp/` is cleared on start).
+    /// Verifies the hash and hands over the file, open and already unlinked, for this node's
+    /// own use and no one else's (a merge's source read from the bucket): it never becomes a
+    /// part of the store, its bytes last while it is open, and a crash meanwhile leaves nothing
+    /// (`tmp/` is cleared on start).
     pub fn finish_scratch(mut self) -> Result<File, PartError> {
         self.check()?;
         let file = self.file.take().expect("file open until finish");
@@ -388,10 +383,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = LocalPartStore::open(dir.path()).unwrap();
         let id = PartId::of_bytes(b"part bytes");
-        let mut bad = store.begin_scratch(&id).unwrap();
+        let mut bad = store.begin_write(&id).unwrap();
         bad.append(b"part bytez").unwrap();
         assert!(matches!(bad.finish_scratch(), Err(PartError::Corrupt { .. })));
-        let mut good = store.begin_scratch(&id).unwrap();
+        let mut good = store.begin_write(&id).unwrap();
         good.append(b"part bytes").unwrap();
         let mut file = good.finish_scratch().unwrap();
         file.seek(std::io::SeekFrom::Start(0)).unwrap();

@@ -380,7 +380,7 @@ async fn scratch_copy(
     // File writes block: they run on a blocking thread fed by a channel.
     let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
     let writer = tokio::task::spawn_blocking(move || -> Result<std::fs::File, tandem_parts::PartError> {
-        let mut writer = store.begin_scratch(&id)?;
+        let mut writer = store.begin_write(&id)?;
         while let Some(chunk) = rx.blocking_recv() {
             writer.append(&chunk)?;
         }
