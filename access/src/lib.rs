@@ -2,7 +2,7 @@
 //! grants, kept in the coordinator so every node agrees and a change applies cluster-wide at
 //! once (as ClickHouse keeps its access entities in Keeper).
 //!
-//! - [`AccessControl`] ([`control`]): one node's copy of the users, kept current by a watch;
+//! - [`AccessControl`] (`control`): one node's copy of the users, kept current by a watch;
 //!   [`AccessControl::authenticate`] (credentials to a [`Principal`]),
 //!   [`AccessControl::authorize`] (a privilege on an object, or [`AccessDenied`]), and
 //!   [`AccessControl::change`] (`CREATE/ALTER/DROP USER`, `GRANT`, `REVOKE` as one

@@ -95,8 +95,8 @@ pub(crate) struct PartEncoder<W: Write + Send> {
     rows: u64,
 }
 
-/// What a [`PartEncoder`] wrote: the output holding the part's bytes, and what the manifest
-/// says of them.
+/// A part written into `W` (by a merge, see [`crate::merge_parts`]): the output holding the
+/// part's bytes, and what the manifest says of them.
 pub struct WrittenPart<W> {
     pub output: W,
     pub rows: u64,

@@ -4,7 +4,7 @@
 //! registers them with the inserts' block ids in one coordinator transaction
 //! ([`tandem_coordinator::Coordinator::register_flush`]).
 //!
-//! Exactly once: every node keeps the block ids of recent flushes in memory ([`BlockIndex`],
+//! Exactly once: every node keeps the block ids of recent flushes in memory ([`BlockIndex`](crate::insert_buffer::BlockIndex),
 //! fed by the watch and a listing at start). A flush leaves out the inserts already admitted
 //! and registers only if the table's flush sequence is where this node last saw it, which
 //! proves nothing was admitted since that this node has not seen. When two nodes flush the same

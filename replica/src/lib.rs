@@ -2,8 +2,8 @@
 //! from the coordinator, and everything that keeps them current and safe. The front end
 //! reaches it only through [`Replica`]'s methods.
 //!
-//! - [`Replica`] ([`replica`]): the state, and what may be read of it; [`start`]: opening it and
-//!   running its loops.
+//! - [`Replica`] (`replica`): the state, and what may be read of it; [`start()`]: opening it
+//!   and running its loops.
 //! - `insert`, `alter`, `drain`: the changes a request can make (inserting rows, creating,
 //!   altering and dropping tables, draining before a stop).
 //! - `catalog` and `sync`: the applied view of tables and parts, fed only by the coordinator's

@@ -110,7 +110,7 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
 
 impl Replica {
     /// The live nodes, as they announced themselves (this one included once it is announced).
-    /// A listing is reused until the watch delivers a change of membership (see [`crate::live_nodes::LiveNodes`]).
+    /// A listing is reused until the watch delivers a change of membership (see `live_nodes::LiveNodes`).
     pub async fn live_nodes(&self) -> crate::error::Result<Vec<NodeInfo>> {
         let generation = self.live_nodes_listing.generation();
         if let Some(nodes) = self.live_nodes_listing.fresh(generation) {

@@ -1,6 +1,6 @@
 //! The replica: this node's copy of the cluster's tables and parts, and what the front end may
 //! ask of it. Its state is private to this crate; the background loops that keep it current
-//! are started and joined by [`crate::start`].
+//! are started and joined by [`crate::start()`].
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

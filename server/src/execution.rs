@@ -32,7 +32,7 @@ pub struct QueryRuntime {
 impl QueryRuntime {
     /// Spill files go under `spill_dir`: emptied here (what a crash left behind), and by
     /// DataFusion as queries end. Parts that are not on this node's disk are read from `bucket`,
-    /// registered at [`crate::bucket_store::BUCKET_URL`].
+    /// registered at `bucket_store::BUCKET_URL`.
     pub fn new(
         limits: &Limits,
         spill_dir: &Path,

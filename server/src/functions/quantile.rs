@@ -113,7 +113,7 @@ fn list_type() -> DataType {
     DataType::List(Arc::new(Field::new_list_field(DataType::Float64, true)))
 }
 
-/// A uniform sample of at most [`SAMPLE_SIZE`] of the values seen (NaN is not a value here).
+/// A uniform sample of at most `SAMPLE_SIZE` (8,192) of the values seen (NaN is not a value here).
 #[derive(Debug, Clone)]
 pub struct Reservoir {
     sample: Vec<f64>,
