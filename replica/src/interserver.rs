@@ -131,7 +131,6 @@ impl Interserver for InterserverService {
             // The receiver checks the hash too; this side learns that its own copy rotted.
             if actual != id {
                 tracing::error!(part = %id, %actual, "a served part file does not match its hash; quarantining it");
-                node.metrics.corrupt_parts.inc();
                 quarantine_served(&node, &table, &id).await;
                 let _ = tx
                     .send(Err(Status::data_loss(format!("part {id} on this node is corrupt; fetch it elsewhere"))))
@@ -190,14 +189,8 @@ async fn quarantine_served(node: &Arc<Replica>, table: &str, id: &PartId) {
     let store = node.catalog.store().clone();
     let id_copy = *id;
     let _ = tokio::task::spawn_blocking(move || store.quarantine(&id_copy)).await;
-    if let Err(e) = node.coordinator.remove_holder(table, id, &node.config.node_id).await {
-        tracing::warn!(part = %id, error = %e, "cannot withdraw this node as a holder of a corrupt part");
-    }
-    node.catalog.demote(
-        table,
-        id,
-        "the local file was found corrupt while serving it; fetching a good copy".to_string(),
-    );
+    let reason = "the local file was found corrupt while serving it; fetching a good copy";
+    node.withdraw_corrupt_copy(table, id, reason.to_string()).await;
 }
 
 /// Why a peer could not be asked.

@@ -18,7 +18,7 @@ use futures::StreamExt;
 use tandem_coordinator::{NewPart, Revision};
 use tandem_parts::{
     Codec, ColumnStats, LocalPartStore, MergeCandidate, MergePlan, MergePolicy, MergeSource, PART_FORMAT_VERSION,
-    PartId, PartManifest, TtlFilter, merge_parts, select_merge,
+    PartId, PartManifest, TtlFilter, VerifyOutcome, merge_parts, select_merge,
 };
 use tokio_util::sync::CancellationToken;
 
@@ -355,6 +355,18 @@ pub async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
     }
 }
 
+/// What the merge leader's merge came to.
+enum LeaderMerge {
+    Written(MergedFile),
+    /// Every row has expired.
+    NoRows,
+    /// A source's file here does not hash to its id (it has been moved aside).
+    CorruptSource {
+        id: PartId,
+        reason: String,
+    },
+}
+
 /// A merged part written into the local store.
 struct MergedFile {
     id: PartId,
@@ -509,12 +521,42 @@ async fn merge_and_register(
     let (key, name, partition) = (sort_key.to_vec(), table.to_string(), sources[0].manifest.partition.clone());
     let filter = ttl.clone();
     // `sources` hold the files open against deletion while they are read.
-    let written = tokio::task::spawn_blocking(move || -> anyhow::Result<Option<MergedFile>> {
+    let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<LeaderMerge> {
+        // A source that rotted on this disk must not go into a merged part: the new part's
+        // hash would vouch for the damage, and a replica whose own rebuild differs fetches the
+        // leader's part. So the files here are hashed whole first (a few milliseconds per
+        // 100 MB; the merge then reads them from the page cache); bucket copies were checked
+        // as they arrived.
+        for (id, copy) in &ids {
+            if copy.is_some() {
+                continue;
+            }
+            match store.verify(id)? {
+                VerifyOutcome::Valid => {}
+                VerifyOutcome::Missing => anyhow::bail!("the file of part {id} is gone from this node"),
+                VerifyOutcome::Corrupt { reason, moved_to } => {
+                    let reason = format!("{reason}; moved to {}", moved_to.display());
+                    return Ok(LeaderMerge::CorruptSource { id: *id, reason });
+                }
+            }
+        }
         let plan = MergePlan { sort_key: &key, table: &name, partition: &partition, ttl: filter.as_ref(), codec };
-        let written = merge_files(&store, ids, &plan, |_| true)?;
-        Ok(written.and_then(Result::ok))
+        Ok(match merge_files(&store, ids, &plan, |_| true)?.and_then(Result::ok) {
+            Some(written) => LeaderMerge::Written(written),
+            None => LeaderMerge::NoRows,
+        })
     })
     .await??;
+    let written = match outcome {
+        LeaderMerge::Written(written) => Some(written),
+        LeaderMerge::NoRows => None,
+        LeaderMerge::CorruptSource { id, reason } => {
+            tracing::error!(%table, part = %id, %reason, "a merge source on this node is corrupt; it is not merged, and a good copy is fetched");
+            let why = format!("the local file was found corrupt before a merge ({reason}); fetching a good copy");
+            node.withdraw_corrupt_copy(table, &id, why).await;
+            return Ok(());
+        }
+    };
     let Some(written) = written else {
         // Every row has expired since the sources were chosen: drop them instead.
         let sources: Vec<&ActivePart> = sources.iter().collect();

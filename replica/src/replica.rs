@@ -187,6 +187,17 @@ impl Replica {
         self.catalog.complete_revision()
     }
 
+    /// Withdraws this node's copy of part `id` of `table`, whose file was found corrupt (and
+    /// moved aside): this node stops being recorded as a holder, so no peer asks it, and the part
+    /// goes back to pending here, so the fetcher brings a good copy.
+    pub(crate) async fn withdraw_corrupt_copy(&self, table: &str, id: &PartId, reason: String) {
+        self.metrics.corrupt_parts.inc();
+        if let Err(e) = self.coordinator.remove_holder(table, id, &self.config.node_id).await {
+            tracing::warn!(part = %id, error = %e, "cannot withdraw this node as a holder of a corrupt part");
+        }
+        self.catalog.demote(table, id, reason);
+    }
+
     /// Waits until this node has applied `revision`. False on timeout.
     pub async fn wait_applied(&self, revision: Revision, timeout: Duration) -> bool {
         self.catalog.wait_applied(revision, timeout).await

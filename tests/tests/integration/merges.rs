@@ -3,7 +3,7 @@
 //! the merged parts; a merge leader killed in the middle of merging is replaced; queries during
 //! merges see every row once, replicas rebuilding the merged parts themselves;
 //! retried blocks are still deduplicated after their part was merged; too many parts slow and
-//! then refuse inserts.
+//! then refuse inserts; a source rotted on the leader's disk is fetched again, not merged.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
@@ -209,6 +209,72 @@ async fn a_merge_leader_killed_while_merging_is_replaced_and_nothing_is_lost_or_
     cluster.n(index).restart().await.unwrap();
     let nodes: Vec<&Tandem> = cluster.nodes.iter().collect();
     assert_merged_and_converged(&cluster, &nodes, &ids).await;
+}
+
+/// A source that rotted on the merge leader's disk never goes into a merged part, whose new
+/// hash would vouch for the damage and which the replicas fetch: the leader moves its copy
+/// aside, fetches a good one, and merges that.
+#[tokio::test]
+async fn a_source_rotted_on_the_merge_leader_is_fetched_again_not_merged() {
+    use tandem_parts::parquet::file::reader::{FileReader, SerializedFileReader};
+
+    let cluster = Cluster::start(2).await.unwrap();
+    // Uncompressed, so a flipped byte in a value changes the value rather than failing to decode.
+    cluster.nodes[0]
+        .sql("CREATE TABLE r (id UInt64, v Float64) ORDER BY id SETTINGS default_compression_codec = 'NONE'")
+        .await;
+    for node in &cluster.nodes {
+        node.wait_for("SELECT count() FROM system.tables WHERE name = 'r'", "1", CONVERGE).await;
+    }
+    let batch = |ids: std::ops::Range<u64>| ids.map(|i| format!("{i},{}\n", i as f64 / 4.0)).collect::<String>();
+    // Four parts make a merge, which names the leader; the merged part is too large to be
+    // merged again with the small parts that follow.
+    for n in 0..4 {
+        cluster.nodes[0].insert("r", "CSV", batch(n * 2000..(n + 1) * 2000)).await;
+    }
+    let c = coordinator(&cluster).await;
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    let leader = loop {
+        if let Some(leader) = c.leader("merge/r").await.unwrap() {
+            break leader;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "some node leads the merges of r");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    let leader = &cluster.nodes[leader.trim_start_matches('n').parse::<usize>().unwrap() - 1];
+    let level_0 = "SELECT count() FROM system.parts WHERE \"table\" = 'r' AND active AND level = 0";
+    leader.wait_for(level_0, "0", CONVERGE).await;
+
+    // Three more parts, on both nodes; then one of them rots on the leader's disk, in the
+    // middle of its values.
+    for n in 0..3 {
+        cluster.nodes[1].insert("r", "CSV", batch(8000 + n * 500..8500 + n * 500)).await;
+    }
+    for node in &cluster.nodes {
+        node.wait_for(level_0, "3", CONVERGE).await;
+    }
+    let victim = leader.sql(&format!("{} LIMIT 1", level_0.replace("count()", "name"))).await;
+    let path = leader.data_dir.join("parts").join(format!("{}.parquet", victim.trim()));
+    let values = {
+        let reader = SerializedFileReader::new(std::fs::File::open(&path).unwrap()).unwrap();
+        let chunk = reader.metadata().row_group(0).column(1).clone();
+        assert_eq!(chunk.column_path().string(), "v");
+        chunk.byte_range()
+    };
+    let mut bytes = std::fs::read(&path).unwrap();
+    bytes[(values.0 + values.1 / 2) as usize] ^= 0x10;
+    std::fs::write(&path, bytes).unwrap();
+
+    // A fourth part sets off the merge that would take the rotten copy.
+    cluster.nodes[1].insert("r", "CSV", batch(9500..10_000)).await;
+    let ids = 0..10_000u64;
+    let expected = format!("10000\t{}\t{}", ids.clone().sum::<u64>(), ids.map(|i| i as f64 / 4.0).sum::<f64>());
+    for node in &cluster.nodes {
+        node.wait_for(level_0, "0", CONVERGE).await;
+        node.wait_for("SELECT count(), sum(id), sum(v) FROM r", &expected, CONVERGE).await;
+    }
+    assert_eq!(leader.metric("tandem_parts_corrupt_total").await, 1.0, "the leader found its copy corrupt");
+    assert_eq!(std::fs::read_dir(leader.data_dir.join("quarantine")).unwrap().count(), 1, "and moved it aside");
 }
 
 #[tokio::test]
