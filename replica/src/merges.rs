@@ -524,9 +524,9 @@ async fn merge_and_register(
     let outcome = tokio::task::spawn_blocking(move || -> anyhow::Result<LeaderMerge> {
         // A source that rotted on this disk must not go into a merged part: the new part's
         // hash would vouch for the damage, and a replica whose own rebuild differs fetches the
-        // leader's part. So the files here are hashed whole first (a few milliseconds per
-        // 100 MB; the merge then reads them from the page cache); bucket copies were checked
-        // as they arrived.
+        // leader's part. So the files here are hashed whole first (tens of milliseconds per
+        // 100 MB, which take over a second to merge; the merge then reads them from the page
+        // cache); bucket copies were checked as they arrived.
         for (id, copy) in &ids {
             if copy.is_some() {
                 continue;
