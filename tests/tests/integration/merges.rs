@@ -39,6 +39,19 @@ async fn coordinator(cluster: &Cluster) -> Coordinator {
     Coordinator::new(Arc::new(kv), cluster.prefix())
 }
 
+/// The node that leads `table`'s merges (waiting for one to), and its number.
+async fn merge_leader(c: &Coordinator, table: &str) -> (String, usize) {
+    let deadline = tokio::time::Instant::now() + CONVERGE;
+    loop {
+        if let Some(leader) = c.leader(&format!("merge/{table}")).await.unwrap() {
+            let index = leader.trim_start_matches('n').parse().unwrap();
+            return (leader, index);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "some node leads the merges of {table}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 async fn create_table(cluster: &Cluster) {
     cluster.nodes[0].sql(TABLE).await;
     for node in &cluster.nodes {
@@ -156,15 +169,7 @@ async fn a_merge_leader_killed_while_merging_is_replaced_and_nothing_is_lost_or_
         ids.extend(next..next + 50);
         next += 50;
     }
-    let deadline = tokio::time::Instant::now() + CONVERGE;
-    let leader = loop {
-        if let Some(leader) = c.leader("merge/t").await.unwrap() {
-            break leader;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "some node leads the merges of t");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let index: usize = leader.trim_start_matches('n').parse().unwrap();
+    let (leader, index) = merge_leader(&c, "t").await;
     let survivors: Vec<usize> = (1..=3).filter(|i| *i != index).collect();
     // Inserts are acknowledged with one copy (insert_quorum=1): let every node hold them, so
     // that what the survivors must end with does not depend on replication racing the kill.
@@ -232,16 +237,8 @@ async fn a_source_rotted_on_the_merge_leader_is_fetched_again_not_merged() {
     for n in 0..4 {
         cluster.nodes[0].insert("r", "CSV", batch(n * 2000..(n + 1) * 2000)).await;
     }
-    let c = coordinator(&cluster).await;
-    let deadline = tokio::time::Instant::now() + CONVERGE;
-    let leader = loop {
-        if let Some(leader) = c.leader("merge/r").await.unwrap() {
-            break leader;
-        }
-        assert!(tokio::time::Instant::now() < deadline, "some node leads the merges of r");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    let leader = &cluster.nodes[leader.trim_start_matches('n').parse::<usize>().unwrap() - 1];
+    let (_, index) = merge_leader(&coordinator(&cluster).await, "r").await;
+    let leader = &cluster.nodes[index - 1];
     let level_0 = "SELECT count() FROM system.parts WHERE \"table\" = 'r' AND active AND level = 0";
     leader.wait_for(level_0, "0", CONVERGE).await;
 
