@@ -22,6 +22,7 @@ use tonic::transport::Channel;
 use crate::catalog::{FetchFailure, FetchRequest, PendingPart};
 use crate::interserver::{secrets_to_present, with_secret};
 use crate::live_nodes::NodeInfo;
+use crate::receive::StreamFailure;
 use crate::replica::Replica;
 
 const MAX_BACKOFF: Duration = Duration::from_secs(10);
@@ -377,40 +378,17 @@ impl Fetcher {
         id: &PartId,
         chunks: impl futures::Stream<Item = Result<bytes::Bytes, SourceError>> + Unpin,
     ) -> Result<Received, SourceError> {
-        let mut chunks = chunks;
         let store = self.node.catalog.store().clone();
-        let id = *id;
-        // File writes block: they run on a blocking thread fed by a channel.
-        let (tx, mut rx) = mpsc::channel::<bytes::Bytes>(4);
-        let writer = tokio::task::spawn_blocking(move || -> Result<Received, PartError> {
-            let mut writer = store.begin_write(&id)?;
-            while let Some(chunk) = rx.blocking_recv() {
-                writer.append(&chunk)?;
-            }
+        let (failure, written) = crate::receive::receive(store, *id, chunks, self.chunk_timeout(), |writer| {
             let bytes = writer.bytes_written();
             Ok(Received { bytes, file: writer.finish_unsynced()? })
+        })
+        .await
+        .map_err(|e| SourceError::Failed(e.to_string()))?;
+        let failure = failure.map(|failure| match failure {
+            StreamFailure::Stalled(wait) => SourceError::Failed(format!("no data for {wait:?}")),
+            StreamFailure::Source(e) => e,
         });
-        let mut failure = None;
-        loop {
-            match tokio::time::timeout(self.chunk_timeout(), chunks.next()).await {
-                Err(_) => {
-                    failure = Some(SourceError::Failed(format!("no data for {:?}", self.chunk_timeout())));
-                    break;
-                }
-                Ok(None) => break,
-                Ok(Some(Ok(chunk))) => {
-                    if tx.send(chunk).await.is_err() {
-                        break;
-                    }
-                }
-                Ok(Some(Err(e))) => {
-                    failure = Some(e);
-                    break;
-                }
-            }
-        }
-        drop(tx);
-        let written = writer.await.map_err(|e| SourceError::Failed(e.to_string()))?;
         match (failure, written) {
             // The receiver's own check decides first: bytes that do not hash to the id are refused.
             (_, Err(PartError::Corrupt { reason, .. })) => Err(SourceError::Corrupt(reason)),

@@ -40,6 +40,7 @@ pub mod metrics;
 mod mirror;
 mod object_store_tasks;
 mod peer_tls;
+mod receive;
 mod replica;
 mod running_merges;
 pub mod schema;

@@ -13,8 +13,6 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use futures::StreamExt;
 use tandem_coordinator::{NewPart, Revision};
 use tandem_parts::{
     Codec, ColumnStats, LocalPartStore, MergeCandidate, MergePlan, MergePolicy, MergeSource, PART_FORMAT_VERSION,
@@ -23,6 +21,7 @@ use tandem_parts::{
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::ActivePart;
+use crate::receive::{StreamFailure, receive};
 use crate::replica::Replica;
 use crate::running_merges::RunningMerge;
 use crate::schema::TtlCutoff;
@@ -386,50 +385,28 @@ async fn scratch_copy(
 ) -> anyhow::Result<std::fs::File> {
     let opened = bucket.mirror.open(table, id).await;
     bucket.record(&node.metrics, &opened);
-    let mut chunks = opened?;
-    let store = node.catalog.store().clone();
-    let id = *id;
-    // File writes block: they run on a blocking thread fed by a channel.
-    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(4);
-    let writer = tokio::task::spawn_blocking(move || -> Result<std::fs::File, tandem_parts::PartError> {
-        let mut writer = store.begin_write(&id)?;
-        while let Some(chunk) = rx.blocking_recv() {
-            writer.append(&chunk)?;
-        }
-        writer.finish_scratch()
-    });
+    let chunks = opened?;
     // A stalled stream fails the merge as a stalled fetch fails: after the same wait per chunk.
     let chunk_timeout = Duration::from_secs(node.config.settings.fetch_chunk_timeout_seconds.max(1));
-    let mut failure = None;
-    loop {
-        match tokio::time::timeout(chunk_timeout, chunks.next()).await {
-            Ok(None) => break,
-            Ok(Some(Ok(chunk))) => {
-                node.metrics.bucket_read_bytes.inc_by(chunk.len() as u64);
-                if tx.send(chunk).await.is_err() {
-                    break;
-                }
-            }
-            Ok(Some(Err(e))) => {
-                failure = Some(anyhow::Error::from(e));
-                break;
-            }
-            Err(_) => {
-                failure = Some(anyhow::anyhow!("no data from the bucket for {chunk_timeout:?}"));
-                break;
-            }
-        }
-    }
-    drop(tx);
+    let store = node.catalog.store().clone();
+    let (failure, written) = receive(store, *id, chunks, chunk_timeout, |writer| {
+        let bytes = writer.bytes_written();
+        Ok((bytes, writer.finish_scratch()?))
+    })
+    .await?;
     node.metrics.bucket_read_requests.inc();
-    let written = writer.await?;
-    if let Some(e) = failure {
-        return Err(e.context(format!("copying part {id} of {table} from the bucket")));
+    let context = || format!("copying part {id} of {table} from the bucket");
+    match failure {
+        Some(StreamFailure::Stalled(wait)) => return Err(anyhow::anyhow!("no data for {wait:?}").context(context())),
+        Some(StreamFailure::Source(e)) => return Err(anyhow::Error::from(e).context(context())),
+        None => {}
     }
     if let Err(tandem_parts::PartError::Corrupt { .. }) = &written {
         node.metrics.object_store_corrupt_objects.inc();
     }
-    Ok(written?)
+    let (bytes, file) = written?;
+    node.metrics.bucket_read_bytes.inc_by(bytes);
+    Ok(file)
 }
 
 /// Merges the sources (their files here, or scratch copies of them from the bucket) into a new
