@@ -208,7 +208,13 @@ impl Replica {
             encode_inserts
                 .ensure_definition(&encode_def, created, version)
                 .map_err(|e| Error::Unavailable(format!("cannot write to the insert log: {e}; nothing was logged")))?;
-            encode_logged(&header, &batches)
+            match batches.first() {
+                Some(first) => {
+                    let framing = encode_inserts.framing(&header.table, &first.schema())?;
+                    encode_logged(&header, &batches, &framing)
+                }
+                None => Err(Error::internal("a logged insert has no rows")),
+            }
         };
         // The definition's file is written once per schema version; after that, encoding a
         // small insert is cheaper than a hop to a blocking thread.

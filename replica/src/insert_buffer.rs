@@ -16,6 +16,10 @@ use tandem_coordinator::{
 };
 use tandem_parts::PartId;
 use tandem_parts::arrow::array::RecordBatch;
+use tandem_parts::arrow::datatypes::SchemaRef;
+use tandem_parts::arrow::ipc::writer::{
+    DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions, StreamWriter, write_message,
+};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
@@ -102,6 +106,8 @@ pub(crate) struct AsyncInserts {
     /// Table definitions the logged inserts were decoded under, one file per version.
     definitions_dir: PathBuf,
     definitions_written: Mutex<HashSet<PathBuf>>,
+    /// The IPC framing of the schema each table's inserts were last logged under.
+    framings: Mutex<HashMap<String, Arc<IpcFraming>>>,
     buffers: Mutex<BTreeMap<String, TableBuffer>>,
     index: BlockIndex,
     wake: Notify,
@@ -133,6 +139,7 @@ impl AsyncInserts {
             log,
             definitions_dir,
             definitions_written: Mutex::default(),
+            framings: Mutex::default(),
             buffers: Mutex::default(),
             index: BlockIndex::default(),
             wake: Notify::new(),
@@ -209,6 +216,20 @@ impl AsyncInserts {
     pub(crate) fn has_definition(&self, table: &str, created: Revision, version: Revision) -> bool {
         let path = self.definitions_dir.join(format!("{table}.{created}.{version}.json"));
         self.definitions_written.lock().is_ok_and(|written| written.contains(&path))
+    }
+
+    /// The IPC framing of `schema`, the schema of `table`'s decoded inserts: built once, and
+    /// again only when the table's schema changed.
+    pub(crate) fn framing(&self, table: &str, schema: &SchemaRef) -> Result<Arc<IpcFraming>, Error> {
+        let cached = self.framings.lock().map_err(Error::internal)?.get(table).cloned();
+        match cached {
+            Some(framing) if Arc::ptr_eq(&framing.schema, schema) || framing.schema == *schema => Ok(framing),
+            _ => {
+                let framing = Arc::new(IpcFraming::new(schema)?);
+                self.framings.lock().map_err(Error::internal)?.insert(table.to_string(), framing.clone());
+                Ok(framing)
+            }
+        }
     }
 
     pub(crate) fn load_definition(
@@ -464,19 +485,65 @@ impl BlockIndex {
     }
 }
 
-pub(crate) fn encode_logged(header: &LoggedInsert, batches: &[RecordBatch]) -> Result<Vec<u8>, Error> {
+/// The Arrow IPC stream around one schema's batches: the schema message before them and the
+/// end-of-stream marker after. A logged insert's rows are such a stream; building the schema
+/// message (a flatbuffer) cost as much as encoding a 10-row insert's rows, so it is built once
+/// per table and schema and copied.
+pub(crate) struct IpcFraming {
+    schema: SchemaRef,
+    head: Vec<u8>,
+    tail: Vec<u8>,
+}
+
+impl IpcFraming {
+    fn new(schema: &SchemaRef) -> Result<IpcFraming, Error> {
+        let mut stream = Vec::new();
+        let mut writer = StreamWriter::try_new(&mut stream, schema).map_err(Error::internal)?;
+        let head_len = writer.get_ref().len();
+        writer.finish().map_err(Error::internal)?;
+        drop(writer);
+        let tail = stream.split_off(head_len);
+        Ok(IpcFraming { schema: schema.clone(), head: stream, tail })
+    }
+
+    /// Appends `batches`, all of this framing's schema, to `out` as one IPC stream: the bytes
+    /// a `StreamWriter` writes.
+    fn write(&self, batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<(), Error> {
+        let options = IpcWriteOptions::default();
+        let generator = IpcDataGenerator::default();
+        let (mut dictionaries, mut context) = (DictionaryTracker::new(false), IpcWriteContext::default());
+        out.extend_from_slice(&self.head);
+        for batch in batches {
+            let (dictionary_batches, rows) =
+                generator.encode(batch, &mut dictionaries, &options, &mut context).map_err(Error::internal)?;
+            for message in dictionary_batches.into_iter().chain([rows]) {
+                write_message(&mut *out, message, &options).map_err(Error::internal)?;
+            }
+        }
+        out.extend_from_slice(&self.tail);
+        Ok(())
+    }
+}
+
+/// A logged insert's payload: its header, then its pieces' rows as one IPC stream framed by
+/// `framing` (which must be of the batches' schema).
+pub(crate) fn encode_logged(
+    header: &LoggedInsert,
+    batches: &[RecordBatch],
+    framing: &IpcFraming,
+) -> Result<Vec<u8>, Error> {
     let header = serde_json::to_vec(header).map_err(Error::internal)?;
-    let mut payload =
-        Vec::with_capacity(header.len() + 4 + batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>());
+    let mut payload = Vec::with_capacity(
+        header.len()
+            + 4
+            + framing.head.len()
+            + framing.tail.len()
+            + batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>(),
+    );
     payload.extend_from_slice(&(header.len() as u32).to_le_bytes());
     payload.extend_from_slice(&header);
-    if let Some(first) = batches.first() {
-        let mut writer = tandem_parts::arrow::ipc::writer::StreamWriter::try_new(&mut payload, &first.schema())
-            .map_err(Error::internal)?;
-        for batch in batches {
-            writer.write(batch).map_err(Error::internal)?;
-        }
-        writer.finish().map_err(Error::internal)?;
+    if !batches.is_empty() {
+        framing.write(batches, &mut payload)?;
     }
     Ok(payload)
 }
@@ -554,5 +621,44 @@ mod tests {
         };
         index.apply_batch(&removed);
         assert_eq!(index.admitted("t", &AsyncBlockId([1; 16]), 9_500, 1_000), Some(9));
+    }
+
+    #[test]
+    fn a_logged_insert_is_the_stream_a_stream_writer_writes_and_reads_back() {
+        use tandem_parts::arrow::array::{Int64Array, StringArray};
+        use tandem_parts::arrow::datatypes::{DataType, Field, Schema};
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("host", DataType::Utf8, true),
+        ]));
+        let batch = |ids: &[i64], hosts: &[Option<&str>]| {
+            RecordBatch::try_new(
+                schema.clone(),
+                vec![Arc::new(Int64Array::from(ids.to_vec())), Arc::new(StringArray::from(hosts.to_vec()))],
+            )
+            .expect("a valid batch")
+        };
+        let batches = [batch(&[1, 2, 3], &[Some("a"), None, Some("ccc")]), batch(&[4], &[Some("d")])];
+        let header = LoggedInsert {
+            table: "t".into(),
+            created: 3,
+            version: 5,
+            pieces: ["202401", "202402"].map(|p| LoggedPiece { partition: p.into(), id: [7; 16] }).into(),
+        };
+        let framing = IpcFraming::new(&schema).expect("framing");
+        let payload = encode_logged(&header, &batches, &framing).expect("encoded");
+
+        let mut expected = Vec::new();
+        let mut writer = StreamWriter::try_new(&mut expected, &schema).expect("writer");
+        for batch in &batches {
+            writer.write(batch).expect("written");
+        }
+        writer.finish().expect("finished");
+        drop(writer);
+        assert!(payload.ends_with(&expected), "the rows are the stream a StreamWriter writes");
+
+        let (read, read_batches) = decode_logged(&payload).expect("decoded");
+        assert_eq!((read.table.as_str(), read.created, read.version, read.pieces.len()), ("t", 3, 5, 2));
+        assert_eq!(read_batches, batches);
     }
 }
