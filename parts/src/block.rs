@@ -37,7 +37,10 @@ pub fn block_id(table: &str, partition: &str, batch: &RecordBatch, token: Option
         // Each row is hashed as its length and its bytes. They are gathered into one buffer
         // first: blake3 hashes a large input several chunks at a time (SIMD), but a row of a
         // few dozen bytes one compression at a time, several times slower.
-        let mut buffer = Vec::with_capacity(HASH_BUFFER_BYTES);
+        // Sized for the rows when they are fewer: a small insert would otherwise pay for
+        // zeroing fresh pages of a 64 KiB buffer it barely uses.
+        let row_bytes = rows.size() + rows.num_rows() * size_of::<u64>();
+        let mut buffer = Vec::with_capacity(row_bytes.min(HASH_BUFFER_BYTES));
         for row in rows.iter() {
             let bytes = row.as_ref();
             buffer.extend_from_slice(&(bytes.len() as u64).to_le_bytes());

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use tandem_coordinator::{AsyncBlockId, FlushOutcome, MAX_PARTS_PER_FLUSH, NewPart, Revision};
-use tandem_parts::arrow::array::{RecordBatch, UInt32Array};
+use tandem_parts::arrow::array::{Array, RecordBatch, UInt32Array};
 use tandem_parts::arrow::compute::{concat_batches, take_record_batch};
 use tandem_parts::{
     PART_FORMAT_VERSION, PartId, PartManifest, PartMetadata, block_id, encode_part, split_by_partition,
@@ -134,10 +134,14 @@ impl Replica {
                 } else {
                     split_inserts.unique_id()
                 };
-                // A decoded batch holds its builders' spare capacity (kilobytes for a few rows):
-                // the buffer keeps a tight copy, so its memory follows the rows it holds.
-                let indices = UInt32Array::from_iter_values(0..block.num_rows() as u32);
-                let rows = take_record_batch(&block, &indices).map_err(Error::internal)?;
+                // A decoded batch may hold its builders' spare capacity (kilobytes for a few
+                // rows): the buffer keeps a tight copy, so its memory follows the rows it holds.
+                let rows = if holds_spare_room(&block) {
+                    let indices = UInt32Array::from_iter_values(0..block.num_rows() as u32);
+                    take_record_batch(&block, &indices).map_err(Error::internal)?
+                } else {
+                    block
+                };
                 pieces.push(Piece { partition, id, rows });
             }
             Ok(pieces)
@@ -370,6 +374,16 @@ pub(crate) async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
             _ = shutdown.cancelled() => return,
         }
     }
+}
+
+/// Room a buffered batch may hold beyond twice what its rows fill before it is copied tight.
+const SPARE_ROOM_BYTES: usize = 1024;
+
+/// Whether `batch`'s buffers hold much more room than its rows fill.
+fn holds_spare_room(batch: &RecordBatch) -> bool {
+    let filled: usize =
+        batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(usize::MAX / 4)).sum();
+    batch.get_array_memory_size() > filled.saturating_mul(2).saturating_add(SPARE_ROOM_BYTES)
 }
 
 /// Buffers the inserts found in the log at start, to be flushed at once.
@@ -674,5 +688,33 @@ pub(crate) async fn prune(node: &Replica) {
             }
             Err(e) => tracing::warn!(table = %name, error = %e, "cannot prune asynchronous insert block ids"),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use tandem_parts::arrow::array::{Float64Builder, Int64Array};
+    use tandem_parts::arrow::datatypes::{DataType, Field, Schema};
+
+    use super::*;
+
+    #[test]
+    fn a_batch_with_a_builders_spare_room_is_copied_tight_and_a_tight_one_is_kept() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("id", DataType::Int64, true),
+            Field::new("v", DataType::Float64, true),
+        ]));
+        let mut roomy = Float64Builder::new();
+        (0..10).for_each(|i| roomy.append_value(f64::from(i)));
+        let ids = Arc::new(Int64Array::from_iter_values(0..10));
+        let batch = RecordBatch::try_new(schema.clone(), vec![ids.clone(), Arc::new(roomy.finish())]).expect("batch");
+        assert!(holds_spare_room(&batch), "a default builder holds room for 1,024 values");
+
+        let tight = take_record_batch(&batch, &UInt32Array::from_iter_values(0..10)).expect("taken");
+        assert!(!holds_spare_room(&tight));
+        let mut sized = Float64Builder::with_capacity(10);
+        (0..10).for_each(|i| sized.append_value(f64::from(i)));
+        let sized = RecordBatch::try_new(schema, vec![ids, Arc::new(sized.finish())]).expect("batch");
+        assert!(!holds_spare_room(&sized), "a builder sized for its rows");
     }
 }

@@ -32,9 +32,12 @@ pub fn decode_delimited(
     def: &TableDef,
     options: InputOptions,
 ) -> Result<RecordBatch, NodeError> {
+    // Builders sized for the body's lines: their default room for 1,024 values is kilobytes
+    // per column to allocate for a 10-row insert, and to copy out of before it is buffered.
+    let rows = data.iter().filter(|&&b| b == b'\n').count().saturating_add(1).min(MAX_ROWS_HINT);
     let read = |parse_as_read| {
         let with_names = matches!(format, Format::CsvWithNames | Format::TabSeparatedWithNames);
-        let mut columns = TextColumns::new(input_schema, def, options, with_names, parse_as_read);
+        let mut columns = TextColumns::new(input_schema, def, options, with_names, parse_as_read, rows);
         if matches!(format, Format::Csv | Format::CsvWithNames) {
             read_csv(data, &mut columns)?;
         } else {
@@ -47,6 +50,9 @@ pub fn decode_delimited(
         None => read(false)?.ok_or_else(|| NodeError::internal("a body read as text was not converted")),
     }
 }
+
+/// Room reserved up front is for at most this many rows; a larger body's builders grow.
+const MAX_ROWS_HINT: usize = 64 * 1024;
 
 /// One builder per target column, filled row by row straight from the input's bytes.
 struct TextColumns<'a> {
@@ -61,6 +67,8 @@ struct TextColumns<'a> {
     /// header is read, with names.
     targets: Option<Vec<Option<TextColumn>>>,
     lines: Vec<u64>,
+    /// The rows the body is expected to hold (its lines).
+    rows_hint: usize,
 }
 
 struct TextColumn {
@@ -78,14 +86,14 @@ enum Values {
 }
 
 impl TextColumn {
-    fn new(field: &Field, parse_as_read: bool) -> Self {
-        let parsed = if parse_as_read { parsed_values(field.data_type()) } else { None };
+    fn new(field: &Field, parse_as_read: bool, rows: usize) -> Self {
+        let parsed = if parse_as_read { parsed_values(field.data_type(), rows) } else { None };
         TextColumn {
             field: field.clone(),
             is_string: field.data_type() == &DataType::Utf8,
             values: match parsed {
                 Some(values) => Values::Parsed(values),
-                None => Values::Text(StringBuilder::new()),
+                None => Values::Text(StringBuilder::with_capacity(rows, 0)),
             },
         }
     }
@@ -158,24 +166,26 @@ impl ParsedValues for Timestamps {
 }
 
 /// The values of a column of `data_type` parsed as read, for the types most rows hold.
-fn parsed_values(data_type: &DataType) -> Option<Box<dyn ParsedValues>> {
-    fn numbers<T: Parser>() -> Option<Box<dyn ParsedValues>> {
-        Some(Box::new(Numbers(PrimitiveBuilder::<T>::new())))
+fn parsed_values(data_type: &DataType, rows: usize) -> Option<Box<dyn ParsedValues>> {
+    fn numbers<T: Parser>(rows: usize) -> Option<Box<dyn ParsedValues>> {
+        Some(Box::new(Numbers(PrimitiveBuilder::<T>::with_capacity(rows))))
     }
     match data_type {
-        DataType::Int8 => numbers::<Int8Type>(),
-        DataType::Int16 => numbers::<Int16Type>(),
-        DataType::Int32 => numbers::<Int32Type>(),
-        DataType::Int64 => numbers::<Int64Type>(),
-        DataType::UInt8 => numbers::<UInt8Type>(),
-        DataType::UInt16 => numbers::<UInt16Type>(),
-        DataType::UInt32 => numbers::<UInt32Type>(),
-        DataType::UInt64 => numbers::<UInt64Type>(),
-        DataType::Float32 => numbers::<Float32Type>(),
-        DataType::Float64 => numbers::<Float64Type>(),
-        DataType::Timestamp(unit, None) => {
-            Some(Box::new(Timestamps { unit: *unit, values: Vec::new(), nulls: NullBufferBuilder::new(0) }))
-        }
+        DataType::Int8 => numbers::<Int8Type>(rows),
+        DataType::Int16 => numbers::<Int16Type>(rows),
+        DataType::Int32 => numbers::<Int32Type>(rows),
+        DataType::Int64 => numbers::<Int64Type>(rows),
+        DataType::UInt8 => numbers::<UInt8Type>(rows),
+        DataType::UInt16 => numbers::<UInt16Type>(rows),
+        DataType::UInt32 => numbers::<UInt32Type>(rows),
+        DataType::UInt64 => numbers::<UInt64Type>(rows),
+        DataType::Float32 => numbers::<Float32Type>(rows),
+        DataType::Float64 => numbers::<Float64Type>(rows),
+        DataType::Timestamp(unit, None) => Some(Box::new(Timestamps {
+            unit: *unit,
+            values: Vec::with_capacity(rows),
+            nulls: NullBufferBuilder::new(rows),
+        })),
         _ => None,
     }
 }
@@ -187,10 +197,13 @@ impl<'a> TextColumns<'a> {
         options: InputOptions,
         with_names: bool,
         parse_as_read: bool,
+        rows_hint: usize,
     ) -> Self {
-        let targets = (!with_names)
-            .then(|| input_schema.fields().iter().map(|f| Some(TextColumn::new(f, parse_as_read))).collect::<Vec<_>>());
-        TextColumns { input_schema, def, options, parse_as_read, reread: false, targets, lines: Vec::new() }
+        let targets = (!with_names).then(|| {
+            input_schema.fields().iter().map(|f| Some(TextColumn::new(f, parse_as_read, rows_hint))).collect::<Vec<_>>()
+        });
+        let lines = Vec::with_capacity(rows_hint);
+        TextColumns { input_schema, def, options, parse_as_read, reread: false, targets, lines, rows_hint }
     }
 
     fn row(&mut self, line: u64, fields: &[Option<Cow<'_, str>>]) -> Result<(), NodeError> {
@@ -203,7 +216,7 @@ impl<'a> TextColumns<'a> {
             for name in fields {
                 let name = name.as_deref().unwrap_or_default();
                 match self.input_schema.field_with_name(name) {
-                    Ok(field) => targets.push(Some(TextColumn::new(field, self.parse_as_read))),
+                    Ok(field) => targets.push(Some(TextColumn::new(field, self.parse_as_read, self.rows_hint))),
                     Err(_) if self.options.skip_unknown_fields => targets.push(None),
                     Err(_) => return Err(unknown_column(self.def, name)),
                 }
@@ -431,7 +444,7 @@ mod tests {
         if parse_as_read {
             return decode_delimited(format, &data, &schema, &def, InputOptions::default()).map_err(|e| e.to_string());
         }
-        let mut columns = TextColumns::new(&schema, &def, InputOptions::default(), false, false);
+        let mut columns = TextColumns::new(&schema, &def, InputOptions::default(), false, false, 1);
         let read = match format {
             Format::Csv => read_csv(&data, &mut columns),
             _ => read_tsv(&data, &mut columns),
