@@ -105,7 +105,8 @@ pub(crate) struct AsyncInserts {
     log: InsertLog,
     /// Table definitions the logged inserts were decoded under, one file per version.
     definitions_dir: PathBuf,
-    definitions_written: Mutex<HashSet<PathBuf>>,
+    /// The versions (created, version) written, per table.
+    definitions_written: Mutex<HashMap<String, HashSet<(Revision, Revision)>>>,
     /// The IPC framing of the schema each table's inserts were last logged under.
     framings: Mutex<HashMap<String, Arc<IpcFraming>>>,
     buffers: Mutex<BTreeMap<String, TableBuffer>>,
@@ -194,12 +195,12 @@ impl AsyncInserts {
         created: Revision,
         version: Revision,
     ) -> std::io::Result<()> {
-        let path = self.definitions_dir.join(format!("{}.{created}.{version}.json", def.name));
         // Held while writing: concurrent inserts of a new version write its file once.
         let mut written = self.definitions_written.lock().map_err(|e| std::io::Error::other(e.to_string()))?;
-        if written.contains(&path) {
+        if written.get(&def.name).is_some_and(|versions| versions.contains(&(created, version))) {
             return Ok(());
         }
+        let path = self.definitions_dir.join(format!("{}.{created}.{version}.json", def.name));
         if !path.exists() {
             let temp = path.with_extension("tmp");
             let mut file = std::fs::File::create(&temp)?;
@@ -208,14 +209,15 @@ impl AsyncInserts {
             std::fs::rename(&temp, &path)?;
             std::fs::File::open(&self.definitions_dir)?.sync_all()?;
         }
-        written.insert(path);
+        written.entry(def.name.clone()).or_default().insert((created, version));
         Ok(())
     }
 
     /// Whether the definition of this version is already written.
     pub(crate) fn has_definition(&self, table: &str, created: Revision, version: Revision) -> bool {
-        let path = self.definitions_dir.join(format!("{table}.{created}.{version}.json"));
-        self.definitions_written.lock().is_ok_and(|written| written.contains(&path))
+        self.definitions_written
+            .lock()
+            .is_ok_and(|written| written.get(table).is_some_and(|versions| versions.contains(&(created, version))))
     }
 
     /// The IPC framing of `schema`, the schema of `table`'s decoded inserts: built once, and
