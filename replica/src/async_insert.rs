@@ -379,11 +379,13 @@ pub(crate) async fn run(node: Arc<Replica>, shutdown: CancellationToken) {
 /// Room a buffered batch may hold beyond twice what its rows fill before it is copied tight.
 const SPARE_ROOM_BYTES: usize = 1024;
 
-/// Whether `batch`'s buffers hold much more room than its rows fill.
+/// Whether `batch`'s buffers hold much more room than its rows fill (or what they fill is not
+/// known: a copy is then the safe side).
 fn holds_spare_room(batch: &RecordBatch) -> bool {
-    let filled: usize =
-        batch.columns().iter().map(|c| c.to_data().get_slice_memory_size().unwrap_or(usize::MAX / 4)).sum();
-    batch.get_array_memory_size() > filled.saturating_mul(2).saturating_add(SPARE_ROOM_BYTES)
+    match batch.columns().iter().map(|c| c.to_data().get_slice_memory_size()).sum::<Result<usize, _>>() {
+        Ok(filled) => batch.get_array_memory_size() > filled.saturating_mul(2).saturating_add(SPARE_ROOM_BYTES),
+        Err(_) => true,
+    }
 }
 
 /// Buffers the inserts found in the log at start, to be flushed at once.
