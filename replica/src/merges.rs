@@ -525,22 +525,21 @@ async fn merge_and_register(
     })
     .await??;
     let written = match outcome {
-        LeaderMerge::Written(written) => Some(written),
-        LeaderMerge::NoRows => None,
+        LeaderMerge::Written(written) => written,
+        LeaderMerge::NoRows => {
+            // Every row has expired since the sources were chosen: drop them instead.
+            let sources: Vec<&ActivePart> = sources.iter().collect();
+            if let Some(revision) = drop_expired(node, table, &sources, fence).await {
+                node.catalog.wait_applied(revision, Duration::from_secs(30)).await;
+            }
+            return Ok(());
+        }
         LeaderMerge::CorruptSource { id, reason } => {
             tracing::error!(%table, part = %id, %reason, "a merge source on this node is corrupt; it is not merged, and a good copy is fetched");
             let why = format!("the local file was found corrupt before a merge ({reason}); fetching a good copy");
             node.withdraw_corrupt_copy(table, &id, why).await;
             return Ok(());
         }
-    };
-    let Some(written) = written else {
-        // Every row has expired since the sources were chosen: drop them instead.
-        let sources: Vec<&ActivePart> = sources.iter().collect();
-        if let Some(revision) = drop_expired(node, table, &sources, fence).await {
-            node.catalog.wait_applied(revision, Duration::from_secs(30)).await;
-        }
-        return Ok(());
     };
     let described: Vec<_> = sources.iter().map(|p| (p.id, p.manifest.clone(), p.revision)).collect();
     let manifest = merged_manifest(&node.config.node_id, &written, &described, sort_key, ttl, codec);
