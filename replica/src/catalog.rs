@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use tandem_coordinator::{
     ClusterEvent, EventBatch, OBJECT_STORE_HOLDER, RegisteredPart, Revision, Snapshot, TableRecord,
 };
+use tandem_parts::arrow::datatypes::SchemaRef;
 use tandem_parts::{LocalPartStore, PartId, PartManifest};
 use tokio::sync::{mpsc, watch};
 
@@ -72,6 +73,8 @@ pub struct PendingPart {
 #[derive(Clone, Debug)]
 pub struct TableState {
     pub def: Arc<TableDef>,
+    /// `def`'s Arrow schema, built once per definition rather than once per insert.
+    pub schema: SchemaRef,
     pub version: Revision,
     pub created: Revision,
     pub parts: BTreeMap<PartId, ActivePart>,
@@ -495,6 +498,7 @@ impl Catalog {
     fn table_state(record: &TableRecord) -> Option<TableState> {
         match TableDef::from_json(&record.doc) {
             Ok(def) => Some(TableState {
+                schema: def.arrow_schema(),
                 def: Arc::new(def),
                 version: record.version,
                 created: record.created,
@@ -606,6 +610,7 @@ impl Catalog {
                             if let Some(state) = Self::table_state(record) {
                                 let existing = Arc::make_mut(existing);
                                 existing.def = state.def;
+                                existing.schema = state.schema;
                                 existing.version = state.version;
                             }
                         }

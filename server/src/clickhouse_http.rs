@@ -3,6 +3,7 @@
 //! in `Code: N. DB::Exception: ...` form, and response bodies compressed as
 //! `enable_http_compression=1` with an `Accept-Encoding` asks (gzip, deflate, zstd, lz4).
 
+use std::cell::RefCell;
 use std::collections::HashMap;
 use std::io::Write;
 
@@ -11,6 +12,8 @@ use axum::http::{HeaderMap, HeaderValue, header};
 use axum::response::Response;
 use bytes::Bytes;
 use futures::StreamExt;
+
+use crate::header_names::{X_CLICKHOUSE_QUERY_ID, X_CLICKHOUSE_TIMEZONE};
 
 /// The time zone every date and time is read and shown in.
 pub const SERVER_TIMEZONE: &str = "UTC";
@@ -29,7 +32,9 @@ impl Exchange {
     pub fn of(params: &HashMap<String, String>, headers: &HeaderMap) -> Exchange {
         let given = params.get("query_id").filter(|id| !id.is_empty() && id.len() <= 256);
         let query_id = given.and_then(|id| HeaderValue::from_str(id).ok()).unwrap_or_else(|| {
-            HeaderValue::from_str(&uuid::Uuid::new_v4().to_string()).unwrap_or(HeaderValue::from_static(""))
+            let mut text = uuid::Uuid::encode_buffer();
+            HeaderValue::from_str(random_query_id().hyphenated().encode_lower(&mut text))
+                .unwrap_or(HeaderValue::from_static(""))
         });
         let enabled = params.get("enable_http_compression").is_some_and(|v| v == "1" || v == "true");
         let compression = if enabled { Compression::negotiate(headers) } else { None };
@@ -37,11 +42,33 @@ impl Exchange {
     }
 }
 
+/// A random (version 4) UUID for a request that sent no query id. The operating system's
+/// generator is asked for a few kilobytes at a time, per thread: a `getrandom` call per
+/// request was a percent of a small insert's CPU.
+fn random_query_id() -> uuid::Uuid {
+    const RANDOM_BYTES: usize = 4096;
+    thread_local! {
+        static RANDOM: RefCell<(Box<[u8; RANDOM_BYTES]>, usize)> =
+            RefCell::new((Box::new([0; RANDOM_BYTES]), RANDOM_BYTES));
+    }
+    RANDOM.with_borrow_mut(|(bytes, used)| {
+        if *used + 16 > RANDOM_BYTES {
+            if getrandom::fill(&mut bytes[..]).is_err() {
+                return uuid::Uuid::new_v4();
+            }
+            *used = 0;
+        }
+        let id = bytes.get(*used..).and_then(|rest| rest.first_chunk::<16>()).copied().unwrap_or_default();
+        *used += 16;
+        uuid::Builder::from_random_bytes(id).into_uuid()
+    })
+}
+
 /// Adds the headers every answer carries and, for a successful one, compresses its body.
 pub fn finish_response(mut response: Response, exchange: &Exchange) -> Response {
     let headers = response.headers_mut();
-    headers.insert("x-clickhouse-query-id", exchange.query_id.clone());
-    headers.insert("x-clickhouse-timezone", HeaderValue::from_static(SERVER_TIMEZONE));
+    headers.insert(X_CLICKHOUSE_QUERY_ID, exchange.query_id.clone());
+    headers.insert(X_CLICKHOUSE_TIMEZONE, HeaderValue::from_static(SERVER_TIMEZONE));
     match (exchange.compression, response.status().is_success()) {
         (Some(compression), true) => compress(response, compression),
         _ => response,
@@ -202,6 +229,13 @@ mod tests {
                 "total_rows_to_read": "0", "result_rows": "3", "result_bytes": "40",
             })
         );
+    }
+
+    #[test]
+    fn generated_query_ids_are_distinct_version_4_uuids() {
+        let ids: std::collections::HashSet<uuid::Uuid> = (0..1000).map(|_| random_query_id()).collect();
+        assert_eq!(ids.len(), 1000, "past several refills of the random bytes, no id repeats");
+        assert!(ids.iter().all(|id| id.get_version_num() == 4 && id.get_variant() == uuid::Variant::RFC4122));
     }
 
     #[test]

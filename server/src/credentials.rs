@@ -5,18 +5,19 @@
 
 use std::collections::HashMap;
 
-use axum::http::{HeaderMap, header};
+use axum::http::{HeaderMap, HeaderName, header};
 use base64::Engine;
 use tandem_access::{Credentials, DEFAULT_USER, Password};
 
 use crate::error::NodeError;
+use crate::header_names::{X_CLICKHOUSE_KEY, X_CLICKHOUSE_USER};
 
 /// The credentials of a request, if it carries any. Takes `user` and `password` out of
 /// `params`, so they are never read as settings.
 pub fn take(headers: &HeaderMap, params: &mut HashMap<String, String>) -> Result<Option<Credentials>, NodeError> {
     let basic = headers.get(header::AUTHORIZATION).map(basic_auth).transpose()?;
-    let header_user = header_text(headers, "x-clickhouse-user")?;
-    let header_key = header_text(headers, "x-clickhouse-key")?;
+    let header_user = header_text(headers, &X_CLICKHOUSE_USER)?;
+    let header_key = header_text(headers, &X_CLICKHOUSE_KEY)?;
     let from_headers = (header_user.is_some() || header_key.is_some()).then(|| Credentials {
         user: header_user.unwrap_or_else(|| DEFAULT_USER.to_string()),
         password: Password::new(header_key.unwrap_or_default()),
@@ -37,7 +38,7 @@ pub fn take(headers: &HeaderMap, params: &mut HashMap<String, String>) -> Result
     Ok(credentials)
 }
 
-fn header_text(headers: &HeaderMap, name: &str) -> Result<Option<String>, NodeError> {
+fn header_text(headers: &HeaderMap, name: &HeaderName) -> Result<Option<String>, NodeError> {
     headers
         .get(name)
         .map(|value| {

@@ -5,6 +5,8 @@ use axum::response::{IntoResponse, Response};
 use tandem_access::{AccessDenied, AccessError, AuthError};
 use tandem_replica::Error as ReplicaError;
 
+use crate::header_names::{X_CLICKHOUSE_EXCEPTION_CODE, X_TANDEM_ERROR_CODE, X_TANDEM_RETRYABLE};
+
 /// A request error: what went wrong, in words that tell the caller what to do.
 #[derive(Debug, thiserror::Error)]
 pub enum NodeError {
@@ -236,15 +238,15 @@ impl IntoResponse for NodeError {
         );
         let retryable = if self.is_retryable() { "true" } else { "false" };
         let headers = [
-            ("x-tandem-error-code", self.code()),
-            ("x-tandem-retryable", retryable),
-            ("content-type", "text/plain; charset=utf-8"),
+            (X_TANDEM_ERROR_CODE, self.code()),
+            (X_TANDEM_RETRYABLE, retryable),
+            (axum::http::header::CONTENT_TYPE, "text/plain; charset=utf-8"),
         ];
         let mut response = (status, headers, body).into_response();
-        response.headers_mut().insert("x-clickhouse-exception-code", axum::http::HeaderValue::from(number));
+        response.headers_mut().insert(X_CLICKHOUSE_EXCEPTION_CODE, axum::http::HeaderValue::from(number));
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
-                "www-authenticate",
+                axum::http::header::WWW_AUTHENTICATE,
                 axum::http::HeaderValue::from_static("Basic realm=\"tandem\", charset=\"UTF-8\""),
             );
         }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use datafusion::arrow::array::{Array, ArrayRef, RecordBatch, StringArray, new_null_array};
 use datafusion::arrow::compute::kernels::zip::zip;
 use datafusion::arrow::compute::{CastOptions, cast_with_options, concat_batches, is_not_null};
-use datafusion::arrow::datatypes::{DataType, Field, Schema};
+use datafusion::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use datafusion::arrow::ipc::reader::StreamReader;
 use datafusion::parquet::arrow::arrow_reader::{ArrowReaderOptions, ParquetRecordBatchReaderBuilder};
 
@@ -148,16 +148,17 @@ pub struct InputOptions {
 /// Decodes an insert body into one batch in the table's schema.
 ///
 /// `columns` restricts the input to those table columns (`INSERT INTO t (a, b) ...`); the
-/// others get NULL, or their type's default when not Nullable. Nothing is stored by this
+/// others get NULL, or their type's default when not Nullable. `table_schema` is
+/// `def.arrow_schema()`, built once per definition by the caller. Nothing is stored by this
 /// function, so a rejected body changes nothing.
 pub fn decode_insert(
     format: Format,
     data: &Bytes,
     def: &TableDef,
+    table_schema: &SchemaRef,
     columns: Option<&[String]>,
     options: InputOptions,
 ) -> Result<RecordBatch, NodeError> {
-    let table_schema = def.arrow_schema();
     let input_schema = match columns {
         Some(names) => {
             let mut fields = Vec::with_capacity(names.len());
@@ -228,7 +229,7 @@ pub fn decode_insert(
     };
     options.budget.check_rows(batch.num_rows() as u64)?;
     options.budget.check_bytes(batch.get_array_memory_size() as u64)?;
-    let batch = conform(def, batch, options)?;
+    let batch = conform(def, table_schema, batch, options)?;
     check_ranges(&batch)?;
     Ok(batch)
 }
@@ -240,9 +241,10 @@ const PARQUET_BATCH_ROWS: usize = 1024;
 /// The dates and times a column can hold: 1900-01-01 to 2299-12-31 (ClickHouse's DateTime64
 /// range), which every output format can render. A value outside is refused, never clamped.
 fn check_ranges(batch: &RecordBatch) -> Result<(), NodeError> {
-    use datafusion::arrow::array::AsArray;
-    use datafusion::arrow::compute::{max, min};
-    use datafusion::arrow::datatypes::{Int64Type, TimeUnit};
+    use datafusion::arrow::datatypes::{
+        Date32Type, TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType,
+        TimestampSecondType,
+    };
     const FIRST_SECOND: i64 = -2_208_988_800; // 1900-01-01 00:00:00
     const LAST_SECOND: i64 = 10_413_791_999; // 2299-12-31 23:59:59
     for (field, array) in batch.schema().fields().iter().zip(batch.columns()) {
@@ -254,17 +256,17 @@ fn check_ranges(batch: &RecordBatch) -> Result<(), NodeError> {
             DataType::Timestamp(TimeUnit::Nanosecond, _) => (1_000_000_000, "nanoseconds since 1970"),
             _ => continue,
         };
-        let (first, last) = match per_second {
-            0 => (FIRST_SECOND / 86_400, LAST_SECOND / 86_400),
-            n => (FIRST_SECOND.saturating_mul(n), LAST_SECOND.saturating_mul(n).saturating_add(n - 1)),
+        let range = match per_second {
+            0 => (FIRST_SECOND / 86_400)..=(LAST_SECOND / 86_400),
+            n => FIRST_SECOND.saturating_mul(n)..=LAST_SECOND.saturating_mul(n).saturating_add(n - 1),
         };
-        let raw = cast_with_options(array, &DataType::Int64, &CastOptions::default()).map_err(NodeError::internal)?;
-        let raw = raw.as_primitive::<Int64Type>();
-        if min(raw).is_none_or(|v| v >= first) && max(raw).is_none_or(|v| v <= last) {
-            continue;
-        }
-        let outside =
-            raw.iter().enumerate().find_map(|(row, v)| v.filter(|v| *v < first || *v > last).map(|v| (row, v)));
+        let outside = match field.data_type() {
+            DataType::Date32 => first_outside::<Date32Type>(array, &range),
+            DataType::Timestamp(TimeUnit::Second, _) => first_outside::<TimestampSecondType>(array, &range),
+            DataType::Timestamp(TimeUnit::Millisecond, _) => first_outside::<TimestampMillisecondType>(array, &range),
+            DataType::Timestamp(TimeUnit::Microsecond, _) => first_outside::<TimestampMicrosecondType>(array, &range),
+            _ => first_outside::<TimestampNanosecondType>(array, &range),
+        };
         if let Some((row, value)) = outside {
             return Err(NodeError::bad_request(format!(
                 "row {}: column `{}` is {} but the value {value} ({unit}) is outside 1900-01-01 .. 2299-12-31",
@@ -275,6 +277,23 @@ fn check_ranges(batch: &RecordBatch) -> Result<(), NodeError> {
         }
     }
     Ok(())
+}
+
+/// The first row of a date or time column whose value is outside `range`, and the value. The
+/// values are read in place (no cast to a new array: this runs on every insert).
+fn first_outside<T>(array: &ArrayRef, range: &std::ops::RangeInclusive<i64>) -> Option<(usize, i64)>
+where
+    T: datafusion::arrow::datatypes::ArrowPrimitiveType,
+    T::Native: Into<i64>,
+{
+    use datafusion::arrow::array::AsArray;
+    use datafusion::arrow::compute::{max, min};
+    let values = array.as_primitive_opt::<T>()?;
+    let within = |v: Option<T::Native>| v.is_none_or(|v| range.contains(&v.into()));
+    if within(min(values)) && within(max(values)) {
+        return None;
+    }
+    values.iter().enumerate().find_map(|(row, v)| v.map(Into::into).filter(|v| !range.contains(v)).map(|v| (row, v)))
 }
 
 fn unknown_column(def: &TableDef, name: &str) -> NodeError {
@@ -295,7 +314,12 @@ fn concat_input(batches: Vec<RecordBatch>) -> Result<RecordBatch, NodeError> {
 }
 
 /// Casts and completes a decoded batch into the table's schema.
-fn conform(def: &TableDef, batch: RecordBatch, options: InputOptions) -> Result<RecordBatch, NodeError> {
+fn conform(
+    def: &TableDef,
+    table_schema: &SchemaRef,
+    batch: RecordBatch,
+    options: InputOptions,
+) -> Result<RecordBatch, NodeError> {
     let rows = batch.num_rows();
     let input = batch.schema();
     for field in input.fields() {
@@ -337,7 +361,7 @@ fn conform(def: &TableDef, batch: RecordBatch, options: InputOptions) -> Result<
         let array = if !column.nullable && array.null_count() > 0 { fill_default(&array, column)? } else { array };
         columns.push(array);
     }
-    RecordBatch::try_new(def.arrow_schema(), columns).map_err(NodeError::internal)
+    RecordBatch::try_new(table_schema.clone(), columns).map_err(NodeError::internal)
 }
 
 /// Replaces NULLs with the type's default, as ClickHouse does for columns that are not Nullable.

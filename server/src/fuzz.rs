@@ -44,7 +44,14 @@ fn seed(format: Format) -> Vec<u8> {
     let rows = "{\"id\":1,\"ts\":\"2024-01-01 00:00:00.250\",\"d\":\"2024-01-01\",\"host\":\"a,\\\"b\\\"\\tc\",\"v\":1.5,\"n\":null,\"ok\":true,\"small\":-3}\n\
                 {\"id\":2,\"ts\":1700000000000,\"d\":19000,\"host\":\"\",\"v\":-0.0,\"n\":7,\"ok\":false,\"small\":127}\n";
     let def = table();
-    let Ok(batch) = decode_insert(Format::JsonEachRow, &Bytes::from(rows), &def, None, InputOptions::default()) else {
+    let Ok(batch) = decode_insert(
+        Format::JsonEachRow,
+        &Bytes::from(rows),
+        &def,
+        &def.arrow_schema(),
+        None,
+        InputOptions::default(),
+    ) else {
         panic!("the seed rows decode")
     };
     match format {
@@ -84,7 +91,7 @@ fn body(format: Format) -> impl Strategy<Value = Vec<u8>> {
 
 fn decodes_or_refuses(format: Format, data: Vec<u8>) -> Result<(), TestCaseError> {
     let def = table();
-    match decode_insert(format, &Bytes::from(data), &def, None, InputOptions::default()) {
+    match decode_insert(format, &Bytes::from(data), &def, &def.arrow_schema(), None, InputOptions::default()) {
         Ok(batch) => prop_assert_eq!(batch.schema(), def.arrow_schema()),
         Err(e) => prop_assert!(is_request_error(&e), "{:?}: internal error {}", format, e),
     }

@@ -48,21 +48,23 @@ pub async fn insert(
     loop {
         // Only the definition is kept, not the table's state: a request holding the state would
         // make the catalog copy it to apply this very insert.
-        let (def, version) = match replica.table(table) {
-            Some(state) => (state.def.clone(), state.version),
+        let (def, schema, version) = match replica.table(table) {
+            Some(state) => (state.def.clone(), state.schema.clone(), state.version),
             None => return Err(NodeError::unknown_table(table)),
         };
         // Decoding touches every row: off the runtime, unless the body is so small that the hop
         // to a blocking thread would cost more than decoding it (many small inserts).
         let decoding = Instant::now();
         let rows = if data.len() <= INLINE_DECODE_BYTES {
-            decode_insert(format, &data, &def, columns, settings.input)?
+            decode_insert(format, &data, &def, &schema, columns, settings.input)?
         } else {
             let (decode_def, data, names, input) =
                 (def.clone(), data.clone(), columns.map(<[String]>::to_vec), settings.input);
-            tokio::task::spawn_blocking(move || decode_insert(format, &data, &decode_def, names.as_deref(), input))
-                .await
-                .map_err(NodeError::internal)??
+            tokio::task::spawn_blocking(move || {
+                decode_insert(format, &data, &decode_def, &schema, names.as_deref(), input)
+            })
+            .await
+            .map_err(NodeError::internal)??
         };
         replica.metrics().insert_stage(InsertStage::Decode, decoding);
         if replica.async_insert_enabled(&def, settings.async_insert) {

@@ -28,6 +28,7 @@ pub mod formats;
 pub mod functions;
 #[cfg(test)]
 mod fuzz;
+pub mod header_names;
 pub mod http;
 pub mod insert;
 pub mod limits;

@@ -6,6 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 mod access;
+mod insert_head;
 
 use std::sync::LazyLock;
 
@@ -128,11 +129,6 @@ pub enum InsertSource {
 }
 
 // The patterns are constants, compiled by every test run: they cannot fail on input.
-#[allow(clippy::expect_used)]
-static INSERT: LazyLock<Regex> = LazyLock::new(|| {
-    Regex::new(r#"(?is)^\s*INSERT\s+INTO\s+(?:TABLE\s+)?[`"]?([A-Za-z_][A-Za-z0-9_.]*)[`"]?\s*(?:\(([^)]*)\))?\s*(?:FORMAT\s+([A-Za-z]+)|(VALUES))"#)
-        .expect("valid regex")
-});
 #[allow(clippy::expect_used)]
 static FORMAT_SUFFIX: LazyLock<Regex> =
     LazyLock::new(|| Regex::new(r"(?is)\s+FORMAT\s+([A-Za-z]+)\s*;?\s*$").expect("valid regex"));
@@ -749,30 +745,29 @@ fn interval_count(expr: &Expr) -> Option<u32> {
 }
 
 fn parse_insert(sql: &str) -> Result<InsertStatement, NodeError> {
-    let captures = INSERT.captures(sql).ok_or_else(|| {
+    let head = insert_head::read(sql).ok_or_else(|| {
         NodeError::bad_request(
             "syntax error: expected `INSERT INTO <table> [(columns)] FORMAT <format>` or `... VALUES (...)`",
         )
     })?;
-    let raw_table = &captures[1];
+    let raw_table = head.table;
     let table = raw_table.strip_prefix("default.").unwrap_or(raw_table).to_string();
     if !valid_name(&table) {
         return Err(NodeError::bad_request(format!("`{raw_table}` is not a valid table name")));
     }
-    let columns = captures.get(2).map(|m| {
-        m.as_str()
-            .split(',')
+    let columns = head.columns.map(|list| {
+        list.split(',')
             .map(|c| c.trim().trim_matches(|c| c == '`' || c == '"').to_string())
             .filter(|c| !c.is_empty())
             .collect()
     });
-    let rest = captures.get(0).and_then(|m| sql.get(m.end()..)).unwrap_or_default();
-    let source = if let Some(format) = captures.get(3) {
+    let rest = sql.get(head.rest..).unwrap_or_default();
+    let source = if let Some(format) = head.format {
         // The data starts after the format name: skip blanks and at most one line break.
         let trimmed = rest.trim_start_matches([' ', '\t']);
         let trimmed = trimmed.strip_prefix("\r\n").or_else(|| trimmed.strip_prefix('\n')).unwrap_or(trimmed);
         let data_offset = sql.len() - trimmed.len();
-        InsertSource::Format { format: format.as_str().to_string(), data_offset }
+        InsertSource::Format { format: format.to_string(), data_offset }
     } else {
         InsertSource::Values(parse_values(rest)?)
     };

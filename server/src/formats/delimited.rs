@@ -265,7 +265,10 @@ impl<'a> TextColumns<'a> {
             fields.push(column.field);
             arrays.push(array);
         }
-        let schema = Arc::new(Schema::new(fields));
+        // Every field of the input, in its order (the common case): its schema, not a new one.
+        let whole_input = fields.len() == self.input_schema.fields().len()
+            && fields.iter().zip(self.input_schema.fields()).all(|(read, input)| read == input.as_ref());
+        let schema = if whole_input { self.input_schema.clone() } else { Arc::new(Schema::new(fields)) };
         let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(lines.len()));
         RecordBatch::try_new_with_options(schema, arrays, &options).map(Some).map_err(NodeError::internal)
     }
