@@ -13,6 +13,7 @@ use clap::Args;
 use tandem_tests::{Cluster, S3, Tandem};
 
 mod clickhouse;
+mod cpu;
 mod small_inserts;
 pub use small_inserts::Mode as SmallInsertMode;
 mod tiered;

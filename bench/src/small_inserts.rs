@@ -18,6 +18,7 @@ use tandem_tests::Cluster;
 use tokio::net::TcpStream;
 use tokio::sync::Mutex;
 
+use crate::cpu::{CpuClock, CpuUse};
 use crate::{BenchArgs, Client, metric, percentile, wait_for_count};
 
 /// Rows per insert.
@@ -39,12 +40,13 @@ pub enum Mode {
     Logged,
 }
 
-/// What the clients saw over one run.
+/// What the clients saw over one run, and the CPU it took.
 struct Run {
     latencies: Vec<Duration>,
     errors: u64,
     first_error: Option<String>,
     elapsed: Duration,
+    cpu: Option<CpuUse>,
 }
 
 /// `connections` clients each send 10-row TSV inserts into `table` at `url`, one after the
@@ -54,23 +56,37 @@ struct Run {
 /// pool, the request target built once): the client shares the machine's two cores with the
 /// server, and reqwest's per-request work (URL building, pool lookups) took about a fifth of
 /// the machine at 10,000 inserts/s, CPU the server then did not have.
-async fn drive(url: &str, table: &str, settings: &[(&str, &str)], connections: usize, duration: Duration) -> Run {
-    drive_target(request_target(url, table, settings), connections, duration).await
+async fn drive(
+    url: &str,
+    table: &str,
+    settings: &[(&str, &str)],
+    connections: usize,
+    duration: Duration,
+    watched: &[(&'static str, u32)],
+) -> Run {
+    drive_target(request_target(url, table, settings), connections, duration, watched).await
 }
 
 /// `connections` clients each send `GET /ping` on the same kind of connection, for `duration`:
 /// the request rate the machine allows when the server does nothing (the client, hyper and
 /// the kernel's TCP path), the ceiling of every insert mode.
-async fn drive_ping(url: &str, connections: usize, duration: Duration) -> Run {
+async fn drive_ping(url: &str, connections: usize, duration: Duration, watched: &[(&'static str, u32)]) -> Run {
     let target = reqwest::Url::parse(url).with_context(|| format!("bad URL {url}")).and_then(|url| {
         let host = url.host_str().context("the URL has no host")?;
         let port = url.port_or_known_default().context("the URL has no port")?;
         Ok(Arc::new(Target { address: format!("{host}:{port}"), path_and_query: "/ping".into(), method: Method::GET }))
     });
-    drive_target(target, connections, duration).await
+    drive_target(target, connections, duration, watched).await
 }
 
-async fn drive_target(target: anyhow::Result<Arc<Target>>, connections: usize, duration: Duration) -> Run {
+/// Runs the clients; the CPU of the machine and of the `watched` processes (a name and a pid
+/// each; the client is added) is counted over the run.
+async fn drive_target(
+    target: anyhow::Result<Arc<Target>>,
+    connections: usize,
+    duration: Duration,
+    watched: &[(&'static str, u32)],
+) -> Run {
     let target = match target {
         Ok(target) => target,
         Err(e) => {
@@ -79,9 +95,12 @@ async fn drive_target(target: anyhow::Result<Arc<Target>>, connections: usize, d
                 errors: 1,
                 first_error: Some(format!("{e:#}")),
                 elapsed: Duration::ZERO,
+                cpu: None,
             };
         }
     };
+    let watched: Vec<_> = watched.iter().copied().chain([("client", std::process::id())]).collect();
+    let clock = CpuClock::start(&watched);
     let stop = Arc::new(AtomicBool::new(false));
     let outcome = Arc::new(Mutex::new((Vec::new(), 0u64, None::<String>)));
     let started = Instant::now();
@@ -126,8 +145,10 @@ async fn drive_target(target: anyhow::Result<Arc<Target>>, connections: usize, d
     }
     let elapsed = started.elapsed();
     let (mut latencies, errors, first_error) = std::mem::take(&mut *outcome.lock().await);
+    // Refused requests cost CPU too: the cost is per request sent, answered or not.
+    let cpu = clock.and_then(|clock| clock.stop(latencies.len() + errors as usize));
     latencies.sort();
-    Run { latencies, errors, first_error, elapsed }
+    Run { latencies, errors, first_error, elapsed, cpu }
 }
 
 /// Where the inserts go: the server's address and the request target (path and query string).
@@ -205,6 +226,9 @@ fn report(system: &str, mode: &str, what: &str, run: &Run, extra: &str) {
         answered as f64 / run.elapsed.as_secs_f64(),
         run.errors,
     );
+    if let Some(cpu) = &run.cpu {
+        println!("    CPU: {cpu}");
+    }
     if let Some(error) = &run.first_error {
         println!("    first error: {}", error.chars().take(300).collect::<String>());
     }
@@ -215,6 +239,10 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
     let connections = args.small_insert_connections.max(1);
     let cluster = Cluster::start(2).await?;
     let node = Client::of(&cluster.nodes[0]);
+    let watched: Vec<(&'static str, u32)> = [("node 1", &cluster.nodes[0]), ("node 2", &cluster.nodes[1])]
+        .into_iter()
+        .filter_map(|(name, node)| Some((name, node.pid()?)))
+        .collect();
     println!(
         "small inserts: {connections} connections sending {ROWS}-row TSV inserts for {}s to node 1 of 2 (etcd)",
         duration.as_secs()
@@ -226,7 +254,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         (Mode::Logged, "async, wait=0", "small_logged", &[("async_insert", "1"), ("wait_for_async_insert", "0")]),
     ];
     if wanted(Mode::Ping) {
-        let floor = drive_ping(&node.base, connections, duration).await;
+        let floor = drive_ping(&node.base, connections, duration, &watched).await;
         report("tandem", "GET /ping (ceiling)", "requests", &floor, "");
     }
     for (_, mode, table, settings) in modes.into_iter().filter(|(mode, ..)| wanted(*mode)) {
@@ -239,7 +267,7 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         .await?;
         let parts_before = metric(&node, "tandem_insert_parts_total").await?;
         let revision_before = metric(&node, "tandem_catalog_applied_revision").await?;
-        let run = drive(&node.base, table, settings, connections, duration).await;
+        let run = drive(&node.base, table, settings, connections, duration, &watched).await;
         let acked = run.latencies.len() * ROWS as usize;
         // Every acknowledged insert is registered (at once, or by the flushes that follow).
         let registered = wait_for_count(&node, table, acked, Duration::from_secs(120))
@@ -296,7 +324,7 @@ async fn clickhouse(urls: &[String], connections: usize, duration: Duration) -> 
         }
     }
     let first = &clients[0];
-    let run = drive(&first.base, "small_bench", &[], connections, duration).await;
+    let run = drive(&first.base, "small_bench", &[], connections, duration, &[]).await;
     let parts = first.statement("SELECT count() FROM system.parts WHERE table = 'small_bench' AND active").await?;
     report("clickhouse", "sync (18.16)", "inserts", &run, &format!("  active parts after {}", parts.trim()));
     for client in &clients {
