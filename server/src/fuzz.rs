@@ -5,7 +5,7 @@
 //!
 //! `PROPTEST_CASES` sets the number of inputs per target (the test command runs the default
 //! below; run with a larger number for a longer campaign). Failing inputs that proptest finds
-//! are saved under `node/proptest-regressions/` and replayed first on every later run.
+//! are saved under `server/proptest-regressions/` and replayed first on every later run.
 
 use bytes::Bytes;
 use proptest::prelude::*;

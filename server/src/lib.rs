@@ -38,6 +38,7 @@ mod part_reader;
 pub mod query;
 pub mod query_log;
 mod run_aggregate;
+mod scan_pruning;
 pub mod state;
 pub mod statement;
 pub mod system_tables;

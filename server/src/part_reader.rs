@@ -53,6 +53,37 @@ impl PartReaderFactory {
     pub fn new(place: Place, store: Arc<dyn ObjectStore>, metadata_cache: Arc<FileMetadataCache>) -> Self {
         PartReaderFactory { place, store, metadata_cache }
     }
+
+    /// A part's footer and page index, as its reader gets them (from the cache, or read and
+    /// cached), for planning.
+    pub async fn metadata(&self, file: &PartitionedFile) -> Result<Arc<ParquetMetaData>, ParquetError> {
+        part_metadata(
+            self.store.as_ref(),
+            &self.metadata_cache,
+            file,
+            Some(tandem_parts::VERIFIED_BLOCK_BYTES as usize),
+        )
+        .await
+    }
+}
+
+/// The footer and the page index of `file`, from `cache` (filled on a miss, through `store`).
+/// The page index is asked for whatever the scan's options say: the scan loads it anyway when
+/// a predicate could prune pages, and caching it with the footer is what spares the next
+/// query the work.
+async fn part_metadata(
+    store: &dyn ObjectStore,
+    cache: &Arc<FileMetadataCache>,
+    file: &PartitionedFile,
+    size_hint: Option<usize>,
+) -> Result<Arc<ParquetMetaData>, ParquetError> {
+    DFParquetMetadata::new(store, &file.object_meta)
+        .with_file_metadata_cache(Some(cache.clone()))
+        .with_metadata_size_hint(size_hint)
+        .with_page_index_policy(Some(PageIndexPolicy::Optional))
+        .fetch_metadata()
+        .await
+        .map_err(|e| ParquetError::General(format!("cannot read the metadata of {}: {e}", file.path())))
 }
 
 impl ParquetFileReaderFactory for PartReaderFactory {
@@ -146,24 +177,12 @@ impl AsyncFileReader for PartReader {
         }
     }
 
-    /// The footer and the page index, from the runtime's metadata cache (filled on a miss,
-    /// through the store). The page index is asked for whatever the scan's options say:
-    /// the scan loads it anyway when a predicate could prune pages, and caching it with the
-    /// footer is what spares the next query the work.
+    /// The footer and the page index, through the runtime's metadata cache ([`part_metadata`]).
     fn get_metadata<'a>(
         &'a mut self,
         _options: Option<&'a ArrowReaderOptions>,
     ) -> BoxFuture<'a, Result<Arc<ParquetMetaData>, ParquetError>> {
-        async move {
-            DFParquetMetadata::new(self.store.as_ref(), &self.file.object_meta)
-                .with_file_metadata_cache(Some(self.metadata_cache.clone()))
-                .with_metadata_size_hint(self.metadata_size_hint)
-                .with_page_index_policy(Some(PageIndexPolicy::Optional))
-                .fetch_metadata()
-                .await
-                .map_err(|e| ParquetError::General(format!("cannot read the metadata of {}: {e}", self.file.path())))
-        }
-        .boxed()
+        part_metadata(self.store.as_ref(), &self.metadata_cache, &self.file, self.metadata_size_hint).boxed()
     }
 }
 
