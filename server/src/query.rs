@@ -53,6 +53,10 @@ use tandem_replica::{ActivePart, Replica, TableState};
 /// Parts whose metadata a query's planning reads at once (from the bucket, when not cached).
 const METADATA_READS: usize = 8;
 
+/// Parts a query's planning weighs against its filter on the runtime (more go to a blocking
+/// thread).
+const INLINE_PRUNING_PARTS: usize = 32;
+
 /// One table's parts as of the query's start. Holding the parts keeps their files alive.
 ///
 /// Parts written under older schemas are read under the current one through the stable
@@ -147,7 +151,7 @@ impl PartsTable {
     /// cannot be read or is not of the shape the pruning expects, when the scan is left to
     /// prune each file itself.
     async fn pruned_files(
-        pruning: &ScanPruning,
+        pruning: ScanPruning,
         files: &[PartitionedFile],
         reader: &PartReaderFactory,
     ) -> Option<(Vec<PartitionedFile>, usize, usize)> {
@@ -157,19 +161,26 @@ impl PartsTable {
             .buffered(METADATA_READS)
             .collect()
             .await;
-        let (mut kept, mut read, mut total) = (Vec::with_capacity(files.len()), 0, 0);
-        for (file, metadata) in files.iter().zip(metadata) {
-            let metadata = metadata.ok()?;
-            if !pruning.fits(&metadata) {
-                return None;
+        let inline = files.len() <= INLINE_PRUNING_PARTS;
+        let files = files.to_vec();
+        let choose = move || {
+            let (mut kept, mut read, mut total) = (Vec::with_capacity(files.len()), 0, 0);
+            for (file, metadata) in files.into_iter().zip(metadata) {
+                let metadata = metadata.ok()?;
+                if !pruning.fits(&metadata) {
+                    return None;
+                }
+                total += metadata.num_row_groups();
+                if let Some(plan) = pruning.access_plan(&metadata) {
+                    read += plan.row_group_index_iter().count();
+                    kept.push(file.with_extension(plan));
+                }
             }
-            total += metadata.num_row_groups();
-            if let Some(plan) = pruning.access_plan(&metadata) {
-                read += plan.row_group_index_iter().count();
-                kept.push(file.clone().with_extension(plan));
-            }
-        }
-        Some((kept, read, total))
+            Some((kept, read, total))
+        };
+        // Each part's pages are weighed against the filter: a table of many parts is pruned off
+        // the runtime that plans every query, a few parts (tens of µs each) where they are.
+        if inline { choose() } else { tokio::task::spawn_blocking(choose).await.ok()? }
     }
 
     /// One scan of parts that share a layout and a place (this node's disk, or the bucket),
@@ -228,7 +239,7 @@ impl PartsTable {
         // a layout (renamed or added columns) is pruned by the scan, under its file's names.
         let pruning = predicate.filter(|_| identity).and_then(|p| ScanPruning::new(p, file_schema.clone()));
         let mut pruned = None;
-        if let Some(pruning) = &pruning
+        if let Some(pruning) = pruning
             && let Some((kept, read, total)) = Self::pruned_files(pruning, &files, &reader).await
         {
             if kept.is_empty() {
