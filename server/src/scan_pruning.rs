@@ -38,9 +38,9 @@ pub struct ScanPruning {
     schema: SchemaRef,
     row_groups: PruningPredicate,
     pages: PagePruningAccessPlanFilter,
-    /// Where the page pruning's per-file counters go (nobody reads them: the scan's own
-    /// metrics say what it read).
-    metrics: ExecutionPlanMetricsSet,
+    /// Where the page pruning counts what it pruned, one set for all parts (nobody reads it:
+    /// the scan's own metrics say what it read).
+    metrics: ParquetFileMetrics,
 }
 
 impl ScanPruning {
@@ -53,7 +53,8 @@ impl ScanPruning {
             return None;
         }
         let pages = PagePruningAccessPlanFilter::new(predicate, schema.clone());
-        Some(ScanPruning { schema, row_groups, pages, metrics: ExecutionPlanMetricsSet::new() })
+        let metrics = ParquetFileMetrics::new(0, "pruned at planning", &ExecutionPlanMetricsSet::new());
+        Some(ScanPruning { schema, row_groups, pages, metrics })
     }
 
     /// Whether a part's columns are read as this pruning's schema says: the same names and
@@ -90,13 +91,12 @@ impl ScanPruning {
         if !reads_any(&plan) {
             return None;
         }
-        let file_metrics = ParquetFileMetrics::new(0, "pruned at planning", &self.metrics);
         plan = self.pages.prune_plan_with_page_index(
             plan,
             &self.schema,
             metadata.file_metadata().schema_descr(),
             metadata,
-            &file_metrics,
+            &self.metrics,
         );
         reads_any(&plan).then_some(plan)
     }
