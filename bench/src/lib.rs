@@ -14,6 +14,7 @@ use tandem_tests::{Cluster, S3, Tandem};
 
 mod clickhouse;
 mod cpu;
+mod lean_http;
 mod small_inserts;
 pub use small_inserts::Mode as SmallInsertMode;
 mod tiered;
