@@ -1,4 +1,8 @@
+use std::sync::Arc;
+
 use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
 
 use crate::PartError;
@@ -14,50 +18,100 @@ const HASH_BUFFER_BYTES: usize = 64 * 1024;
 /// Parquet get the same id. With a client token (`insert_deduplication_token`) the id is the
 /// hash of the token and the partition instead.
 pub fn block_id(table: &str, partition: &str, batch: &RecordBatch, token: Option<&str>) -> Result<String, PartError> {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update(b"tandem-block-v1\0");
-    hash_str(&mut hasher, table);
-    hash_str(&mut hasher, partition);
-    if let Some(token) = token {
-        hasher.update(b"token\0");
-        hash_str(&mut hasher, token);
-        return Ok(hasher.finalize().to_hex().to_string());
-    }
-    hasher.update(b"rows\0");
-    let schema = batch.schema();
-    for field in schema.fields() {
-        hash_str(&mut hasher, field.name());
-        hash_str(&mut hasher, &field.data_type().to_string());
-    }
-    hasher.update(&(batch.num_rows() as u64).to_le_bytes());
-    if batch.num_columns() > 0 {
-        let sort_fields = schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect();
-        let converter = RowConverter::new(sort_fields)?;
-        let rows = converter.convert_columns(batch.columns())?;
-        // Each row is hashed as its length and its bytes. They are gathered into one buffer
-        // first: blake3 hashes a large input several chunks at a time (SIMD), but a row of a
-        // few dozen bytes one compression at a time, several times slower.
-        // Sized for the rows when they are fewer: a small insert would otherwise pay for
-        // zeroing fresh pages of a 64 KiB buffer it barely uses.
-        let row_bytes = rows.size() + rows.num_rows() * size_of::<u64>();
-        let mut buffer = Vec::with_capacity(row_bytes.min(HASH_BUFFER_BYTES));
-        for row in rows.iter() {
-            let bytes = row.as_ref();
-            buffer.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-            buffer.extend_from_slice(bytes);
-            if buffer.len() >= HASH_BUFFER_BYTES {
-                hasher.update(&buffer);
-                buffer.clear();
-            }
+    Ok(BlockHasher::new(batch.schema_ref())?.hash(table, partition, batch, token)?.to_hex().to_string())
+}
+
+/// Hashes the blocks of one schema into their ids ([`block_id`]'s bytes exactly). What depends
+/// only on the schema, the column names and types and the row encoder, is prepared once: for
+/// an insert of a few rows it cost more than hashing the rows.
+pub struct BlockHasher {
+    schema: SchemaRef,
+    /// Each column's name and type, as `hash_str` feeds them to the hasher.
+    columns: Vec<u8>,
+    /// `None` for a schema without columns.
+    converter: Option<RowConverter>,
+}
+
+impl BlockHasher {
+    pub fn new(schema: &SchemaRef) -> Result<BlockHasher, PartError> {
+        let mut columns = Vec::new();
+        for field in schema.fields() {
+            push_str(&mut columns, field.name());
+            push_str(&mut columns, &field.data_type().to_string());
         }
-        hasher.update(&buffer);
+        let converter = if schema.fields().is_empty() {
+            None
+        } else {
+            Some(RowConverter::new(schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?)
+        };
+        Ok(BlockHasher { schema: schema.clone(), columns, converter })
     }
-    Ok(hasher.finalize().to_hex().to_string())
+
+    /// The schema this hasher takes.
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
+    /// The id of `batch`, which must be of this hasher's schema.
+    pub fn hash(
+        &self,
+        table: &str,
+        partition: &str,
+        batch: &RecordBatch,
+        token: Option<&str>,
+    ) -> Result<blake3::Hash, PartError> {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"tandem-block-v1\0");
+        hash_str(&mut hasher, table);
+        hash_str(&mut hasher, partition);
+        if let Some(token) = token {
+            hasher.update(b"token\0");
+            hash_str(&mut hasher, token);
+            return Ok(hasher.finalize());
+        }
+        if !Arc::ptr_eq(batch.schema_ref(), &self.schema) && **batch.schema_ref() != *self.schema {
+            return Err(PartError::Arrow(ArrowError::SchemaError(format!(
+                "a block of schema {} hashed as one of {}",
+                batch.schema_ref(),
+                self.schema
+            ))));
+        }
+        hasher.update(b"rows\0");
+        hasher.update(&self.columns);
+        hasher.update(&(batch.num_rows() as u64).to_le_bytes());
+        if let Some(converter) = &self.converter {
+            let rows = converter.convert_columns(batch.columns())?;
+            // Each row is hashed as its length and its bytes. They are gathered into one buffer
+            // first: blake3 hashes a large input several chunks at a time (SIMD), but a row of a
+            // few dozen bytes one compression at a time, several times slower.
+            // Sized for the rows when they are fewer: a small insert would otherwise pay for
+            // zeroing fresh pages of a 64 KiB buffer it barely uses.
+            let row_bytes = rows.size() + rows.num_rows() * size_of::<u64>();
+            let mut buffer = Vec::with_capacity(row_bytes.min(HASH_BUFFER_BYTES));
+            for row in rows.iter() {
+                let bytes = row.as_ref();
+                buffer.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+                buffer.extend_from_slice(bytes);
+                if buffer.len() >= HASH_BUFFER_BYTES {
+                    hasher.update(&buffer);
+                    buffer.clear();
+                }
+            }
+            hasher.update(&buffer);
+        }
+        Ok(hasher.finalize())
+    }
 }
 
 fn hash_str(hasher: &mut blake3::Hasher, s: &str) {
     hasher.update(&(s.len() as u64).to_le_bytes());
     hasher.update(s.as_bytes());
+}
+
+/// `hash_str`'s bytes, gathered to be hashed later.
+fn push_str(out: &mut Vec<u8>, s: &str) {
+    out.extend_from_slice(&(s.len() as u64).to_le_bytes());
+    out.extend_from_slice(s.as_bytes());
 }
 
 #[cfg(test)]
@@ -111,6 +165,17 @@ mod tests {
             block_id("t", "202401", &many, None).unwrap(),
             "a12826c67bda9baf043460f879854f32cb083c63a1ed43d3cb564472155b06f5"
         );
+    }
+
+    #[test]
+    fn a_hasher_refuses_a_block_of_another_schema() {
+        let hasher = BlockHasher::new(batch(vec![Some("a")], vec![1]).schema_ref()).unwrap();
+        let other = RecordBatch::try_new(
+            Arc::new(Schema::new(vec![Field::new("v", DataType::Int64, false)])),
+            vec![Arc::new(Int64Array::from(vec![1]))],
+        )
+        .unwrap();
+        assert!(hasher.hash("t", "all", &other, None).is_err());
     }
 
     #[test]

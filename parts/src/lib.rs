@@ -36,7 +36,7 @@ mod store;
 pub use arrow;
 pub use parquet;
 
-pub use block::block_id;
+pub use block::{BlockHasher, block_id};
 pub use codec::{Codec, UnknownCodec};
 pub use encode::{EncodedPart, PartMetadata, ROW_GROUP_ROWS, WrittenPart, encode_part};
 pub use error::PartError;

@@ -59,16 +59,31 @@ pub fn split_by_partition(batch: &RecordBatch, spec: &PartitionSpec) -> Result<V
     let monthly = matches!(spec, PartitionSpec::Month { .. });
     let array = batch.column_by_name(column).ok_or_else(|| PartError::MissingColumn { column: column.to_string() })?;
     let days = days_since_epoch(array.as_ref(), column)?;
-    let mut rows_by_partition: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    // Rows mostly come in runs of one day, and a whole small insert in one partition: a day's
+    // key is computed once per run, and rows are grouped only when a second key turns up.
+    let mut keys = Vec::with_capacity(days.len());
+    let mut last: Option<(i64, u32)> = None;
     for (row, day) in days.into_iter().enumerate() {
         let day = day.ok_or_else(|| PartError::NullPartitionValue { column: column.to_string(), row: row + 1 })?;
-        let (y, m, d) = civil_from_days(day);
-        let key = if monthly { (y * 100 + m) as u32 } else { (y * 10_000 + m * 100 + d) as u32 };
-        rows_by_partition.entry(key).or_default().push(row as u32);
+        let key = match last {
+            Some((last_day, key)) if last_day == day => key,
+            _ => {
+                let (y, m, d) = civil_from_days(day);
+                let key = if monthly { (y * 100 + m) as u32 } else { (y * 10_000 + m * 100 + d) as u32 };
+                last = Some((day, key));
+                key
+            }
+        };
+        keys.push(key);
     }
-    if rows_by_partition.len() == 1 {
-        let (key, _) = rows_by_partition.into_iter().next().expect("one entry");
-        return Ok(vec![(key.to_string(), batch.clone())]);
+    match keys.first() {
+        None => return Ok(Vec::new()),
+        Some(&first) if keys.iter().all(|&key| key == first) => return Ok(vec![(first.to_string(), batch.clone())]),
+        Some(_) => {}
+    }
+    let mut rows_by_partition: BTreeMap<u32, Vec<u32>> = BTreeMap::new();
+    for (row, key) in keys.into_iter().enumerate() {
+        rows_by_partition.entry(key).or_default().push(row as u32);
     }
     rows_by_partition
         .into_iter()

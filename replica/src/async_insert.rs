@@ -20,9 +20,7 @@ use std::time::Duration;
 use tandem_coordinator::{AsyncBlockId, FlushOutcome, MAX_PARTS_PER_FLUSH, NewPart, Revision};
 use tandem_parts::arrow::array::{Array, RecordBatch, UInt32Array};
 use tandem_parts::arrow::compute::{concat_batches, take_record_batch};
-use tandem_parts::{
-    PART_FORMAT_VERSION, PartId, PartManifest, PartMetadata, block_id, encode_part, split_by_partition,
-};
+use tandem_parts::{PART_FORMAT_VERSION, PartId, PartManifest, PartMetadata, encode_part, split_by_partition};
 use tokio::sync::oneshot;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -119,9 +117,10 @@ impl Replica {
             )));
         }
         let inserts = self.async_inserts.clone();
+        let codecs = inserts.codecs(&table, rows.schema_ref())?;
         let rows_bytes = rows.get_array_memory_size();
         let (split_def, token, deduplicate) = (def.clone(), options.deduplication_token.clone(), options.deduplicate);
-        let split_inserts = inserts.clone();
+        let (split_inserts, split_codecs) = (inserts.clone(), codecs.clone());
         let split = move || -> Result<Vec<Piece>, Error> {
             let mut pieces = Vec::new();
             if rows.num_rows() == 0 {
@@ -129,8 +128,8 @@ impl Replica {
             }
             for (partition, block) in split_by_partition(&rows, &split_def.partition_by)? {
                 let id = if deduplicate {
-                    let hex = block_id(&split_def.name, &partition, &block, token.as_deref())?;
-                    AsyncBlockId::from_hash(&parse_hash(&hex).ok_or_else(|| Error::internal("block id is not a hash"))?)
+                    let hash = split_codecs.hasher.hash(&split_def.name, &partition, &block, token.as_deref())?;
+                    AsyncBlockId::from_hash(hash.as_bytes())
                 } else {
                     split_inserts.unique_id()
                 };
@@ -212,13 +211,10 @@ impl Replica {
             encode_inserts
                 .ensure_definition(&encode_def, created, version)
                 .map_err(|e| Error::Unavailable(format!("cannot write to the insert log: {e}; nothing was logged")))?;
-            match batches.first() {
-                Some(first) => {
-                    let framing = encode_inserts.framing(&header.table, &first.schema())?;
-                    encode_logged(&header, &batches, &framing)
-                }
-                None => Err(Error::internal("a logged insert has no rows")),
+            if batches.is_empty() {
+                return Err(Error::internal("a logged insert has no rows"));
             }
+            encode_logged(&header, &batches, &codecs.framing)
         };
         // The definition's file is written once per schema version; after that, encoding a
         // small insert is cheaper than a hop to a blocking thread.
@@ -317,17 +313,6 @@ impl Replica {
         }
         Ok(summary)
     }
-}
-
-fn parse_hash(hex: &str) -> Option<[u8; 32]> {
-    let mut out = [0u8; 32];
-    if hex.len() != 64 {
-        return None;
-    }
-    for (i, byte) in out.iter_mut().enumerate() {
-        *byte = u8::from_str_radix(hex.get(2 * i..2 * i + 2)?, 16).ok()?;
-    }
-    Some(out)
 }
 
 /// Replays the inserts the log kept, then flushes buffers as they fall due, until shutdown.

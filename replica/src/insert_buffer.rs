@@ -14,12 +14,12 @@ use serde::{Deserialize, Serialize};
 use tandem_coordinator::{
     AsyncBlockId, AsyncBlockSet, ClusterEvent, EventBatch, MAX_ASYNC_BLOCKS_PER_FLUSH, Revision, Snapshot,
 };
-use tandem_parts::PartId;
 use tandem_parts::arrow::array::RecordBatch;
 use tandem_parts::arrow::datatypes::SchemaRef;
 use tandem_parts::arrow::ipc::writer::{
     DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions, StreamWriter, write_message,
 };
+use tandem_parts::{BlockHasher, PartId};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
@@ -107,8 +107,8 @@ pub(crate) struct AsyncInserts {
     definitions_dir: PathBuf,
     /// The versions (created, version) written, per table.
     definitions_written: Mutex<HashMap<String, HashSet<(Revision, Revision)>>>,
-    /// The IPC framing of the schema each table's inserts were last logged under.
-    framings: Mutex<HashMap<String, Arc<IpcFraming>>>,
+    /// How each table's inserts were last hashed and logged, for the schema they had.
+    codecs: Mutex<HashMap<String, Arc<SchemaCodecs>>>,
     buffers: Mutex<BTreeMap<String, TableBuffer>>,
     index: BlockIndex,
     wake: Notify,
@@ -140,7 +140,7 @@ impl AsyncInserts {
             log,
             definitions_dir,
             definitions_written: Mutex::default(),
-            framings: Mutex::default(),
+            codecs: Mutex::default(),
             buffers: Mutex::default(),
             index: BlockIndex::default(),
             wake: Notify::new(),
@@ -220,16 +220,21 @@ impl AsyncInserts {
             .is_ok_and(|written| written.get(table).is_some_and(|versions| versions.contains(&(created, version))))
     }
 
-    /// The IPC framing of `schema`, the schema of `table`'s decoded inserts: built once, and
-    /// again only when the table's schema changed.
-    pub(crate) fn framing(&self, table: &str, schema: &SchemaRef) -> Result<Arc<IpcFraming>, Error> {
-        let cached = self.framings.lock().map_err(Error::internal)?.get(table).cloned();
+    /// How to hash and log `table`'s inserts decoded under `schema`: built once, and again only
+    /// when the table's schema changed.
+    pub(crate) fn codecs(&self, table: &str, schema: &SchemaRef) -> Result<Arc<SchemaCodecs>, Error> {
+        let cached = self.codecs.lock().map_err(Error::internal)?.get(table).cloned();
         match cached {
-            Some(framing) if Arc::ptr_eq(&framing.schema, schema) || framing.schema == *schema => Ok(framing),
+            Some(codecs) if Arc::ptr_eq(&codecs.framing.schema, schema) || codecs.framing.schema == *schema => {
+                Ok(codecs)
+            }
             _ => {
-                let framing = Arc::new(IpcFraming::new(schema)?);
-                self.framings.lock().map_err(Error::internal)?.insert(table.to_string(), framing.clone());
-                Ok(framing)
+                let codecs = Arc::new(SchemaCodecs {
+                    framing: IpcFraming::new(schema)?,
+                    hasher: BlockHasher::new(schema).map_err(Error::internal)?,
+                });
+                self.codecs.lock().map_err(Error::internal)?.insert(table.to_string(), codecs.clone());
+                Ok(codecs)
             }
         }
     }
@@ -485,6 +490,12 @@ impl BlockIndex {
         }
         beyond
     }
+}
+
+/// What hashing and logging inserts of one schema needs, built once per table and schema.
+pub(crate) struct SchemaCodecs {
+    pub(crate) framing: IpcFraming,
+    pub(crate) hasher: BlockHasher,
 }
 
 /// The Arrow IPC stream around one schema's batches: the schema message before them and the

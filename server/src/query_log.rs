@@ -165,7 +165,9 @@ pub fn masked(text: &str) -> String {
         end -= 1;
     }
     let text = &text[..end];
-    let Some(start) = text.to_ascii_uppercase().find("IDENTIFIED") else {
+    // Found without an upper-cased copy of the text: this runs on every request.
+    let Some(start) = text.as_bytes().windows(b"IDENTIFIED".len()).position(|w| w.eq_ignore_ascii_case(b"IDENTIFIED"))
+    else {
         return text.to_string();
     };
     let (head, rest) = text.split_at(start);
