@@ -3,18 +3,21 @@
 //! `/ready` and `/metrics`.
 
 use std::collections::HashMap;
+use std::convert::Infallible;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{DefaultBodyLimit, FromRequestParts, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
 use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::SendableRecordBatchStream;
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 
 use crate::error::NodeError;
@@ -35,7 +38,7 @@ use tandem_replica::metrics::Metrics;
 use tandem_replica::schema::Durability;
 use tandem_replica::{Acknowledged, AsyncInsertOptions, InsertOptions, Quorum, Replica};
 
-pub(crate) fn router(server: Arc<Server>) -> Router {
+fn router(server: Arc<Server>) -> Router {
     Router::new()
         .route("/", get(handle).post(handle))
         .route("/health", get(health))
@@ -49,6 +52,40 @@ pub(crate) fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
+/// The API as one service: `GET` and `POST /`, where every statement arrives, go straight to
+/// [`handle`]; everything else (and `HEAD /`, and other methods' 405) through the router.
+/// The router's dispatch and boxed layers cost about 1.5 µs of CPU a request, a few percent
+/// of a small insert's.
+#[derive(Clone)]
+pub(crate) struct Api {
+    server: Arc<Server>,
+    router: Router,
+}
+
+impl Api {
+    pub(crate) fn new(server: Arc<Server>) -> Api {
+        Api { server: server.clone(), router: router(server) }
+    }
+}
+
+impl tower_service::Service<Request> for Api {
+    type Response = Response;
+    type Error = Infallible;
+    type Future = BoxFuture<'static, Result<Response, Infallible>>;
+
+    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, request: Request) -> Self::Future {
+        if request.uri().path() == "/" && matches!(*request.method(), Method::GET | Method::POST) {
+            handle(State(self.server.clone()), request).map(Ok).boxed()
+        } else {
+            self.router.call(request).boxed()
+        }
+    }
+}
+
 async fn health() -> &'static str {
     "Ok.\n"
 }
@@ -58,12 +95,15 @@ async fn health() -> &'static str {
 struct UrlParameters(HashMap<String, String>);
 
 impl<S: Send + Sync> FromRequestParts<S> for UrlParameters {
-    type Rejection = std::convert::Infallible;
+    type Rejection = Infallible;
 
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
-        let query = parts.uri.query().unwrap_or_default();
-        Ok(UrlParameters(form_urlencoded::parse(query.as_bytes()).into_owned().collect()))
+        Ok(UrlParameters(url_parameters(&parts.uri)))
     }
+}
+
+fn url_parameters(uri: &Uri) -> HashMap<String, String> {
+    form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect()
 }
 
 /// Ready to serve inserts and queries. With `?durability=object_store`, also requires the
@@ -158,13 +198,9 @@ async fn metrics(State(server): State<Arc<Server>>) -> Response {
     ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], server.replica.render_metrics().await).into_response()
 }
 
-async fn handle(
-    State(server): State<Arc<Server>>,
-    method: Method,
-    UrlParameters(mut params): UrlParameters,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response {
+    let (parts, body) = request.into_parts();
+    let (method, headers, mut params) = (parts.method, parts.headers, url_parameters(&parts.uri));
     let mut logged = Some(server.query_log.begin());
     // What every answer carries whatever happens: the query id, the time zone, the encoding.
     let exchange = crate::clickhouse_http::Exchange::of(&params, &headers);

@@ -48,6 +48,8 @@ mod top_k;
 use std::path::Path;
 use std::sync::Arc;
 
+use axum::ServiceExt;
+
 use tandem_access::AccessControl;
 use tandem_replica::Replica;
 
@@ -95,13 +97,13 @@ impl FrontDoor {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let router = http::router(Arc::new(self.server));
+        let api = http::Api::new(Arc::new(self.server)).into_make_service();
         match self.https {
             Some(https) => {
                 let listener = tls::TlsListener::bind(listener, https)?;
-                axum::serve(listener, router).with_graceful_shutdown(shutdown).await?;
+                axum::serve(listener, api).with_graceful_shutdown(shutdown).await?;
             }
-            None => axum::serve(listener, router).with_graceful_shutdown(shutdown).await?,
+            None => axum::serve(listener, api).with_graceful_shutdown(shutdown).await?,
         }
         Ok(())
     }
