@@ -29,11 +29,9 @@ use crate::error::Error;
 use crate::insert::{
     Acknowledged, InsertOptions, InsertSummary, QuorumSummary, QuorumTarget, dedup_window_ms, discard_unregistered,
 };
-use crate::insert_buffer::{
-    AsyncBacklog, AsyncInserts, Entry, FlushAck, LoggedInsert, LoggedPiece, MAX_RETRY, Piece, decode_logged,
-    encode_logged,
-};
+use crate::insert_buffer::{AsyncBacklog, AsyncInserts, Entry, FlushAck, MAX_RETRY, Piece};
 use crate::insert_log::LogError;
+use crate::logged_insert::{LoggedInsert, LoggedPiece, decode_logged};
 use crate::replica::Replica;
 use crate::schema::{Durability, TableDef};
 
@@ -214,7 +212,7 @@ impl Replica {
             if batches.is_empty() {
                 return Err(Error::internal("a logged insert has no rows"));
             }
-            encode_logged(&header, &batches, &codecs.framing)
+            codecs.encode(&header, &batches)
         };
         // The definition's file is written once per schema version; after that, encoding a
         // small insert is cheaper than a hop to a blocking thread.
@@ -367,6 +365,11 @@ const SPARE_ROOM_BYTES: usize = 1024;
 /// Whether `batch`'s buffers hold much more room than its rows fill (or what they fill is not
 /// known: a copy is then the safe side).
 fn holds_spare_room(batch: &RecordBatch) -> bool {
+    // What the rows fill is dearer to find (a copy of each column's description) than the
+    // room a small insert's buffers hold.
+    if batch.get_array_memory_size() <= SPARE_ROOM_BYTES {
+        return false;
+    }
     match batch.columns().iter().map(|c| c.to_data().get_slice_memory_size()).sum::<Result<usize, _>>() {
         Ok(filled) => batch.get_array_memory_size() > filled.saturating_mul(2).saturating_add(SPARE_ROOM_BYTES),
         Err(_) => true,

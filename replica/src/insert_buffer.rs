@@ -10,21 +10,18 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use serde::{Deserialize, Serialize};
 use tandem_coordinator::{
     AsyncBlockId, AsyncBlockSet, ClusterEvent, EventBatch, MAX_ASYNC_BLOCKS_PER_FLUSH, Revision, Snapshot,
 };
+use tandem_parts::PartId;
 use tandem_parts::arrow::array::RecordBatch;
 use tandem_parts::arrow::datatypes::SchemaRef;
-use tandem_parts::arrow::ipc::writer::{
-    DictionaryTracker, IpcDataGenerator, IpcWriteContext, IpcWriteOptions, StreamWriter, write_message,
-};
-use tandem_parts::{BlockHasher, PartId};
 use tokio::sync::{Notify, oneshot};
 use tokio::time::Instant;
 
 use crate::error::Error;
 use crate::insert_log::{InsertLog, LogError, Recovery};
+use crate::logged_insert::SchemaCodecs;
 use crate::schema::TableDef;
 
 /// One table's buffered inserts, as `system.asynchronous_inserts` shows them.
@@ -83,21 +80,6 @@ pub(crate) struct TableBuffer {
     pub(crate) retry_at: Option<Instant>,
     pub(crate) backoff: Duration,
     pub(crate) last_error: Option<String>,
-}
-
-/// The header of a logged insert; its rows follow as one Arrow IPC stream, one batch per piece.
-#[derive(Serialize, Deserialize)]
-pub(crate) struct LoggedInsert {
-    pub(crate) table: String,
-    pub(crate) created: Revision,
-    pub(crate) version: Revision,
-    pub(crate) pieces: Vec<LoggedPiece>,
-}
-
-#[derive(Serialize, Deserialize)]
-pub(crate) struct LoggedPiece {
-    pub(crate) partition: String,
-    pub(crate) id: [u8; 16],
 }
 
 /// The asynchronous insert buffer of one node.
@@ -225,14 +207,9 @@ impl AsyncInserts {
     pub(crate) fn codecs(&self, table: &str, schema: &SchemaRef) -> Result<Arc<SchemaCodecs>, Error> {
         let cached = self.codecs.lock().map_err(Error::internal)?.get(table).cloned();
         match cached {
-            Some(codecs) if Arc::ptr_eq(&codecs.framing.schema, schema) || codecs.framing.schema == *schema => {
-                Ok(codecs)
-            }
+            Some(codecs) if Arc::ptr_eq(codecs.schema(), schema) || **codecs.schema() == **schema => Ok(codecs),
             _ => {
-                let codecs = Arc::new(SchemaCodecs {
-                    framing: IpcFraming::new(schema)?,
-                    hasher: BlockHasher::new(schema).map_err(Error::internal)?,
-                });
+                let codecs = Arc::new(SchemaCodecs::new(schema)?);
                 self.codecs.lock().map_err(Error::internal)?.insert(table.to_string(), codecs.clone());
                 Ok(codecs)
             }
@@ -492,91 +469,6 @@ impl BlockIndex {
     }
 }
 
-/// What hashing and logging inserts of one schema needs, built once per table and schema.
-pub(crate) struct SchemaCodecs {
-    pub(crate) framing: IpcFraming,
-    pub(crate) hasher: BlockHasher,
-}
-
-/// The Arrow IPC stream around one schema's batches: the schema message before them and the
-/// end-of-stream marker after. A logged insert's rows are such a stream; building the schema
-/// message (a flatbuffer) cost as much as encoding a 10-row insert's rows, so it is built once
-/// per table and schema and copied.
-pub(crate) struct IpcFraming {
-    schema: SchemaRef,
-    head: Vec<u8>,
-    tail: Vec<u8>,
-}
-
-impl IpcFraming {
-    fn new(schema: &SchemaRef) -> Result<IpcFraming, Error> {
-        let mut stream = Vec::new();
-        let mut writer = StreamWriter::try_new(&mut stream, schema).map_err(Error::internal)?;
-        let head_len = writer.get_ref().len();
-        writer.finish().map_err(Error::internal)?;
-        drop(writer);
-        let tail = stream.split_off(head_len);
-        Ok(IpcFraming { schema: schema.clone(), head: stream, tail })
-    }
-
-    /// Appends `batches`, all of this framing's schema, to `out` as one IPC stream: the bytes
-    /// a `StreamWriter` writes.
-    fn write(&self, batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<(), Error> {
-        let options = IpcWriteOptions::default();
-        let generator = IpcDataGenerator::default();
-        let (mut dictionaries, mut context) = (DictionaryTracker::new(false), IpcWriteContext::default());
-        out.extend_from_slice(&self.head);
-        for batch in batches {
-            let (dictionary_batches, rows) =
-                generator.encode(batch, &mut dictionaries, &options, &mut context).map_err(Error::internal)?;
-            for message in dictionary_batches.into_iter().chain([rows]) {
-                write_message(&mut *out, message, &options).map_err(Error::internal)?;
-            }
-        }
-        out.extend_from_slice(&self.tail);
-        Ok(())
-    }
-}
-
-/// A logged insert's payload: its header, then its pieces' rows as one IPC stream framed by
-/// `framing` (which must be of the batches' schema).
-pub(crate) fn encode_logged(
-    header: &LoggedInsert,
-    batches: &[RecordBatch],
-    framing: &IpcFraming,
-) -> Result<Vec<u8>, Error> {
-    let header = serde_json::to_vec(header).map_err(Error::internal)?;
-    let mut payload = Vec::with_capacity(
-        header.len()
-            + 4
-            + framing.head.len()
-            + framing.tail.len()
-            + batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>(),
-    );
-    payload.extend_from_slice(&(header.len() as u32).to_le_bytes());
-    payload.extend_from_slice(&header);
-    if !batches.is_empty() {
-        framing.write(batches, &mut payload)?;
-    }
-    Ok(payload)
-}
-
-pub(crate) fn decode_logged(payload: &[u8]) -> anyhow::Result<(LoggedInsert, Vec<RecordBatch>)> {
-    let len = u32::from_le_bytes(payload.get(..4).ok_or_else(|| anyhow::anyhow!("short record"))?.try_into()?) as usize;
-    let header: LoggedInsert =
-        serde_json::from_slice(payload.get(4..4 + len).ok_or_else(|| anyhow::anyhow!("short header"))?)?;
-    let reader =
-        tandem_parts::arrow::ipc::reader::StreamReader::try_new(std::io::Cursor::new(&payload[4 + len..]), None)?;
-    let batches = reader.collect::<Result<Vec<_>, _>>()?;
-    anyhow::ensure!(
-        batches.len() == header.pieces.len(),
-        "{} pieces but {} batches",
-        header.pieces.len(),
-        batches.len()
-    );
-    Ok((header, batches))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -634,44 +526,5 @@ mod tests {
         };
         index.apply_batch(&removed);
         assert_eq!(index.admitted("t", &AsyncBlockId([1; 16]), 9_500, 1_000), Some(9));
-    }
-
-    #[test]
-    fn a_logged_insert_is_the_stream_a_stream_writer_writes_and_reads_back() {
-        use tandem_parts::arrow::array::{Int64Array, StringArray};
-        use tandem_parts::arrow::datatypes::{DataType, Field, Schema};
-        let schema = Arc::new(Schema::new(vec![
-            Field::new("id", DataType::Int64, true),
-            Field::new("host", DataType::Utf8, true),
-        ]));
-        let batch = |ids: &[i64], hosts: &[Option<&str>]| {
-            RecordBatch::try_new(
-                schema.clone(),
-                vec![Arc::new(Int64Array::from(ids.to_vec())), Arc::new(StringArray::from(hosts.to_vec()))],
-            )
-            .expect("a valid batch")
-        };
-        let batches = [batch(&[1, 2, 3], &[Some("a"), None, Some("ccc")]), batch(&[4], &[Some("d")])];
-        let header = LoggedInsert {
-            table: "t".into(),
-            created: 3,
-            version: 5,
-            pieces: ["202401", "202402"].map(|p| LoggedPiece { partition: p.into(), id: [7; 16] }).into(),
-        };
-        let framing = IpcFraming::new(&schema).expect("framing");
-        let payload = encode_logged(&header, &batches, &framing).expect("encoded");
-
-        let mut expected = Vec::new();
-        let mut writer = StreamWriter::try_new(&mut expected, &schema).expect("writer");
-        for batch in &batches {
-            writer.write(batch).expect("written");
-        }
-        writer.finish().expect("finished");
-        drop(writer);
-        assert!(payload.ends_with(&expected), "the rows are the stream a StreamWriter writes");
-
-        let (read, read_batches) = decode_logged(&payload).expect("decoded");
-        assert_eq!((read.table.as_str(), read.created, read.version, read.pieces.len()), ("t", 3, 5, 2));
-        assert_eq!(read_batches, batches);
     }
 }

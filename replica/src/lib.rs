@@ -34,6 +34,7 @@ mod insert_buffer;
 mod insert_log;
 mod interserver;
 mod live_nodes;
+mod logged_insert;
 mod membership;
 mod merges;
 pub mod metrics;

@@ -10,8 +10,8 @@ use bytes::Bytes;
 use datafusion::arrow::array::{ArrayRef, NullBufferBuilder, PrimitiveBuilder, RecordBatch, StringBuilder};
 use datafusion::arrow::compute::kernels::cast_utils::Parser;
 use datafusion::arrow::datatypes::{
-    ArrowPrimitiveType, DataType, Field, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, Schema,
-    SchemaRef, TimeUnit, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+    ArrowPrimitiveType, DataType, FieldRef, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type,
+    Schema, SchemaRef, TimeUnit, UInt8Type, UInt16Type, UInt32Type, UInt64Type,
 };
 
 use super::json::convert_text;
@@ -72,7 +72,8 @@ struct TextColumns<'a> {
 }
 
 struct TextColumn {
-    field: Field,
+    /// The input schema's own field: shared, not copied, for every insert.
+    field: FieldRef,
     is_string: bool,
     values: Values,
 }
@@ -86,7 +87,7 @@ enum Values {
 }
 
 impl TextColumn {
-    fn new(field: &Field, parse_as_read: bool, rows: usize) -> Self {
+    fn new(field: &FieldRef, parse_as_read: bool, rows: usize) -> Self {
         let parsed = if parse_as_read { parsed_values(field.data_type(), rows) } else { None };
         TextColumn {
             field: field.clone(),
@@ -215,10 +216,10 @@ impl<'a> TextColumns<'a> {
             let mut targets = Vec::with_capacity(fields.len());
             for name in fields {
                 let name = name.as_deref().unwrap_or_default();
-                match self.input_schema.field_with_name(name) {
-                    Ok(field) => targets.push(Some(TextColumn::new(field, self.parse_as_read, self.rows_hint))),
-                    Err(_) if self.options.skip_unknown_fields => targets.push(None),
-                    Err(_) => return Err(unknown_column(self.def, name)),
+                match self.input_schema.fields().find(name) {
+                    Some((_, field)) => targets.push(Some(TextColumn::new(field, self.parse_as_read, self.rows_hint))),
+                    None if self.options.skip_unknown_fields => targets.push(None),
+                    None => return Err(unknown_column(self.def, name)),
                 }
             }
             self.targets = Some(targets);
@@ -267,7 +268,7 @@ impl<'a> TextColumns<'a> {
         }
         // Every field of the input, in its order (the common case): its schema, not a new one.
         let whole_input = fields.len() == self.input_schema.fields().len()
-            && fields.iter().zip(self.input_schema.fields()).all(|(read, input)| read == input.as_ref());
+            && fields.iter().zip(self.input_schema.fields()).all(|(read, input)| Arc::ptr_eq(read, input));
         let schema = if whole_input { self.input_schema.clone() } else { Arc::new(Schema::new(fields)) };
         let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(lines.len()));
         RecordBatch::try_new_with_options(schema, arrays, &options).map(Some).map_err(NodeError::internal)
