@@ -8,7 +8,7 @@ use arrow::array::{
 };
 use arrow::compute::{SortOptions, cast, concat, take_record_batch};
 use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type, Schema, SchemaRef, UInt64Type};
-use arrow::row::{Row, RowConverter, Rows, SortField};
+use arrow::row::{RowConverter, Rows, SortField};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding};
@@ -214,9 +214,21 @@ fn sort_permutation(columns: &[ArrayRef]) -> Result<Option<UInt32Array>, arrow::
     if rows.iter().is_sorted() {
         return Ok(None);
     }
-    let mut keyed: Vec<(Row<'_>, u32)> = rows.iter().zip(0..).collect();
-    keyed.sort_by(|a, b| a.0.cmp(&b.0));
+    // Each row's first 16 bytes ride along as an integer, which decides almost every
+    // comparison without following the row to its bytes (a third of the sort's time went to
+    // that); rows whose prefixes tie are compared in full, so the order is the rows' order.
+    let mut keyed: Vec<(u128, u32)> = rows.iter().zip(0..).map(|(row, index)| (prefix(row.as_ref()), index)).collect();
+    keyed.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| rows.row(a.1 as usize).cmp(&rows.row(b.1 as usize))));
     Ok(Some(keyed.into_iter().map(|(_, index)| index).collect()))
+}
+
+/// The first 16 bytes of `bytes` (zeros past its end) as a big-endian integer: prefixes that
+/// differ order as the byte strings do.
+fn prefix(bytes: &[u8]) -> u128 {
+    let mut first = [0u8; 16];
+    let len = bytes.len().min(16);
+    first[..len].copy_from_slice(&bytes[..len]);
+    u128::from_be_bytes(first)
 }
 
 /// The key columns in arrow's row format, ordered as parts are sorted.
@@ -388,6 +400,32 @@ mod tests {
         assert_eq!(ties, [0, 3], "equal keys keep their input order");
         let in_order = [&host, &v].map(|column| take(column, &ours, None).unwrap());
         assert!(sort_permutation(&in_order).unwrap().is_none(), "rows in order are not permuted");
+    }
+
+    /// Keys longer than the 16 bytes compared as an integer, sharing them or not, with ties:
+    /// the prefix only ever decides what the whole rows would.
+    #[test]
+    fn the_prefix_sort_orders_as_the_rows_do() {
+        let mut seed = 7u64;
+        let mut next = move || {
+            seed = seed.wrapping_mul(6364136223846793005).wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        let hosts: Vec<Option<String>> = (0..2000)
+            .map(|_| match next() % 5 {
+                0 => None,
+                1 => Some(String::new()),
+                n => Some(format!("{}{}", "host-with-a-long-shared-name-".repeat(n as usize - 1), next() % 40)),
+            })
+            .collect();
+        let ids: Vec<u64> = (0..2000).map(|_| next() % 300).collect();
+        let host: ArrayRef = Arc::new(StringArray::from(hosts));
+        let id: ArrayRef = Arc::new(arrow::array::UInt64Array::from(ids));
+        let ours = sort_permutation(&[host.clone(), id.clone()]).unwrap().expect("not in order");
+        let rows = key_rows(&[host, id]).unwrap();
+        let mut expected: Vec<u32> = (0..rows.num_rows() as u32).collect();
+        expected.sort_by(|&a, &b| rows.row(a as usize).cmp(&rows.row(b as usize)));
+        assert_eq!(ours.values().to_vec(), expected);
     }
 
     fn batch() -> RecordBatch {
