@@ -34,8 +34,11 @@ const DRAINED_SEGMENT_BYTES: u64 = 1024 * 1024;
 /// Appends waiting together are written and fsynced together, up to this many bytes at a time.
 const GROUP_BYTES: usize = 16 * 1024 * 1024;
 
-/// How long a group waits for more appends when the last group held several.
-const GROUP_LINGER: Duration = Duration::from_micros(500);
+/// How long a group waits for more appends when the last group held several. Measured with
+/// 256 clients of 10-row inserts: no wait 40.5-42.3k inserts/s (an fsync for every few), 500 µs
+/// 43-46k, 1 ms 44.6-47k, 2 ms 41.5-45k (the requests all wait on the group more of the time,
+/// and the CPU idles); ending the wait early once appends pause for 100 µs gave 42-43k.
+const GROUP_LINGER: Duration = Duration::from_millis(1);
 
 const HEADER_BYTES: usize = 4 + 8 + 1;
 const KIND_INSERT: u8 = 1;
