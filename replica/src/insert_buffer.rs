@@ -357,7 +357,7 @@ impl AsyncInserts {
 /// The block ids of recent asynchronous flushes, per table, as this node has applied them.
 #[derive(Default)]
 pub(crate) struct BlockIndex {
-    pub(crate) tables: Mutex<HashMap<String, TableIndex>>,
+    pub(crate) tables: Mutex<HashMap<String, TableIndex, ahash::RandomState>>,
     /// Set once the first listing is in: before it, a flush cannot know what was admitted.
     pub(crate) listed: AtomicBool,
 }
@@ -366,8 +366,10 @@ pub(crate) struct BlockIndex {
 pub(crate) struct TableIndex {
     /// The revision of the table's last flush seen here.
     pub(crate) sequence: Revision,
-    /// Each id with the revision and time it was admitted.
-    pub(crate) ids: HashMap<AsyncBlockId, (Revision, i64)>,
+    /// Each id with the revision and time it was admitted. Hashed by aHash (keyed per process,
+    /// as the standard library's SipHash is): every insert looks its ids up here, and SipHash
+    /// was a percent of a small insert's CPU.
+    pub(crate) ids: HashMap<AsyncBlockId, (Revision, i64), ahash::RandomState>,
     /// The sets by key (oldest first), for forgetting them.
     pub(crate) sets: BTreeMap<String, (Revision, Vec<AsyncBlockId>)>,
 }

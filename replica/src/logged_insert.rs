@@ -365,6 +365,9 @@ mod tests {
         }
     }
 
+    /// A row of `table_batches`: ts, id, host, v, raw, flag.
+    type TableRow<'a> = (i64, Option<i64>, Option<&'a str>, Option<f64>, Option<&'a [u8]>, u8);
+
     fn table_batches() -> (SchemaRef, Vec<RecordBatch>) {
         let schema = Arc::new(Schema::new(vec![
             Field::new("ts", DataType::Timestamp(TimeUnit::Second, Some("UTC".into())), false),
@@ -374,7 +377,7 @@ mod tests {
             Field::new("raw", DataType::Binary, true),
             Field::new("flag", DataType::UInt8, false),
         ]));
-        let batch = |rows: &[(i64, Option<i64>, Option<&str>, Option<f64>, Option<&[u8]>, u8)]| {
+        let batch = |rows: &[TableRow<'_>]| {
             RecordBatch::try_new(
                 schema.clone(),
                 vec![
