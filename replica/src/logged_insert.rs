@@ -1,15 +1,15 @@
 //! A logged insert's payload in the insert log: which table and schema version it was decoded
 //! under, its pieces (partition and block id) and their rows.
 //!
-//! Two layouts. Where every column is a fixed-width primitive, `Utf8` or `Binary` (what tables
-//! hold), the header and rows are written as bytes: the header, the schema (described once per
-//! schema), then each piece's columns as their validity bits and buffers, as Arrow lays them out
-//! in memory. Other schemas, and payloads written before December 2026, are a JSON header
-//! followed by the rows as one Arrow IPC stream. Encoding a 10-row insert as IPC (a flatbuffer
-//! message per batch) and its header as JSON took about 2.5 µs of CPU, a fifteenth of what the
-//! node spent on the insert; the byte layout takes a fraction of that. The byte layout is read
-//! back through `ArrayData`'s full validation: a payload that does not describe valid arrays is
-//! an error, never a panic.
+//! Two layouts. Where every column is a fixed-width primitive, `Boolean`, `Utf8` or `Binary`
+//! (what tables hold), the payload is written as bytes: the header, the schema (described once
+//! per schema), then each piece's columns as their validity bits and buffers, as Arrow lays
+//! them out in memory. Other schemas, and payloads written before December 2026, are a JSON
+//! header followed by the rows as one Arrow IPC stream. Encoding a 10-row insert as IPC (a
+//! flatbuffer message per batch) and its header as JSON took about 2.5 µs of CPU, a fifteenth
+//! of what the node spent on the insert; the byte layout takes a fraction of that. The byte
+//! layout is read back through `ArrayData`'s full validation: a payload that does not describe
+//! valid arrays is an error, never a panic.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -19,7 +19,7 @@ use serde::{Deserialize, Serialize};
 use tandem_coordinator::Revision;
 use tandem_parts::BlockHasher;
 use tandem_parts::arrow::array::{Array, ArrayData, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, make_array};
-use tandem_parts::arrow::buffer::Buffer;
+use tandem_parts::arrow::buffer::{BooleanBuffer, Buffer};
 use tandem_parts::arrow::datatypes::{DataType, Field, Schema, SchemaRef};
 use tandem_parts::arrow::downcast_primitive_array;
 use tandem_parts::arrow::ipc::reader::StreamReader;
@@ -152,7 +152,7 @@ fn read_schema(reader: &mut Reader<'_>) -> anyhow::Result<SchemaRef> {
 /// The types whose arrays are their validity bits and buffers, with no children.
 fn in_byte_layout(data_type: &DataType) -> bool {
     (data_type.is_primitive() && data_type.primitive_width().is_some())
-        || matches!(data_type, DataType::Utf8 | DataType::Binary)
+        || matches!(data_type, DataType::Boolean | DataType::Utf8 | DataType::Binary)
 }
 
 fn put_len(out: &mut Vec<u8>, len: usize) {
@@ -165,12 +165,21 @@ fn put_bytes(out: &mut Vec<u8>, bytes: &[u8]) {
 }
 
 /// A column's null count, its validity bits when it has nulls, then its buffers: the values
-/// of a primitive; the offsets (from 0) and the bytes of a string or binary column.
+/// of a primitive, the value bits of a boolean, the offsets (from 0) and the bytes of a string
+/// or binary column.
 fn put_column(out: &mut Vec<u8>, array: &dyn Array) -> Result<(), Error> {
+    let bits = |bits: &BooleanBuffer| -> Result<Buffer, Error> {
+        let bytes = array.len().div_ceil(8);
+        let sliced = bits.sliced();
+        match sliced.len() >= bytes {
+            true => Ok(sliced.slice_with_length(0, bytes)),
+            false => Err(Error::internal(format!("{} bytes of bits for {} rows", sliced.len(), array.len()))),
+        }
+    };
     match array.nulls().filter(|nulls| nulls.null_count() > 0) {
         Some(nulls) => {
             put_len(out, nulls.null_count());
-            put_bytes(out, &nulls.inner().sliced().as_slice()[..array.len().div_ceil(8)]);
+            put_bytes(out, bits(nulls.inner())?.as_slice());
         }
         None => put_len(out, 0),
     }
@@ -183,6 +192,7 @@ fn put_column(out: &mut Vec<u8>, array: &dyn Array) -> Result<(), Error> {
     }
     downcast_primitive_array!(
         array => put_bytes(out, array.values().inner().as_slice()),
+        DataType::Boolean => put_bytes(out, bits(array.as_boolean().values())?.as_slice()),
         DataType::Utf8 => {
             let strings = array.as_string::<i32>();
             offsets_and_values(out, strings.value_offsets(), strings.values().as_slice());
@@ -306,12 +316,12 @@ fn read_column(reader: &mut Reader<'_>, data_type: &DataType, rows: usize) -> an
             Some(Buffer::from_slice_ref(bits))
         }
     };
-    let buffers = match data_type.primitive_width() {
-        Some(_) => vec![Buffer::from_slice_ref(reader.bytes()?)],
-        None => {
+    let buffers = match data_type {
+        DataType::Utf8 | DataType::Binary => {
             let offsets = reader.take((rows + 1) * size_of::<i32>())?;
             vec![Buffer::from_slice_ref(offsets), Buffer::from_slice_ref(reader.bytes()?)]
         }
+        _ => vec![Buffer::from_slice_ref(reader.bytes()?)],
     };
     // Checked in full: lengths, offsets, UTF-8 and the validity bits' count.
     Ok(make_array(ArrayData::try_new(data_type.clone(), rows, nulls, 0, buffers, Vec::new())?))
@@ -350,7 +360,8 @@ impl<'a> Reader<'a> {
 #[cfg(test)]
 mod tests {
     use tandem_parts::arrow::array::{
-        BinaryArray, BooleanArray, Float64Array, Int64Array, StringArray, TimestampSecondArray, UInt8Array,
+        BinaryArray, BooleanArray, Float64Array, Int64Array, LargeStringArray, StringArray, TimestampSecondArray,
+        UInt8Array,
     };
     use tandem_parts::arrow::datatypes::TimeUnit;
 
@@ -365,8 +376,8 @@ mod tests {
         }
     }
 
-    /// A row of `table_batches`: ts, id, host, v, raw, flag.
-    type TableRow<'a> = (i64, Option<i64>, Option<&'a str>, Option<f64>, Option<&'a [u8]>, u8);
+    /// A row of `table_batches`: ts, id, host, v, raw, flag, ok.
+    type TableRow<'a> = (i64, Option<i64>, Option<&'a str>, Option<f64>, Option<&'a [u8]>, u8, Option<bool>);
 
     fn table_batches() -> (SchemaRef, Vec<RecordBatch>) {
         let schema = Arc::new(Schema::new(vec![
@@ -376,6 +387,7 @@ mod tests {
             Field::new("v", DataType::Float64, true),
             Field::new("raw", DataType::Binary, true),
             Field::new("flag", DataType::UInt8, false),
+            Field::new("ok", DataType::Boolean, true),
         ]));
         let batch = |rows: &[TableRow<'_>]| {
             RecordBatch::try_new(
@@ -389,13 +401,19 @@ mod tests {
                     Arc::new(Float64Array::from(rows.iter().map(|r| r.3).collect::<Vec<_>>())),
                     Arc::new(BinaryArray::from(rows.iter().map(|r| r.4).collect::<Vec<_>>())),
                     Arc::new(UInt8Array::from(rows.iter().map(|r| r.5).collect::<Vec<_>>())),
+                    Arc::new(BooleanArray::from(rows.iter().map(|r| r.6).collect::<Vec<_>>())),
                 ],
             )
             .expect("a valid batch")
         };
-        let nine: Vec<_> = (0..9).map(|i| (i, (i % 3 != 0).then_some(i * 10), Some("h"), None, None, 1)).collect();
+        let nine: Vec<_> = (0..9)
+            .map(|i| (i, (i % 3 != 0).then_some(i * 10), Some("h"), None, None, 1, (i % 4 != 0).then_some(i % 2 == 0)))
+            .collect();
         let batches = vec![
-            batch(&[(1, Some(1), Some("a"), Some(0.5), Some(b"\x00\xff"), 0), (2, None, None, None, None, 1)]),
+            batch(&[
+                (1, Some(1), Some("a"), Some(0.5), Some(b"\x00\xff"), 0, Some(true)),
+                (2, None, None, None, None, 1, None),
+            ]),
             batch(&nine),
             // A slice: arrays that start past their buffers' first value and validity byte.
             batch(&nine).slice(3, 5),
@@ -439,16 +457,16 @@ mod tests {
     fn other_schemas_are_logged_as_an_ipc_stream_a_stream_writer_writes() {
         let schema = Arc::new(Schema::new(vec![
             Field::new("id", DataType::Int64, true),
-            Field::new("ok", DataType::Boolean, true),
+            Field::new("text", DataType::LargeUtf8, true),
         ]));
-        let batch = |ids: &[i64], oks: &[Option<bool>]| {
+        let batch = |ids: &[i64], texts: &[Option<&str>]| {
             RecordBatch::try_new(
                 schema.clone(),
-                vec![Arc::new(Int64Array::from(ids.to_vec())), Arc::new(BooleanArray::from(oks.to_vec()))],
+                vec![Arc::new(Int64Array::from(ids.to_vec())), Arc::new(LargeStringArray::from(texts.to_vec()))],
             )
             .expect("a valid batch")
         };
-        let batches = [batch(&[1, 2, 3], &[Some(true), None, Some(false)]), batch(&[4], &[Some(true)])];
+        let batches = [batch(&[1, 2, 3], &[Some("a"), None, Some("ccc")]), batch(&[4], &[Some("d")])];
         let payload = SchemaCodecs::new(&schema).expect("codecs").encode(&header(2), &batches).expect("encoded");
 
         let mut expected = Vec::new();
