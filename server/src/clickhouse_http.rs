@@ -4,7 +4,6 @@
 //! `enable_http_compression=1` with an `Accept-Encoding` asks (gzip, deflate, zstd, lz4).
 
 use std::cell::RefCell;
-use std::collections::HashMap;
 use std::io::Write;
 
 use axum::body::Body;
@@ -14,6 +13,7 @@ use bytes::Bytes;
 use futures::StreamExt;
 
 use crate::header_names::{X_CLICKHOUSE_QUERY_ID, X_CLICKHOUSE_TIMEZONE};
+use crate::url_params::UrlParams;
 
 /// The time zone every date and time is read and shown in.
 pub const SERVER_TIMEZONE: &str = "UTC";
@@ -29,7 +29,7 @@ pub struct Exchange {
 }
 
 impl Exchange {
-    pub fn of(params: &HashMap<String, String>, headers: &HeaderMap) -> Exchange {
+    pub fn of(params: &UrlParams, headers: &HeaderMap) -> Exchange {
         let given = params.get("query_id").filter(|id| !id.is_empty() && id.len() <= 256);
         let query_id = given.and_then(|id| HeaderValue::from_str(id).ok()).unwrap_or_else(|| {
             let mut text = uuid::Uuid::encode_buffer();

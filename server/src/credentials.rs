@@ -3,18 +3,17 @@
 //! parameters (discouraged: URLs end up in proxies' and browsers' logs). One request uses one
 //! of them, as ClickHouse requires.
 
-use std::collections::HashMap;
-
 use axum::http::{HeaderMap, HeaderName, header};
 use base64::Engine;
 use tandem_access::{Credentials, DEFAULT_USER, Password};
 
 use crate::error::NodeError;
 use crate::header_names::{X_CLICKHOUSE_KEY, X_CLICKHOUSE_USER};
+use crate::url_params::UrlParams;
 
 /// The credentials of a request, if it carries any. Takes `user` and `password` out of
 /// `params`, so they are never read as settings.
-pub fn take(headers: &HeaderMap, params: &mut HashMap<String, String>) -> Result<Option<Credentials>, NodeError> {
+pub fn take(headers: &HeaderMap, params: &mut UrlParams) -> Result<Option<Credentials>, NodeError> {
     let basic = headers.get(header::AUTHORIZATION).map(basic_auth).transpose()?;
     let header_user = header_text(headers, &X_CLICKHOUSE_USER)?;
     let header_key = header_text(headers, &X_CLICKHOUSE_KEY)?;
@@ -73,27 +72,29 @@ mod tests {
 
     #[test]
     fn each_way_clients_send_credentials() {
-        let mut none = HashMap::new();
+        let mut none = UrlParams::default();
         // "alice:pa:ss" in base64: a password may hold a colon.
         let basic = take(&headers(&[("authorization", "Basic YWxpY2U6cGE6c3M=")]), &mut none).unwrap().unwrap();
         assert_eq!((basic.user.as_str(), basic.password), ("alice", Password::new("pa:ss")));
         let key =
             take(&headers(&[("x-clickhouse-user", "bob"), ("x-clickhouse-key", "k")]), &mut none).unwrap().unwrap();
         assert_eq!((key.user.as_str(), key.password), ("bob", Password::new("k")));
-        let mut params: HashMap<String, String> =
-            [("user", "carol"), ("password", "p"), ("max_threads", "2")].map(|(k, v)| (k.into(), v.into())).into();
+        let mut params: UrlParams = [("user", "carol"), ("password", "p"), ("max_threads", "2")]
+            .map(|(k, v)| (k.into(), v.into()))
+            .into_iter()
+            .collect();
         let from_params = take(&HeaderMap::new(), &mut params).unwrap().unwrap();
         assert_eq!((from_params.user.as_str(), from_params.password), ("carol", Password::new("p")));
         assert_eq!(params.keys().collect::<Vec<_>>(), ["max_threads"], "credentials are not settings");
-        assert!(take(&HeaderMap::new(), &mut HashMap::new()).unwrap().is_none());
+        assert!(take(&HeaderMap::new(), &mut UrlParams::default()).unwrap().is_none());
     }
 
     #[test]
     fn mixed_or_malformed_credentials_are_refused() {
-        let mut params: HashMap<String, String> = [("user".to_string(), "a".to_string())].into();
+        let mut params: UrlParams = [("user".to_string(), "a".to_string())].into_iter().collect();
         assert!(take(&headers(&[("x-clickhouse-user", "b")]), &mut params).is_err());
         for bad in ["Bearer abc", "Basic !!!", "Basic YWxpY2U="] {
-            assert!(take(&headers(&[("authorization", bad)]), &mut HashMap::new()).is_err(), "{bad}");
+            assert!(take(&headers(&[("authorization", bad)]), &mut UrlParams::default()).is_err(), "{bad}");
         }
     }
 }

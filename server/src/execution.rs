@@ -3,7 +3,6 @@
 //! can spill to disk do so when it is full; others fail the query with a message naming the
 //! limit), a deadline, and counters of the rows and bytes it returns.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::path::Path;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -19,6 +18,7 @@ use tokio::time::Instant;
 
 use crate::error::NodeError;
 use crate::limits::Limits;
+use crate::url_params::UrlParams;
 
 /// The node's share of query resources: the memory pool all queries draw from, the spill
 /// directory, and the slots of concurrent queries.
@@ -73,7 +73,7 @@ impl QueryRuntime {
     /// Admits a query with the limits its request asks for (URL parameters named as the
     /// limits; each can only tighten the server's), or refuses it at once (429) when every
     /// slot is taken.
-    pub fn admit(&self, params: &HashMap<String, String>) -> Result<Admitted, NodeError> {
+    pub fn admit(&self, params: &UrlParams) -> Result<Admitted, NodeError> {
         let limits = QueryLimits::from_request(&self.limits, params)?;
         let slot = self.slots.clone().try_acquire_owned().map_err(|_| {
             NodeError::Overloaded(format!(
@@ -108,7 +108,7 @@ pub struct QueryLimits {
 }
 
 impl QueryLimits {
-    fn from_request(server: &Limits, params: &HashMap<String, String>) -> Result<Self, NodeError> {
+    fn from_request(server: &Limits, params: &UrlParams) -> Result<Self, NodeError> {
         let asked = |name: &str| -> Result<Option<u64>, NodeError> {
             params
                 .get(name)

@@ -2,7 +2,6 @@
 //! the body, settings as URL parameters, results in the requested format; plus `/health`,
 //! `/ready` and `/metrics`.
 
-use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,7 +10,7 @@ use std::time::{Duration, Instant};
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Request, State};
-use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, Uri, header};
+use axum::http::{HeaderMap, HeaderValue, Method, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use bytes::Bytes;
@@ -33,6 +32,7 @@ use crate::query;
 use crate::query_log::{Moved, PendingQuery};
 use crate::state::Server;
 use crate::statement::{self, InsertSource, InsertStatement, ParseOptions, Statement};
+use crate::url_params::{UrlParams, url_parameters};
 use tandem_access::{Object, Principal, Privilege};
 use tandem_replica::metrics::Metrics;
 use tandem_replica::schema::Durability;
@@ -92,7 +92,7 @@ async fn health() -> &'static str {
 
 /// The request's URL parameters, decoded as axum's `Query<HashMap<..>>` would (the last of a
 /// repeated name wins) without its serde pass, a percent of a small insert's CPU.
-struct UrlParameters(HashMap<String, String>);
+struct UrlParameters(UrlParams);
 
 impl<S: Send + Sync> FromRequestParts<S> for UrlParameters {
     type Rejection = Infallible;
@@ -100,10 +100,6 @@ impl<S: Send + Sync> FromRequestParts<S> for UrlParameters {
     async fn from_request_parts(parts: &mut axum::http::request::Parts, _: &S) -> Result<Self, Self::Rejection> {
         Ok(UrlParameters(url_parameters(&parts.uri)))
     }
-}
-
-fn url_parameters(uri: &Uri) -> HashMap<String, String> {
-    form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect()
 }
 
 /// Ready to serve inserts and queries. With `?durability=object_store`, also requires the
@@ -240,7 +236,7 @@ async fn handle(State(server): State<Arc<Server>>, request: Request) -> Response
 async fn authenticate(
     server: &Server,
     headers: &HeaderMap,
-    params: &mut HashMap<String, String>,
+    params: &mut UrlParams,
     mut logged: Option<&mut PendingQuery>,
 ) -> Result<Principal, NodeError> {
     let credentials = crate::credentials::take(headers, params)?;
@@ -300,7 +296,7 @@ fn authorize_query(server: &Server, principal: &Principal, parsed: &query::Parse
     Ok(())
 }
 
-fn flag(params: &HashMap<String, String>, name: &str, default: bool) -> Result<bool, NodeError> {
+fn flag(params: &UrlParams, name: &str, default: bool) -> Result<bool, NodeError> {
     match params.get(name).map(String::as_str) {
         None => Ok(default),
         Some("1" | "true") => Ok(true),
@@ -309,7 +305,7 @@ fn flag(params: &HashMap<String, String>, name: &str, default: bool) -> Result<b
     }
 }
 
-fn number(params: &HashMap<String, String>, name: &str) -> Result<Option<i64>, NodeError> {
+fn number(params: &UrlParams, name: &str) -> Result<Option<i64>, NodeError> {
     params
         .get(name)
         .map(|v| {
@@ -330,7 +326,7 @@ async fn execute(
     server: &Server,
     principal: &Principal,
     method: &Method,
-    params: HashMap<String, String>,
+    params: UrlParams,
     headers: HeaderMap,
     body: Body,
     logged: &mut Option<PendingQuery>,
@@ -411,13 +407,13 @@ async fn execute(
 }
 
 /// The settings that change how a result is written.
-fn output_options(params: &HashMap<String, String>) -> Result<OutputOptions, NodeError> {
+fn output_options(params: &UrlParams) -> Result<OutputOptions, NodeError> {
     Ok(OutputOptions {
         json: JsonOptions { quote_64bit_integers: flag(params, "output_format_json_quote_64bit_integers", true)? },
     })
 }
 
-fn output_format(params: &HashMap<String, String>, clause: Option<&str>) -> Result<Format, NodeError> {
+fn output_format(params: &UrlParams, clause: Option<&str>) -> Result<Format, NodeError> {
     match clause.or(params.get("default_format").map(String::as_str)) {
         Some(name) => Format::parse(name),
         None => Ok(Format::TabSeparated),
@@ -427,7 +423,7 @@ fn output_format(params: &HashMap<String, String>, clause: Option<&str>) -> Resu
 async fn execute_statement(
     server: &Server,
     principal: &Principal,
-    params: &HashMap<String, String>,
+    params: &UrlParams,
     statement: Statement,
     started: Instant,
     logged: &mut Option<PendingQuery>,
@@ -539,7 +535,7 @@ async fn execute_statement(
 
 /// `after_revision` and `select_sequential_consistency`: waits (at most
 /// `after_revision_timeout_ms`, capped) until this node holds every part up to the revision.
-async fn wait_for_revision(node: &Replica, params: &HashMap<String, String>) -> Result<(), NodeError> {
+async fn wait_for_revision(node: &Replica, params: &UrlParams) -> Result<(), NodeError> {
     let mut after = number(params, "after_revision")?;
     if flag(params, "select_sequential_consistency", false)? {
         let quorum_revision = node.quorum_revision().await?;
@@ -724,7 +720,7 @@ fn ddl_done(revision: tandem_replica::Revision) -> Result<Response, NodeError> {
 /// A small answer made whole before it is sent (SHOW, DESCRIBE, EXISTS), in the format the
 /// statement's `FORMAT` clause or `default_format` asks for.
 fn respond_batch(
-    params: &HashMap<String, String>,
+    params: &UrlParams,
     format_clause: Option<&str>,
     batch: datafusion::arrow::array::RecordBatch,
     started: Instant,
@@ -773,7 +769,7 @@ fn values_as_json(
 
 async fn run_insert(
     server: &Server,
-    params: &HashMap<String, String>,
+    params: &UrlParams,
     table: &str,
     columns: Option<&[String]>,
     format: Format,

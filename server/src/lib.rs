@@ -44,6 +44,7 @@ pub mod statement;
 pub mod system_tables;
 pub mod tls;
 mod top_k;
+pub mod url_params;
 
 use std::path::Path;
 use std::sync::Arc;

@@ -6,10 +6,9 @@
 // Input reaches every line here: no panicking shortcut may be taken on it.
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
-use std::collections::HashMap;
-
 use crate::error::NodeError;
 use crate::formats::clickhouse_type::ClickHouseType;
+use crate::url_params::UrlParams;
 
 /// Most parameters one query may use.
 const MAX_SUBSTITUTIONS: usize = 10_000;
@@ -17,7 +16,7 @@ const MAX_SUBSTITUTIONS: usize = 10_000;
 /// `sql` with every `{name:Type}` outside strings, quoted names and comments replaced by its
 /// `param_name` value as a literal of `Type`. Braces that are not such a placeholder are left
 /// alone.
-pub fn substitute(sql: &str, params: &HashMap<String, String>) -> Result<String, NodeError> {
+pub fn substitute(sql: &str, params: &UrlParams) -> Result<String, NodeError> {
     if !sql.contains('{') {
         return Ok(sql.to_string());
     }
@@ -191,7 +190,7 @@ fn literal(name: &str, type_name: &str, value: &str) -> Result<String, NodeError
 mod tests {
     use super::*;
 
-    fn params(pairs: &[(&str, &str)]) -> HashMap<String, String> {
+    fn params(pairs: &[(&str, &str)]) -> UrlParams {
         pairs.iter().map(|(k, v)| (format!("param_{k}"), v.to_string())).collect()
     }
 
@@ -209,7 +208,7 @@ mod tests {
             substitute("SELECT * FROM {t:Identifier}", &params(&[("t", "a\"b")])).unwrap(),
             "SELECT * FROM \"a\"\"b\""
         );
-        assert_eq!(substitute("SELECT map {1}", &HashMap::new()).unwrap(), "SELECT map {1}");
+        assert_eq!(substitute("SELECT map {1}", &UrlParams::default()).unwrap(), "SELECT map {1}");
     }
 
     #[test]
@@ -222,7 +221,10 @@ mod tests {
             );
         }
         assert!(
-            substitute("SELECT {missing:String}", &HashMap::new()).unwrap_err().to_string().contains("param_missing")
+            substitute("SELECT {missing:String}", &UrlParams::default())
+                .unwrap_err()
+                .to_string()
+                .contains("param_missing")
         );
     }
 }
