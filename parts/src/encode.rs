@@ -215,8 +215,8 @@ fn sort_permutation(columns: &[ArrayRef]) -> Result<Option<UInt32Array>, arrow::
         return Ok(None);
     }
     // Each row's first 16 bytes ride along as an integer, which decides almost every
-    // comparison without following the row to its bytes (a third of the sort's time went to
-    // that); rows whose prefixes tie are compared in full, so the order is the rows' order.
+    // comparison without following the row to its bytes; rows whose prefixes tie are compared
+    // in full, so the order is the rows' order.
     let mut keyed: Vec<(u128, u32)> = rows.iter().zip(0..).map(|(row, index)| (prefix(row.as_ref()), index)).collect();
     keyed.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| rows.row(a.1 as usize).cmp(&rows.row(b.1 as usize))));
     Ok(Some(keyed.into_iter().map(|(_, index)| index).collect()))

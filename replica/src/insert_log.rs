@@ -6,12 +6,12 @@
 //! in records written before December 2026, the first 8 bytes of the blake3 hash of kind and
 //! payload. The checksum only has to catch a torn or garbled write, as a WAL's CRC does: blake3
 //! cost this log's thread about a microsecond of CPU a small insert, XXH32 a tenth of that. An
-//! insert record's payload starts
-//! with its sequence number. Reading stops at the first record that is short or fails its
-//! checksum (a write torn by a crash): the file is cut there, so a half-written record is never
-//! applied and the next start finds a clean log. A `Flushed` record names inserts that were
-//! registered; a segment is deleted once every insert in it was flushed and it is no longer the
-//! one being written. The log knows nothing of what the payloads mean.
+//! insert record's payload starts with its sequence number. Reading stops at the first record
+//! that is short or fails its checksum (a write torn by a crash): the file is cut there, so a
+//! half-written record is never applied and the next start finds a clean log. A `Flushed`
+//! record names inserts that were registered; a segment is deleted once every insert in it was
+//! flushed and it is no longer the one being written. The log knows nothing of what the
+//! payloads mean.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};

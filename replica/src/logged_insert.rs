@@ -52,7 +52,7 @@ pub(crate) struct LoggedPiece {
 
 /// What hashing and logging inserts of one schema needs, built once per table and schema.
 pub(crate) struct SchemaCodecs {
-    pub(crate) framing: IpcFraming,
+    framing: IpcFraming,
     pub(crate) hasher: BlockHasher,
     /// The schema as the byte layout writes it, when every column can be logged in it.
     byte_layout: Option<Vec<u8>>,
@@ -209,7 +209,7 @@ fn put_column(out: &mut Vec<u8>, array: &dyn Array) -> Result<(), Error> {
 /// The Arrow IPC stream around one schema's batches: the schema message before them and the
 /// end-of-stream marker after. Building the schema message (a flatbuffer) cost as much as
 /// encoding a 10-row insert's rows, so it is built once per table and schema and copied.
-pub(crate) struct IpcFraming {
+struct IpcFraming {
     schema: SchemaRef,
     head: Vec<u8>,
     tail: Vec<u8>,
