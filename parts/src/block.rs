@@ -47,11 +47,6 @@ impl BlockHasher {
         Ok(BlockHasher { schema: schema.clone(), columns, converter })
     }
 
-    /// The schema this hasher takes.
-    pub fn schema(&self) -> &SchemaRef {
-        &self.schema
-    }
-
     /// The id of `batch`, which must be of this hasher's schema.
     pub fn hash(
         &self,

@@ -126,8 +126,7 @@ impl Replica {
             }
             for (partition, block) in split_by_partition(&rows, &split_def.partition_by)? {
                 let id = if deduplicate {
-                    let hash = split_codecs.hasher.hash(&split_def.name, &partition, &block, token.as_deref())?;
-                    AsyncBlockId::from_hash(hash.as_bytes())
+                    split_codecs.block_id(&split_def.name, &partition, &block, token.as_deref())?
                 } else {
                     split_inserts.unique_id()
                 };
@@ -367,11 +366,12 @@ const SPARE_ROOM_BYTES: usize = 1024;
 fn holds_spare_room(batch: &RecordBatch) -> bool {
     // What the rows fill is dearer to find (a copy of each column's description) than the
     // room a small insert's buffers hold.
-    if batch.get_array_memory_size() <= SPARE_ROOM_BYTES {
+    let held = batch.get_array_memory_size();
+    if held <= SPARE_ROOM_BYTES {
         return false;
     }
     match batch.columns().iter().map(|c| c.to_data().get_slice_memory_size()).sum::<Result<usize, _>>() {
-        Ok(filled) => batch.get_array_memory_size() > filled.saturating_mul(2).saturating_add(SPARE_ROOM_BYTES),
+        Ok(filled) => held > filled.saturating_mul(2).saturating_add(SPARE_ROOM_BYTES),
         Err(_) => true,
     }
 }

@@ -16,7 +16,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, bail, ensure};
 use serde::{Deserialize, Serialize};
-use tandem_coordinator::Revision;
+use tandem_coordinator::{AsyncBlockId, Revision};
 use tandem_parts::BlockHasher;
 use tandem_parts::arrow::array::{Array, ArrayData, ArrayRef, AsArray, RecordBatch, RecordBatchOptions, make_array};
 use tandem_parts::arrow::buffer::{BooleanBuffer, Buffer};
@@ -53,7 +53,7 @@ pub(crate) struct LoggedPiece {
 /// What hashing and logging inserts of one schema needs, built once per table and schema.
 pub(crate) struct SchemaCodecs {
     framing: IpcFraming,
-    pub(crate) hasher: BlockHasher,
+    hasher: BlockHasher,
     /// The schema as the byte layout writes it, when every column can be logged in it.
     byte_layout: Option<Vec<u8>>,
 }
@@ -73,6 +73,18 @@ impl SchemaCodecs {
 
     pub(crate) fn schema(&self) -> &SchemaRef {
         &self.framing.schema
+    }
+
+    /// The block id of `rows` (of this schema), one partition of an insert into `table`: the
+    /// content hash, or with `token` the hash of the token.
+    pub(crate) fn block_id(
+        &self,
+        table: &str,
+        partition: &str,
+        rows: &RecordBatch,
+        token: Option<&str>,
+    ) -> Result<AsyncBlockId, Error> {
+        Ok(AsyncBlockId::from_hash(self.hasher.hash(table, partition, rows, token)?.as_bytes()))
     }
 
     /// A logged insert's payload: `header`, then `batches` (one per piece, of this schema).
