@@ -74,7 +74,9 @@ pub async fn insert(
                 .insert_async(&def, version, rows, &settings.options, &settings.buffering, quorum)
                 .await?);
         }
-        match replica.insert(&def, version, rows, &settings.options, quorum).await {
+        // Boxed, as is the schema change below (2 and 3.3 KB futures): inline, they would make
+        // every buffered insert's future as large, and a future is copied on each step down.
+        match Box::pin(replica.insert(&def, version, rows, &settings.options, quorum)).await {
             Err(ReplicaError::SchemaChanged { .. }) if started.elapsed() < SCHEMA_RACE_BUDGET => {
                 tracing::info!(%table, "schema changed during insert; retrying under the new schema");
             }
@@ -105,6 +107,6 @@ async fn add_new_columns(
     }
     let actions: Vec<AlterAction> =
         new.into_iter().map(|column| AlterAction::AddColumn { column, if_not_exists: true, position: None }).collect();
-    replica.alter(table, &actions, false).await?;
+    Box::pin(replica.alter(table, &actions, false)).await?;
     Ok(())
 }
