@@ -1,13 +1,9 @@
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::sync::Arc;
 
-use arrow::array::{
-    Array, ArrayRef, AsArray, BooleanArray, Float32Array, Float64Array, Int64Array, RecordBatch, StringArray,
-    UInt32Array, UInt64Array,
-};
-use arrow::compute::{SortOptions, cast, concat, take_record_batch};
-use arrow::datatypes::{DataType, Float32Type, Float64Type, Int64Type, Schema, SchemaRef, UInt64Type};
+use arrow::array::{Array, ArrayRef, RecordBatch, UInt32Array};
+use arrow::compute::{SortOptions, take_record_batch};
+use arrow::datatypes::{DataType, Schema, SchemaRef};
 use arrow::row::{RowConverter, Rows, SortField};
 use bytes::Bytes;
 use parquet::arrow::ArrowWriter;
@@ -16,6 +12,7 @@ use parquet::file::metadata::{KeyValue, SortingColumn};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
 
+use crate::column_stats::ColumnStatsBuilder;
 use crate::{Codec, ColumnStats, PartError, PartId};
 
 /// What makes a part unique beyond its rows: written into the Parquet footer, so two inserts
@@ -122,7 +119,7 @@ impl<W: Write + Send> PartEncoder<W> {
     pub(crate) fn write(&mut self, sorted: &RecordBatch) -> Result<(), PartError> {
         self.writer.write(sorted)?;
         for ((_, stats), array) in self.columns.iter_mut().zip(sorted.columns()) {
-            stats.add(array)?;
+            stats.add(array);
         }
         self.rows += sorted.num_rows() as u64;
         Ok(())
@@ -271,91 +268,11 @@ pub(crate) fn read_part_batches(bytes: Bytes) -> Result<Vec<RecordBatch>, PartEr
     Ok(reader.collect::<Result<Vec<_>, _>>()?)
 }
 
-/// A column's statistics gathered chunk by chunk: its least and greatest value so far (as a
-/// two-row array, see [`extremes`]) and its count of NULLs.
-#[derive(Default)]
-struct ColumnStatsBuilder {
-    extremes: Option<ArrayRef>,
-    null_count: u64,
-}
-
-impl ColumnStatsBuilder {
-    fn add(&mut self, array: &ArrayRef) -> Result<(), PartError> {
-        self.null_count += array.null_count() as u64;
-        let Some(extremes_here) = extremes(array) else { return Ok(()) };
-        self.extremes = match self.extremes.take() {
-            None => Some(extremes_here),
-            // The least of the least values and the greatest of the greatest.
-            Some(seen) => extremes(&concat(&[seen.as_ref(), extremes_here.as_ref()])?),
-        };
-        Ok(())
-    }
-
-    fn finish(self) -> ColumnStats {
-        let value = |row| self.extremes.as_ref().and_then(|extremes| json_value(extremes, row));
-        ColumnStats { min: value(0), max: value(1), null_count: self.null_count }
-    }
-}
-
-/// The least and the greatest value of `array` as a two-row array (NULLs when every row is
-/// NULL), for the types whose statistics are kept: strings, booleans, floats (NaN above every
-/// number, as arrow's kernels order it) and integers, dates and timestamps, which but for
-/// UInt64 are kept as Int64 (timestamps in their unit).
-fn extremes(array: &ArrayRef) -> Option<ArrayRef> {
-    use arrow::compute::{max, max_boolean, max_string, min, min_boolean, min_string};
-    Some(match array.data_type() {
-        DataType::Utf8 => {
-            let a = array.as_string::<i32>();
-            Arc::new(StringArray::from(vec![min_string(a), max_string(a)]))
-        }
-        DataType::Boolean => {
-            let a = array.as_boolean();
-            Arc::new(BooleanArray::from(vec![min_boolean(a), max_boolean(a)]))
-        }
-        DataType::Float64 => {
-            let a = array.as_primitive::<Float64Type>();
-            Arc::new(Float64Array::from(vec![min(a), max(a)]))
-        }
-        DataType::Float32 => {
-            let a = array.as_primitive::<Float32Type>();
-            Arc::new(Float32Array::from(vec![min(a), max(a)]))
-        }
-        DataType::UInt64 => {
-            let a = array.as_primitive::<UInt64Type>();
-            Arc::new(UInt64Array::from(vec![min(a), max(a)]))
-        }
-        t if t.is_integer() || t.is_temporal() => {
-            let as_i64 = cast(array, &DataType::Int64).ok()?;
-            let a = as_i64.as_primitive::<Int64Type>();
-            Arc::new(Int64Array::from(vec![min(a), max(a)]))
-        }
-        _ => return None,
-    })
-}
-
-/// Row `row` of an array of [`extremes`] as the manifest records it (floats that JSON cannot
-/// hold, NaN and the infinities, as none).
-fn json_value(extremes: &ArrayRef, row: usize) -> Option<serde_json::Value> {
-    let json_f64 = |v: f64| serde_json::Number::from_f64(v).map(serde_json::Value::Number);
-    if extremes.is_null(row) {
-        return None;
-    }
-    match extremes.data_type() {
-        DataType::Utf8 => Some(extremes.as_string::<i32>().value(row).into()),
-        DataType::Boolean => Some(extremes.as_boolean().value(row).into()),
-        DataType::Float64 => json_f64(extremes.as_primitive::<Float64Type>().value(row)),
-        DataType::Float32 => json_f64(f64::from(extremes.as_primitive::<Float32Type>().value(row))),
-        DataType::UInt64 => Some(extremes.as_primitive::<UInt64Type>().value(row).into()),
-        DataType::Int64 => Some(extremes.as_primitive::<Int64Type>().value(row).into()),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{Int64Array, StringArray};
+    use arrow::array::{AsArray, Int64Array, StringArray};
     use arrow::datatypes::{Field, Schema};
     use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use parquet::basic::ZstdLevel;

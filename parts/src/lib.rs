@@ -24,6 +24,7 @@
 
 mod block;
 mod codec;
+mod column_stats;
 mod encode;
 mod error;
 mod manifest;
