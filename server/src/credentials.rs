@@ -79,19 +79,17 @@ mod tests {
         let key =
             take(&headers(&[("x-clickhouse-user", "bob"), ("x-clickhouse-key", "k")]), &mut none).unwrap().unwrap();
         assert_eq!((key.user.as_str(), key.password), ("bob", Password::new("k")));
-        let mut params: UrlParams = [("user", "carol"), ("password", "p"), ("max_threads", "2")]
-            .map(|(k, v)| (k.into(), v.into()))
-            .into_iter()
-            .collect();
+        let mut params: UrlParams = [("user", "carol"), ("password", "p"), ("max_threads", "2")].into_iter().collect();
         let from_params = take(&HeaderMap::new(), &mut params).unwrap().unwrap();
         assert_eq!((from_params.user.as_str(), from_params.password), ("carol", Password::new("p")));
-        assert_eq!(params.keys().collect::<Vec<_>>(), ["max_threads"], "credentials are not settings");
+        assert!(!params.contains_key("user") && !params.contains_key("password"), "credentials are not settings");
+        assert_eq!(params.get("max_threads"), Some("2"));
         assert!(take(&HeaderMap::new(), &mut UrlParams::default()).unwrap().is_none());
     }
 
     #[test]
     fn mixed_or_malformed_credentials_are_refused() {
-        let mut params: UrlParams = [("user".to_string(), "a".to_string())].into_iter().collect();
+        let mut params: UrlParams = [("user", "a")].into_iter().collect();
         assert!(take(&headers(&[("x-clickhouse-user", "b")]), &mut params).is_err());
         for bad in ["Bearer abc", "Basic !!!", "Basic YWxpY2U="] {
             assert!(take(&headers(&[("authorization", bad)]), &mut UrlParams::default()).is_err(), "{bad}");

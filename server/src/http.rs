@@ -121,7 +121,7 @@ async fn ready(State(server): State<Arc<Server>>, UrlParameters(params): UrlPara
         )
             .into_response();
     }
-    let wants_object_store = params.get("durability").map(String::as_str) == Some("object_store");
+    let wants_object_store = params.get("durability") == Some("object_store");
     match (replica.object_store_status().map(|s| (s.reachable, s.last_error)), wants_object_store) {
         (None, true) => {
             (StatusCode::SERVICE_UNAVAILABLE, "no object store is configured on this node\n").into_response()
@@ -298,7 +298,7 @@ fn authorize_query(server: &Server, principal: &Principal, parsed: &query::Parse
 }
 
 fn flag(params: &UrlParams, name: &str, default: bool) -> Result<bool, NodeError> {
-    match params.get(name).map(String::as_str) {
+    match params.get(name) {
         None => Ok(default),
         Some("1" | "true") => Ok(true),
         Some("0" | "false") => Ok(false),
@@ -349,7 +349,7 @@ async fn execute(
     // As in ClickHouse: the statement is `?query=`, followed by the body for statements other
     // than INSERT; without `?query=`, the body starts with the statement.
     let (text, body_is_statement) = match params.get("query") {
-        Some(q) => (std::borrow::Cow::Borrowed(q.as_str()), false),
+        Some(q) => (std::borrow::Cow::Borrowed(q), false),
         None => match std::str::from_utf8(&body) {
             Ok(text) => (std::borrow::Cow::Borrowed(text), true),
             // Binary rows (Parquet, Arrow) after the statement: the statement is in the head.
@@ -417,7 +417,7 @@ fn output_options(params: &UrlParams) -> Result<OutputOptions, NodeError> {
 }
 
 fn output_format(params: &UrlParams, clause: Option<&str>) -> Result<Format, NodeError> {
-    match clause.or(params.get("default_format").map(String::as_str)) {
+    match clause.or(params.get("default_format")) {
         Some(name) => Format::parse(name),
         None => Ok(Format::TabSeparated),
     }
@@ -779,7 +779,7 @@ async fn run_insert(
     data: Bytes,
     started: Instant,
 ) -> Result<Response, NodeError> {
-    let deduplication_token = params.get("insert_deduplication_token").filter(|t| !t.is_empty()).cloned();
+    let deduplication_token = params.get("insert_deduplication_token").filter(|t| !t.is_empty()).map(str::to_string);
     if let Some(token) = deduplication_token.as_ref().filter(|t| t.len() > MAX_DEDUP_TOKEN_BYTES) {
         return Err(NodeError::bad_request(format!(
             "insert_deduplication_token is {} bytes; the limit is {MAX_DEDUP_TOKEN_BYTES} (a hash or an id fits)",
@@ -805,7 +805,7 @@ async fn run_insert(
                 Some(ms) => capped_millis(ms),
                 None => config.settings.insert_quorum_timeout(),
             },
-            durability: params.get("insert_durability").map(|d| Durability::parse(d)).transpose()?,
+            durability: params.get("insert_durability").map(Durability::parse).transpose()?,
         },
         async_insert: params.contains_key("async_insert").then(|| flag(params, "async_insert", false)).transpose()?,
         buffering: AsyncInsertOptions {
