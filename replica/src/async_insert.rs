@@ -31,7 +31,7 @@ use crate::insert::{
 };
 use crate::insert_buffer::{AsyncBacklog, AsyncInserts, Entry, FlushAck, MAX_RETRY, Piece};
 use crate::insert_log::LogError;
-use crate::logged_insert::{LoggedInsert, LoggedPiece, decode_logged};
+use crate::logged_insert::{LoggedInsert, LoggedPiece, SchemaCodecs, decode_logged};
 use crate::replica::Replica;
 use crate::schema::{Durability, TableDef};
 
@@ -87,7 +87,7 @@ impl Replica {
         quorum: QuorumTarget,
     ) -> Result<InsertSummary, Error> {
         let table = def.name.clone();
-        let Some(created) = self.catalog.table(&table).map(|state| state.created) else {
+        let Some(created) = self.catalog.table_created(&table) else {
             return Err(Error::UnknownTable(table));
         };
         // A schema version older than the table means the rows were decoded for an earlier table
@@ -114,40 +114,24 @@ impl Replica {
                 quorum.required()
             )));
         }
-        let inserts = self.async_inserts.clone();
+        let inserts = &self.async_inserts;
         let codecs = inserts.codecs(&table, rows.schema_ref())?;
         let rows_bytes = rows.get_array_memory_size();
-        let (split_def, token, deduplicate) = (def.clone(), options.deduplication_token.clone(), options.deduplicate);
-        let (split_inserts, split_codecs) = (inserts.clone(), codecs.clone());
-        let split = move || -> Result<Vec<Piece>, Error> {
-            let mut pieces = Vec::new();
-            if rows.num_rows() == 0 {
-                return Ok(pieces);
-            }
-            for (partition, block) in split_by_partition(&rows, &split_def.partition_by)? {
-                let id = if deduplicate {
-                    split_codecs.block_id(&split_def.name, &partition, &block, token.as_deref())?
-                } else {
-                    split_inserts.unique_id()
-                };
-                // A decoded batch may hold its builders' spare capacity (kilobytes for a few
-                // rows): the buffer keeps a tight copy, so its memory follows the rows it holds.
-                let rows = if holds_spare_room(&block) {
-                    let indices = UInt32Array::from_iter_values(0..block.num_rows() as u32);
-                    take_record_batch(&block, &indices).map_err(Error::internal)?
-                } else {
-                    block
-                };
-                pieces.push(Piece { partition, id, rows });
-            }
-            Ok(pieces)
-        };
+        let (token, deduplicate) = (options.deduplication_token.as_deref(), options.deduplicate);
         // Splitting and hashing touch every row: off the runtime, unless the insert is so small
-        // that the hop to a blocking thread costs more than the work.
+        // that the hop to a blocking thread costs more than the work. (Inline, nothing shared is
+        // cloned: on two cores, each shared reference count a request touches moves a cache
+        // line between them.)
         let pieces = if rows_bytes <= INLINE_BYTES {
-            split()?
+            split_into_pieces(inserts, &codecs, def, rows, token, deduplicate)?
         } else {
-            tokio::task::spawn_blocking(split).await.map_err(Error::internal)??
+            let (inserts, codecs, def, token) =
+                (inserts.clone(), codecs.clone(), def.clone(), token.map(str::to_string));
+            tokio::task::spawn_blocking(move || {
+                split_into_pieces(&inserts, &codecs, &def, rows, token.as_deref(), deduplicate)
+            })
+            .await
+            .map_err(Error::internal)??
         };
 
         let now_ms = chrono::Utc::now().timestamp_millis();
@@ -202,23 +186,17 @@ impl Replica {
             version,
             pieces: new.iter().map(|p| LoggedPiece { partition: p.partition.clone(), id: p.id.0 }).collect(),
         };
-        let batches: Vec<RecordBatch> = new.iter().map(|p| p.rows.clone()).collect();
-        let (encode_inserts, encode_def) = (inserts.clone(), def.clone());
-        let encode = move || -> Result<Vec<u8>, Error> {
-            encode_inserts
-                .ensure_definition(&encode_def, created, version)
-                .map_err(|e| Error::Unavailable(format!("cannot write to the insert log: {e}; nothing was logged")))?;
-            if batches.is_empty() {
-                return Err(Error::internal("a logged insert has no rows"));
-            }
-            codecs.encode(&header, &batches)
-        };
         // The definition's file is written once per schema version; after that, encoding a
         // small insert is cheaper than a hop to a blocking thread.
         let payload = if rows_bytes <= INLINE_BYTES && inserts.has_definition(&def.name, created, version) {
-            encode()?
+            let batches: Vec<&RecordBatch> = new.iter().map(|p| &p.rows).collect();
+            log_payload(inserts, &codecs, def, &header, &batches)?
         } else {
-            tokio::task::spawn_blocking(encode).await.map_err(Error::internal)??
+            let (inserts, def) = (inserts.clone(), def.clone());
+            let batches: Vec<RecordBatch> = new.iter().map(|p| p.rows.clone()).collect();
+            tokio::task::spawn_blocking(move || log_payload(&inserts, &codecs, &def, &header, &batches))
+                .await
+                .map_err(Error::internal)??
         };
         let sequence = inserts.log(payload).await.map_err(|e| match e {
             LogError::Full { .. } => Error::Unavailable(format!(
@@ -612,6 +590,53 @@ async fn encode(
     })
     .await
     .map_err(Error::internal)?
+}
+
+/// An insert's rows as pieces, one per partition, each with its block id (the content hash,
+/// or with `token` the token's; a unique id without deduplication).
+fn split_into_pieces(
+    inserts: &AsyncInserts,
+    codecs: &SchemaCodecs,
+    def: &TableDef,
+    rows: RecordBatch,
+    token: Option<&str>,
+    deduplicate: bool,
+) -> Result<Vec<Piece>, Error> {
+    let mut pieces = Vec::new();
+    if rows.num_rows() == 0 {
+        return Ok(pieces);
+    }
+    for (partition, block) in split_by_partition(&rows, &def.partition_by)? {
+        let id = if deduplicate { codecs.block_id(&def.name, &partition, &block, token)? } else { inserts.unique_id() };
+        // A decoded batch may hold its builders' spare capacity (kilobytes for a few rows): the
+        // buffer keeps a tight copy, so its memory follows the rows it holds.
+        let rows = if holds_spare_room(&block) {
+            let indices = UInt32Array::from_iter_values(0..block.num_rows() as u32);
+            take_record_batch(&block, &indices).map_err(Error::internal)?
+        } else {
+            block
+        };
+        pieces.push(Piece { partition, id, rows });
+    }
+    Ok(pieces)
+}
+
+/// The insert log's record of an insert: its header and rows, once the definition they were
+/// decoded under is on disk.
+fn log_payload(
+    inserts: &AsyncInserts,
+    codecs: &SchemaCodecs,
+    def: &TableDef,
+    header: &LoggedInsert,
+    batches: &[impl std::borrow::Borrow<RecordBatch>],
+) -> Result<Vec<u8>, Error> {
+    inserts
+        .ensure_definition(def, header.created, header.version)
+        .map_err(|e| Error::Unavailable(format!("cannot write to the insert log: {e}; nothing was logged")))?;
+    if batches.is_empty() {
+        return Err(Error::internal("a logged insert has no rows"));
+    }
+    codecs.encode(header, batches)
 }
 
 /// Tells each entry what became of it and marks it flushed in the log.

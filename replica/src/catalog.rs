@@ -401,6 +401,13 @@ impl Catalog {
         self.tables.read().expect("catalog lock").get(name).cloned()
     }
 
+    /// The revision that created table `name` (None: no such table), without taking a share
+    /// of its state: every buffered insert asks, and on two cores each share taken and given
+    /// back moves the state's reference count between them.
+    pub fn table_created(&self, name: &str) -> Option<Revision> {
+        self.tables.read().expect("catalog lock").get(name).map(|state| state.created)
+    }
+
     pub fn broken_parts(&self) -> Vec<BrokenPart> {
         self.broken.lock().expect("broken parts lock").values().cloned().collect()
     }

@@ -11,6 +11,7 @@
 //! layout is read back through `ArrayData`'s full validation: a payload that does not describe
 //! valid arrays is an error, never a panic.
 
+use std::borrow::Borrow;
 use std::collections::HashMap;
 use std::sync::Arc;
 
@@ -88,7 +89,7 @@ impl SchemaCodecs {
     }
 
     /// A logged insert's payload: `header`, then `batches` (one per piece, of this schema).
-    pub(crate) fn encode(&self, header: &LoggedInsert, batches: &[RecordBatch]) -> Result<Vec<u8>, Error> {
+    pub(crate) fn encode(&self, header: &LoggedInsert, batches: &[impl Borrow<RecordBatch>]) -> Result<Vec<u8>, Error> {
         if header.pieces.len() != batches.len() {
             return Err(Error::internal(format!("{} pieces but {} batches", header.pieces.len(), batches.len())));
         }
@@ -100,8 +101,8 @@ impl SchemaCodecs {
 }
 
 /// The byte layout: `schema` (as `describe_schema` wrote it), the header, then each piece.
-fn encode_bytes(schema: &[u8], header: &LoggedInsert, batches: &[RecordBatch]) -> Result<Vec<u8>, Error> {
-    let rows_bytes: usize = batches.iter().map(|b| b.get_array_memory_size()).sum();
+fn encode_bytes(schema: &[u8], header: &LoggedInsert, batches: &[impl Borrow<RecordBatch>]) -> Result<Vec<u8>, Error> {
+    let rows_bytes: usize = batches.iter().map(|b| b.borrow().get_array_memory_size()).sum();
     let mut out = Vec::with_capacity(64 + header.table.len() + schema.len() + rows_bytes);
     out.extend_from_slice(&BYTE_LAYOUT.to_le_bytes());
     out.push(BYTE_LAYOUT_VERSION);
@@ -111,6 +112,7 @@ fn encode_bytes(schema: &[u8], header: &LoggedInsert, batches: &[RecordBatch]) -
     out.extend_from_slice(schema);
     put_len(&mut out, header.pieces.len());
     for (piece, batch) in header.pieces.iter().zip(batches) {
+        let batch = batch.borrow();
         put_bytes(&mut out, piece.partition.as_bytes());
         out.extend_from_slice(&piece.id);
         put_len(&mut out, batch.num_rows());
@@ -240,14 +242,14 @@ impl IpcFraming {
 
     /// Appends `batches`, all of this framing's schema, to `out` as one IPC stream: the bytes
     /// a `StreamWriter` writes.
-    fn write(&self, batches: &[RecordBatch], out: &mut Vec<u8>) -> Result<(), Error> {
+    fn write(&self, batches: &[impl Borrow<RecordBatch>], out: &mut Vec<u8>) -> Result<(), Error> {
         let options = IpcWriteOptions::default();
         let generator = IpcDataGenerator::default();
         let (mut dictionaries, mut context) = (DictionaryTracker::new(false), IpcWriteContext::default());
         out.extend_from_slice(&self.head);
         for batch in batches {
             let (dictionary_batches, rows) =
-                generator.encode(batch, &mut dictionaries, &options, &mut context).map_err(Error::internal)?;
+                generator.encode(batch.borrow(), &mut dictionaries, &options, &mut context).map_err(Error::internal)?;
             for message in dictionary_batches.into_iter().chain([rows]) {
                 write_message(&mut *out, message, &options).map_err(Error::internal)?;
             }
@@ -258,14 +260,18 @@ impl IpcFraming {
 }
 
 /// The JSON-and-IPC layout: the header's length and JSON, then the rows as one IPC stream.
-fn encode_ipc(header: &LoggedInsert, batches: &[RecordBatch], framing: &IpcFraming) -> Result<Vec<u8>, Error> {
+fn encode_ipc(
+    header: &LoggedInsert,
+    batches: &[impl Borrow<RecordBatch>],
+    framing: &IpcFraming,
+) -> Result<Vec<u8>, Error> {
     let header = serde_json::to_vec(header).map_err(Error::internal)?;
     let mut payload = Vec::with_capacity(
         header.len()
             + 4
             + framing.head.len()
             + framing.tail.len()
-            + batches.iter().map(|b| b.get_array_memory_size()).sum::<usize>(),
+            + batches.iter().map(|b| b.borrow().get_array_memory_size()).sum::<usize>(),
     );
     payload.extend_from_slice(&(header.len() as u32).to_le_bytes());
     payload.extend_from_slice(&header);

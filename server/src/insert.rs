@@ -2,10 +2,12 @@
 //! the replica; when the schema changes before the parts are registered, decode again under
 //! the new one. With the table's `auto_add_columns`, new fields of the body become columns first.
 
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tandem_replica::metrics::InsertStage;
+use tandem_replica::schema::TableDef;
 use tandem_replica::{
     AlterAction, AsyncInsertOptions, Error as ReplicaError, InsertOptions, InsertSummary, Quorum, Replica,
 };
@@ -40,7 +42,7 @@ pub async fn insert(
 ) -> Result<InsertSummary, NodeError> {
     replica.accepts_inserts()?;
     let quorum = replica.quorum_target(settings.quorum).await?;
-    add_new_columns(replica, table, columns, format, &data).await?;
+    let mut columns_added = false;
     // A schema change between reading the schema and registering the parts makes the
     // registration fail; the insert is then decoded again under the new schema. Every retry
     // sees a newer schema, so it goes on while schema changes keep coming, within a time budget.
@@ -52,6 +54,11 @@ pub async fn insert(
             Some(state) => (state.def.clone(), state.schema.clone(), state.version),
             None => return Err(NodeError::unknown_table(table)),
         };
+        if def.settings.auto_add_columns && columns.is_none() && !columns_added {
+            add_new_columns(replica, table, def, format, &data).await?;
+            columns_added = true;
+            continue;
+        }
         // Decoding touches every row: off the runtime, unless the body is so small that the hop
         // to a blocking thread would cost more than decoding it (many small inserts).
         let decoding = Instant::now();
@@ -85,20 +92,17 @@ pub async fn insert(
     }
 }
 
-/// With the table's `auto_add_columns`, adds the fields the body brings that the table lacks,
+/// For a table with `auto_add_columns` (an insert that names no columns), adds the fields the
+/// body brings that the table lacks,
 /// through the same compare-and-swap as `ALTER TABLE ... ADD COLUMN IF NOT EXISTS` (so two
 /// inserts that infer different types for one new field: one wins, the other gets a 409).
 async fn add_new_columns(
     replica: &Replica,
     table: &str,
-    columns: Option<&[String]>,
+    def: Arc<TableDef>,
     format: Format,
     data: &Bytes,
 ) -> Result<(), NodeError> {
-    let Some(def) = replica.table(table).map(|state| state.def.clone()) else { return Ok(()) };
-    if !def.settings.auto_add_columns || columns.is_some() {
-        return Ok(());
-    }
     let data = data.clone();
     let new =
         tokio::task::spawn_blocking(move || new_columns(format, &data, &def)).await.map_err(NodeError::internal)??;

@@ -59,7 +59,7 @@ impl QueryLog {
     /// The entries kept, oldest first.
     pub fn entries(&self) -> Vec<QueryLogEntry> {
         let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
-        self.evict(&mut entries);
+        self.evict(&mut entries, now_ms());
         entries.iter().cloned().collect()
     }
 
@@ -67,16 +67,19 @@ impl QueryLog {
         if self.max_entries == 0 {
             return;
         }
+        // The newest entry's start stands for the present: the retention is minutes or more, and
+        // a clock read per statement is not free.
+        let now_ms = entry.event_time_ms;
         let mut entries = self.entries.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
         entries.push_back(entry);
-        self.evict(&mut entries);
+        self.evict(&mut entries, now_ms);
     }
 
-    fn evict(&self, entries: &mut VecDeque<QueryLogEntry>) {
+    fn evict(&self, entries: &mut VecDeque<QueryLogEntry>, now_ms: i64) {
         while entries.len() > self.max_entries {
             entries.pop_front();
         }
-        let oldest_kept = now_ms() - self.retention.as_millis().min(i64::MAX as u128) as i64;
+        let oldest_kept = now_ms - self.retention.as_millis().min(i64::MAX as u128) as i64;
         while entries.front().is_some_and(|e| e.event_time_ms < oldest_kept) {
             entries.pop_front();
         }

@@ -66,15 +66,16 @@ struct TextColumns<'a> {
     reread: bool,
     /// Per field position: the column it fills (None: skipped unknown column). Unset until the
     /// header is read, with names.
-    targets: Option<Vec<Option<TextColumn>>>,
+    targets: Option<Vec<Option<TextColumn<'a>>>>,
     lines: Vec<u64>,
     /// The rows the body is expected to hold (its lines).
     rows_hint: usize,
 }
 
-struct TextColumn {
-    /// The input schema's own field: shared, not copied, for every insert.
-    field: FieldRef,
+struct TextColumn<'a> {
+    /// The input schema's own field, borrowed: not even its reference count is touched (on two
+    /// cores, that count's cache line moves between them with every insert).
+    field: &'a FieldRef,
     is_string: bool,
     values: Values,
 }
@@ -87,11 +88,11 @@ enum Values {
     Parsed(Box<dyn ParsedValues>),
 }
 
-impl TextColumn {
-    fn new(field: &FieldRef, parse_as_read: bool, rows: usize) -> Self {
+impl<'a> TextColumn<'a> {
+    fn new(field: &'a FieldRef, parse_as_read: bool, rows: usize) -> Self {
         let parsed = if parse_as_read { parsed_values(field.data_type(), rows) } else { None };
         TextColumn {
-            field: field.clone(),
+            field,
             is_string: field.data_type() == &DataType::Utf8,
             values: match parsed {
                 Some(values) => Values::Parsed(values),
@@ -260,8 +261,8 @@ impl<'a> TextColumns<'a> {
         }
         let Some(targets) = self.targets else { return Ok(Some(RecordBatch::new_empty(self.input_schema.clone()))) };
         let lines = self.lines;
-        let mut fields = Vec::new();
-        let mut arrays = Vec::new();
+        let mut fields = Vec::with_capacity(targets.len());
+        let mut arrays = Vec::with_capacity(targets.len());
         for column in targets.into_iter().flatten() {
             let array = match column.values {
                 Values::Parsed(mut values) => values.finish(),
@@ -270,7 +271,7 @@ impl<'a> TextColumns<'a> {
                     if column.is_string {
                         text
                     } else {
-                        convert_text(&text, &column.field, |row| lines.get(row).copied().unwrap_or(0))?
+                        convert_text(&text, column.field, |row| lines.get(row).copied().unwrap_or(0))?
                     }
                 }
             };
@@ -280,7 +281,11 @@ impl<'a> TextColumns<'a> {
         // Every field of the input, in its order (the common case): its schema, not a new one.
         let whole_input = fields.len() == self.input_schema.fields().len()
             && fields.iter().zip(self.input_schema.fields()).all(|(read, input)| Arc::ptr_eq(read, input));
-        let schema = if whole_input { self.input_schema.clone() } else { Arc::new(Schema::new(fields)) };
+        let schema = if whole_input {
+            self.input_schema.clone()
+        } else {
+            Arc::new(Schema::new(fields.into_iter().cloned().collect::<Vec<_>>()))
+        };
         let options = datafusion::arrow::array::RecordBatchOptions::new().with_row_count(Some(lines.len()));
         RecordBatch::try_new_with_options(schema, arrays, &options).map(Some).map_err(NodeError::internal)
     }
