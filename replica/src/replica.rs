@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use tandem_coordinator::{Coordinator, Revision};
 use tandem_parts::PartId;
+use tandem_parts::arrow::datatypes::SchemaRef;
 use tokio::sync::mpsc;
 
 use crate::bucket::Bucket;
@@ -22,6 +23,7 @@ use crate::metrics::Metrics;
 use crate::mirror::Mirror;
 use crate::peer_tls::InterserverTls;
 use crate::running_merges::{Merges, RunningMerge};
+use crate::schema::TableDef;
 
 /// One node's replica. Shared as `Arc<Replica>` by the front end and the background loops.
 pub struct Replica {
@@ -126,6 +128,11 @@ impl Replica {
     /// A table as this node has applied it: its definition, active and pending parts.
     pub fn table(&self, name: &str) -> Option<Arc<TableState>> {
         self.catalog.table(name)
+    }
+
+    /// Table `name`'s definition, Arrow schema and schema version (what an insert decodes by).
+    pub fn table_definition(&self, name: &str) -> Option<(Arc<TableDef>, SchemaRef, Revision)> {
+        self.catalog.table_definition(name)
     }
 
     /// Every table as this node has applied it, by name.

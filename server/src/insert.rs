@@ -48,11 +48,10 @@ pub async fn insert(
     // sees a newer schema, so it goes on while schema changes keep coming, within a time budget.
     let started = Instant::now();
     loop {
-        // Only the definition is kept, not the table's state: a request holding the state would
+        // Only the definition is taken, not the table's state: a request holding the state would
         // make the catalog copy it to apply this very insert.
-        let (def, schema, version) = match replica.table(table) {
-            Some(state) => (state.def.clone(), state.schema.clone(), state.version),
-            None => return Err(NodeError::unknown_table(table)),
+        let Some((def, schema, version)) = replica.table_definition(table) else {
+            return Err(NodeError::unknown_table(table));
         };
         if def.settings.auto_add_columns && columns.is_none() && !columns_added {
             add_new_columns(replica, table, def, format, &data).await?;
