@@ -79,7 +79,7 @@ impl Replica {
     /// are answered as duplicates and not logged.
     pub async fn insert_async(
         &self,
-        def: &Arc<TableDef>,
+        def: Arc<TableDef>,
         version: Revision,
         rows: RecordBatch,
         options: &InsertOptions,
@@ -106,7 +106,7 @@ impl Replica {
                  cannot: send it with async_insert=0",
             ));
         }
-        crate::insert::quorum_fits_local_replicas(def, quorum.required())?;
+        crate::insert::quorum_fits_local_replicas(&def, quorum.required())?;
         if quorum.required() > 1 && !buffering.wait {
             return Err(Error::bad_request(format!(
                 "insert_quorum={} waits for other nodes to hold the insert's parts, which exist only once its flush \
@@ -123,7 +123,7 @@ impl Replica {
         // cloned: on two cores, each shared reference count a request touches moves a cache
         // line between them.)
         let pieces = if rows_bytes <= INLINE_BYTES {
-            split_into_pieces(inserts, &codecs, def, rows, token, deduplicate)?
+            split_into_pieces(inserts, &codecs, &def, rows, token, deduplicate)?
         } else {
             let (inserts, codecs, def, token) =
                 (inserts.clone(), codecs.clone(), def.clone(), token.map(str::to_string));
@@ -135,7 +135,7 @@ impl Replica {
         };
 
         let now_ms = chrono::Utc::now().timestamp_millis();
-        let window_ms = dedup_window_ms(def);
+        let window_ms = dedup_window_ms(&def);
         let mut summary = InsertSummary {
             table: table.clone(),
             rows_written: 0,
@@ -190,11 +190,11 @@ impl Replica {
         // small insert is cheaper than a hop to a blocking thread.
         let payload = if rows_bytes <= INLINE_BYTES && inserts.has_definition(&def.name, created, version) {
             let batches: Vec<&RecordBatch> = new.iter().map(|p| &p.rows).collect();
-            log_payload(inserts, &codecs, def, &header, &batches)?
+            log_payload(inserts, &codecs, &def, &header, &batches)?
         } else {
-            let (inserts, def) = (inserts.clone(), def.clone());
+            let (inserts, blocking_def) = (inserts.clone(), def.clone());
             let batches: Vec<RecordBatch> = new.iter().map(|p| p.rows.clone()).collect();
-            tokio::task::spawn_blocking(move || log_payload(&inserts, &codecs, &def, &header, &batches))
+            tokio::task::spawn_blocking(move || log_payload(&inserts, &codecs, &blocking_def, &header, &batches))
                 .await
                 .map_err(Error::internal)??
         };
@@ -222,7 +222,8 @@ impl Replica {
         inserts.buffer(
             Entry {
                 sequence,
-                def: def.clone(),
+                // Moved, not cloned: the request's share of the definition becomes the entry's.
+                def,
                 version,
                 created,
                 pieces: new,

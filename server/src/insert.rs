@@ -77,7 +77,7 @@ pub async fn insert(
             // A buffered insert keeps the schema it was decoded under: its flush registers
             // parts that say so, which readers map by column id like any older part.
             return Ok(replica
-                .insert_async(&def, version, rows, &settings.options, &settings.buffering, quorum)
+                .insert_async(def, version, rows, &settings.options, &settings.buffering, quorum)
                 .await?);
         }
         // Boxed, as is the schema change below (2 and 3.3 KB futures): inline, they would make
