@@ -92,9 +92,9 @@ pub async fn insert(
 }
 
 /// For a table with `auto_add_columns` (an insert that names no columns), adds the fields the
-/// body brings that the table lacks,
-/// through the same compare-and-swap as `ALTER TABLE ... ADD COLUMN IF NOT EXISTS` (so two
-/// inserts that infer different types for one new field: one wins, the other gets a 409).
+/// body brings that the table lacks, through the same compare-and-swap as `ALTER TABLE ... ADD
+/// COLUMN IF NOT EXISTS` (so two inserts that infer different types for one new field: one
+/// wins, the other gets a 409).
 async fn add_new_columns(
     replica: &Replica,
     table: &str,
