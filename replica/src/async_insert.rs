@@ -421,15 +421,17 @@ async fn flush(node: &Arc<Replica>, table: &str, mut entries: Vec<Entry>) -> Res
     let inserts = &node.async_inserts;
     // One transaction takes the parts of at most MAX_PARTS_PER_FLUSH partitions: the inserts
     // past that go back to the front of the buffer, for the next flush.
-    let mut partitions = HashSet::new();
-    let fits = entries
-        .iter()
-        .take_while(|e| {
-            partitions.extend(e.pieces.iter().map(|p| (e.version, p.partition.clone())));
-            partitions.len() <= MAX_PARTS_PER_FLUSH
-        })
-        .count()
-        .max(1);
+    let fits = {
+        let mut partitions = HashSet::new();
+        entries
+            .iter()
+            .take_while(|e| {
+                partitions.extend(e.pieces.iter().map(|p| (e.version, p.partition.as_str())));
+                partitions.len() <= MAX_PARTS_PER_FLUSH
+            })
+            .count()
+            .max(1)
+    };
     if fits < entries.len() {
         inserts.put_back(table, entries.split_off(fits));
     }
@@ -536,10 +538,12 @@ async fn encode(
     fresh: &[Vec<bool>],
     now_ms: i64,
 ) -> Result<BTreeMap<(Revision, String), EncodedPart>, Error> {
-    let mut groups: BTreeMap<(Revision, String), FlushGroup> = BTreeMap::new();
+    // Keyed by the pieces' own partition names: a flush holds thousands of pieces and a
+    // handful of groups, whose names are copied once each below.
+    let mut by_partition: BTreeMap<(Revision, &str), FlushGroup> = BTreeMap::new();
     for (entry, flags) in entries.iter().zip(fresh) {
         for (piece, _) in entry.pieces.iter().zip(flags).filter(|(_, f)| **f) {
-            let group = groups.entry((entry.version, piece.partition.clone())).or_insert_with(|| FlushGroup {
+            let group = by_partition.entry((entry.version, piece.partition.as_str())).or_insert_with(|| FlushGroup {
                 def: entry.def.clone(),
                 rows: Vec::new(),
                 quorum_until_ms: None,
@@ -548,6 +552,10 @@ async fn encode(
             group.quorum_until_ms = group.quorum_until_ms.max(entry.quorum_until_ms);
         }
     }
+    let groups: BTreeMap<(Revision, String), FlushGroup> = by_partition
+        .into_iter()
+        .map(|((version, partition), group)| ((version, partition.to_string()), group))
+        .collect();
     let store = node.catalog.store().clone();
     let node_id = node.config.node_id.clone();
     let unique = node.async_inserts.next_unique();
