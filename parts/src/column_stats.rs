@@ -1,6 +1,8 @@
 //! A part's column statistics (least value, greatest value, NULL count), gathered chunk by
 //! chunk as the part is written.
 
+use std::cmp::{max_by, min_by};
+
 use arrow::array::{Array, ArrayRef, ArrowPrimitiveType, AsArray, make_array};
 use arrow::buffer::NullBuffer;
 use arrow::compute::{max_boolean, max_string, min_boolean, min_string};
@@ -99,29 +101,13 @@ impl Extremes {
         match (self, other) {
             (Int(a, b), Int(c, d)) => Int(a.min(c), b.max(d)),
             (UInt(a, b), UInt(c, d)) => UInt(a.min(c), b.max(d)),
-            (Float(a, b), Float(c, d)) => Float(a.min_total(c), b.max_total(d)),
+            (Float(a, b), Float(c, d)) => Float(min_by(a, c, f64::total_cmp), max_by(b, d, f64::total_cmp)),
             (Bool(a, b), Bool(c, d)) => Bool(a & c, b | d),
             (Text(a, b), Text(c, d)) => Text(a.min(c), b.max(d)),
             // A chunk without values leaves what was seen.
             (seen, None) => seen,
             (_, here) => here,
         }
-    }
-}
-
-/// f64 in Arrow's total order.
-trait TotalOrder {
-    fn min_total(self, other: Self) -> Self;
-    fn max_total(self, other: Self) -> Self;
-}
-
-impl TotalOrder for f64 {
-    fn min_total(self, other: f64) -> f64 {
-        if other.total_cmp(&self).is_lt() { other } else { self }
-    }
-
-    fn max_total(self, other: f64) -> f64 {
-        if other.total_cmp(&self).is_gt() { other } else { self }
     }
 }
 
