@@ -1,7 +1,11 @@
 use std::sync::Arc;
 
-use arrow::array::RecordBatch;
-use arrow::datatypes::SchemaRef;
+use arrow::array::{Array, ArrowPrimitiveType, AsArray, RecordBatch};
+use arrow::datatypes::{
+    DataType, Date32Type, Date64Type, Float32Type, Float64Type, Int8Type, Int16Type, Int32Type, Int64Type, SchemaRef,
+    TimeUnit, TimestampMicrosecondType, TimestampMillisecondType, TimestampNanosecondType, TimestampSecondType,
+    UInt8Type, UInt16Type, UInt32Type, UInt64Type,
+};
 use arrow::error::ArrowError;
 use arrow::row::{RowConverter, SortField};
 
@@ -30,6 +34,9 @@ pub struct BlockHasher {
     columns: Vec<u8>,
     /// `None` for a schema without columns.
     converter: Option<RowConverter>,
+    /// Each column's width in the row format, when every column has values of a fixed width
+    /// (numbers, dates and times): their rows are then written here, not by the converter.
+    fixed_widths: Option<Vec<usize>>,
 }
 
 impl BlockHasher {
@@ -44,7 +51,8 @@ impl BlockHasher {
         } else {
             Some(RowConverter::new(schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?)
         };
-        Ok(BlockHasher { schema: schema.clone(), columns, converter })
+        let fixed_widths = schema.fields().iter().map(|f| fixed_width(f.data_type())).collect();
+        Ok(BlockHasher { schema: schema.clone(), columns, converter, fixed_widths })
     }
 
     /// The id of `batch`, which must be of this hasher's schema.
@@ -74,27 +82,163 @@ impl BlockHasher {
         hasher.update(b"rows\0");
         hasher.update(&self.columns);
         hasher.update(&(batch.num_rows() as u64).to_le_bytes());
-        if let Some(converter) = &self.converter {
-            let rows = converter.convert_columns(batch.columns())?;
-            // Each row is hashed as its length and its bytes. They are gathered into one buffer
-            // first: blake3 hashes a large input several chunks at a time (SIMD), but a row of a
-            // few dozen bytes one compression at a time, several times slower.
-            // Sized for the rows when they are fewer: a small insert would otherwise pay for
-            // zeroing fresh pages of a 64 KiB buffer it barely uses.
-            let row_bytes = rows.size() + rows.num_rows() * size_of::<u64>();
-            let mut buffer = Vec::with_capacity(row_bytes.min(HASH_BUFFER_BYTES));
-            for row in rows.iter() {
-                let bytes = row.as_ref();
-                buffer.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
-                buffer.extend_from_slice(bytes);
-                if buffer.len() >= HASH_BUFFER_BYTES {
-                    hasher.update(&buffer);
-                    buffer.clear();
-                }
-            }
-            hasher.update(&buffer);
+        match (&self.fixed_widths, &self.converter) {
+            (Some(widths), Some(_)) => hash_fixed_width_rows(&mut hasher, batch, widths),
+            (None, Some(converter)) => hash_converted_rows(&mut hasher, converter, batch)?,
+            (_, None) => {}
         }
         Ok(hasher.finalize())
+    }
+}
+
+/// Hashes the rows of `batch` in Arrow's row format, each as its length and its bytes.
+fn hash_converted_rows(
+    hasher: &mut blake3::Hasher,
+    converter: &RowConverter,
+    batch: &RecordBatch,
+) -> Result<(), PartError> {
+    let rows = converter.convert_columns(batch.columns())?;
+    // Each row is hashed as its length and its bytes. They are gathered into one buffer
+    // first: blake3 hashes a large input several chunks at a time (SIMD), but a row of a
+    // few dozen bytes one compression at a time, several times slower.
+    // Sized for the rows when they are fewer: a small insert would otherwise pay for
+    // zeroing fresh pages of a 64 KiB buffer it barely uses.
+    let row_bytes = rows.size() + rows.num_rows() * size_of::<u64>();
+    let mut buffer = Vec::with_capacity(row_bytes.min(HASH_BUFFER_BYTES));
+    for row in rows.iter() {
+        let bytes = row.as_ref();
+        buffer.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+        buffer.extend_from_slice(bytes);
+        if buffer.len() >= HASH_BUFFER_BYTES {
+            hasher.update(&buffer);
+            buffer.clear();
+        }
+    }
+    hasher.update(&buffer);
+    Ok(())
+}
+
+/// Hashes the rows of `batch`, whose columns have values of the fixed `widths`, exactly as the
+/// row converter's rows would be hashed: each row as its length and its bytes. In the row
+/// format a fixed-width value is a byte 1 and its bits in an order-preserving big-endian form,
+/// and a null is a byte 0 and zeros. Written straight from the arrays, a column at a time,
+/// this is a fraction of the converter's cost, which for a 10-row insert was a tenth of its
+/// instructions. The tests compare the two on every type written here.
+fn hash_fixed_width_rows(hasher: &mut blake3::Hasher, batch: &RecordBatch, widths: &[usize]) {
+    let row_len: usize = widths.iter().map(|width| 1 + width).sum();
+    let stride = size_of::<u64>() + row_len;
+    let rows_per_buffer = (HASH_BUFFER_BYTES / stride).max(1);
+    let mut buffer = Vec::new();
+    let mut first = 0;
+    while first < batch.num_rows() {
+        let rows = rows_per_buffer.min(batch.num_rows() - first);
+        buffer.clear();
+        buffer.resize(rows * stride, 0);
+        for row in buffer.chunks_exact_mut(stride) {
+            row[..size_of::<u64>()].copy_from_slice(&(row_len as u64).to_le_bytes());
+        }
+        let mut offset = size_of::<u64>();
+        for (column, width) in batch.columns().iter().zip(widths) {
+            write_fixed_width(&mut buffer, stride, offset, column, first);
+            offset += 1 + width;
+        }
+        hasher.update(&buffer);
+        first += rows;
+    }
+}
+
+/// The width of a value of `data_type` in the row format, when [`write_fixed_width`] writes it.
+fn fixed_width(data_type: &DataType) -> Option<usize> {
+    match data_type {
+        DataType::Int8
+        | DataType::Int16
+        | DataType::Int32
+        | DataType::Int64
+        | DataType::UInt8
+        | DataType::UInt16
+        | DataType::UInt32
+        | DataType::UInt64
+        | DataType::Float32
+        | DataType::Float64
+        | DataType::Date32
+        | DataType::Date64
+        | DataType::Timestamp(_, _) => data_type.primitive_width(),
+        _ => None,
+    }
+}
+
+/// Writes `column`'s values from row `first` on, one at `offset` of each `stride` bytes of
+/// `rows`.
+fn write_fixed_width(rows: &mut [u8], stride: usize, offset: usize, column: &dyn Array, first: usize) {
+    /// Signed integers: big-endian with the sign bit flipped.
+    macro_rules! signed {
+        () => {
+            |value| {
+                let mut bytes = value.to_be_bytes();
+                bytes[0] ^= 0x80;
+                bytes
+            }
+        };
+    }
+    /// Floats: their bits, all flipped when negative and the sign bit flipped otherwise (the
+    /// total order), then as a signed integer of their width.
+    macro_rules! float {
+        ($signed:ty, $unsigned:ty, $bits:expr) => {
+            |value| {
+                let bits = value.to_bits() as $signed;
+                let ordered = bits ^ (((bits >> ($bits - 1)) as $unsigned) >> 1) as $signed;
+                let mut bytes = ordered.to_be_bytes();
+                bytes[0] ^= 0x80;
+                bytes
+            }
+        };
+    }
+    match column.data_type() {
+        DataType::Int8 => write::<Int8Type, 1>(rows, stride, offset, column, first, signed!()),
+        DataType::Int16 => write::<Int16Type, 2>(rows, stride, offset, column, first, signed!()),
+        DataType::Int32 => write::<Int32Type, 4>(rows, stride, offset, column, first, signed!()),
+        DataType::Int64 => write::<Int64Type, 8>(rows, stride, offset, column, first, signed!()),
+        DataType::UInt8 => write::<UInt8Type, 1>(rows, stride, offset, column, first, u8::to_be_bytes),
+        DataType::UInt16 => write::<UInt16Type, 2>(rows, stride, offset, column, first, u16::to_be_bytes),
+        DataType::UInt32 => write::<UInt32Type, 4>(rows, stride, offset, column, first, u32::to_be_bytes),
+        DataType::UInt64 => write::<UInt64Type, 8>(rows, stride, offset, column, first, u64::to_be_bytes),
+        DataType::Float32 => write::<Float32Type, 4>(rows, stride, offset, column, first, float!(i32, u32, 32)),
+        DataType::Float64 => write::<Float64Type, 8>(rows, stride, offset, column, first, float!(i64, u64, 64)),
+        DataType::Date32 => write::<Date32Type, 4>(rows, stride, offset, column, first, signed!()),
+        DataType::Date64 => write::<Date64Type, 8>(rows, stride, offset, column, first, signed!()),
+        DataType::Timestamp(TimeUnit::Second, _) => {
+            write::<TimestampSecondType, 8>(rows, stride, offset, column, first, signed!())
+        }
+        DataType::Timestamp(TimeUnit::Millisecond, _) => {
+            write::<TimestampMillisecondType, 8>(rows, stride, offset, column, first, signed!())
+        }
+        DataType::Timestamp(TimeUnit::Microsecond, _) => {
+            write::<TimestampMicrosecondType, 8>(rows, stride, offset, column, first, signed!())
+        }
+        DataType::Timestamp(TimeUnit::Nanosecond, _) => {
+            write::<TimestampNanosecondType, 8>(rows, stride, offset, column, first, signed!())
+        }
+        // `fixed_width` admits only the types above.
+        _ => {}
+    }
+}
+
+/// Writes each value of `column` from row `first` on as `encode` gives its bytes, after a byte
+/// 1; a null leaves its row's bytes at zero.
+fn write<T: ArrowPrimitiveType, const N: usize>(
+    rows: &mut [u8],
+    stride: usize,
+    offset: usize,
+    column: &dyn Array,
+    first: usize,
+    encode: impl Fn(T::Native) -> [u8; N],
+) {
+    let column = column.as_primitive::<T>();
+    for (row, (i, value)) in rows.chunks_exact_mut(stride).zip(column.values().iter().enumerate().skip(first)) {
+        if column.is_valid(i) {
+            row[offset] = 1;
+            row[offset + 1..offset + 1 + N].copy_from_slice(&encode(*value));
+        }
     }
 }
 
@@ -113,8 +257,13 @@ fn push_str(out: &mut Vec<u8>, s: &str) {
 mod tests {
     use std::sync::Arc;
 
-    use arrow::array::{Int64Array, StringArray};
-    use arrow::datatypes::{DataType, Field, Schema};
+    use arrow::array::{
+        ArrayRef, Date32Array, Date64Array, Float32Array, Float64Array, Int8Array, Int16Array, Int32Array, Int64Array,
+        StringArray, TimestampMicrosecondArray, TimestampMillisecondArray, TimestampNanosecondArray,
+        TimestampSecondArray, UInt8Array, UInt16Array, UInt32Array, UInt64Array,
+    };
+    use arrow::datatypes::{Field, Schema};
+    use proptest::prelude::*;
 
     use super::*;
 
@@ -159,6 +308,140 @@ mod tests {
         assert_eq!(
             block_id("t", "202401", &many, None).unwrap(),
             "a12826c67bda9baf043460f879854f32cb083c63a1ed43d3cb564472155b06f5"
+        );
+    }
+
+    /// A column of the `kind`-th type `hash_fixed_width_rows` writes, from raw values (null
+    /// where the flag is false).
+    fn fixed_width_column(kind: usize, values: &[(bool, u64)]) -> ArrayRef {
+        macro_rules! column {
+            ($array:ty, $native:ty) => {
+                Arc::new(<$array>::from_iter(values.iter().map(|&(valid, raw)| valid.then_some(raw as $native))))
+            };
+        }
+        match kind % FIXED_WIDTH_KINDS {
+            0 => column!(Int8Array, i8),
+            1 => column!(Int16Array, i16),
+            2 => column!(Int32Array, i32),
+            3 => column!(Int64Array, i64),
+            4 => column!(UInt8Array, u8),
+            5 => column!(UInt16Array, u16),
+            6 => column!(UInt32Array, u32),
+            7 => column!(UInt64Array, u64),
+            8 => Arc::new(Float32Array::from_iter(
+                values.iter().map(|&(valid, raw)| valid.then_some(f32::from_bits(raw as u32))),
+            )),
+            9 => Arc::new(Float64Array::from_iter(
+                values.iter().map(|&(valid, raw)| valid.then_some(f64::from_bits(raw))),
+            )),
+            10 => column!(Date32Array, i32),
+            11 => column!(Date64Array, i64),
+            12 => column!(TimestampSecondArray, i64),
+            13 => column!(TimestampMillisecondArray, i64),
+            14 => column!(TimestampMicrosecondArray, i64),
+            _ => Arc::new(
+                TimestampNanosecondArray::from_iter(values.iter().map(|&(valid, raw)| valid.then_some(raw as i64)))
+                    .with_timezone("UTC"),
+            ),
+        }
+    }
+
+    const FIXED_WIDTH_KINDS: usize = 16;
+
+    /// Floats' raw values: their edge cases as often as any other bits.
+    fn raw_value() -> impl Strategy<Value = u64> {
+        prop_oneof![
+            any::<u64>(),
+            proptest::sample::select(vec![
+                0,
+                (-0.0_f64).to_bits(),
+                f64::NAN.to_bits(),
+                (-f64::NAN).to_bits(),
+                f64::INFINITY.to_bits(),
+                f64::NEG_INFINITY.to_bits(),
+                u64::from((-0.0_f32).to_bits()),
+                u64::from(f32::NAN.to_bits()),
+                u64::from((-f32::NAN).to_bits()),
+                u64::MAX,
+                1 << 63,
+            ]),
+        ]
+    }
+
+    /// The id through Arrow's row converter, as every block was hashed before the fixed-width
+    /// rows were written directly.
+    fn converted_id(batch: &RecordBatch) -> blake3::Hash {
+        let converter =
+            RowConverter::new(batch.schema().fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())
+                .unwrap();
+        let mut hasher = blake3::Hasher::new();
+        hash_converted_rows(&mut hasher, &converter, batch).unwrap();
+        hasher.finalize()
+    }
+
+    fn fixed_width_id(batch: &RecordBatch) -> blake3::Hash {
+        let widths: Vec<usize> = batch.schema().fields().iter().map(|f| fixed_width(f.data_type()).unwrap()).collect();
+        let mut hasher = blake3::Hasher::new();
+        hash_fixed_width_rows(&mut hasher, batch, &widths);
+        hasher.finalize()
+    }
+
+    fn fixed_width_batch(kinds: &[usize], rows: &[(bool, u64)]) -> RecordBatch {
+        let columns: Vec<ArrayRef> = kinds.iter().map(|&kind| fixed_width_column(kind, rows)).collect();
+        let fields: Vec<Field> =
+            columns.iter().enumerate().map(|(i, c)| Field::new(format!("c{i}"), c.data_type().clone(), true)).collect();
+        RecordBatch::try_new(Arc::new(Schema::new(fields)), columns).unwrap()
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(2000))]
+
+        /// Rows written straight from the arrays hash as the row converter's rows do, for every
+        /// type written that way, nulls and floats' edge cases included, from any offset.
+        #[test]
+        fn fixed_width_rows_hash_as_converted_rows(
+            kinds in proptest::collection::vec(0..FIXED_WIDTH_KINDS, 1..6),
+            rows in proptest::collection::vec((any::<bool>(), raw_value()), 0..40),
+            offset in 0_usize..3,
+        ) {
+            let batch = fixed_width_batch(&kinds, &rows);
+            let batch = batch.slice(offset.min(batch.num_rows()), batch.num_rows().saturating_sub(offset));
+            prop_assert_eq!(fixed_width_id(&batch), converted_id(&batch));
+        }
+    }
+
+    #[test]
+    fn fixed_width_rows_hash_as_converted_rows_across_buffers() {
+        let rows: Vec<(bool, u64)> =
+            (0..20_000_u64).map(|i| (i % 7 != 0, i.wrapping_mul(0x9E37_79B9_7F4A_7C15))).collect();
+        let batch = fixed_width_batch(&(0..FIXED_WIDTH_KINDS).collect::<Vec<_>>(), &rows);
+        assert!(batch.num_rows() * 100 > 2 * HASH_BUFFER_BYTES, "several buffers' worth");
+        assert_eq!(fixed_width_id(&batch), converted_id(&batch));
+        let hasher = BlockHasher::new(batch.schema_ref()).unwrap();
+        assert!(hasher.fixed_widths.is_some(), "every kind is written directly");
+    }
+
+    /// The ids of blocks of numbers and times, which are hashed without the row converter, are
+    /// the ids they had through it.
+    #[test]
+    fn fixed_width_ids_are_stable_across_versions() {
+        let schema = Arc::new(Schema::new(vec![
+            Field::new("ts", DataType::Timestamp(arrow::datatypes::TimeUnit::Second, None), false),
+            Field::new("id", DataType::UInt64, false),
+            Field::new("v", DataType::Float64, true),
+        ]));
+        let rows = RecordBatch::try_new(
+            schema,
+            vec![
+                Arc::new(TimestampSecondArray::from(vec![1_705_312_801, 1_705_312_802, 1_705_312_803])),
+                Arc::new(UInt64Array::from(vec![1, 2, u64::MAX])),
+                Arc::new(Float64Array::from(vec![Some(1.5), None, Some(-0.0)])),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            block_id("t", "202401", &rows, None).unwrap(),
+            "adf4481c5a1b434d0fd9c48d6603ad6a62eb36c321f297e0a45947a463b8c573"
         );
     }
 
