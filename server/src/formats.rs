@@ -26,6 +26,7 @@ mod encode;
 mod guard;
 mod infer;
 mod json;
+mod plain_number;
 mod pretty;
 mod timestamp_text;
 pub mod values;
