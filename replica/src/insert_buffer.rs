@@ -82,15 +82,19 @@ pub(crate) struct TableBuffer {
     pub(crate) last_error: Option<String>,
 }
 
+/// A table's definition versions, as (created, version).
+type DefinitionVersions = HashSet<(Revision, Revision), ahash::RandomState>;
+
 /// The asynchronous insert buffer of one node.
 pub(crate) struct AsyncInserts {
     log: InsertLog,
     /// Table definitions the logged inserts were decoded under, one file per version.
     definitions_dir: PathBuf,
-    /// The versions (created, version) written, per table.
-    definitions_written: Mutex<HashMap<String, HashSet<(Revision, Revision)>>>,
+    /// The versions (created, version) written, per table. Hashed by aHash, as the block index
+    /// is: every insert looks its table up here and in `codecs`.
+    definitions_written: Mutex<HashMap<String, DefinitionVersions, ahash::RandomState>>,
     /// How each table's inserts were last hashed and logged, for the schema they had.
-    codecs: Mutex<HashMap<String, Arc<SchemaCodecs>>>,
+    codecs: Mutex<HashMap<String, Arc<SchemaCodecs>, ahash::RandomState>>,
     buffers: Mutex<BTreeMap<String, TableBuffer>>,
     index: BlockIndex,
     wake: Notify,
