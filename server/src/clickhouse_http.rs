@@ -77,12 +77,21 @@ pub fn finish_response(mut response: Response, exchange: &Exchange) -> Response 
 
 /// `X-ClickHouse-Summary`: what a statement read and wrote, as ClickHouse's JSON of strings.
 pub fn summary(written_rows: u64, written_bytes: u64, result_rows: u64, result_bytes: u64) -> String {
-    // Formatted directly, in ClickHouse's key order: every insert answers with it, and a JSON
-    // map built and serialized for seven numbers was 2% of a 10-row insert's CPU.
-    format!(
-        "{{\"read_rows\":\"0\",\"read_bytes\":\"0\",\"written_rows\":\"{written_rows}\",\"written_bytes\":\"{written_bytes}\",\
-         \"total_rows_to_read\":\"0\",\"result_rows\":\"{result_rows}\",\"result_bytes\":\"{result_bytes}\"}}"
-    )
+    // Written directly, in ClickHouse's key order: every insert answers with it. A JSON map
+    // built and serialized for seven numbers was 2% of a 10-row insert's CPU, and `format!`'s
+    // machinery still 1.5% of its instructions.
+    let mut number = itoa::Buffer::new();
+    let mut summary = String::with_capacity(192);
+    summary.push_str("{\"read_rows\":\"0\",\"read_bytes\":\"0\",\"written_rows\":\"");
+    summary.push_str(number.format(written_rows));
+    summary.push_str("\",\"written_bytes\":\"");
+    summary.push_str(number.format(written_bytes));
+    summary.push_str("\",\"total_rows_to_read\":\"0\",\"result_rows\":\"");
+    summary.push_str(number.format(result_rows));
+    summary.push_str("\",\"result_bytes\":\"");
+    summary.push_str(number.format(result_bytes));
+    summary.push_str("\"}");
+    summary
 }
 
 /// An encoding of response bodies.
@@ -221,6 +230,11 @@ mod tests {
 
     #[test]
     fn the_summary_is_json_with_clickhouse_keys() {
+        assert_eq!(
+            summary(10, 250, 3, u64::MAX),
+            r#"{"read_rows":"0","read_bytes":"0","written_rows":"10","written_bytes":"250","total_rows_to_read":"0","result_rows":"3","result_bytes":"18446744073709551615"}"#,
+            "ClickHouse's keys, in its order"
+        );
         let summary: serde_json::Value = serde_json::from_str(&summary(10, 250, 3, 40)).unwrap();
         assert_eq!(
             summary,
