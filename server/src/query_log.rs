@@ -168,9 +168,12 @@ pub fn masked(text: &str) -> String {
         end -= 1;
     }
     let text = &text[..end];
-    // Found without an upper-cased copy of the text: this runs on every request.
-    let Some(start) = text.as_bytes().windows(b"IDENTIFIED".len()).position(|w| w.eq_ignore_ascii_case(b"IDENTIFIED"))
-    else {
+    // Found without an upper-cased copy of the text, and compared only where an `I` is: this
+    // runs on every request.
+    let bytes = text.as_bytes();
+    let Some(start) = memchr::memchr2_iter(b'I', b'i', bytes).find(|&at| {
+        bytes.get(at..at + b"IDENTIFIED".len()).is_some_and(|word| word.eq_ignore_ascii_case(b"IDENTIFIED"))
+    }) else {
         return text.to_string();
     };
     let (head, rest) = text.split_at(start);

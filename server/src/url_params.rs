@@ -37,11 +37,12 @@ impl UrlParams {
 
     /// Takes every parameter named `name` out; the value of the last.
     pub fn remove(&mut self, name: &str) -> Option<String> {
-        let value = self.get(name).map(str::to_string);
+        // Most requests carry no `user` or `password`: nothing to take out then.
+        let value = self.get(name)?.to_string();
         let mut pairs = std::mem::take(&mut self.pairs);
         pairs.retain(|(n, _)| !self.name_is(n, name));
         self.pairs = pairs;
-        value
+        Some(value)
     }
 
     fn push(&mut self, name: &str, value: &str) {
