@@ -837,7 +837,7 @@ async fn run_insert(
     })?;
     let written_bytes = if summary.rows_written > 0 { bytes_in as u64 } else { 0 };
     let clickhouse_summary = crate::clickhouse_http::summary(summary.rows_written, written_bytes, 0, 0);
-    let body = serde_json::to_vec(&summary).map_err(NodeError::internal)?;
+    let body = crate::insert::answer_body(&summary).map_err(NodeError::internal)?;
     let mut response = Response::new(Body::from(body));
     response.extensions_mut().insert(Moved { rows: summary.rows_written, bytes: bytes_in as u64 });
     let headers = response.headers_mut();

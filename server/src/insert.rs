@@ -113,3 +113,80 @@ async fn add_new_columns(
     Box::pin(replica.alter(table, &actions, false)).await?;
     Ok(())
 }
+
+/// An insert's answer body: its summary exactly as serde writes it (the tests compare them),
+/// with the keys written as they are, not escaped one by one, and the numbers by itoa. Serde's
+/// pass was 3% of a small insert's instructions. The parts and the quorum, when there are any,
+/// and the strings are written by serde.
+pub fn answer_body(summary: &InsertSummary) -> Result<Vec<u8>, serde_json::Error> {
+    let mut body = Vec::with_capacity(160);
+    let mut number = itoa::Buffer::new();
+    body.extend_from_slice(b"{\"table\":");
+    serde_json::to_writer(&mut body, &summary.table)?;
+    body.extend_from_slice(b",\"rows_written\":");
+    body.extend_from_slice(number.format(summary.rows_written).as_bytes());
+    body.extend_from_slice(b",\"rows_deduplicated\":");
+    body.extend_from_slice(number.format(summary.rows_deduplicated).as_bytes());
+    body.extend_from_slice(if summary.deduplicated { b",\"deduplicated\":true" } else { b",\"deduplicated\":false" });
+    body.extend_from_slice(b",\"parts\":");
+    if summary.parts.is_empty() {
+        body.extend_from_slice(b"[]");
+    } else {
+        serde_json::to_writer(&mut body, &summary.parts)?;
+    }
+    body.extend_from_slice(b",\"revision\":");
+    body.extend_from_slice(number.format(summary.revision).as_bytes());
+    if let Some(quorum) = &summary.quorum {
+        body.extend_from_slice(b",\"quorum\":");
+        serde_json::to_writer(&mut body, quorum)?;
+    }
+    body.extend_from_slice(b",\"acknowledged\":");
+    serde_json::to_writer(&mut body, &summary.acknowledged)?;
+    body.push(b'}');
+    Ok(body)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)]
+mod tests {
+    use tandem_replica::{Acknowledged, PartId, PartSummary, QuorumSummary};
+
+    use super::*;
+
+    #[test]
+    fn the_answer_body_is_what_serde_writes() {
+        let logged = InsertSummary {
+            table: "events".into(),
+            rows_written: 10,
+            rows_deduplicated: 0,
+            deduplicated: false,
+            parts: Vec::new(),
+            revision: 42,
+            quorum: None,
+            acknowledged: Acknowledged::Logged,
+        };
+        let part = |n: u8| PartSummary {
+            part: format!("{n:02x}").repeat(32).parse::<PartId>().unwrap(),
+            partition: format!("2024{n:02}"),
+            rows: u64::MAX,
+            deduplicated: n.is_multiple_of(2),
+            revision: i64::MAX,
+        };
+        let registered = InsertSummary {
+            table: "a \"quoted\" \\ tablé\n".into(),
+            rows_written: 0,
+            rows_deduplicated: 7,
+            deduplicated: true,
+            parts: vec![part(1), part(2)],
+            revision: 0,
+            quorum: Some(QuorumSummary { required: 2, holders: vec!["n1".into(), "n2".into()] }),
+            acknowledged: Acknowledged::Registered,
+        };
+        for summary in [logged, registered] {
+            assert_eq!(
+                String::from_utf8(answer_body(&summary).unwrap()).unwrap(),
+                serde_json::to_string(&summary).unwrap()
+            );
+        }
+    }
+}
