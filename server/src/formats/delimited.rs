@@ -16,7 +16,7 @@ use datafusion::arrow::datatypes::{
 
 use super::json::convert_text;
 use super::plain_number::PlainNumber;
-use super::timestamp_text::{parse_common_timestamp, timestamp_array};
+use super::timestamp_text::{CommonTimestamps, timestamp_array};
 use super::{Format, InputOptions, unknown_column};
 use crate::error::NodeError;
 use tandem_replica::schema::TableDef;
@@ -162,13 +162,14 @@ impl<T: PlainNumber> ParsedValues for Numbers<T> {
 /// Timestamps without a time zone in the common spelling (others go to the general parser).
 struct Timestamps {
     unit: TimeUnit,
+    parser: CommonTimestamps,
     values: Vec<i64>,
     nulls: NullBufferBuilder,
 }
 
 impl ParsedValues for Timestamps {
     fn push(&mut self, text: &str) -> bool {
-        let Some(value) = parse_common_timestamp(text, self.unit) else { return false };
+        let Some(value) = self.parser.parse(text) else { return false };
         self.values.push(value);
         self.nulls.append_non_null();
         true
@@ -252,6 +253,7 @@ fn parsed_values(data_type: &DataType, rows: usize) -> Option<Parsed> {
         DataType::Float64 => Parsed::Float64(numbers(rows)),
         DataType::Timestamp(unit, None) => Parsed::Timestamps(Timestamps {
             unit: *unit,
+            parser: CommonTimestamps::new(*unit),
             values: Vec::with_capacity(rows),
             nulls: NullBufferBuilder::new(rows),
         }),

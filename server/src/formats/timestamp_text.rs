@@ -22,23 +22,80 @@ const YEARS: std::ops::RangeInclusive<i64> = 1900..=2199;
 /// them is spelled any other way: the caller then parses the whole column the general way, so
 /// what is accepted and how it is read never depends on this shortcut.
 pub fn parse_common_timestamps(strings: &StringArray, unit: TimeUnit) -> Option<ArrayRef> {
+    let mut parser = CommonTimestamps::new(unit);
     let mut values = Vec::with_capacity(strings.len());
     for i in 0..strings.len() {
-        values.push(if strings.is_valid(i) { parse_common_timestamp(strings.value(i), unit)? } else { 0 });
+        values.push(if strings.is_valid(i) { parser.parse(strings.value(i))? } else { 0 });
     }
     Some(timestamp_array(values, strings.nulls().cloned(), unit))
 }
 
-/// One value in the common spelling as a timestamp in `unit`, or `None` when it is spelled any
-/// other way.
-pub fn parse_common_timestamp(text: &str, unit: TimeUnit) -> Option<i64> {
-    let digits = match unit {
-        TimeUnit::Second => 0,
-        TimeUnit::Millisecond => 3,
-        TimeUnit::Microsecond => 6,
-        TimeUnit::Nanosecond => 9,
+/// Reads values in the common spelling as timestamps in one unit. The rows of an insert mostly
+/// share their date: the last date read and its day number are kept, and a value of the same
+/// date reads only its time.
+pub struct CommonTimestamps {
+    /// Fraction digits the unit holds.
+    digits: u32,
+    last_date: Option<([u8; 10], i64)>,
+}
+
+impl CommonTimestamps {
+    pub fn new(unit: TimeUnit) -> Self {
+        let digits = match unit {
+            TimeUnit::Second => 0,
+            TimeUnit::Millisecond => 3,
+            TimeUnit::Microsecond => 6,
+            TimeUnit::Nanosecond => 9,
+        };
+        CommonTimestamps { digits, last_date: None }
+    }
+
+    /// `YYYY-MM-DD hh:mm:ss` (or with `T` between date and time), then optionally `.` and at
+    /// most as many fraction digits as the unit holds, as a count of the unit since 1970; or
+    /// `None` when `text` is spelled any other way.
+    pub fn parse(&mut self, text: &str) -> Option<i64> {
+        let digits = self.digits;
+        let (head, fraction) = match text.as_bytes().split_at_checked(19) {
+            Some((head, [])) => (head, &[][..]),
+            Some((head, [b'.', fraction @ ..])) if !fraction.is_empty() && fraction.len() <= digits as usize => {
+                (head, fraction)
+            }
+            _ => return None,
+        };
+        let (date, time) = head.split_first_chunk::<10>()?;
+        let [b' ' | b'T', h0, h1, b':', mi0, mi1, b':', s0, s1] = *time else {
+            return None;
+        };
+        let days = match self.last_date {
+            Some((last, days)) if last == *date => days,
+            _ => {
+                let days = days_of(date)?;
+                self.last_date = Some((*date, days));
+                days
+            }
+        };
+        let (hour, minute, second) = (number(&[h0, h1])?, number(&[mi0, mi1])?, number(&[s0, s1])?);
+        if hour > 23 || minute > 59 || second > 59 {
+            return None;
+        }
+        let seconds = days * 86_400 + hour * 3_600 + minute * 60 + second;
+        let fraction_value = if fraction.is_empty() { 0 } else { number(fraction)? };
+        let missing_digits = digits - fraction.len() as u32;
+        Some(seconds * 10_i64.pow(digits) + fraction_value * 10_i64.pow(missing_digits))
+    }
+}
+
+/// Days since 1970 of `YYYY-MM-DD`, a valid date of [`YEARS`].
+fn days_of(date: &[u8; 10]) -> Option<i64> {
+    let [y0, y1, y2, y3, b'-', mo0, mo1, b'-', d0, d1] = *date else {
+        return None;
     };
-    parse_common(text.as_bytes(), digits)
+    let year = number(&[y0, y1, y2, y3])?;
+    let (month, day) = (number(&[mo0, mo1])?, number(&[d0, d1])?);
+    if !YEARS.contains(&year) || !(1..=12).contains(&month) || day < 1 || day > days_in_month(year, month) {
+        return None;
+    }
+    Some(days_from_civil(year, month, day))
 }
 
 /// Timestamps in `unit` (no time zone) from their values and validity.
@@ -49,39 +106,6 @@ pub fn timestamp_array(values: Vec<i64>, nulls: Option<NullBuffer>, unit: TimeUn
         TimeUnit::Microsecond => Arc::new(PrimitiveArray::<TimestampMicrosecondType>::new(values.into(), nulls)),
         TimeUnit::Nanosecond => Arc::new(PrimitiveArray::<TimestampNanosecondType>::new(values.into(), nulls)),
     }
-}
-
-/// `YYYY-MM-DD hh:mm:ss` (or with `T` between date and time), then optionally `.` and at most
-/// `digits` fraction digits, as a count of `10^-digits` seconds since 1970.
-fn parse_common(text: &[u8], digits: u32) -> Option<i64> {
-    let (head, fraction) = match text.split_at_checked(19) {
-        Some((head, [])) => (head, &[][..]),
-        Some((head, [b'.', fraction @ ..])) if !fraction.is_empty() && fraction.len() <= digits as usize => {
-            (head, fraction)
-        }
-        _ => return None,
-    };
-    let [y0, y1, y2, y3, b'-', mo0, mo1, b'-', d0, d1, b' ' | b'T', h0, h1, b':', mi0, mi1, b':', s0, s1] = *head
-    else {
-        return None;
-    };
-    let year = number(&[y0, y1, y2, y3])?;
-    let (month, day) = (number(&[mo0, mo1])?, number(&[d0, d1])?);
-    let (hour, minute, second) = (number(&[h0, h1])?, number(&[mi0, mi1])?, number(&[s0, s1])?);
-    if !YEARS.contains(&year)
-        || !(1..=12).contains(&month)
-        || day < 1
-        || day > days_in_month(year, month)
-        || hour > 23
-        || minute > 59
-        || second > 59
-    {
-        return None;
-    }
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3_600 + minute * 60 + second;
-    let fraction_value = if fraction.is_empty() { 0 } else { number(fraction)? };
-    let missing_digits = digits - fraction.len() as u32;
-    Some(seconds * 10_i64.pow(digits) + fraction_value * 10_i64.pow(missing_digits))
 }
 
 /// The value of a run of ASCII digits (at most 9 of them).
@@ -147,6 +171,10 @@ mod tests {
                 }
             }
         }
+        // Many times of one date, as an insert's rows mostly are.
+        for hour in 0..24 {
+            texts.push(format!("2024-03-10 {hour:02}:{:02}:{:02}", hour * 2, 59 - hour));
+        }
         let strings = StringArray::from_iter(texts.iter().map(Some).chain([None]));
         for unit in UNITS {
             let digits = match unit {
@@ -162,6 +190,17 @@ mod tests {
             let fast = parse_common_timestamps(&fitting, unit).expect("all in the common layout");
             assert_eq!(&fast, &general(&fitting, unit), "{unit:?}");
         }
+    }
+
+    #[test]
+    fn a_kept_date_reads_as_it_did_and_a_bad_one_is_not_kept() {
+        let mut parser = CommonTimestamps::new(TimeUnit::Second);
+        let first = parser.parse("2024-02-29 10:00:00").unwrap();
+        assert_eq!(parser.parse("2024-02-29 25:00:00"), None, "a bad time of the kept date");
+        assert_eq!(parser.parse("2024-02-29T11:00:00"), Some(first + 3_600));
+        assert_eq!(parser.parse("2023-02-29 11:00:00"), None, "a bad date");
+        assert_eq!(parser.parse("2024-02-29 11:00:01"), Some(first + 3_601), "the last good date still read");
+        assert_eq!(parser.parse("2024-03-01 00:00:00"), Some(first - 10 * 3_600 + 86_400));
     }
 
     #[test]
