@@ -1,0 +1,142 @@
+#!/usr/bin/env python3
+"""Counts the instructions one node spends per small buffered insert, under valgrind's callgrind.
+
+The small-insert benchmark's inserts/s swing by a quarter within minutes on a shared 2-core
+machine; an instruction count does not. This starts `tandem serve` (one node, embedded
+coordinator) under callgrind with instrumentation off, creates the benchmark's table, sends
+warm-up inserts, then counts only while `--inserts` more are sent: 10-row TabSeparated inserts
+with `async_insert=1, wait_for_async_insert=0`, from `--connections` keep-alive clients. The
+busy timeout is set past the run, so no flush falls inside the count: what is counted is the
+request path and the log (a flush's cost is spread over thousands of inserts in the benchmark,
+and over a few dozen here). Prints the count per insert and leaves callgrind's file for
+`callgrind_annotate` (`--keep`).
+
+    scripts/insert_instructions.py [--tandem target/release/tandem] [--inserts 4000]
+
+Needs valgrind (callgrind_control comes with it). The count covers user space only: the kernel's
+TCP path and fsyncs are not in it. Compare builds by this count, and by the benchmark in
+interleaved runs.
+"""
+
+import argparse
+import http.client
+import os
+import pathlib
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.parse
+
+ROWS = 10
+TABLE = "small_bench"
+CREATE = f"CREATE TABLE {TABLE} (ts DateTime, id UInt64, v Float64) ORDER BY (id, ts) PARTITION BY toYYYYMM(ts)"
+# Past any run: no flush inside the count.
+BUSY_TIMEOUT_MS = "600000"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def send(port, inserts, connections, first_id):
+    """Sends `inserts` inserts over `connections` clients; every one must answer 200."""
+    query = urllib.parse.urlencode(
+        {
+            "query": f"INSERT INTO {TABLE} FORMAT TabSeparated",
+            "async_insert": "1",
+            "wait_for_async_insert": "0",
+            "async_insert_busy_timeout_ms": BUSY_TIMEOUT_MS,
+        }
+    )
+    failures = []
+
+    def client(number):
+        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
+        for i in range(inserts // connections):
+            insert = first_id + number * inserts + i
+            body = "".join(f"2024-01-15 10:00:0{r}\t{insert * ROWS + r}\t{r}.5\n" for r in range(ROWS))
+            connection.request("POST", "/?" + query, body=body)
+            answer = connection.getresponse()
+            text = answer.read()
+            if answer.status != 200:
+                failures.append(f"{answer.status}: {text[:300]!r}")
+                return
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        sys.exit(f"an insert failed: {failures[0]}")
+    return inserts // connections * connections
+
+
+def wait_until_up(port, node, deadline):
+    while time.monotonic() < deadline:
+        if node.poll() is not None:
+            sys.exit(f"tandem exited with {node.returncode} before answering")
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
+            connection.request("GET", "/ping")
+            if connection.getresponse().status == 200:
+                return
+        except OSError:
+            pass
+        time.sleep(0.5)
+    sys.exit("tandem did not answer /ping within 300 s under valgrind")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--tandem", default=None, help="the binary (default: the release build)")
+    parser.add_argument("--inserts", type=int, default=4000)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--keep", metavar="FILE", help="keep callgrind's output as FILE")
+    args = parser.parse_args()
+    if not shutil.which("valgrind") or not shutil.which("callgrind_control"):
+        sys.exit("valgrind is not installed (apt-get install valgrind)")
+    target = os.environ.get("CARGO_TARGET_DIR", pathlib.Path(__file__).resolve().parent.parent / "target")
+    tandem = args.tandem or str(pathlib.Path(target) / "release" / "tandem")
+    port = free_port()
+    with tempfile.TemporaryDirectory() as scratch:
+        out = pathlib.Path(scratch) / "callgrind.out"
+        log = open(pathlib.Path(scratch) / "tandem.log", "w")
+        command = [
+            "valgrind", "--tool=callgrind", "--instr-atstart=no", f"--callgrind-out-file={out}",
+            tandem, "serve", "--http-addr", f"127.0.0.1:{port}", "--data-dir", str(pathlib.Path(scratch) / "data"),
+        ]  # fmt: skip
+        node = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            wait_until_up(port, node, time.monotonic() + 300)
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            connection.request("POST", "/", body=CREATE)
+            answer = connection.getresponse()
+            if answer.status != 200:
+                sys.exit(f"CREATE TABLE failed: {answer.status} {answer.read()[:300]!r}")
+            send(port, max(args.inserts // 4, args.connections), args.connections, 0)
+            subprocess.run(["callgrind_control", "-i", "on", str(node.pid)], check=True, capture_output=True)
+            counted = send(port, args.inserts, args.connections, 1_000_000)
+            subprocess.run(["callgrind_control", "-i", "off", str(node.pid)], check=True, capture_output=True)
+        finally:
+            node.terminate()
+            node.wait(timeout=120)
+        text = out.read_text(errors="replace")
+        totals = re.search(r"^totals:\s+(\d+)", text, re.MULTILINE)
+        if not totals:
+            sys.exit(f"no totals in {out}")
+        total = int(totals.group(1))
+        print(f"{total / counted:,.0f} instructions per insert ({total:,} over {counted} inserts, {args.connections} clients)")
+        if args.keep:
+            shutil.copy(out, args.keep)
+
+
+if __name__ == "__main__":
+    main()
