@@ -132,9 +132,9 @@ trait ParsedValues {
     fn finish(&mut self) -> ArrayRef;
 }
 
-/// Numbers, as the parser Arrow's cast from text uses reads them. Gathered in a `Vec` and handed to the
-/// array as they are: a `PrimitiveBuilder`'s aligned buffers and its `finish` (through
-/// `ArrayData`) cost more than parsing a small insert's values.
+/// Numbers, as the parser Arrow's cast from text uses reads them. Gathered in a `Vec` and
+/// handed to the array as they are: a `PrimitiveBuilder`'s aligned buffers and its `finish`
+/// (through `ArrayData`) cost more than parsing a small insert's values.
 struct Numbers<T: ArrowPrimitiveType> {
     values: Vec<T::Native>,
     nulls: NullBufferBuilder,
@@ -417,8 +417,8 @@ fn tsv_rows<'t>(
     Ok(())
 }
 
-/// One field of line `line`; `escaped`: it holds a backslash.
-/// Inlined: almost every field has no escape, and a call per field was a tenth of reading it.
+/// One field of line `line`; `escaped`: it holds a backslash. Inlined: almost every field has
+/// no escape, and a call per field was a tenth of reading it.
 #[inline]
 fn tsv_field(field: &str, escaped: bool, line: u64) -> Result<Option<Cow<'_, str>>, NodeError> {
     if !escaped {
