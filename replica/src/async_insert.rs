@@ -86,9 +86,11 @@ impl Replica {
         buffering: &AsyncInsertOptions,
         quorum: QuorumTarget,
     ) -> Result<InsertSummary, Error> {
-        let table = def.name.clone();
-        let Some(created) = self.catalog.table_created(&table) else {
-            return Err(Error::UnknownTable(table));
+        // Borrowed until the definition moves into the buffer: each copy of the name is an
+        // allocation, on every insert.
+        let table = def.name.as_str();
+        let Some(created) = self.catalog.table_created(table) else {
+            return Err(Error::UnknownTable(table.to_string()));
         };
         // A schema version older than the table means the rows were decoded for an earlier table
         // of that name (dropped and created again meanwhile): their column ids mean nothing here.
@@ -115,7 +117,7 @@ impl Replica {
             )));
         }
         let inserts = &self.async_inserts;
-        let codecs = inserts.codecs(&table, rows.schema_ref())?;
+        let codecs = inserts.codecs(table, rows.schema_ref())?;
         let rows_bytes = rows.get_array_memory_size();
         let (token, deduplicate) = (options.deduplication_token.as_deref(), options.deduplicate);
         // Splitting and hashing touch every row: off the runtime, unless the insert is so small
@@ -137,7 +139,7 @@ impl Replica {
         let now_ms = chrono::Utc::now().timestamp_millis();
         let window_ms = dedup_window_ms(&def);
         let mut summary = InsertSummary {
-            table: table.clone(),
+            table: table.to_string(),
             rows_written: 0,
             rows_deduplicated: 0,
             deduplicated: false,
@@ -148,7 +150,7 @@ impl Replica {
         };
         let mut new = Vec::new();
         for piece in pieces {
-            match inserts.index().admitted(&table, &piece.id, now_ms, window_ms) {
+            match inserts.index().admitted(table, &piece.id, now_ms, window_ms) {
                 Some(revision) => {
                     summary.rows_deduplicated += piece.rows.num_rows() as u64;
                     summary.revision = summary.revision.max(revision);
@@ -181,7 +183,7 @@ impl Replica {
             )));
         }
         let header = LoggedInsert {
-            table: table.clone(),
+            table: table.to_string(),
             created,
             version,
             pieces: new.iter().map(|p| LoggedPiece { partition: p.partition.clone(), id: p.id.0 }).collect(),

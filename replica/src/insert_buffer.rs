@@ -82,6 +82,25 @@ pub(crate) struct TableBuffer {
     pub(crate) last_error: Option<String>,
 }
 
+impl TableBuffer {
+    /// Adds an insert due by `deadline`; true when the flusher should look again (a new
+    /// deadline, or the buffer is full).
+    fn add(&mut self, entry: Entry, deadline: Instant, max_bytes: u64) -> bool {
+        let mut wake = false;
+        if self.entries.is_empty() {
+            self.deadline = deadline;
+            self.max_bytes = max_bytes;
+            // A new deadline: the flusher may be asleep until a later one.
+            wake = true;
+        }
+        self.deadline = self.deadline.min(deadline);
+        self.max_bytes = self.max_bytes.min(max_bytes);
+        self.bytes += entry.bytes;
+        self.entries.push(entry);
+        wake || self.bytes >= self.max_bytes
+    }
+}
+
 /// A table's definition versions, as (created, version).
 type DefinitionVersions = HashSet<(Revision, Revision), ahash::RandomState>;
 
@@ -231,30 +250,28 @@ impl AsyncInserts {
     }
 
     pub(crate) fn buffer(&self, entry: Entry, busy_timeout: Duration, max_bytes: u64) {
-        let table = entry.def.name.clone();
         let deadline = entry.logged_at + busy_timeout;
         let mut wake = false;
         if let Ok(mut buffers) = self.buffers.lock() {
-            let buffer = buffers.entry(table).or_insert_with(|| TableBuffer {
-                entries: Vec::new(),
-                bytes: 0,
-                deadline,
-                max_bytes,
-                retry_at: None,
-                backoff: Duration::from_millis(100),
-                last_error: None,
-            });
-            if buffer.entries.is_empty() {
-                buffer.deadline = deadline;
-                buffer.max_bytes = max_bytes;
-                // A new deadline: the flusher may be asleep until a later one.
-                wake = true;
-            }
-            buffer.deadline = buffer.deadline.min(deadline);
-            buffer.max_bytes = buffer.max_bytes.min(max_bytes);
-            buffer.bytes += entry.bytes;
-            buffer.entries.push(entry);
-            wake |= buffer.bytes >= buffer.max_bytes;
+            // Found by the borrowed name: the table's name is copied only for its first buffer.
+            wake = match buffers.get_mut(entry.def.name.as_str()) {
+                Some(buffer) => buffer.add(entry, deadline, max_bytes),
+                None => {
+                    let table = entry.def.name.clone();
+                    let mut buffer = TableBuffer {
+                        entries: Vec::new(),
+                        bytes: 0,
+                        deadline,
+                        max_bytes,
+                        retry_at: None,
+                        backoff: Duration::from_millis(100),
+                        last_error: None,
+                    };
+                    let wake = buffer.add(entry, deadline, max_bytes);
+                    buffers.insert(table, buffer);
+                    wake
+                }
+            };
         }
         if wake || busy_timeout.is_zero() {
             self.wake.notify_one();

@@ -67,33 +67,39 @@ pub const FORMAT_NAMES: &str = "JSONEachRow, JSON, JSONCompact, JSONCompactEachR
 impl Format {
     /// Format names are matched without regard to case, with ClickHouse's aliases.
     pub fn parse(name: &str) -> Result<Format, NodeError> {
-        Ok(match name.to_ascii_lowercase().as_str() {
-            "jsoneachrow" | "jsonlines" | "ndjson" => Format::JsonEachRow,
-            "json" => Format::Json,
-            "jsoncompact" => Format::JsonCompact,
-            "jsoncompacteachrow" => Format::JsonCompactEachRow,
-            "jsonstringseachrow" => Format::JsonStringsEachRow,
-            "csv" => Format::Csv,
-            "csvwithnames" => Format::CsvWithNames,
-            "tabseparated" | "tsv" => Format::TabSeparated,
-            "tabseparatedwithnames" | "tsvwithnames" => Format::TabSeparatedWithNames,
-            "native" => Format::Native,
-            "rowbinary" => Format::RowBinary,
-            "rowbinarywithnamesandtypes" => Format::RowBinaryWithNamesAndTypes,
-            "pretty" => Format::Pretty,
-            "prettycompact" => Format::PrettyCompact,
-            "vertical" => Format::Vertical,
-            "null" => Format::Null,
-            "parquet" => Format::Parquet,
-            "arrow" => Format::Arrow,
-            "arrowstream" => Format::ArrowStream,
-            _ => {
-                return Err(NodeError::bad_request(format!(
-                    "unknown format `{}`; supported: {FORMAT_NAMES}",
-                    truncate(name, 60)
-                )));
-            }
-        })
+        // Compared in place rather than on a lower-cased copy: every insert names its format.
+        const NAMES: &[(&str, Format)] = &[
+            ("TabSeparated", Format::TabSeparated),
+            ("TSV", Format::TabSeparated),
+            ("JSONEachRow", Format::JsonEachRow),
+            ("JSONLines", Format::JsonEachRow),
+            ("NDJSON", Format::JsonEachRow),
+            ("JSON", Format::Json),
+            ("JSONCompact", Format::JsonCompact),
+            ("JSONCompactEachRow", Format::JsonCompactEachRow),
+            ("JSONStringsEachRow", Format::JsonStringsEachRow),
+            ("CSV", Format::Csv),
+            ("CSVWithNames", Format::CsvWithNames),
+            ("TabSeparatedWithNames", Format::TabSeparatedWithNames),
+            ("TSVWithNames", Format::TabSeparatedWithNames),
+            ("Native", Format::Native),
+            ("RowBinary", Format::RowBinary),
+            ("RowBinaryWithNamesAndTypes", Format::RowBinaryWithNamesAndTypes),
+            ("Pretty", Format::Pretty),
+            ("PrettyCompact", Format::PrettyCompact),
+            ("Vertical", Format::Vertical),
+            ("Null", Format::Null),
+            ("Parquet", Format::Parquet),
+            ("Arrow", Format::Arrow),
+            ("ArrowStream", Format::ArrowStream),
+        ];
+        match NAMES.iter().find(|(known, _)| known.eq_ignore_ascii_case(name)) {
+            Some(&(_, format)) => Ok(format),
+            None => Err(NodeError::bad_request(format!(
+                "unknown format `{}`; supported: {FORMAT_NAMES}",
+                truncate(name, 60)
+            ))),
+        }
     }
 
     /// The format's name as ClickHouse spells it (sent as `X-ClickHouse-Format`).
@@ -392,4 +398,48 @@ pub fn text_batch(columns: &[(&str, Vec<String>)]) -> Result<RecordBatch, NodeEr
     ));
     let arrays = columns.iter().map(|(_, values)| Arc::new(StringArray::from(values.clone())) as ArrayRef).collect();
     RecordBatch::try_new(schema, arrays).map_err(NodeError::internal)
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
+mod tests {
+    use super::*;
+
+    /// Every name and alias ClickHouse knows, in any case, and nothing else.
+    #[test]
+    fn format_names_match_without_regard_to_case() {
+        let names = [
+            ("jsoneachrow", Format::JsonEachRow),
+            ("jsonlines", Format::JsonEachRow),
+            ("ndjson", Format::JsonEachRow),
+            ("json", Format::Json),
+            ("jsoncompact", Format::JsonCompact),
+            ("jsoncompacteachrow", Format::JsonCompactEachRow),
+            ("jsonstringseachrow", Format::JsonStringsEachRow),
+            ("csv", Format::Csv),
+            ("csvwithnames", Format::CsvWithNames),
+            ("tabseparated", Format::TabSeparated),
+            ("tsv", Format::TabSeparated),
+            ("tabseparatedwithnames", Format::TabSeparatedWithNames),
+            ("tsvwithnames", Format::TabSeparatedWithNames),
+            ("native", Format::Native),
+            ("rowbinary", Format::RowBinary),
+            ("rowbinarywithnamesandtypes", Format::RowBinaryWithNamesAndTypes),
+            ("pretty", Format::Pretty),
+            ("prettycompact", Format::PrettyCompact),
+            ("vertical", Format::Vertical),
+            ("null", Format::Null),
+            ("parquet", Format::Parquet),
+            ("arrow", Format::Arrow),
+            ("arrowstream", Format::ArrowStream),
+        ];
+        for (name, format) in names {
+            assert_eq!(Format::parse(name).unwrap(), format, "{name}");
+            assert_eq!(Format::parse(&name.to_ascii_uppercase()).unwrap(), format, "{name}");
+            assert_eq!(Format::parse(format.name()).unwrap(), format, "{}", format.name());
+        }
+        for unknown in ["", "tab", "TabSeparatedX", "tsv ", "jsoneachrows", "ТSV"] {
+            assert!(Format::parse(unknown).is_err(), "{unknown:?}");
+        }
+    }
 }

@@ -363,8 +363,9 @@ async fn execute(
     let statement = statement::parse_with(&text, &options)?;
     if let Some(pending) = logged.as_mut() {
         pending.set_kind(statement.kind());
-        // Only the statement of an insert, not the rows after it.
+        // Only the statement of an insert, not the rows after it (when the text has rows).
         if let Statement::Insert(InsertStatement { source: InsertSource::Format { data_offset, .. }, .. }) = &statement
+            && *data_offset < text.len()
         {
             pending.set_query(text.get(..*data_offset).unwrap_or_default());
         }
@@ -648,11 +649,10 @@ fn result_headers(response: &mut Response, format: Format, node: &Replica, whole
     headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(format.content_type()));
     headers.insert(X_CLICKHOUSE_FORMAT, HeaderValue::from_static(format.name()));
     headers.insert(X_TANDEM_REVISION, HeaderValue::from(node.applied_revision()));
-    if let Some(moved) = whole {
-        let summary = crate::clickhouse_http::summary(0, 0, moved.rows, moved.bytes);
-        if let Ok(value) = HeaderValue::from_str(&summary) {
-            headers.insert(X_CLICKHOUSE_SUMMARY, value);
-        }
+    if let Some(moved) = whole
+        && let Ok(summary) = crate::clickhouse_http::summary(0, 0, moved.rows, moved.bytes)
+    {
+        headers.insert(X_CLICKHOUSE_SUMMARY, summary);
     }
 }
 
@@ -836,7 +836,6 @@ async fn run_insert(
         node.metrics().insert_errors.inc();
     })?;
     let written_bytes = if summary.rows_written > 0 { bytes_in as u64 } else { 0 };
-    let clickhouse_summary = crate::clickhouse_http::summary(summary.rows_written, written_bytes, 0, 0);
     let body = crate::insert::answer_body(&summary).map_err(NodeError::internal)?;
     let mut response = Response::new(Body::from(body));
     response.extensions_mut().insert(Moved { rows: summary.rows_written, bytes: bytes_in as u64 });
@@ -855,8 +854,8 @@ async fn run_insert(
             Acknowledged::Logged => "logged",
         }),
     );
-    if let Ok(v) = HeaderValue::from_str(&clickhouse_summary) {
-        headers.insert(X_CLICKHOUSE_SUMMARY, v);
+    if let Ok(clickhouse_summary) = crate::clickhouse_http::summary(summary.rows_written, written_bytes, 0, 0) {
+        headers.insert(X_CLICKHOUSE_SUMMARY, clickhouse_summary);
     }
     Ok(response)
 }

@@ -45,8 +45,9 @@ pub async fn insert(
     let mut columns_added = false;
     // A schema change between reading the schema and registering the parts makes the
     // registration fail; the insert is then decoded again under the new schema. Every retry
-    // sees a newer schema, so it goes on while schema changes keep coming, within a time budget.
-    let started = Instant::now();
+    // sees a newer schema, so it goes on while schema changes keep coming, within a time budget
+    // from the first attempt's start.
+    let mut first_attempt = None;
     loop {
         // Only the definition is taken, not the table's state: a request holding the state would
         // make the catalog copy it to apply this very insert.
@@ -61,6 +62,7 @@ pub async fn insert(
         // Decoding touches every row: off the runtime, unless the body is so small that the hop
         // to a blocking thread would cost more than decoding it (many small inserts).
         let decoding = Instant::now();
+        let started = *first_attempt.get_or_insert(decoding);
         let rows = if data.len() <= INLINE_DECODE_BYTES {
             decode_insert(format, &data, &def, &schema, columns, settings.input)?
         } else {

@@ -133,4 +133,26 @@ async fn insert_values_and_statement_in_body() {
     );
     let answer = node.post_body("SELECT sum(v) FROM t").await.ok();
     assert_eq!(answer.text().trim(), "7", "a whole Float64 prints as ClickHouse prints it");
+
+    // The query log keeps an insert's statement, never its rows, wherever the rows came.
+    node.insert("t", "TSV", "5\tfive\t5\n").await;
+    node.sql("INSERT INTO t FORMAT TSV 6\tsix\t6").await;
+    let logged = node
+        .sql("SELECT query FROM system.query_log WHERE query_kind = 'INSERT' AND status = 200 FORMAT JSONEachRow")
+        .await;
+    let queries: Vec<String> = logged
+        .lines()
+        .map(|line| serde_json::from_str::<serde_json::Value>(line).unwrap()["query"].to_string())
+        .collect();
+    assert_eq!(
+        queries,
+        [
+            r#""INSERT INTO t VALUES (1, 'one', 1.5), (2, NULL, -2)""#,
+            r#""INSERT INTO t FORMAT JSONEachRow\n""#,
+            r#""INSERT INTO t (id, v) FORMAT CSV\n""#,
+            r#""INSERT INTO t FORMAT TSV""#,
+            r#""INSERT INTO t FORMAT TSV ""#,
+        ],
+        "{logged}"
+    );
 }
