@@ -55,6 +55,13 @@ impl CpuClock {
     }
 }
 
+impl CpuUse {
+    /// Microseconds of the machine's CPU (every process) per request.
+    pub fn per_request_us(&self) -> f64 {
+        self.per_request_us
+    }
+}
+
 impl fmt::Display for CpuUse {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "machine {:.0}% busy, {:.0} µs of CPU a request (", self.busy * 100.0, self.per_request_us)?;

@@ -49,6 +49,12 @@ pub struct BenchArgs {
     /// Concurrent connections of the small-insert scenario.
     #[arg(long, default_value_t = 256)]
     pub small_insert_connections: usize,
+    /// Rounds of the small-insert scenario, each running every mode once: with more than one,
+    /// each mode's rate is also given as min / median / max over the rounds, and as a share of
+    /// the same round's `GET /ping` ceiling (this machine's speed swings by a quarter within
+    /// minutes; a mode's share of the ceiling swings less).
+    #[arg(long, default_value_t = 1)]
+    pub small_insert_rounds: usize,
     /// Modes of the small-insert scenario to run (repeat the flag or separate with commas); all
     /// by default.
     #[arg(long, value_enum, value_delimiter = ',')]

@@ -34,6 +34,52 @@ pub enum Mode {
     Logged,
 }
 
+/// One mode's rates over the rounds: requests answered a second, the same round's ceiling
+/// (`GET /ping`) when it ran, and the machine's CPU a request.
+#[derive(Default)]
+struct Rounds {
+    rates: Vec<f64>,
+    of_ceiling: Vec<f64>,
+    cpu_us: Vec<f64>,
+}
+
+impl Rounds {
+    fn add(&mut self, run: &Run, ceiling: Option<f64>) {
+        let rate = run.rate();
+        self.rates.push(rate);
+        if let Some(ceiling) = ceiling.filter(|c| *c > 0.0) {
+            self.of_ceiling.push(rate / ceiling);
+        }
+        if let Some(cpu) = &run.cpu {
+            self.cpu_us.push(cpu.per_request_us());
+        }
+    }
+
+    /// `min / median / max` of `values`, each written by `show`.
+    fn spread(values: &[f64], show: impl Fn(f64) -> String) -> String {
+        let mut sorted = values.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        match (sorted.first(), sorted.get(sorted.len() / 2), sorted.last()) {
+            (Some(&min), Some(&median), Some(&max)) => format!("{} / {} / {}", show(min), show(median), show(max)),
+            _ => "-".into(),
+        }
+    }
+
+    fn report(&self, mode: &str, what: &str) {
+        println!(
+            "small inserts tandem     {mode:<22} over {} rounds, min / median / max: {} {what}/s",
+            self.rates.len(),
+            Self::spread(&self.rates, |r| format!("{r:.0}")),
+        );
+        if !self.of_ceiling.is_empty() {
+            println!("    of the round's GET /ping ceiling: {}", Self::spread(&self.of_ceiling, |r| format!("{r:.2}")));
+        }
+        if !self.cpu_us.is_empty() {
+            println!("    machine's CPU a request: {} µs", Self::spread(&self.cpu_us, |us| format!("{us:.0}")));
+        }
+    }
+}
+
 /// What the clients saw over one run, and the CPU it took.
 struct Run {
     latencies: Vec<Duration>,
@@ -41,6 +87,13 @@ struct Run {
     first_error: Option<String>,
     elapsed: Duration,
     cpu: Option<CpuUse>,
+}
+
+impl Run {
+    /// Requests answered a second.
+    fn rate(&self) -> f64 {
+        if self.elapsed.is_zero() { 0.0 } else { self.latencies.len() as f64 / self.elapsed.as_secs_f64() }
+    }
 }
 
 /// `connections` clients each send 10-row TSV inserts into `table` at `url`, one after the
@@ -188,7 +241,7 @@ fn report(system: &str, mode: &str, what: &str, run: &Run, extra: &str) {
     };
     println!(
         "small inserts {system:<10} {mode:<22} {:>8.0} {what}/s  p50 {p50:>7.1} ms  p99 {p99:>7.1} ms  errors {}{extra}",
-        answered as f64 / run.elapsed.as_secs_f64(),
+        run.rate(),
         run.errors,
     );
     if let Some(cpu) = &run.cpu {
@@ -218,53 +271,89 @@ pub async fn run(args: &BenchArgs) -> anyhow::Result<()> {
         (Mode::Wait, "async, wait=1", "small_wait", &[("async_insert", "1"), ("wait_for_async_insert", "1")]),
         (Mode::Logged, "async, wait=0", "small_logged", &[("async_insert", "1"), ("wait_for_async_insert", "0")]),
     ];
-    if wanted(Mode::Ping) {
-        let floor = drive_ping(&node.base, connections, duration, &watched).await;
-        report("tandem", "GET /ping (ceiling)", "requests", &floor, "");
+    let rounds = args.small_insert_rounds.max(1);
+    let mut ceiling_rounds = Rounds::default();
+    let mut mode_rounds: Vec<Rounds> = modes.iter().map(|_| Rounds::default()).collect();
+    for round in 1..=rounds {
+        if rounds > 1 {
+            println!("small inserts: round {round} of {rounds}");
+        }
+        let mut ceiling = None;
+        if wanted(Mode::Ping) {
+            let ping = drive_ping(&node.base, connections, duration, &watched).await;
+            report("tandem", "GET /ping (ceiling)", "requests", &ping, "");
+            ceiling_rounds.add(&ping, None);
+            ceiling = Some(ping.rate());
+        }
+        for ((_, mode, table, settings), collected) in
+            modes.iter().zip(&mut mode_rounds).filter(|((mode, ..), _)| wanted(*mode))
+        {
+            let run = insert_round(&node, mode, table, settings, connections, duration, &watched).await?;
+            collected.add(&run, ceiling);
+        }
     }
-    for (_, mode, table, settings) in modes.into_iter().filter(|(mode, ..)| wanted(*mode)) {
-        node.query(
-            &format!(
-                "CREATE TABLE {table} (ts DateTime, id UInt64, v Float64) ORDER BY (id, ts) PARTITION BY toYYYYMM(ts)"
-            ),
-            Vec::new(),
-        )
-        .await?;
-        let parts_before = metric(&node, "tandem_insert_parts_total").await?;
-        let revision_before = metric(&node, "tandem_catalog_applied_revision").await?;
-        let run = drive(&node.base, table, settings, connections, duration, &watched).await;
-        let acked = run.latencies.len() * ROWS as usize;
-        // Every acknowledged insert is registered (at once, or by the flushes that follow).
-        let registered = wait_for_count(&node, table, acked, Duration::from_secs(120))
-            .await
-            .with_context(|| format!("{mode}: acknowledged rows are missing"))?;
-        let settled = registered.elapsed();
-        let parts = metric(&node, "tandem_insert_parts_total").await? - parts_before;
-        let revisions = metric(&node, "tandem_catalog_applied_revision").await? - revision_before;
-        let seconds = run.elapsed.as_secs_f64();
-        // The next mode should not share the machine with this table's merges.
-        node.query(&format!("DROP TABLE {table}"), Vec::new()).await?;
-        report(
-            "tandem",
-            mode,
-            "inserts",
-            &run,
-            &format!(
-                "  parts {parts:.0}  etcd txns/s {:.0}{}",
-                revisions / seconds,
-                if mode.ends_with("wait=0") {
-                    format!("  (all registered {:.2}s later)", settled.as_secs_f64())
-                } else {
-                    String::new()
-                }
-            ),
-        );
+    if rounds > 1 {
+        if wanted(Mode::Ping) {
+            ceiling_rounds.report("GET /ping (ceiling)", "requests");
+        }
+        for ((_, mode, ..), collected) in modes.iter().zip(&mode_rounds).filter(|((mode, ..), _)| wanted(*mode)) {
+            collected.report(mode, "inserts");
+        }
     }
     drop(cluster);
     if !args.clickhouse_url.is_empty() {
         clickhouse(&args.clickhouse_url, connections, duration).await?;
     }
     Ok(())
+}
+
+/// One run of a mode on a fresh table, reported: every acknowledged insert must be registered.
+async fn insert_round(
+    node: &Client,
+    mode: &str,
+    table: &str,
+    settings: Settings,
+    connections: usize,
+    duration: Duration,
+    watched: &[(&'static str, u32)],
+) -> anyhow::Result<Run> {
+    node.query(
+        &format!(
+            "CREATE TABLE {table} (ts DateTime, id UInt64, v Float64) ORDER BY (id, ts) PARTITION BY toYYYYMM(ts)"
+        ),
+        Vec::new(),
+    )
+    .await?;
+    let parts_before = metric(node, "tandem_insert_parts_total").await?;
+    let revision_before = metric(node, "tandem_catalog_applied_revision").await?;
+    let run = drive(&node.base, table, settings, connections, duration, watched).await;
+    let acked = run.latencies.len() * ROWS as usize;
+    // Every acknowledged insert is registered (at once, or by the flushes that follow).
+    let registered = wait_for_count(node, table, acked, Duration::from_secs(120))
+        .await
+        .with_context(|| format!("{mode}: acknowledged rows are missing"))?;
+    let settled = registered.elapsed();
+    let parts = metric(node, "tandem_insert_parts_total").await? - parts_before;
+    let revisions = metric(node, "tandem_catalog_applied_revision").await? - revision_before;
+    let seconds = run.elapsed.as_secs_f64();
+    // The next run should not share the machine with this table's merges.
+    node.query(&format!("DROP TABLE {table}"), Vec::new()).await?;
+    report(
+        "tandem",
+        mode,
+        "inserts",
+        &run,
+        &format!(
+            "  parts {parts:.0}  etcd txns/s {:.0}{}",
+            revisions / seconds,
+            if mode.ends_with("wait=0") {
+                format!("  (all registered {:.2}s later)", settled.as_secs_f64())
+            } else {
+                String::new()
+            }
+        ),
+    );
+    Ok(run)
 }
 
 /// The same workload against ClickHouse's HTTP interface: a `ReplicatedMergeTree` created on
@@ -296,4 +385,17 @@ async fn clickhouse(urls: &[String], connections: usize, duration: Duration) -> 
         client.statement("DROP TABLE IF EXISTS small_bench").await?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Rounds;
+
+    #[test]
+    fn a_spread_is_min_median_max_whatever_the_order() {
+        let show = |v: f64| format!("{v:.0}");
+        assert_eq!(Rounds::spread(&[52.0, 41.0, 57.0, 49.0, 55.0], show), "41 / 52 / 57");
+        assert_eq!(Rounds::spread(&[7.0], show), "7 / 7 / 7");
+        assert_eq!(Rounds::spread(&[], show), "-");
+    }
 }
