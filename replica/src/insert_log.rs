@@ -34,11 +34,19 @@ const DRAINED_SEGMENT_BYTES: u64 = 1024 * 1024;
 /// Appends waiting together are written and fsynced together, up to this many bytes at a time.
 const GROUP_BYTES: usize = 16 * 1024 * 1024;
 
-/// How long a group waits for more appends when the last group held several. Measured with
-/// 256 clients of 10-row inserts: no wait 40.5-42.3k inserts/s (an fsync for every few), 500 µs
-/// 43-46k, 1 ms 44.6-47k, 2 ms 41.5-45k (the requests all wait on the group more of the time,
-/// and the CPU idles); ending the wait early once appends pause for 100 µs gave 42-43k.
-const GROUP_LINGER: Duration = Duration::from_millis(1);
+/// How long a group waits for more appends when the last group held several. A longer wait
+/// means fewer fsyncs (each a journal commit for the kernel) but requests that wait on the
+/// group longer, while the CPU idles if too few others are left to run. Measured with 256
+/// clients of 10-row inserts, as the rate's share of the same round's `GET /ping` ceiling
+/// (`tandem-bench --small-insert-rounds`): 1 ms gave medians of 0.33-0.34 in 4 batches of 3
+/// rounds, 500 µs 0.34-0.40 in the batches interleaved with them (and the machine was busier:
+/// 91-96% against 90-95%), 250 µs 0.31-0.33 against 500 µs's 0.34-0.36. At 500 µs a group held
+/// about 44 inserts (885 fsyncs a second at 39k inserts/s; 1 ms: about 77, 583 a second).
+/// Earlier, when an insert cost half again as much CPU, 1 ms had been the best: no wait gave
+/// 40.5-42.3k inserts/s (an fsync for every few), 500 µs 43-46k, 1 ms 44.6-47k, 2 ms 41.5-45k;
+/// ending the wait early once appends pause for 100 µs gave 42-43k. The less CPU an insert
+/// takes, the more of its time is the wait.
+const GROUP_LINGER: Duration = Duration::from_micros(500);
 
 const HEADER_BYTES: usize = 4 + 8 + 1;
 const KIND_INSERT: u8 = 1;
