@@ -37,10 +37,9 @@ pub struct BlockHasher {
     columns: Vec<u8>,
     /// `None` for a schema without columns.
     converter: Option<RowConverter>,
-    /// Each column's width in the row format and its writer, when every column has values of
-    /// a fixed width (numbers, dates and times): their rows are then written here, not by the
-    /// converter.
-    fixed_width: Option<Vec<(usize, WriteColumn)>>,
+    /// The rows' writers and layout, when every column has values of a fixed width (numbers,
+    /// dates and times): their rows are then written here, not by the converter.
+    fixed_width: Option<FixedWidthRows>,
 }
 
 impl BlockHasher {
@@ -55,7 +54,12 @@ impl BlockHasher {
         } else {
             Some(RowConverter::new(schema.fields().iter().map(|f| SortField::new(f.data_type().clone())).collect())?)
         };
-        let fixed_width = schema.fields().iter().map(|f| fixed_width_writer(f.data_type())).collect();
+        let fixed_width = schema
+            .fields()
+            .iter()
+            .map(|f| fixed_width_writer(f.data_type()))
+            .collect::<Option<Vec<_>>>()
+            .map(FixedWidthRows::of);
         Ok(BlockHasher { schema: schema.clone(), columns, converter, fixed_width })
     }
 
@@ -73,10 +77,7 @@ impl BlockHasher {
     ) -> Result<blake3::Hash, PartError> {
         let header_bytes = HEADER_BYTES + table.len() + partition.len() + self.columns.len();
         let first_rows_bytes = match (&self.fixed_width, token) {
-            (Some(columns), None) => {
-                let layout = FixedWidthRows::of(columns);
-                layout.rows_per_buffer.min(batch.num_rows()) * layout.stride
-            }
+            (Some(rows), None) => rows.rows_per_buffer.min(batch.num_rows()) * rows.stride,
             _ => token.map_or(0, |t| t.len() + 16),
         };
         let mut input = Vec::with_capacity(header_bytes + first_rows_bytes);
@@ -100,7 +101,7 @@ impl BlockHasher {
         input.extend_from_slice(&(batch.num_rows() as u64).to_le_bytes());
         let mut hasher = blake3::Hasher::new();
         match (&self.fixed_width, &self.converter) {
-            (Some(columns), Some(_)) => hash_fixed_width_rows(&mut hasher, input, batch, columns),
+            (Some(rows), Some(_)) => hash_fixed_width_rows(&mut hasher, input, batch, rows),
             (None, Some(converter)) => hash_converted_rows(&mut hasher, input, converter, batch)?,
             (_, None) => {
                 hasher.update(&input);
@@ -149,9 +150,9 @@ fn hash_fixed_width_rows(
     hasher: &mut blake3::Hasher,
     mut input: Vec<u8>,
     batch: &RecordBatch,
-    columns: &[(usize, WriteColumn)],
+    layout: &FixedWidthRows,
 ) {
-    let FixedWidthRows { row_len, stride, rows_per_buffer } = FixedWidthRows::of(columns);
+    let &FixedWidthRows { ref columns, row_len, stride, rows_per_buffer } = layout;
     let mut first = 0;
     while first < batch.num_rows() {
         let rows = rows_per_buffer.min(batch.num_rows() - first);
@@ -176,8 +177,11 @@ fn hash_fixed_width_rows(
     }
 }
 
-/// How rows of fixed-width values are laid out in the hashed bytes.
+/// How rows of fixed-width values are written and laid out in the hashed bytes: the schema's,
+/// prepared with the hasher.
 struct FixedWidthRows {
+    /// Each column's width in the row format and its writer.
+    columns: Vec<(usize, WriteColumn)>,
     /// A row's bytes in the row format.
     row_len: usize,
     /// A row's bytes as hashed: its length, then the row.
@@ -187,10 +191,10 @@ struct FixedWidthRows {
 }
 
 impl FixedWidthRows {
-    fn of(columns: &[(usize, WriteColumn)]) -> FixedWidthRows {
+    fn of(columns: Vec<(usize, WriteColumn)>) -> FixedWidthRows {
         let row_len: usize = columns.iter().map(|(width, _)| 1 + width).sum();
         let stride = size_of::<u64>() + row_len;
-        FixedWidthRows { row_len, stride, rows_per_buffer: (HASH_BUFFER_BYTES / stride).max(1) }
+        FixedWidthRows { columns, row_len, stride, rows_per_buffer: (HASH_BUFFER_BYTES / stride).max(1) }
     }
 }
 
@@ -426,7 +430,7 @@ mod tests {
         let columns: Vec<(usize, WriteColumn)> =
             batch.schema().fields().iter().map(|f| fixed_width_writer(f.data_type()).unwrap()).collect();
         let mut hasher = blake3::Hasher::new();
-        hash_fixed_width_rows(&mut hasher, b"header".to_vec(), batch, &columns);
+        hash_fixed_width_rows(&mut hasher, b"header".to_vec(), batch, &FixedWidthRows::of(columns));
         hasher.finalize()
     }
 
