@@ -8,7 +8,9 @@ warm-up inserts, then counts only while `--inserts` more are sent: 10-row TabSep
 with `async_insert=1, wait_for_async_insert=0`, from `--connections` keep-alive clients. The
 busy timeout is set past the run, so no flush falls inside the count: what is counted is the
 request path and the log (a flush's cost is spread over thousands of inserts in the benchmark,
-and over a few dozen here). Prints the count per insert and leaves callgrind's file for
+and over a few dozen here). Prints the count per insert, and the heap allocations per insert
+(calls to the Rust allocator: each costs more than its instructions, as a block freed on the
+other core or long ago is a cache miss to hand out again), and leaves callgrind's file for
 `callgrind_annotate` (`--keep`).
 
     scripts/insert_instructions.py [--tandem target/release/tandem] [--inserts 4000]
@@ -79,6 +81,25 @@ def send(port, inserts, connections, first_id):
     return inserts // connections * connections
 
 
+ALLOCATOR_ENTRIES = {"__rustc::__rust_alloc", "__rustc::__rust_alloc_zeroed", "__rustc::__rust_realloc"}
+
+
+def allocations(text):
+    """Calls to the Rust allocator's entry points in callgrind's output (`cfn=` names a callee,
+    by `(id) name` the first time and by `(id)` after; the `calls=` line that follows counts)."""
+    names, callee, total = {}, None, 0
+    for line in text.splitlines():
+        if line.startswith(("fn=", "cfn=")):
+            found = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
+            if found and found.group(2):
+                names[found.group(1)] = found.group(2)
+            if line.startswith("cfn=") and found:
+                callee = names.get(found.group(1))
+        elif line.startswith("calls=") and callee in ALLOCATOR_ENTRIES:
+            total += int(line.split()[0].removeprefix("calls="))
+    return total
+
+
 def wait_until_up(port, node, deadline):
     while time.monotonic() < deadline:
         if node.poll() is not None:
@@ -134,6 +155,7 @@ def main():
             sys.exit(f"no totals in {out}")
         total = int(totals.group(1))
         print(f"{total / counted:,.0f} instructions per insert ({total:,} over {counted} inserts, {args.connections} clients)")
+        print(f"{allocations(text) / counted:.1f} heap allocations per insert")
         if args.keep:
             shutil.copy(out, args.keep)
 

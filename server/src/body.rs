@@ -6,6 +6,7 @@
 #![deny(clippy::unwrap_used, clippy::expect_used, clippy::indexing_slicing, clippy::panic)]
 
 use std::io::Read;
+use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, header};
@@ -50,8 +51,15 @@ impl Encoding {
     }
 }
 
-/// Reads the body, refusing (413) as soon as it exceeds `limit` bytes, compressed or not.
-pub async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes, NodeError> {
+/// Reads the body, refusing (413) as soon as it exceeds `limit` bytes, compressed or not, and
+/// (408) once no chunk of it has arrived for `receive_timeout`: a client that stalls mid-body
+/// holds a request's memory and a connection only that long.
+pub async fn read(
+    body: Body,
+    headers: &HeaderMap,
+    limit: usize,
+    receive_timeout: Duration,
+) -> Result<Bytes, NodeError> {
     let encoding = Encoding::of(headers)?;
     let declared =
         headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<usize>().ok());
@@ -60,7 +68,8 @@ pub async fn read(body: Body, headers: &HeaderMap, limit: usize) -> Result<Bytes
     }
     let mut out = BytesMut::with_capacity(declared.unwrap_or(0));
     let mut stream = body.into_data_stream();
-    while let Some(chunk) = stream.next().await {
+    let stalled = || NodeError::BodyStalled { seconds: receive_timeout.as_secs() };
+    while let Some(chunk) = tokio::time::timeout(receive_timeout, stream.next()).await.map_err(|_| stalled())? {
         let chunk = chunk.map_err(|e| NodeError::bad_request(format!("cannot read the request body: {e}")))?;
         if out.len() + chunk.len() > limit {
             return Err(NodeError::BodyTooLarge { limit });

@@ -30,6 +30,12 @@ pub enum NodeError {
          into smaller batches or raise max_body_bytes"
     )]
     DecompressedTooLarge { limit: usize, compressed: usize },
+    /// The body stopped arriving: nothing of the request was kept.
+    #[error(
+        "the request body stalled: no bytes of it arrived for {seconds} s (http_receive_timeout_seconds); nothing of \
+         this request was kept, send it again"
+    )]
+    BodyStalled { seconds: u64 },
     /// An insert decodes to more rows or bytes than allowed (the message names the limit).
     #[error("{0}")]
     InsertTooLarge(String),
@@ -87,6 +93,7 @@ impl NodeError {
             NodeError::BodyTooLarge { .. } | NodeError::DecompressedTooLarge { .. } | NodeError::InsertTooLarge(_) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            NodeError::BodyStalled { .. } => StatusCode::REQUEST_TIMEOUT,
             NodeError::QueryLimit(_) => StatusCode::BAD_REQUEST,
             NodeError::QueryTimeout(_) => StatusCode::GATEWAY_TIMEOUT,
             NodeError::Overloaded(_) => StatusCode::TOO_MANY_REQUESTS,
@@ -110,6 +117,7 @@ impl NodeError {
             NodeError::SchemaChanged { .. } => "SCHEMA_CHANGED",
             NodeError::BodyTooLarge { .. } | NodeError::DecompressedTooLarge { .. } => "BODY_TOO_LARGE",
             NodeError::InsertTooLarge(_) => "INSERT_TOO_LARGE",
+            NodeError::BodyStalled { .. } => "BODY_STALLED",
             NodeError::QueryLimit(_) => "QUERY_LIMIT",
             NodeError::QueryTimeout(_) => "QUERY_TIMEOUT",
             NodeError::Overloaded(_) => "OVERLOADED",
@@ -135,6 +143,7 @@ impl NodeError {
             NodeError::BodyTooLarge { .. } | NodeError::DecompressedTooLarge { .. } | NodeError::InsertTooLarge(_) => {
                 (396, "TOO_MANY_ROWS_OR_BYTES")
             }
+            NodeError::BodyStalled { .. } => (209, "SOCKET_TIMEOUT"),
             NodeError::QueryLimit(_) => (396, "TOO_MANY_ROWS_OR_BYTES"),
             NodeError::QueryTimeout(_) | NodeError::Timeout(_) => (159, "TIMEOUT_EXCEEDED"),
             NodeError::Overloaded(_) => (202, "TOO_MANY_SIMULTANEOUS_QUERIES"),
@@ -157,6 +166,7 @@ impl NodeError {
                 | NodeError::TooManyParts(_)
                 | NodeError::Overloaded(_)
                 | NodeError::SchemaChanged { .. }
+                | NodeError::BodyStalled { .. }
         )
     }
 }

@@ -4,7 +4,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::Router;
@@ -18,6 +17,7 @@ use datafusion::arrow::datatypes::SchemaRef;
 use datafusion::execution::SendableRecordBatchStream;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use tower_service::Service as _;
 
 use crate::error::NodeError;
 use crate::execution::Admitted;
@@ -52,9 +52,9 @@ fn router(server: Arc<Server>) -> Router {
         .with_state(server)
 }
 
-/// The API as one service: `GET` and `POST /`, where every statement arrives, go straight to
-/// [`handle`]; everything else (and `HEAD /`, and other methods' 405) through the router.
-/// The router's dispatch, its extractors (a copy of the headers among them) and boxed layers
+/// The API as one hyper service (served by [`crate::connections`]): `GET` and `POST /`, where
+/// every statement arrives, go straight to [`handle`]; everything else (and `HEAD /`, and other
+/// methods' 405) through the router. The router's dispatch, its extractors (a copy of the headers among them) and boxed layers
 /// took about 2 µs of CPU a request, a twentieth of a small insert's. The router is always
 /// ready, so it is called without `poll_ready`.
 #[derive(Clone)]
@@ -69,20 +69,17 @@ impl Api {
     }
 }
 
-impl tower_service::Service<Request> for Api {
+impl hyper::service::Service<hyper::Request<hyper::body::Incoming>> for Api {
     type Response = Response;
     type Error = Infallible;
     type Future = BoxFuture<'static, Result<Response, Infallible>>;
 
-    fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, request: Request) -> Self::Future {
+    fn call(&self, request: hyper::Request<hyper::body::Incoming>) -> Self::Future {
+        let request = request.map(Body::new);
         if request.uri().path() == "/" && matches!(*request.method(), Method::GET | Method::POST) {
             handle(State(self.server.clone()), request).map(Ok).boxed()
         } else {
-            self.router.call(request).boxed()
+            self.router.clone().call(request).boxed()
         }
     }
 }
@@ -345,7 +342,9 @@ async fn execute(
             crate::formats::truncate(database, 60)
         )));
     }
-    let body = crate::body::read(body, &headers, server.config.settings.max_body_bytes).await?;
+    let settings = &server.config.settings;
+    let receive_timeout = Duration::from_secs(settings.http_receive_timeout_seconds);
+    let body = crate::body::read(body, &headers, settings.max_body_bytes, receive_timeout).await?;
     // As in ClickHouse: the statement is `?query=`, followed by the body for statements other
     // than INSERT; without `?query=`, the body starts with the statement.
     let (text, body_is_statement) = match params.get("query") {

@@ -3,9 +3,10 @@
 //! request authenticated and authorized by [`tandem_access::AccessControl`].
 //!
 //! - [`http`]: `/?query=` with settings as URL parameters, `/health`, `/ready`, `/drain`,
-//!   `/metrics`; [`clickhouse_http`]: the `X-ClickHouse-*` headers, errors and response
-//!   compression ClickHouse's clients expect; [`body`]: reading and decompressing bodies;
-//!   [`credentials`]: who a request says it is; [`parameters`]: `{name:Type}` query parameters.
+//!   `/metrics`; `connections`: the port's connections and their bounds; [`clickhouse_http`]:
+//!   the `X-ClickHouse-*` headers, errors and response compression ClickHouse's clients expect;
+//!   [`body`]: reading and decompressing bodies; [`credentials`]: who a request says it is;
+//!   [`parameters`]: `{name:Type}` query parameters.
 //! - [`statement`]: which statement a request holds; DDL, user and grant, and INSERT parsing.
 //! - [`formats`]: input decoding and output encoding (the JSON family, CSV, TSV, Native,
 //!   RowBinary, Pretty, Parquet, Arrow).
@@ -21,6 +22,7 @@ pub mod body;
 mod bucket_store;
 pub mod clickhouse_http;
 mod column_default;
+mod connections;
 pub mod credentials;
 pub mod error;
 pub mod execution;
@@ -48,12 +50,12 @@ pub mod url_params;
 
 use std::path::Path;
 use std::sync::Arc;
-
-use axum::ServiceExt;
+use std::time::Duration;
 
 use tandem_access::AccessControl;
 use tandem_replica::Replica;
 
+use crate::connections::ConnectionLimits;
 use crate::execution::QueryRuntime;
 use crate::query_log::QueryLog;
 use crate::state::Server;
@@ -75,6 +77,7 @@ impl FrontDoor {
         spill_dir: &Path,
     ) -> anyhow::Result<FrontDoor> {
         let settings = &config.settings;
+        connections::check(settings)?;
         let https = tls::Https::load(settings.tls_cert_file.as_deref(), settings.tls_key_file.as_deref())?;
         let bucket = Arc::new(bucket_store::BucketStore::new(replica.clone()));
         let queries = QueryRuntime::new(&config.limits, spill_dir, bucket)?;
@@ -98,13 +101,15 @@ impl FrontDoor {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let api = http::Api::new(Arc::new(self.server)).into_make_service();
+        let settings = &self.server.config.settings;
+        let limits = ConnectionLimits {
+            max_connections: settings.max_connections,
+            keep_alive_timeout: Duration::from_secs(settings.keep_alive_timeout_seconds),
+        };
+        let api = http::Api::new(Arc::new(self.server));
         match self.https {
-            Some(https) => {
-                let listener = tls::TlsListener::bind(listener, https)?;
-                axum::serve(listener, api).with_graceful_shutdown(shutdown).await?;
-            }
-            None => axum::serve(listener, api).with_graceful_shutdown(shutdown).await?,
+            Some(https) => connections::serve(tls::TlsListener::bind(listener, https)?, api, limits, shutdown).await,
+            None => connections::serve(listener, api, limits, shutdown).await,
         }
         Ok(())
     }

@@ -21,6 +21,16 @@ tandem_settings::settings! {
         /// Largest request body accepted, in bytes (a compressed body is also held to it once
         /// decompressed).
         max_body_bytes: usize = "268435456", env "TANDEM_MAX_BODY_BYTES";
+        /// HTTP connections served at once; further clients wait in the listen backlog until one
+        /// closes (as ClickHouse's `max_connections`).
+        max_connections: usize = "4096", env "TANDEM_MAX_CONNECTIONS";
+        /// Seconds a connection may take to send a request's head, counted from its opening or
+        /// from the previous answer: an idle kept-alive connection is closed then, and so is a
+        /// client that trickles its headers (as ClickHouse's `keep_alive_timeout`).
+        keep_alive_timeout_seconds: u64 = "30", env "TANDEM_KEEP_ALIVE_TIMEOUT_SECONDS";
+        /// Seconds a request's body may stall between two of its chunks before the request is
+        /// answered 408 and nothing of it is kept (as ClickHouse's `http_receive_timeout`).
+        http_receive_timeout_seconds: u64 = "30", env "TANDEM_HTTP_RECEIVE_TIMEOUT_SECONDS";
         /// `insert_quorum` of inserts that do not set it: 1, a number of nodes, or `auto`.
         insert_quorum: Quorum = "1", env "TANDEM_INSERT_QUORUM";
         /// `insert_quorum_timeout` (milliseconds) of inserts that do not set it: long enough for a

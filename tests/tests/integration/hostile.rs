@@ -392,3 +392,126 @@ async fn the_sql_surface_cannot_reach_the_hosts_files() {
     assert_eq!(node.sql("SHOW TABLES").await.trim(), "t", "no table or view was created");
     assert_eq!(node.count("t").await, 2, "the table is as it was");
 }
+
+/// The node's `host:port`, for clients that speak HTTP by hand.
+fn address(node: &Tandem) -> String {
+    node.url.trim_start_matches("http://").trim_end_matches('/').to_string()
+}
+
+/// Reads from `stream` until what was read holds `needle`; None when `within` passes first.
+async fn read_until(stream: &mut tokio::net::TcpStream, needle: &str, within: Duration) -> Option<String> {
+    use tokio::io::AsyncReadExt;
+    let mut read = Vec::new();
+    let reading = async {
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&read).contains(needle) {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => read.extend_from_slice(&chunk[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(within, reading).await.ok()?;
+    let text = String::from_utf8_lossy(&read).into_owned();
+    text.contains(needle).then_some(text)
+}
+
+/// Whether the node closes `stream` (a read ends, or fails) within `within`; anything it sends
+/// first is read past.
+async fn closed_within(stream: &mut tokio::net::TcpStream, within: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut chunk = [0u8; 4096];
+    let closing = async {
+        loop {
+            match stream.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    };
+    tokio::time::timeout(within, closing).await.is_ok()
+}
+
+/// A ping on a raw connection, answered within `within`.
+async fn ping(stream: &mut tokio::net::TcpStream, within: Duration) -> Option<String> {
+    use tokio::io::AsyncWriteExt;
+    stream.write_all(b"GET /ping HTTP/1.1\r\nHost: tandem\r\n\r\n").await.ok()?;
+    read_until(stream, "Ok.\n", within).await
+}
+
+/// A client that sends its request head a byte at a time (slowloris), one that keeps a
+/// connection open and idle, and one that stops sending in the middle of a body: each is
+/// closed or answered once its bound passes, the others are served meanwhile, and nothing of
+/// the stalled insert is stored. Without the bounds each would hold its connection (and its
+/// memory and file descriptor) for as long as it liked.
+#[tokio::test]
+async fn slow_and_idle_connections_are_closed_and_a_stalled_body_is_refused() {
+    use tokio::io::AsyncWriteExt;
+    let (node, _dir) = single_node(&["--keep-alive-timeout-seconds", "2", "--http-receive-timeout-seconds", "2"]).await;
+    node.sql("CREATE TABLE t (id UInt64, v UInt64) ORDER BY id").await;
+    let bound = Duration::from_secs(20);
+
+    let mut idle = tokio::net::TcpStream::connect(address(&node)).await.unwrap();
+    assert!(ping(&mut idle, bound).await.is_some(), "a kept-alive connection is answered");
+
+    let mut trickling = tokio::net::TcpStream::connect(address(&node)).await.unwrap();
+    let head = b"POST /?query=SELECT%201 HTTP/1.1\r\nHost: tandem\r\nX-Padding: aaaaaaaaaaaaaaaaaaaaaaaaaaaaaa\r\n";
+    let trickle = tokio::spawn(async move {
+        let started = Instant::now();
+        for byte in head {
+            if trickling.write_all(&[*byte]).await.is_err() {
+                return Some(started.elapsed());
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        None
+    });
+
+    let mut stalled = tokio::net::TcpStream::connect(address(&node)).await.unwrap();
+    stalled
+        .write_all(
+            b"POST /?query=INSERT%20INTO%20t%20FORMAT%20TabSeparated HTTP/1.1\r\nHost: tandem\r\n\
+              Content-Length: 100\r\n\r\n1\t1\n2\t2\n",
+        )
+        .await
+        .unwrap();
+
+    // Others are served while the three hold their connections.
+    assert_eq!(node.sql("SELECT 1").await.trim(), "1");
+
+    let answer = read_until(&mut stalled, "http_receive_timeout_seconds", bound).await;
+    let answer = answer.expect("the stalled body is answered, naming the setting");
+    assert!(answer.starts_with("HTTP/1.1 408"), "{answer}");
+    assert!(closed_within(&mut idle, bound).await, "the idle connection is closed");
+    let cut = tokio::time::timeout(bound, trickle).await.expect("the trickling client is cut off").unwrap();
+    assert!(cut.is_some(), "the trickling client's head was refused before it was whole");
+    assert_eq!(node.sql("SELECT count() FROM t").await.trim(), "0", "nothing of the stalled insert was stored");
+}
+
+/// With `max_connections` open, a further client waits (in the listen backlog) until one of
+/// them closes, and is then served; the node never holds more.
+#[tokio::test]
+async fn connections_past_the_limit_wait_for_a_free_one() {
+    let (node, _dir) = single_node(&["--max-connections", "2", "--keep-alive-timeout-seconds", "3"]).await;
+    // The helper's pooled connections, idle since start-up, are closed by now.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let bound = Duration::from_secs(20);
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut stream = tokio::net::TcpStream::connect(address(&node)).await.unwrap();
+        assert!(ping(&mut stream, bound).await.is_some(), "a connection within the limit is served");
+        held.push(stream);
+    }
+    let mut waiting = tokio::net::TcpStream::connect(address(&node)).await.unwrap();
+    assert!(
+        ping(&mut waiting, Duration::from_secs(1)).await.is_none(),
+        "a third connection is not served while two are open"
+    );
+    // The held connections' keep-alive ends 3 s after their answers; a slot is then free.
+    assert!(read_until(&mut waiting, "Ok.\n", bound).await.is_some(), "the third is served once one closes");
+    let mut closed = 0;
+    for stream in &mut held {
+        closed += usize::from(closed_within(stream, Duration::from_secs(1)).await);
+    }
+    assert!(closed >= 1, "the third was served only after a held connection was closed");
+}
