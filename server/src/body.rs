@@ -66,17 +66,28 @@ pub async fn read(
     if declared.is_some_and(|n| n > limit) {
         return Err(NodeError::BodyTooLarge { limit });
     }
-    let mut out = BytesMut::with_capacity(declared.unwrap_or(0));
+    // A body that arrives in one chunk (a small insert's does) is kept as it came, uncopied.
+    let mut first: Option<Bytes> = None;
+    let mut gathered = BytesMut::new();
     let mut stream = body.into_data_stream();
     let stalled = || NodeError::BodyStalled { seconds: receive_timeout.as_secs() };
     while let Some(chunk) = tokio::time::timeout(receive_timeout, stream.next()).await.map_err(|_| stalled())? {
         let chunk = chunk.map_err(|e| NodeError::bad_request(format!("cannot read the request body: {e}")))?;
-        if out.len() + chunk.len() > limit {
+        let received = first.as_ref().map_or(0, Bytes::len) + gathered.len() + chunk.len();
+        if received > limit {
             return Err(NodeError::BodyTooLarge { limit });
         }
-        out.extend_from_slice(&chunk);
+        if first.is_none() && gathered.is_empty() {
+            first = Some(chunk);
+            continue;
+        }
+        if let Some(first) = first.take() {
+            gathered.reserve(declared.unwrap_or(0).max(received));
+            gathered.extend_from_slice(&first);
+        }
+        gathered.extend_from_slice(&chunk);
     }
-    let raw = out.freeze();
+    let raw = first.unwrap_or_else(|| gathered.freeze());
     if encoding == Encoding::Identity {
         return Ok(raw);
     }

@@ -66,7 +66,7 @@ pub(crate) async fn serve<L: Listener>(
     let stop = CancellationToken::new();
     let mut shutdown = std::pin::pin!(shutdown);
     let mut http = http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(limits.keep_alive_timeout);
+    http.timer(TokioTimer::new()).header_read_timeout(limits.keep_alive_timeout).half_close(true);
     loop {
         let slot = tokio::select! {
             slot = slots.clone().acquire_owned() => slot,
