@@ -515,3 +515,27 @@ async fn connections_past_the_limit_wait_for_a_free_one() {
     }
     assert!(closed >= 1, "the third was served only after a held connection was closed");
 }
+
+/// A client that shuts its sending side once its request is out (as `nc` does) still gets its
+/// answer: the node allows half closes. The insert waits for its flush (200 ms), long enough
+/// that a node treating the early end of the client's side as the client leaving would drop the
+/// request instead; and the insert is stored either way once acknowledged.
+#[tokio::test]
+async fn a_client_that_half_closes_after_its_request_is_answered() {
+    use tokio::io::AsyncWriteExt;
+    let (node, _dir) = single_node(&[]).await;
+    node.sql("CREATE TABLE t (id UInt64, v UInt64) ORDER BY id").await;
+    let mut stream = tokio::net::TcpStream::connect(address(&node)).await.unwrap();
+    let body = "1\t1\n2\t2\n";
+    let request = format!(
+        "POST /?query=INSERT%20INTO%20t%20FORMAT%20TabSeparated&async_insert=1&wait_for_async_insert=1 HTTP/1.1\r\n\
+         Host: tandem\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    stream.write_all(request.as_bytes()).await.unwrap();
+    stream.shutdown().await.unwrap();
+    let answer = read_until(&mut stream, "\r\n\r\n", Duration::from_secs(30)).await;
+    let answer = answer.expect("the half-closed client gets an answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert_eq!(node.count("t").await, 2);
+}
