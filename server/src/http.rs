@@ -54,9 +54,9 @@ fn router(server: Arc<Server>) -> Router {
 
 /// The API as one hyper service (served by [`crate::connections`]): `GET` and `POST /`, where
 /// every statement arrives, go straight to [`handle`]; everything else (and `HEAD /`, and other
-/// methods' 405) through the router. The router's dispatch, its extractors (a copy of the headers among them) and boxed layers
-/// took about 2 µs of CPU a request, a twentieth of a small insert's. The router is always
-/// ready, so it is called without `poll_ready`.
+/// methods' 405) through the router. The router's dispatch, its extractors (a copy of the
+/// headers among them) and boxed layers took about 2 µs of CPU a request, a twentieth of a
+/// small insert's. The router is always ready, so it is called without `poll_ready`.
 #[derive(Clone)]
 pub(crate) struct Api {
     server: Arc<Server>,
