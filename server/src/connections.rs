@@ -24,11 +24,11 @@ use tokio_util::sync::CancellationToken;
 use crate::http::Api;
 use crate::state::ServerSettings;
 
-/// The bounds on the port's connections.
+/// The bounds on the port's connections, checked: built only from settings that hold.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct ConnectionLimits {
-    pub(crate) max_connections: usize,
-    pub(crate) keep_alive_timeout: Duration,
+    max_connections: usize,
+    keep_alive_timeout: Duration,
 }
 
 /// Most connections `max_connections` may allow: far more than a node's file descriptors.
@@ -36,21 +36,26 @@ const MOST_CONNECTIONS: usize = 1 << 20;
 /// Longest either timeout may be (a day): a deadline that far is as good as none.
 const LONGEST_TIMEOUT_SECONDS: u64 = 86_400;
 
-/// The settings' bounds, checked before the node serves: none of them may be zero (no
-/// connection, or none given any time), nor so large that a deadline overflows the clock.
-pub(crate) fn check(settings: &ServerSettings) -> anyhow::Result<()> {
-    if !(1..=MOST_CONNECTIONS).contains(&settings.max_connections) {
-        anyhow::bail!("max_connections is {}; it takes 1 to {MOST_CONNECTIONS}", settings.max_connections);
-    }
-    for (name, seconds) in [
-        ("keep_alive_timeout_seconds", settings.keep_alive_timeout_seconds),
-        ("http_receive_timeout_seconds", settings.http_receive_timeout_seconds),
-    ] {
-        if !(1..=LONGEST_TIMEOUT_SECONDS).contains(&seconds) {
-            anyhow::bail!("{name} is {seconds}; it takes 1 to {LONGEST_TIMEOUT_SECONDS} seconds");
+impl ConnectionLimits {
+    /// The settings' bounds, checked before the node serves: none of them may be zero (no
+    /// connection, or none given any time), nor so large that a deadline overflows the clock.
+    pub(crate) fn of(settings: &ServerSettings) -> anyhow::Result<ConnectionLimits> {
+        if !(1..=MOST_CONNECTIONS).contains(&settings.max_connections) {
+            anyhow::bail!("max_connections is {}; it takes 1 to {MOST_CONNECTIONS}", settings.max_connections);
         }
+        for (name, seconds) in [
+            ("keep_alive_timeout_seconds", settings.keep_alive_timeout_seconds),
+            ("http_receive_timeout_seconds", settings.http_receive_timeout_seconds),
+        ] {
+            if !(1..=LONGEST_TIMEOUT_SECONDS).contains(&seconds) {
+                anyhow::bail!("{name} is {seconds}; it takes 1 to {LONGEST_TIMEOUT_SECONDS} seconds");
+            }
+        }
+        Ok(ConnectionLimits {
+            max_connections: settings.max_connections,
+            keep_alive_timeout: Duration::from_secs(settings.keep_alive_timeout_seconds),
+        })
     }
-    Ok(())
 }
 
 /// Serves `api` on the connections `listener` accepts until `shutdown` completes; then accepts

@@ -50,7 +50,6 @@ pub mod url_params;
 
 use std::path::Path;
 use std::sync::Arc;
-use std::time::Duration;
 
 use tandem_access::AccessControl;
 use tandem_replica::Replica;
@@ -62,11 +61,13 @@ use crate::state::Server;
 pub use crate::state::{ServerConfig, ServerFile, ServerFlags, ServerSettings};
 
 /// The front door, checked and ready to serve: its query runtime (spill files under
-/// `spill_dir`, emptied first) and its certificate when it serves HTTPS. Everything that can be
-/// wrong with the configuration is found here, before the node starts serving.
+/// `spill_dir`, emptied first), its certificate when it serves HTTPS, and the bounds on its
+/// connections. Everything that can be wrong with the configuration is found here, before the
+/// node starts serving.
 pub struct FrontDoor {
     server: Server,
     https: Option<tls::Https>,
+    connections: ConnectionLimits,
 }
 
 impl FrontDoor {
@@ -77,7 +78,7 @@ impl FrontDoor {
         spill_dir: &Path,
     ) -> anyhow::Result<FrontDoor> {
         let settings = &config.settings;
-        connections::check(settings)?;
+        let connections = ConnectionLimits::of(settings)?;
         let https = tls::Https::load(settings.tls_cert_file.as_deref(), settings.tls_key_file.as_deref())?;
         let bucket = Arc::new(bucket_store::BucketStore::new(replica.clone()));
         let queries = QueryRuntime::new(&config.limits, spill_dir, bucket)?;
@@ -86,7 +87,7 @@ impl FrontDoor {
             std::time::Duration::from_secs(settings.query_log_retention_seconds),
         );
         let sessions = query::Sessions::new(queries.base());
-        Ok(FrontDoor { server: Server { replica, access, config, queries, sessions, query_log }, https })
+        Ok(FrontDoor { server: Server { replica, access, config, queries, sessions, query_log }, https, connections })
     }
 
     /// Whether the API is served over HTTPS.
@@ -101,15 +102,12 @@ impl FrontDoor {
         listener: tokio::net::TcpListener,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> anyhow::Result<()> {
-        let settings = &self.server.config.settings;
-        let limits = ConnectionLimits {
-            max_connections: settings.max_connections,
-            keep_alive_timeout: Duration::from_secs(settings.keep_alive_timeout_seconds),
-        };
         let api = http::Api::new(Arc::new(self.server));
         match self.https {
-            Some(https) => connections::serve(tls::TlsListener::bind(listener, https)?, api, limits, shutdown).await,
-            None => connections::serve(listener, api, limits, shutdown).await,
+            Some(https) => {
+                connections::serve(tls::TlsListener::bind(listener, https)?, api, self.connections, shutdown).await
+            }
+            None => connections::serve(listener, api, self.connections, shutdown).await,
         }
         Ok(())
     }
