@@ -83,7 +83,10 @@ pub(crate) async fn serve<L: Listener>(
             () = &mut shutdown => break,
         };
         let connection = http.serve_connection(TokioIo::new(io), api.clone());
-        let stop = stop.clone();
+        // A token of its own, cancelled with the loop's: every poll of a connection waiting
+        // for its client looks at its token under the token's lock, and one token shared by
+        // every connection would be one lock taken by all of them, on every core.
+        let stop = stop.child_token();
         tokio::spawn(async move {
             let mut connection = std::pin::pin!(connection);
             // The connection is polled first: the stop is looked at only when it is not ready.
