@@ -354,8 +354,8 @@ impl Writer {
         let mut woken = Vec::new();
         while self.take(&mut group, concurrent) {
             concurrent = group.sequences.end - group.sequences.start > 1;
-            self.write_group(&mut group);
-            self.publish(&group, &mut woken);
+            let written = self.write_group(&mut group);
+            self.publish(&group, written, &mut woken);
             for waker in woken.drain(..) {
                 waker.wake();
             }
@@ -395,9 +395,10 @@ impl Writer {
         true
     }
 
-    fn write_group(&mut self, group: &mut Group) {
+    /// Writes the group; whether its records are on disk.
+    fn write_group(&mut self, group: &mut Group) -> bool {
         if self.shared.failed.get().is_some() {
-            return;
+            return false;
         }
         let appended = !group.sequences.is_empty();
         if !group.flushed.is_empty() {
@@ -410,7 +411,7 @@ impl Writer {
             let reason = format!("{e} (in {})", self.dir.display());
             tracing::error!(error = %reason, "the insert log failed; asynchronous inserts are refused until restart");
             let _ = self.shared.failed.set(reason);
-            return;
+            return false;
         }
         for sequence in group.sequences.clone() {
             self.pending.insert(sequence, self.segment);
@@ -431,20 +432,24 @@ impl Writer {
             let _ = self.shared.failed.set(format!("cannot start a new log segment: {e}"));
         }
         self.delete_finished_segments();
+        true
     }
 
-    /// Moves the durable mark past the group (unless the log failed) and collects the wakers of
-    /// the appenders it answers: all of them once the log failed.
-    fn publish(&self, group: &Group, woken: &mut Vec<Waker>) {
+    /// Moves the durable mark past the group if it was written and collects the wakers of the
+    /// appenders it answers: all of them once the log failed (a group written before the
+    /// failure, say before a new segment could not be started, is still acknowledged).
+    fn publish(&self, group: &Group, written: bool, woken: &mut Vec<Waker>) {
         let shared = &self.shared;
         let mut queue = shared.queue();
         queue.held = self.held();
+        if written {
+            shared.durable.store(group.sequences.end, Ordering::Release);
+        }
         let answered = if shared.failed.get().is_some() {
             // Nothing queued will be written: every appender learns why.
             queue.records.clear();
             u64::MAX
         } else {
-            shared.durable.store(group.sequences.end, Ordering::Release);
             group.sequences.end
         };
         let mut at = 0;
@@ -513,6 +518,21 @@ impl Writer {
 
     fn publish_size(&self) {
         self.shared.bytes.store(self.held(), Ordering::Relaxed);
+    }
+}
+
+/// A writer that stops without the log being closed (it panicked) fails the log, so no
+/// appender waits for it forever.
+impl Drop for Writer {
+    fn drop(&mut self) {
+        let mut queue = self.shared.queue();
+        if !queue.closed {
+            let _ = self.shared.failed.set("the insert log's writer stopped".into());
+        }
+        queue.records.clear();
+        let waiters = std::mem::take(&mut queue.waiters);
+        drop(queue);
+        waiters.into_iter().for_each(|(_, waker)| waker.wake());
     }
 }
 
