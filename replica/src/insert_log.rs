@@ -279,19 +279,25 @@ impl InsertLog {
 
     /// Appends one insert and returns its sequence number once it is on disk (fsynced,
     /// together with whatever else was waiting).
+    ///
+    /// An append dropped before it returns (its request went away) marks its record flushed:
+    /// nobody was told it was logged and nobody will buffer it, and a record left pending would
+    /// keep its segment, and the bytes it counts against the limit, until the next restart.
     pub async fn append(&self, payload: &[u8]) -> Result<u64, LogError> {
-        let mut sequence = None;
-        std::future::poll_fn(|cx| match sequence {
+        let mut appended = Abandoned { log: self, sequence: None };
+        let answer = std::future::poll_fn(|cx| match appended.sequence {
             None => match self.shared.enqueue(payload, cx.waker()) {
-                Ok(appended) => {
-                    sequence = Some(appended);
+                Ok(sequence) => {
+                    appended.sequence = Some(sequence);
                     Poll::Pending
                 }
                 Err(e) => Poll::Ready(Err(e)),
             },
             Some(sequence) => self.shared.poll_durable(sequence, cx.waker()),
         })
-        .await
+        .await;
+        appended.sequence = None;
+        answer
     }
 
     /// Marks inserts as registered elsewhere: their records are no longer needed.
@@ -307,6 +313,20 @@ impl InsertLog {
     /// Bytes of log on disk.
     pub fn bytes(&self) -> u64 {
         self.shared.bytes.load(Ordering::Relaxed)
+    }
+}
+
+/// An append in flight: its record, once queued, is given up if the append is dropped.
+struct Abandoned<'a> {
+    log: &'a InsertLog,
+    sequence: Option<u64>,
+}
+
+impl Drop for Abandoned<'_> {
+    fn drop(&mut self) {
+        if let Some(sequence) = self.sequence.take() {
+            self.log.flushed(vec![sequence]);
+        }
     }
 }
 
@@ -653,6 +673,32 @@ mod tests {
             _ = tokio::time::sleep(Duration::from_secs(10)) => panic!("the append was never woken"),
             sequence = append => assert!(sequence.is_ok(), "{sequence:?}"),
         }
+    }
+
+    /// An append whose request went away before it returned is not replayed, and does not
+    /// keep its segment: nobody was told it was logged, and nobody buffered it.
+    #[tokio::test]
+    async fn an_append_dropped_before_it_returns_is_given_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = InsertLog::open(dir.path(), 1 << 30).unwrap();
+        {
+            let mut append = std::pin::pin!(log.append(b"given up"));
+            let mut first_poll = std::task::Context::from_waker(Waker::noop());
+            assert!(append.as_mut().poll(&mut first_poll).is_pending(), "the record is queued");
+        }
+        // Past the size at which a segment whose inserts were all flushed is closed.
+        let filler = log.append(&vec![0; DRAINED_SEGMENT_BYTES as usize]).await.unwrap();
+        log.flushed(vec![filler]);
+        let deleted = async {
+            while log.bytes() >= DRAINED_SEGMENT_BYTES {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+        };
+        let waited = tokio::time::timeout(Duration::from_secs(10), deleted).await;
+        assert!(waited.is_ok(), "the segment that held it was deleted ({} bytes left)", log.bytes());
+        drop(log);
+        let (_, recovery) = open(dir.path());
+        assert!(recovery.inserts.is_empty(), "the given-up insert is not replayed");
     }
 
     #[tokio::test]
