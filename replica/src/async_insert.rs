@@ -200,7 +200,7 @@ impl Replica {
                 .await
                 .map_err(Error::internal)??
         };
-        let sequence = inserts.log(&payload).await.map_err(|e| match e {
+        let sequence = inserts.log(payload).await.map_err(|e| match e {
             LogError::Full { .. } => Error::Unavailable(format!(
                 "{e}: inserts are coming faster than they can be registered (is the metadata store reachable?); \
                  nothing was logged, retry later"

@@ -161,7 +161,7 @@ impl AsyncInserts {
     }
 
     /// Appends one insert to the log; its sequence number once it is fsynced.
-    pub(crate) async fn log(&self, payload: &[u8]) -> Result<u64, LogError> {
+    pub(crate) async fn log(&self, payload: Vec<u8>) -> Result<u64, LogError> {
         self.log.append(payload).await
     }
 

@@ -15,9 +15,11 @@
 //!
 //! An append frames its record straight into the queue the writer thread takes whole, under
 //! one short lock, and leaves its waker there: the writer writes and fsyncs what it took, moves
-//! the durable mark past it and wakes those appenders. Nothing is allocated per append and no
-//! payload crosses threads (an earlier log sent each payload through a channel with a
-//! one-shot answer: 1.2 µs of the request thread's CPU in the allocator alone).
+//! the durable mark past it and wakes those appenders. Nothing is allocated per small append
+//! and no small payload crosses threads (an earlier log sent each payload through a channel
+//! with a one-shot answer: 1.2 µs of the request thread's CPU in the allocator alone). A large
+//! payload is handed to the writer to frame, as every payload once was: copying and hashing it
+//! under the lock, on a runtime thread, would hold up that thread and every other append.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fs::{File, OpenOptions};
@@ -36,6 +38,10 @@ const SEGMENT_BYTES: u64 = 64 * 1024 * 1024;
 
 /// A segment whose inserts were all flushed is closed (and deleted) past this size.
 const DRAINED_SEGMENT_BYTES: u64 = 1024 * 1024;
+
+/// Payloads larger than this are framed by the writer thread rather than under the queue's
+/// lock: an insert may log hundreds of MiB, tens of milliseconds of copying and hashing.
+const WRITER_FRAMES_BYTES: usize = 64 * 1024;
 
 /// The writer keeps its group buffer's capacity between groups up to this size: a burst's
 /// larger buffer is given back.
@@ -109,7 +115,11 @@ struct Shared {
 struct Queue {
     /// Insert records framed by appenders, in sequence order, not yet taken by the writer.
     records: Vec<u8>,
-    /// The sequence of the first record in `records`.
+    /// Larger payloads, for the writer to frame, with their sequences.
+    large: Vec<(u64, Vec<u8>)>,
+    /// The bytes `large` will take once framed.
+    large_bytes: u64,
+    /// The sequence of the first record in `records` or `large`.
     first: u64,
     /// The sequence the next append takes.
     next_sequence: u64,
@@ -117,12 +127,30 @@ struct Queue {
     waiters: Vec<(u64, Waker)>,
     /// Inserts marked flushed, not yet recorded.
     flushed: Vec<u64>,
-    /// Bytes on disk or being written: with `records`, what the limit counts.
+    /// Bytes on disk or being written: with what is queued, what the limit counts.
     held: u64,
     /// The writer waits on `work`: the next append or flushed mark must wake it.
     writer_waiting: bool,
     /// The log was dropped: the writer writes what is queued and stops.
     closed: bool,
+}
+
+impl Queue {
+    /// Bytes queued for the writer, as they will be on disk.
+    fn queued_bytes(&self) -> u64 {
+        self.records.len() as u64 + self.large_bytes
+    }
+
+    fn is_idle(&self) -> bool {
+        self.records.is_empty() && self.large.is_empty() && self.flushed.is_empty()
+    }
+
+    /// Drops what is queued: after a failure, nothing more is written.
+    fn discard(&mut self) {
+        self.records.clear();
+        self.large.clear();
+        self.large_bytes = 0;
+    }
 }
 
 impl Shared {
@@ -134,7 +162,7 @@ impl Shared {
 
     /// Frames an insert record into the queue and leaves `waker` to be woken once it is on
     /// disk; its sequence number.
-    fn enqueue(&self, payload: &[u8], waker: &Waker) -> Result<u64, LogError> {
+    fn enqueue(&self, payload: Vec<u8>, waker: &Waker) -> Result<u64, LogError> {
         let mut queue = self.queue();
         if let Some(reason) = self.failed.get() {
             return Err(LogError::Io(reason.clone()));
@@ -143,13 +171,18 @@ impl Shared {
             return Err(LogError::Io("the log is closed".into()));
         }
         let needed = (HEADER_BYTES + 8 + payload.len()) as u64;
-        let held = queue.held + queue.records.len() as u64;
+        let held = queue.held + queue.queued_bytes();
         if held + needed > self.max_bytes {
             return Err(LogError::Full { held, needed, limit: self.max_bytes });
         }
         let sequence = queue.next_sequence;
         queue.next_sequence += 1;
-        frame(&mut queue.records, KIND_INSERT, &[&sequence.to_le_bytes(), payload]);
+        if payload.len() > WRITER_FRAMES_BYTES {
+            queue.large.push((sequence, payload));
+            queue.large_bytes += needed;
+        } else {
+            frame(&mut queue.records, KIND_INSERT, &[&sequence.to_le_bytes(), &payload]);
+        }
         queue.waiters.push((sequence, waker.clone()));
         self.wake_writer(&mut queue);
         Ok(sequence)
@@ -246,6 +279,8 @@ impl InsertLog {
         let shared = Arc::new(Shared {
             queue: Mutex::new(Queue {
                 records: Vec::new(),
+                large: Vec::new(),
+                large_bytes: 0,
                 first: next_sequence,
                 next_sequence,
                 waiters: Vec::new(),
@@ -283,10 +318,11 @@ impl InsertLog {
     /// An append dropped before it returns (its request went away) marks its record flushed:
     /// nobody was told it was logged and nobody will buffer it, and a record left pending would
     /// keep its segment, and the bytes it counts against the limit, until the next restart.
-    pub async fn append(&self, payload: &[u8]) -> Result<u64, LogError> {
+    pub async fn append(&self, payload: Vec<u8>) -> Result<u64, LogError> {
         let mut appended = Abandoned { log: self, sequence: None };
+        let mut payload = Some(payload);
         let answer = std::future::poll_fn(|cx| match appended.sequence {
-            None => match self.shared.enqueue(payload, cx.waker()) {
+            None => match self.shared.enqueue(payload.take().unwrap_or_default(), cx.waker()) {
                 Ok(sequence) => {
                     appended.sequence = Some(sequence);
                     Poll::Pending
@@ -352,9 +388,11 @@ type PendingSegments = HashMap<u64, u64, ahash::RandomState>;
 /// One group as the writer took it from the queue.
 #[derive(Default)]
 struct Group {
-    /// The framed insert records, then (written by the writer) a `Flushed` record.
+    /// The framed insert records, then (framed by the writer) the large ones and a `Flushed`
+    /// record.
     records: Vec<u8>,
-    /// The sequences of the insert records.
+    large: Vec<(u64, Vec<u8>)>,
+    /// The sequences of the insert records, large ones included.
     sequences: std::ops::Range<u64>,
     flushed: Vec<u64>,
 }
@@ -386,6 +424,7 @@ impl Writer {
             }
             group.records.clear();
             group.records.shrink_to(KEPT_GROUP_CAPACITY);
+            group.large.clear();
             group.flushed.clear();
         }
     }
@@ -394,7 +433,7 @@ impl Writer {
     fn take(&self, group: &mut Group, concurrent: bool) -> bool {
         let shared = &self.shared;
         let mut queue = shared.queue();
-        while queue.records.is_empty() && queue.flushed.is_empty() {
+        while queue.is_idle() {
             if queue.closed {
                 return false;
             }
@@ -412,11 +451,13 @@ impl Writer {
             std::thread::sleep(GROUP_LINGER);
             queue = shared.queue();
         }
+        queue.held = self.held() + queue.queued_bytes();
+        queue.large_bytes = 0;
         std::mem::swap(&mut queue.records, &mut group.records);
+        std::mem::swap(&mut queue.large, &mut group.large);
         std::mem::swap(&mut queue.flushed, &mut group.flushed);
         group.sequences = queue.first..queue.next_sequence;
         queue.first = queue.next_sequence;
-        queue.held = self.held() + group.records.len() as u64;
         true
     }
 
@@ -426,6 +467,9 @@ impl Writer {
             return false;
         }
         let appended = !group.sequences.is_empty();
+        for (sequence, payload) in &group.large {
+            frame(&mut group.records, KIND_INSERT, &[&sequence.to_le_bytes(), payload]);
+        }
         if !group.flushed.is_empty() {
             let body: Vec<u8> = group.flushed.iter().flat_map(|s| s.to_le_bytes()).collect();
             frame(&mut group.records, KIND_FLUSHED, &[&body]);
@@ -441,7 +485,7 @@ impl Writer {
         for sequence in group.sequences.clone() {
             self.pending.insert(sequence, self.segment);
         }
-        *self.per_segment.entry(self.segment).or_default() += group.sequences.clone().count();
+        *self.per_segment.entry(self.segment).or_default() += (group.sequences.end - group.sequences.start) as usize;
         for sequence in &group.flushed {
             if let Some(segment) = self.pending.remove(sequence)
                 && let Some(count) = self.per_segment.get_mut(&segment)
@@ -472,7 +516,7 @@ impl Writer {
         }
         let answered = if shared.failed.get().is_some() {
             // Nothing queued will be written: every appender learns why.
-            queue.records.clear();
+            queue.discard();
             u64::MAX
         } else {
             group.sequences.end
@@ -554,7 +598,7 @@ impl Drop for Writer {
         if !queue.closed {
             let _ = self.shared.failed.set("the insert log's writer stopped".into());
         }
-        queue.records.clear();
+        queue.discard();
         let waiters = std::mem::take(&mut queue.waiters);
         drop(queue);
         waiters.into_iter().for_each(|(_, waker)| waker.wake());
@@ -631,15 +675,15 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, recovery) = open(dir.path());
         assert!(recovery.inserts.is_empty());
-        let a = log.append(b"a").await.unwrap();
-        let b = log.append(b"b").await.unwrap();
-        let c = log.append(b"c").await.unwrap();
+        let a = log.append(b"a".to_vec()).await.unwrap();
+        let b = log.append(b"b".to_vec()).await.unwrap();
+        let c = log.append(b"c".to_vec()).await.unwrap();
         assert!(a < b && b < c);
         log.flushed(vec![b]);
         drop(log);
         let (log, recovery) = open(dir.path());
         assert_eq!(payloads(&recovery), [b"a".to_vec(), b"c".to_vec()]);
-        let d = log.append(b"d").await.unwrap();
+        let d = log.append(b"d".to_vec()).await.unwrap();
         assert!(d > c, "sequence numbers go on after a restart");
     }
 
@@ -651,7 +695,7 @@ mod tests {
         let tasks: Vec<_> = (0..200u32)
             .map(|i| {
                 let log = log.clone();
-                tokio::spawn(async move { log.append(&i.to_le_bytes()).await.unwrap() })
+                tokio::spawn(async move { log.append(i.to_le_bytes().to_vec()).await.unwrap() })
             })
             .collect();
         let mut sequences = HashSet::new();
@@ -663,13 +707,41 @@ mod tests {
         assert_eq!(recovery.inserts.len(), 200);
     }
 
+    /// Payloads past `WRITER_FRAMES_BYTES` are framed by the writer rather than queued framed:
+    /// appended together with small ones, each comes back intact under its own sequence.
+    #[tokio::test]
+    async fn large_and_small_appends_come_back_under_their_sequences() {
+        let dir = tempfile::tempdir().unwrap();
+        let (log, _) = open(dir.path());
+        let log = Arc::new(log);
+        let payloads: Vec<Vec<u8>> = (0..40usize)
+            .map(|i| if i % 4 == 0 { vec![i as u8; WRITER_FRAMES_BYTES + 1 + i] } else { i.to_le_bytes().to_vec() })
+            .collect();
+        let tasks: Vec<_> = payloads
+            .iter()
+            .map(|payload| {
+                let (log, payload) = (log.clone(), payload.clone());
+                tokio::spawn(async move { (log.append(payload.clone()).await.unwrap(), payload) })
+            })
+            .collect();
+        let mut appended = BTreeMap::new();
+        for task in tasks {
+            let (sequence, payload) = task.await.unwrap();
+            appended.insert(sequence, payload);
+        }
+        drop(log);
+        let (_, recovery) = open(dir.path());
+        let replayed: BTreeMap<u64, Vec<u8>> = recovery.inserts.into_iter().map(|r| (r.sequence, r.payload)).collect();
+        assert_eq!(replayed, appended);
+    }
+
     /// An append polled again before its group was written (a timeout or a select around it)
     /// is woken through the waker it was polled with last, not only the first one.
     #[tokio::test]
     async fn an_append_polled_again_is_woken_by_its_latest_waker() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = open(dir.path());
-        let mut append = std::pin::pin!(log.append(b"x"));
+        let mut append = std::pin::pin!(log.append(b"x".to_vec()));
         let mut first_poll = std::task::Context::from_waker(Waker::noop());
         assert!(append.as_mut().poll(&mut first_poll).is_pending(), "the record waits for its group");
         // The timer is polled first: an append never woken does not get a last poll in time.
@@ -687,12 +759,12 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = InsertLog::open(dir.path(), 1 << 30).unwrap();
         {
-            let mut append = std::pin::pin!(log.append(b"given up"));
+            let mut append = std::pin::pin!(log.append(b"given up".to_vec()));
             let mut first_poll = std::task::Context::from_waker(Waker::noop());
             assert!(append.as_mut().poll(&mut first_poll).is_pending(), "the record is queued");
         }
         // Past the size at which a segment whose inserts were all flushed is closed.
-        let filler = log.append(&vec![0; DRAINED_SEGMENT_BYTES as usize]).await.unwrap();
+        let filler = log.append(vec![0; DRAINED_SEGMENT_BYTES as usize]).await.unwrap();
         log.flushed(vec![filler]);
         let deleted = async {
             while log.bytes() >= DRAINED_SEGMENT_BYTES {
@@ -710,8 +782,8 @@ mod tests {
     async fn a_torn_tail_is_cut_and_never_applied() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = open(dir.path());
-        log.append(b"kept").await.unwrap();
-        log.append(b"torn record").await.unwrap();
+        log.append(b"kept".to_vec()).await.unwrap();
+        log.append(b"torn record".to_vec()).await.unwrap();
         drop(log);
         let segment = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).max().unwrap();
         let len = std::fs::metadata(&segment).unwrap().len();
@@ -721,7 +793,7 @@ mod tests {
         assert_eq!(payloads(&recovery), [b"kept".to_vec()]);
         assert_eq!(recovery.cut_bytes, (HEADER_BYTES + 8 + b"torn record".len() - 3) as u64);
         assert_eq!(std::fs::metadata(&segment).unwrap().len(), (HEADER_BYTES + 8 + 4) as u64, "the file was cut");
-        log.append(b"after").await.unwrap();
+        log.append(b"after".to_vec()).await.unwrap();
         drop(log);
         let (_, recovery) = open(dir.path());
         assert_eq!(payloads(&recovery), [b"kept".to_vec(), b"after".to_vec()], "the cut log takes new records");
@@ -748,7 +820,7 @@ mod tests {
         let (log, recovery) = open(dir.path());
         assert_eq!(payloads(&recovery), [b"pending".to_vec()]);
         assert_eq!(recovery.cut_bytes, 0);
-        log.append(b"new").await.unwrap();
+        log.append(b"new".to_vec()).await.unwrap();
         drop(log);
         let (_, recovery) = open(dir.path());
         assert_eq!(payloads(&recovery), [b"pending".to_vec(), b"new".to_vec()], "old and new records side by side");
@@ -758,8 +830,8 @@ mod tests {
     async fn a_corrupt_record_ends_the_segment() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = open(dir.path());
-        log.append(b"first").await.unwrap();
-        log.append(b"second").await.unwrap();
+        log.append(b"first".to_vec()).await.unwrap();
+        log.append(b"second".to_vec()).await.unwrap();
         drop(log);
         let segment = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().path()).max().unwrap();
         let mut bytes = std::fs::read(&segment).unwrap();
@@ -774,13 +846,13 @@ mod tests {
     async fn a_full_log_refuses_and_flushed_segments_are_deleted() {
         let dir = tempfile::tempdir().unwrap();
         let (log, _) = InsertLog::open(dir.path(), 100).unwrap();
-        let a = log.append(&[0; 40]).await.unwrap();
-        assert!(matches!(log.append(&[0; 60]).await, Err(LogError::Full { limit: 100, .. })));
+        let a = log.append(vec![0; 40]).await.unwrap();
+        assert!(matches!(log.append(vec![0; 60]).await, Err(LogError::Full { limit: 100, .. })));
         log.flushed(vec![a]);
         drop(log);
         let (log, recovery) = InsertLog::open(dir.path(), 100).unwrap();
         assert!(recovery.inserts.is_empty());
-        log.append(&[0; 60]).await.unwrap();
+        log.append(vec![0; 60]).await.unwrap();
         let segments = std::fs::read_dir(dir.path()).unwrap().count();
         assert_eq!(segments, 1, "the segment whose inserts were all flushed is gone");
     }
