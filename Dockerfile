@@ -1,8 +1,9 @@
 # syntax=docker/dockerfile:1
 # The tandem image: `docker build -t <registry>/tandem:<version> .` at the repository root.
-# Build stage: the release binary (BuildKit cache mounts keep the registry and the compiled
-# dependencies between builds). Runtime stage: distroless (glibc, CA certificates, no shell),
-# running as the unprivileged user 65532, which the Helm chart's securityContext also uses.
+# Build stage: the `dist` profile (the release build with cross-crate ThinLTO; BuildKit cache
+# mounts keep the registry and the compiled dependencies between builds). Runtime stage:
+# distroless (glibc, CA certificates, no shell), running as the unprivileged user 65532, which
+# the Helm chart's securityContext also uses.
 
 FROM rust:1.95-bookworm AS build
 RUN apt-get update \
@@ -12,8 +13,8 @@ WORKDIR /src
 COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p tandem-node --bin tandem \
-    && install -D target/release/tandem /out/tandem
+    cargo build --profile dist --locked -p tandem-node --bin tandem \
+    && install -D target/dist/tandem /out/tandem
 
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /out/tandem /usr/local/bin/tandem

@@ -2,9 +2,9 @@
 //! `tandem` processes on free loopback ports and temporary data directories, driven over HTTP,
 //! with a real etcd ([`Etcd`], [`Cluster`]) and an S3-compatible server ([`S3`]).
 //!
-//! The `tandem` binary is the one built next to the test or benchmark executable (`cargo build
-//! --release --bin tandem` first; `scripts/test.sh` and `scripts/run.sh bench` do), or the path
-//! in `TANDEM_BIN`.
+//! The `tandem` binary is the one built next to the test or benchmark executable, in the same
+//! profile (`scripts/test.sh` builds it with `--release`, `scripts/run.sh bench` with `--profile
+//! dist`), or the path in `TANDEM_BIN`.
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -35,7 +35,9 @@ pub fn tandem_binary() -> anyhow::Result<PathBuf> {
         .unwrap_or_else(|| exe_dir.join("tandem"));
     if !binary.exists() {
         bail!(
-            "{} does not exist: run `cargo build --release --bin tandem` first (scripts/test.sh does)",
+            "{} does not exist: build it in the same profile first (`cargo build --release --bin tandem` \
+             for the tests, as scripts/test.sh does; `--profile dist` for the benchmark, as scripts/run.sh \
+             bench does), or set TANDEM_BIN",
             binary.display()
         );
     }
