@@ -1,6 +1,6 @@
 # syntax=docker/dockerfile:1
 # The tandem image: `docker build -t <registry>/tandem:<version> .` at the repository root.
-# Build stage: the `dist` profile (the release build with cross-crate ThinLTO; BuildKit cache
+# Build stage: the `dist` profile (the release build with whole-program LTO; BuildKit cache
 # mounts keep the registry and the compiled dependencies between builds). Runtime stage:
 # distroless (glibc, CA certificates, no shell), running as the unprivileged user 65532, which
 # the Helm chart's securityContext also uses.

@@ -10,7 +10,7 @@ if (($# == 0)); then set -- serve; fi
 if [[ "$1" == bench ]]; then
     shift
     # The benchmark runs the `tandem` binary as it ships (the `dist` build: release with
-    # cross-crate ThinLTO) as separate processes; it finds it next to its own binary.
+    # whole-program LTO) as separate processes; it finds it next to its own binary.
     cargo build --profile dist --locked --bin tandem
     exec cargo run --profile dist --locked -p tandem-bench -- "$@"
 fi
