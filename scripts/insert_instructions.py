@@ -26,25 +26,19 @@ import os
 import pathlib
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 import urllib.parse
+
+from local_node import free_port, wait_until_up
 
 ROWS = 10
 TABLE = "small_bench"
 CREATE = f"CREATE TABLE {TABLE} (ts DateTime, id UInt64, v Float64) ORDER BY (id, ts) PARTITION BY toYYYYMM(ts)"
 # Past any run: no flush inside the count.
 BUSY_TIMEOUT_MS = "600000"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def send(port, inserts, connections, first_id):
@@ -100,21 +94,6 @@ def allocations(text):
     return total
 
 
-def wait_until_up(port, node, deadline):
-    while time.monotonic() < deadline:
-        if node.poll() is not None:
-            sys.exit(f"tandem exited with {node.returncode} before answering")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/ping")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    sys.exit("tandem did not answer /ping within 300 s under valgrind")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--tandem", default=None, help="the binary (default: the release build)")
@@ -136,7 +115,7 @@ def main():
         ]  # fmt: skip
         node = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_until_up(port, node, time.monotonic() + 300)
+            wait_until_up(port, node, 300, " under valgrind")
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
             connection.request("POST", "/", body=CREATE)
             answer = connection.getresponse()

@@ -19,13 +19,14 @@ The profile goes where the binary was built to write it (`-Cprofile-generate=<di
 import argparse
 import http.client
 import pathlib
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import urllib.parse
+
+from local_node import free_port, wait_until_up
 
 ROWS = 10
 SMALL = "small_bench"
@@ -48,12 +49,6 @@ QUERIES = [
     "SELECT table, count(), sum(rows) FROM system.parts WHERE active GROUP BY table ORDER BY table",
     "SELECT * FROM system.asynchronous_inserts",
 ]
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def post(port, params, body):
@@ -112,21 +107,6 @@ BULK_FORMATS = [
 ]
 
 
-def wait_until_up(port, node, deadline):
-    while time.monotonic() < deadline:
-        if node.poll() is not None:
-            sys.exit(f"tandem exited with {node.returncode} before answering")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=5)
-            connection.request("GET", "/ping")
-            if connection.getresponse().status == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.2)
-    sys.exit("tandem did not answer /ping within 120 s")
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("tandem", help="the instrumented binary")
@@ -139,7 +119,7 @@ def main():
             command = [args.tandem, "serve", "--http-addr", f"127.0.0.1:{port}", "--data-dir", f"{scratch}/data"]
             node = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
         try:
-            wait_until_up(port, node, time.monotonic() + 120)
+            wait_until_up(port, node, 120)
             post(port, {}, SMALL_CREATE)
             small_inserts(port, args.seconds, 32, {"async_insert": "1", "wait_for_async_insert": "0"}, 0)
             small_inserts(port, max(args.seconds // 6, 1), 64, {"async_insert": "1", "wait_for_async_insert": "1"}, 1)
