@@ -1,14 +1,12 @@
 #!/usr/bin/env bash
-# Builds `tandem` with profile-guided optimization, in a cargo profile (default `dist`): an
+# Builds `tandem` as it ships, the `dist` profile, with profile-guided optimization: an
 # instrumented build, a training run that drives it as users do (scripts/pgo_train.py), then the
-# optimized build at <target>/<profile>/tandem. Takes two full builds: about 75 minutes on a cold
-# 2-core machine. Needs python3, and rustup's llvm-tools (added when missing) for the
-# `llvm-profdata` of rustc's own LLVM.
-#
-#     scripts/pgo.sh [profile]
+# optimized build at <target>/dist/tandem. Cold, that is two full builds: about 50 minutes on 2
+# cores. A second run trains again only when the instrumented binary or the training changed, so
+# with nothing changed it builds nothing. Needs python3, and rustup's llvm-tools (added when
+# missing) for the `llvm-profdata` of rustc's own LLVM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-profile="${1:-dist}"
 target="${CARGO_TARGET_DIR:-target}"
 sysroot="$(rustc --print sysroot)"
 host="$(rustc -vV | sed -n 's/^host: //p')"
@@ -17,13 +15,22 @@ if [[ ! -x "$profdata" ]]; then
     rustup component add llvm-tools
 fi
 profiles="$(realpath -m "$target/pgo-profiles")"
-rm -rf "$profiles"
-# The instrumented build goes to its own target directory: the flags differ for every crate, and
-# sharing one would rebuild the optimized build's dependencies each time.
+# The instrumented build is the release profile's, whose settings `dist` keeps (Cargo.toml): the
+# counts are matched to the optimized build's functions by symbol. It goes to its own target
+# directory, so that its binary does not take the place of the release build's.
 RUSTFLAGS="-Cprofile-generate=$profiles/raw" \
-    cargo build --profile "$profile" --locked --bin tandem --target-dir "$target/pgo-instrumented"
-python3 scripts/pgo_train.py "$target/pgo-instrumented/$profile/tandem"
-"$profdata" merge -o "$profiles/tandem.profdata" "$profiles/raw"
-# The optimized build shares the target directory, so a later build of the same profile without
-# these flags (or with a new profile) rebuilds every crate: cargo tracks the flags and the file.
-RUSTFLAGS="-Cprofile-use=$profiles/tandem.profdata" cargo build --profile "$profile" --locked --bin tandem
+    cargo build --release --locked --bin tandem --target-dir "$target/pgo-instrumented"
+instrumented="$target/pgo-instrumented/release/tandem"
+# Cargo tracks the profile file (rustc lists it among each crate's inputs): a new one rebuilds every
+# crate of the optimized build. The counts differ from one training to the next, so the profile is
+# only made again when what it was trained on changed: the instrumented binary or the training.
+trained_on="$(cat "$instrumented" scripts/pgo_train.py scripts/local_node.py | sha256sum | cut -d' ' -f1)"
+if [[ -f "$profiles/tandem.profdata" && "$(cat "$profiles/trained-on" 2>/dev/null)" == "$trained_on" ]]; then
+    echo "pgo.sh: $profiles/tandem.profdata is up to date with the instrumented build and the training"
+else
+    rm -rf "$profiles"
+    python3 scripts/pgo_train.py "$instrumented"
+    "$profdata" merge -o "$profiles/tandem.profdata" "$profiles/raw"
+    echo "$trained_on" >"$profiles/trained-on"
+fi
+RUSTFLAGS="-Cprofile-use=$profiles/tandem.profdata" cargo build --profile dist --locked --bin tandem

@@ -14,11 +14,15 @@
 #             and @clickhouse/client, ClickHouse's Node.js client (npm, into
 #             $TANDEM_TEST_NODE_DIR, default ~/.cache/tandem-test-node), with Node.js itself:
 #             the client compatibility tests run them unchanged.
+# and with --for-bench:
+#   python3 - the training run of the benchmark's profile-guided build (scripts/pgo.sh).
 # Does nothing when everything is present.
 set -euo pipefail
 
 for_tests=false
 [[ "${1:-}" == "--for-tests" ]] && for_tests=true
+for_bench=false
+[[ "${1:-}" == "--for-bench" ]] && for_bench=true
 venv="${TANDEM_TEST_VENV:-$HOME/.cache/tandem-test-venv}"
 node_dir="${TANDEM_TEST_NODE_DIR:-$HOME/.cache/tandem-test-node}"
 # The client versions the compatibility tests were written against.
@@ -28,6 +32,9 @@ node_client='@clickhouse/client@1.23.1'
 missing=()
 command -v protoc >/dev/null 2>&1 || missing+=(protobuf-compiler)
 command -v cc >/dev/null 2>&1 || missing+=(build-essential)
+if $for_bench; then
+    command -v python3 >/dev/null 2>&1 || missing+=(python3)
+fi
 if $for_tests; then
     command -v etcd >/dev/null 2>&1 || missing+=(etcd-server)
     command -v curl >/dev/null 2>&1 || missing+=(curl)

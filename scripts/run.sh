@@ -5,13 +5,17 @@
 # `tandem-bench`, not part of the server).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-./scripts/prereqs.sh
 if (($# == 0)); then set -- serve; fi
 if [[ "$1" == bench ]]; then
     shift
-    # The benchmark runs the `tandem` binary as it ships (the `dist` build: release with
-    # whole-program LTO) as separate processes; it finds it next to its own binary.
-    cargo build --profile dist --locked --bin tandem
-    exec cargo run --profile dist --locked -p tandem-bench -- "$@"
+    ./scripts/prereqs.sh --for-bench
+    # The benchmark runs the `tandem` binary as it ships, as separate processes: the `dist` build,
+    # optimized with a trained profile (scripts/pgo.sh: about 70 minutes cold, nothing to do when
+    # up to date). Its own client is the release build, which the tests build too.
+    ./scripts/pgo.sh
+    cargo build --release --locked -p tandem-bench
+    target="$(realpath -m "${CARGO_TARGET_DIR:-target}")"
+    TANDEM_BIN="$target/dist/tandem" exec "$target/release/tandem-bench" "$@"
 fi
+./scripts/prereqs.sh
 exec cargo run --release --bin tandem -- "$@"

@@ -2,9 +2,9 @@
 //! `tandem` processes on free loopback ports and temporary data directories, driven over HTTP,
 //! with a real etcd ([`Etcd`], [`Cluster`]) and an S3-compatible server ([`S3`]).
 //!
-//! The `tandem` binary is the one built next to the test or benchmark executable, in the same
-//! profile (`scripts/test.sh` builds it with `--release`, `scripts/run.sh bench` with `--profile
-//! dist`), or the path in `TANDEM_BIN`.
+//! The `tandem` binary is the path in `TANDEM_BIN` (`scripts/run.sh bench` sets it to the
+//! profile-guided `dist` build), or else the one built next to the test or benchmark executable,
+//! in the same profile (`scripts/test.sh` builds it with `--release`).
 
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
@@ -35,9 +35,9 @@ pub fn tandem_binary() -> anyhow::Result<PathBuf> {
         .unwrap_or_else(|| exe_dir.join("tandem"));
     if !binary.exists() {
         bail!(
-            "{} does not exist: build it in the same profile first (`cargo build --release --bin tandem` \
-             for the tests, as scripts/test.sh does; `--profile dist` for the benchmark, as scripts/run.sh \
-             bench does), or set TANDEM_BIN",
+            "{} does not exist: build it in the same profile first (`cargo build --release --bin tandem`, \
+             as scripts/test.sh does), or set TANDEM_BIN to a build of it (scripts/run.sh bench sets the \
+             one scripts/pgo.sh builds)",
             binary.display()
         );
     }
