@@ -29,50 +29,31 @@ import shutil
 import subprocess
 import sys
 import tempfile
-import threading
 import urllib.parse
 
-from local_node import free_port, wait_until_up
+from local_node import SMALL_CREATE, SMALL_TABLE, free_port, send_small_inserts, wait_until_up
 
-ROWS = 10
-TABLE = "small_bench"
-CREATE = f"CREATE TABLE {TABLE} (ts DateTime, id UInt64, v Float64) ORDER BY (id, ts) PARTITION BY toYYYYMM(ts)"
 # Past any run: no flush inside the count.
 BUSY_TIMEOUT_MS = "600000"
 
 
 def send(port, inserts, connections, first_id):
-    """Sends `inserts` inserts over `connections` clients; every one must answer 200."""
+    """Sends `inserts` inserts (rounded down to a multiple of `connections`) over `connections`
+    clients; every one must answer 200."""
     query = urllib.parse.urlencode(
         {
-            "query": f"INSERT INTO {TABLE} FORMAT TabSeparated",
+            "query": f"INSERT INTO {SMALL_TABLE} FORMAT TabSeparated",
             "async_insert": "1",
             "wait_for_async_insert": "0",
             "async_insert_busy_timeout_ms": BUSY_TIMEOUT_MS,
         }
     )
-    failures = []
+    each = inserts // connections
 
-    def client(number):
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-        for i in range(inserts // connections):
-            insert = first_id + number * inserts + i
-            body = "".join(f"2024-01-15 10:00:0{r}\t{insert * ROWS + r}\t{r}.5\n" for r in range(ROWS))
-            connection.request("POST", "/?" + query, body=body)
-            answer = connection.getresponse()
-            text = answer.read()
-            if answer.status != 200:
-                failures.append(f"{answer.status}: {text[:300]!r}")
-                return
+    def next_insert(number, sent):
+        return first_id + number * inserts + sent if sent < each else None
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        sys.exit(f"an insert failed: {failures[0]}")
-    return inserts // connections * connections
+    return send_small_inserts(port, query, connections, next_insert, "with wait_for_async_insert=0")
 
 
 ALLOCATOR_ENTRIES = {"__rustc::__rust_alloc", "__rustc::__rust_alloc_zeroed", "__rustc::__rust_realloc"}
@@ -117,7 +98,7 @@ def main():
         try:
             wait_until_up(port, node, 300, " under valgrind")
             connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            connection.request("POST", "/", body=CREATE)
+            connection.request("POST", "/", body=SMALL_CREATE)
             answer = connection.getresponse()
             if answer.status != 200:
                 sys.exit(f"CREATE TABLE failed: {answer.status} {answer.read()[:300]!r}")

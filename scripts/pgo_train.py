@@ -22,15 +22,11 @@ import pathlib
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.parse
 
-from local_node import free_port, wait_until_up
+from local_node import SMALL_CREATE, SMALL_TABLE, free_port, send_small_inserts, wait_until_up
 
-ROWS = 10
-SMALL = "small_bench"
-SMALL_CREATE = f"CREATE TABLE {SMALL} (ts DateTime, id UInt64, v Float64) ORDER BY (id, ts) PARTITION BY toYYYYMM(ts)"
 DASHBOARD_CREATE = "CREATE TABLE q (ts DateTime, host String, id UInt64, v Float64) ORDER BY (host, ts)"
 # The ClickHouse comparison's dashboard queries (bench/src/versus.rs), and the system tables.
 QUERIES = [
@@ -45,7 +41,7 @@ QUERIES = [
     "SELECT host, toStartOfHour(ts) AS h, avg(v) FROM q WHERE host IN ('host-001', 'host-002', 'host-003') "
     "GROUP BY host, h ORDER BY host, h",
     "SELECT host, quantile(0.9)(v) FROM q GROUP BY host ORDER BY host",
-    f"SELECT count(), sum(v) FROM {SMALL}",
+    f"SELECT count(), sum(v) FROM {SMALL_TABLE}",
     "SELECT table, count(), sum(rows) FROM system.parts WHERE active GROUP BY table ORDER BY table",
     "SELECT * FROM system.asynchronous_inserts",
 ]
@@ -64,32 +60,14 @@ def post(port, params, body):
 def small_inserts(port, seconds, connections, settings, run):
     """10-row TSV inserts from `connections` keep-alive clients for `seconds`; each run's rows
     are distinct, so none is a deduplicated no-op."""
-    query = "/?" + urllib.parse.urlencode({"query": f"INSERT INTO {SMALL} FORMAT TabSeparated", **settings})
-    sent = [0] * connections
-    failures = []
+    query = urllib.parse.urlencode({"query": f"INSERT INTO {SMALL_TABLE} FORMAT TabSeparated", **settings})
     deadline = time.monotonic() + seconds
 
-    def client(number):
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=600)
-        first = (run * connections + number) * 100_000_000
-        while time.monotonic() < deadline and not failures:
-            insert = first + sent[number]
-            body = "".join(f"2024-01-15 10:00:0{r}\t{insert * ROWS + r}\t{r}.5\n" for r in range(ROWS))
-            connection.request("POST", query, body=body)
-            answer = connection.getresponse()
-            text = answer.read()
-            if answer.status != 200:
-                failures.append(f"{answer.status}: {text[:300]!r}")
-            sent[number] += 1
+    def next_insert(number, sent):
+        return (run * connections + number) * 100_000_000 + sent if time.monotonic() < deadline else None
 
-    threads = [threading.Thread(target=client, args=(n,)) for n in range(connections)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    if failures:
-        sys.exit(f"an insert with {settings} failed: {failures[0]}")
-    print(f"{sum(sent)} small inserts with {settings or 'async_insert=0'}")
+    sent = send_small_inserts(port, query, connections, next_insert, f"with {settings}")
+    print(f"{sent} small inserts with {settings or 'async_insert=0'}")
 
 
 def dashboard_rows(start, end, line):
