@@ -9,7 +9,7 @@ with `async_insert=1, wait_for_async_insert=0`, from `--connections` keep-alive 
 busy timeout is set past the run, so no flush falls inside the count: what is counted is the
 request path and the log (a flush's cost is spread over thousands of inserts in the benchmark,
 and over a few dozen here). Prints the count per insert, and the heap allocations per insert
-(calls to the Rust allocator: each costs more than its instructions, as a block freed on the
+(calls to the allocator, mimalloc: each costs more than its instructions, as a block freed on the
 other core or long ago is a cache miss to hand out again), and leaves callgrind's file for
 `callgrind_annotate` (`--keep`).
 
@@ -56,21 +56,28 @@ def send(port, inserts, connections, first_id):
     return send_small_inserts(port, query, connections, next_insert, "with wait_for_async_insert=0")
 
 
-ALLOCATOR_ENTRIES = {"__rustc::__rust_alloc", "__rustc::__rust_alloc_zeroed", "__rustc::__rust_realloc"}
+# mimalloc's entry points, as its `GlobalAlloc` calls them. Not Rust's `__rust_alloc` and kin:
+# under LTO (the `dist` build) those are inlined into their callers and leave no calls to count.
+ALLOCATOR_ENTRIES = {"mi_malloc_aligned", "mi_zalloc_aligned", "mi_realloc_aligned"}
 
 
 def allocations(text):
-    """Calls to the Rust allocator's entry points in callgrind's output (`cfn=` names a callee,
-    by `(id) name` the first time and by `(id)` after; the `calls=` line that follows counts)."""
-    names, callee, total = {}, None, 0
+    """Calls to the allocator's entry points from outside the allocator, in callgrind's output
+    (`fn=` names the caller and `cfn=` a callee, by `(id) name` the first time and by `(id)`
+    after; the `calls=` line that follows counts)."""
+    names, caller, callee, total = {}, "", None, 0
     for line in text.splitlines():
         if line.startswith(("fn=", "cfn=")):
             found = re.match(r"c?fn=\((\d+)\)(?: (.*))?", line)
-            if found and found.group(2):
+            if not found:
+                continue
+            if found.group(2):
                 names[found.group(1)] = found.group(2)
-            if line.startswith("cfn=") and found:
+            if line.startswith("cfn="):
                 callee = names.get(found.group(1))
-        elif line.startswith("calls=") and callee in ALLOCATOR_ENTRIES:
+            else:
+                caller = names.get(found.group(1)) or ""
+        elif line.startswith("calls=") and callee in ALLOCATOR_ENTRIES and not caller.startswith(("mi_", "_mi_")):
             total += int(line.split()[0].removeprefix("calls="))
     return total
 

@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Builds `tandem` as it ships, the `dist` profile, with profile-guided optimization: an
 # instrumented build, a training run that drives it as users do (scripts/pgo_train.py), then the
-# optimized build at <target>/dist/tandem. Cold, that is two full builds: about 50 minutes on 2
-# cores. A second run trains again only when the instrumented binary or the training changed, so
-# with nothing changed it builds nothing. Needs python3, and rustup's llvm-tools (added when
+# optimized build at <target>/dist/tandem. Cold, that is two full ThinLTO builds: about 50
+# minutes on 2 cores. A second run trains again only when the instrumented binary or the training
+# changed, so with nothing changed it builds nothing. Needs python3, and rustup's llvm-tools (added when
 # missing) for the `llvm-profdata` of rustc's own LLVM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -15,12 +15,12 @@ if [[ ! -x "$profdata" ]]; then
     rustup component add llvm-tools
 fi
 profiles="$(realpath -m "$target/pgo-profiles")"
-# The instrumented build is the release profile's, whose settings `dist` keeps (Cargo.toml): the
-# counts are matched to the optimized build's functions by symbol. It goes to its own target
-# directory, so that its binary does not take the place of the release build's.
+# The instrumented build is `dist`'s own, with its settings (Cargo.toml): the counts are matched to
+# the optimized build's functions by symbol, and the symbols change with the settings. It goes to
+# its own target directory, so that its binary does not take the place of the optimized one.
 RUSTFLAGS="-Cprofile-generate=$profiles/raw" \
-    cargo build --release --locked --bin tandem --target-dir "$target/pgo-instrumented"
-instrumented="$target/pgo-instrumented/release/tandem"
+    cargo build --profile dist --locked --bin tandem --target-dir "$target/pgo-instrumented"
+instrumented="$target/pgo-instrumented/dist/tandem"
 # Cargo tracks the profile file (rustc lists it among each crate's inputs): a new one rebuilds every
 # crate of the optimized build. The counts differ from one training to the next, so the profile is
 # only made again when what it was trained on changed: the instrumented binary or the training.

@@ -10,7 +10,7 @@ if [[ "$1" == bench ]]; then
     shift
     ./scripts/prereqs.sh --for-bench
     # The benchmark runs the `tandem` binary as it ships, as separate processes: the `dist` build,
-    # optimized with a trained profile (scripts/pgo.sh: about 70 minutes cold, nothing to do when
+    # optimized with a trained profile (scripts/pgo.sh: about 50 minutes cold, nothing to do when
     # up to date). Its own client is the release build, which the tests build too.
     ./scripts/pgo.sh
     cargo build --release --locked -p tandem-bench
