@@ -2,8 +2,9 @@
 # The tandem image: `docker build -t <registry>/tandem:<version> .` at the repository root.
 # Build stage: the `dist` profile, the release build with ThinLTO, optimized with the profile of a
 # training run (scripts/pgo.sh: an instrumented build, the training, the optimized build; about 50
-# minutes cold on 2 cores, twice a plain build's time). `--build-arg PGO=0` builds without it. BuildKit cache
-# mounts keep the registry, the compiled dependencies and the trained profile between builds.
+# minutes cold on 2 cores, twice a plain build's time). `--build-arg PGO=0` builds without it.
+# BuildKit cache mounts keep the registry, the compiled dependencies and the trained profile
+# between builds.
 # Runtime stage: distroless (glibc, CA certificates, no shell), running as the unprivileged user
 # 65532, which the Helm chart's securityContext also uses.
 

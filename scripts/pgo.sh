@@ -3,8 +3,8 @@
 # instrumented build, a training run that drives it as users do (scripts/pgo_train.py), then the
 # optimized build at <target>/dist/tandem. Cold, that is two full ThinLTO builds: about 50
 # minutes on 2 cores. A second run trains again only when the instrumented binary or the training
-# changed, so with nothing changed it builds nothing. Needs python3, and rustup's llvm-tools (added when
-# missing) for the `llvm-profdata` of rustc's own LLVM.
+# changed, so with nothing changed it builds nothing. Needs python3, and rustup's llvm-tools
+# (added when missing) for the `llvm-profdata` of rustc's own LLVM.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 target="${CARGO_TARGET_DIR:-target}"

@@ -14,9 +14,9 @@ export TANDEM_TEST_PYTHON="${TANDEM_TEST_PYTHON:-$TANDEM_TEST_VENV/bin/python}"
 export TANDEM_TEST_NODE_MODULES="${TANDEM_TEST_NODE_MODULES:-${TANDEM_TEST_NODE_DIR:-$HOME/.cache/tandem-test-node}/node_modules}"
 # Release builds: the tests drive the binary optimized as it ships (its memory, its stack depth,
 # its speed), and one optimized build of the workspace takes about as long here as a debug one.
-# What ships (the `dist` profile) is the same build optimized with a trained profile
-# (scripts/pgo.sh), which takes two builds of `tandem`: the integration tests pass against it too
-# (TANDEM_BIN).
+# What ships (the `dist` profile) is this build with ThinLTO, optimized with a trained profile
+# (scripts/pgo.sh: two builds of `tandem`, about 50 minutes): the integration tests pass against it
+# too (TANDEM_BIN).
 # --locked: the Dockerfile builds with the lock file as committed.
 cargo build --release --locked --bin tandem
 # Clippy holds the parsing and decoding modules to their `deny` of panicking shortcuts
