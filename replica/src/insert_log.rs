@@ -48,17 +48,18 @@ const WRITER_FRAMES_BYTES: usize = 64 * 1024;
 const KEPT_GROUP_CAPACITY: usize = 16 * 1024 * 1024;
 
 /// How long a group waits for more appends when the last group held several. A longer wait
-/// means fewer fsyncs (each a journal commit for the kernel) but requests that wait on the
-/// group longer, while the CPU idles if too few others are left to run. Measured with 256
-/// clients of 10-row inserts, as the rate's share of the same round's `GET /ping` ceiling
-/// (`tandem-bench --small-insert-rounds`): 1 ms gave medians of 0.33-0.34 in 4 batches of 3
-/// rounds, 500 µs 0.34-0.40 in the batches interleaved with them (and the machine was busier:
-/// 91-96% against 90-95%), 250 µs 0.31-0.33 against 500 µs's 0.34-0.36. At 500 µs a group held
-/// about 44 inserts (885 fsyncs a second at 39k inserts/s; 1 ms: about 77, 583 a second).
-/// Earlier, when an insert cost half again as much CPU, 1 ms had been the best: no wait gave
-/// 40.5-42.3k inserts/s (an fsync for every few), 500 µs 43-46k, 1 ms 44.6-47k, 2 ms 41.5-45k;
-/// ending the wait early once appends pause for 100 µs gave 42-43k. The less CPU an insert
-/// takes, the more of its time is the wait.
+/// means fewer fsyncs (each writes the segment's new size as well as its data: a journal commit
+/// on most filesystems, a second write on this machine's ext4, which has no journal) but
+/// requests that wait on the group longer, while the CPU idles if too few others are left to
+/// run. Measured with 256 clients of 10-row inserts, as the rate's share of the same round's
+/// `GET /ping` ceiling (`tandem-bench --small-insert-rounds`): 1 ms gave medians of 0.33-0.34
+/// in 4 batches of 3 rounds, 500 µs 0.34-0.40 in the batches interleaved with them (and the
+/// machine was busier: 91-96% against 90-95%), 250 µs 0.31-0.33 against 500 µs's 0.34-0.36. At
+/// 500 µs a group held about 44 inserts (885 fsyncs a second at 39k inserts/s; 1 ms: about 77,
+/// 583 a second). Earlier, when an insert cost half again as much CPU, 1 ms had been the best:
+/// no wait gave 40.5-42.3k inserts/s (an fsync for every few), 500 µs 43-46k, 1 ms 44.6-47k,
+/// 2 ms 41.5-45k; ending the wait early once appends pause for 100 µs gave 42-43k. The less CPU
+/// an insert takes, the more of its time is the wait.
 const GROUP_LINGER: Duration = Duration::from_micros(500);
 
 const HEADER_BYTES: usize = 4 + 8 + 1;
@@ -442,7 +443,7 @@ impl Writer {
         }
         queue.writer_waiting = false;
         // While appends come from many requests at once, the group waits a little for more:
-        // each fsync costs the kernel a journal commit, and without the wait a group held
+        // each fsync also writes the segment's new size, and without the wait a group held
         // about 6 inserts at 16,000 inserts/s (2,400 fsyncs a second). A lone writer, whose
         // groups hold one append, never waits. Appends made meanwhile do not wake the writer
         // (it is not waiting on `work`): a wake per append was a context switch per insert.
